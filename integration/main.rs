@@ -1,0 +1,9 @@
+//! End-to-end tests: each test starts its own `vivace serve` process on free
+//! loopback ports with a private temp dir (see `harness`).
+
+mod bad_input;
+mod durability;
+mod harness;
+mod ingest;
+mod model;
+mod service;

@@ -1,0 +1,300 @@
+//! The HTTP API: the only module that knows HTTP routes and JSON shapes. Paths, parameters
+//! and response shapes are Tempo's, so Grafana's Tempo datasource works unchanged.
+
+mod json;
+pub mod tempopb;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use prost::Message;
+use serde::Deserialize;
+use serde_json::json;
+use tracing::warn;
+
+use crate::frontend::Frontend;
+use crate::metrics::Metrics;
+use crate::model::{IdError, TenantId, TraceId};
+use crate::querier::{QueryError, TimeRange};
+
+/// The Tempo API level vivace serves; Grafana turns features on by comparing it with semver
+/// (streaming search needs 2.2.0, metrics streaming 2.7.0).
+pub const TEMPO_API_VERSION: &str = "2.9.0";
+pub const TENANT_HEADER: &str = "X-Scope-OrgID";
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub frontend: Option<Arc<Frontend>>,
+    pub metrics: Arc<Metrics>,
+    pub ready: Arc<AtomicBool>,
+    pub multitenancy: bool,
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/ready", get(ready))
+        .route("/api/echo", get(echo))
+        .route("/api/status/buildinfo", get(buildinfo))
+        .route("/metrics", get(metrics))
+        .route("/api/traces/{id}", get(trace_v1))
+        .route("/api/v2/traces/{id}", get(trace_v2))
+        .with_state(state)
+}
+
+/// Every way a request can fail, mapped to a status code in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<IdError> for ApiError {
+    fn from(e: IdError) -> Self {
+        ApiError::BadRequest(e.to_string())
+    }
+}
+
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let code = match &self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if code.is_server_error() {
+            warn!(error = %self, "request failed");
+        }
+        (code, self.to_string()).into_response()
+    }
+}
+
+async fn ready(State(s): State<ApiState>) -> Response {
+    if s.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready: starting up").into_response()
+    }
+}
+
+async fn echo() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        "echo\n",
+    )
+        .into_response()
+}
+
+async fn buildinfo() -> Response {
+    axum::Json(json!({
+        "version": TEMPO_API_VERSION,
+        "revision": option_env!("VIVACE_GIT_REVISION").unwrap_or("unknown"),
+        "branch": "main",
+        "buildUser": "vivace",
+        "buildDate": "",
+        "goVersion": "",
+        "vivaceVersion": env!("CARGO_PKG_VERSION"),
+    }))
+    .into_response()
+}
+
+async fn metrics(State(s): State<ApiState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+fn tenant(s: &ApiState, headers: &HeaderMap) -> Result<TenantId, ApiError> {
+    tenant_from_header(s.multitenancy, headers.get(TENANT_HEADER))
+}
+
+pub fn tenant_from_header(
+    multitenancy: bool,
+    value: Option<&HeaderValue>,
+) -> Result<TenantId, ApiError> {
+    if !multitenancy {
+        return Ok(TenantId::single());
+    }
+    let Some(v) = value else {
+        return Err(ApiError::Unauthorized(format!(
+            "no org id: the {TENANT_HEADER} header is required"
+        )));
+    };
+    let v = v
+        .to_str()
+        .map_err(|_| ApiError::BadRequest(format!("{TENANT_HEADER} is not valid text")))?;
+    TenantId::new(v.trim()).map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+#[derive(Deserialize)]
+struct RangeParams {
+    start: Option<String>,
+    end: Option<String>,
+}
+
+fn time_range(p: &RangeParams) -> Result<Option<TimeRange>, ApiError> {
+    let parse = |name: &str, v: &str| {
+        v.parse::<u64>().map_err(|_| {
+            ApiError::BadRequest(format!("invalid {name} {v:?}: expected unix seconds"))
+        })
+    };
+    match (p.start.as_deref(), p.end.as_deref()) {
+        (None | Some(""), None | Some("")) => Ok(None),
+        (Some(s), Some(e)) if !s.is_empty() && !e.is_empty() => {
+            let (start_s, end_s) = (parse("start", s)?, parse("end", e)?);
+            if start_s == 0 && end_s == 0 {
+                return Ok(None);
+            }
+            if end_s < start_s {
+                return Err(ApiError::BadRequest(format!(
+                    "invalid time range: end {end_s} is before start {start_s}"
+                )));
+            }
+            Ok(Some(TimeRange { start_s, end_s }))
+        }
+        _ => Err(ApiError::BadRequest(
+            "start and end must be given together".into(),
+        )),
+    }
+}
+
+fn wants_protobuf(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/protobuf") || v.contains("application/x-protobuf"))
+}
+
+async fn lookup(
+    s: &ApiState,
+    headers: &HeaderMap,
+    id: &str,
+    params: &RangeParams,
+) -> Result<(Option<crate::frontend::TraceByIdResult>, bool), ApiError> {
+    let tenant = tenant(s, headers)?;
+    let id = TraceId::parse_hex(id)?;
+    let range = time_range(params)?;
+    let frontend = s
+        .frontend
+        .as_ref()
+        .ok_or_else(|| ApiError::Unavailable("this process runs no query frontend".into()))?;
+    let found = frontend.trace_by_id(&tenant, &id, range).await?;
+    Ok((found, wants_protobuf(headers)))
+}
+
+async fn trace_v1(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    Query(params): Query<RangeParams>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let (found, proto) = lookup(&s, &headers, &id, &params).await?;
+    // v1 answers an unknown trace with an empty 404, as Tempo does.
+    let Some(found) = found else {
+        return Ok(StatusCode::NOT_FOUND.into_response());
+    };
+    if proto {
+        let body = tempopb::Trace {
+            batches: found.batches,
+        }
+        .encode_to_vec();
+        return Ok(([(header::CONTENT_TYPE, "application/protobuf")], body).into_response());
+    }
+    Ok(axum::Json(json!({ "batches": json::resource_spans(&found.batches) })).into_response())
+}
+
+async fn trace_v2(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    Query(params): Query<RangeParams>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let (found, proto) = lookup(&s, &headers, &id, &params).await?;
+    // v2 answers an unknown trace with 200 and an empty trace: Grafana reads a v2 404 as
+    // "this is an old Tempo" and falls back to v1.
+    let (batches, inspected) = match found {
+        Some(f) => (f.batches, f.inspected_bytes),
+        None => (Vec::new(), 0),
+    };
+    if proto {
+        let body = tempopb::TraceByIdResponse {
+            trace: Some(tempopb::Trace { batches }),
+            metrics: Some(tempopb::TraceByIdMetrics {
+                inspected_bytes: inspected,
+            }),
+            status: tempopb::PartialStatus::Complete as i32,
+            message: String::new(),
+        }
+        .encode_to_vec();
+        return Ok(([(header::CONTENT_TYPE, "application/protobuf")], body).into_response());
+    }
+    let mut trace = serde_json::Map::new();
+    if !batches.is_empty() {
+        trace.insert("resourceSpans".into(), json::resource_spans(&batches));
+    }
+    let mut metrics = serde_json::Map::new();
+    if inspected > 0 {
+        metrics.insert("inspectedBytes".into(), inspected.to_string().into());
+    }
+    Ok(axum::Json(json!({ "trace": trace, "metrics": metrics })).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_ranges() {
+        let p = |s: Option<&str>, e: Option<&str>| RangeParams {
+            start: s.map(String::from),
+            end: e.map(String::from),
+        };
+        assert_eq!(time_range(&p(None, None)).unwrap(), None);
+        assert_eq!(
+            time_range(&p(Some("10"), Some("20"))).unwrap(),
+            Some(TimeRange {
+                start_s: 10,
+                end_s: 20
+            })
+        );
+        assert!(time_range(&p(Some("10"), None)).is_err());
+        assert!(time_range(&p(Some("20"), Some("10"))).is_err());
+        assert!(time_range(&p(Some("x"), Some("10"))).is_err());
+    }
+
+    #[test]
+    fn tenant_rules() {
+        assert_eq!(
+            tenant_from_header(false, None).unwrap().as_str(),
+            "single-tenant"
+        );
+        assert!(matches!(
+            tenant_from_header(true, None),
+            Err(ApiError::Unauthorized(_))
+        ));
+        let bad = HeaderValue::from_static("a/b");
+        assert!(matches!(
+            tenant_from_header(true, Some(&bad)),
+            Err(ApiError::BadRequest(_))
+        ));
+    }
+}

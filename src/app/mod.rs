@@ -1,0 +1,263 @@
+//! Process wiring: which components a `-target` starts (one table), and their start-up and
+//! shutdown order. Components get their dependencies passed in; there is no global state.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::api::{self, ApiState};
+use crate::backend::Backend;
+use crate::block::BlockConfig;
+use crate::config::{parse_listen_addr, Config, ConfigError};
+use crate::distributor::Distributor;
+use crate::frontend::Frontend;
+use crate::ingester::wal::Wal;
+use crate::ingester::{BlockCommitted, Ingester};
+use crate::metrics::Metrics;
+use crate::model::TenantId;
+use crate::querier::{BlockList, Querier};
+use crate::receiver;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Component {
+    Distributor,
+    Ingester,
+    Querier,
+    QueryFrontend,
+}
+
+use Component::*;
+
+/// What each `-target` runs. Roles that need a peer in another process (a distributor
+/// without an ingester) wait for the replicated ingest log; until then they are refused.
+pub const TARGETS: &[(&str, &[Component])] = &[
+    ("all", &[Distributor, Ingester, Querier, QueryFrontend]),
+    ("querier", &[Querier, QueryFrontend]),
+    ("query-frontend", &[Querier, QueryFrontend]),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("unknown or not yet supported target {0:?}: use one of {1}")]
+    Target(String, String),
+    #[error("storage: {0}")]
+    Backend(#[from] crate::backend::BackendError),
+    #[error("wal: {0}")]
+    Wal(#[from] crate::ingester::wal::WalError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server error: {0}")]
+    Serve(String),
+}
+
+pub fn components_for(target: &str) -> Result<&'static [Component], AppError> {
+    TARGETS
+        .iter()
+        .find(|(name, _)| *name == target)
+        .map(|(_, c)| *c)
+        .ok_or_else(|| {
+            let names: Vec<_> = TARGETS.iter().map(|(n, _)| *n).collect();
+            AppError::Target(target.to_owned(), names.join(", "))
+        })
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| AppError::Listen { addr, source })
+}
+
+/// Runs the configured components until `shutdown` resolves, then stops them in order:
+/// stop accepting, finish in-flight requests (their acknowledgements included), stop
+/// background work. The WAL keeps whatever was not yet in a block.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
+    let target = cfg.target.clone().unwrap_or_else(|| "all".into());
+    let components = components_for(&target)?;
+    let has = |c: Component| components.contains(&c);
+    let metrics = Arc::new(Metrics::default());
+    let backend = Backend::from_config(&cfg.storage.trace)?;
+    let blocklist = Arc::new(BlockList::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    info!(target = %target, backend = backend.description(), "starting vivace");
+
+    let ingester = if has(Ingester) {
+        let (wal, replayed) = Wal::open(&cfg.storage.trace.wal.path, metrics.clone())?;
+        let bl = blocklist.clone();
+        let on_commit: BlockCommitted =
+            Arc::new(move |meta| match TenantId::new(&meta.tenant_id) {
+                Ok(t) => bl.add(t, meta),
+                Err(e) => warn!(error = %e, "committed block has a bad tenant id"),
+            });
+        let block_cfg = BlockConfig {
+            row_group_size_bytes: cfg.ingester.row_group_size_bytes,
+            bloom_false_positive: cfg.storage.trace.block.bloom_filter_false_positive,
+            bloom_shard_size_bytes: cfg.storage.trace.block.bloom_filter_shard_size_bytes,
+            ..BlockConfig::default()
+        };
+        let ing = Ingester::new(
+            cfg.ingester.clone(),
+            Arc::new(wal),
+            backend.clone(),
+            block_cfg,
+            metrics.clone(),
+            on_commit,
+        );
+        ing.replay(replayed);
+        Some(ing)
+    } else {
+        None
+    };
+
+    let querier = if has(Querier) {
+        let q = Arc::new(Querier::new(
+            backend.clone(),
+            ingester.clone(),
+            blocklist.clone(),
+            metrics.clone(),
+            cfg.querier.concurrent_blocks,
+        ));
+        if let Err(e) = q.poll_blocklist().await {
+            warn!(error = %e, "first blocklist poll failed, serving without blocks until the next one");
+        }
+        Some(q)
+    } else {
+        None
+    };
+    let frontend = match (&querier, has(QueryFrontend)) {
+        (Some(q), true) => Some(Arc::new(Frontend::new(q.clone(), metrics.clone()))),
+        _ => None,
+    };
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let mut servers: Vec<JoinHandle<Result<(), AppError>>> = Vec::new();
+
+    // The API.
+    let api_addr = cfg.server.http_addr()?;
+    let api_listener = bind(api_addr).await?;
+    info!(addr = %api_listener.local_addr().unwrap_or(api_addr), "api listening");
+    let api_router = api::router(ApiState {
+        frontend,
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+        multitenancy: cfg.multitenancy_enabled,
+    });
+    let rx = stop_rx.clone();
+    servers.push(tokio::spawn(async move {
+        axum::serve(api_listener, api_router)
+            .with_graceful_shutdown(stopped(rx))
+            .await
+            .map_err(|e| AppError::Serve(e.to_string()))
+    }));
+
+    // The receivers.
+    if has(Distributor) {
+        let Some(ing) = ingester.clone() else {
+            return Err(AppError::Target(target, "all".into()));
+        };
+        let distributor = Arc::new(Distributor::new(ing, metrics.clone()));
+        let protocols = &cfg.distributor.receivers.otlp.protocols;
+        if let Some(g) = &protocols.grpc {
+            let addr = parse_listen_addr(&g.endpoint)?;
+            let listener = bind(addr).await?;
+            info!(addr = %listener.local_addr().unwrap_or(addr), "otlp grpc receiver listening");
+            let svc = receiver::grpc::OtlpGrpcService::new(
+                distributor.clone(),
+                cfg.multitenancy_enabled,
+                g.max_recv_msg_size_mib * 1024 * 1024,
+            );
+            let rx = stop_rx.clone();
+            servers.push(tokio::spawn(async move {
+                tonic::transport::Server::builder()
+                    .add_service(svc)
+                    .serve_with_incoming_shutdown(
+                        tonic::transport::server::TcpIncoming::from(listener),
+                        stopped(rx),
+                    )
+                    .await
+                    .map_err(|e| AppError::Serve(e.to_string()))
+            }));
+        }
+        if let Some(h) = &protocols.http {
+            let addr = parse_listen_addr(&h.endpoint)?;
+            let listener = bind(addr).await?;
+            info!(addr = %listener.local_addr().unwrap_or(addr), "otlp http receiver listening");
+            let router = receiver::http::router(receiver::http::HttpReceiverState {
+                distributor: distributor.clone(),
+                multitenancy: cfg.multitenancy_enabled,
+                max_body_bytes: h.max_request_body_size,
+            });
+            let rx = stop_rx.clone();
+            servers.push(tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(stopped(rx))
+                    .await
+                    .map_err(|e| AppError::Serve(e.to_string()))
+            }));
+        }
+    }
+
+    // Background work.
+    let mut background: Vec<JoinHandle<()>> = Vec::new();
+    if let Some(ing) = &ingester {
+        background.push(tokio::spawn(ing.clone().run_flush_loop()));
+    }
+    if let Some(q) = &querier {
+        background.push(tokio::spawn(
+            q.clone().run_poller(cfg.storage.trace.blocklist_poll),
+        ));
+    }
+
+    ready.store(true, Ordering::Release);
+    info!("vivace is ready");
+
+    // Run until asked to stop, or until a server dies.
+    let mut first_exit = None;
+    tokio::select! {
+        () = shutdown => info!("shutting down"),
+        (res, _, _) = futures::future::select_all(servers.iter_mut()) => {
+            first_exit = Some(match res {
+                Ok(Ok(())) => AppError::Serve("a server stopped unexpectedly".into()),
+                Ok(Err(e)) => e,
+                Err(e) => AppError::Serve(e.to_string()),
+            });
+        }
+    }
+    ready.store(false, Ordering::Release);
+    let _ = stop_tx.send(true);
+    let grace = cfg.server.graceful_shutdown_timeout;
+    let drained = tokio::time::timeout(grace, futures::future::join_all(servers.iter_mut())).await;
+    if drained.is_err() {
+        warn!(
+            grace_ms = grace.as_millis() as u64,
+            "in-flight requests did not finish in time"
+        );
+        for s in &servers {
+            s.abort();
+        }
+    }
+    // Stopping the flush loop at an await point is safe: WAL segments outlive their blocks.
+    for b in background {
+        b.abort();
+        let _ = b.await;
+    }
+    drop(ingester);
+    info!("vivace stopped");
+    match first_exit {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,130 @@
+//! The Parquet block schema. `schema/block.parquet.txt` is the single source of truth: the
+//! Parquet schema is parsed from it and the Arrow schema derived from that, so the writer,
+//! the reader and the documentation cannot drift apart.
+
+use std::sync::{Arc, OnceLock};
+
+use arrow_schema::{DataType, FieldRef, Fields, SchemaRef};
+use parquet::arrow::{parquet_to_arrow_schema, ProjectionMask};
+use parquet::schema::parser::parse_message_type;
+use parquet::schema::types::SchemaDescriptor;
+
+use super::BlockError;
+
+/// The schema text, exactly as committed.
+pub const SCHEMA_TEXT: &str = include_str!("../../schema/block.parquet.txt");
+
+/// Dotted column paths (Parquet leaf paths, including the `list.element` levels), for
+/// building projections. Prefixes end in a dot so leaf names can be appended.
+pub mod paths {
+    pub const TRACE_ID: &str = "trace_id";
+    pub const START_TIME: &str = "start_time_unix_nano";
+    pub const END_TIME: &str = "end_time_unix_nano";
+    pub const DURATION: &str = "duration_nano";
+    pub const ROOT_SERVICE_NAME: &str = "root_service_name";
+    pub const ROOT_SPAN_NAME: &str = "root_span_name";
+    pub const RESOURCE_SPANS: &str = "resource_spans.list.element.";
+    pub const RESOURCE: &str = "resource_spans.list.element.resource.";
+    pub const SCOPE_SPANS: &str = "resource_spans.list.element.scope_spans.list.element.";
+    pub const SCOPE: &str = "resource_spans.list.element.scope_spans.list.element.scope.";
+    pub const SPAN: &str =
+        "resource_spans.list.element.scope_spans.list.element.spans.list.element.";
+    /// Appended to a level prefix to reach its generic attributes' leaves.
+    pub const ATTRS: &str = "attrs.list.element.";
+}
+
+/// Attribute value type codes stored in the `type` column of every generic attribute list.
+pub mod value_type {
+    /// `KeyValue.value` is absent.
+    pub const NONE: i32 = 0;
+    /// An `AnyValue` with no value set.
+    pub const EMPTY: i32 = 1;
+    pub const STRING: i32 = 2;
+    pub const BOOL: i32 = 3;
+    pub const INT: i32 = 4;
+    pub const DOUBLE: i32 = 5;
+    pub const BYTES: i32 = 6;
+    /// Stored in `bytes` as the prost-encoded `AnyValue`.
+    pub const ARRAY: i32 = 7;
+    /// Stored in `bytes` as the prost-encoded `AnyValue`.
+    pub const KVLIST: i32 = 8;
+    /// Any other (newer) value kind, stored in `bytes` as the prost-encoded `AnyValue`.
+    pub const ENCODED: i32 = 9;
+}
+
+/// The parsed Parquet schema.
+pub fn parquet_schema() -> Result<Arc<SchemaDescriptor>, BlockError> {
+    static SCHEMA: OnceLock<Result<Arc<SchemaDescriptor>, String>> = OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            parse_message_type(SCHEMA_TEXT)
+                .map(|t| Arc::new(SchemaDescriptor::new(Arc::new(t))))
+                .map_err(|e| e.to_string())
+        })
+        .clone()
+        .map_err(BlockError::Schema)
+}
+
+/// The Arrow schema derived from [`parquet_schema`].
+pub fn arrow_schema() -> Result<SchemaRef, BlockError> {
+    static SCHEMA: OnceLock<Result<SchemaRef, String>> = OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            let descr = parquet_schema().map_err(|e| e.to_string())?;
+            parquet_to_arrow_schema(&descr, None)
+                .map(Arc::new)
+                .map_err(|e| e.to_string())
+        })
+        .clone()
+        .map_err(BlockError::Schema)
+}
+
+/// A projection of the given leaf columns (dotted paths, see [`paths`]) or of every leaf
+/// under a given prefix. Unknown paths are an error so typos surface early.
+pub fn projection(descr: &SchemaDescriptor, wanted: &[&str]) -> Result<ProjectionMask, BlockError> {
+    let mut leaves = Vec::new();
+    for w in wanted {
+        let before = leaves.len();
+        for (i, col) in descr.columns().iter().enumerate() {
+            let p = col.path().string();
+            if p == *w || (w.ends_with('.') && p.starts_with(w)) {
+                leaves.push(i);
+            }
+        }
+        if leaves.len() == before {
+            return Err(BlockError::Schema(format!("no column matches {w}")));
+        }
+    }
+    Ok(ProjectionMask::leaves(descr, leaves))
+}
+
+// Navigation helpers over the derived Arrow schema, used to build arrays whose field
+// definitions come from the schema rather than being restated in code.
+
+pub(crate) fn child<'a>(fields: &'a Fields, name: &str) -> Result<&'a FieldRef, BlockError> {
+    fields
+        .iter()
+        .find(|f| f.name() == name)
+        .ok_or_else(|| BlockError::Schema(format!("schema has no field {name}")))
+}
+
+pub(crate) fn struct_fields(field: &FieldRef) -> Result<&Fields, BlockError> {
+    match field.data_type() {
+        DataType::Struct(f) => Ok(f),
+        other => Err(BlockError::Schema(format!(
+            "field {} is {other}, expected a struct",
+            field.name()
+        ))),
+    }
+}
+
+/// The element field of a list field and the element's struct fields.
+pub(crate) fn list_element(field: &FieldRef) -> Result<(&FieldRef, &Fields), BlockError> {
+    match field.data_type() {
+        DataType::List(elem) => Ok((elem, struct_fields(elem)?)),
+        other => Err(BlockError::Schema(format!(
+            "field {} is {other}, expected a list",
+            field.name()
+        ))),
+    }
+}

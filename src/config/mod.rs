@@ -1,0 +1,455 @@
+//! The YAML configuration, shaped like tempo.yaml so a Tempo user's file mostly just works.
+//!
+//! Every struct denies unknown fields, so a typo is an error that names the key instead of a
+//! silently ignored setting.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+mod duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config: {0}")]
+    Parse(String),
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Which components this process runs (`all` by default).
+    pub target: Option<String>,
+    pub multitenancy_enabled: bool,
+    pub server: ServerConfig,
+    pub distributor: DistributorConfig,
+    pub ingester: IngesterConfig,
+    pub querier: QuerierConfig,
+    pub storage: StorageConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub http_listen_address: String,
+    pub http_listen_port: u16,
+    /// Accepted for tempo.yaml compatibility; vivace serves no separate gRPC API port yet.
+    pub grpc_listen_port: Option<u16>,
+    pub log_level: String,
+    pub log_format: String,
+    /// How long SIGTERM waits for in-flight requests before giving up on them.
+    #[serde(with = "duration")]
+    pub graceful_shutdown_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            http_listen_address: "0.0.0.0".into(),
+            http_listen_port: 3200,
+            grpc_listen_port: None,
+            log_level: "info".into(),
+            log_format: "logfmt".into(),
+            graceful_shutdown_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl ServerConfig {
+    pub fn http_addr(&self) -> Result<SocketAddr, ConfigError> {
+        parse_addr(&format!(
+            "{}:{}",
+            self.http_listen_address, self.http_listen_port
+        ))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct DistributorConfig {
+    pub receivers: ReceiversConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReceiversConfig {
+    pub otlp: OtlpReceiverConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpReceiverConfig {
+    pub protocols: OtlpProtocols,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpProtocols {
+    pub grpc: Option<GrpcReceiverConfig>,
+    pub http: Option<HttpReceiverConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcReceiverConfig {
+    pub endpoint: String,
+    /// Largest accepted (decompressed) request, as the OpenTelemetry Collector names it.
+    pub max_recv_msg_size_mib: usize,
+}
+
+impl Default for GrpcReceiverConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: "0.0.0.0:4317".into(),
+            max_recv_msg_size_mib: 16,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpReceiverConfig {
+    pub endpoint: String,
+    /// Largest accepted request body in bytes, before and after decompression.
+    pub max_request_body_size: usize,
+}
+
+impl Default for HttpReceiverConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: "0.0.0.0:4318".into(),
+            max_request_body_size: 20 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngesterConfig {
+    /// A trace with no new spans for this long is written into the next block.
+    #[serde(with = "duration")]
+    pub trace_idle_period: Duration,
+    /// A trace still receiving spans after this long is written anyway (late spans are
+    /// merged at read time and by the compactor).
+    #[serde(with = "duration")]
+    pub max_trace_live: Duration,
+    #[serde(with = "duration")]
+    pub max_block_duration: Duration,
+    pub max_block_bytes: u64,
+    #[serde(with = "duration")]
+    pub flush_check_period: Duration,
+    /// Exports are refused (not dropped) once this many bytes of traces wait in memory.
+    pub max_live_bytes: u64,
+    /// Target uncompressed size of a Parquet row group.
+    pub row_group_size_bytes: usize,
+}
+
+impl Default for IngesterConfig {
+    fn default() -> Self {
+        Self {
+            trace_idle_period: Duration::from_secs(5),
+            max_trace_live: Duration::from_secs(30),
+            max_block_duration: Duration::from_secs(30 * 60),
+            max_block_bytes: 500 * 1024 * 1024,
+            flush_check_period: Duration::from_secs(10),
+            max_live_bytes: 2 * 1024 * 1024 * 1024,
+            row_group_size_bytes: 32 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuerierConfig {
+    /// How many blocks one trace-by-ID lookup reads at once.
+    pub concurrent_blocks: usize,
+}
+
+impl Default for QuerierConfig {
+    fn default() -> Self {
+        Self {
+            concurrent_blocks: 16,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    pub trace: TraceStorageConfig,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    #[default]
+    Local,
+    Memory,
+    S3,
+    Gcs,
+    Azure,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TraceStorageConfig {
+    pub backend: BackendKind,
+    #[serde(with = "duration")]
+    pub blocklist_poll: Duration,
+    pub wal: WalConfig,
+    pub local: LocalConfig,
+    pub block: BlockStorageConfig,
+}
+
+impl Default for TraceStorageConfig {
+    fn default() -> Self {
+        Self {
+            backend: BackendKind::Local,
+            blocklist_poll: Duration::from_secs(5 * 60),
+            wal: WalConfig::default(),
+            local: LocalConfig::default(),
+            block: BlockStorageConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WalConfig {
+    pub path: PathBuf,
+}
+
+impl Default for WalConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("./data/wal"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocalConfig {
+    pub path: PathBuf,
+}
+
+impl Default for LocalConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("./data/blocks"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BlockStorageConfig {
+    pub bloom_filter_false_positive: f64,
+    pub bloom_filter_shard_size_bytes: usize,
+}
+
+impl Default for BlockStorageConfig {
+    fn default() -> Self {
+        Self {
+            bloom_filter_false_positive: 0.01,
+            bloom_filter_shard_size_bytes: 100 * 1024,
+        }
+    }
+}
+
+impl Config {
+    /// Reads a YAML file; `expand_env` replaces `${VAR}` and `${VAR:-default}` first.
+    pub fn from_file(path: &Path, expand_env: bool) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let text = if expand_env {
+            expand_env_vars(&text)
+        } else {
+            text
+        };
+        Self::from_yaml(&text)
+    }
+
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        // An empty file is a valid config: all defaults.
+        if text.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        let cfg: Config =
+            serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let ing = &self.ingester;
+        if ing.flush_check_period.is_zero() {
+            return Err(ConfigError::Invalid(
+                "ingester.flush_check_period must be greater than zero".into(),
+            ));
+        }
+        if ing.max_block_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "ingester.max_block_bytes must be greater than zero".into(),
+            ));
+        }
+        let fp = self.storage.trace.block.bloom_filter_false_positive;
+        if !(fp > 0.0 && fp < 1.0) {
+            return Err(ConfigError::Invalid(format!(
+                "storage.trace.block.bloom_filter_false_positive must be in (0, 1), got {fp}"
+            )));
+        }
+        if matches!(
+            self.storage.trace.backend,
+            BackendKind::S3 | BackendKind::Gcs | BackendKind::Azure
+        ) {
+            return Err(ConfigError::Invalid(format!(
+                "storage.trace.backend {:?} is not available in this build yet: use local or memory",
+                self.storage.trace.backend
+            )));
+        }
+        if let Some(g) = &self.distributor.receivers.otlp.protocols.grpc {
+            parse_addr(&g.endpoint)?;
+        }
+        if let Some(h) = &self.distributor.receivers.otlp.protocols.http {
+            parse_addr(&h.endpoint)?;
+        }
+        self.server.http_addr()?;
+        Ok(())
+    }
+
+    /// The receivers `vivace serve` starts with no config: both OTLP protocols on their
+    /// standard ports.
+    pub fn with_default_receivers(mut self) -> Self {
+        let p = &mut self.distributor.receivers.otlp.protocols;
+        if p.grpc.is_none() && p.http.is_none() {
+            p.grpc = Some(GrpcReceiverConfig::default());
+            p.http = Some(HttpReceiverConfig::default());
+        }
+        self
+    }
+}
+
+fn parse_addr(s: &str) -> Result<SocketAddr, ConfigError> {
+    // Tempo configs often write ":4317"; that means every interface.
+    let full = if s.starts_with(':') {
+        format!("0.0.0.0{s}")
+    } else {
+        s.to_owned()
+    };
+    full.parse()
+        .map_err(|e| ConfigError::Invalid(format!("bad listen address {s:?}: {e}")))
+}
+
+pub fn parse_listen_addr(s: &str) -> Result<SocketAddr, ConfigError> {
+    parse_addr(s)
+}
+
+fn expand_env_vars(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        match after.find('}') {
+            Some(end) => {
+                let expr = &after[..end];
+                let (name, default) = match expr.split_once(":-") {
+                    Some((n, d)) => (n, Some(d)),
+                    None => (expr, None),
+                };
+                match std::env::var(name) {
+                    Ok(v) => out.push_str(&v),
+                    Err(_) => out.push_str(default.unwrap_or("")),
+                }
+                rest = &after[end + 1..];
+            }
+            None => {
+                out.push_str(&rest[start..]);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tempo_shaped_file_parses() {
+        let cfg = Config::from_yaml(
+            r#"
+server:
+  http_listen_port: 3300
+distributor:
+  receivers:
+    otlp:
+      protocols:
+        grpc:
+          endpoint: 127.0.0.1:14317
+        http:
+          endpoint: ":14318"
+ingester:
+  trace_idle_period: 2s
+  max_block_duration: 1m
+  max_block_bytes: 1000000
+storage:
+  trace:
+    backend: local
+    blocklist_poll: 30s
+    wal:
+      path: /tmp/w
+    local:
+      path: /tmp/b
+"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.server.http_listen_port, 3300);
+        assert_eq!(cfg.ingester.trace_idle_period, Duration::from_secs(2));
+        assert_eq!(cfg.ingester.max_block_duration, Duration::from_secs(60));
+        assert_eq!(cfg.storage.trace.blocklist_poll, Duration::from_secs(30));
+        assert_eq!(cfg.storage.trace.wal.path, PathBuf::from("/tmp/w"));
+        let http = cfg.distributor.receivers.otlp.protocols.http.unwrap();
+        assert_eq!(parse_listen_addr(&http.endpoint).unwrap().port(), 14318);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = Config::from_yaml("server:\n  nope: 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nope"), "{err}");
+        let err = Config::from_yaml("storage:\n  trace:\n    bakend: local\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bakend"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        assert!(Config::from_yaml("ingester:\n  trace_idle_period: soon\n").is_err());
+        assert!(Config::from_yaml("storage:\n  trace:\n    backend: tape\n").is_err());
+        assert!(Config::from_yaml("server:\n  http_listen_address: 'not an ip'\n").is_err());
+    }
+
+    #[test]
+    fn env_expansion() {
+        std::env::set_var("VIVACE_TEST_PORT", "3999");
+        let text = expand_env_vars("a: ${VIVACE_TEST_PORT}\nb: ${VIVACE_UNSET_X:-dflt}\n");
+        assert_eq!(text, "a: 3999\nb: dflt\n");
+    }
+}

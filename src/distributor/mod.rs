@@ -1,0 +1,278 @@
+//! The distributor: validates incoming spans, regroups them by trace, and hands them to the
+//! ingester. Invalid spans are refused one by one (reported back through OTLP
+//! `partial_success`), never silently dropped.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use prost::Message;
+
+use crate::ingester::{wal, IngestError, Ingester, TraceBatch};
+use crate::metrics::Metrics;
+use crate::model::{ExportTraceServiceRequest, ResourceSpans, ScopeSpans, Span, TenantId, TraceId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+}
+
+/// What happened to a request's spans.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PushOutcome {
+    pub accepted: usize,
+    pub rejected: usize,
+    /// Why spans were rejected; empty when none were.
+    pub message: String,
+}
+
+pub struct Distributor {
+    ingester: Arc<Ingester>,
+    metrics: Arc<Metrics>,
+}
+
+impl Distributor {
+    pub fn new(ingester: Arc<Ingester>, metrics: Arc<Metrics>) -> Self {
+        Self { ingester, metrics }
+    }
+
+    /// Pushes a decoded request. `raw` is its protobuf encoding when the caller has it (gRPC
+    /// and OTLP/HTTP protobuf), so the WAL stores the bytes received without re-encoding.
+    pub async fn push(
+        &self,
+        tenant: &TenantId,
+        raw: Option<Bytes>,
+        req: ExportTraceServiceRequest,
+    ) -> Result<PushOutcome, PushError> {
+        let raw = match raw {
+            Some(r) => r,
+            None => Bytes::from(req.encode_to_vec()),
+        };
+        let grouped = group_by_trace(req.resource_spans);
+        let outcome = PushOutcome {
+            accepted: grouped.accepted,
+            rejected: grouped.rejected,
+            message: grouped.message(),
+        };
+        if grouped.rejected > 0 {
+            if grouped.bad_trace_id > 0 {
+                self.metrics
+                    .spans_refused
+                    .add("invalid_trace_id", grouped.bad_trace_id as u64);
+            }
+            if grouped.bad_span_id > 0 {
+                self.metrics
+                    .spans_refused
+                    .add("invalid_span_id", grouped.bad_span_id as u64);
+            }
+        }
+        if grouped.traces.is_empty() {
+            return Ok(outcome);
+        }
+        let payload = wal::encode_payload(tenant, &raw);
+        match self.ingester.push(payload, tenant, grouped.traces).await {
+            Ok(()) => {
+                self.metrics.spans_received.add(outcome.accepted as u64);
+                self.metrics.bytes_received.add(raw.len() as u64);
+                Ok(outcome)
+            }
+            Err(e) => {
+                let reason = match &e {
+                    IngestError::LiveBytesExceeded { .. } => "live_bytes_exceeded",
+                    IngestError::Wal(_) => "wal_unavailable",
+                    IngestError::ShuttingDown => "shutting_down",
+                };
+                self.metrics
+                    .spans_refused
+                    .add(reason, outcome.accepted as u64);
+                Err(e.into())
+            }
+        }
+    }
+}
+
+/// Spans of a request regrouped by trace, with the refused ones counted.
+#[derive(Default)]
+pub struct Grouped {
+    pub traces: Vec<TraceBatch>,
+    pub accepted: usize,
+    pub rejected: usize,
+    pub bad_trace_id: usize,
+    pub bad_span_id: usize,
+}
+
+impl Grouped {
+    fn message(&self) -> String {
+        let mut parts = Vec::new();
+        if self.bad_trace_id > 0 {
+            parts.push(format!(
+                "{} spans with an invalid trace id (must be 16 bytes, not all zero)",
+                self.bad_trace_id
+            ));
+        }
+        if self.bad_span_id > 0 {
+            parts.push(format!(
+                "{} spans with an invalid span id (must be 8 bytes, not all zero)",
+                self.bad_span_id
+            ));
+        }
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!("rejected {}", parts.join(" and "))
+        }
+    }
+}
+
+fn valid_span_id(id: &[u8]) -> bool {
+    id.len() == 8 && id.iter().any(|&b| b != 0)
+}
+
+/// Splits OTLP resource spans into one fragment per trace, keeping each span under its own
+/// resource and scope.
+pub fn group_by_trace(resource_spans: Vec<ResourceSpans>) -> Grouped {
+    let mut g = Grouped::default();
+    let mut index: HashMap<TraceId, usize> = HashMap::new();
+    // For each trace, the resource ordinal its last fragment came from.
+    let mut last_resource: Vec<usize> = Vec::new();
+    for (r_ord, rs) in resource_spans.into_iter().enumerate() {
+        let ResourceSpans {
+            resource,
+            scope_spans,
+            schema_url,
+        } = rs;
+        for ss in scope_spans {
+            let ScopeSpans {
+                scope,
+                spans,
+                schema_url: scope_url,
+            } = ss;
+            let mut per_trace: Vec<(usize, Vec<Span>)> = Vec::new();
+            for span in spans {
+                if span.trace_id.len() != 16 {
+                    g.bad_trace_id += 1;
+                    continue;
+                }
+                let id = match TraceId::from_bytes(&span.trace_id) {
+                    Ok(id) => id,
+                    Err(_) => {
+                        g.bad_trace_id += 1;
+                        continue;
+                    }
+                };
+                if !valid_span_id(&span.span_id) {
+                    g.bad_span_id += 1;
+                    continue;
+                }
+                g.accepted += 1;
+                let t = *index.entry(id).or_insert_with(|| {
+                    g.traces.push(TraceBatch {
+                        id,
+                        batches: Vec::new(),
+                        bytes: 0,
+                    });
+                    last_resource.push(usize::MAX);
+                    g.traces.len() - 1
+                });
+                match per_trace.iter_mut().find(|(i, _)| *i == t) {
+                    Some((_, v)) => v.push(span),
+                    None => per_trace.push((t, vec![span])),
+                }
+            }
+            for (t, spans) in per_trace {
+                let trace = &mut g.traces[t];
+                let scope_spans = ScopeSpans {
+                    scope: scope.clone(),
+                    spans,
+                    schema_url: scope_url.clone(),
+                };
+                trace.bytes += scope_spans.encoded_len();
+                if last_resource[t] == r_ord {
+                    if let Some(last) = trace.batches.last_mut() {
+                        last.scope_spans.push(scope_spans);
+                        continue;
+                    }
+                }
+                last_resource[t] = r_ord;
+                let rs = ResourceSpans {
+                    resource: resource.clone(),
+                    scope_spans: vec![scope_spans],
+                    schema_url: schema_url.clone(),
+                };
+                trace.bytes += rs.resource.as_ref().map_or(0, |r| r.encoded_len());
+                trace.batches.push(rs);
+            }
+        }
+    }
+    g.rejected = g.bad_trace_id + g.bad_span_id;
+    g
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{InstrumentationScope, Resource};
+
+    fn span(trace: u8, id: u8) -> Span {
+        Span {
+            trace_id: if trace == 0 {
+                vec![1, 2, 3]
+            } else {
+                vec![trace; 16]
+            },
+            span_id: vec![0, 0, 0, 0, 0, 0, 0, id],
+            name: format!("span-{id}"),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn groups_by_trace_and_counts_rejections() {
+        let req = vec![
+            ResourceSpans {
+                resource: Some(Resource::default()),
+                scope_spans: vec![
+                    ScopeSpans {
+                        scope: Some(InstrumentationScope {
+                            name: "a".into(),
+                            ..Default::default()
+                        }),
+                        spans: vec![span(1, 1), span(2, 2), span(1, 3), span(0, 4)],
+                        schema_url: String::new(),
+                    },
+                    ScopeSpans {
+                        scope: None,
+                        spans: vec![span(1, 5), span(1, 0)],
+                        schema_url: String::new(),
+                    },
+                ],
+                schema_url: String::new(),
+            },
+            ResourceSpans {
+                resource: None,
+                scope_spans: vec![ScopeSpans {
+                    scope: None,
+                    spans: vec![span(2, 6)],
+                    schema_url: String::new(),
+                }],
+                schema_url: String::new(),
+            },
+        ];
+        let g = group_by_trace(req);
+        assert_eq!(g.accepted, 5);
+        assert_eq!(g.bad_trace_id, 1);
+        assert_eq!(g.bad_span_id, 1);
+        assert_eq!(g.traces.len(), 2);
+        let t1 = &g.traces[0];
+        assert_eq!(t1.id, TraceId([1; 16]));
+        // one resource, two scopes (span 1+3 in scope a, span 5 in the unnamed scope)
+        assert_eq!(t1.batches.len(), 1);
+        assert_eq!(t1.batches[0].scope_spans.len(), 2);
+        assert_eq!(t1.batches[0].scope_spans[0].spans.len(), 2);
+        let t2 = &g.traces[1];
+        assert_eq!(t2.batches.len(), 2);
+        assert!(t1.bytes > 0 && t2.bytes > 0);
+        assert!(g.message().contains("invalid trace id"));
+    }
+}

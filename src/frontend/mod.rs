@@ -1,0 +1,49 @@
+//! The query frontend: the entry point for queries. It asks the querier for every fragment
+//! of a trace and combines them into one, so late spans and copies in several blocks read
+//! back as one trace with each span once.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::metrics::Metrics;
+use crate::model::{combine, ResourceSpans, TenantId, TraceId};
+use crate::querier::{Querier, QueryError, TimeRange};
+
+pub struct TraceByIdResult {
+    pub batches: Vec<ResourceSpans>,
+    pub inspected_bytes: u64,
+}
+
+pub struct Frontend {
+    querier: Arc<Querier>,
+    metrics: Arc<Metrics>,
+}
+
+impl Frontend {
+    pub fn new(querier: Arc<Querier>, metrics: Arc<Metrics>) -> Self {
+        Self { querier, metrics }
+    }
+
+    /// `None` when no span of the trace is known.
+    pub async fn trace_by_id(
+        &self,
+        tenant: &TenantId,
+        id: &TraceId,
+        range: Option<TimeRange>,
+    ) -> Result<Option<TraceByIdResult>, QueryError> {
+        let started = Instant::now();
+        let found = self.querier.find_trace(tenant, id, range).await?;
+        let inspected_bytes = found.inspected_bytes;
+        let batches = combine(found.batches);
+        self.metrics
+            .query_duration
+            .observe("trace_by_id", started.elapsed().as_secs_f64());
+        if batches.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(TraceByIdResult {
+            batches,
+            inspected_bytes,
+        }))
+    }
+}

@@ -1,0 +1,187 @@
+//! Cutting the head into blocks and committing them to the backend.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::task;
+use tracing::{debug, error, info, warn};
+use uuid::Uuid;
+
+use super::{Cut, Flushing, Ingester};
+use crate::backend::BackendError;
+use crate::block::{self, BlockError, BlockMeta, EncodedBlock, TraceInput};
+use crate::model::{combine, TenantId};
+
+/// Called with the meta of every block the ingester commits, so queriers in this process
+/// see it at once instead of at the next blocklist poll.
+pub type BlockCommitted = Arc<dyn Fn(BlockMeta) + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+enum FlushError {
+    #[error("block encoding failed: {0}")]
+    Encode(#[from] BlockError),
+    #[error("block upload failed: {0}")]
+    Upload(#[from] BackendError),
+    #[error("block encoding task failed: {0}")]
+    Join(#[from] task::JoinError),
+}
+
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+impl Ingester {
+    /// Checks every `flush_check_period` whether a block is due and flushes it. Runs until
+    /// the task is dropped; stopping it at any await point loses nothing, because WAL
+    /// segments are only deleted after their data is committed.
+    pub async fn run_flush_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.cfg.flush_check_period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if self.cut_due(Instant::now()) {
+                self.flush(false).await;
+            }
+        }
+    }
+
+    /// Cuts the head (everything when `force`), writes a block per tenant, and then deletes
+    /// the WAL segments those blocks made redundant. Returns the number of blocks written.
+    pub async fn flush(&self, force: bool) -> usize {
+        let cut = match self.cut(force).await {
+            Ok(c) => c,
+            Err(e) => {
+                self.metrics.flush_failures.inc();
+                warn!(error = %e, "cannot cut block, will retry");
+                return 0;
+            }
+        };
+        let Cut {
+            taken,
+            boundary,
+            carry,
+        } = cut;
+
+        // Traces kept in memory must be durable in a newer segment before old ones go.
+        let mut backoff = Duration::from_millis(200);
+        for rec in carry {
+            while let Err(e) = self.log.append(rec.clone()).await {
+                self.metrics.flush_failures.inc();
+                warn!(error = %e, "cannot carry live traces over to the new wal segment, retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+
+        let mut blocks = 0;
+        let mut failed = Vec::new();
+        for tenant in taken.keys() {
+            match self.write_block_with_retry(tenant, taken.clone()).await {
+                Ok(meta) => {
+                    blocks += 1;
+                    (self.on_commit)(meta);
+                }
+                Err(e) => {
+                    // Not retryable (a bug or corrupt data): keep the WAL so nothing is lost.
+                    error!(tenant = %tenant, error = %e, "cannot encode block, keeping its wal segments");
+                    failed.push(tenant.clone());
+                }
+            }
+        }
+        let all_committed = failed.is_empty();
+        if !all_committed {
+            // Back into the head, so they stay readable and are tried again at the next cut.
+            let now = Instant::now();
+            let mut head = self.head.lock();
+            for tenant in &failed {
+                let traces = taken[tenant]
+                    .iter()
+                    .map(|(id, batches)| super::TraceBatch {
+                        id: *id,
+                        bytes: batches.iter().map(prost::Message::encoded_len).sum(),
+                        batches: batches.clone(),
+                    })
+                    .collect();
+                head.insert(tenant, traces, now);
+            }
+            self.update_gauges(&head);
+        }
+        *self.flushing.write() = Arc::new(HashMap::new());
+        if all_committed {
+            if let Err(e) = self.log.truncate_before(boundary) {
+                warn!(error = %e, "cannot delete old wal segments");
+            }
+        }
+        blocks
+    }
+
+    async fn write_block_with_retry(
+        &self,
+        tenant: &TenantId,
+        taken: Arc<Flushing>,
+    ) -> Result<BlockMeta, FlushError> {
+        let started = Instant::now();
+        let cfg = self.block_cfg.clone();
+        let t = tenant.clone();
+        // Parquet encoding is CPU-bound: keep it off the async executor.
+        let encoded = task::spawn_blocking(move || {
+            let inputs: Vec<TraceInput> = taken
+                .get(&t)
+                .into_iter()
+                .flatten()
+                .map(|(id, batches)| TraceInput {
+                    id: *id,
+                    batches: combine(batches.iter().cloned()),
+                })
+                .collect();
+            block::encode_block(&t, Uuid::new_v4(), 0, inputs, &cfg)
+        })
+        .await??;
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match self.upload(tenant, &encoded).await {
+                Ok(()) => break,
+                Err(e) => {
+                    self.metrics.flush_failures.inc();
+                    warn!(tenant = %tenant, block = %encoded.meta.block_id, error = %e, "block upload failed, retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+        self.metrics.blocks_flushed.inc();
+        self.metrics
+            .traces_flushed
+            .add(encoded.meta.total_objects as u64);
+        info!(
+            tenant = %tenant,
+            block = %encoded.meta.block_id,
+            traces = encoded.meta.total_objects,
+            bytes = encoded.meta.size,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "block flushed"
+        );
+        Ok(encoded.meta)
+    }
+
+    async fn upload(&self, tenant: &TenantId, b: &EncodedBlock) -> Result<(), FlushError> {
+        let id = b.meta.block_id;
+        let mut puts = Vec::with_capacity(b.blooms.len() + 2);
+        puts.push((block::data_key(tenant, id), b.data.clone()));
+        puts.push((block::index_key(tenant, id), b.index.clone()));
+        for (i, bloom) in b.blooms.iter().enumerate() {
+            puts.push((block::bloom_key(tenant, id, i as u32), bloom.clone()));
+        }
+        futures::future::try_join_all(
+            puts.into_iter()
+                .map(|(key, data)| async move { self.backend.put(&key, data).await }),
+        )
+        .await?;
+        // meta.json last: its presence is the commit point.
+        let meta = b.meta.to_bytes();
+        self.backend
+            .put(&block::meta_key(tenant, id), meta.into())
+            .await?;
+        debug!(tenant = %tenant, block = %id, "block committed");
+        Ok(())
+    }
+}

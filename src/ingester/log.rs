@@ -1,0 +1,29 @@
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::wal::{Wal, WalError};
+
+/// Where the ingester makes data durable before acknowledging it. The local WAL implements
+/// it; a replicated log (NATS JetStream, Kafka) can implement it for scale-out.
+#[async_trait]
+pub trait IngestLog: Send + Sync + 'static {
+    /// Returns once the record is durable, with the segment it belongs to.
+    async fn append(&self, record: Bytes) -> Result<u64, WalError>;
+    /// Starts a new segment; every record appended before lives in an older one.
+    async fn rotate(&self) -> Result<u64, WalError>;
+    /// Forgets every segment before `segment`: their data is in the backend or newer segments.
+    fn truncate_before(&self, segment: u64) -> Result<(), WalError>;
+}
+
+#[async_trait]
+impl IngestLog for Wal {
+    async fn append(&self, record: Bytes) -> Result<u64, WalError> {
+        Wal::append(self, record).await
+    }
+    async fn rotate(&self) -> Result<u64, WalError> {
+        Wal::rotate(self).await
+    }
+    fn truncate_before(&self, segment: u64) -> Result<(), WalError> {
+        self.delete_segments_before(segment).map(|_| ())
+    }
+}

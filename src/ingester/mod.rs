@@ -1,0 +1,298 @@
+//! The ingester: holds recent traces in memory, makes them durable in the WAL before they are
+//! acknowledged, and cuts them into blocks in the backend.
+//!
+//! Durability rule: a WAL segment is deleted only when every record in it is either in a
+//! committed block or has been re-appended to a newer segment (traces still receiving spans
+//! are carried over at each cut).
+
+mod flush;
+mod log;
+pub mod wal;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use prost::Message;
+use tokio::sync::RwLock as AsyncRwLock;
+use tracing::{info, warn};
+
+pub use flush::BlockCommitted;
+pub use log::IngestLog;
+
+use crate::backend::Backend;
+use crate::block::BlockConfig;
+use crate::config::IngesterConfig;
+use crate::metrics::Metrics;
+use crate::model::{ExportTraceServiceRequest, ResourceSpans, TenantId, TraceId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("ingester memory is full ({live_bytes} bytes of traces waiting to be flushed, limit {limit}): retry later")]
+    LiveBytesExceeded { live_bytes: u64, limit: u64 },
+    #[error("write-ahead log unavailable: {0}")]
+    Wal(#[from] wal::WalError),
+    #[error("ingester is shutting down")]
+    ShuttingDown,
+}
+
+/// Spans of one trace from one request, regrouped by the distributor.
+pub struct TraceBatch {
+    pub id: TraceId,
+    pub batches: Vec<ResourceSpans>,
+    pub bytes: usize,
+}
+
+struct LiveTrace {
+    batches: Vec<ResourceSpans>,
+    bytes: usize,
+    first_seen: Instant,
+    last_seen: Instant,
+}
+
+#[derive(Default)]
+struct Head {
+    tenants: HashMap<TenantId, HashMap<TraceId, LiveTrace>>,
+    bytes: u64,
+    traces: u64,
+    started: Option<Instant>,
+}
+
+impl Head {
+    fn insert(&mut self, tenant: &TenantId, traces: Vec<TraceBatch>, now: Instant) {
+        let map = match self.tenants.get_mut(tenant) {
+            Some(m) => m,
+            None => self.tenants.entry(tenant.clone()).or_default(),
+        };
+        for t in traces {
+            self.bytes += t.bytes as u64;
+            match map.get_mut(&t.id) {
+                Some(live) => {
+                    live.batches.extend(t.batches);
+                    live.bytes += t.bytes;
+                    live.last_seen = now;
+                }
+                None => {
+                    self.traces += 1;
+                    map.insert(
+                        t.id,
+                        LiveTrace {
+                            batches: t.batches,
+                            bytes: t.bytes,
+                            first_seen: now,
+                            last_seen: now,
+                        },
+                    );
+                }
+            }
+        }
+        self.started.get_or_insert(now);
+    }
+}
+
+/// Traces cut from the head and on their way into blocks; still served to queries.
+type Flushing = HashMap<TenantId, HashMap<TraceId, Vec<ResourceSpans>>>;
+
+struct Cut {
+    taken: Arc<Flushing>,
+    /// The first WAL segment that holds data still in memory.
+    boundary: u64,
+    /// WAL records re-appending the traces kept in memory.
+    carry: Vec<Bytes>,
+}
+
+pub struct Ingester {
+    cfg: IngesterConfig,
+    log: Arc<dyn IngestLog>,
+    /// Appends hold it shared from WAL append to head insert; a cut takes it exclusively
+    /// so that every acknowledged record in an old segment is in the head it takes.
+    gate: AsyncRwLock<()>,
+    head: Mutex<Head>,
+    flushing: RwLock<Arc<Flushing>>,
+    backend: Backend,
+    block_cfg: BlockConfig,
+    metrics: Arc<Metrics>,
+    on_commit: BlockCommitted,
+}
+
+impl Ingester {
+    pub fn new(
+        cfg: IngesterConfig,
+        log: Arc<dyn IngestLog>,
+        backend: Backend,
+        block_cfg: BlockConfig,
+        metrics: Arc<Metrics>,
+        on_commit: BlockCommitted,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            cfg,
+            log,
+            gate: AsyncRwLock::new(()),
+            head: Mutex::new(Head::default()),
+            flushing: RwLock::new(Arc::new(HashMap::new())),
+            backend,
+            block_cfg,
+            metrics,
+            on_commit,
+        })
+    }
+
+    /// Makes a request durable, then visible. `wal_payload` is the encoded WAL record for the
+    /// whole request; `traces` are its spans grouped by trace.
+    pub async fn push(
+        &self,
+        wal_payload: Bytes,
+        tenant: &TenantId,
+        traces: Vec<TraceBatch>,
+    ) -> Result<(), IngestError> {
+        let incoming: u64 = traces.iter().map(|t| t.bytes as u64).sum();
+        let live = self.metrics.live_bytes.get();
+        if live + incoming > self.cfg.max_live_bytes {
+            return Err(IngestError::LiveBytesExceeded {
+                live_bytes: live,
+                limit: self.cfg.max_live_bytes,
+            });
+        }
+        let _shared = self.gate.read().await;
+        self.log.append(wal_payload).await?;
+        let mut head = self.head.lock();
+        head.insert(tenant, traces, Instant::now());
+        self.update_gauges(&head);
+        Ok(())
+    }
+
+    /// Rebuilds the head from WAL records read at start-up.
+    pub fn replay(&self, records: Vec<wal::ReplayedRecord>) {
+        let now = Instant::now();
+        let mut head = self.head.lock();
+        let mut spans = 0usize;
+        let mut bad = 0usize;
+        for r in &records {
+            let (tenant, otlp) = match wal::decode_payload(&r.payload) {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(segment = r.segment, error = %e, "skipping unreadable wal record");
+                    bad += 1;
+                    continue;
+                }
+            };
+            let req = match ExportTraceServiceRequest::decode(otlp) {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(segment = r.segment, error = %e, "skipping undecodable wal record");
+                    bad += 1;
+                    continue;
+                }
+            };
+            let grouped = crate::distributor::group_by_trace(req.resource_spans);
+            spans += grouped.accepted;
+            head.insert(&tenant, grouped.traces, now);
+        }
+        self.update_gauges(&head);
+        info!(
+            records = records.len(),
+            spans,
+            skipped = bad,
+            traces = head.traces,
+            "wal replayed"
+        );
+    }
+
+    fn update_gauges(&self, head: &Head) {
+        self.metrics.live_bytes.set(head.bytes);
+        self.metrics.live_traces.set(head.traces);
+    }
+
+    /// Every fragment of a trace still held by the ingester (head and blocks being flushed).
+    pub fn find_trace(&self, tenant: &TenantId, id: &TraceId) -> Vec<ResourceSpans> {
+        let mut out = Vec::new();
+        {
+            let flushing = self.flushing.read().clone();
+            if let Some(batches) = flushing.get(tenant).and_then(|m| m.get(id)) {
+                out.extend(batches.iter().cloned());
+            }
+        }
+        let head = self.head.lock();
+        if let Some(live) = head.tenants.get(tenant).and_then(|m| m.get(id)) {
+            out.extend(live.batches.iter().cloned());
+        }
+        out
+    }
+
+    pub fn tenants(&self) -> Vec<TenantId> {
+        self.head.lock().tenants.keys().cloned().collect()
+    }
+
+    fn cut_due(&self, now: Instant) -> bool {
+        let head = self.head.lock();
+        match head.started {
+            None => false,
+            Some(started) => {
+                head.bytes >= self.cfg.max_block_bytes
+                    || now.duration_since(started) >= self.cfg.max_block_duration
+            }
+        }
+    }
+
+    /// Takes the traces that are ready to be written (all of them when `force`), rotating the
+    /// WAL under the exclusive gate so every older segment holds only data taken here or
+    /// carried over.
+    async fn cut(&self, force: bool) -> Result<Cut, IngestError> {
+        let _exclusive = self.gate.write().await;
+        let boundary = self.log.rotate().await?;
+        let now = Instant::now();
+        let mut head = self.head.lock();
+        let old = std::mem::take(&mut *head);
+        let mut taken: Flushing = HashMap::new();
+        let mut carry = Vec::new();
+        for (tenant, traces) in old.tenants {
+            let mut kept_req = ExportTraceServiceRequest::default();
+            for (id, live) in traces {
+                let ready = force
+                    || now.duration_since(live.last_seen) >= self.cfg.trace_idle_period
+                    || now.duration_since(live.first_seen) >= self.cfg.max_trace_live;
+                if ready {
+                    taken
+                        .entry(tenant.clone())
+                        .or_default()
+                        .insert(id, live.batches);
+                } else {
+                    kept_req.resource_spans.extend(live.batches.iter().cloned());
+                    head.bytes += live.bytes as u64;
+                    head.traces += 1;
+                    head.tenants
+                        .entry(tenant.clone())
+                        .or_default()
+                        .insert(id, live);
+                }
+            }
+            if !kept_req.resource_spans.is_empty() {
+                carry.push(wal::encode_payload(&tenant, &kept_req.encode_to_vec()));
+            }
+        }
+        if head.traces > 0 {
+            head.started = Some(now);
+        }
+        self.update_gauges(&head);
+        drop(head);
+        let taken = Arc::new(taken);
+        if !taken.is_empty() {
+            *self.flushing.write() = taken.clone();
+        }
+        Ok(Cut {
+            taken,
+            boundary,
+            carry,
+        })
+    }
+
+    pub fn block_config(&self) -> &BlockConfig {
+        &self.block_cfg
+    }
+
+    pub fn flush_check_period(&self) -> Duration {
+        self.cfg.flush_check_period
+    }
+}

@@ -1,0 +1,17 @@
+//! vivace: a distributed tracing backend that speaks Grafana Tempo's API.
+//!
+//! See ARCHITECTURE.md for the code map and the rules on which module may know what.
+
+pub mod api;
+pub mod app;
+pub mod backend;
+pub mod block;
+pub mod cli;
+pub mod config;
+pub mod distributor;
+pub mod frontend;
+pub mod ingester;
+pub mod metrics;
+pub mod model;
+pub mod querier;
+pub mod receiver;

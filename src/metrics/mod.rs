@@ -1,0 +1,226 @@
+//! Process metrics in Prometheus text format. One `Metrics` value is created at start-up and
+//! handed to each component: no global registry.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+
+#[derive(Default, Debug)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn inc(&self) {
+        self.add(1);
+    }
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Default, Debug)]
+pub struct Gauge(AtomicU64);
+
+impl Gauge {
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Counters keyed by one label value (a refusal reason, a route).
+#[derive(Default, Debug)]
+pub struct LabeledCounter(Mutex<BTreeMap<String, u64>>);
+
+impl LabeledCounter {
+    pub fn add(&self, label: &str, n: u64) {
+        *self.0.lock().entry(label.to_owned()).or_default() += n;
+    }
+    pub fn get(&self, label: &str) -> u64 {
+        self.0.lock().get(label).copied().unwrap_or(0)
+    }
+}
+
+const BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+#[derive(Default, Debug, Clone)]
+struct Hist {
+    counts: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+/// Latency histograms keyed by one label value.
+#[derive(Default, Debug)]
+pub struct LabeledHistogram(Mutex<BTreeMap<String, Hist>>);
+
+impl LabeledHistogram {
+    pub fn observe(&self, label: &str, secs: f64) {
+        let mut m = self.0.lock();
+        let h = m.entry(label.to_owned()).or_default();
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                h.counts[i] += 1;
+            }
+        }
+        h.count += 1;
+        h.sum += secs;
+    }
+}
+
+#[derive(Default, Debug)]
+pub struct Metrics {
+    pub spans_received: Counter,
+    pub bytes_received: Counter,
+    pub spans_refused: LabeledCounter,
+    pub wal_fsyncs: Counter,
+    pub wal_records: Counter,
+    pub wal_bytes: Counter,
+    pub live_traces: Gauge,
+    pub live_bytes: Gauge,
+    pub blocks_flushed: Counter,
+    pub traces_flushed: Counter,
+    pub flush_failures: Counter,
+    pub blocklist_length: Gauge,
+    pub query_duration: LabeledHistogram,
+}
+
+impl Metrics {
+    pub fn render(&self) -> String {
+        let mut s = String::with_capacity(4096);
+        counter(
+            &mut s,
+            "vivace_distributor_spans_received_total",
+            "Spans accepted and acknowledged.",
+            self.spans_received.get(),
+        );
+        counter(
+            &mut s,
+            "vivace_distributor_bytes_received_total",
+            "OTLP request bytes received (decompressed).",
+            self.bytes_received.get(),
+        );
+        let _ = writeln!(
+            s,
+            "# HELP vivace_distributor_spans_refused_total Spans refused, by reason.\n# TYPE vivace_distributor_spans_refused_total counter"
+        );
+        for (reason, n) in self.spans_refused.0.lock().iter() {
+            let _ = writeln!(
+                s,
+                "vivace_distributor_spans_refused_total{{reason=\"{reason}\"}} {n}"
+            );
+        }
+        counter(
+            &mut s,
+            "vivace_wal_fsyncs_total",
+            "WAL fsyncs (group commits).",
+            self.wal_fsyncs.get(),
+        );
+        counter(
+            &mut s,
+            "vivace_wal_records_total",
+            "WAL records written.",
+            self.wal_records.get(),
+        );
+        counter(
+            &mut s,
+            "vivace_wal_bytes_total",
+            "WAL bytes written.",
+            self.wal_bytes.get(),
+        );
+        gauge(
+            &mut s,
+            "vivace_ingester_live_traces",
+            "Traces held in memory.",
+            self.live_traces.get(),
+        );
+        gauge(
+            &mut s,
+            "vivace_ingester_live_bytes",
+            "Bytes of traces held in memory.",
+            self.live_bytes.get(),
+        );
+        counter(
+            &mut s,
+            "vivace_ingester_blocks_flushed_total",
+            "Blocks committed to the backend.",
+            self.blocks_flushed.get(),
+        );
+        counter(
+            &mut s,
+            "vivace_ingester_traces_flushed_total",
+            "Traces written into blocks.",
+            self.traces_flushed.get(),
+        );
+        counter(
+            &mut s,
+            "vivace_ingester_flush_failures_total",
+            "Block flushes that failed and will be retried.",
+            self.flush_failures.get(),
+        );
+        gauge(
+            &mut s,
+            "vivace_querier_blocklist_length",
+            "Blocks known to the querier.",
+            self.blocklist_length.get(),
+        );
+        let _ = writeln!(
+            s,
+            "# HELP vivace_query_duration_seconds Query latency by route.\n# TYPE vivace_query_duration_seconds histogram"
+        );
+        for (route, h) in self.query_duration.0.lock().iter() {
+            for (i, b) in BUCKETS.iter().enumerate() {
+                let _ = writeln!(
+                    s,
+                    "vivace_query_duration_seconds_bucket{{route=\"{route}\",le=\"{b}\"}} {}",
+                    h.counts[i]
+                );
+            }
+            let _ = writeln!(
+                s,
+                "vivace_query_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {}\nvivace_query_duration_seconds_sum{{route=\"{route}\"}} {}\nvivace_query_duration_seconds_count{{route=\"{route}\"}} {}",
+                h.count, h.sum, h.count
+            );
+        }
+        s
+    }
+}
+
+fn counter(s: &mut String, name: &str, help: &str, v: u64) {
+    let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+}
+
+fn gauge(s: &mut String, name: &str, help: &str, v: u64) {
+    let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::default();
+        m.spans_received.add(7);
+        m.spans_refused.add("invalid_trace_id", 2);
+        m.query_duration.observe("trace_by_id", 0.003);
+        let text = m.render();
+        assert!(text.contains("vivace_distributor_spans_received_total 7\n"));
+        assert!(text
+            .contains("vivace_distributor_spans_refused_total{reason=\"invalid_trace_id\"} 2\n"));
+        assert!(text.contains(
+            "vivace_query_duration_seconds_bucket{route=\"trace_by_id\",le=\"0.005\"} 1\n"
+        ));
+        assert!(text.contains(
+            "vivace_query_duration_seconds_bucket{route=\"trace_by_id\",le=\"0.0025\"} 0\n"
+        ));
+    }
+}

@@ -1,0 +1,281 @@
+//! The querier: finds traces in the ingester's memory and in the blocks of the bucket.
+//!
+//! Trace by ID per block: meta time range → bloom shard → row-group index → the footer
+//! and one row group's bytes → decode that row only. Blooms, indexes and footers are
+//! cached, so a repeated lookup costs one ranged read per block that may hold the trace.
+
+mod blocklist;
+mod cache;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::stream::{self, StreamExt};
+use parquet::file::metadata::ParquetMetaData;
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+
+pub use blocklist::BlockList;
+use cache::Cache;
+
+use crate::backend::{Backend, BackendError};
+use crate::block::{self, BlockError, BlockMeta, BloomShard, RowGroupIndex};
+use crate::ingester::Ingester;
+use crate::metrics::Metrics;
+use crate::model::{ResourceSpans, TenantId, TraceId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("reading block {block}: {source}")]
+    Backend { block: Uuid, source: BackendError },
+    #[error("decoding block {block}: {source}")]
+    Block { block: Uuid, source: BlockError },
+    #[error("query task failed: {0}")]
+    Task(String),
+}
+
+/// A time range in unix seconds, both ends inclusive, as Tempo's `start`/`end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeRange {
+    pub start_s: u64,
+    pub end_s: u64,
+}
+
+impl TimeRange {
+    fn overlaps_nanos(&self, start_ns: u64, end_ns: u64) -> bool {
+        let s = self.start_s.saturating_mul(1_000_000_000);
+        let e = self.end_s.saturating_add(1).saturating_mul(1_000_000_000);
+        start_ns < e && end_ns >= s
+    }
+}
+
+/// What a lookup found: fragments to combine, and what it cost.
+#[derive(Default, Debug)]
+pub struct Found {
+    pub batches: Vec<ResourceSpans>,
+    pub inspected_bytes: u64,
+    pub blocks_searched: usize,
+}
+
+pub struct Querier {
+    backend: Backend,
+    ingester: Option<Arc<Ingester>>,
+    blocklist: Arc<BlockList>,
+    metrics: Arc<Metrics>,
+    concurrent_blocks: usize,
+    blooms: Cache<(Uuid, u32), BloomShard>,
+    indexes: Cache<Uuid, RowGroupIndex>,
+    footers: Cache<Uuid, ParquetMetaData>,
+}
+
+impl Querier {
+    pub fn new(
+        backend: Backend,
+        ingester: Option<Arc<Ingester>>,
+        blocklist: Arc<BlockList>,
+        metrics: Arc<Metrics>,
+        concurrent_blocks: usize,
+    ) -> Self {
+        Self {
+            backend,
+            ingester,
+            blocklist,
+            metrics,
+            concurrent_blocks: concurrent_blocks.max(1),
+            blooms: Cache::new(16_384),
+            indexes: Cache::new(4_096),
+            footers: Cache::new(1_024),
+        }
+    }
+
+    pub fn blocklist(&self) -> &Arc<BlockList> {
+        &self.blocklist
+    }
+
+    /// Every fragment of the trace in memory and in blocks overlapping `range`.
+    pub async fn find_trace(
+        &self,
+        tenant: &TenantId,
+        id: &TraceId,
+        range: Option<TimeRange>,
+    ) -> Result<Found, QueryError> {
+        let mut found = Found::default();
+        if let Some(ing) = &self.ingester {
+            found.batches.extend(ing.find_trace(tenant, id));
+        }
+        let blocks: Vec<Arc<BlockMeta>> = self
+            .blocklist
+            .blocks(tenant)
+            .into_iter()
+            .filter(|m| range.is_none_or(|r| r.overlaps_nanos(m.start_time, m.end_time)))
+            .collect();
+        found.blocks_searched = blocks.len();
+        let mut results = stream::iter(blocks)
+            .map(|meta| async move { self.find_in_block(tenant, &meta, id).await })
+            .buffer_unordered(self.concurrent_blocks);
+        while let Some(r) = results.next().await {
+            match r {
+                Ok((batches, bytes)) => {
+                    found.batches.extend(batches);
+                    found.inspected_bytes += bytes;
+                }
+                // A block deleted between listing and reading (compaction) is not an error.
+                Err(QueryError::Backend {
+                    block,
+                    source: BackendError::NotFound(key),
+                }) => {
+                    debug!(block = %block, key = %key, "block vanished during lookup");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(found)
+    }
+
+    async fn find_in_block(
+        &self,
+        tenant: &TenantId,
+        meta: &BlockMeta,
+        id: &TraceId,
+    ) -> Result<(Vec<ResourceSpans>, u64), QueryError> {
+        let bid = meta.block_id;
+        let be = |source| QueryError::Backend { block: bid, source };
+        let ble = |source| QueryError::Block { block: bid, source };
+        if meta.bloom_shards > 0 {
+            let shard = block::bloom_shard_for(id, meta.bloom_shards);
+            let bloom = match self.blooms.get(&(bid, shard)) {
+                Some(b) => b,
+                None => {
+                    let bytes = self
+                        .backend
+                        .get(&block::bloom_key(tenant, bid, shard))
+                        .await
+                        .map_err(be)?;
+                    let b = Arc::new(BloomShard::from_bytes(&bytes).map_err(ble)?);
+                    self.blooms.insert((bid, shard), b.clone());
+                    b
+                }
+            };
+            if !bloom.may_contain(id) {
+                return Ok((Vec::new(), 0));
+            }
+        }
+        let index = match self.indexes.get(&bid) {
+            Some(i) => i,
+            None => {
+                let bytes = self
+                    .backend
+                    .get(&block::index_key(tenant, bid))
+                    .await
+                    .map_err(be)?;
+                let i = Arc::new(RowGroupIndex::from_bytes(&bytes).map_err(ble)?);
+                self.indexes.insert(bid, i.clone());
+                i
+            }
+        };
+        let Some(rg) = index.row_group_for(id) else {
+            return Ok((Vec::new(), 0));
+        };
+        let data_key = block::data_key(tenant, bid);
+        let footer = match self.footers.get(&bid) {
+            Some(f) => f,
+            None => {
+                let len = u64::from(meta.footer_size).min(meta.size);
+                let tail = self
+                    .backend
+                    .get_range(&data_key, meta.size - len..meta.size)
+                    .await
+                    .map_err(be)?;
+                let f = block::decode_footer(tail, meta.size).map_err(ble)?;
+                self.footers.insert(bid, f.clone());
+                f
+            }
+        };
+        let range = block::row_group_byte_range(&footer, rg).map_err(ble)?;
+        let bytes = self
+            .backend
+            .get_range(&data_key, range.clone())
+            .await
+            .map_err(be)?;
+        let inspected = bytes.len() as u64;
+        let id = *id;
+        // Parquet decoding is CPU-bound: keep it off the async executor.
+        let batches = tokio::task::spawn_blocking(move || {
+            block::find_trace(footer, rg, bytes, range.start, &id)
+        })
+        .await
+        .map_err(|e| QueryError::Task(e.to_string()))?
+        .map_err(ble)?;
+        Ok((batches.unwrap_or_default(), inspected))
+    }
+
+    /// Lists the bucket and brings the block list up to date.
+    pub async fn poll_blocklist(&self) -> Result<(), BackendError> {
+        let started = Instant::now();
+        let tenants = self.backend.list_dirs(None).await?;
+        for t in tenants {
+            let Ok(tenant) = TenantId::new(&t) else {
+                warn!(dir = %t, "ignoring bucket folder that is not a valid tenant id");
+                continue;
+            };
+            let mut found = Vec::new();
+            let mut known = BTreeMap::new();
+            for m in self.blocklist.blocks(&tenant) {
+                known.insert(m.block_id, m);
+            }
+            for dir in self.backend.list_dirs(Some(tenant.as_str())).await? {
+                let Ok(bid) = Uuid::parse_str(&dir) else {
+                    continue;
+                };
+                if let Some(m) = known.get(&bid) {
+                    found.push((**m).clone());
+                    continue;
+                }
+                match self.backend.get(&block::meta_key(&tenant, bid)).await {
+                    Ok(bytes) => match BlockMeta::from_bytes(&bytes) {
+                        Ok(m) => found.push(m),
+                        Err(e) => {
+                            warn!(tenant = %tenant, block = %bid, error = %e, "unreadable meta.json")
+                        }
+                    },
+                    // No meta.json: not committed (yet); invisible by design.
+                    Err(BackendError::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            self.blocklist.apply_poll(&tenant, found, started);
+        }
+        self.metrics
+            .blocklist_length
+            .set(self.blocklist.len() as u64);
+        debug!(
+            blocks = self.blocklist.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "blocklist polled"
+        );
+        Ok(())
+    }
+
+    /// Polls the bucket every `every` until the task is dropped.
+    pub async fn run_poller(self: Arc<Self>, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await; // the first poll ran at start-up
+        loop {
+            tick.tick().await;
+            if let Err(e) = self.poll_blocklist().await {
+                warn!(error = %e, "blocklist poll failed");
+            }
+        }
+    }
+
+    pub fn log_cache_stats(&self) {
+        info!(
+            bloom_hits = self.blooms.hits(),
+            bloom_misses = self.blooms.misses(),
+            footer_hits = self.footers.hits(),
+            "querier caches"
+        );
+    }
+}

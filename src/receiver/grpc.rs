@@ -1,0 +1,162 @@
+//! OTLP/gRPC. A raw-bytes codec hands the request body over undecoded so that the WAL can
+//! store the received bytes as they are and decode errors map to INVALID_ARGUMENT.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use prost::Message;
+use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codegen::{BoxFuture, EnabledCompressionEncodings};
+use tonic::server::{Grpc, NamedService, UnaryService};
+use tonic::{Code, Request, Response, Status};
+use tracing::debug;
+
+use super::{is_retryable, response_for};
+use crate::api::{tenant_from_header, ApiError, TENANT_HEADER};
+use crate::distributor::Distributor;
+use crate::model::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+#[derive(Clone)]
+pub struct OtlpGrpcService {
+    distributor: Arc<Distributor>,
+    multitenancy: bool,
+    max_message_bytes: usize,
+}
+
+impl OtlpGrpcService {
+    pub fn new(
+        distributor: Arc<Distributor>,
+        multitenancy: bool,
+        max_message_bytes: usize,
+    ) -> Self {
+        Self {
+            distributor,
+            multitenancy,
+            max_message_bytes,
+        }
+    }
+}
+
+impl NamedService for OtlpGrpcService {
+    const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+}
+
+impl<B> tower::Service<http::Request<B>> for OtlpGrpcService
+where
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path() != EXPORT_PATH {
+            return Box::pin(async move {
+                Ok(
+                    Status::unimplemented("unknown method: vivace serves TraceService/Export")
+                        .into_http(),
+                )
+            });
+        }
+        let this = self.clone();
+        Box::pin(async move {
+            let mut accept = EnabledCompressionEncodings::default();
+            accept.enable(CompressionEncoding::Gzip);
+            accept.enable(CompressionEncoding::Zstd);
+            let mut send = EnabledCompressionEncodings::default();
+            // Sent only when the client's grpc-accept-encoding allows it.
+            send.enable(CompressionEncoding::Gzip);
+            let max = this.max_message_bytes;
+            let mut grpc = Grpc::new(RawCodec)
+                .apply_compression_config(accept, send)
+                .apply_max_message_size_config(Some(max), None);
+            Ok(grpc.unary(Export(this), req).await)
+        })
+    }
+}
+
+struct Export(OtlpGrpcService);
+
+impl UnaryService<Bytes> for Export {
+    type Response = ExportTraceServiceResponse;
+    type Future = BoxFuture<Response<Self::Response>, Status>;
+
+    fn call(&mut self, request: Request<Bytes>) -> Self::Future {
+        let svc = self.0.clone();
+        Box::pin(async move {
+            let header = request
+                .metadata()
+                .get(TENANT_HEADER.to_ascii_lowercase().as_str())
+                .and_then(|v| http::HeaderValue::from_bytes(v.as_bytes()).ok());
+            let tenant =
+                tenant_from_header(svc.multitenancy, header.as_ref()).map_err(|e| match e {
+                    ApiError::Unauthorized(m) => Status::unauthenticated(m),
+                    other => Status::invalid_argument(other.to_string()),
+                })?;
+            let raw = request.into_inner();
+            let req = ExportTraceServiceRequest::decode(raw.clone()).map_err(|e| {
+                Status::invalid_argument(format!("cannot decode ExportTraceServiceRequest: {e}"))
+            })?;
+            match svc.distributor.push(&tenant, Some(raw), req).await {
+                Ok(outcome) => Ok(Response::new(response_for(&outcome))),
+                Err(e) => {
+                    debug!(tenant = %tenant, error = %e, "export refused");
+                    // UNAVAILABLE is the code OTLP exporters always retry with backoff.
+                    let code = if is_retryable(&e) {
+                        Code::Unavailable
+                    } else {
+                        Code::Internal
+                    };
+                    Err(Status::new(code, e.to_string()))
+                }
+            }
+        })
+    }
+}
+
+#[derive(Clone, Copy, Default)]
+struct RawCodec;
+
+impl Codec for RawCodec {
+    type Encode = ExportTraceServiceResponse;
+    type Decode = Bytes;
+    type Encoder = ResponseEncoder;
+    type Decoder = RawDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        ResponseEncoder
+    }
+    fn decoder(&mut self) -> Self::Decoder {
+        RawDecoder
+    }
+}
+
+struct ResponseEncoder;
+
+impl Encoder for ResponseEncoder {
+    type Item = ExportTraceServiceResponse;
+    type Error = Status;
+    fn encode(&mut self, item: Self::Item, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        item.encode(dst)
+            .map_err(|e| Status::internal(format!("cannot encode response: {e}")))
+    }
+}
+
+struct RawDecoder;
+
+impl Decoder for RawDecoder {
+    type Item = Bytes;
+    type Error = Status;
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}

@@ -1,0 +1,249 @@
+//! OTLP/HTTP: `POST /v1/traces` with protobuf or JSON bodies, optionally gzip-compressed.
+//! Errors carry a `google.rpc.Status` in the request's own format, as the OTLP spec asks.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use prost::Message;
+use serde_json::json;
+use tracing::debug;
+
+use super::{is_retryable, response_for};
+use crate::api::{tenant_from_header, ApiError, TENANT_HEADER};
+use crate::distributor::Distributor;
+use crate::model::ExportTraceServiceRequest;
+
+#[derive(Clone)]
+pub struct HttpReceiverState {
+    pub distributor: Arc<Distributor>,
+    pub multitenancy: bool,
+    pub max_body_bytes: usize,
+}
+
+pub fn router(state: HttpReceiverState) -> Router {
+    Router::new()
+        .route("/v1/traces", post(export))
+        .with_state(state)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Protobuf,
+    Json,
+}
+
+/// google.rpc.Status, the body of every OTLP/HTTP error.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+}
+
+fn error(format: Format, http: StatusCode, grpc_code: i32, message: String) -> Response {
+    debug!(status = http.as_u16(), message = %message, "otlp/http request refused");
+    let mut resp = match format {
+        Format::Json => (
+            http,
+            [(header::CONTENT_TYPE, "application/json")],
+            json!({ "code": grpc_code, "message": message }).to_string(),
+        )
+            .into_response(),
+        Format::Protobuf => (
+            http,
+            [(header::CONTENT_TYPE, "application/x-protobuf")],
+            RpcStatus {
+                code: grpc_code,
+                message,
+            }
+            .encode_to_vec(),
+        )
+            .into_response(),
+    };
+    if http == StatusCode::SERVICE_UNAVAILABLE || http == StatusCode::TOO_MANY_REQUESTS {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    }
+    resp
+}
+
+const INVALID_ARGUMENT: i32 = 3;
+const RESOURCE_EXHAUSTED: i32 = 8;
+const UNAUTHENTICATED: i32 = 16;
+const UNAVAILABLE: i32 = 14;
+const INTERNAL: i32 = 13;
+
+async fn export(State(s): State<HttpReceiverState>, headers: HeaderMap, body: Body) -> Response {
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let format = if ctype.starts_with("application/x-protobuf")
+        || ctype.starts_with("application/protobuf")
+    {
+        Format::Protobuf
+    } else if ctype.starts_with("application/json") {
+        Format::Json
+    } else {
+        return error(
+            Format::Json,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            INVALID_ARGUMENT,
+            format!("unsupported content type {ctype:?}: use application/x-protobuf or application/json"),
+        );
+    };
+    let tenant = match tenant_from_header(s.multitenancy, headers.get(TENANT_HEADER)) {
+        Ok(t) => t,
+        Err(ApiError::Unauthorized(m)) => {
+            return error(format, StatusCode::UNAUTHORIZED, UNAUTHENTICATED, m)
+        }
+        Err(e) => {
+            return error(
+                format,
+                StatusCode::BAD_REQUEST,
+                INVALID_ARGUMENT,
+                e.to_string(),
+            )
+        }
+    };
+    let limit = s.max_body_bytes;
+    let too_large = || {
+        error(
+            format,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            RESOURCE_EXHAUSTED,
+            format!("request body is larger than the {limit} byte limit"),
+        )
+    };
+    let body = match axum::body::to_bytes(body, limit).await {
+        Ok(b) => b,
+        Err(_) => return too_large(),
+    };
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let body = match encoding.as_str() {
+        "" | "identity" => body,
+        "gzip" => match gunzip(&body, limit) {
+            Ok(Some(b)) => b,
+            Ok(None) => return too_large(),
+            Err(e) => {
+                return error(
+                    format,
+                    StatusCode::BAD_REQUEST,
+                    INVALID_ARGUMENT,
+                    format!("cannot decompress gzip body: {e}"),
+                )
+            }
+        },
+        other => {
+            return error(
+                format,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                INVALID_ARGUMENT,
+                format!("unsupported content encoding {other:?}: use gzip or none"),
+            )
+        }
+    };
+    let (req, raw) = match format {
+        Format::Protobuf => match ExportTraceServiceRequest::decode(body.clone()) {
+            Ok(r) => (r, Some(body)),
+            Err(e) => {
+                return error(
+                    format,
+                    StatusCode::BAD_REQUEST,
+                    INVALID_ARGUMENT,
+                    format!("cannot decode protobuf ExportTraceServiceRequest: {e}"),
+                )
+            }
+        },
+        Format::Json => match serde_json::from_slice::<ExportTraceServiceRequest>(&body) {
+            Ok(r) => (r, None),
+            Err(e) => {
+                return error(
+                    format,
+                    StatusCode::BAD_REQUEST,
+                    INVALID_ARGUMENT,
+                    format!("cannot decode json ExportTraceServiceRequest: {e}"),
+                )
+            }
+        },
+    };
+    match s.distributor.push(&tenant, raw, req).await {
+        Ok(outcome) => {
+            let resp = response_for(&outcome);
+            match format {
+                Format::Protobuf => (
+                    [(header::CONTENT_TYPE, "application/x-protobuf")],
+                    resp.encode_to_vec(),
+                )
+                    .into_response(),
+                Format::Json => {
+                    let v = match &resp.partial_success {
+                        Some(p) => json!({ "partialSuccess": {
+                            "rejectedSpans": p.rejected_spans.to_string(),
+                            "errorMessage": p.error_message,
+                        }}),
+                        None => json!({ "partialSuccess": {} }),
+                    };
+                    ([(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response()
+                }
+            }
+        }
+        Err(e) => {
+            if is_retryable(&e) {
+                error(
+                    format,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    UNAVAILABLE,
+                    e.to_string(),
+                )
+            } else {
+                error(
+                    format,
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    INTERNAL,
+                    e.to_string(),
+                )
+            }
+        }
+    }
+}
+
+/// Decompresses at most `limit` bytes; `None` when the body inflates past it.
+fn gunzip(data: &[u8], limit: usize) -> std::io::Result<Option<Bytes>> {
+    let mut out = Vec::with_capacity(data.len() * 4);
+    let mut dec = flate2::read::GzDecoder::new(data).take(limit as u64 + 1);
+    dec.read_to_end(&mut out)?;
+    if out.len() > limit {
+        return Ok(None);
+    }
+    Ok(Some(Bytes::from(out)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn gunzip_respects_limit() {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(&vec![7u8; 10_000]).unwrap();
+        let gz = enc.finish().unwrap();
+        assert_eq!(gunzip(&gz, 10_000).unwrap().unwrap().len(), 10_000);
+        assert!(gunzip(&gz, 9_999).unwrap().is_none());
+        assert!(gunzip(b"not gzip", 100).is_err());
+    }
+}
