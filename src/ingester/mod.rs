@@ -296,3 +296,6 @@ impl Ingester {
         self.cfg.flush_check_period
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -323,7 +323,7 @@ mod tests {
         }
         let fsyncs = m.wal_fsyncs.get();
         assert!(
-            fsyncs >= 1 && fsyncs < 200,
+            (1..200).contains(&fsyncs),
             "group commit shared fsyncs: {fsyncs}"
         );
         assert_eq!(wal.rotate().await.unwrap(), 2);

@@ -1,0 +1,163 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use prost::Message;
+
+use super::wal::Wal;
+use super::*;
+use crate::block::BlockMeta;
+use crate::distributor::group_by_trace;
+use crate::model::{combine, span_count, ScopeSpans, Span};
+use crate::querier::{BlockList, Querier};
+
+fn request(trace: u8, span_ids: std::ops::Range<u8>) -> ExportTraceServiceRequest {
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: None,
+            scope_spans: vec![ScopeSpans {
+                scope: None,
+                spans: span_ids
+                    .map(|i| Span {
+                        trace_id: vec![trace; 16],
+                        span_id: vec![1, 1, 1, 1, 1, 1, 1, i],
+                        name: format!("op-{i}"),
+                        start_time_unix_nano: 1_700_000_000_000_000_000 + u64::from(i),
+                        end_time_unix_nano: 1_700_000_000_100_000_000,
+                        ..Default::default()
+                    })
+                    .collect(),
+                schema_url: String::new(),
+            }],
+            schema_url: String::new(),
+        }],
+    }
+}
+
+struct Fixture {
+    ingester: Arc<Ingester>,
+    querier: Querier,
+    committed: Arc<Mutex<Vec<BlockMeta>>>,
+    _dir: tempfile::TempDir,
+}
+
+fn fixture(idle: Duration) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Arc::new(Metrics::default());
+    let (wal, replayed) = Wal::open(dir.path(), metrics.clone()).unwrap();
+    assert!(replayed.is_empty());
+    let backend = Backend::memory();
+    let blocklist = Arc::new(BlockList::default());
+    let committed = Arc::new(Mutex::new(Vec::new()));
+    let (bl, c) = (blocklist.clone(), committed.clone());
+    let on_commit: BlockCommitted = Arc::new(move |m: BlockMeta| {
+        c.lock().push(m.clone());
+        bl.add(TenantId::single(), m);
+    });
+    let cfg = IngesterConfig {
+        trace_idle_period: idle,
+        ..Default::default()
+    };
+    let ingester = Ingester::new(
+        cfg,
+        Arc::new(wal),
+        backend.clone(),
+        BlockConfig::default(),
+        metrics.clone(),
+        on_commit,
+    );
+    let querier = Querier::new(backend, Some(ingester.clone()), blocklist, metrics, 4);
+    Fixture {
+        ingester,
+        querier,
+        committed,
+        _dir: dir,
+    }
+}
+
+async fn push(ing: &Ingester, req: ExportTraceServiceRequest) {
+    let tenant = TenantId::single();
+    let raw = req.encode_to_vec();
+    let g = group_by_trace(req.resource_spans);
+    ing.push(wal::encode_payload(&tenant, &raw), &tenant, g.traces)
+        .await
+        .unwrap();
+}
+
+async fn spans_of(f: &Fixture, trace: u8) -> usize {
+    let found = f
+        .querier
+        .find_trace(&TenantId::single(), &TraceId([trace; 16]), None)
+        .await
+        .unwrap();
+    span_count(&combine(found.batches))
+}
+
+#[tokio::test]
+async fn late_spans_join_their_trace_across_a_block_flush() {
+    let f = fixture(Duration::ZERO);
+    push(&f.ingester, request(7, 1..4)).await;
+    assert_eq!(spans_of(&f, 7).await, 3, "readable before any flush");
+    assert_eq!(f.ingester.flush(false).await, 1);
+    assert_eq!(f.committed.lock().len(), 1);
+    assert_eq!(spans_of(&f, 7).await, 3, "readable from the block");
+    // The late batch, plus a duplicate of span 3.
+    push(&f.ingester, request(7, 3..6)).await;
+    assert_eq!(spans_of(&f, 7).await, 5, "late spans merged, duplicate dropped");
+    f.ingester.flush(false).await;
+    assert_eq!(f.committed.lock().len(), 2);
+    assert_eq!(spans_of(&f, 7).await, 5, "merged across two blocks");
+    assert_eq!(spans_of(&f, 9).await, 0);
+}
+
+#[tokio::test]
+async fn active_traces_are_carried_over_and_old_segments_deleted() {
+    let f = fixture(Duration::from_secs(3600));
+    push(&f.ingester, request(1, 1..3)).await;
+    let dir = f._dir.path().to_owned();
+    let segments = || std::fs::read_dir(&dir).unwrap().count();
+    assert_eq!(segments(), 1);
+    // Nothing is idle yet: the cut writes no block but carries the trace to a new segment.
+    assert_eq!(f.ingester.flush(false).await, 0);
+    assert_eq!(segments(), 1, "old segment deleted after carry-over");
+    assert_eq!(spans_of(&f, 1).await, 2);
+    // A restart from this WAL alone still has the trace.
+    let metrics = Arc::new(Metrics::default());
+    let (_wal, replayed) = Wal::open(&dir, metrics).unwrap();
+    let mut spans = 0;
+    for r in replayed {
+        let (_, otlp) = wal::decode_payload(&r.payload).unwrap();
+        let req = ExportTraceServiceRequest::decode(otlp).unwrap();
+        spans += group_by_trace(req.resource_spans).accepted;
+    }
+    assert_eq!(spans, 2);
+    // A forced flush writes it.
+    assert_eq!(f.ingester.flush(true).await, 1);
+    assert_eq!(spans_of(&f, 1).await, 2);
+}
+
+#[tokio::test]
+async fn refuses_instead_of_dropping_when_memory_is_full() {
+    let f = fixture(Duration::ZERO);
+    let tenant = TenantId::single();
+    let big = request(3, 1..50);
+    let raw = big.encode_to_vec();
+    let g = group_by_trace(big.resource_spans);
+    let ing = Ingester::new(
+        IngesterConfig {
+            max_live_bytes: 10,
+            ..Default::default()
+        },
+        f.ingester.log.clone(),
+        Backend::memory(),
+        BlockConfig::default(),
+        Arc::new(Metrics::default()),
+        Arc::new(|_| {}),
+    );
+    let err = ing
+        .push(wal::encode_payload(&tenant, &raw), &tenant, g.traces)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, IngestError::LiveBytesExceeded { .. }), "{err}");
+    assert!(ing.find_trace(&tenant, &TraceId([3; 16])).is_empty());
+}
