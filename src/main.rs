@@ -25,7 +25,11 @@ fn main() -> std::process::ExitCode {
                     return std::process::ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(vivace::app::run(cfg, shutdown_signal())) {
+            let result = rt.block_on(vivace::app::run(cfg, shutdown_signal()));
+            // Do not wait on stray blocking work (an encode of a block that will be redone
+            // from the WAL): everything acknowledged is already durable.
+            rt.shutdown_timeout(std::time::Duration::from_secs(1));
+            match result {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "vivace failed");

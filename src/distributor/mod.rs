@@ -10,7 +10,7 @@ use prost::Message;
 
 use crate::ingester::{wal, IngestError, Ingester, TraceBatch};
 use crate::metrics::Metrics;
-use crate::model::{ExportTraceServiceRequest, ResourceSpans, ScopeSpans, Span, TenantId, TraceId};
+use crate::model::{ExportTraceServiceRequest, Fragments, ResourceSpans, Span, TenantId, TraceId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PushError {
@@ -49,7 +49,8 @@ impl Distributor {
             Some(r) => r,
             None => Bytes::from(req.encode_to_vec()),
         };
-        let grouped = group_by_trace(req.resource_spans);
+        let grouped = group_by_trace(&req.resource_spans);
+        drop(req);
         let outcome = PushOutcome {
             accepted: grouped.accepted,
             rejected: grouped.rejected,
@@ -129,34 +130,20 @@ fn valid_span_id(id: &[u8]) -> bool {
     id.len() == 8 && id.iter().any(|&b| b != 0)
 }
 
-/// Splits OTLP resource spans into one fragment per trace, keeping each span under its own
-/// resource and scope.
-pub fn group_by_trace(resource_spans: Vec<ResourceSpans>) -> Grouped {
+/// Splits OTLP resource spans into one encoded fragment per trace, keeping each span under
+/// its own resource and scope. Spans are encoded straight from the request: nothing is
+/// cloned into new structs.
+pub fn group_by_trace(resource_spans: &[ResourceSpans]) -> Grouped {
     let mut g = Grouped::default();
     let mut index: HashMap<TraceId, usize> = HashMap::new();
-    // For each trace, the resource ordinal its last fragment came from.
-    let mut last_resource: Vec<usize> = Vec::new();
-    for (r_ord, rs) in resource_spans.into_iter().enumerate() {
-        let ResourceSpans {
-            resource,
-            scope_spans,
-            schema_url,
-        } = rs;
-        for ss in scope_spans {
-            let ScopeSpans {
-                scope,
-                spans,
-                schema_url: scope_url,
-            } = ss;
-            let mut per_trace: Vec<(usize, Vec<Span>)> = Vec::new();
-            for span in spans {
-                if span.trace_id.len() != 16 {
-                    g.bad_trace_id += 1;
-                    continue;
-                }
+    let mut per_trace: Vec<(usize, Vec<&Span>)> = Vec::new();
+    for rs in resource_spans {
+        for ss in &rs.scope_spans {
+            per_trace.clear();
+            for span in &ss.spans {
                 let id = match TraceId::from_bytes(&span.trace_id) {
-                    Ok(id) => id,
-                    Err(_) => {
+                    Ok(id) if span.trace_id.len() == 16 => id,
+                    _ => {
                         g.bad_trace_id += 1;
                         continue;
                     }
@@ -169,39 +156,24 @@ pub fn group_by_trace(resource_spans: Vec<ResourceSpans>) -> Grouped {
                 let t = *index.entry(id).or_insert_with(|| {
                     g.traces.push(TraceBatch {
                         id,
-                        batches: Vec::new(),
-                        bytes: 0,
+                        data: Fragments::default(),
                     });
-                    last_resource.push(usize::MAX);
                     g.traces.len() - 1
                 });
+                // Requests usually carry few traces per scope: a short linear search wins.
                 match per_trace.iter_mut().find(|(i, _)| *i == t) {
                     Some((_, v)) => v.push(span),
                     None => per_trace.push((t, vec![span])),
                 }
             }
-            for (t, spans) in per_trace {
-                let trace = &mut g.traces[t];
-                let scope_spans = ScopeSpans {
-                    scope: scope.clone(),
+            for (t, spans) in &per_trace {
+                g.traces[*t].data.push(
+                    rs.resource.as_ref(),
+                    &rs.schema_url,
+                    ss.scope.as_ref(),
+                    &ss.schema_url,
                     spans,
-                    schema_url: scope_url.clone(),
-                };
-                trace.bytes += scope_spans.encoded_len();
-                if last_resource[t] == r_ord {
-                    if let Some(last) = trace.batches.last_mut() {
-                        last.scope_spans.push(scope_spans);
-                        continue;
-                    }
-                }
-                last_resource[t] = r_ord;
-                let rs = ResourceSpans {
-                    resource: resource.clone(),
-                    scope_spans: vec![scope_spans],
-                    schema_url: schema_url.clone(),
-                };
-                trace.bytes += rs.resource.as_ref().map_or(0, |r| r.encoded_len());
-                trace.batches.push(rs);
+                );
             }
         }
     }
@@ -212,7 +184,7 @@ pub fn group_by_trace(resource_spans: Vec<ResourceSpans>) -> Grouped {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{InstrumentationScope, Resource};
+    use crate::model::{InstrumentationScope, Resource, ScopeSpans};
 
     fn span(trace: u8, id: u8) -> Span {
         Span {
@@ -259,20 +231,23 @@ mod tests {
                 schema_url: String::new(),
             },
         ];
-        let g = group_by_trace(req);
+        let g = group_by_trace(&req);
         assert_eq!(g.accepted, 5);
         assert_eq!(g.bad_trace_id, 1);
         assert_eq!(g.bad_span_id, 1);
         assert_eq!(g.traces.len(), 2);
         let t1 = &g.traces[0];
         assert_eq!(t1.id, TraceId([1; 16]));
-        // one resource, two scopes (span 1+3 in scope a, span 5 in the unnamed scope)
-        assert_eq!(t1.batches.len(), 1);
-        assert_eq!(t1.batches[0].scope_spans.len(), 2);
-        assert_eq!(t1.batches[0].scope_spans[0].spans.len(), 2);
-        let t2 = &g.traces[1];
-        assert_eq!(t2.batches.len(), 2);
-        assert!(t1.bytes > 0 && t2.bytes > 0);
+        // one fragment per resource/scope group: span 1+3 in scope a, span 5 unnamed
+        let b1 = t1.data.decode().unwrap();
+        assert_eq!(b1.len(), 2);
+        assert_eq!(b1[0].scope_spans[0].scope.as_ref().unwrap().name, "a");
+        let names: Vec<_> = b1[0].scope_spans[0].spans.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["span-1", "span-3"]);
+        assert_eq!(b1[1].scope_spans[0].spans[0].name, "span-5");
+        let b2 = g.traces[1].data.decode().unwrap();
+        assert_eq!(b2.len(), 2);
+        assert!(b2[1].resource.is_none());
         assert!(g.message().contains("invalid trace id"));
     }
 }

@@ -23,6 +23,8 @@ enum FlushError {
     Encode(#[from] BlockError),
     #[error("block upload failed: {0}")]
     Upload(#[from] BackendError),
+    #[error("cannot decode a live trace: {0}")]
+    Decode(#[from] prost::DecodeError),
     #[error("block encoding task failed: {0}")]
     Join(#[from] task::JoinError),
 }
@@ -95,10 +97,9 @@ impl Ingester {
             for tenant in &failed {
                 let traces = taken[tenant]
                     .iter()
-                    .map(|(id, batches)| super::TraceBatch {
+                    .map(|(id, data)| super::TraceBatch {
                         id: *id,
-                        bytes: batches.iter().map(prost::Message::encoded_len).sum(),
-                        batches: batches.clone(),
+                        data: data.clone(),
                     })
                     .collect();
                 head.insert(tenant, traces, now);
@@ -124,15 +125,13 @@ impl Ingester {
         let t = tenant.clone();
         // Parquet encoding is CPU-bound: keep it off the async executor.
         let encoded = task::spawn_blocking(move || {
-            let inputs: Vec<TraceInput> = taken
-                .get(&t)
-                .into_iter()
-                .flatten()
-                .map(|(id, batches)| TraceInput {
+            let mut inputs = Vec::new();
+            for (id, data) in taken.get(&t).into_iter().flatten() {
+                inputs.push(TraceInput {
                     id: *id,
-                    batches: combine(batches.iter().cloned()),
-                })
-                .collect();
+                    batches: combine(data.decode()?),
+                });
+            }
             block::encode_block(&t, Uuid::new_v4(), 0, inputs, &cfg)
         })
         .await??;

@@ -26,7 +26,7 @@ use crate::backend::Backend;
 use crate::block::BlockConfig;
 use crate::config::IngesterConfig;
 use crate::metrics::Metrics;
-use crate::model::{ExportTraceServiceRequest, ResourceSpans, TenantId, TraceId};
+use crate::model::{ExportTraceServiceRequest, Fragments, ResourceSpans, TenantId, TraceId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -38,16 +38,14 @@ pub enum IngestError {
     ShuttingDown,
 }
 
-/// Spans of one trace from one request, regrouped by the distributor.
+/// Spans of one trace from one request, regrouped and encoded by the distributor.
 pub struct TraceBatch {
     pub id: TraceId,
-    pub batches: Vec<ResourceSpans>,
-    pub bytes: usize,
+    pub data: Fragments,
 }
 
 struct LiveTrace {
-    batches: Vec<ResourceSpans>,
-    bytes: usize,
+    data: Fragments,
     first_seen: Instant,
     last_seen: Instant,
 }
@@ -67,11 +65,10 @@ impl Head {
             None => self.tenants.entry(tenant.clone()).or_default(),
         };
         for t in traces {
-            self.bytes += t.bytes as u64;
+            self.bytes += t.data.len() as u64;
             match map.get_mut(&t.id) {
                 Some(live) => {
-                    live.batches.extend(t.batches);
-                    live.bytes += t.bytes;
+                    live.data.extend(&t.data);
                     live.last_seen = now;
                 }
                 None => {
@@ -79,8 +76,7 @@ impl Head {
                     map.insert(
                         t.id,
                         LiveTrace {
-                            batches: t.batches,
-                            bytes: t.bytes,
+                            data: t.data,
                             first_seen: now,
                             last_seen: now,
                         },
@@ -93,7 +89,7 @@ impl Head {
 }
 
 /// Traces cut from the head and on their way into blocks; still served to queries.
-type Flushing = HashMap<TenantId, HashMap<TraceId, Vec<ResourceSpans>>>;
+type Flushing = HashMap<TenantId, HashMap<TraceId, Fragments>>;
 
 struct Cut {
     taken: Arc<Flushing>,
@@ -147,7 +143,7 @@ impl Ingester {
         tenant: &TenantId,
         traces: Vec<TraceBatch>,
     ) -> Result<(), IngestError> {
-        let incoming: u64 = traces.iter().map(|t| t.bytes as u64).sum();
+        let incoming: u64 = traces.iter().map(|t| t.data.len() as u64).sum();
         let live = self.metrics.live_bytes.get();
         if live + incoming > self.cfg.max_live_bytes {
             return Err(IngestError::LiveBytesExceeded {
@@ -186,7 +182,7 @@ impl Ingester {
                     continue;
                 }
             };
-            let grouped = crate::distributor::group_by_trace(req.resource_spans);
+            let grouped = crate::distributor::group_by_trace(&req.resource_spans);
             spans += grouped.accepted;
             head.insert(&tenant, grouped.traces, now);
         }
@@ -207,18 +203,25 @@ impl Ingester {
 
     /// Every fragment of a trace still held by the ingester (head and blocks being flushed).
     pub fn find_trace(&self, tenant: &TenantId, id: &TraceId) -> Vec<ResourceSpans> {
-        let mut out = Vec::new();
+        let mut data = Fragments::default();
         {
             let flushing = self.flushing.read().clone();
-            if let Some(batches) = flushing.get(tenant).and_then(|m| m.get(id)) {
-                out.extend(batches.iter().cloned());
+            if let Some(f) = flushing.get(tenant).and_then(|m| m.get(id)) {
+                data.extend(f);
             }
         }
-        let head = self.head.lock();
-        if let Some(live) = head.tenants.get(tenant).and_then(|m| m.get(id)) {
-            out.extend(live.batches.iter().cloned());
+        {
+            let head = self.head.lock();
+            if let Some(live) = head.tenants.get(tenant).and_then(|m| m.get(id)) {
+                data.extend(&live.data);
+            }
         }
-        out
+        // Decoded outside the lock. This process encoded the bytes, so a failure is a bug:
+        // it is logged rather than failing the query.
+        data.decode().unwrap_or_else(|e| {
+            warn!(tenant = %tenant, trace = %id, error = %e, "cannot decode live trace");
+            Vec::new()
+        })
     }
 
     pub fn tenants(&self) -> Vec<TenantId> {
@@ -248,28 +251,23 @@ impl Ingester {
         let mut taken: Flushing = HashMap::new();
         let mut carry = Vec::new();
         for (tenant, traces) in old.tenants {
-            let mut kept_req = ExportTraceServiceRequest::default();
+            // Fragments concatenate into a valid ExportTraceServiceRequest.
+            let mut kept_req = Fragments::default();
             for (id, live) in traces {
                 let ready = force
                     || now.duration_since(live.last_seen) >= self.cfg.trace_idle_period
                     || now.duration_since(live.first_seen) >= self.cfg.max_trace_live;
                 if ready {
-                    taken
-                        .entry(tenant.clone())
-                        .or_default()
-                        .insert(id, live.batches);
+                    taken.entry(tenant.clone()).or_default().insert(id, live.data);
                 } else {
-                    kept_req.resource_spans.extend(live.batches.iter().cloned());
-                    head.bytes += live.bytes as u64;
+                    kept_req.extend(&live.data);
+                    head.bytes += live.data.len() as u64;
                     head.traces += 1;
-                    head.tenants
-                        .entry(tenant.clone())
-                        .or_default()
-                        .insert(id, live);
+                    head.tenants.entry(tenant.clone()).or_default().insert(id, live);
                 }
             }
-            if !kept_req.resource_spans.is_empty() {
-                carry.push(wal::encode_payload(&tenant, &kept_req.encode_to_vec()));
+            if !kept_req.is_empty() {
+                carry.push(wal::encode_payload(&tenant, kept_req.as_bytes()));
             }
         }
         if head.traces > 0 {

@@ -78,7 +78,7 @@ fn fixture(idle: Duration) -> Fixture {
 async fn push(ing: &Ingester, req: ExportTraceServiceRequest) {
     let tenant = TenantId::single();
     let raw = req.encode_to_vec();
-    let g = group_by_trace(req.resource_spans);
+    let g = group_by_trace(&req.resource_spans);
     ing.push(wal::encode_payload(&tenant, &raw), &tenant, g.traces)
         .await
         .unwrap();
@@ -128,7 +128,7 @@ async fn active_traces_are_carried_over_and_old_segments_deleted() {
     for r in replayed {
         let (_, otlp) = wal::decode_payload(&r.payload).unwrap();
         let req = ExportTraceServiceRequest::decode(otlp).unwrap();
-        spans += group_by_trace(req.resource_spans).accepted;
+        spans += group_by_trace(&req.resource_spans).accepted;
     }
     assert_eq!(spans, 2);
     // A forced flush writes it.
@@ -142,7 +142,7 @@ async fn refuses_instead_of_dropping_when_memory_is_full() {
     let tenant = TenantId::single();
     let big = request(3, 1..50);
     let raw = big.encode_to_vec();
-    let g = group_by_trace(big.resource_spans);
+    let g = group_by_trace(&big.resource_spans);
     let ing = Ingester::new(
         IngesterConfig {
             max_live_bytes: 10,

@@ -5,9 +5,11 @@
 //! place that merges fragments of a trace.
 
 mod combine;
+mod fragment;
 mod ids;
 
 pub use combine::{combine, span_count, Combiner};
+pub use fragment::Fragments;
 pub use ids::{IdError, TenantId, TenantIdError, TraceId, SINGLE_TENANT};
 
 pub use opentelemetry_proto::tonic::collector::trace::v1::{

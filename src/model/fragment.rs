@@ -1,0 +1,155 @@
+//! A trace's spans held as protobuf bytes instead of structs: about a quarter of the memory,
+//! and free to hand to the WAL or decode on demand.
+//!
+//! The buffer is a sequence of `ResourceSpans` entries encoded as field 1, which is exactly
+//! the wire form of both OTLP `TracesData` and `ExportTraceServiceRequest`: fragments
+//! concatenate into a valid message, and a WAL record can reuse them without re-encoding.
+
+use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, message, WireType};
+use prost::Message;
+
+use super::{InstrumentationScope, Resource, ResourceSpans, Span, TracesData};
+
+#[derive(Clone, Default, Debug, PartialEq, Eq)]
+pub struct Fragments(Vec<u8>);
+
+impl Fragments {
+    pub fn from_encoded(bytes: Vec<u8>) -> Self {
+        Self(bytes)
+    }
+
+    /// Appends one resource/scope group holding `spans`, without copying them into structs.
+    pub fn push(
+        &mut self,
+        resource: Option<&Resource>,
+        resource_schema_url: &str,
+        scope: Option<&InstrumentationScope>,
+        scope_schema_url: &str,
+        spans: &[&Span],
+    ) {
+        let str_len = |tag: u32, s: &str| {
+            if s.is_empty() {
+                0
+            } else {
+                key_len(tag) + encoded_len_varint(s.len() as u64) + s.len()
+            }
+        };
+        let scope_len = scope.map_or(0, |s| message::encoded_len(1, s))
+            + spans.iter().map(|s| message::encoded_len(2, *s)).sum::<usize>()
+            + str_len(3, scope_schema_url);
+        let rs_len = resource.map_or(0, |r| message::encoded_len(1, r))
+            + key_len(2)
+            + encoded_len_varint(scope_len as u64)
+            + scope_len
+            + str_len(3, resource_schema_url);
+        let buf = &mut self.0;
+        buf.reserve(key_len(1) + encoded_len_varint(rs_len as u64) + rs_len);
+        encode_key(1, WireType::LengthDelimited, buf);
+        encode_varint(rs_len as u64, buf);
+        if let Some(r) = resource {
+            message::encode(1, r, buf);
+        }
+        encode_key(2, WireType::LengthDelimited, buf);
+        encode_varint(scope_len as u64, buf);
+        if let Some(s) = scope {
+            message::encode(1, s, buf);
+        }
+        for s in spans {
+            message::encode(2, *s, buf);
+        }
+        if !scope_schema_url.is_empty() {
+            encode_key(3, WireType::LengthDelimited, buf);
+            encode_varint(scope_schema_url.len() as u64, buf);
+            buf.extend_from_slice(scope_schema_url.as_bytes());
+        }
+        if !resource_schema_url.is_empty() {
+            encode_key(3, WireType::LengthDelimited, buf);
+            encode_varint(resource_schema_url.len() as u64, buf);
+            buf.extend_from_slice(resource_schema_url.as_bytes());
+        }
+    }
+
+    pub fn extend(&mut self, other: &Fragments) {
+        self.0.extend_from_slice(&other.0);
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn decode(&self) -> Result<Vec<ResourceSpans>, prost::DecodeError> {
+        Ok(TracesData::decode(self.0.as_slice())?.resource_spans)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{any_value, AnyValue, KeyValue, ScopeSpans};
+
+    #[test]
+    fn encodes_like_prost_and_concatenates() {
+        let resource = Resource {
+            attributes: vec![KeyValue {
+                key: "service.name".into(),
+                value: Some(AnyValue {
+                    value: Some(any_value::Value::StringValue("svc".into())),
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let scope = InstrumentationScope {
+            name: "lib".into(),
+            version: "1".into(),
+            ..Default::default()
+        };
+        let spans: Vec<Span> = (1..4u8)
+            .map(|i| Span {
+                trace_id: vec![9; 16],
+                span_id: vec![i; 8],
+                name: format!("op{i}"),
+                ..Default::default()
+            })
+            .collect();
+        let refs: Vec<&Span> = spans.iter().collect();
+        let mut f = Fragments::default();
+        f.push(Some(&resource), "rs-url", Some(&scope), "ss-url", &refs);
+        f.push(None, "", None, "", &refs[..1]);
+        let expect = vec![
+            ResourceSpans {
+                resource: Some(resource.clone()),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(scope.clone()),
+                    spans: spans.clone(),
+                    schema_url: "ss-url".into(),
+                }],
+                schema_url: "rs-url".into(),
+            },
+            ResourceSpans {
+                resource: None,
+                scope_spans: vec![ScopeSpans {
+                    scope: None,
+                    spans: spans[..1].to_vec(),
+                    schema_url: String::new(),
+                }],
+                schema_url: String::new(),
+            },
+        ];
+        assert_eq!(f.decode().unwrap(), expect);
+        // Byte-identical to prost's own encoding of the same message.
+        let prost_bytes = TracesData {
+            resource_spans: expect,
+        }
+        .encode_to_vec();
+        assert_eq!(f.as_bytes(), &prost_bytes[..]);
+    }
+}
