@@ -89,7 +89,9 @@ impl std::fmt::Debug for BloomShard {
 impl BloomShard {
     pub fn from_bytes(b: &[u8]) -> Result<Self, BlockError> {
         let bloom = Bloom::from_slice(b).map_err(|e| BlockError::Bloom(e.to_lowercase()))?;
-        // An empty bitmap would divide by zero on lookup.
+        // A zero-bit bitmap would divide by zero on lookup. (`is_empty` means "no bit set"
+        // in this crate, hence the explicit length.)
+        #[allow(clippy::len_zero)]
         if bloom.len() == 0 {
             return Err(BlockError::Bloom("empty bitmap".into()));
         }

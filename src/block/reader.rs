@@ -6,8 +6,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use arrow_array::{
-    Array, BinaryArray, BooleanArray, FixedSizeBinaryArray, Float64Array, Int32Array,
-    Int64Array, ListArray, RecordBatch, StringArray, StructArray, UInt32Array, UInt64Array,
+    Array, BinaryArray, BooleanArray, FixedSizeBinaryArray, Float64Array, Int32Array, Int64Array,
+    ListArray, RecordBatch, StringArray, StructArray, UInt32Array, UInt64Array,
 };
 use bytes::{Buf, Bytes};
 use parquet::arrow::arrow_reader::{
@@ -362,7 +362,9 @@ impl<'a> AttrCols<'a> {
                 value_type::BYTES if self.bytes.is_valid(j) => Some(AnyValue {
                     value: Some(Value::BytesValue(self.bytes.value(j).to_vec())),
                 }),
-                value_type::ARRAY | value_type::KVLIST | value_type::ENCODED if self.bytes.is_valid(j) => {
+                value_type::ARRAY | value_type::KVLIST | value_type::ENCODED
+                    if self.bytes.is_valid(j) =>
+                {
                     Some(AnyValue::decode(self.bytes.value(j))?)
                 }
                 value_type::STRING

@@ -203,7 +203,8 @@ fn realistic_trace(rng: &mut Rng, t0: u64) -> TraceInput {
             attributes.push(kv_str("rpc.service", "oteldemo.Service"));
             attributes.push(kv_str("rpc.method", op));
             attributes.push(kv_int("rpc.grpc.status_code", 0));
-            attributes.push(kv_str("server.address", *rng.pick(&SERVICES)));
+            let server = SERVICES[rng.range(0, SERVICES.len() as u64 - 1) as usize];
+            attributes.push(kv_str("server.address", server));
             attributes.push(kv_int("server.port", 8080));
         } else {
             name = rng

@@ -57,11 +57,17 @@ fn round_trip_whole_file() {
     let input = input_with_duplicate();
     let want = expected(&input);
     let block = encode_block(&tenant(), uuid::Uuid::nil(), 0, input, &small_cfg()).expect("encode");
-    assert!(block.meta.total_records > 3, "want several row groups, got {}", block.meta.total_records);
+    assert!(
+        block.meta.total_records > 3,
+        "want several row groups, got {}",
+        block.meta.total_records
+    );
     assert_eq!(block.meta.total_objects, want.len() as u64);
     assert_eq!(
         block.meta.total_spans,
-        want.iter().map(|t| crate::model::span_count(&t.batches) as u64).sum::<u64>()
+        want.iter()
+            .map(|t| crate::model::span_count(&t.batches) as u64)
+            .sum::<u64>()
     );
     assert_eq!(block.meta.size, block.data.len() as u64);
     let got = read_all_traces(block.data.clone()).expect("read");
@@ -110,17 +116,39 @@ fn round_trip_by_id() {
 #[test]
 fn single_trace_and_empty_input() {
     let input = realistic_traces(1, 3);
-    let block = encode_block(&tenant(), uuid::Uuid::nil(), 1, input.clone(), &BlockConfig::default()).expect("encode");
+    let block = encode_block(
+        &tenant(),
+        uuid::Uuid::nil(),
+        1,
+        input.clone(),
+        &BlockConfig::default(),
+    )
+    .expect("encode");
     assert_eq!(block.meta.total_records, 1);
     assert_eq!(block.blooms.len(), 1);
     assert_eq!(read_all_traces(block.data).expect("read"), expected(&input));
     assert!(matches!(
-        encode_block(&tenant(), uuid::Uuid::nil(), 0, vec![], &BlockConfig::default()),
+        encode_block(
+            &tenant(),
+            uuid::Uuid::nil(),
+            0,
+            vec![],
+            &BlockConfig::default()
+        ),
         Err(BlockError::Empty)
     ));
-    let bad = BlockConfig { bloom_false_positive: 1.5, ..BlockConfig::default() };
+    let bad = BlockConfig {
+        bloom_false_positive: 1.5,
+        ..BlockConfig::default()
+    };
     assert!(matches!(
-        encode_block(&tenant(), uuid::Uuid::nil(), 0, realistic_traces(1, 3), &bad),
+        encode_block(
+            &tenant(),
+            uuid::Uuid::nil(),
+            0,
+            realistic_traces(1, 3),
+            &bad
+        ),
         Err(BlockError::Config(_))
     ));
 }
@@ -129,7 +157,14 @@ fn single_trace_and_empty_input() {
 fn trace_level_columns() {
     use arrow_array::{Array, StringArray, UInt64Array};
     let input = realistic_traces(20, 8);
-    let block = encode_block(&tenant(), uuid::Uuid::nil(), 0, input.clone(), &BlockConfig::default()).expect("encode");
+    let block = encode_block(
+        &tenant(),
+        uuid::Uuid::nil(),
+        0,
+        input.clone(),
+        &BlockConfig::default(),
+    )
+    .expect("encode");
     let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(block.data)
         .expect("reader")
         .build()
@@ -143,11 +178,27 @@ fn trace_level_columns() {
         let durs = batch.column_by_name("duration_nano").expect("col");
         let durs = durs.as_any().downcast_ref::<UInt64Array>().expect("u64");
         for i in 0..batch.num_rows() {
-            let spans: Vec<_> = want[row].batches.iter().flat_map(|b| &b.scope_spans).flat_map(|s| &s.spans).collect();
-            let root = spans.iter().find(|s| s.parent_span_id.is_empty()).expect("root");
+            let spans: Vec<_> = want[row]
+                .batches
+                .iter()
+                .flat_map(|b| &b.scope_spans)
+                .flat_map(|s| &s.spans)
+                .collect();
+            let root = spans
+                .iter()
+                .find(|s| s.parent_span_id.is_empty())
+                .expect("root");
             assert_eq!(names.value(i), root.name);
-            let start = spans.iter().map(|s| s.start_time_unix_nano).min().unwrap_or(0);
-            let end = spans.iter().map(|s| s.end_time_unix_nano).max().unwrap_or(0);
+            let start = spans
+                .iter()
+                .map(|s| s.start_time_unix_nano)
+                .min()
+                .unwrap_or(0);
+            let end = spans
+                .iter()
+                .map(|s| s.end_time_unix_nano)
+                .max()
+                .unwrap_or(0);
             assert_eq!(durs.value(i), end - start);
             row += 1;
         }
@@ -157,8 +208,17 @@ fn trace_level_columns() {
 
 #[test]
 fn written_schema_matches_schema_file() {
-    let block = encode_block(&tenant(), uuid::Uuid::nil(), 0, realistic_traces(3, 1), &BlockConfig::default()).expect("encode");
-    let md = ParquetMetaDataReader::new().parse_and_finish(&block.data).expect("footer");
+    let block = encode_block(
+        &tenant(),
+        uuid::Uuid::nil(),
+        0,
+        realistic_traces(3, 1),
+        &BlockConfig::default(),
+    )
+    .expect("encode");
+    let md = ParquetMetaDataReader::new()
+        .parse_and_finish(&block.data)
+        .expect("footer");
     let want = parse_message_type(SCHEMA_TEXT).expect("schema text");
     assert_eq!(md.file_metadata().schema_descr().root_schema(), &want);
 }
@@ -171,9 +231,15 @@ fn bloom_has_no_false_negatives_and_few_false_positives() {
     let shard_size = 4096;
     let blooms = build_blooms(&ids, 0.01, shard_size).expect("blooms");
     let n = blooms.len() as u32;
-    assert_eq!(n, bloom_shard_count(ids.len(), 0.01, shard_size).expect("count"));
+    assert_eq!(
+        n,
+        bloom_shard_count(ids.len(), 0.01, shard_size).expect("count")
+    );
     assert!(n > 1);
-    let shards: Vec<BloomShard> = blooms.iter().map(|b| BloomShard::from_bytes(b).expect("shard")).collect();
+    let shards: Vec<BloomShard> = blooms
+        .iter()
+        .map(|b| BloomShard::from_bytes(b).expect("shard"))
+        .collect();
     for id in &ids {
         assert!(shards[bloom_shard_for(id, n) as usize].may_contain(id));
     }
@@ -196,7 +262,14 @@ fn bloom_has_no_false_negatives_and_few_false_positives() {
 #[test]
 fn bloom_from_block_and_shard_bounds() {
     let input = realistic_traces(50, 2);
-    let block = encode_block(&tenant(), uuid::Uuid::nil(), 0, input.clone(), &BlockConfig::default()).expect("encode");
+    let block = encode_block(
+        &tenant(),
+        uuid::Uuid::nil(),
+        0,
+        input.clone(),
+        &BlockConfig::default(),
+    )
+    .expect("encode");
     assert_eq!(block.meta.bloom_shards as usize, block.blooms.len());
     let shard = BloomShard::from_bytes(&block.blooms[0]).expect("shard");
     for t in &input {
@@ -219,11 +292,17 @@ fn index_lookup() {
     assert_eq!(index.row_group_for(&TraceId([2; 16])), Some(1));
     assert_eq!(index.row_group_for(&TraceId([9; 16])), Some(2));
     assert_eq!(index.row_group_for(&TraceId([10; 16])), None);
-    assert!(String::from_utf8(index.to_bytes()).expect("utf8").starts_with("{\"rowGroups\":[\"0101"));
+    assert!(String::from_utf8(index.to_bytes())
+        .expect("utf8")
+        .starts_with("{\"rowGroups\":[\"0101"));
 }
 
 fn ns(left: i32, right: i32, parent: i32) -> NestedSet {
-    NestedSet { left, right, parent }
+    NestedSet {
+        left,
+        right,
+        parent,
+    }
 }
 
 #[test]
@@ -266,7 +345,14 @@ fn nested_set_cycle_does_not_panic() {
 
 #[test]
 fn corrupt_data_is_an_error() {
-    let block = encode_block(&tenant(), uuid::Uuid::nil(), 0, realistic_traces(30, 4), &small_cfg()).expect("encode");
+    let block = encode_block(
+        &tenant(),
+        uuid::Uuid::nil(),
+        0,
+        realistic_traces(30, 4),
+        &small_cfg(),
+    )
+    .expect("encode");
     let data = block.data.clone();
     let len = data.len();
     assert!(read_all_traces(Bytes::from_static(b"")).is_err());
@@ -304,22 +390,49 @@ fn corrupt_bloom_index_meta_are_errors() {
         assert!(RowGroupIndex::from_bytes(b).is_err());
         assert!(BlockMeta::from_bytes(b).is_err());
     }
-    let good = build_blooms(&[TraceId([1; 16])], 0.01, 1024).expect("bloom").remove(0);
+    let good = build_blooms(&[TraceId([1; 16])], 0.01, 1024)
+        .expect("bloom")
+        .remove(0);
     assert!(BloomShard::from_bytes(&good[..good.len() - 1]).is_err());
     assert!(RowGroupIndex::from_bytes(br#"{"rowGroups":["zz"]}"#).is_err());
-    assert!(RowGroupIndex::from_bytes(br#"{"rowGroups":["0000000000000000000000000000000g"]}"#).is_err());
-    let unsorted = format!(r#"{{"rowGroups":["{}","{}"]}}"#, "2".repeat(32), "1".repeat(32));
+    assert!(
+        RowGroupIndex::from_bytes(br#"{"rowGroups":["0000000000000000000000000000000g"]}"#)
+            .is_err()
+    );
+    let unsorted = format!(
+        r#"{{"rowGroups":["{}","{}"]}}"#,
+        "2".repeat(32),
+        "1".repeat(32)
+    );
     assert!(RowGroupIndex::from_bytes(unsorted.as_bytes()).is_err());
 }
 
 #[test]
 fn meta_json_shape() {
-    let block = encode_block(&tenant(), uuid::Uuid::from_u128(7), 2, realistic_traces(5, 1), &BlockConfig::default()).expect("encode");
+    let block = encode_block(
+        &tenant(),
+        uuid::Uuid::from_u128(7),
+        2,
+        realistic_traces(5, 1),
+        &BlockConfig::default(),
+    )
+    .expect("encode");
     let m = &block.meta;
     let json: serde_json::Value = serde_json::from_slice(&m.to_bytes()).expect("json");
     for key in [
-        "format", "blockID", "tenantID", "startTime", "endTime", "totalObjects", "totalSpans", "size",
-        "compactionLevel", "totalRecords", "bloomShards", "footerSize", "dedicatedColumns",
+        "format",
+        "blockID",
+        "tenantID",
+        "startTime",
+        "endTime",
+        "totalObjects",
+        "totalSpans",
+        "size",
+        "compactionLevel",
+        "totalRecords",
+        "bloomShards",
+        "footerSize",
+        "dedicatedColumns",
     ] {
         assert!(json.get(key).is_some(), "missing {key}");
     }
@@ -345,10 +458,22 @@ fn meta_json_shape() {
 fn object_keys() {
     let id = uuid::Uuid::from_u128(1);
     let t = tenant();
-    assert_eq!(meta_key(&t, id), "t1/00000000-0000-0000-0000-000000000001/meta.json");
-    assert_eq!(data_key(&t, id), "t1/00000000-0000-0000-0000-000000000001/data.parquet");
-    assert_eq!(bloom_key(&t, id, 3), "t1/00000000-0000-0000-0000-000000000001/bloom-3");
-    assert_eq!(index_key(&t, id), "t1/00000000-0000-0000-0000-000000000001/index");
+    assert_eq!(
+        meta_key(&t, id),
+        "t1/00000000-0000-0000-0000-000000000001/meta.json"
+    );
+    assert_eq!(
+        data_key(&t, id),
+        "t1/00000000-0000-0000-0000-000000000001/data.parquet"
+    );
+    assert_eq!(
+        bloom_key(&t, id, 3),
+        "t1/00000000-0000-0000-0000-000000000001/bloom-3"
+    );
+    assert_eq!(
+        index_key(&t, id),
+        "t1/00000000-0000-0000-0000-000000000001/index"
+    );
 }
 
 #[test]
@@ -366,7 +491,10 @@ fn projection_by_path() {
 #[ignore]
 fn measure() {
     let input = realistic_traces(20_000, 11);
-    let spans: usize = input.iter().map(|t| crate::model::span_count(&t.batches)).sum();
+    let spans: usize = input
+        .iter()
+        .map(|t| crate::model::span_count(&t.batches))
+        .sum();
     println!("{} traces, {spans} spans", input.len());
     for (name, compression) in [
         ("snappy", BlockCompression::Snappy),
@@ -374,9 +502,14 @@ fn measure() {
         ("zstd(3)", BlockCompression::Zstd(3)),
     ] {
         for dict in [true, false] {
-            let cfg = BlockConfig { compression, string_dictionary: dict, ..BlockConfig::default() };
+            let cfg = BlockConfig {
+                compression,
+                string_dictionary: dict,
+                ..BlockConfig::default()
+            };
             let t = std::time::Instant::now();
-            let block = encode_block(&tenant(), uuid::Uuid::nil(), 0, input.clone(), &cfg).expect("encode");
+            let block =
+                encode_block(&tenant(), uuid::Uuid::nil(), 0, input.clone(), &cfg).expect("encode");
             let secs = t.elapsed().as_secs_f64();
             println!(
                 "{name:8} dict={dict:5}: {:.1} bytes/span, {:.0} spans/s encode, {} row groups",
@@ -387,9 +520,20 @@ fn measure() {
         }
     }
     let t = std::time::Instant::now();
-    let block = encode_block(&tenant(), uuid::Uuid::nil(), 0, input.clone(), &BlockConfig::default()).expect("encode");
+    let block = encode_block(
+        &tenant(),
+        uuid::Uuid::nil(),
+        0,
+        input.clone(),
+        &BlockConfig::default(),
+    )
+    .expect("encode");
     let enc = t.elapsed().as_secs_f64();
     let t = std::time::Instant::now();
     let n = read_all_traces(block.data).expect("read").len();
-    println!("default: encode {:.0} spans/s, read_all {:.0} spans/s ({n} traces)", spans as f64 / enc, spans as f64 / t.elapsed().as_secs_f64());
+    println!(
+        "default: encode {:.0} spans/s, read_all {:.0} spans/s ({n} traces)",
+        spans as f64 / enc,
+        spans as f64 / t.elapsed().as_secs_f64()
+    );
 }

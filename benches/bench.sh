@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Ingest, storage and lookup figures for BENCHMARKS.md. Starts a release vivace on loopback
+# ports with its data in a temp dir, drives it with the loadgen bench, and samples the
+# server's CPU seconds and peak RSS from /proc.
+#   benches/bench.sh [spans] [connections]
+set -euo pipefail
+SPANS=${1:-1000000}
+CONNS=${2:-16}
+cd "$(dirname "$0")/.."
+cargo build --release --bin vivace --bench loadgen >&2
+LG=$(ls -t target/release/deps/loadgen-* | grep -v '\.d$' | head -1)
+DIR=$(mktemp -d)
+trap 'kill $VP 2>/dev/null || true; rm -rf "$DIR"' EXIT
+cat > "$DIR/cfg.yaml" <<CFG
+server: {http_listen_address: 127.0.0.1, http_listen_port: 23200}
+distributor:
+  receivers:
+    otlp:
+      protocols:
+        grpc: {endpoint: "127.0.0.1:24317"}
+        http: {endpoint: "127.0.0.1:24318"}
+ingester: {trace_idle_period: 2s, max_block_duration: 15s, flush_check_period: 1s}
+storage:
+  trace:
+    wal: {path: $DIR/wal}
+    local: {path: $DIR/blocks}
+CFG
+target/release/vivace serve --config.file="$DIR/cfg.yaml" 2> "$DIR/vivace.log" &
+VP=$!
+until curl -sf localhost:23200/ready >/dev/null; do sleep 0.2; done
+cpu() { awk '{print ($14+$15)/100}' /proc/$VP/stat; }
+cpu0=$(cpu)
+"$LG" ingest --endpoint http://127.0.0.1:24317 --spans "$SPANS" --connections "$CONNS" --batch-spans 500 --manifest "$DIR/ids.txt" > "$DIR/ingest.json"
+cpu1=$(cpu)
+hwm_ingest=$(awk '/VmHWM/{print $2}' /proc/$VP/status)
+cat "$DIR/ingest.json"
+"$LG" lookup --api http://127.0.0.1:23200 --manifest "$DIR/ids.txt" --requests 500 --concurrency 8 | sed 's/^/recent /'
+# Wait until every trace is in a block (the head drains once traces go idle).
+until [ "$(curl -s localhost:23200/metrics | awk '/^vivace_ingester_live_traces /{print $2}')" = "0" ] \
+   && [ "$(ls "$DIR"/wal | wc -l)" -le 1 ]; do sleep 1; done
+sleep 2
+hwm=$(awk '/VmHWM/{print $2}' /proc/$VP/status)
+blocks=$(find "$DIR/blocks" -name data.parquet | wc -l)
+bytes=$(find "$DIR/blocks" -type f -printf '%s\n' | awk '{s+=$1} END {print s}')
+acked=$(sed 's/.*"spans_acked":\([0-9]*\).*/\1/' "$DIR/ingest.json")
+"$LG" lookup --api http://127.0.0.1:23200 --manifest "$DIR/ids.txt" --requests 500 --concurrency 1 | sed 's/^/blocks /'
+"$LG" lookup --api http://127.0.0.1:23200 --manifest "$DIR/ids.txt" --requests 500 --concurrency 8 | sed 's/^/blocks /'
+awk -v c0="$cpu0" -v c1="$cpu1" -v a="$acked" -v b="$bytes" -v n="$blocks" -v h="$hwm" -v hi="$hwm_ingest" 'BEGIN {
+  printf "{\"server_cpu_s_ingest\":%.2f,\"acked_spans_per_cpu_s\":%.0f,\"peak_rss_mib_ingest\":%.0f,\"peak_rss_mib_total\":%.0f,\"blocks\":%d,\"bucket_bytes\":%d,\"bytes_per_span\":%.1f}\n",
+    c1-c0, a/(c1-c0), hi/1024, h/1024, n, b, b/a }'

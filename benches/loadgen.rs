@@ -1,0 +1,272 @@
+//! vivace's load generator: deterministic, realistic OTLP traffic over gRPC (gzip) from many
+//! connections, then trace-by-ID lookups of what it sent.
+//!
+//! ```text
+//! cargo bench --bench loadgen -- ingest --endpoint http://127.0.0.1:4317 --spans 1000000 \
+//!     --connections 16 --batch-spans 500 --manifest /tmp/ids.txt
+//! cargo bench --bench loadgen -- lookup --api http://127.0.0.1:3200 --manifest /tmp/ids.txt \
+//!     --requests 500 --concurrency 8
+//! ```
+//! Each prints one JSON line of results. Traces come from `vivace::block::synth` (a dozen
+//! services, 5–60 spans per trace, semantic-convention attributes, ~2% errors, events and
+//! links), shifted so they start now.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+use tonic::codec::CompressionEncoding;
+use vivace::block::synth;
+
+fn args() -> (String, HashMap<String, String>) {
+    // `cargo bench` appends `--bench`; ignore it.
+    let raw: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let mode = raw.first().cloned().unwrap_or_default();
+    let mut kv = HashMap::new();
+    let mut it = raw.into_iter().skip(1);
+    while let Some(k) = it.next() {
+        if let Some(k) = k.strip_prefix("--") {
+            kv.insert(k.to_owned(), it.next().unwrap_or_default());
+        }
+    }
+    (mode, kv)
+}
+
+fn get<T: std::str::FromStr>(kv: &HashMap<String, String>, k: &str, d: T) -> T {
+    kv.get(k).and_then(|v| v.parse().ok()).unwrap_or(d)
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Builds requests of about `batch_spans` spans each, every trace in exactly one request.
+fn build_requests(spans: usize, batch_spans: usize, seed: u64) -> (Vec<ExportTraceServiceRequest>, Vec<String>, usize) {
+    let mut requests = Vec::new();
+    let mut ids = Vec::new();
+    let mut cur = ExportTraceServiceRequest::default();
+    let mut cur_spans = 0;
+    let mut total = 0;
+    let shift = now_ns().saturating_sub(1_700_000_000_000_000_000);
+    let mut chunk_seed = seed;
+    while total < spans {
+        for t in synth::realistic_traces(1000, chunk_seed) {
+            if total >= spans {
+                break;
+            }
+            ids.push(t.id.to_hex());
+            for mut rs in t.batches {
+                for ss in &mut rs.scope_spans {
+                    for s in &mut ss.spans {
+                        s.start_time_unix_nano += shift;
+                        s.end_time_unix_nano += shift;
+                        for e in &mut s.events {
+                            e.time_unix_nano += shift;
+                        }
+                        cur_spans += 1;
+                        total += 1;
+                    }
+                }
+                cur.resource_spans.push(rs);
+            }
+            if cur_spans >= batch_spans {
+                requests.push(std::mem::take(&mut cur));
+                cur_spans = 0;
+            }
+        }
+        chunk_seed += 1;
+    }
+    if cur_spans > 0 {
+        requests.push(cur);
+    }
+    (requests, ids, total)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+async fn ingest(kv: HashMap<String, String>) {
+    let endpoint = kv.get("endpoint").cloned().unwrap_or("http://127.0.0.1:4317".into());
+    let spans: usize = get(&kv, "spans", 200_000);
+    let batch_spans: usize = get(&kv, "batch-spans", 500);
+    let connections: usize = get(&kv, "connections", 16);
+    let seed: u64 = get(&kv, "seed", 1);
+    let gen_started = Instant::now();
+    let (requests, ids, total_spans) = build_requests(spans, batch_spans, seed);
+    let wire_bytes: usize = requests.iter().map(|r| r.encoded_len()).sum();
+    eprintln!(
+        "generated {} requests, {} traces, {} spans, {:.0} B/span protobuf in {:?}",
+        requests.len(),
+        ids.len(),
+        total_spans,
+        wire_bytes as f64 / total_spans as f64,
+        gen_started.elapsed()
+    );
+    if let Some(path) = kv.get("manifest") {
+        std::fs::write(path, ids.join("\n")).expect("write manifest");
+    }
+    let requests = Arc::new(requests);
+    let next = Arc::new(AtomicUsize::new(0));
+    let acked = Arc::new(AtomicU64::new(0));
+    let rejected = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let (requests, next, acked, rejected, failed, endpoint) = (
+            requests.clone(),
+            next.clone(),
+            acked.clone(),
+            rejected.clone(),
+            failed.clone(),
+            endpoint.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut client = TraceServiceClient::connect(endpoint)
+                .await
+                .expect("connect")
+                .send_compressed(CompressionEncoding::Gzip)
+                .accept_compressed(CompressionEncoding::Gzip)
+                .max_decoding_message_size(64 << 20);
+            let mut lat = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(req) = requests.get(i) else { break };
+                let n: u64 = req
+                    .resource_spans
+                    .iter()
+                    .flat_map(|r| &r.scope_spans)
+                    .map(|s| s.spans.len() as u64)
+                    .sum();
+                let t = Instant::now();
+                // Retry refusals as an exporter would, so every span is eventually acked.
+                let mut attempts = 0;
+                loop {
+                    match client.export(req.clone()).await {
+                        Ok(resp) => {
+                            let r = resp
+                                .into_inner()
+                                .partial_success
+                                .map_or(0, |p| p.rejected_spans as u64);
+                            rejected.fetch_add(r, Ordering::Relaxed);
+                            acked.fetch_add(n - r, Ordering::Relaxed);
+                            break;
+                        }
+                        Err(e) if attempts < 20 => {
+                            attempts += 1;
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            if attempts == 1 {
+                                eprintln!("export refused ({}), retrying", e.message());
+                            }
+                            tokio::time::sleep(Duration::from_millis(100 * attempts)).await;
+                        }
+                        Err(e) => panic!("export failed for good: {e}"),
+                    }
+                }
+                lat.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.expect("sender task"));
+    }
+    let secs = started.elapsed().as_secs_f64();
+    lat.sort_by(f64::total_cmp);
+    let acked = acked.load(Ordering::Relaxed);
+    println!(
+        "{{\"mode\":\"ingest\",\"spans_acked\":{acked},\"spans_rejected\":{},\"refusals_retried\":{},\"traces\":{},\"seconds\":{secs:.3},\"spans_per_sec\":{:.0},\"wire_bytes_per_span\":{:.1},\"export_ms_p50\":{:.2},\"export_ms_p99\":{:.2}}}",
+        rejected.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed),
+        ids.len(),
+        acked as f64 / secs,
+        wire_bytes as f64 / total_spans as f64,
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+    );
+}
+
+async fn lookup(kv: HashMap<String, String>) {
+    let api = kv.get("api").cloned().unwrap_or("http://127.0.0.1:3200".into());
+    let manifest = kv.get("manifest").expect("--manifest");
+    let requests: usize = get(&kv, "requests", 500);
+    let concurrency: usize = get(&kv, "concurrency", 1);
+    let ids: Vec<String> = std::fs::read_to_string(manifest)
+        .expect("read manifest")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let ids = Arc::new(ids);
+    let client = reqwest::Client::new();
+    let next = Arc::new(AtomicUsize::new(0));
+    let missing = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (ids, client, next, missing, api) =
+            (ids.clone(), client.clone(), next.clone(), missing.clone(), api.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= requests {
+                    break;
+                }
+                // A deterministic spread over the whole manifest.
+                let id = &ids[(i * 7919) % ids.len()];
+                let t = Instant::now();
+                let resp = client
+                    .get(format!("{api}/api/v2/traces/{id}"))
+                    .header("Accept", "application/protobuf")
+                    .send()
+                    .await
+                    .expect("request");
+                let body = resp.bytes().await.expect("body");
+                lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                if body.len() < 32 {
+                    missing.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.expect("lookup task"));
+    }
+    let secs = started.elapsed().as_secs_f64();
+    lat.sort_by(f64::total_cmp);
+    println!(
+        "{{\"mode\":\"lookup\",\"requests\":{},\"concurrency\":{concurrency},\"missing\":{},\"per_sec\":{:.0},\"ms_p50\":{:.2},\"ms_p90\":{:.2},\"ms_p99\":{:.2}}}",
+        lat.len(),
+        missing.load(Ordering::Relaxed),
+        lat.len() as f64 / secs,
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.9),
+        percentile(&lat, 0.99),
+    );
+}
+
+fn main() {
+    let (mode, kv) = args();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    match mode.as_str() {
+        "ingest" => rt.block_on(ingest(kv)),
+        "lookup" => rt.block_on(lookup(kv)),
+        // `cargo bench` with no arguments runs every bench: do nothing rather than load a server.
+        _ => eprintln!("usage: loadgen ingest|lookup [--flag value]... (see the file header)"),
+    }
+}
