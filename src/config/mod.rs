@@ -158,10 +158,12 @@ impl Default for IngesterConfig {
         Self {
             trace_idle_period: Duration::from_secs(5),
             max_trace_live: Duration::from_secs(30),
-            max_block_duration: Duration::from_secs(30 * 60),
-            max_block_bytes: 500 * 1024 * 1024,
-            flush_check_period: Duration::from_secs(10),
-            max_live_bytes: 2 * 1024 * 1024 * 1024,
+            // Everything not yet in a block is held in memory, so blocks are cut sooner than
+            // Tempo 2.x's 30m/500MB head blocks; the compactor merges them later.
+            max_block_duration: Duration::from_secs(5 * 60),
+            max_block_bytes: 256 * 1024 * 1024,
+            flush_check_period: Duration::from_secs(5),
+            max_live_bytes: 1024 * 1024 * 1024,
             row_group_size_bytes: 32 * 1024 * 1024,
         }
     }
