@@ -82,7 +82,6 @@ impl Distributor {
                 let reason = match &e {
                     IngestError::LiveBytesExceeded { .. } => "live_bytes_exceeded",
                     IngestError::Wal(_) => "wal_unavailable",
-                    IngestError::ShuttingDown => "shutting_down",
                 };
                 self.metrics
                     .spans_refused

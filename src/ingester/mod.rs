@@ -11,7 +11,7 @@ pub mod wal;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
@@ -34,8 +34,6 @@ pub enum IngestError {
     LiveBytesExceeded { live_bytes: u64, limit: u64 },
     #[error("write-ahead log unavailable: {0}")]
     Wal(#[from] wal::WalError),
-    #[error("ingester is shutting down")]
-    ShuttingDown,
 }
 
 /// Spans of one trace from one request, regrouped and encoded by the distributor.
@@ -224,10 +222,6 @@ impl Ingester {
         })
     }
 
-    pub fn tenants(&self) -> Vec<TenantId> {
-        self.head.lock().tenants.keys().cloned().collect()
-    }
-
     fn cut_due(&self, now: Instant) -> bool {
         let head = self.head.lock();
         match head.started {
@@ -286,13 +280,6 @@ impl Ingester {
         })
     }
 
-    pub fn block_config(&self) -> &BlockConfig {
-        &self.block_cfg
-    }
-
-    pub fn flush_check_period(&self) -> Duration {
-        self.cfg.flush_check_period
-    }
 }
 
 #[cfg(test)]

@@ -22,7 +22,6 @@ fn response_for(outcome: &PushOutcome) -> ExportTraceServiceResponse {
 fn is_retryable(e: &PushError) -> bool {
     match e {
         PushError::Ingest(IngestError::LiveBytesExceeded { .. })
-        | PushError::Ingest(IngestError::Wal(_))
-        | PushError::Ingest(IngestError::ShuttingDown) => true,
+        | PushError::Ingest(IngestError::Wal(_)) => true,
     }
 }
