@@ -258,11 +258,12 @@ storage:
     ) -> (ExitStatus, Duration) {
         let pid = self.pid();
         let t0 = Instant::now();
-        let st = Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
+        // The shell's builtin `kill`, so no procps binary is needed.
+        let st = Command::new("sh")
+            .arg("-c")
+            .arg(format!("kill -TERM {pid}"))
             .status()
-            .expect("run kill");
+            .expect("run sh -c kill");
         assert!(st.success(), "kill -TERM {pid} failed");
         loop {
             let child = self.child.as_mut().unwrap();
@@ -307,13 +308,6 @@ storage:
             self.stop_sigterm().await;
         }
         self.spawn_and_wait().await;
-    }
-
-    pub(crate) fn is_running(&mut self) -> bool {
-        match self.child.as_mut() {
-            Some(c) => c.try_wait().unwrap().is_none(),
-            None => false,
-        }
     }
 
     pub(crate) fn log_text(&self) -> String {

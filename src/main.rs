@@ -43,8 +43,11 @@ fn main() -> std::process::ExitCode {
 
 fn init_logging(level: &str, format: &str) {
     let filter = EnvFilter::try_from_env("VIVACE_LOG").unwrap_or_else(|_| EnvFilter::new(level));
+    use std::io::IsTerminal;
+    // Colour codes only for a person at a terminal, not in log files.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
