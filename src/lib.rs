@@ -15,3 +15,4 @@ pub mod metrics;
 pub mod model;
 pub mod querier;
 pub mod receiver;
+pub mod traceql;

@@ -1,0 +1,263 @@
+//! Evaluates one spanset filter's field expression against one span. It knows no storage:
+//! whoever holds spans implements [`SpanView`].
+//!
+//! Semantics follow Tempo: a comparison with a missing attribute is false (even `!=`),
+//! `= nil` / `!= nil` test presence, ints and floats compare by value, regexes are fully
+//! anchored, and arrays (3.0) match `=`/`=~` when any element does, `!=` when no element is
+//! equal, `!~` when no element matches.
+
+use std::cmp::Ordering;
+
+use super::ast::{
+    ArithOp, CompareOp, FieldExpr, Intrinsic, LogicOp, Scope, SpanKind, SpansetFilter, Static,
+    Status,
+};
+
+/// A typed value read from a span.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    String(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    /// Nanoseconds.
+    Duration(i64),
+    Status(Status),
+    Kind(SpanKind),
+    Array(Vec<Value>),
+}
+
+/// What the evaluator may ask of a span.
+pub trait SpanView {
+    /// The attribute `name` in `scope`; never called with [`Scope::Unscoped`]. Event and link
+    /// scopes may answer with an array of the values across the span's events or links, which
+    /// gives any-match semantics.
+    fn attribute(&self, scope: Scope, name: &str) -> Option<Value>;
+
+    /// An intrinsic. For [`Intrinsic::Parent`], any value means "has a parent".
+    fn intrinsic(&self, intrinsic: Intrinsic) -> Option<Value>;
+
+    /// The parent span, for `parent.` attributes.
+    fn parent(&self) -> Option<&dyn SpanView> {
+        None
+    }
+}
+
+impl SpansetFilter {
+    /// `{}` matches every span.
+    pub fn matches(&self, span: &dyn SpanView) -> bool {
+        self.expr.as_ref().is_none_or(|expr| matches(expr, span))
+    }
+}
+
+/// True when the filter expression yields boolean true for this span.
+pub fn matches(filter: &FieldExpr, span: &dyn SpanView) -> bool {
+    eval(filter, span) == Some(Value::Bool(true))
+}
+
+/// The value of an expression; `None` stands for a missing attribute or `nil`.
+pub fn eval(expr: &FieldExpr, span: &dyn SpanView) -> Option<Value> {
+    match expr {
+        FieldExpr::Static(value) => static_value(value),
+        FieldExpr::Attribute(attribute) => {
+            let view = if attribute.parent {
+                span.parent()?
+            } else {
+                span
+            };
+            lookup(view, attribute.scope, &attribute.name)
+        }
+        FieldExpr::Intrinsic(intrinsic) => span.intrinsic(*intrinsic),
+        FieldExpr::Logic { op, lhs, rhs } => {
+            let truth = |e: &FieldExpr| matches(e, span);
+            let result = match op {
+                LogicOp::And => truth(lhs) && truth(rhs),
+                LogicOp::Or => truth(lhs) || truth(rhs),
+            };
+            Some(Value::Bool(result))
+        }
+        FieldExpr::Compare { op, lhs, rhs } => Some(Value::Bool(eval_compare(*op, lhs, rhs, span))),
+        FieldExpr::Regex {
+            lhs,
+            negated,
+            pattern,
+        } => {
+            let found = |s: &str| pattern.regex.is_match(s);
+            let result = match eval(lhs, span) {
+                Some(Value::String(s)) => found(&s) != *negated,
+                Some(Value::Array(items)) => {
+                    let any = items
+                        .iter()
+                        .any(|item| matches!(item, Value::String(s) if found(s)));
+                    any != *negated
+                }
+                _ => false,
+            };
+            Some(Value::Bool(result))
+        }
+        FieldExpr::Arith { op, lhs, rhs } => arith(*op, eval(lhs, span)?, eval(rhs, span)?),
+        FieldExpr::Not(inner) => match eval(inner, span)? {
+            Value::Bool(b) => Some(Value::Bool(!b)),
+            _ => None,
+        },
+        FieldExpr::Neg(inner) => match eval(inner, span)? {
+            Value::Int(v) => v.checked_neg().map(Value::Int),
+            Value::Duration(v) => v.checked_neg().map(Value::Duration),
+            Value::Float(v) => Some(Value::Float(-v)),
+            _ => None,
+        },
+    }
+}
+
+/// Unscoped `.x` looks at the span first, then its resource.
+fn lookup(span: &dyn SpanView, scope: Scope, name: &str) -> Option<Value> {
+    match scope {
+        Scope::Unscoped => span
+            .attribute(Scope::Span, name)
+            .or_else(|| span.attribute(Scope::Resource, name)),
+        scope => span.attribute(scope, name),
+    }
+}
+
+fn static_value(value: &Static) -> Option<Value> {
+    Some(match value {
+        Static::String(s) => Value::String(s.clone()),
+        Static::Int(v) => Value::Int(*v),
+        Static::Float(v) => Value::Float(*v),
+        Static::Bool(v) => Value::Bool(*v),
+        Static::Duration(v) => Value::Duration(*v),
+        Static::Status(v) => Value::Status(*v),
+        Static::Kind(v) => Value::Kind(*v),
+        Static::Nil => return None,
+    })
+}
+
+fn eval_compare(op: CompareOp, lhs: &FieldExpr, rhs: &FieldExpr, span: &dyn SpanView) -> bool {
+    let is_nil = |e: &FieldExpr| matches!(e, FieldExpr::Static(Static::Nil));
+    if is_nil(lhs) || is_nil(rhs) {
+        let other = if is_nil(lhs) { rhs } else { lhs };
+        let present = eval(other, span).is_some();
+        return match op {
+            CompareOp::Eq => !present,
+            CompareOp::Neq => present,
+            _ => false,
+        };
+    }
+    match (eval(lhs, span), eval(rhs, span)) {
+        (Some(l), Some(r)) => compare(op, &l, &r),
+        _ => false,
+    }
+}
+
+fn compare(op: CompareOp, lhs: &Value, rhs: &Value) -> bool {
+    match (lhs, rhs) {
+        (Value::Array(_), Value::Array(_)) => match op {
+            CompareOp::Eq => lhs == rhs,
+            CompareOp::Neq => lhs != rhs,
+            _ => false,
+        },
+        (Value::Array(items), scalar) => match op {
+            // 3.0: `!=` is NOT IN, every other operator is "any element".
+            CompareOp::Neq => !items
+                .iter()
+                .any(|item| compare(CompareOp::Eq, item, scalar)),
+            _ => items.iter().any(|item| compare(op, item, scalar)),
+        },
+        (_, Value::Array(_)) => compare(mirror(op), rhs, lhs),
+        _ => compare_scalars(op, lhs, rhs),
+    }
+}
+
+/// The operator that gives the same answer with its operands swapped.
+fn mirror(op: CompareOp) -> CompareOp {
+    match op {
+        CompareOp::Lt => CompareOp::Gt,
+        CompareOp::Lte => CompareOp::Gte,
+        CompareOp::Gt => CompareOp::Lt,
+        CompareOp::Gte => CompareOp::Lte,
+        other => other,
+    }
+}
+
+fn compare_scalars(op: CompareOp, lhs: &Value, rhs: &Value) -> bool {
+    let ordering = match (lhs, rhs) {
+        (Value::String(l), Value::String(r)) => Some(l.cmp(r)),
+        (Value::Bool(_), Value::Bool(_))
+        | (Value::Status(_), Value::Status(_))
+        | (Value::Kind(_), Value::Kind(_)) => {
+            // Equality only: these have no order.
+            return match op {
+                CompareOp::Eq => lhs == rhs,
+                CompareOp::Neq => lhs != rhs,
+                _ => false,
+            };
+        }
+        _ => numeric_ordering(lhs, rhs),
+    };
+    // Different types never compare, not even with `!=`.
+    let Some(ordering) = ordering else {
+        return false;
+    };
+    match op {
+        CompareOp::Eq => ordering == Ordering::Equal,
+        CompareOp::Neq => ordering != Ordering::Equal,
+        CompareOp::Lt => ordering == Ordering::Less,
+        CompareOp::Lte => ordering != Ordering::Greater,
+        CompareOp::Gt => ordering == Ordering::Greater,
+        CompareOp::Gte => ordering != Ordering::Less,
+    }
+}
+
+/// Ints and durations compare exactly; a float on either side compares as f64.
+fn numeric_ordering(lhs: &Value, rhs: &Value) -> Option<Ordering> {
+    match (as_int(lhs), as_int(rhs)) {
+        (Some(l), Some(r)) => Some(l.cmp(&r)),
+        _ => as_float(lhs)?.partial_cmp(&as_float(rhs)?),
+    }
+}
+
+fn as_int(value: &Value) -> Option<i64> {
+    match value {
+        Value::Int(v) | Value::Duration(v) => Some(*v),
+        _ => None,
+    }
+}
+
+fn as_float(value: &Value) -> Option<f64> {
+    match value {
+        Value::Float(v) => Some(*v),
+        other => as_int(other).map(|v| v as f64),
+    }
+}
+
+fn arith(op: ArithOp, lhs: Value, rhs: Value) -> Option<Value> {
+    if let (Some(l), Some(r)) = (as_int(&lhs), as_int(&rhs)) {
+        let duration = matches!(lhs, Value::Duration(_)) || matches!(rhs, Value::Duration(_));
+        let result = match op {
+            ArithOp::Add => l.checked_add(r),
+            ArithOp::Sub => l.checked_sub(r),
+            ArithOp::Mul => l.checked_mul(r),
+            ArithOp::Div => l.checked_div(r),
+            ArithOp::Mod => l.checked_rem(r),
+            ArithOp::Pow => match u32::try_from(r) {
+                Ok(exponent) => l.checked_pow(exponent),
+                // A negative exponent gives a fraction: fall through to floats.
+                Err(_) => return Some(Value::Float((l as f64).powf(r as f64))),
+            },
+        }?;
+        return Some(if duration {
+            Value::Duration(result)
+        } else {
+            Value::Int(result)
+        });
+    }
+    let (l, r) = (as_float(&lhs)?, as_float(&rhs)?);
+    Some(Value::Float(match op {
+        ArithOp::Add => l + r,
+        ArithOp::Sub => l - r,
+        ArithOp::Mul => l * r,
+        ArithOp::Div => l / r,
+        ArithOp::Mod => l % r,
+        ArithOp::Pow => l.powf(r),
+    }))
+}

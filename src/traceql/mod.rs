@@ -1,0 +1,30 @@
+//! TraceQL, Tempo's query language: lexer, parser, static checks, canonical rendering and a
+//! per-span evaluator for spanset filters.
+//!
+//! `traceql` knows nothing of Parquet, object storage or HTTP; storage answers the questions
+//! of [`SpanView`].
+//!
+//! ```
+//! use vivace::traceql::parse;
+//! let query = parse("{ span.http.status_code >= 500 && duration > 1s } | count() > 2").unwrap();
+//! assert!(!query.is_metrics());
+//! assert_eq!(
+//!     query.to_string(),
+//!     "{ span.http.status_code >= 500 && span:duration > 1s } | count() > 2"
+//! );
+//! ```
+
+mod ast;
+mod check;
+mod error;
+mod eval;
+mod lexer;
+mod parser;
+
+pub use ast::*;
+pub use error::ParseError;
+pub use eval::{eval, matches, SpanView, Value};
+pub use parser::parse;
+
+#[cfg(test)]
+mod tests;
