@@ -252,16 +252,22 @@ impl Ingester {
                     || now.duration_since(live.last_seen) >= self.cfg.trace_idle_period
                     || now.duration_since(live.first_seen) >= self.cfg.max_trace_live;
                 if ready {
-                    taken.entry(tenant.clone()).or_default().insert(id, live.data);
+                    taken
+                        .entry(tenant.clone())
+                        .or_default()
+                        .insert(id, live.data);
                 } else {
                     kept_req.extend(&live.data);
                     head.bytes += live.data.len() as u64;
                     head.traces += 1;
-                    head.tenants.entry(tenant.clone()).or_default().insert(id, live);
+                    head.tenants
+                        .entry(tenant.clone())
+                        .or_default()
+                        .insert(id, live);
                 }
             }
             if !kept_req.is_empty() {
-                carry.push(wal::encode_payload(&tenant, kept_req.as_bytes()));
+                carry.push(wal::encode_payload(&tenant, &kept_req.concat()));
             }
         }
         if head.traces > 0 {
@@ -279,7 +285,6 @@ impl Ingester {
             carry,
         })
     }
-
 }
 
 #[cfg(test)]

@@ -1,21 +1,29 @@
 //! A trace's spans held as protobuf bytes instead of structs: about a quarter of the memory,
 //! and free to hand to the WAL or decode on demand.
 //!
-//! The buffer is a sequence of `ResourceSpans` entries encoded as field 1, which is exactly
-//! the wire form of both OTLP `TracesData` and `ExportTraceServiceRequest`: fragments
-//! concatenate into a valid message, and a WAL record can reuse them without re-encoding.
+//! Each chunk is a sequence of `ResourceSpans` entries encoded as field 1, which is exactly
+//! the wire form of both OTLP `TracesData` and `ExportTraceServiceRequest`: chunks
+//! concatenate into a valid message, so a WAL record can reuse them without re-encoding.
+//! Chunks are immutable and shared, so a snapshot of a live trace costs a few refcounts.
 
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, message, WireType};
+use bytes::Bytes;
 use prost::Message;
 
 use super::{InstrumentationScope, Resource, ResourceSpans, Span, TracesData};
 
 #[derive(Clone, Default, Debug, PartialEq, Eq)]
-pub struct Fragments(Vec<u8>);
+pub struct Fragments {
+    chunks: Vec<Bytes>,
+    len: usize,
+}
 
 impl Fragments {
-    pub fn from_encoded(bytes: Vec<u8>) -> Self {
-        Self(bytes)
+    pub fn from_encoded(bytes: Bytes) -> Self {
+        Self {
+            len: bytes.len(),
+            chunks: vec![bytes],
+        }
     }
 
     /// Appends one resource/scope group holding `spans`, without copying them into structs.
@@ -35,15 +43,18 @@ impl Fragments {
             }
         };
         let scope_len = scope.map_or(0, |s| message::encoded_len(1, s))
-            + spans.iter().map(|s| message::encoded_len(2, *s)).sum::<usize>()
+            + spans
+                .iter()
+                .map(|s| message::encoded_len(2, *s))
+                .sum::<usize>()
             + str_len(3, scope_schema_url);
         let rs_len = resource.map_or(0, |r| message::encoded_len(1, r))
             + key_len(2)
             + encoded_len_varint(scope_len as u64)
             + scope_len
             + str_len(3, resource_schema_url);
-        let buf = &mut self.0;
-        buf.reserve(key_len(1) + encoded_len_varint(rs_len as u64) + rs_len);
+        let mut chunk = Vec::with_capacity(key_len(1) + encoded_len_varint(rs_len as u64) + rs_len);
+        let buf = &mut chunk;
         encode_key(1, WireType::LengthDelimited, buf);
         encode_varint(rs_len as u64, buf);
         if let Some(r) = resource {
@@ -67,26 +78,39 @@ impl Fragments {
             encode_varint(resource_schema_url.len() as u64, buf);
             buf.extend_from_slice(resource_schema_url.as_bytes());
         }
+        self.len += chunk.len();
+        self.chunks.push(Bytes::from(chunk));
     }
 
     pub fn extend(&mut self, other: &Fragments) {
-        self.0.extend_from_slice(&other.0);
+        self.chunks.extend(other.chunks.iter().cloned());
+        self.len += other.len;
     }
 
+    /// Encoded size in bytes.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.len == 0
     }
 
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.0
+    /// One contiguous encoding (a valid `TracesData` / `ExportTraceServiceRequest`).
+    pub fn concat(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len);
+        for c in &self.chunks {
+            out.extend_from_slice(c);
+        }
+        out
     }
 
     pub fn decode(&self) -> Result<Vec<ResourceSpans>, prost::DecodeError> {
-        Ok(TracesData::decode(self.0.as_slice())?.resource_spans)
+        let mut out = Vec::new();
+        for c in &self.chunks {
+            out.extend(TracesData::decode(c.as_ref())?.resource_spans);
+        }
+        Ok(out)
     }
 }
 
@@ -150,6 +174,6 @@ mod tests {
             resource_spans: expect,
         }
         .encode_to_vec();
-        assert_eq!(f.as_bytes(), &prost_bytes[..]);
+        assert_eq!(f.concat(), prost_bytes);
     }
 }
