@@ -24,7 +24,10 @@ use vivace::block::synth;
 
 fn args() -> (String, HashMap<String, String>) {
     // `cargo bench` appends `--bench`; ignore it.
-    let raw: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let raw: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     let mode = raw.first().cloned().unwrap_or_default();
     let mut kv = HashMap::new();
     let mut it = raw.into_iter().skip(1);
@@ -48,7 +51,11 @@ fn now_ns() -> u64 {
 }
 
 /// Builds requests of about `batch_spans` spans each, every trace in exactly one request.
-fn build_requests(spans: usize, batch_spans: usize, seed: u64) -> (Vec<ExportTraceServiceRequest>, Vec<String>, usize) {
+fn build_requests(
+    spans: usize,
+    batch_spans: usize,
+    seed: u64,
+) -> (Vec<ExportTraceServiceRequest>, Vec<String>, usize) {
     let mut requests = Vec::new();
     let mut ids = Vec::new();
     let mut cur = ExportTraceServiceRequest::default();
@@ -98,7 +105,10 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 async fn ingest(kv: HashMap<String, String>) {
-    let endpoint = kv.get("endpoint").cloned().unwrap_or("http://127.0.0.1:4317".into());
+    let endpoint = kv
+        .get("endpoint")
+        .cloned()
+        .unwrap_or("http://127.0.0.1:4317".into());
     let spans: usize = get(&kv, "spans", 200_000);
     let batch_spans: usize = get(&kv, "batch-spans", 500);
     let connections: usize = get(&kv, "connections", 16);
@@ -200,7 +210,10 @@ async fn ingest(kv: HashMap<String, String>) {
 }
 
 async fn lookup(kv: HashMap<String, String>) {
-    let api = kv.get("api").cloned().unwrap_or("http://127.0.0.1:3200".into());
+    let api = kv
+        .get("api")
+        .cloned()
+        .unwrap_or("http://127.0.0.1:3200".into());
     let manifest = kv.get("manifest").expect("--manifest");
     let requests: usize = get(&kv, "requests", 500);
     let concurrency: usize = get(&kv, "concurrency", 1);
@@ -216,8 +229,13 @@ async fn lookup(kv: HashMap<String, String>) {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
-        let (ids, client, next, missing, api) =
-            (ids.clone(), client.clone(), next.clone(), missing.clone(), api.clone());
+        let (ids, client, next, missing, api) = (
+            ids.clone(),
+            client.clone(),
+            next.clone(),
+            missing.clone(),
+            api.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             loop {

@@ -354,6 +354,11 @@ fn parse_addr(s: &str) -> Result<SocketAddr, ConfigError> {
         .map_err(|e| ConfigError::Invalid(format!("bad listen address {s:?}: {e}")))
 }
 
+/// Parses a Go-style duration (`5s`, `1m30s`, `100ms`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    duration::parse(s)
+}
+
 pub fn parse_listen_addr(s: &str) -> Result<SocketAddr, ConfigError> {
     parse_addr(s)
 }

@@ -241,7 +241,11 @@ mod tests {
         let b1 = t1.data.decode().unwrap();
         assert_eq!(b1.len(), 2);
         assert_eq!(b1[0].scope_spans[0].scope.as_ref().unwrap().name, "a");
-        let names: Vec<_> = b1[0].scope_spans[0].spans.iter().map(|s| s.name.as_str()).collect();
+        let names: Vec<_> = b1[0].scope_spans[0]
+            .spans
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
         assert_eq!(names, ["span-1", "span-3"]);
         assert_eq!(b1[1].scope_spans[0].spans[0].name, "span-5");
         let b2 = g.traces[1].data.decode().unwrap();

@@ -103,7 +103,11 @@ async fn late_spans_join_their_trace_across_a_block_flush() {
     assert_eq!(spans_of(&f, 7).await, 3, "readable from the block");
     // The late batch, plus a duplicate of span 3.
     push(&f.ingester, request(7, 3..6)).await;
-    assert_eq!(spans_of(&f, 7).await, 5, "late spans merged, duplicate dropped");
+    assert_eq!(
+        spans_of(&f, 7).await,
+        5,
+        "late spans merged, duplicate dropped"
+    );
     f.ingester.flush(false).await;
     assert_eq!(f.committed.lock().len(), 2);
     assert_eq!(spans_of(&f, 7).await, 5, "merged across two blocks");
@@ -158,6 +162,9 @@ async fn refuses_instead_of_dropping_when_memory_is_full() {
         .push(wal::encode_payload(&tenant, &raw), &tenant, g.traces)
         .await
         .unwrap_err();
-    assert!(matches!(err, IngestError::LiveBytesExceeded { .. }), "{err}");
+    assert!(
+        matches!(err, IngestError::LiveBytesExceeded { .. }),
+        "{err}"
+    );
     assert!(ing.find_trace(&tenant, &TraceId([3; 16])).is_empty());
 }
