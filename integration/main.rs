@@ -6,4 +6,5 @@ mod durability;
 mod harness;
 mod ingest;
 mod model;
+mod search;
 mod service;

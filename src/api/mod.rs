@@ -2,6 +2,9 @@
 //! and response shapes are Tempo's, so Grafana's Tempo datasource works unchanged.
 
 mod json;
+mod search;
+mod streaming;
+mod tags;
 pub mod tempopb;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,13 +39,23 @@ pub struct ApiState {
 }
 
 pub fn router(state: ApiState) -> Router {
+    let streaming = streaming::StreamingQuerier {
+        state: state.clone(),
+    };
     Router::new()
+        // gRPC over h2c on the HTTP port, as Grafana's streaming search expects.
+        .route_service("/tempopb.StreamingQuerier/{*method}", streaming)
         .route("/ready", get(ready))
         .route("/api/echo", get(echo))
         .route("/api/status/buildinfo", get(buildinfo))
         .route("/metrics", get(metrics))
         .route("/api/traces/{id}", get(trace_v1))
         .route("/api/v2/traces/{id}", get(trace_v2))
+        .route("/api/search", get(search::search))
+        .route("/api/search/tags", get(tags::tags_v1))
+        .route("/api/v2/search/tags", get(tags::tags_v2))
+        .route("/api/search/tag/{tag}/values", get(tags::tag_values_v1))
+        .route("/api/v2/search/tag/{tag}/values", get(tags::tag_values_v2))
         .with_state(state)
 }
 

@@ -2,11 +2,14 @@
 //! of a trace and combines them into one, so late spans and copies in several blocks read
 //! back as one trace with each span once.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::metrics::Metrics;
 use crate::model::{combine, ResourceSpans, TenantId, TraceId};
+use crate::querier::search::{SearchRequest, SearchResults};
+use crate::querier::tags::{TagNames, TagTarget, TagValue, TagsRequest};
 use crate::querier::{Querier, QueryError, TimeRange};
 
 pub struct TraceByIdResult {
@@ -45,5 +48,45 @@ impl Frontend {
             batches,
             inspected_bytes,
         }))
+    }
+
+    pub async fn search(
+        &self,
+        tenant: &TenantId,
+        req: &SearchRequest,
+    ) -> Result<SearchResults, QueryError> {
+        let started = Instant::now();
+        let out = self.querier.search(tenant, req).await;
+        self.metrics
+            .query_duration
+            .observe("search", started.elapsed().as_secs_f64());
+        out
+    }
+
+    pub async fn tag_names(
+        &self,
+        tenant: &TenantId,
+        req: &TagsRequest,
+    ) -> Result<TagNames, QueryError> {
+        let started = Instant::now();
+        let out = self.querier.tag_names(tenant, req).await;
+        self.metrics
+            .query_duration
+            .observe("search_tags", started.elapsed().as_secs_f64());
+        out
+    }
+
+    pub async fn tag_values(
+        &self,
+        tenant: &TenantId,
+        target: TagTarget,
+        req: &TagsRequest,
+    ) -> Result<BTreeSet<TagValue>, QueryError> {
+        let started = Instant::now();
+        let out = self.querier.tag_values(tenant, target, req).await;
+        self.metrics
+            .query_duration
+            .observe("search_tag_values", started.elapsed().as_secs_f64());
+        out
     }
 }

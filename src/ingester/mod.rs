@@ -222,6 +222,24 @@ impl Ingester {
         })
     }
 
+    /// Every trace the ingester holds for a tenant, as shared encoded chunks: cheap to take,
+    /// and decoded by the caller outside any lock.
+    pub fn snapshot(&self, tenant: &TenantId) -> Vec<(TraceId, Fragments)> {
+        let flushing = self.flushing.read().clone();
+        let mut out: HashMap<TraceId, Fragments> = flushing
+            .get(tenant)
+            .map(|m| m.iter().map(|(id, f)| (*id, f.clone())).collect())
+            .unwrap_or_default();
+        let head = self.head.lock();
+        if let Some(traces) = head.tenants.get(tenant) {
+            for (id, live) in traces {
+                out.entry(*id).or_default().extend(&live.data);
+            }
+        }
+        drop(head);
+        out.into_iter().collect()
+    }
+
     fn cut_due(&self, now: Instant) -> bool {
         let head = self.head.lock();
         match head.started {

@@ -6,8 +6,8 @@
 //! concatenate into a valid message, so a WAL record can reuse them without re-encoding.
 //! Chunks are immutable and shared, so a snapshot of a live trace costs a few refcounts.
 
-use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, message, WireType};
 use bytes::Bytes;
+use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, message, WireType};
 use prost::Message;
 
 use super::{InstrumentationScope, Resource, ResourceSpans, Span, TracesData};

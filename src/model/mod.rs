@@ -7,10 +7,12 @@
 mod combine;
 mod fragment;
 mod ids;
+mod nested_set;
 
 pub use combine::{combine, span_count, Combiner};
 pub use fragment::Fragments;
 pub use ids::{IdError, TenantId, TenantIdError, TraceId, SINGLE_TENANT};
+pub use nested_set::{nested_sets, parent_indices, NestedSet};
 
 pub use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,

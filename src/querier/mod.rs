@@ -6,6 +6,9 @@
 
 mod blocklist;
 mod cache;
+mod scan;
+pub mod search;
+pub mod tags;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -181,33 +184,90 @@ impl Querier {
         let footer = match self.footers.get(&bid) {
             Some(f) => f,
             None => {
-                let len = u64::from(meta.footer_size).min(meta.size);
-                let tail = self
-                    .backend
-                    .get_range(&data_key, meta.size - len..meta.size)
-                    .await
-                    .map_err(be)?;
-                let f = block::decode_footer(tail, meta.size).map_err(ble)?;
+                let f = self.load_footer(&data_key, meta).await?;
                 self.footers.insert(bid, f.clone());
                 f
             }
         };
-        let range = block::row_group_byte_range(&footer, rg).map_err(ble)?;
-        let bytes = self
+        let id = *id;
+        match block::plan_lookup(&footer, rg, &id).map_err(ble)? {
+            block::LookupPlan::Absent => Ok((Vec::new(), 0)),
+            block::LookupPlan::Pages(plan) => {
+                let pages = self
+                    .backend
+                    .get_ranges(&data_key, &plan.ranges)
+                    .await
+                    .map_err(be)?;
+                let inspected = plan.total_bytes();
+                let size = meta.size;
+                // Parquet decoding is CPU-bound: keep it off the async executor.
+                let batches = Self::blocking(move || {
+                    block::find_trace_in_pages(footer, &plan, pages, size, &id)
+                })
+                .await?
+                .map_err(ble)?;
+                Ok((batches.unwrap_or_default(), inspected))
+            }
+            // Blocks without a trace_id page index: the whole row group.
+            block::LookupPlan::RowGroup(range) => {
+                let bytes = self
+                    .backend
+                    .get_range(&data_key, range.clone())
+                    .await
+                    .map_err(be)?;
+                let inspected = bytes.len() as u64;
+                let batches =
+                    Self::blocking(move || block::find_trace(footer, rg, bytes, range.start, &id))
+                        .await?
+                        .map_err(ble)?;
+                Ok((batches.unwrap_or_default(), inspected))
+            }
+        }
+    }
+
+    /// Runs CPU-bound work (Parquet decoding) on the blocking pool.
+    async fn blocking<T: Send + 'static>(
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, QueryError> {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| QueryError::Task(e.to_string()))
+    }
+
+    /// Reads and decodes the footer of a block's data.parquet with its page indexes: one
+    /// ranged read when meta.json has `pageIndexSize`; for older blocks a second, longer read
+    /// from the end once the footer says where the page indexes start.
+    async fn load_footer(
+        &self,
+        data_key: &str,
+        meta: &BlockMeta,
+    ) -> Result<Arc<ParquetMetaData>, QueryError> {
+        let bid = meta.block_id;
+        let be = |source| QueryError::Backend { block: bid, source };
+        let ble = |source| QueryError::Block { block: bid, source };
+        let size = meta.size;
+        let tail = self
             .backend
-            .get_range(&data_key, range.clone())
+            .get_range(data_key, block::footer_fetch_range(meta))
             .await
             .map_err(be)?;
-        let inspected = bytes.len() as u64;
-        let id = *id;
-        // Parquet decoding is CPU-bound: keep it off the async executor.
-        let batches = tokio::task::spawn_blocking(move || {
-            block::find_trace(footer, rg, bytes, range.start, &id)
-        })
-        .await
-        .map_err(|e| QueryError::Task(e.to_string()))?
-        .map_err(ble)?;
-        Ok((batches.unwrap_or_default(), inspected))
+        let tail_start = size - tail.len() as u64;
+        let md = Self::blocking(move || block::decode_footer(tail, size))
+            .await?
+            .map_err(ble)?;
+        match block::page_index_start(&md) {
+            Some(start) if start < tail_start => {
+                let tail = self
+                    .backend
+                    .get_range(data_key, start..size)
+                    .await
+                    .map_err(be)?;
+                Self::blocking(move || block::decode_footer(tail, size))
+                    .await?
+                    .map_err(ble)
+            }
+            _ => Ok(md),
+        }
     }
 
     /// Lists the bucket and brings the block list up to date.

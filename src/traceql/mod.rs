@@ -16,15 +16,21 @@
 
 mod ast;
 mod check;
+pub mod engine;
 mod error;
 mod eval;
 mod lexer;
+pub mod otlp;
 mod parser;
 
 pub use ast::*;
+pub use engine::{evaluate, evaluate_view, EvalError, SpansetMatch, TraceView};
 pub use error::ParseError;
 pub use eval::{eval, matches, SpanView, Value};
+pub use otlp::OtlpTrace;
 pub use parser::parse;
 
+#[cfg(test)]
+mod engine_tests;
 #[cfg(test)]
 mod tests;

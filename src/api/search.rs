@@ -1,0 +1,448 @@
+//! `GET /api/search`: TraceQL (or legacy logfmt tags) search in Tempo's response shape.
+
+use std::sync::Arc;
+
+use axum::extract::{Query as QueryParams, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{json, Map, Value as Json};
+
+use super::{tenant, ApiError, ApiState};
+use crate::model::{AnyValue, ArrayValue};
+use crate::querier::search::{HitSpanset, SearchRequest, SearchResults, TraceHit};
+use crate::querier::TimeRange;
+use crate::traceql::{self, SpanKind, Status, Value};
+
+/// Tempo's default and ceiling for `limit`.
+const DEFAULT_LIMIT: usize = 20;
+const MAX_LIMIT: usize = 262_144;
+const DEFAULT_SPSS: usize = 3;
+/// Tempo's frontend caps spans per spanset at `max_spans_per_span_set`, default 100.
+const MAX_SPSS: usize = 100;
+pub(super) const ROOT_NOT_RECEIVED: &str = "<root span not yet received>";
+
+#[derive(Deserialize, Default)]
+pub(super) struct SearchParams {
+    q: Option<String>,
+    tags: Option<String>,
+    #[serde(rename = "minDuration")]
+    min_duration: Option<String>,
+    #[serde(rename = "maxDuration")]
+    max_duration: Option<String>,
+    limit: Option<String>,
+    spss: Option<String>,
+    start: Option<String>,
+    end: Option<String>,
+}
+
+fn parse_num(name: &str, v: &Option<String>) -> Result<Option<u64>, ApiError> {
+    match v.as_deref() {
+        None | Some("") => Ok(None),
+        Some(s) => s.parse::<u64>().map(Some).map_err(|_| {
+            ApiError::BadRequest(format!("invalid {name} {s:?}: expected a whole number"))
+        }),
+    }
+}
+
+fn parse_duration(name: &str, v: &Option<String>) -> Result<Option<u64>, ApiError> {
+    match v.as_deref() {
+        None | Some("") => Ok(None),
+        Some(s) => crate::config::parse_duration(s)
+            .map(|d| Some(d.as_nanos() as u64))
+            .map_err(|e| ApiError::BadRequest(format!("invalid {name}: {e}"))),
+    }
+}
+
+/// Turns Tempo's legacy `tags` (logfmt, `key=value key2="v 2"`) into a TraceQL filter.
+pub(super) fn tags_to_traceql(tags: &str) -> Result<String, ApiError> {
+    let mut conds = Vec::new();
+    let mut rest = tags.trim();
+    while !rest.is_empty() {
+        let eq = rest.find('=').ok_or_else(|| {
+            ApiError::BadRequest(format!("invalid tags {tags:?}: expected key=value"))
+        })?;
+        let key = rest[..eq].trim();
+        rest = &rest[eq + 1..];
+        let value;
+        if let Some(after) = rest.strip_prefix('"') {
+            let end = after.find('"').ok_or_else(|| {
+                ApiError::BadRequest(format!("invalid tags {tags:?}: unclosed quote"))
+            })?;
+            value = &after[..end];
+            rest = after[end + 1..].trim_start();
+        } else {
+            let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+            value = &rest[..end];
+            rest = rest[end..].trim_start();
+        }
+        if key.is_empty() {
+            return Err(ApiError::BadRequest(format!(
+                "invalid tags {tags:?}: empty key"
+            )));
+        }
+        let quoted = format!("\"{}\"", value.replace('\\', "\\\\").replace('"', "\\\""));
+        let cond = match key {
+            "name" => format!("name = {quoted}"),
+            "status" | "status.code" => match value {
+                "ok" | "error" | "unset" => format!("status = {value}"),
+                _ => format!("status = {quoted}"),
+            },
+            _ => {
+                let k = format!(".\"{}\"", key.replace('\\', "\\\\").replace('"', "\\\""));
+                if value.parse::<i64>().is_ok() {
+                    format!("{k} = {value}")
+                } else {
+                    format!("{k} = {quoted}")
+                }
+            }
+        };
+        conds.push(cond);
+    }
+    if conds.is_empty() {
+        return Ok("{}".into());
+    }
+    Ok(format!("{{ {} }}", conds.join(" && ")))
+}
+
+impl SearchParams {
+    /// The same parameters from a streaming `tempopb.SearchRequest`.
+    pub(super) fn from_proto(r: &super::tempopb::SearchRequest) -> Self {
+        let nonzero = |v: u32| (v > 0).then(|| v.to_string());
+        let mut tags: Vec<String> = r
+            .tags
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", v.replace('"', "")))
+            .collect();
+        tags.sort();
+        Self {
+            q: Some(r.query.clone()).filter(|q| !q.is_empty()),
+            tags: Some(tags.join(" ")).filter(|t| !t.is_empty()),
+            min_duration: nonzero(r.min_duration_ms).map(|v| format!("{v}ms")),
+            max_duration: nonzero(r.max_duration_ms).map(|v| format!("{v}ms")),
+            limit: nonzero(r.limit),
+            spss: nonzero(r.spans_per_span_set),
+            start: nonzero(r.start),
+            end: nonzero(r.end),
+        }
+    }
+}
+
+pub(super) fn build_request(p: &SearchParams) -> Result<SearchRequest, ApiError> {
+    let has_q = p.q.as_deref().is_some_and(|q| !q.trim().is_empty());
+    let has_tags = p.tags.as_deref().is_some_and(|t| !t.trim().is_empty());
+    if has_q && has_tags {
+        return Err(ApiError::BadRequest(
+            "invalid request: q and tags cannot both be set".into(),
+        ));
+    }
+    let text = if has_q {
+        p.q.clone().unwrap_or_default()
+    } else if has_tags {
+        tags_to_traceql(p.tags.as_deref().unwrap_or_default())?
+    } else {
+        "{}".to_owned()
+    };
+    let query = traceql::parse(&text)
+        .map_err(|e| ApiError::BadRequest(format!("invalid TraceQL query: {e}")))?;
+    if query.is_metrics() {
+        return Err(ApiError::BadRequest(
+            "this is a TraceQL metrics query: use /api/metrics/query_range".into(),
+        ));
+    }
+    let limit = match parse_num("limit", &p.limit)? {
+        None => DEFAULT_LIMIT,
+        Some(0) => {
+            return Err(ApiError::BadRequest(
+                "invalid limit: must be greater than 0".into(),
+            ))
+        }
+        Some(n) if n as usize > MAX_LIMIT => {
+            return Err(ApiError::BadRequest(format!(
+                "invalid limit {n}: at most {MAX_LIMIT}"
+            )))
+        }
+        Some(n) => n as usize,
+    };
+    let spss = match parse_num("spss", &p.spss)? {
+        None => DEFAULT_SPSS,
+        Some(0) => MAX_SPSS,
+        Some(n) => (n as usize).min(MAX_SPSS),
+    };
+    let range = match (parse_num("start", &p.start)?, parse_num("end", &p.end)?) {
+        (None, None) => None,
+        (Some(s), Some(e)) => {
+            if e <= s {
+                return Err(ApiError::BadRequest(format!(
+                    "invalid time range: end {e} must be after start {s}"
+                )));
+            }
+            Some(TimeRange {
+                start_s: s,
+                end_s: e,
+            })
+        }
+        _ => {
+            return Err(ApiError::BadRequest(
+                "start and end must be given together".into(),
+            ))
+        }
+    };
+    Ok(SearchRequest {
+        query: Arc::new(query),
+        limit,
+        spss,
+        range,
+        min_duration_nanos: parse_duration("minDuration", &p.min_duration)?,
+        max_duration_nanos: parse_duration("maxDuration", &p.max_duration)?,
+    })
+}
+
+pub(super) async fn search(
+    State(s): State<ApiState>,
+    QueryParams(p): QueryParams<SearchParams>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let tenant = tenant(&s, &headers)?;
+    let req = build_request(&p)?;
+    let frontend = s
+        .frontend
+        .as_ref()
+        .ok_or_else(|| ApiError::Unavailable("this process runs no query frontend".into()))?;
+    let results = frontend.search(&tenant, &req).await?;
+    Ok(axum::Json(response_json(&results)).into_response())
+}
+
+pub(super) fn response_json(r: &SearchResults) -> Json {
+    let traces: Vec<Json> = r.traces.iter().map(trace_json).collect();
+    let m = &r.metrics;
+    json!({
+        "traces": traces,
+        "metrics": {
+            "inspectedTraces": m.inspected_traces,
+            "inspectedBytes": m.inspected_bytes.to_string(),
+            "inspectedSpans": m.inspected_spans.to_string(),
+            "totalBlocks": m.total_blocks,
+            "completedJobs": m.completed_jobs,
+            "totalJobs": m.total_jobs,
+        }
+    })
+}
+
+fn trace_json(t: &TraceHit) -> Json {
+    let mut m = Map::new();
+    // Always 32 hex characters: log links depend on the leading zeros.
+    m.insert("traceID".into(), t.id.to_hex().into());
+    m.insert(
+        "rootServiceName".into(),
+        t.root_service_name
+            .as_deref()
+            .unwrap_or(ROOT_NOT_RECEIVED)
+            .into(),
+    );
+    if let Some(n) = &t.root_span_name {
+        m.insert("rootTraceName".into(), n.as_str().into());
+    }
+    m.insert(
+        "startTimeUnixNano".into(),
+        t.start_unix_nano.to_string().into(),
+    );
+    let ms = (t.end_unix_nano.saturating_sub(t.start_unix_nano)) / 1_000_000;
+    if ms > 0 {
+        m.insert("durationMs".into(), ms.into());
+    }
+    let sets: Vec<Json> = t.spansets.iter().map(spanset_json).collect();
+    if let Some(first) = sets.first() {
+        m.insert("spanSet".into(), first.clone());
+    }
+    m.insert("spanSets".into(), sets.into());
+    let mut stats = Map::new();
+    for (svc, st) in &t.service_stats {
+        let mut o = Map::new();
+        o.insert("spanCount".into(), st.span_count.into());
+        if st.error_count > 0 {
+            o.insert("errorCount".into(), st.error_count.into());
+        }
+        stats.insert(svc.clone(), o.into());
+    }
+    m.insert("serviceStats".into(), stats.into());
+    m.into()
+}
+
+fn spanset_json(s: &HitSpanset) -> Json {
+    let spans: Vec<Json> = s
+        .spans
+        .iter()
+        .map(|sp| {
+            let mut m = Map::new();
+            m.insert("spanID".into(), hex::encode(&sp.span_id).into());
+            if !sp.name.is_empty() {
+                m.insert("name".into(), sp.name.as_str().into());
+            }
+            m.insert(
+                "startTimeUnixNano".into(),
+                sp.start_unix_nano.to_string().into(),
+            );
+            m.insert("durationNanos".into(), sp.duration_nanos.to_string().into());
+            if !sp.attributes.is_empty() {
+                m.insert("attributes".into(), attrs_json(&sp.attributes));
+            }
+            m.into()
+        })
+        .collect();
+    let mut m = Map::new();
+    m.insert("spans".into(), spans.into());
+    m.insert("matched".into(), s.matched.into());
+    if !s.attributes.is_empty() {
+        m.insert("attributes".into(), attrs_json(&s.attributes));
+    }
+    m.into()
+}
+
+fn attrs_json(attrs: &[(String, Value)]) -> Json {
+    attrs
+        .iter()
+        .map(|(k, v)| json!({ "key": k, "value": value_json(v) }))
+        .collect::<Vec<_>>()
+        .into()
+}
+
+pub(super) fn value_json(v: &Value) -> Json {
+    super::json::any_value_json(&value_any(v))
+}
+
+/// A TraceQL value as the OTLP `AnyValue` Tempo puts in search results: durations as Go
+/// duration text, status and kind by name.
+pub(super) fn value_any(v: &Value) -> AnyValue {
+    use crate::model::any_value::Value as V;
+    let value = match v {
+        Value::String(s) => V::StringValue(s.clone()),
+        Value::Int(i) => V::IntValue(*i),
+        Value::Float(f) => V::DoubleValue(*f),
+        Value::Bool(b) => V::BoolValue(*b),
+        Value::Duration(ns) => V::StringValue(format_duration(*ns)),
+        Value::Status(s) => V::StringValue(status_name(*s).to_owned()),
+        Value::Kind(k) => V::StringValue(kind_name(*k).to_owned()),
+        Value::Array(a) => V::ArrayValue(ArrayValue {
+            values: a.iter().map(value_any).collect(),
+        }),
+    };
+    AnyValue { value: Some(value) }
+}
+
+fn status_name(s: Status) -> &'static str {
+    match s {
+        Status::Ok => "ok",
+        Status::Error => "error",
+        Status::Unset => "unset",
+    }
+}
+
+fn kind_name(k: SpanKind) -> &'static str {
+    match k {
+        SpanKind::Unspecified => "unspecified",
+        SpanKind::Internal => "internal",
+        SpanKind::Server => "server",
+        SpanKind::Client => "client",
+        SpanKind::Producer => "producer",
+        SpanKind::Consumer => "consumer",
+    }
+}
+
+/// Go's `time.Duration` text (`1.5s`, `250ms`, `1m30s`), which Tempo prints for durations.
+fn format_duration(ns: i64) -> String {
+    let neg = ns < 0;
+    let n = ns.unsigned_abs();
+    let body = if n < 1_000 {
+        format!("{n}ns")
+    } else if n < 1_000_000 {
+        trim(format!("{:.3}", n as f64 / 1e3)) + "µs"
+    } else if n < 1_000_000_000 {
+        trim(format!("{:.6}", n as f64 / 1e6)) + "ms"
+    } else {
+        let total_s = n / 1_000_000_000;
+        let frac = n % 1_000_000_000;
+        let (h, m, s) = (total_s / 3600, (total_s / 60) % 60, total_s % 60);
+        let secs = trim(format!("{}.{:09}", s, frac)) + "s";
+        match (h, m) {
+            (0, 0) => secs,
+            (0, m) => format!("{m}m{secs}"),
+            (h, m) => format!("{h}h{m}m{secs}"),
+        }
+    };
+    if neg {
+        format!("-{body}")
+    } else {
+        body
+    }
+}
+
+fn trim(s: String) -> String {
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_owned()
+    } else {
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> SearchParams {
+        let mut p = SearchParams::default();
+        for (k, v) in pairs {
+            let v = Some(v.to_string());
+            match *k {
+                "q" => p.q = v,
+                "tags" => p.tags = v,
+                "limit" => p.limit = v,
+                "spss" => p.spss = v,
+                "start" => p.start = v,
+                "end" => p.end = v,
+                "minDuration" => p.min_duration = v,
+                _ => unreachable!(),
+            }
+        }
+        p
+    }
+
+    #[test]
+    fn request_validation() {
+        let r = build_request(&params(&[])).unwrap();
+        assert_eq!((r.limit, r.spss), (20, 3));
+        assert!(build_request(&params(&[("limit", "0")])).is_err());
+        assert!(build_request(&params(&[("q", "{}"), ("tags", "a=b")])).is_err());
+        assert!(build_request(&params(&[("start", "10"), ("end", "10")])).is_err());
+        assert!(build_request(&params(&[("start", "10")])).is_err());
+        assert!(build_request(&params(&[("q", "{ .a = }")])).is_err());
+        let err = build_request(&params(&[("q", "{} | rate()")]))
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string().contains("/api/metrics/query_range"),
+            "{err}"
+        );
+        let r = build_request(&params(&[("spss", "0"), ("minDuration", "100ms")])).unwrap();
+        assert_eq!(r.spss, MAX_SPSS);
+        assert_eq!(r.min_duration_nanos, Some(100_000_000));
+    }
+
+    #[test]
+    fn legacy_tags_become_traceql() {
+        assert_eq!(
+            tags_to_traceql(r#"service.name=shop http.status_code=500 name="GET /""#).unwrap(),
+            r#"{ ."service.name" = "shop" && ."http.status_code" = 500 && name = "GET /" }"#
+        );
+        assert!(traceql::parse(&tags_to_traceql("status=error a=b").unwrap()).is_ok());
+        assert!(tags_to_traceql("novalue").is_err());
+    }
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(format_duration(1_500_000_000), "1.5s");
+        assert_eq!(format_duration(250_000_000), "250ms");
+        assert_eq!(format_duration(90_000_000_000), "1m30s");
+        assert_eq!(format_duration(999), "999ns");
+    }
+}

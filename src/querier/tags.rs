@@ -1,0 +1,359 @@
+//! Tag discovery for autocomplete: attribute names per scope and the values of one
+//! attribute or intrinsic, optionally only from spans matching a TraceQL filter.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
+
+use super::{Querier, QueryError, TimeRange};
+use crate::model::{any_value, span, status, AnyValue, KeyValue, ResourceSpans, Span, TenantId};
+use crate::traceql::engine;
+use crate::traceql::otlp::OtlpTrace;
+use crate::traceql::{Intrinsic, Query, Scope};
+
+/// Scopes as the tag endpoints name them.
+pub const ATTRIBUTE_SCOPES: [&str; 5] = ["resource", "span", "event", "link", "instrumentation"];
+
+/// Intrinsics offered for autocomplete, as Tempo lists them.
+pub const INTRINSIC_TAGS: [&str; 17] = [
+    "duration",
+    "event:name",
+    "event:timeSinceStart",
+    "instrumentation:name",
+    "instrumentation:version",
+    "kind",
+    "link:spanID",
+    "link:traceID",
+    "name",
+    "rootName",
+    "rootServiceName",
+    "span:id",
+    "span:parentID",
+    "status",
+    "statusMessage",
+    "trace:duration",
+    "trace:id",
+];
+
+/// What to list values of.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TagTarget {
+    Attribute { scope: Scope, name: String },
+    Intrinsic(Intrinsic),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TagValue {
+    /// `string`, `int`, `float`, `bool`, `keyword` or `duration`, as Tempo types them.
+    pub kind: &'static str,
+    pub value: String,
+}
+
+/// Tag names per scope (`resource`, `span`, ...).
+#[derive(Default, Debug)]
+pub struct TagNames(pub BTreeMap<&'static str, BTreeSet<String>>);
+
+pub struct TagsRequest {
+    pub range: Option<TimeRange>,
+    /// Only tags of spans matching this filter (lenient: callers drop a bad `q`).
+    pub filter: Option<Arc<Query>>,
+    /// Most distinct entries collected per scope or target.
+    pub limit: usize,
+}
+
+impl Querier {
+    pub async fn tag_names(
+        &self,
+        tenant: &TenantId,
+        req: &TagsRequest,
+    ) -> Result<TagNames, QueryError> {
+        let filter = req.filter.clone();
+        let limit = req.limit;
+        let scan = self
+            .scan(tenant, req.range, move |_, batches, acc: &mut TagNames| {
+                let keep = matching_spans(filter.as_deref(), batches);
+                for rs in batches {
+                    let mut any = false;
+                    for ss in &rs.scope_spans {
+                        let mut scope_used = false;
+                        for s in ss.spans.iter().filter(|s| keep.allows(s)) {
+                            any = true;
+                            scope_used = true;
+                            add_keys(acc, "span", &s.attributes, limit);
+                            for e in &s.events {
+                                add_keys(acc, "event", &e.attributes, limit);
+                            }
+                            for l in &s.links {
+                                add_keys(acc, "link", &l.attributes, limit);
+                            }
+                        }
+                        if scope_used {
+                            if let Some(scope) = &ss.scope {
+                                add_keys(acc, "instrumentation", &scope.attributes, limit);
+                            }
+                        }
+                    }
+                    if any {
+                        if let Some(r) = &rs.resource {
+                            add_keys(acc, "resource", &r.attributes, limit);
+                        }
+                    }
+                }
+            })
+            .await?;
+        let mut out = TagNames::default();
+        for s in scan.sources {
+            for (scope, names) in s.value.0 {
+                let set = out.0.entry(scope).or_default();
+                for n in names {
+                    if set.len() >= limit {
+                        break;
+                    }
+                    set.insert(n);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn tag_values(
+        &self,
+        tenant: &TenantId,
+        target: TagTarget,
+        req: &TagsRequest,
+    ) -> Result<BTreeSet<TagValue>, QueryError> {
+        let filter = req.filter.clone();
+        let limit = req.limit;
+        let scan = self
+            .scan(
+                tenant,
+                req.range,
+                move |_, batches, acc: &mut BTreeSet<TagValue>| {
+                    let keep = matching_spans(filter.as_deref(), batches);
+                    collect_values(&target, batches, &keep, acc, limit);
+                },
+            )
+            .await?;
+        let mut out = BTreeSet::new();
+        for s in scan.sources {
+            for v in s.value {
+                if out.len() >= limit {
+                    break;
+                }
+                out.insert(v);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Which spans of a trace count: all of them, or those a filter matched.
+enum Keep {
+    All,
+    Spans(HashSet<Vec<u8>>),
+}
+
+impl Keep {
+    fn allows(&self, s: &Span) -> bool {
+        match self {
+            Keep::All => true,
+            Keep::Spans(ids) => ids.contains(&s.span_id),
+        }
+    }
+}
+
+fn matching_spans(filter: Option<&Query>, batches: &[ResourceSpans]) -> Keep {
+    let Some(q) = filter else { return Keep::All };
+    let trace = OtlpTrace::new(batches);
+    let mut ids = HashSet::new();
+    if let Ok(sets) = engine::evaluate(q, &trace) {
+        for set in sets {
+            for i in set.spans {
+                ids.insert(trace.span(i).span_id.clone());
+            }
+        }
+    }
+    Keep::Spans(ids)
+}
+
+fn add_keys(acc: &mut TagNames, scope: &'static str, attrs: &[KeyValue], limit: usize) {
+    if attrs.is_empty() {
+        return;
+    }
+    let set = acc.0.entry(scope).or_default();
+    for kv in attrs {
+        if set.len() >= limit {
+            return;
+        }
+        if !set.contains(&kv.key) {
+            set.insert(kv.key.clone());
+        }
+    }
+}
+
+fn typed(v: &AnyValue) -> Option<TagValue> {
+    use any_value::Value as V;
+    Some(match v.value.as_ref()? {
+        V::StringValue(s) => TagValue {
+            kind: "string",
+            value: s.clone(),
+        },
+        V::IntValue(i) => TagValue {
+            kind: "int",
+            value: i.to_string(),
+        },
+        V::DoubleValue(d) => TagValue {
+            kind: "float",
+            value: d.to_string(),
+        },
+        V::BoolValue(b) => TagValue {
+            kind: "bool",
+            value: b.to_string(),
+        },
+        _ => return None,
+    })
+}
+
+fn push(acc: &mut BTreeSet<TagValue>, v: TagValue, limit: usize) {
+    if acc.len() < limit {
+        acc.insert(v);
+    }
+}
+
+fn attr_values(acc: &mut BTreeSet<TagValue>, attrs: &[KeyValue], name: &str, limit: usize) {
+    for kv in attrs.iter().filter(|kv| kv.key == name) {
+        if let Some(v) = kv.value.as_ref().and_then(typed) {
+            push(acc, v, limit);
+        }
+    }
+}
+
+fn keyword(v: &str) -> TagValue {
+    TagValue {
+        kind: "keyword",
+        value: v.to_owned(),
+    }
+}
+
+fn string(v: &str) -> TagValue {
+    TagValue {
+        kind: "string",
+        value: v.to_owned(),
+    }
+}
+
+fn collect_values(
+    target: &TagTarget,
+    batches: &[ResourceSpans],
+    keep: &Keep,
+    acc: &mut BTreeSet<TagValue>,
+    limit: usize,
+) {
+    for rs in batches {
+        for ss in &rs.scope_spans {
+            for s in ss.spans.iter().filter(|s| keep.allows(s)) {
+                match target {
+                    TagTarget::Attribute { scope, name } => match scope {
+                        Scope::Span => attr_values(acc, &s.attributes, name, limit),
+                        Scope::Resource => {
+                            if let Some(r) = &rs.resource {
+                                attr_values(acc, &r.attributes, name, limit);
+                            }
+                        }
+                        Scope::Unscoped => {
+                            attr_values(acc, &s.attributes, name, limit);
+                            if let Some(r) = &rs.resource {
+                                attr_values(acc, &r.attributes, name, limit);
+                            }
+                        }
+                        Scope::Event => {
+                            for e in &s.events {
+                                attr_values(acc, &e.attributes, name, limit);
+                            }
+                        }
+                        Scope::Link => {
+                            for l in &s.links {
+                                attr_values(acc, &l.attributes, name, limit);
+                            }
+                        }
+                        Scope::Instrumentation => {
+                            if let Some(sc) = &ss.scope {
+                                attr_values(acc, &sc.attributes, name, limit);
+                            }
+                        }
+                    },
+                    TagTarget::Intrinsic(i) => intrinsic_value(*i, rs, ss, s, acc, limit),
+                }
+            }
+        }
+    }
+}
+
+fn intrinsic_value(
+    i: Intrinsic,
+    rs: &ResourceSpans,
+    ss: &crate::model::ScopeSpans,
+    s: &Span,
+    acc: &mut BTreeSet<TagValue>,
+    limit: usize,
+) {
+    match i {
+        Intrinsic::Name => push(acc, string(&s.name), limit),
+        Intrinsic::Status => {
+            let code = s.status.as_ref().map_or(0, |st| st.code);
+            let name = match status::StatusCode::try_from(code) {
+                Ok(status::StatusCode::Ok) => "ok",
+                Ok(status::StatusCode::Error) => "error",
+                _ => "unset",
+            };
+            push(acc, keyword(name), limit);
+        }
+        Intrinsic::StatusMessage => {
+            if let Some(st) = s.status.as_ref().filter(|st| !st.message.is_empty()) {
+                push(acc, string(&st.message), limit);
+            }
+        }
+        Intrinsic::Kind => {
+            let name = match span::SpanKind::try_from(s.kind) {
+                Ok(span::SpanKind::Internal) => "internal",
+                Ok(span::SpanKind::Server) => "server",
+                Ok(span::SpanKind::Client) => "client",
+                Ok(span::SpanKind::Producer) => "producer",
+                Ok(span::SpanKind::Consumer) => "consumer",
+                _ => "unspecified",
+            };
+            push(acc, keyword(name), limit);
+        }
+        Intrinsic::EventName => {
+            for e in &s.events {
+                push(acc, string(&e.name), limit);
+            }
+        }
+        Intrinsic::InstrumentationName => {
+            if let Some(sc) = &ss.scope {
+                push(acc, string(&sc.name), limit);
+            }
+        }
+        Intrinsic::InstrumentationVersion => {
+            if let Some(sc) = &ss.scope {
+                push(acc, string(&sc.version), limit);
+            }
+        }
+        // Root spans only: a span with no parent.
+        Intrinsic::TraceRootName if s.parent_span_id.is_empty() => {
+            push(acc, string(&s.name), limit)
+        }
+        Intrinsic::TraceRootService if s.parent_span_id.is_empty() => {
+            let svc = rs
+                .resource
+                .as_ref()
+                .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name"))
+                .and_then(|kv| kv.value.as_ref())
+                .and_then(typed);
+            if let Some(svc) = svc {
+                push(acc, svc, limit);
+            }
+        }
+        // Durations and IDs are not useful autocomplete values.
+        _ => {}
+    }
+}
