@@ -45,6 +45,11 @@ bytes=$(find "$DIR/blocks" -type f -printf '%s\n' | awk '{s+=$1} END {print s}')
 acked=$(sed 's/.*"spans_acked":\([0-9]*\).*/\1/' "$DIR/ingest.json")
 "$LG" lookup --api http://127.0.0.1:23200 --manifest "$DIR/ids.txt" --requests 500 --concurrency 1 | sed 's/^/blocks /'
 "$LG" lookup --api http://127.0.0.1:23200 --manifest "$DIR/ids.txt" --requests 500 --concurrency 8 | sed 's/^/blocks /'
+cpu2=$(cpu)
+"$LG" search --api http://127.0.0.1:23200 --repeat 3 | tee "$DIR/search.json"
+cpu3=$(cpu)
+scanned=$(sed 's/.*"inspected_spans":\([0-9]*\).*/\1/' "$DIR/search.json" | awk '{s+=$1*3} END {print s}')
+awk -v a="$cpu2" -v b="$cpu3" -v n="$scanned" 'BEGIN { c = b - a; printf "{\"search_server_cpu_s\":%.2f,\"spans_inspected_per_cpu_s\":%.0f}\n", c, n/c }'
 awk -v c0="$cpu0" -v c1="$cpu1" -v a="$acked" -v b="$bytes" -v n="$blocks" -v h="$hwm" -v hi="$hwm_ingest" 'BEGIN {
   printf "{\"server_cpu_s_ingest\":%.2f,\"acked_spans_per_cpu_s\":%.0f,\"peak_rss_mib_ingest\":%.0f,\"peak_rss_mib_total\":%.0f,\"blocks\":%d,\"bucket_bytes\":%d,\"bytes_per_span\":%.1f}\n",
     c1-c0, a/(c1-c0), hi/1024, h/1024, n, b, b/a }'

@@ -6,8 +6,9 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use vivace::block::synth::{realistic_traces, Rng};
 use vivace::block::{
-    bloom_shard_for, build_blooms, decode_footer, encode_block, find_trace, row_group_byte_range,
-    BlockConfig, BloomShard, RowGroupIndex,
+    bloom_shard_for, build_blooms, decode_footer, encode_block, encode_block_sorted, find_trace,
+    find_trace_in_pages, footer_fetch_range, plan_lookup, row_group_byte_range, BlockConfig,
+    BloomShard, LookupPlan, RowGroupIndex,
 };
 use vivace::model::{span_count, TenantId, TraceId};
 
@@ -23,6 +24,19 @@ fn encode(c: &mut Criterion) {
         b.iter_batched(
             || traces.clone(),
             |t| encode_block(&tenant, uuid::Uuid::nil(), 0, t, &cfg).expect("encode"),
+            BatchSize::LargeInput,
+        )
+    });
+    let mut sorted = traces.clone();
+    sorted.sort_by_key(|t| t.id);
+    sorted.dedup_by_key(|t| t.id);
+    g.bench_function("encode_sorted_stream", |b| {
+        b.iter_batched(
+            || sorted.clone(),
+            |t| {
+                encode_block_sorted(&tenant, uuid::Uuid::nil(), 0, t.into_iter().map(Ok), &cfg)
+                    .expect("encode")
+            },
             BatchSize::LargeInput,
         )
     });
@@ -67,12 +81,17 @@ fn find(c: &mut Criterion) {
     };
     let block = encode_block(&tenant, uuid::Uuid::nil(), 0, traces, &cfg).expect("encode");
     let data = block.data.clone();
+    // Footer only: no page index, the whole-row-group path of older blocks.
     let tail = data.slice(data.len() - block.meta.footer_size as usize..);
     let md = decode_footer(tail, data.len() as u64).expect("footer");
+    // Footer and page indexes in one read: the page path.
+    let r = footer_fetch_range(&block.meta);
+    let md_pages =
+        decode_footer(data.slice(r.start as usize..), data.len() as u64).expect("footer");
     let index = RowGroupIndex::from_bytes(&block.index).expect("index");
     let mut i = 0usize;
     let mut g = c.benchmark_group("block");
-    g.bench_function("find_trace", |b| {
+    g.bench_function("find_trace_row_group", |b| {
         b.iter(|| {
             i = (i + 7919) % ids.len();
             let id = &ids[i];
@@ -80,6 +99,24 @@ fn find(c: &mut Criterion) {
             let r = row_group_byte_range(&md, rg).expect("range");
             let bytes: Bytes = data.slice(r.start as usize..r.end as usize);
             find_trace(md.clone(), rg, bytes, r.start, id)
+                .expect("find")
+                .expect("present")
+        })
+    });
+    g.bench_function("find_trace_pages", |b| {
+        b.iter(|| {
+            i = (i + 7919) % ids.len();
+            let id = &ids[i];
+            let rg = index.row_group_for(id).expect("rg");
+            let LookupPlan::Pages(plan) = plan_lookup(&md_pages, rg, id).expect("plan") else {
+                panic!("no page index");
+            };
+            let fetched: Vec<Bytes> = plan
+                .ranges
+                .iter()
+                .map(|r| data.slice(r.start as usize..r.end as usize))
+                .collect();
+            find_trace_in_pages(md_pages.clone(), &plan, fetched, data.len() as u64, id)
                 .expect("find")
                 .expect("present")
         })

@@ -278,13 +278,67 @@ async fn lookup(kv: HashMap<String, String>) {
     );
 }
 
+/// Queries of the kinds Tempo's figures cover: a duration range, an error status, an
+/// attribute equality, a regex, a structural descent and a pipeline.
+const SEARCH_QUERIES: [&str; 6] = [
+    "{ duration > 500ms }",
+    "{ status = error }",
+    "{ resource.service.name = \"checkout\" }",
+    "{ span.http.route =~ \"/api/.*\" }",
+    "{ resource.service.name = \"frontend\" } >> { status = error }",
+    "{ } | count() > 40",
+];
+
+async fn search(kv: HashMap<String, String>) {
+    let api = kv
+        .get("api")
+        .cloned()
+        .unwrap_or("http://127.0.0.1:3200".into());
+    let repeat: usize = get(&kv, "repeat", 5);
+    let limit: usize = get(&kv, "limit", 100_000);
+    let client = reqwest::Client::new();
+    for q in SEARCH_QUERIES {
+        let mut lat = Vec::new();
+        let mut found = 0;
+        let mut inspected = 0u64;
+        for _ in 0..repeat {
+            let t = Instant::now();
+            let resp: serde_json::Value = client
+                .get(format!("{api}/api/search"))
+                .query(&[("q", q), ("limit", &limit.to_string()), ("spss", "3")])
+                .send()
+                .await
+                .expect("search request")
+                .json()
+                .await
+                .expect("search json");
+            lat.push(t.elapsed().as_secs_f64() * 1000.0);
+            found = resp["traces"].as_array().map_or(0, |a| a.len());
+            inspected = resp["metrics"]["inspectedSpans"]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+        }
+        lat.sort_by(f64::total_cmp);
+        println!(
+            "{{\"mode\":\"search\",\"query\":{},\"traces\":{found},\"inspected_spans\":{inspected},\"ms_p50\":{:.1},\"ms_max\":{:.1}}}",
+            serde_json::Value::from(q),
+            percentile(&lat, 0.5),
+            lat.last().copied().unwrap_or(0.0),
+        );
+    }
+}
+
 fn main() {
     let (mode, kv) = args();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     match mode.as_str() {
         "ingest" => rt.block_on(ingest(kv)),
         "lookup" => rt.block_on(lookup(kv)),
+        "search" => rt.block_on(search(kv)),
         // `cargo bench` with no arguments runs every bench: do nothing rather than load a server.
-        _ => eprintln!("usage: loadgen ingest|lookup [--flag value]... (see the file header)"),
+        _ => {
+            eprintln!("usage: loadgen ingest|lookup|search [--flag value]... (see the file header)")
+        }
     }
 }

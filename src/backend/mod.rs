@@ -87,6 +87,21 @@ impl Backend {
         }
     }
 
+    /// Several ranges of one object, in the order asked. The store may merge nearby
+    /// ranges into fewer requests.
+    pub async fn get_ranges(
+        &self,
+        key: &str,
+        ranges: &[Range<u64>],
+    ) -> Result<Vec<Bytes>, BackendError> {
+        let path = ObjectPath::from(key);
+        match self.store.get_ranges(&path, ranges).await {
+            Ok(b) => Ok(b),
+            Err(object_store::Error::NotFound { .. }) => Err(BackendError::NotFound(key.into())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     pub async fn delete(&self, key: &str) -> Result<(), BackendError> {
         match self.store.delete(&ObjectPath::from(key)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
@@ -139,6 +154,20 @@ mod tests {
             b.get_range("t1/blk2/data.parquet", 2..5).await.unwrap(),
             Bytes::from_static(b"234")
         );
+        assert_eq!(
+            b.get_ranges("t1/blk2/data.parquet", &[7..9, 0..2, 2..3])
+                .await
+                .unwrap(),
+            vec![
+                Bytes::from_static(b"78"),
+                Bytes::from_static(b"01"),
+                Bytes::from_static(b"2")
+            ]
+        );
+        assert!(matches!(
+            b.get_ranges("t1/nope", &[0..1, 2..3]).await,
+            Err(BackendError::NotFound(_))
+        ));
         assert!(matches!(
             b.get("t1/nope").await,
             Err(BackendError::NotFound(_))

@@ -44,6 +44,10 @@ pub struct BlockMeta {
     pub bloom_shards: u32,
     /// Parquet footer length including the trailing 8 bytes (length + magic).
     pub footer_size: u32,
+    /// Bytes of the Parquet page indexes (column and offset indexes), which sit right
+    /// before the footer: the last `pageIndexSize + footerSize` bytes of data.parquet hold
+    /// both, for one ranged read. 0 (or absent, in older blocks) means unknown.
+    pub page_index_size: u32,
     pub dedicated_columns: Vec<DedicatedColumn>,
 }
 

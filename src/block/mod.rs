@@ -31,10 +31,12 @@ pub use bloom::{bloom_shard_count, bloom_shard_for, build_blooms, BloomShard, BL
 pub use index::RowGroupIndex;
 pub use meta::{BlockMeta, DedicatedColumn, FORMAT};
 pub use reader::{
-    batch_to_traces, decode_footer, find_trace, read_all_traces, row_group_byte_range, SparseChunk,
+    batch_to_traces, decode_footer, find_trace, find_trace_in_pages, footer_fetch_range,
+    page_index_start, plan_lookup, read_all_traces, row_group_byte_range, LookupPlan, PageRead,
+    SparseChunk,
 };
 pub use schema::{arrow_schema, parquet_schema, paths, projection, value_type, SCHEMA_TEXT};
-pub use writer::{compute_nested_set, encode_block, NestedSet};
+pub use writer::{compute_nested_set, encode_block, encode_block_sorted, NestedSet};
 
 pub const META_FILE: &str = "meta.json";
 pub const DATA_FILE: &str = "data.parquet";
@@ -63,8 +65,15 @@ pub struct BlockConfig {
     pub compression: BlockCompression,
     /// Dictionary-encode string and binary columns (integer columns always are).
     pub string_dictionary: bool,
-    /// Parquet data page size limit.
+    /// Parquet data page size limit (uncompressed). A trace lookup fetches and decompresses
+    /// about one page per column, so small pages make lookups cheap; too small costs space.
     pub data_page_size_bytes: usize,
+    /// Rows (traces) at most per data page in every column. Data page sizes do not count
+    /// repetition and definition levels, so sparse nested columns need this bound.
+    pub data_page_rows: usize,
+    /// Rows (traces) per page of the trace_id column. A lookup decodes the trace IDs of
+    /// one such page to find the row; the pages of the other columns are cut by size.
+    pub trace_id_page_rows: usize,
 }
 
 impl Default for BlockConfig {
@@ -75,7 +84,9 @@ impl Default for BlockConfig {
             bloom_shard_size_bytes: 100 << 10,
             compression: BlockCompression::Zstd(3),
             string_dictionary: true,
-            data_page_size_bytes: 1 << 20,
+            data_page_size_bytes: 8 << 10,
+            data_page_rows: 128,
+            trace_id_page_rows: 16,
         }
     }
 }
@@ -119,6 +130,10 @@ pub enum BlockError {
     Index(String),
     #[error("corrupt meta.json: {0}")]
     Meta(#[from] serde_json::Error),
+    #[error("traces are not in strictly ascending ID order: {next} after {prev}")]
+    NotSorted { prev: TraceId, next: TraceId },
+    #[error("reading trace to encode: {0}")]
+    Input(String),
     #[error("row group {rg} out of range: block has {count}")]
     RowGroupOutOfRange { rg: usize, count: usize },
 }

@@ -16,22 +16,42 @@ use parquet::arrow::arrow_reader::{
 };
 use parquet::arrow::ProjectionMask;
 use parquet::errors::ParquetError;
-use parquet::file::metadata::{FooterTail, ParquetMetaData, ParquetMetaDataReader};
+use parquet::file::metadata::{
+    ColumnChunkMetaData, FooterTail, PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader,
+};
+use parquet::file::page_index::column_index::ColumnIndexMetaData;
+use parquet::file::page_index::offset_index::PageLocation;
 use parquet::file::reader::{ChunkReader, Length};
 use prost::Message;
 
 use super::schema::{arrow_schema, value_type};
-use super::{BlockError, Dedicated, DedicatedType, TraceInput, DEDICATED_RESOURCE, DEDICATED_SPAN};
+use super::{
+    BlockError, BlockMeta, Dedicated, DedicatedType, TraceInput, DEDICATED_RESOURCE, DEDICATED_SPAN,
+};
 use crate::model::{
     any_value, span, AnyValue, InstrumentationScope, KeyValue, Resource, ResourceSpans, ScopeSpans,
     Span, Status, TraceId,
 };
 
-/// Decodes the Parquet footer. `tail` is the last `meta.footerSize` bytes of data.parquet
-/// (more is fine); `file_len` is the length of data.parquet. Column chunk ranges are checked
-/// against the file so later reads cannot be sent outside it.
+/// The byte range of data.parquet to fetch for [`decode_footer`]: the footer and, when
+/// `meta.pageIndexSize` is known, the page indexes right before it, in one read.
+pub fn footer_fetch_range(meta: &BlockMeta) -> Range<u64> {
+    let want = u64::from(meta.footer_size) + u64::from(meta.page_index_size);
+    meta.size - want.min(meta.size)..meta.size
+}
+
+/// Decodes the Parquet footer. `tail` is the last bytes of data.parquet, at least
+/// `meta.footerSize` of them (see [`footer_fetch_range`]); `file_len` is the length of
+/// data.parquet. Column chunk ranges are checked against the file so later reads cannot be
+/// sent outside it. When `tail` also covers the page indexes, they are loaded and checked
+/// too; otherwise [`page_index_start`] of the result says how long a tail would hold them.
 pub fn decode_footer(tail: Bytes, file_len: u64) -> Result<Arc<ParquetMetaData>, BlockError> {
     let n = tail.len();
+    if n as u64 > file_len {
+        return Err(BlockError::Corrupt(format!(
+            "footer read of {n} bytes is longer than the {file_len}-byte file"
+        )));
+    }
     let last8: [u8; 8] = tail
         .get(n.saturating_sub(8)..)
         .and_then(|b| b.try_into().ok())
@@ -49,9 +69,42 @@ pub fn decode_footer(tail: Bytes, file_len: u64) -> Result<Arc<ParquetMetaData>,
         .ok_or_else(|| {
             BlockError::Corrupt(format!("footer metadata of {meta_len} bytes does not fit"))
         })?;
-    let md = ParquetMetaDataReader::decode_metadata(&tail[n - footer_len..n - 8])?;
-    validate(&md, file_len - footer_len as u64)?;
+    let data_end = file_len - footer_len as u64;
+    let md = guarded(|| {
+        Ok(ParquetMetaDataReader::decode_metadata(
+            &tail[n - footer_len..n - 8],
+        )?)
+    })?;
+    validate(&md, data_end)?;
+    let tail_start = file_len - n as u64;
+    let md = match page_index_start(&md) {
+        Some(start) if start >= tail_start && start <= data_end => guarded(|| {
+            let mut r = ParquetMetaDataReader::new_with_metadata(md)
+                .with_page_index_policy(PageIndexPolicy::Optional);
+            r.read_page_indexes_sized(&tail, file_len)?;
+            let md = r.finish()?;
+            validate_page_index(&md)?;
+            Ok(md)
+        })?,
+        _ => md,
+    };
     Ok(Arc::new(md))
+}
+
+/// Where the page indexes (column and offset indexes) of `md` start in the file, if it has
+/// any and they are not loaded yet: a tail from there holds them (they sit right before
+/// the footer in files this module writes).
+pub fn page_index_start(md: &ParquetMetaData) -> Option<u64> {
+    if md.page_index().is_some() {
+        return None;
+    }
+    md.row_groups()
+        .iter()
+        .flat_map(|rg| rg.columns())
+        .flat_map(|c| [c.column_index_offset(), c.offset_index_offset()])
+        .flatten()
+        .filter_map(|o| u64::try_from(o).ok())
+        .min()
 }
 
 /// Checks every column chunk lies within the data part of the file. The parquet reader
@@ -69,6 +122,66 @@ fn validate(md: &ParquetMetaData, data_end: u64) -> Result<(), BlockError> {
     Ok(())
 }
 
+fn chunk_range(c: &ColumnChunkMetaData, rg: usize) -> Result<Range<u64>, BlockError> {
+    let bad = || BlockError::Corrupt(format!("bad column chunk range in row group {rg}"));
+    let start = c.dictionary_page_offset().unwrap_or(c.data_page_offset());
+    let start = u64::try_from(start).map_err(|_| bad())?;
+    let len = u64::try_from(c.compressed_size()).map_err(|_| bad())?;
+    let end = start.checked_add(len).ok_or_else(bad)?;
+    Ok(start..end)
+}
+
+/// Checks the offset indexes: pages in order, inside their column chunk, starting at row 0
+/// with increasing first rows below the row count; and that the trace_id column index, if
+/// any, has one entry per page. Lookups rely on this to compute ranges without panicking.
+fn validate_page_index(md: &ParquetMetaData) -> Result<(), BlockError> {
+    let Some(pi) = md.page_index() else {
+        return Ok(());
+    };
+    for (rgi, rg) in md.row_groups().iter().enumerate() {
+        let rows = rg.num_rows();
+        for (ci, c) in rg.columns().iter().enumerate() {
+            let Some(oi) = pi.offset_index(rgi, ci) else {
+                continue;
+            };
+            let bad = |what: &str| {
+                BlockError::Corrupt(format!(
+                    "offset index of row group {rgi} column {ci}: {what}"
+                ))
+            };
+            let chunk = chunk_range(c, rgi)?;
+            let locs = oi.page_locations();
+            if locs.first().is_none_or(|l| l.first_row_index != 0) {
+                return Err(bad("does not start at row 0"));
+            }
+            let (mut pos, mut row) = (chunk.start, -1i64);
+            for l in locs {
+                let off = u64::try_from(l.offset).map_err(|_| bad("negative offset"))?;
+                let size = u64::try_from(l.compressed_page_size)
+                    .ok()
+                    .filter(|s| *s > 0)
+                    .ok_or_else(|| bad("bad page size"))?;
+                if off < pos || off.saturating_add(size) > chunk.end {
+                    return Err(bad("page outside its column chunk or out of order"));
+                }
+                if l.first_row_index <= row || l.first_row_index >= rows {
+                    return Err(bad("bad first row index"));
+                }
+                pos = off + size;
+                row = l.first_row_index;
+            }
+            if ci == 0 {
+                if let Some(ix) = pi.column_index(rgi, 0) {
+                    if ix.num_pages() != locs.len() as u64 {
+                        return Err(bad("column index and offset index disagree"));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The bytes covering all column chunks of row group `rg`.
 pub fn row_group_byte_range(md: &ParquetMetaData, rg: usize) -> Result<Range<u64>, BlockError> {
     let rgm = md
@@ -80,11 +193,7 @@ pub fn row_group_byte_range(md: &ParquetMetaData, rg: usize) -> Result<Range<u64
         })?;
     let mut range: Option<Range<u64>> = None;
     for c in rgm.columns() {
-        let start = c.dictionary_page_offset().unwrap_or(c.data_page_offset());
-        let bad = || BlockError::Corrupt(format!("bad column chunk range in row group {rg}"));
-        let start = u64::try_from(start).map_err(|_| bad())?;
-        let len = u64::try_from(c.compressed_size()).map_err(|_| bad())?;
-        let end = start.checked_add(len).ok_or_else(bad)?;
+        let Range { start, end } = chunk_range(c, rg)?;
         range = Some(match range {
             None => start..end,
             Some(r) => r.start.min(start)..r.end.max(end),
@@ -93,45 +202,63 @@ pub fn row_group_byte_range(md: &ParquetMetaData, rg: usize) -> Result<Range<u64
     range.ok_or_else(|| BlockError::Corrupt(format!("row group {rg} has no columns")))
 }
 
-/// A `ChunkReader` over one contiguous byte range of a file (e.g. one row group fetched
-/// from object storage). Reads outside the range fail instead of returning wrong bytes.
+/// A `ChunkReader` over some byte ranges of a file (e.g. one row group, or a few pages,
+/// fetched from object storage). Reads outside the ranges fail instead of returning wrong
+/// bytes.
 #[derive(Debug, Clone)]
 pub struct SparseChunk {
-    start: u64,
-    data: Bytes,
+    /// Sorted by start, non-overlapping.
+    parts: Arc<[(u64, Bytes)]>,
     file_len: u64,
 }
 
 impl SparseChunk {
+    /// One contiguous range starting at file offset `start`.
     pub fn new(start: u64, data: Bytes, file_len: u64) -> Self {
         Self {
-            start,
-            data,
+            parts: Arc::from(vec![(start, data)]),
             file_len,
         }
     }
 
+    /// Several ranges: `(file offset, bytes)`. Errors if they overlap.
+    pub fn from_parts(mut parts: Vec<(u64, Bytes)>, file_len: u64) -> Result<Self, BlockError> {
+        parts.sort_by_key(|(s, _)| *s);
+        for w in parts.windows(2) {
+            if w[0].0.saturating_add(w[0].1.len() as u64) > w[1].0 {
+                return Err(BlockError::Corrupt("fetched ranges overlap".into()));
+            }
+        }
+        Ok(Self {
+            parts: Arc::from(parts),
+            file_len,
+        })
+    }
+
     fn slice(&self, start: u64, length: Option<usize>) -> Result<Bytes, ParquetError> {
-        let out_of_range = || {
+        let out_of_range = |len: Option<usize>| {
             ParquetError::General(format!(
-                "read at {start} is outside the fetched range {}..{}",
-                self.start,
-                self.start + self.data.len() as u64
+                "read of {len:?} bytes at {start} is outside the fetched ranges"
             ))
         };
-        let off = start
-            .checked_sub(self.start)
-            .and_then(|o| usize::try_from(o).ok())
-            .filter(|o| *o <= self.data.len())
-            .ok_or_else(out_of_range)?;
+        // The last part starting at or before `start`.
+        let i = self.parts.partition_point(|(s, _)| *s <= start);
+        let (part_start, data) = i
+            .checked_sub(1)
+            .and_then(|i| self.parts.get(i))
+            .ok_or_else(|| out_of_range(length))?;
+        let off = usize::try_from(start - part_start)
+            .ok()
+            .filter(|o| *o <= data.len())
+            .ok_or_else(|| out_of_range(length))?;
         let end = match length {
             Some(l) => off
                 .checked_add(l)
-                .filter(|e| *e <= self.data.len())
-                .ok_or_else(out_of_range)?,
-            None => self.data.len(),
+                .filter(|e| *e <= data.len())
+                .ok_or_else(|| out_of_range(length))?,
+            None => data.len(),
         };
-        Ok(self.data.slice(off..end))
+        Ok(data.slice(off..end))
     }
 }
 
@@ -227,6 +354,281 @@ pub fn find_trace(
             .build()?;
         for batch in reader {
             if let Some(t) = batch_to_traces(&batch?)?.into_iter().next() {
+                return Ok(Some(t.batches));
+            }
+        }
+        Ok(None)
+    })
+}
+
+/// Ranges closer than this are fetched as one (the gap is read and thrown away): fewer
+/// reads for a little more data. Pages of one trace lie ~1/columns of a row group apart,
+/// so a larger gap would mostly add bytes.
+const COALESCE_GAP: u64 = 1 << 10;
+
+/// How to look up one trace ID in row group `rg`: see [`plan_lookup`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LookupPlan {
+    /// The page index of trace_id says the row group does not hold the ID.
+    Absent,
+    /// Fetch these pages and call [`find_trace_in_pages`].
+    Pages(PageRead),
+    /// No usable page index (older blocks): fetch this range, the whole row group, and call
+    /// [`find_trace`].
+    RowGroup(Range<u64>),
+}
+
+/// The pages that can hold one trace, in every column of a row group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageRead {
+    pub rg: usize,
+    /// Rows of the row group that can hold the ID (one trace_id page).
+    pub rows: Range<usize>,
+    /// Byte ranges of data.parquet to fetch, sorted and disjoint: the dictionary page and
+    /// the data pages covering `rows` of every column, nearby ranges merged.
+    pub ranges: Vec<Range<u64>>,
+}
+
+impl PageRead {
+    pub fn total_bytes(&self) -> u64 {
+        self.ranges.iter().map(|r| r.end - r.start).sum()
+    }
+}
+
+/// Plans the lookup of `id` in row group `rg` from the footer and its page indexes (as
+/// returned by [`decode_footer`]); no I/O. With the trace_id column index and the offset
+/// indexes loaded, this names the trace_id page whose min/max cover the ID and the byte
+/// ranges of the pages holding those rows in every column.
+pub fn plan_lookup(
+    md: &ParquetMetaData,
+    rg: usize,
+    id: &TraceId,
+) -> Result<LookupPlan, BlockError> {
+    let rgm = md
+        .row_groups()
+        .get(rg)
+        .ok_or(BlockError::RowGroupOutOfRange {
+            rg,
+            count: md.num_row_groups(),
+        })?;
+    let whole = || row_group_byte_range(md, rg).map(LookupPlan::RowGroup);
+    let Some(pi) = md.page_index() else {
+        return whole();
+    };
+    let (Some(ix), Some(id_pages)) = (pi.column_index(rg, 0), pi.offset_index(rg, 0)) else {
+        return whole();
+    };
+    let ColumnIndexMetaData::FIXED_LEN_BYTE_ARRAY(ix) = ix else {
+        return whole();
+    };
+    let num_rows = usize::try_from(rgm.num_rows())
+        .map_err(|_| BlockError::Corrupt(format!("row group {rg} has a bad row count")))?;
+    let id_locs = id_pages.page_locations();
+    if ix.num_pages() != id_locs.len() as u64 {
+        return Err(BlockError::Corrupt(format!(
+            "trace_id column and offset indexes of row group {rg} disagree"
+        )));
+    }
+    // Pages are sorted by ID; scanning them all keeps a corrupt order harmless.
+    let mut rows: Option<Range<usize>> = None;
+    for p in 0..id_locs.len() {
+        let (Some(min), Some(max)) = (ix.min_value(p), ix.max_value(p)) else {
+            continue;
+        };
+        if min <= id.as_bytes().as_slice() && id.as_bytes().as_slice() <= max {
+            let r = page_rows(id_locs, p, num_rows)?;
+            rows = Some(match rows {
+                None => r,
+                Some(o) => o.start.min(r.start)..o.end.max(r.end),
+            });
+        }
+    }
+    let Some(rows) = rows else {
+        return Ok(LookupPlan::Absent);
+    };
+    let mut ranges = Vec::new();
+    for (ci, c) in rgm.columns().iter().enumerate() {
+        if !needed_for_traces(&c.column_path().string()) {
+            continue;
+        }
+        let Some(oi) = pi.offset_index(rg, ci) else {
+            return whole();
+        };
+        let chunk = chunk_range(c, rg)?;
+        let locs = oi.page_locations();
+        let first = locs
+            .first()
+            .ok_or_else(|| BlockError::Corrupt(format!("column {ci} has no pages")))?;
+        let first_off = to_u64(first.offset)?;
+        if first_off > chunk.start {
+            ranges.push(chunk.start..first_off); // dictionary page
+        }
+        // Pages overlapping `rows`: from the last page starting at or before rows.start.
+        let from = locs
+            .partition_point(|l| l.first_row_index <= rows.start as i64)
+            .saturating_sub(1);
+        for l in &locs[from..] {
+            if l.first_row_index >= rows.end as i64 {
+                break;
+            }
+            let off = to_u64(l.offset)?;
+            let size = to_u64(i64::from(l.compressed_page_size))?;
+            ranges.push(off..off.saturating_add(size));
+        }
+    }
+    Ok(LookupPlan::Pages(PageRead {
+        rg,
+        rows,
+        ranges: coalesce(ranges, COALESCE_GAP),
+    }))
+}
+
+/// Whether leaf column `path` is needed to rebuild OTLP traces: the trace-level summary
+/// columns and the nested-set numbers are derived data, which a lookup skips.
+fn needed_for_traces(path: &str) -> bool {
+    use super::paths::{DURATION, END_TIME, ROOT_SERVICE_NAME, ROOT_SPAN_NAME, SPAN, START_TIME};
+    let derived_root = [
+        START_TIME,
+        END_TIME,
+        DURATION,
+        ROOT_SERVICE_NAME,
+        ROOT_SPAN_NAME,
+    ];
+    let derived_span = ["nested_set_left", "nested_set_right", "parent_id"];
+    !(derived_root.contains(&path)
+        || path.starts_with("service_stats.")
+        || path
+            .strip_prefix(SPAN)
+            .is_some_and(|leaf| derived_span.contains(&leaf)))
+}
+
+fn to_u64(v: i64) -> Result<u64, BlockError> {
+    u64::try_from(v).map_err(|_| BlockError::Corrupt(format!("negative page offset {v}")))
+}
+
+/// Rows of row group page `p` given its column's page locations.
+fn page_rows(locs: &[PageLocation], p: usize, num_rows: usize) -> Result<Range<usize>, BlockError> {
+    let bad = || BlockError::Corrupt("bad first row index in the offset index".into());
+    let start = usize::try_from(locs[p].first_row_index).map_err(|_| bad())?;
+    let end = match locs.get(p + 1) {
+        Some(n) => usize::try_from(n.first_row_index).map_err(|_| bad())?,
+        None => num_rows,
+    };
+    if start >= end || end > num_rows {
+        return Err(bad());
+    }
+    Ok(start..end)
+}
+
+/// Sorts `ranges` and merges those that overlap or are less than `gap` apart.
+fn coalesce(mut ranges: Vec<Range<u64>>, gap: u64) -> Vec<Range<u64>> {
+    ranges.sort_by_key(|r| r.start);
+    let mut out: Vec<Range<u64>> = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        match out.last_mut() {
+            Some(last) if r.start <= last.end.saturating_add(gap) => {
+                last.end = last.end.max(r.end);
+            }
+            _ => out.push(r),
+        }
+    }
+    out
+}
+
+/// Finds `id` given the pages named by `plan` ([`plan_lookup`]): `fetched[i]` holds the
+/// bytes of `plan.ranges[i]`. Decodes the trace IDs of `plan.rows`, then only the matching
+/// row. Synchronous CPU work.
+pub fn find_trace_in_pages(
+    md: Arc<ParquetMetaData>,
+    plan: &PageRead,
+    fetched: Vec<Bytes>,
+    file_len: u64,
+    id: &TraceId,
+) -> Result<Option<Vec<ResourceSpans>>, BlockError> {
+    if fetched.len() != plan.ranges.len() {
+        return Err(BlockError::Corrupt(format!(
+            "{} ranges fetched for {} planned",
+            fetched.len(),
+            plan.ranges.len()
+        )));
+    }
+    let mut parts = Vec::with_capacity(fetched.len());
+    for (r, b) in plan.ranges.iter().zip(fetched) {
+        if b.len() as u64 != r.end - r.start {
+            return Err(BlockError::Corrupt(format!(
+                "fetched {} bytes for range {r:?}",
+                b.len()
+            )));
+        }
+        parts.push((r.start, b));
+    }
+    let chunk = SparseChunk::from_parts(parts, file_len)?;
+    let rg = plan.rg;
+    let num_rows = md
+        .row_groups()
+        .get(rg)
+        .ok_or(BlockError::RowGroupOutOfRange {
+            rg,
+            count: md.num_row_groups(),
+        })?
+        .num_rows();
+    if plan.rows.start >= plan.rows.end
+        || plan.rows.end as u64 > u64::try_from(num_rows).unwrap_or(0)
+    {
+        return Err(BlockError::Corrupt(format!(
+            "rows {:?} outside row group {rg}",
+            plan.rows
+        )));
+    }
+    guarded(|| {
+        let meta = ArrowReaderMetadata::try_new(md, reader_options()?)?;
+        let ids = ParquetRecordBatchReaderBuilder::new_with_metadata(chunk.clone(), meta.clone());
+        let mask = ProjectionMask::leaves(ids.parquet_schema(), [0]);
+        let selection = RowSelection::from(vec![
+            RowSelector::skip(plan.rows.start),
+            RowSelector::select(plan.rows.len()),
+        ]);
+        let ids = ids
+            .with_projection(mask)
+            .with_row_groups(vec![rg])
+            .with_row_selection(selection)
+            .with_batch_size(plan.rows.len())
+            .build()?;
+        let mut pos = None;
+        let mut base = plan.rows.start;
+        for batch in ids {
+            let batch = batch?;
+            let col = batch
+                .column(0)
+                .as_any()
+                .downcast_ref::<FixedSizeBinaryArray>()
+                .ok_or_else(|| BlockError::Corrupt("trace_id column has the wrong type".into()))?;
+            if let Some(i) = (0..col.len()).find(|&i| col.value(i) == id.as_bytes()) {
+                pos = Some(base + i);
+                break;
+            }
+            base += col.len();
+        }
+        let Some(pos) = pos else {
+            return Ok(None);
+        };
+        let selection = RowSelection::from(vec![RowSelector::skip(pos), RowSelector::select(1)]);
+        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(chunk, meta);
+        let descr = reader.parquet_schema();
+        let leaves = (0..descr.num_columns())
+            .filter(|&i| needed_for_traces(&descr.column(i).path().string()));
+        let mask = ProjectionMask::leaves(descr, leaves);
+        let reader = reader
+            .with_projection(mask)
+            .with_row_groups(vec![rg])
+            .with_row_selection(selection)
+            .with_batch_size(1)
+            .build()?;
+        for batch in reader {
+            if let Some(t) = batch_to_traces(&batch?)?.into_iter().next() {
+                if t.id != *id {
+                    return Err(BlockError::Corrupt("row holds another trace".into()));
+                }
                 return Ok(Some(t.batches));
             }
         }

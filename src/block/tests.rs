@@ -1,5 +1,7 @@
 use std::collections::HashSet;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use parquet::file::metadata::ParquetMetaDataReader;
 use parquet::schema::parser::parse_message_type;
@@ -355,6 +357,13 @@ fn corrupt_data_is_an_error() {
     .expect("encode");
     let data = block.data.clone();
     let len = data.len();
+    let index = RowGroupIndex::from_bytes(&block.index).expect("index");
+    let ids: Vec<TraceId> = read_all_traces(data.clone())
+        .expect("read")
+        .iter()
+        .map(|t| t.id)
+        .take(5)
+        .collect();
     assert!(read_all_traces(Bytes::from_static(b"")).is_err());
     assert!(read_all_traces(Bytes::from_static(b"garbage garbage garbage")).is_err());
     assert!(read_all_traces(data.slice(..len / 2)).is_err());
@@ -378,6 +387,17 @@ fn corrupt_data_is_an_error() {
                     let bytes = Bytes::from(bad[r.start as usize..r.end as usize].to_vec());
                     let _ = find_trace(md.clone(), rg, bytes, r.start, &TraceId([3; 16]));
                 }
+            }
+        }
+        // The page-index path, through the same corrupt copy.
+        let bad_block = EncodedBlock {
+            data: Bytes::from(bad),
+            ..block.clone()
+        };
+        let r = footer_fetch_range(&block.meta);
+        if let Ok(md) = decode_footer(bad_block.data.slice(r.start as usize..), len as u64) {
+            for id in &ids {
+                let _ = lookup(&bad_block, &md, &index, id);
             }
         }
     }
@@ -432,6 +452,7 @@ fn meta_json_shape() {
         "totalRecords",
         "bloomShards",
         "footerSize",
+        "pageIndexSize",
         "dedicatedColumns",
     ] {
         assert!(json.get(key).is_some(), "missing {key}");
@@ -536,4 +557,352 @@ fn measure() {
         spans as f64 / enc,
         spans as f64 / t.elapsed().as_secs_f64()
     );
+}
+
+/// Looks `id` up the way the querier does: footer + page indexes from one tail read, then
+/// the planned pages only (or the whole row group when there is no page index).
+fn lookup(
+    block: &EncodedBlock,
+    md: &Arc<parquet::file::metadata::ParquetMetaData>,
+    index: &RowGroupIndex,
+    id: &TraceId,
+) -> Result<(Option<Vec<crate::model::ResourceSpans>>, u64), BlockError> {
+    let data = &block.data;
+    let Some(rg) = index.row_group_for(id) else {
+        return Ok((None, 0));
+    };
+    match plan_lookup(md, rg, id)? {
+        LookupPlan::Absent => Ok((None, 0)),
+        LookupPlan::Pages(plan) => {
+            let fetched: Vec<Bytes> = plan
+                .ranges
+                .iter()
+                .map(|r| data.slice(r.start as usize..r.end as usize))
+                .collect();
+            let n = plan.total_bytes();
+            Ok((
+                find_trace_in_pages(md.clone(), &plan, fetched, data.len() as u64, id)?,
+                n,
+            ))
+        }
+        LookupPlan::RowGroup(r) => {
+            let bytes = data.slice(r.start as usize..r.end as usize);
+            let n = bytes.len() as u64;
+            Ok((find_trace(md.clone(), rg, bytes, r.start, id)?, n))
+        }
+    }
+}
+
+fn footer_of(block: &EncodedBlock) -> Arc<parquet::file::metadata::ParquetMetaData> {
+    let r = footer_fetch_range(&block.meta);
+    decode_footer(
+        block.data.slice(r.start as usize..r.end as usize),
+        block.data.len() as u64,
+    )
+    .expect("footer")
+}
+
+/// Lookup cost for page-size options: run with
+/// `cargo test --release --lib block::tests::measure_lookup -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn measure_lookup() {
+    let input = realistic_traces(9_300, 21);
+    let spans: usize = input
+        .iter()
+        .map(|t| crate::model::span_count(&t.batches))
+        .sum();
+    println!("{} traces, {spans} spans", input.len());
+    let ids: Vec<TraceId> = input.iter().map(|t| t.id).collect();
+    let pages: Vec<(usize, usize, usize)> = std::env::var("PAGES")
+        .unwrap_or("1048576:20000:20000,8192:128:16,8192:64:16,16384:64:16,8192:256:16".into())
+        .split(',')
+        .map(|p| {
+            let v: Vec<usize> = p.split(':').map(|x| x.parse().expect("num")).collect();
+            (v[0], v[1], v[2])
+        })
+        .collect();
+    for (page, rows, id_rows) in pages {
+        let cfg = BlockConfig {
+            data_page_size_bytes: page,
+            data_page_rows: rows,
+            trace_id_page_rows: id_rows,
+            ..BlockConfig::default()
+        };
+        let t = std::time::Instant::now();
+        let block =
+            encode_block(&tenant(), uuid::Uuid::nil(), 0, input.clone(), &cfg).expect("encode");
+        let enc = t.elapsed().as_secs_f64();
+        let md = footer_of(&block);
+        let index = RowGroupIndex::from_bytes(&block.index).expect("index");
+        let mut rng = Rng::new(3);
+        let mut times = Vec::new();
+        let mut bytes = Vec::new();
+        for _ in 0..300 {
+            let id = ids[rng.range(0, ids.len() as u64 - 1) as usize];
+            let t = std::time::Instant::now();
+            let (found, n) = lookup(&block, &md, &index, &id).expect("lookup");
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+            assert!(found.is_some());
+            bytes.push(n);
+        }
+        times.sort_by(f64::total_cmp);
+        bytes.sort();
+        println!(
+            "page {page:8} rows {rows:5} id_rows {id_rows:5}: {:.1} B/span, footer+index {} B, encode {:.0} spans/s, {} rgs; lookup bytes p50 {} p99 {}, ms p50 {:.2} p99 {:.2}",
+            block.data.len() as f64 / spans as f64,
+            block.meta.footer_size + block.meta.page_index_size,
+            spans as f64 / enc,
+            block.meta.total_records,
+            bytes[bytes.len() / 2],
+            bytes[bytes.len() * 99 / 100],
+            times[times.len() / 2],
+            times[times.len() * 99 / 100],
+        );
+    }
+}
+
+/// Several row groups of several pages each, so lookups touch a fraction of a row group.
+fn paged_cfg() -> BlockConfig {
+    BlockConfig {
+        row_group_size_bytes: 300_000,
+        data_page_size_bytes: 2048,
+        data_page_rows: 4,
+        trace_id_page_rows: 2,
+        ..BlockConfig::default()
+    }
+}
+
+#[test]
+fn round_trip_by_page_index() {
+    let mut input = input_with_duplicate();
+    input.extend(realistic_traces(150, 12));
+    let want = expected(&input);
+    for cfg in [paged_cfg(), small_cfg(), BlockConfig::default()] {
+        let block =
+            encode_block(&tenant(), uuid::Uuid::nil(), 0, input.clone(), &cfg).expect("encode");
+        assert!(block.meta.page_index_size > 0);
+        let md = footer_of(&block);
+        assert!(
+            md.page_index().is_some(),
+            "one tail read loads the page index"
+        );
+        assert_eq!(page_index_start(&md), None);
+        let index = RowGroupIndex::from_bytes(&block.index).expect("index");
+        if cfg.row_group_size_bytes == paged_cfg().row_group_size_bytes {
+            assert!(
+                index.len() > 2,
+                "want several row groups, got {}",
+                index.len()
+            );
+        }
+        for w in &want {
+            let rg = index.row_group_for(&w.id).expect("rg");
+            let LookupPlan::Pages(plan) = plan_lookup(&md, rg, &w.id).expect("plan") else {
+                panic!("trace {} not planned through the page index", w.id);
+            };
+            assert!(!plan.rows.is_empty() && plan.rows.len() <= cfg.trace_id_page_rows);
+            assert!(plan.ranges.windows(2).all(|p| p[0].end < p[1].start));
+            let whole = row_group_byte_range(&md, rg).expect("range");
+            if cfg.data_page_rows == paged_cfg().data_page_rows {
+                assert!(plan.total_bytes() < whole.end - whole.start);
+            }
+            let (got, _) = lookup(&block, &md, &index, &w.id).expect("lookup");
+            assert_eq!(got.as_ref(), Some(&w.batches), "trace {}", w.id);
+        }
+        let present: HashSet<TraceId> = want.iter().map(|t| t.id).collect();
+        let mut rng = Rng::new(17);
+        for _ in 0..100 {
+            let id = rng.trace_id();
+            if !present.contains(&id) {
+                assert_eq!(lookup(&block, &md, &index, &id).expect("lookup").0, None);
+            }
+        }
+    }
+}
+
+#[test]
+fn block_without_page_index_size_is_readable() {
+    let input = realistic_traces(60, 31);
+    let want = expected(&input);
+    let block = encode_block(&tenant(), uuid::Uuid::nil(), 0, input, &paged_cfg()).expect("encode");
+    // meta.json of an older writer: no pageIndexSize.
+    let mut json: serde_json::Value = serde_json::from_slice(&block.meta.to_bytes()).expect("json");
+    json.as_object_mut()
+        .expect("object")
+        .remove("pageIndexSize");
+    let old = BlockMeta::from_bytes(&serde_json::to_vec(&json).expect("ser")).expect("meta");
+    assert_eq!(old.page_index_size, 0);
+    let len = block.data.len() as u64;
+    let r = footer_fetch_range(&old);
+    assert_eq!(r.end - r.start, u64::from(old.footer_size));
+    let md = decode_footer(block.data.slice(r.start as usize..), len).expect("footer");
+    let index = RowGroupIndex::from_bytes(&block.index).expect("index");
+    // Without the page index: the whole-row-group path still finds everything.
+    assert!(md.page_index().is_none());
+    for w in want.iter().take(10) {
+        let rg = index.row_group_for(&w.id).expect("rg");
+        assert!(matches!(
+            plan_lookup(&md, rg, &w.id).expect("plan"),
+            LookupPlan::RowGroup(_)
+        ));
+        assert_eq!(
+            lookup(&block, &md, &index, &w.id)
+                .expect("lookup")
+                .0
+                .as_ref(),
+            Some(&w.batches)
+        );
+    }
+    // A second, longer read from where the footer says the page index starts.
+    let start = page_index_start(&md).expect("page index start");
+    assert_eq!(
+        len - start,
+        u64::from(block.meta.page_index_size + block.meta.footer_size)
+    );
+    let md = decode_footer(block.data.slice(start as usize..), len).expect("footer");
+    assert!(md.page_index().is_some());
+    for w in &want {
+        let rg = index.row_group_for(&w.id).expect("rg");
+        assert!(matches!(
+            plan_lookup(&md, rg, &w.id).expect("plan"),
+            LookupPlan::Pages(_)
+        ));
+        assert_eq!(
+            lookup(&block, &md, &index, &w.id)
+                .expect("lookup")
+                .0
+                .as_ref(),
+            Some(&w.batches)
+        );
+    }
+}
+
+#[test]
+fn streaming_encode_matches_and_checks_order() {
+    let input = expected(&realistic_traces(40, 5));
+    let cfg = paged_cfg();
+    let whole = encode_block(&tenant(), uuid::Uuid::nil(), 0, input.clone(), &cfg).expect("encode");
+    let streamed = encode_block_sorted(
+        &tenant(),
+        uuid::Uuid::nil(),
+        0,
+        input.clone().into_iter().map(Ok),
+        &cfg,
+    )
+    .expect("encode");
+    assert_eq!(streamed.data, whole.data);
+    assert_eq!(streamed.meta, whole.meta);
+    assert_eq!(streamed.index, whole.index);
+    assert_eq!(streamed.blooms, whole.blooms);
+
+    let enc = |traces: Vec<Result<TraceInput, BlockError>>| {
+        encode_block_sorted(&tenant(), uuid::Uuid::nil(), 0, traces, &cfg)
+    };
+    let mut swapped = input.clone();
+    swapped.swap(10, 11);
+    assert!(matches!(
+        enc(swapped.into_iter().map(Ok).collect()),
+        Err(BlockError::NotSorted { .. })
+    ));
+    let mut dup = input.clone();
+    dup.insert(5, dup[4].clone());
+    assert!(matches!(
+        enc(dup.into_iter().map(Ok).collect()),
+        Err(BlockError::NotSorted { .. })
+    ));
+    let mut failing: Vec<Result<TraceInput, BlockError>> = input.into_iter().map(Ok).collect();
+    failing.insert(20, Err(BlockError::Input("boom".into())));
+    assert!(matches!(enc(failing), Err(BlockError::Input(m)) if m == "boom"));
+    assert!(matches!(enc(Vec::new()), Err(BlockError::Empty)));
+    let bad = BlockConfig {
+        data_page_rows: 0,
+        ..paged_cfg()
+    };
+    assert!(matches!(
+        encode_block(
+            &tenant(),
+            uuid::Uuid::nil(),
+            0,
+            realistic_traces(2, 1),
+            &bad
+        ),
+        Err(BlockError::Config(_))
+    ));
+}
+
+#[test]
+fn corrupt_page_index_and_ranges_are_errors() {
+    let input = realistic_traces(60, 41);
+    let want = expected(&input);
+    let block = encode_block(&tenant(), uuid::Uuid::nil(), 0, input, &paged_cfg()).expect("encode");
+    let len = block.data.len();
+    let md = footer_of(&block);
+    let index = RowGroupIndex::from_bytes(&block.index).expect("index");
+    let id = want[7].id;
+    let rg = index.row_group_for(&id).expect("rg");
+    let LookupPlan::Pages(plan) = plan_lookup(&md, rg, &id).expect("plan") else {
+        panic!("no page plan");
+    };
+    let fetch = |plan: &PageRead| -> Vec<Bytes> {
+        plan.ranges
+            .iter()
+            .map(|r| block.data.slice(r.start as usize..r.end as usize))
+            .collect()
+    };
+    let find = |plan: &PageRead, fetched: Vec<Bytes>| {
+        find_trace_in_pages(md.clone(), plan, fetched, len as u64, &id)
+    };
+    assert!(find(&plan, fetch(&plan)).expect("find").is_some());
+    // Missing, short and shifted ranges.
+    let mut fewer = fetch(&plan);
+    fewer.pop();
+    assert!(find(&plan, fewer).is_err());
+    let mut short = fetch(&plan);
+    short[0] = short[0].slice(1..);
+    assert!(find(&plan, short).is_err());
+    let shifted: Vec<Bytes> = plan
+        .ranges
+        .iter()
+        .map(|r| block.data.slice(r.start as usize + 3..r.end as usize + 3))
+        .collect();
+    assert!(find(&plan, shifted).is_err());
+    // A plan that leaves pages out, or names rows outside the row group.
+    let mut partial = plan.clone();
+    partial.ranges.truncate(partial.ranges.len() / 2);
+    assert!(find(&partial, fetch(&partial)).is_err());
+    let mut rows = plan.clone();
+    rows.rows = 0..1_000_000;
+    assert!(find(&rows, fetch(&rows)).is_err());
+    let mut rg_out = plan.clone();
+    rg_out.rg = 1_000;
+    assert!(find(&rg_out, fetch(&rg_out)).is_err());
+    // Flipped bits in the page indexes: an error or a consistent index, never a panic.
+    let pi_start = len - (block.meta.page_index_size + block.meta.footer_size) as usize;
+    let pi_end = len - block.meta.footer_size as usize;
+    let mut rng = Rng::new(23);
+    let mut errors = 0;
+    for _ in 0..300 {
+        let mut bad = block.data.to_vec();
+        let at = rng.range(pi_start as u64, pi_end as u64 - 1) as usize;
+        bad[at] ^= 1 << rng.range(0, 7);
+        let bad_block = EncodedBlock {
+            data: Bytes::from(bad),
+            ..block.clone()
+        };
+        match decode_footer(bad_block.data.slice(pi_start..), len as u64) {
+            Err(_) => errors += 1,
+            Ok(md) => {
+                for w in want.iter().step_by(7) {
+                    let _ = lookup(&bad_block, &md, &index, &w.id);
+                }
+            }
+        }
+    }
+    assert!(errors > 0);
+    // A page index pointing past the footer read.
+    assert!(decode_footer(block.data.slice(pi_start + 1..), len as u64)
+        .expect("footer without page index")
+        .page_index()
+        .is_none());
 }

@@ -20,10 +20,10 @@ use arrow_schema::{FieldRef, Fields, SchemaRef};
 use bytes::Bytes;
 use parquet::arrow::arrow_writer::ArrowWriterOptions;
 use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, Type as PhysicalType, ZstdLevel};
-use parquet::file::metadata::SortingColumn;
+use parquet::basic::{Compression, Encoding, Type as PhysicalType, ZstdLevel};
+use parquet::file::metadata::{ParquetMetaDataReader, SortingColumn};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
-use parquet::schema::types::SchemaDescriptor;
+use parquet::schema::types::{ColumnPath, SchemaDescriptor};
 use prost::Message;
 
 use super::schema::{arrow_schema, child, list_element, parquet_schema, struct_fields, value_type};
@@ -135,6 +135,7 @@ pub fn compute_nested_set(spans: &[(&[u8], &[u8])]) -> Vec<NestedSet> {
 
 /// Synchronous CPU work; callers run it on spawn_blocking. Sorts by ID; if the same ID
 /// appears twice, the fragments are merged with `model::combine`. Errors on an empty input.
+/// Holds every trace in memory; [`encode_block_sorted`] streams instead.
 pub fn encode_block(
     tenant: &TenantId,
     block_id: uuid::Uuid,
@@ -145,15 +146,46 @@ pub fn encode_block(
     if traces.is_empty() {
         return Err(BlockError::Empty);
     }
-    // Validate bloom parameters before doing the expensive part.
-    bloom::bloom_shard_count(
-        traces.len(),
-        cfg.bloom_false_positive,
-        cfg.bloom_shard_size_bytes,
-    )?;
+    // Validate the config before doing the expensive part.
+    check_config(cfg)?;
     traces.sort_by_key(|t| t.id);
     let traces = merge_duplicates(traces);
+    encode_block_sorted(
+        tenant,
+        block_id,
+        compaction_level,
+        traces.into_iter().map(Ok),
+        cfg,
+    )
+}
 
+fn check_config(cfg: &BlockConfig) -> Result<(), BlockError> {
+    bloom::bloom_shard_count(1, cfg.bloom_false_positive, cfg.bloom_shard_size_bytes)?;
+    if cfg.data_page_size_bytes == 0 {
+        return Err(BlockError::Config("data page size is zero".into()));
+    }
+    if cfg.trace_id_page_rows == 0 || cfg.data_page_rows == 0 {
+        return Err(BlockError::Config("page row limit is zero".into()));
+    }
+    Ok(())
+}
+
+/// Streaming [`encode_block`]: `traces` must come in strictly ascending ID order (one item
+/// per trace, fragments already combined) and are pulled one at a time, so only the traces
+/// of the row group being built are in memory, as Arrow arrays. The first `Err` item stops
+/// encoding and is returned as is; an ID not greater than the one before it is a
+/// [`BlockError::NotSorted`]. Errors on an empty input. Synchronous CPU work.
+pub fn encode_block_sorted<I>(
+    tenant: &TenantId,
+    block_id: uuid::Uuid,
+    compaction_level: u32,
+    traces: I,
+    cfg: &BlockConfig,
+) -> Result<EncodedBlock, BlockError>
+where
+    I: IntoIterator<Item = Result<TraceInput, BlockError>>,
+{
+    check_config(cfg)?;
     let schema = arrow_schema()?;
     let descr = parquet_schema()?;
     let options = ArrowWriterOptions::new()
@@ -163,27 +195,48 @@ pub fn encode_block(
     let mut writer = ArrowWriter::try_new_with_options(Vec::new(), schema.clone(), options)?;
 
     let mut rg = RowGroupBuilder::new();
+    let mut rg_rows = 0usize;
     let mut max_ids = Vec::new();
+    let mut ids: Vec<TraceId> = Vec::new();
     let (mut start, mut end, mut total_spans) = (u64::MAX, 0u64, 0u64);
-    for (i, t) in traces.iter().enumerate() {
-        let s = rg.push_trace(t)?;
+    for t in traces {
+        let t = t?;
+        if let Some(prev) = ids.last() {
+            if *prev >= t.id {
+                return Err(BlockError::NotSorted {
+                    prev: *prev,
+                    next: t.id,
+                });
+            }
+        }
+        ids.push(t.id);
+        let s = rg.push_trace(&t)?;
+        drop(t);
+        rg_rows += 1;
         if s.spans > 0 {
             start = start.min(s.start);
             end = end.max(s.end);
         }
         total_spans += s.spans;
-        if rg.est_bytes >= cfg.row_group_size_bytes || i + 1 == traces.len() {
-            let batch = std::mem::replace(&mut rg, RowGroupBuilder::new()).finish(&schema)?;
-            writer.write(&batch)?;
-            writer.flush()?;
-            max_ids.push(t.id);
+        if rg.est_bytes >= cfg.row_group_size_bytes {
+            flush_row_group(&mut writer, &mut rg, &schema)?;
+            max_ids.extend(ids.last().copied());
+            rg_rows = 0;
         }
     }
-    // Writes the footer.
+    if ids.is_empty() {
+        return Err(BlockError::Empty);
+    }
+    if rg_rows > 0 {
+        flush_row_group(&mut writer, &mut rg, &schema)?;
+        max_ids.extend(ids.last().copied());
+    }
+    drop(rg);
+    // Writes the page indexes and the footer.
     let data = writer.into_inner()?;
     let footer_size = footer_size(&data)?;
+    let page_index_size = page_index_size(&data, footer_size)?;
 
-    let ids: Vec<TraceId> = traces.iter().map(|t| t.id).collect();
     let blooms = bloom::build_blooms(&ids, cfg.bloom_false_positive, cfg.bloom_shard_size_bytes)?;
     let index = RowGroupIndex::new(max_ids)?;
 
@@ -193,13 +246,14 @@ pub fn encode_block(
         tenant_id: tenant.as_str().to_string(),
         start_time: if start == u64::MAX { 0 } else { start },
         end_time: end,
-        total_objects: traces.len() as u64,
+        total_objects: ids.len() as u64,
         total_spans,
         size: data.len() as u64,
         compaction_level,
         total_records: u32::try_from(index.len()).unwrap_or(u32::MAX),
         bloom_shards: u32::try_from(blooms.len()).unwrap_or(u32::MAX),
         footer_size,
+        page_index_size,
         dedicated_columns: dedicated_columns(),
     };
     Ok(EncodedBlock {
@@ -208,6 +262,31 @@ pub fn encode_block(
         blooms: blooms.into_iter().map(Bytes::from).collect(),
         index: Bytes::from(index.to_bytes()),
     })
+}
+
+fn flush_row_group(
+    writer: &mut ArrowWriter<Vec<u8>>,
+    rg: &mut RowGroupBuilder,
+    schema: &SchemaRef,
+) -> Result<(), BlockError> {
+    let batch = std::mem::replace(rg, RowGroupBuilder::new()).finish(schema)?;
+    writer.write(&batch)?;
+    drop(batch);
+    writer.flush()?;
+    Ok(())
+}
+
+/// Bytes of the column and offset indexes, which the writer puts right before the footer.
+fn page_index_size(data: &[u8], footer_size: u32) -> Result<u32, BlockError> {
+    let footer_start = (data.len() as u64)
+        .checked_sub(u64::from(footer_size))
+        .ok_or_else(|| BlockError::Corrupt("parquet file shorter than its footer".into()))?;
+    let md = ParquetMetaDataReader::decode_metadata(&data[footer_start as usize..data.len() - 8])?;
+    match super::reader::page_index_start(&md) {
+        Some(start) if start <= footer_start => u32::try_from(footer_start - start)
+            .map_err(|_| BlockError::Corrupt("page index too large".into())),
+        _ => Ok(0),
+    }
 }
 
 /// The dedicated columns of this format, as listed in meta.json.
@@ -275,15 +354,22 @@ fn writer_properties(
         BlockCompression::Snappy => Compression::SNAPPY,
         BlockCompression::Zstd(level) => Compression::ZSTD(ZstdLevel::try_new(level)?),
     };
-    if cfg.data_page_size_bytes == 0 {
-        return Err(BlockError::Config("data page size is zero".into()));
-    }
+    let trace_id = ColumnPath::from(super::paths::TRACE_ID);
     let mut b = WriterProperties::builder()
         .set_compression(compression)
-        // Chunk statistics live in the footer, which readers fetch anyway, and are what
-        // row-group pruning needs; page indexes would cost extra reads.
+        // Chunk statistics live in the footer and are what row-group pruning needs. Only
+        // trace_id gets page statistics: its column index names the page, and so the few
+        // rows, that can hold an ID. The offset index (page locations) is written for every
+        // column; together they let a lookup fetch and decode a few small pages.
         .set_statistics_enabled(EnabledStatistics::Chunk)
+        .set_column_statistics_enabled(trace_id.clone(), EnabledStatistics::Page)
+        .set_offset_index_disabled(false)
         .set_data_page_size_limit(cfg.data_page_size_bytes)
+        .set_data_page_row_count_limit(cfg.data_page_rows)
+        .set_column_data_page_row_count_limit(trace_id, cfg.trace_id_page_rows)
+        // Page limits are only checked between write batches (a batch is extended to a
+        // record boundary in nested columns), so this bounds the rows of a trace_id page.
+        .set_write_batch_size(cfg.trace_id_page_rows)
         // Row groups are cut by this module, by size.
         .set_max_row_group_row_count(None)
         .set_sorting_columns(Some(vec![SortingColumn {
@@ -297,13 +383,53 @@ fn writer_properties(
             col.physical_type(),
             PhysicalType::BYTE_ARRAY | PhysicalType::FIXED_LEN_BYTE_ARRAY
         );
-        // Trace IDs are unique per row: a dictionary can only cost space.
-        let is_trace_id = col.path().string() == super::paths::TRACE_ID;
-        if is_trace_id || (is_bytes && !cfg.string_dictionary) {
+        let path = col.path().string();
+        let unique = is_mostly_unique(&path);
+        if unique || (is_bytes && !cfg.string_dictionary) {
             b = b.set_column_dictionary_enabled(col.path().clone(), false);
+        }
+        if unique && col.physical_type() == PhysicalType::INT64 {
+            b = b.set_column_encoding(col.path().clone(), Encoding::DELTA_BINARY_PACKED);
+        }
+        // Random IDs and delta-packed times do not compress, and every compressed column
+        // a lookup reads costs a codec set-up (measurable next to decoding a few pages).
+        if is_incompressible(&path) {
+            b = b.set_column_compression(col.path().clone(), Compression::UNCOMPRESSED);
         }
     }
     Ok(b.build())
+}
+
+/// Columns whose values (IDs, timestamps, durations) rarely repeat: a dictionary would
+/// cost space, and a lookup must fetch and decode the whole dictionary page of every
+/// column it reads, so these are stored without one (integers delta-encoded).
+fn is_mostly_unique(path: &str) -> bool {
+    use super::paths::{DURATION, END_TIME, SPAN, START_TIME, TRACE_ID};
+    if [TRACE_ID, START_TIME, END_TIME, DURATION].contains(&path) {
+        return true;
+    }
+    let Some(leaf) = path.strip_prefix(SPAN) else {
+        return false;
+    };
+    [
+        "span_id",
+        "parent_span_id",
+        "start_time_unix_nano",
+        "duration_nano",
+        "events.list.element.time_since_start_nano",
+        "links.list.element.trace_id",
+        "links.list.element.span_id",
+    ]
+    .contains(&leaf)
+}
+
+/// Trace IDs and the delta-packed trace and span times: zstd gains nothing on them.
+fn is_incompressible(path: &str) -> bool {
+    use super::paths::{DURATION, END_TIME, SPAN, START_TIME, TRACE_ID};
+    [TRACE_ID, START_TIME, END_TIME, DURATION].contains(&path)
+        || path
+            .strip_prefix(SPAN)
+            .is_some_and(|leaf| ["start_time_unix_nano", "duration_nano"].contains(&leaf))
 }
 
 struct TraceSummary {

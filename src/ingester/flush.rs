@@ -125,14 +125,23 @@ impl Ingester {
         let t = tenant.clone();
         // Parquet encoding is CPU-bound: keep it off the async executor.
         let encoded = task::spawn_blocking(move || {
-            let mut inputs = Vec::new();
-            for (id, data) in taken.get(&t).into_iter().flatten() {
-                inputs.push(TraceInput {
-                    id: *id,
-                    batches: combine(data.decode()?),
-                });
-            }
-            block::encode_block(&t, Uuid::new_v4(), 0, inputs, &cfg)
+            // Traces are decoded one at a time as the encoder pulls them, in ID order, so
+            // only the row group being built is held decoded.
+            let traces = taken.get(&t);
+            let mut ids: Vec<_> = traces.into_iter().flat_map(|m| m.keys()).collect();
+            ids.sort_unstable();
+            let inputs = ids.into_iter().filter_map(|id| {
+                let data = traces?.get(id)?;
+                Some(
+                    data.decode()
+                        .map(|batches| TraceInput {
+                            id: *id,
+                            batches: combine(batches),
+                        })
+                        .map_err(|e| BlockError::Input(format!("trace {id}: {e}"))),
+                )
+            });
+            block::encode_block_sorted(&t, Uuid::new_v4(), 0, inputs, &cfg)
         })
         .await??;
         let mut backoff = Duration::from_millis(200);

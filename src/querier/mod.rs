@@ -1,8 +1,9 @@
 //! The querier: finds traces in the ingester's memory and in the blocks of the bucket.
 //!
-//! Trace by ID per block: meta time range → bloom shard → row-group index → the footer
-//! and one row group's bytes → decode that row only. Blooms, indexes and footers are
-//! cached, so a repeated lookup costs one ranged read per block that may hold the trace.
+//! Trace by ID per block: meta time range → bloom shard → row-group index → footer with
+//! page indexes → the pages holding that one row in every column (one batched ranged
+//! read) → decode that row only. Blooms, indexes and footers are cached, so a repeated
+//! lookup costs one read per block that may hold the trace.
 
 mod blocklist;
 mod cache;
