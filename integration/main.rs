@@ -2,6 +2,7 @@
 //! loopback ports with a private temp dir (see `harness`).
 
 mod bad_input;
+mod crash_loop;
 mod durability;
 mod harness;
 mod ingest;

@@ -90,23 +90,27 @@ impl Ingester {
             }
         }
         let all_committed = failed.is_empty();
-        if !all_committed {
-            // Back into the head, so they stay readable and are tried again at the next cut.
-            let now = Instant::now();
+        {
+            // Under the head lock, like every move between head and flushing: committed
+            // traces are in the block list already, failed ones go back into the head (to
+            // stay readable and be tried again at the next cut).
             let mut head = self.head.lock();
-            for tenant in &failed {
-                let traces = taken[tenant]
-                    .iter()
-                    .map(|(id, data)| super::TraceBatch {
-                        id: *id,
-                        data: data.clone(),
-                    })
-                    .collect();
-                head.insert(tenant, traces, now);
+            if !all_committed {
+                let now = Instant::now();
+                for tenant in &failed {
+                    let traces = taken[tenant]
+                        .iter()
+                        .map(|(id, data)| super::TraceBatch {
+                            id: *id,
+                            data: data.clone(),
+                        })
+                        .collect();
+                    head.insert(tenant, traces, now);
+                }
+                self.update_gauges(&head);
             }
-            self.update_gauges(&head);
+            *self.flushing.write() = Arc::new(HashMap::new());
         }
-        *self.flushing.write() = Arc::new(HashMap::new());
         if all_committed {
             if let Err(e) = self.log.truncate_before(boundary) {
                 warn!(error = %e, "cannot delete old wal segments");

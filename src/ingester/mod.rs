@@ -203,13 +203,13 @@ impl Ingester {
     pub fn find_trace(&self, tenant: &TenantId, id: &TraceId) -> Vec<ResourceSpans> {
         let mut data = Fragments::default();
         {
+            // Head first, then flushing, under the head lock: a cut moves traces between
+            // the two while holding it, so a reader always sees a trace in one of them.
+            let head = self.head.lock();
             let flushing = self.flushing.read().clone();
             if let Some(f) = flushing.get(tenant).and_then(|m| m.get(id)) {
                 data.extend(f);
             }
-        }
-        {
-            let head = self.head.lock();
             if let Some(live) = head.tenants.get(tenant).and_then(|m| m.get(id)) {
                 data.extend(&live.data);
             }
@@ -225,12 +225,13 @@ impl Ingester {
     /// Every trace the ingester holds for a tenant, as shared encoded chunks: cheap to take,
     /// and decoded by the caller outside any lock.
     pub fn snapshot(&self, tenant: &TenantId) -> Vec<(TraceId, Fragments)> {
+        // Same lock order as find_trace: both views from one critical section.
+        let head = self.head.lock();
         let flushing = self.flushing.read().clone();
         let mut out: HashMap<TraceId, Fragments> = flushing
             .get(tenant)
             .map(|m| m.iter().map(|(id, f)| (*id, f.clone())).collect())
             .unwrap_or_default();
-        let head = self.head.lock();
         if let Some(traces) = head.tenants.get(tenant) {
             for (id, live) in traces {
                 out.entry(*id).or_default().extend(&live.data);
@@ -292,11 +293,12 @@ impl Ingester {
             head.started = Some(now);
         }
         self.update_gauges(&head);
-        drop(head);
         let taken = Arc::new(taken);
         if !taken.is_empty() {
+            // Still under the head lock, so readers never see the trace in neither place.
             *self.flushing.write() = taken.clone();
         }
+        drop(head);
         Ok(Cut {
             taken,
             boundary,
