@@ -214,6 +214,14 @@ async fn lookup(
     Ok((found, wants_protobuf(headers)))
 }
 
+fn protobuf(msg: impl Message) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/protobuf")],
+        msg.encode_to_vec(),
+    )
+        .into_response()
+}
+
 async fn trace_v1(
     State(s): State<ApiState>,
     Path(id): Path<String>,
@@ -226,11 +234,9 @@ async fn trace_v1(
         return Ok(StatusCode::NOT_FOUND.into_response());
     };
     if proto {
-        let body = tempopb::Trace {
+        return Ok(protobuf(tempopb::Trace {
             batches: found.batches,
-        }
-        .encode_to_vec();
-        return Ok(([(header::CONTENT_TYPE, "application/protobuf")], body).into_response());
+        }));
     }
     Ok(axum::Json(json!({ "batches": json::resource_spans(&found.batches) })).into_response())
 }
@@ -249,16 +255,14 @@ async fn trace_v2(
         None => (Vec::new(), 0),
     };
     if proto {
-        let body = tempopb::TraceByIdResponse {
+        return Ok(protobuf(tempopb::TraceByIdResponse {
             trace: Some(tempopb::Trace { batches }),
             metrics: Some(tempopb::TraceByIdMetrics {
                 inspected_bytes: inspected,
             }),
             status: tempopb::PartialStatus::Complete as i32,
             message: String::new(),
-        }
-        .encode_to_vec();
-        return Ok(([(header::CONTENT_TYPE, "application/protobuf")], body).into_response());
+        }));
     }
     let mut trace = serde_json::Map::new();
     if !batches.is_empty() {

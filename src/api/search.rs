@@ -12,7 +12,7 @@ use super::{tenant, ApiError, ApiState};
 use crate::model::{AnyValue, ArrayValue};
 use crate::querier::search::{HitSpanset, SearchRequest, SearchResults, TraceHit};
 use crate::querier::TimeRange;
-use crate::traceql::{self, SpanKind, Status, Value};
+use crate::traceql::{self, Value};
 
 /// Tempo's default and ceiling for `limit`.
 const DEFAULT_LIMIT: usize = 20;
@@ -321,32 +321,13 @@ pub(super) fn value_any(v: &Value) -> AnyValue {
         Value::Float(f) => V::DoubleValue(*f),
         Value::Bool(b) => V::BoolValue(*b),
         Value::Duration(ns) => V::StringValue(format_duration(*ns)),
-        Value::Status(s) => V::StringValue(status_name(*s).to_owned()),
-        Value::Kind(k) => V::StringValue(kind_name(*k).to_owned()),
+        Value::Status(s) => V::StringValue(s.as_str().to_owned()),
+        Value::Kind(k) => V::StringValue(k.as_str().to_owned()),
         Value::Array(a) => V::ArrayValue(ArrayValue {
             values: a.iter().map(value_any).collect(),
         }),
     };
     AnyValue { value: Some(value) }
-}
-
-fn status_name(s: Status) -> &'static str {
-    match s {
-        Status::Ok => "ok",
-        Status::Error => "error",
-        Status::Unset => "unset",
-    }
-}
-
-fn kind_name(k: SpanKind) -> &'static str {
-    match k {
-        SpanKind::Unspecified => "unspecified",
-        SpanKind::Internal => "internal",
-        SpanKind::Server => "server",
-        SpanKind::Client => "client",
-        SpanKind::Producer => "producer",
-        SpanKind::Consumer => "consumer",
-    }
 }
 
 /// Go's `time.Duration` text (`1.5s`, `250ms`, `1m30s`), which Tempo prints for durations.

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{tenant, ApiError, ApiState};
-use crate::querier::tags::{TagTarget, TagsRequest, ATTRIBUTE_SCOPES, INTRINSIC_TAGS};
+use crate::querier::tags::{TagNames, TagTarget, TagsRequest, ATTRIBUTE_SCOPES, INTRINSIC_TAGS};
 use crate::querier::TimeRange;
 use crate::traceql::{self, FieldExpr, Query, Scope, SpansetExpr, Stage};
 
@@ -101,15 +101,25 @@ fn capped<'a>(items: impl IntoIterator<Item = &'a String>, used: &mut usize) -> 
     out
 }
 
+/// What both tag-name endpoints do before shaping their answer.
+async fn tag_names(
+    s: &ApiState,
+    p: &TagParams,
+    headers: &HeaderMap,
+) -> Result<(Option<&'static str>, TagsRequest, TagNames), ApiError> {
+    let tenant = tenant(s, headers)?;
+    let scope = parse_scope(p.scope.as_deref())?;
+    let req = request(p)?;
+    let names = frontend(s)?.tag_names(&tenant, &req).await?;
+    Ok((scope, req, names))
+}
+
 pub(super) async fn tags_v1(
     State(s): State<ApiState>,
     QueryParams(p): QueryParams<TagParams>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let tenant = tenant(&s, &headers)?;
-    let scope = parse_scope(p.scope.as_deref())?;
-    let req = request(&p)?;
-    let names = frontend(&s)?.tag_names(&tenant, &req).await?;
+    let (scope, req, names) = tag_names(&s, &p, &headers).await?;
     let mut all: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
     match scope {
         Some("intrinsic") => all.extend(INTRINSIC_TAGS.iter().map(|s| s.to_string())),
@@ -130,10 +140,7 @@ pub(super) async fn tags_v2(
     QueryParams(p): QueryParams<TagParams>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let tenant = tenant(&s, &headers)?;
-    let scope = parse_scope(p.scope.as_deref())?;
-    let req = request(&p)?;
-    let names = frontend(&s)?.tag_names(&tenant, &req).await?;
+    let (scope, req, names) = tag_names(&s, &p, &headers).await?;
     let mut scopes = Vec::new();
     let mut used = 0;
     for sc in ATTRIBUTE_SCOPES {

@@ -34,13 +34,11 @@ impl Frontend {
         id: &TraceId,
         range: Option<TimeRange>,
     ) -> Result<Option<TraceByIdResult>, QueryError> {
-        let started = Instant::now();
-        let found = self.querier.find_trace(tenant, id, range).await?;
+        let found = self
+            .timed("trace_by_id", self.querier.find_trace(tenant, id, range))
+            .await?;
         let inspected_bytes = found.inspected_bytes;
         let batches = combine(found.batches);
-        self.metrics
-            .query_duration
-            .observe("trace_by_id", started.elapsed().as_secs_f64());
         if batches.is_empty() {
             return Ok(None);
         }
@@ -55,12 +53,7 @@ impl Frontend {
         tenant: &TenantId,
         req: &SearchRequest,
     ) -> Result<SearchResults, QueryError> {
-        let started = Instant::now();
-        let out = self.querier.search(tenant, req).await;
-        self.metrics
-            .query_duration
-            .observe("search", started.elapsed().as_secs_f64());
-        out
+        self.timed("search", self.querier.search(tenant, req)).await
     }
 
     pub async fn tag_names(
@@ -68,12 +61,8 @@ impl Frontend {
         tenant: &TenantId,
         req: &TagsRequest,
     ) -> Result<TagNames, QueryError> {
-        let started = Instant::now();
-        let out = self.querier.tag_names(tenant, req).await;
-        self.metrics
-            .query_duration
-            .observe("search_tags", started.elapsed().as_secs_f64());
-        out
+        self.timed("search_tags", self.querier.tag_names(tenant, req))
+            .await
     }
 
     pub async fn tag_values(
@@ -82,11 +71,20 @@ impl Frontend {
         target: TagTarget,
         req: &TagsRequest,
     ) -> Result<BTreeSet<TagValue>, QueryError> {
+        self.timed(
+            "search_tag_values",
+            self.querier.tag_values(tenant, target, req),
+        )
+        .await
+    }
+
+    /// Runs a query and records its latency under `route`.
+    async fn timed<T>(&self, route: &str, query: impl std::future::Future<Output = T>) -> T {
         let started = Instant::now();
-        let out = self.querier.tag_values(tenant, target, req).await;
+        let out = query.await;
         self.metrics
             .query_duration
-            .observe("search_tag_values", started.elapsed().as_secs_f64());
+            .observe(route, started.elapsed().as_secs_f64());
         out
     }
 }

@@ -401,6 +401,31 @@ pub enum SpanKind {
     Consumer,
 }
 
+impl Status {
+    /// The TraceQL keyword, which is also how Tempo names a status in results.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Error => "error",
+            Status::Unset => "unset",
+        }
+    }
+}
+
+impl SpanKind {
+    /// The TraceQL keyword, which is also how Tempo names a kind in results.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpanKind::Unspecified => "unspecified",
+            SpanKind::Internal => "internal",
+            SpanKind::Server => "server",
+            SpanKind::Client => "client",
+            SpanKind::Producer => "producer",
+            SpanKind::Consumer => "consumer",
+        }
+    }
+}
+
 /// A literal.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Static {
@@ -763,19 +788,8 @@ impl fmt::Display for Static {
             Static::Float(v) => write!(f, "{v:?}"),
             Static::Bool(v) => write!(f, "{v}"),
             Static::Duration(nanos) => write_duration(f, *nanos),
-            Static::Status(status) => f.write_str(match status {
-                Status::Ok => "ok",
-                Status::Error => "error",
-                Status::Unset => "unset",
-            }),
-            Static::Kind(kind) => f.write_str(match kind {
-                SpanKind::Unspecified => "unspecified",
-                SpanKind::Internal => "internal",
-                SpanKind::Server => "server",
-                SpanKind::Client => "client",
-                SpanKind::Producer => "producer",
-                SpanKind::Consumer => "consumer",
-            }),
+            Static::Status(status) => f.write_str(status.as_str()),
+            Static::Kind(kind) => f.write_str(kind.as_str()),
             Static::Nil => f.write_str("nil"),
         }
     }
