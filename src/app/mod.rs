@@ -78,6 +78,25 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
         .map_err(|source| AppError::Listen { addr, source })
 }
 
+/// Resolves once shutdown is signalled.
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// Serves an axum router (HTTP/1 and h2c) until shutdown, finishing in-flight requests.
+fn serve_http(
+    listener: TcpListener,
+    router: axum::Router,
+    stop: watch::Receiver<bool>,
+) -> JoinHandle<Result<(), AppError>> {
+    tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(stopped(stop))
+            .await
+            .map_err(|e| AppError::Serve(e.to_string()))
+    })
+}
+
 /// Runs the configured components until `shutdown` resolves, then stops them in order:
 /// stop accepting, finish in-flight requests (their acknowledgements included), stop
 /// background work. The WAL keeps whatever was not yet in a block.
@@ -140,9 +159,6 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     };
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
     let mut servers: Vec<JoinHandle<Result<(), AppError>>> = Vec::new();
 
     // The API.
@@ -155,13 +171,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         ready: ready.clone(),
         multitenancy: cfg.multitenancy_enabled,
     });
-    let rx = stop_rx.clone();
-    servers.push(tokio::spawn(async move {
-        axum::serve(api_listener, api_router)
-            .with_graceful_shutdown(stopped(rx))
-            .await
-            .map_err(|e| AppError::Serve(e.to_string()))
-    }));
+    servers.push(serve_http(api_listener, api_router, stop_rx.clone()));
 
     // The receivers.
     if has(Distributor) {
@@ -200,13 +210,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
                 multitenancy: cfg.multitenancy_enabled,
                 max_body_bytes: h.max_request_body_size,
             });
-            let rx = stop_rx.clone();
-            servers.push(tokio::spawn(async move {
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(stopped(rx))
-                    .await
-                    .map_err(|e| AppError::Serve(e.to_string()))
-            }));
+            servers.push(serve_http(listener, router, stop_rx.clone()));
         }
     }
 
