@@ -43,6 +43,8 @@ pub(crate) struct Opts {
     pub(crate) max_recv_msg_size_mib: u64,
     /// Use the Tempo-style single-dash `-config.file=` flag.
     pub(crate) single_dash_flag: bool,
+    /// `storage.trace` lines replacing `backend: local` and its path (e.g. an S3 bucket).
+    pub(crate) storage: Option<String>,
 }
 
 impl Default for Opts {
@@ -55,6 +57,7 @@ impl Default for Opts {
             max_request_body_size: 20_971_520,
             max_recv_msg_size_mib: 16,
             single_dash_flag: false,
+            storage: None,
         }
     }
 }
@@ -133,13 +136,10 @@ ingester:
   flush_check_period: {check}
 storage:
   trace:
-    backend: local
     blocklist_poll: 5m
     wal:
       path: {wal}
-    local:
-      path: {blocks}
-"#,
+{backend}"#,
             http = self.http_port,
             grpc = self.grpc_port,
             otlp_http = self.otlp_http_port,
@@ -150,7 +150,13 @@ storage:
             bytes = o.max_block_bytes,
             check = o.flush_check_period,
             wal = wal.display(),
-            blocks = blocks.display(),
+            backend = match &o.storage {
+                Some(lines) => lines.lines().map(|l| format!("    {l}\n")).collect(),
+                None => format!(
+                    "    backend: local\n    local:\n      path: {}\n",
+                    blocks.display()
+                ),
+            },
         )
     }
 

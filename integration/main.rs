@@ -7,5 +7,7 @@ mod durability;
 mod harness;
 mod ingest;
 mod model;
+mod s3_server;
 mod search;
 mod service;
+mod storage;

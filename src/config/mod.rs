@@ -209,6 +209,9 @@ pub struct TraceStorageConfig {
     pub blocklist_poll: Duration,
     pub wal: WalConfig,
     pub local: LocalConfig,
+    pub s3: S3Config,
+    pub gcs: GcsConfig,
+    pub azure: AzureConfig,
     pub block: BlockStorageConfig,
 }
 
@@ -219,6 +222,9 @@ impl Default for TraceStorageConfig {
             blocklist_poll: Duration::from_secs(5 * 60),
             wal: WalConfig::default(),
             local: LocalConfig::default(),
+            s3: S3Config::default(),
+            gcs: GcsConfig::default(),
+            azure: AzureConfig::default(),
             block: BlockStorageConfig::default(),
         }
     }
@@ -248,6 +254,95 @@ impl Default for LocalConfig {
     fn default() -> Self {
         Self {
             path: PathBuf::from("./data/blocks"),
+        }
+    }
+}
+
+/// A configured secret (key, password): deserialized from a plain string, never printed by
+/// `Debug`, so logging a config does not leak it.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "<redacted>"
+        })
+    }
+}
+
+/// `storage.trace.s3`, with Tempo's key names. Anything left empty falls back to the
+/// standard AWS environment variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+/// `AWS_SESSION_TOKEN`, `AWS_REGION`, `AWS_ENDPOINT_URL`, ...).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Config {
+    pub bucket: String,
+    /// `host[:port]` (Tempo style) or a full `http(s)://` URL; empty means AWS.
+    pub endpoint: String,
+    pub region: String,
+    /// Every key is written below this prefix.
+    pub prefix: String,
+    pub access_key: String,
+    pub secret_key: Secret,
+    pub session_token: Secret,
+    /// Plain http to the endpoint (local S3-compatible servers).
+    pub insecure: bool,
+    /// Accept any TLS certificate (self-signed test servers).
+    pub insecure_skip_verify: bool,
+    /// Path-style requests (`endpoint/bucket/key`); needed by most S3-compatible servers.
+    pub forcepathstyle: bool,
+    /// Objects larger than this are uploaded in parts of this size (0: 16 MiB).
+    pub part_size: u64,
+}
+
+/// `storage.trace.gcs`. Credentials come from `GOOGLE_APPLICATION_CREDENTIALS` /
+/// `GOOGLE_SERVICE_ACCOUNT*` unless `service_account` names a key file.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct GcsConfig {
+    pub bucket_name: String,
+    pub prefix: String,
+    /// Base URL override, e.g. for a GCS emulator.
+    pub endpoint: String,
+    /// Plain http to `endpoint`.
+    pub insecure: bool,
+    /// Path of a service-account JSON key file.
+    pub service_account: String,
+}
+
+/// `storage.trace.azure`. The key may also come from `AZURE_STORAGE_ACCOUNT_KEY`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AzureConfig {
+    pub container_name: String,
+    pub storage_account_name: String,
+    pub storage_account_key: Secret,
+    pub endpoint_suffix: String,
+    pub prefix: String,
+}
+
+impl Default for AzureConfig {
+    fn default() -> Self {
+        Self {
+            container_name: String::new(),
+            storage_account_name: String::new(),
+            storage_account_key: Secret::default(),
+            endpoint_suffix: "blob.core.windows.net".into(),
+            prefix: String::new(),
         }
     }
 }
@@ -312,13 +407,24 @@ impl Config {
                 "storage.trace.block.bloom_filter_false_positive must be in (0, 1), got {fp}"
             )));
         }
-        if matches!(
-            self.storage.trace.backend,
-            BackendKind::S3 | BackendKind::Gcs | BackendKind::Azure
-        ) {
+        let st = &self.storage.trace;
+        let missing = match st.backend {
+            BackendKind::S3 if st.s3.bucket.is_empty() => Some("storage.trace.s3.bucket"),
+            BackendKind::Gcs if st.gcs.bucket_name.is_empty() => {
+                Some("storage.trace.gcs.bucket_name")
+            }
+            BackendKind::Azure if st.azure.container_name.is_empty() => {
+                Some("storage.trace.azure.container_name")
+            }
+            BackendKind::Azure if st.azure.storage_account_name.is_empty() => {
+                Some("storage.trace.azure.storage_account_name")
+            }
+            _ => None,
+        };
+        if let Some(key) = missing {
             return Err(ConfigError::Invalid(format!(
-                "storage.trace.backend {:?} is not available in this build yet: use local or memory",
-                self.storage.trace.backend
+                "{key} must be set for backend {:?}",
+                st.backend
             )));
         }
         if let Some(g) = &self.distributor.receivers.otlp.protocols.grpc {
@@ -451,6 +557,65 @@ storage:
         assert!(Config::from_yaml("ingester:\n  trace_idle_period: soon\n").is_err());
         assert!(Config::from_yaml("storage:\n  trace:\n    backend: tape\n").is_err());
         assert!(Config::from_yaml("server:\n  http_listen_address: 'not an ip'\n").is_err());
+    }
+
+    #[test]
+    fn object_store_sections_parse() {
+        let cfg = Config::from_yaml(
+            r#"
+storage:
+  trace:
+    backend: s3
+    s3:
+      bucket: tempo
+      endpoint: minio:9000
+      region: eu-west-1
+      prefix: team-a
+      access_key: AK
+      secret_key: SK
+      insecure: true
+      forcepathstyle: true
+    gcs:
+      bucket_name: g
+      prefix: p
+    azure:
+      container_name: c
+      storage_account_name: acct
+      storage_account_key: k
+      endpoint_suffix: blob.core.usgovcloudapi.net
+      prefix: p
+"#,
+        )
+        .unwrap();
+        let s3 = &cfg.storage.trace.s3;
+        assert_eq!(cfg.storage.trace.backend, BackendKind::S3);
+        assert_eq!(s3.bucket, "tempo");
+        assert_eq!(s3.endpoint, "minio:9000");
+        assert_eq!(s3.secret_key.expose(), "SK");
+        assert!(s3.insecure && s3.forcepathstyle);
+        assert!(
+            !format!("{cfg:?}").contains("SK"),
+            "secrets are not printed"
+        );
+        assert_eq!(cfg.storage.trace.gcs.bucket_name, "g");
+        assert_eq!(
+            cfg.storage.trace.azure.endpoint_suffix,
+            "blob.core.usgovcloudapi.net"
+        );
+        let err = Config::from_yaml("storage:\n  trace:\n    backend: s3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("storage.trace.s3.bucket"), "{err}");
+        let err = Config::from_yaml("storage:\n  trace:\n    s3:\n      buckett: x\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("buckett"), "{err}");
+        let err = Config::from_yaml(
+            "storage:\n  trace:\n    backend: azure\n    azure:\n      container_name: c\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("storage_account_name"), "{err}");
     }
 
     #[test]
