@@ -16,6 +16,7 @@ mod index;
 mod meta;
 mod reader;
 mod schema;
+pub mod search;
 #[doc(hidden)]
 pub mod synth;
 mod writer;
@@ -36,6 +37,10 @@ pub use reader::{
     SparseChunk,
 };
 pub use schema::{arrow_schema, parquet_schema, paths, projection, value_type, SCHEMA_TEXT};
+pub use search::{
+    decode_row_group, merge_columns, ColumnarBlock, ColumnarTrace, Phase, RowGroupRead,
+    SearchColumns,
+};
 pub use writer::{compute_nested_set, encode_block, encode_block_sorted, NestedSet};
 
 pub const META_FILE: &str = "meta.json";

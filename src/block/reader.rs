@@ -122,7 +122,7 @@ fn validate(md: &ParquetMetaData, data_end: u64) -> Result<(), BlockError> {
     Ok(())
 }
 
-fn chunk_range(c: &ColumnChunkMetaData, rg: usize) -> Result<Range<u64>, BlockError> {
+pub(crate) fn chunk_range(c: &ColumnChunkMetaData, rg: usize) -> Result<Range<u64>, BlockError> {
     let bad = || BlockError::Corrupt(format!("bad column chunk range in row group {rg}"));
     let start = c.dictionary_page_offset().unwrap_or(c.data_page_offset());
     let start = u64::try_from(start).map_err(|_| bad())?;
@@ -282,7 +282,7 @@ impl ChunkReader for SparseChunk {
 
 /// Runs decoding with a last-resort guard: the parquet decoders are not hardened against
 /// every malformed page, and a corrupt object must not take the process down.
-fn guarded<T>(f: impl FnOnce() -> Result<T, BlockError>) -> Result<T, BlockError> {
+pub(crate) fn guarded<T>(f: impl FnOnce() -> Result<T, BlockError>) -> Result<T, BlockError> {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
         Err(BlockError::Corrupt(
             "decoder panicked on malformed data".into(),
@@ -290,7 +290,7 @@ fn guarded<T>(f: impl FnOnce() -> Result<T, BlockError>) -> Result<T, BlockError
     })
 }
 
-fn reader_options() -> Result<ArrowReaderOptions, BlockError> {
+pub(crate) fn reader_options() -> Result<ArrowReaderOptions, BlockError> {
     Ok(ArrowReaderOptions::new().with_schema(arrow_schema()?))
 }
 
@@ -521,7 +521,7 @@ fn page_rows(locs: &[PageLocation], p: usize, num_rows: usize) -> Result<Range<u
 }
 
 /// Sorts `ranges` and merges those that overlap or are less than `gap` apart.
-fn coalesce(mut ranges: Vec<Range<u64>>, gap: u64) -> Vec<Range<u64>> {
+pub(crate) fn coalesce(mut ranges: Vec<Range<u64>>, gap: u64) -> Vec<Range<u64>> {
     ranges.sort_by_key(|r| r.start);
     let mut out: Vec<Range<u64>> = Vec::with_capacity(ranges.len());
     for r in ranges {

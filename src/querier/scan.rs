@@ -19,7 +19,6 @@ pub(crate) struct SourceResult<T> {
 
 pub(crate) struct Scan<T> {
     pub(crate) sources: Vec<SourceResult<T>>,
-    pub(crate) blocks: u64,
 }
 
 impl Querier {
@@ -35,25 +34,7 @@ impl Querier {
     {
         let visit = Arc::new(visit);
         let mut sources = Vec::new();
-        if let Some(ing) = &self.ingester {
-            let snapshot = ing.snapshot(tenant);
-            let v = visit.clone();
-            let r = tokio::task::spawn_blocking(move || {
-                let mut out = SourceResult {
-                    value: T::default(),
-                    inspected_bytes: 0,
-                };
-                for (id, data) in snapshot {
-                    // Encoded by this process: a failure is a bug; skip rather than fail.
-                    if let Ok(batches) = data.decode() {
-                        out.inspected_bytes += data.len() as u64;
-                        v(id, &batches, &mut out.value);
-                    }
-                }
-                out
-            })
-            .await
-            .map_err(|e| QueryError::Task(e.to_string()))?;
+        if let Some(r) = self.scan_memory(tenant, visit.clone()).await? {
             sources.push(r);
         }
         let blocks: Vec<Arc<BlockMeta>> = self
@@ -62,7 +43,6 @@ impl Querier {
             .into_iter()
             .filter(|m| range.is_none_or(|r| r.overlaps_nanos(m.start_time, m.end_time)))
             .collect();
-        let total = blocks.len() as u64;
         let mut results = stream::iter(blocks)
             .map(|meta| self.scan_block(tenant, meta, visit.clone()))
             .buffer_unordered(self.concurrent_blocks);
@@ -71,10 +51,39 @@ impl Querier {
                 sources.push(r);
             }
         }
-        Ok(Scan {
-            sources,
-            blocks: total,
+        Ok(Scan { sources })
+    }
+
+    /// Visits every trace in the ingester's memory (None without an ingester).
+    pub(crate) async fn scan_memory<T, F>(
+        &self,
+        tenant: &TenantId,
+        visit: Arc<F>,
+    ) -> Result<Option<SourceResult<T>>, QueryError>
+    where
+        T: Default + Send + 'static,
+        F: Fn(TraceId, &[ResourceSpans], &mut T) + Send + Sync + 'static,
+    {
+        let Some(ing) = &self.ingester else {
+            return Ok(None);
+        };
+        let snapshot = ing.snapshot(tenant);
+        tokio::task::spawn_blocking(move || {
+            let mut out = SourceResult {
+                value: T::default(),
+                inspected_bytes: 0,
+            };
+            for (id, data) in snapshot {
+                // Encoded by this process: a failure is a bug; skip rather than fail.
+                if let Ok(batches) = data.decode() {
+                    out.inspected_bytes += data.len() as u64;
+                    visit(id, &batches, &mut out.value);
+                }
+            }
+            Some(out)
         })
+        .await
+        .map_err(|e| QueryError::Task(e.to_string()))
     }
 
     async fn scan_block<T, F>(

@@ -8,7 +8,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use futures::stream::{FuturesUnordered, StreamExt};
+use parquet::file::metadata::ParquetMetaData;
+
 use super::{Querier, QueryError, TimeRange};
+use crate::backend::BackendError;
+use crate::block::{self, BlockMeta, ColumnarBlock, ColumnarTrace};
 use crate::model::{status, ResourceSpans, TenantId, TraceId};
 use crate::traceql::engine::{self, SpansetMatch};
 use crate::traceql::otlp::OtlpTrace;
@@ -81,28 +86,170 @@ struct Partial {
 }
 
 impl Querier {
+    /// Memory through the OTLP view; blocks through the columnar path
+    /// ([`block::SearchColumns`]): newest blocks first, only the column chunks the query
+    /// needs, one row group at a time, stopping early once `limit` hits are held and the
+    /// remaining blocks all end before the oldest of them starts.
     pub async fn search(
         &self,
         tenant: &TenantId,
         req: &SearchRequest,
     ) -> Result<SearchResults, QueryError> {
-        let params = SearchParams::from(req);
-        let scan = self
-            .scan(tenant, req.range, move |id, batches, p: &mut Partial| {
-                params.evaluate(id, batches, p)
-            })
+        let params = Arc::new(SearchParams::from(req));
+        let mut partials = Vec::new();
+        let p = params.clone();
+        let memory = self
+            .scan_memory(
+                tenant,
+                Arc::new(move |id, batches: &[ResourceSpans], out: &mut Partial| {
+                    p.evaluate(id, batches, out)
+                }),
+            )
             .await?;
-        let mut partials = Vec::with_capacity(scan.sources.len());
-        for s in scan.sources {
+        if let Some(s) = memory {
             let mut p = s.value;
             p.metrics.inspected_bytes += s.inspected_bytes;
             partials.push(p);
         }
+        let columns = Arc::new(
+            block::SearchColumns::for_query(&req.query)
+                .map_err(|e| QueryError::Task(format!("planning search columns: {e}")))?,
+        );
+        let mut blocks: Vec<Arc<BlockMeta>> = self
+            .blocklist
+            .blocks(tenant)
+            .into_iter()
+            .filter(|m| {
+                req.range
+                    .is_none_or(|r| r.overlaps_nanos(m.start_time, m.end_time))
+            })
+            .collect();
+        blocks.sort_by(|a, b| {
+            b.end_time
+                .cmp(&a.end_time)
+                .then(b.start_time.cmp(&a.start_time))
+                .then(a.block_id.cmp(&b.block_id))
+        });
+        let total = blocks.len() as u64;
+        // Newest start per held trace, for the early stop.
+        let mut held: HashMap<TraceId, u64> = HashMap::new();
+        for p in &partials {
+            hold(&mut held, p);
+        }
+        let mut completed = 0u64;
+        let mut pending = blocks.into_iter().peekable();
+        let mut running = FuturesUnordered::new();
+        loop {
+            while running.len() < self.concurrent_blocks {
+                let Some(next) = pending.peek() else { break };
+                if req.limit > 0 && held.len() >= req.limit {
+                    let mut starts: Vec<u64> = held.values().copied().collect();
+                    let kth = req.limit - 1;
+                    let (_, oldest_held, _) = starts.select_nth_unstable_by(kth, |a, b| b.cmp(a));
+                    if next.end_time < *oldest_held {
+                        // Blocks are sorted by end time: none of the rest can do better.
+                        pending = Vec::new().into_iter().peekable();
+                        break;
+                    }
+                }
+                let meta = pending.next().expect("peeked");
+                running.push(self.search_block(tenant, meta, params.clone(), columns.clone()));
+            }
+            let Some(r) = running.next().await else { break };
+            completed += 1;
+            if let Some(p) = r? {
+                hold(&mut held, &p);
+                partials.push(p);
+            }
+        }
         let mut out = merge(partials, req.limit);
-        out.metrics.total_blocks = scan.blocks;
-        out.metrics.total_jobs = scan.blocks + 1;
-        out.metrics.completed_jobs = scan.blocks + 1;
+        out.metrics.total_blocks = total;
+        out.metrics.total_jobs = total + 1;
+        out.metrics.completed_jobs = completed + 1;
         Ok(out)
+    }
+
+    /// One block through the columnar path. None when the block vanished (compaction).
+    async fn search_block(
+        &self,
+        tenant: &TenantId,
+        meta: Arc<BlockMeta>,
+        params: Arc<SearchParams>,
+        columns: Arc<block::SearchColumns>,
+    ) -> Result<Option<Partial>, QueryError> {
+        let bid = meta.block_id;
+        let be = |source| QueryError::Backend { block: bid, source };
+        let ble = |source| QueryError::Block { block: bid, source };
+        let data_key = block::data_key(tenant, bid);
+        let footer = match self.footers.get(&bid) {
+            Some(f) => f,
+            None => match self.load_footer(&data_key, &meta).await {
+                Ok(f) => {
+                    self.footers.insert(bid, f.clone());
+                    f
+                }
+                Err(QueryError::Backend {
+                    source: BackendError::NotFound(_),
+                    ..
+                }) => return Ok(None),
+                Err(e) => return Err(e),
+            },
+        };
+        let range = params.range;
+        let reads = columns
+            .plan(&footer, |s, e| range.is_none_or(|r| r.overlaps_nanos(s, e)))
+            .map_err(ble)?;
+        let mut out = Partial::default();
+        for read in reads {
+            let read = Arc::new(read);
+            let fetched = match self.backend.get_ranges(&data_key, &read.ranges).await {
+                Ok(f) => f,
+                Err(BackendError::NotFound(_)) => return Ok(None),
+                Err(e) => return Err(be(e)),
+            };
+            out.metrics.inspected_bytes += read.total_bytes();
+            let (md, p, c, r, size) = (
+                footer.clone(),
+                params.clone(),
+                columns.clone(),
+                read.clone(),
+                meta.size,
+            );
+            let (pending, part) = Self::blocking(move || {
+                let mut part = Partial::default();
+                let pending = p.filter_row_group(md, &c, &r, fetched, size, &mut part)?;
+                Ok::<_, block::BlockError>((pending, part))
+            })
+            .await?
+            .map_err(ble)?;
+            out.metrics.inspected_traces += part.metrics.inspected_traces;
+            out.metrics.inspected_spans += part.metrics.inspected_spans;
+            if pending.matches.is_empty() {
+                continue;
+            }
+            // Only row groups with hits read the hit columns.
+            let late = match self.backend.get_ranges(&data_key, &read.late_ranges).await {
+                Ok(f) => f,
+                Err(BackendError::NotFound(_)) => return Ok(None),
+                Err(e) => return Err(be(e)),
+            };
+            out.metrics.inspected_bytes += read.late_bytes();
+            let (md, p, c, size) = (footer.clone(), params.clone(), columns.clone(), meta.size);
+            let hits =
+                Self::blocking(move || p.report_row_group(md, &c, &read, pending, late, size))
+                    .await?
+                    .map_err(ble)?;
+            out.hits.extend(hits);
+        }
+        Ok(Some(out))
+    }
+}
+
+/// Records the hits of `p` for the early stop: the earliest start per trace.
+fn hold(held: &mut HashMap<TraceId, u64>, p: &Partial) {
+    for h in &p.hits {
+        let e = held.entry(h.id).or_insert(h.start_unix_nano);
+        *e = (*e).min(h.start_unix_nano);
     }
 }
 
@@ -167,7 +314,143 @@ impl SearchParams {
     }
 }
 
-fn spanset(trace: &OtlpTrace<'_>, m: SpansetMatch, spss: usize) -> HitSpanset {
+/// What filtering one row group leaves for reporting: the decoded filter columns and the
+/// matching rows with their spansets.
+struct Pending {
+    filtered: arrow_array::StructArray,
+    matches: Vec<(usize, Vec<SpansetMatch>)>,
+}
+
+impl SearchParams {
+    /// Evaluates every trace of one row group of a block (see [`block::SearchColumns`]),
+    /// given its filter columns ([`block::Phase::Filter`]). Traces outside the time range or
+    /// the duration bounds, or failing the query's required resource values, are skipped
+    /// before evaluation and not counted as inspected.
+    fn filter_row_group(
+        &self,
+        md: Arc<ParquetMetaData>,
+        columns: &block::SearchColumns,
+        read: &block::RowGroupRead,
+        fetched: Vec<bytes::Bytes>,
+        file_len: u64,
+        p: &mut Partial,
+    ) -> Result<Pending, block::BlockError> {
+        let filtered =
+            block::decode_row_group(md, columns, read, block::Phase::Filter, fetched, file_len)?;
+        let data = ColumnarBlock::new(&filtered)?;
+        let mut trace = ColumnarTrace::new(&data);
+        let mut matches = Vec::new();
+        for row in 0..data.len() {
+            let start = data.start_unix_nano(row);
+            let end = data.end_unix_nano(row);
+            if let Some(r) = self.range {
+                if !r.overlaps_nanos(start, end) {
+                    continue;
+                }
+            }
+            let duration = end - start;
+            if self.min_duration_nanos.is_some_and(|m| duration < m)
+                || self.max_duration_nanos.is_some_and(|m| duration > m)
+            {
+                continue;
+            }
+            if !trace.may_match(columns, row) {
+                continue;
+            }
+            p.metrics.inspected_traces += 1;
+            p.metrics.inspected_spans += data.span_count(row) as u64;
+            if !trace.spans_may_match(columns, row) {
+                continue;
+            }
+            trace.load(row)?;
+            match engine::evaluate_view(&self.query, &trace) {
+                Ok(m) if !m.is_empty() => matches.push((row, m)),
+                _ => {}
+            }
+        }
+        drop(trace);
+        drop(data);
+        Ok(Pending { filtered, matches })
+    }
+
+    /// Builds the hits of `pending` once the hit columns ([`block::Phase::Report`]) of the
+    /// same row group are fetched.
+    fn report_row_group(
+        &self,
+        md: Arc<ParquetMetaData>,
+        columns: &block::SearchColumns,
+        read: &block::RowGroupRead,
+        pending: Pending,
+        fetched: Vec<bytes::Bytes>,
+        file_len: u64,
+    ) -> Result<Vec<TraceHit>, block::BlockError> {
+        let late =
+            block::decode_row_group(md, columns, read, block::Phase::Report, fetched, file_len)?;
+        let all = block::merge_columns(&pending.filtered, &late)?;
+        drop(late);
+        let data = ColumnarBlock::new(&all)?;
+        let mut trace = ColumnarTrace::new(&data);
+        let mut hits = Vec::with_capacity(pending.matches.len());
+        for (row, matches) in pending.matches {
+            trace.load(row)?;
+            let id = data
+                .trace_id(row)
+                .ok_or_else(|| block::BlockError::Corrupt("trace_id not decoded".into()))?;
+            let mut service_stats: BTreeMap<String, ServiceStats> = BTreeMap::new();
+            for (svc, spans, errors) in data.service_stats(row) {
+                let e = service_stats.entry(svc.to_owned()).or_default();
+                e.span_count += spans;
+                e.error_count += errors;
+            }
+            let start = data.start_unix_nano(row);
+            hits.push(TraceHit {
+                id: TraceId(id),
+                root_service_name: trace.root_service_name().map(str::to_owned),
+                root_span_name: trace.root_span_name().map(str::to_owned),
+                start_unix_nano: start,
+                end_unix_nano: data.end_unix_nano(row),
+                spansets: matches
+                    .into_iter()
+                    .map(|m| {
+                        spanset_with(m, self.spss, |i| HitSpan {
+                            span_id: trace.span_id(i).to_vec(),
+                            name: trace.span_name(i).to_owned(),
+                            start_unix_nano: trace.span_start_unix_nano(i),
+                            duration_nanos: trace.span_duration_nanos(i),
+                            attributes: Vec::new(),
+                        })
+                    })
+                    .collect(),
+                service_stats,
+            });
+        }
+        Ok(hits)
+    }
+
+    /// Both phases of one row group with a synchronous fetch.
+    #[cfg(test)]
+    fn search_row_group(
+        &self,
+        md: Arc<ParquetMetaData>,
+        columns: &block::SearchColumns,
+        read: &block::RowGroupRead,
+        fetch: impl Fn(&[std::ops::Range<u64>]) -> Vec<bytes::Bytes>,
+        file_len: u64,
+        p: &mut Partial,
+    ) -> Result<(), block::BlockError> {
+        let pending =
+            self.filter_row_group(md.clone(), columns, read, fetch(&read.ranges), file_len, p)?;
+        if pending.matches.is_empty() {
+            return Ok(());
+        }
+        let late = fetch(&read.late_ranges);
+        p.hits
+            .extend(self.report_row_group(md, columns, read, pending, late, file_len)?);
+        Ok(())
+    }
+}
+
+fn spanset_with(m: SpansetMatch, spss: usize, span: impl Fn(usize) -> HitSpan) -> HitSpanset {
     let matched = m.spans.len();
     let keep = if spss == 0 {
         matched
@@ -179,15 +462,9 @@ fn spanset(trace: &OtlpTrace<'_>, m: SpansetMatch, spss: usize) -> HitSpanset {
         .spans
         .iter()
         .take(keep)
-        .map(|&i| {
-            let s = trace.span(i);
-            HitSpan {
-                span_id: s.span_id.clone(),
-                name: s.name.clone(),
-                start_unix_nano: s.start_time_unix_nano,
-                duration_nanos: s.end_time_unix_nano.saturating_sub(s.start_time_unix_nano),
-                attributes: span_attrs.next().unwrap_or_default(),
-            }
+        .map(|&i| HitSpan {
+            attributes: span_attrs.next().unwrap_or_default(),
+            ..span(i)
         })
         .collect();
     HitSpanset {
@@ -195,6 +472,19 @@ fn spanset(trace: &OtlpTrace<'_>, m: SpansetMatch, spss: usize) -> HitSpanset {
         matched,
         attributes: m.attributes,
     }
+}
+
+fn spanset(trace: &OtlpTrace<'_>, m: SpansetMatch, spss: usize) -> HitSpanset {
+    spanset_with(m, spss, |i| {
+        let s = trace.span(i);
+        HitSpan {
+            span_id: s.span_id.clone(),
+            name: s.name.clone(),
+            start_unix_nano: s.start_time_unix_nano,
+            duration_nanos: s.end_time_unix_nano.saturating_sub(s.start_time_unix_nano),
+            attributes: Vec::new(),
+        }
+    })
 }
 
 fn service_stats(batches: &[ResourceSpans]) -> BTreeMap<String, ServiceStats> {
@@ -264,4 +554,423 @@ fn merge(partials: Vec<Partial>, limit: usize) -> SearchResults {
     });
     traces.truncate(limit);
     SearchResults { traces, metrics }
+}
+
+#[cfg(test)]
+mod tests_support {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::block;
+
+    pub(super) fn otlp_path(params: &SearchParams, data: &Bytes) -> Vec<TraceHit> {
+        let mut p = Partial::default();
+        for t in block::read_all_traces(data.clone()).unwrap() {
+            params.evaluate(t.id, &t.batches, &mut p);
+        }
+        merge(vec![p], usize::MAX).traces
+    }
+
+    fn reads(
+        params: &SearchParams,
+        data: &Bytes,
+    ) -> (
+        Arc<ParquetMetaData>,
+        block::SearchColumns,
+        Vec<block::RowGroupRead>,
+    ) {
+        let md = block::decode_footer(data.clone(), data.len() as u64).unwrap();
+        let columns = block::SearchColumns::for_query(&params.query).unwrap();
+        let reads = columns
+            .plan(&md, |s, e| {
+                params.range.is_none_or(|r| r.overlaps_nanos(s, e))
+            })
+            .unwrap();
+        (md, columns, reads)
+    }
+
+    fn fetch(ranges: &[std::ops::Range<u64>], data: &Bytes) -> Vec<Bytes> {
+        ranges
+            .iter()
+            .map(|r| data.slice(r.start as usize..r.end as usize))
+            .collect()
+    }
+
+    /// Hits through the columnar path and the number of row groups read.
+    pub(super) fn columnar_path(params: &SearchParams, data: &Bytes) -> (Vec<TraceHit>, usize) {
+        let (md, columns, reads) = reads(params, data);
+        let groups = reads.len();
+        let mut p = Partial::default();
+        for read in reads {
+            params
+                .search_row_group(
+                    md.clone(),
+                    &columns,
+                    &read,
+                    |ranges| fetch(ranges, data),
+                    data.len() as u64,
+                    &mut p,
+                )
+                .unwrap();
+        }
+        (merge(vec![p], usize::MAX).traces, groups)
+    }
+
+    /// Decodes the row groups the columnar path would read; returns the bytes fetched.
+    pub(super) fn decode_only(params: &SearchParams, data: &Bytes) -> u64 {
+        let (md, columns, reads) = reads(params, data);
+        let mut bytes = 0;
+        for read in reads {
+            bytes += read.total_bytes();
+            let fetched = fetch(&read.ranges, data);
+            block::decode_row_group(
+                md.clone(),
+                &columns,
+                &read,
+                block::Phase::Filter,
+                fetched,
+                data.len() as u64,
+            )
+            .unwrap();
+        }
+        bytes
+    }
+
+    pub(super) fn params(query: &str, range: Option<TimeRange>) -> Option<SearchParams> {
+        let query = crate::traceql::parse(query).ok()?;
+        Some(SearchParams {
+            query: Arc::new(query),
+            spss: 0,
+            range,
+            min_duration_nanos: None,
+            max_duration_nanos: None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::tests_support::*;
+
+    use super::*;
+    use crate::block::{self, BlockConfig, TraceInput};
+    use crate::model::{any_value, AnyValue, KeyValue, Resource, ScopeSpans, Span};
+    use crate::traceql::engine_tests::{cases, dataset};
+
+    fn kv(key: &str, v: any_value::Value) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: Some(AnyValue { value: Some(v) }),
+            ..Default::default()
+        }
+    }
+
+    /// Traces where dedicated attribute names hold other types or repeat, so the generic
+    /// list must be consulted next to the dedicated column.
+    fn dedicated_edge_cases() -> Vec<(String, Vec<ResourceSpans>)> {
+        use any_value::Value as V;
+        let span = |id: u8, parent: u8, name: &str, attrs: Vec<KeyValue>| Span {
+            trace_id: vec![40; 16],
+            span_id: vec![40, id, 0, 0, 0, 0, 0, 0],
+            parent_span_id: if parent == 0 {
+                Vec::new()
+            } else {
+                vec![40, parent, 0, 0, 0, 0, 0, 0]
+            },
+            name: name.into(),
+            start_time_unix_nano: 1_700_000_000_000_000_000 + u64::from(id) * 1_000_000,
+            end_time_unix_nano: 1_700_000_000_000_000_000 + u64::from(id) * 3_000_000,
+            attributes: attrs,
+            ..Default::default()
+        };
+        let batches = vec![
+            ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![
+                        kv("service.name", V::IntValue(7)),
+                        kv("k8s.pod.name", V::StringValue("pod-1".into())),
+                    ],
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    spans: vec![
+                        span(
+                            1,
+                            0,
+                            "typed",
+                            vec![
+                                kv("http.status_code", V::StringValue("200".into())),
+                                kv("http.method", V::IntValue(3)),
+                                kv("http.method", V::StringValue("GET".into())),
+                                kv("http.route", V::StringValue("/first".into())),
+                                kv("http.route", V::StringValue("/second".into())),
+                            ],
+                        ),
+                        span(
+                            2,
+                            1,
+                            "child",
+                            vec![kv("http.status_code", V::IntValue(503))],
+                        ),
+                    ],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+            ResourceSpans {
+                resource: None,
+                scope_spans: vec![ScopeSpans {
+                    spans: vec![span(3, 2, "no-resource", vec![])],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        ];
+        vec![("t40".into(), batches)]
+    }
+
+    const EXTRA_QUERIES: [&str; 12] = [
+        "{ span.http.status_code = \"200\" }",
+        "{ span.http.status_code = 503 }",
+        "{ span.http.method = 3 }",
+        "{ span.http.method = \"GET\" }",
+        "{ span.http.route = \"/first\" }",
+        "{ .http.route = \"/second\" }",
+        "{ resource.service.name = 7 }",
+        "{ resource.k8s.pod.name = \"pod-1\" }",
+        "{ resource.service.name = \"frontend\" } >> { status = error }",
+        "{ resource.service.name = \"nope\" }",
+        "{ trace:rootService = \"frontend\" && trace:id != nil } | select(span:parentID)",
+        "{ } | by(resource.service.name) | count() > 1",
+    ];
+
+    fn encode(data: &[(String, Vec<ResourceSpans>)], cfg: &BlockConfig) -> Bytes {
+        let traces: Vec<TraceInput> = data
+            .iter()
+            .map(|(_, batches)| {
+                let first = &batches[0].scope_spans[0].spans[0];
+                let mut id = [0u8; 16];
+                id.copy_from_slice(&first.trace_id);
+                TraceInput {
+                    id: TraceId(id),
+                    batches: batches.clone(),
+                }
+            })
+            .collect();
+        let tenant = TenantId::new("t").unwrap();
+        block::encode_block(&tenant, uuid::Uuid::nil(), 0, traces, cfg)
+            .unwrap()
+            .data
+    }
+
+    #[test]
+    fn columnar_search_matches_the_otlp_path_on_every_engine_case() {
+        let mut data = dataset();
+        data.extend(dedicated_edge_cases());
+        let one_group = BlockConfig::default();
+        let many_groups = BlockConfig {
+            row_group_size_bytes: 1,
+            ..BlockConfig::default()
+        };
+        let queries: Vec<&str> = cases()
+            .into_iter()
+            .map(|(q, _)| q)
+            .chain(EXTRA_QUERIES)
+            .collect();
+        for cfg in [one_group, many_groups] {
+            let bytes = encode(&data, &cfg);
+            let (mut compared, mut hits) = (0, 0);
+            for q in &queries {
+                let Some(params) = params(q, None) else {
+                    continue;
+                };
+                let expected = otlp_path(&params, &bytes);
+                let (actual, _) = columnar_path(&params, &bytes);
+                assert_eq!(actual, expected, "query {q}");
+                compared += 1;
+                hits += expected.len();
+            }
+            assert!(
+                compared >= 80 && hits > 200,
+                "{compared} queries, {hits} hits"
+            );
+        }
+    }
+
+    #[test]
+    fn row_groups_outside_the_range_or_without_the_service_are_skipped() {
+        let data = dataset();
+        let cfg = BlockConfig {
+            row_group_size_bytes: 1,
+            ..BlockConfig::default()
+        };
+        let bytes = encode(&data, &cfg);
+        // Every row group holds one trace: the service filter prunes all but its traces.
+        let p = params("{ resource.service.name = \"solo\" }", None).unwrap();
+        let (hits, groups) = columnar_path(&p, &bytes);
+        assert_eq!(hits.len(), 1);
+        assert_eq!(groups, 1);
+        assert_eq!(hits, otlp_path(&p, &bytes));
+        // A range long before the data set: nothing is read.
+        let r = TimeRange {
+            start_s: 1_000,
+            end_s: 2_000,
+        };
+        let p = params("{}", Some(r)).unwrap();
+        assert_eq!(columnar_path(&p, &bytes), (Vec::new(), 0));
+    }
+}
+
+#[cfg(test)]
+mod speed {
+    use std::time::Instant;
+
+    use super::tests_support::*;
+    use crate::block::{self, BlockConfig};
+
+    /// `cargo test --release --lib columnar_search_speed -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn columnar_search_speed() {
+        let traces = block::synth::realistic_traces(10_000, 7);
+        let spans: usize = traces
+            .iter()
+            .map(|t| crate::model::span_count(&t.batches))
+            .sum();
+        let tenant = crate::model::TenantId::new("t").unwrap();
+        let bytes = block::encode_block(
+            &tenant,
+            uuid::Uuid::nil(),
+            0,
+            traces,
+            &BlockConfig::default(),
+        )
+        .unwrap()
+        .data;
+        eprintln!("{spans} spans, {} bytes", bytes.len());
+        for q in [
+            "{ duration > 500ms }",
+            "{ status = error }",
+            "{ resource.service.name = \"checkout\" }",
+            "{ span.http.route =~ \"/api/.*\" }",
+            "{ resource.service.name = \"frontend\" } >> { status = error }",
+            "{ } | count() > 40",
+        ] {
+            let p = params(q, None).unwrap();
+            let t = Instant::now();
+            let decoded = decode_only(&p, &bytes);
+            let dec = t.elapsed();
+            let t = Instant::now();
+            let (hits, _) = columnar_path(&p, &bytes);
+            let col = t.elapsed();
+            let t = Instant::now();
+            let old = otlp_path(&p, &bytes);
+            let otlp = t.elapsed();
+            assert_eq!(hits.len(), old.len());
+            eprintln!(
+                "{q:70} hits {:6} decode {:6.1} ms ({decoded} B) columnar {:7.1} ms otlp {:7.1} ms",
+                hits.len(),
+                dec.as_secs_f64() * 1e3,
+                col.as_secs_f64() * 1e3,
+                otlp.as_secs_f64() * 1e3
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod querier_tests {
+    use std::sync::Arc;
+
+    use super::tests_support::params;
+    use super::*;
+    use crate::backend::Backend;
+    use crate::block::{self, BlockConfig, TraceInput};
+    use crate::metrics::Metrics;
+    use crate::querier::BlockList;
+    use crate::traceql::engine_tests::dataset;
+
+    const HOUR: u64 = 3_600_000_000_000;
+
+    /// Block `k` holds the engine data set shifted by `k` hours, trace IDs tagged with `k`.
+    async fn querier(blocks: u8) -> (Querier, TenantId) {
+        let backend = Backend::memory();
+        let list = Arc::new(BlockList::default());
+        let tenant = TenantId::new("t").unwrap();
+        for k in 0..blocks {
+            let traces: Vec<TraceInput> = dataset()
+                .into_iter()
+                .map(|(_, mut batches)| {
+                    let mut id = [0u8; 16];
+                    for rs in &mut batches {
+                        for ss in &mut rs.scope_spans {
+                            for s in &mut ss.spans {
+                                s.trace_id[15] = k;
+                                id.copy_from_slice(&s.trace_id);
+                                s.start_time_unix_nano += u64::from(k) * HOUR;
+                                s.end_time_unix_nano += u64::from(k) * HOUR;
+                            }
+                        }
+                    }
+                    TraceInput {
+                        id: TraceId(id),
+                        batches,
+                    }
+                })
+                .collect();
+            let id = uuid::Uuid::from_u128(u128::from(k) + 1);
+            let b = block::encode_block(&tenant, id, 0, traces, &BlockConfig::default()).unwrap();
+            backend
+                .put(&block::data_key(&tenant, id), b.data.clone())
+                .await
+                .unwrap();
+            list.add(tenant.clone(), b.meta.clone());
+        }
+        let q = Querier::new(backend, None, list, Arc::new(Metrics::default()), 1);
+        (q, tenant)
+    }
+
+    fn request(query: &str, limit: usize) -> SearchRequest {
+        SearchRequest {
+            query: params(query, None).unwrap().query,
+            limit,
+            spss: 3,
+            range: None,
+            min_duration_nanos: None,
+            max_duration_nanos: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn newest_blocks_first_and_early_stop() {
+        let (q, tenant) = querier(3).await;
+        let all = q.search(&tenant, &request("{}", 1000)).await.unwrap();
+        assert_eq!(all.traces.len(), 3 * 14);
+        assert_eq!(all.metrics.completed_jobs, 4);
+        assert_eq!(all.metrics.total_jobs, 4);
+        // The newest block alone holds 14 hits, all newer than the other blocks' ends.
+        let few = q.search(&tenant, &request("{}", 3)).await.unwrap();
+        assert_eq!(few.traces, all.traces[..3].to_vec());
+        assert_eq!(few.metrics.completed_jobs, 2);
+        assert_eq!(few.metrics.total_jobs, 4);
+        assert!(few.traces.iter().all(|t| t.id.as_bytes()[15] == 2));
+        // Newest first, trace ID as tie-break.
+        for w in all.traces.windows(2) {
+            assert!(
+                (w[0].start_unix_nano, std::cmp::Reverse(w[0].id))
+                    >= (w[1].start_unix_nano, std::cmp::Reverse(w[1].id))
+            );
+        }
+        // A block deleted after the listing (compaction) is skipped, not an error.
+        let oldest = uuid::Uuid::from_u128(1);
+        q.backend
+            .delete(&block::data_key(&tenant, oldest))
+            .await
+            .unwrap();
+        let rest = q.search(&tenant, &request("{}", 1000)).await.unwrap();
+        assert_eq!(rest.traces.len(), 2 * 14);
+        assert_eq!(rest.metrics.completed_jobs, 4);
+    }
 }

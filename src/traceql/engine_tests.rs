@@ -208,7 +208,7 @@ impl Sb {
 }
 
 /// The fixed data set the cases run against, named `t01`..`t14`.
-fn dataset() -> Vec<(String, Vec<ResourceSpans>)> {
+pub(crate) fn dataset() -> Vec<(String, Vec<ResourceSpans>)> {
     let traces = vec![
         // t01: a cart read across two services.
         Tb::new(1)
@@ -431,7 +431,7 @@ fn outcome(query: &str, data: &[(String, Vec<ResourceSpans>)]) -> Vec<String> {
 }
 
 /// The cases: `> query` followed by its expected lines, up to a blank line.
-fn cases() -> Vec<(&'static str, Vec<&'static str>)> {
+pub(crate) fn cases() -> Vec<(&'static str, Vec<&'static str>)> {
     let mut out: Vec<(&str, Vec<&str>)> = Vec::new();
     for line in CASES.lines() {
         if let Some(query) = line.strip_prefix("> ") {

@@ -31,6 +31,6 @@ pub use otlp::OtlpTrace;
 pub use parser::parse;
 
 #[cfg(test)]
-mod engine_tests;
+pub(crate) mod engine_tests;
 #[cfg(test)]
 mod tests;

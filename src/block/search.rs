@@ -1,0 +1,1496 @@
+//! Columnar TraceQL search over a block: which column chunks a query needs, which row
+//! groups can be skipped from the footer alone, decoding one row group's projected columns,
+//! and [`ColumnarTrace`], traceql's [`TraceView`] over the decoded Arrow arrays (no OTLP
+//! structs, strings borrowed from the arrays until the evaluator asks for a value).
+//!
+//! The answers are those of [`crate::traceql::OtlpTrace`] over the traces
+//! [`super::read_all_traces`] returns: an attribute is the dedicated column's value when set
+//! (it comes first on read), else the first generic attribute with that key; span order,
+//! roots (first span without a parent span ID) and nested sets are the stored ones.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use arrow_array::{
+    Array, BinaryArray, BooleanArray, FixedSizeBinaryArray, Float64Array, Int32Array, Int64Array,
+    ListArray, StringArray, StructArray, UInt32Array, UInt64Array,
+};
+use bytes::Bytes;
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::ProjectionMask;
+use parquet::file::metadata::ParquetMetaData;
+use parquet::file::statistics::Statistics;
+use prost::Message;
+
+use super::reader::{chunk_range, coalesce, guarded, reader_options, SparseChunk};
+use super::schema::{parquet_schema, paths, value_type};
+use super::{BlockError, Dedicated, DedicatedType, DEDICATED_RESOURCE, DEDICATED_SPAN};
+use crate::model::{any_value, AnyValue, NestedSet};
+use crate::traceql::{
+    Aggregate, FieldExpr, Intrinsic, Pipeline, Query, ScalarExpr, Scope, SpanKind, SpanView,
+    SpansetExpr, SpansetOp, Stage, Static, Status, TraceView, Value,
+};
+
+// ---------------------------------------------------------------------------------------------
+// Projection
+
+/// The columns a query reads, and conditions every matching trace must meet.
+#[derive(Debug, Clone)]
+pub struct SearchColumns {
+    /// Parquet leaf column indices, ascending: what filtering reads.
+    leaves: Vec<usize>,
+    /// Leaf columns only hits need (IDs, names, durations, service stats): read for a row
+    /// group only when it has hits. Disjoint from `leaves`.
+    late: Vec<usize>,
+    /// `(dedicated resource column path, value)`: a matching trace has a resource whose
+    /// column holds the value (the query's first stage requires `resource.x = "value"`).
+    required: Vec<(String, String)>,
+    /// A condition on single spans some spans of a matching trace must meet.
+    precheck: Pre,
+}
+
+/// A necessary condition for a trace to match, checked span by span on the columns before
+/// the engine runs: `Any(e)` holds when some span satisfies the filter expression `e`.
+#[derive(Debug, Clone, Default)]
+enum Pre {
+    /// No constraint known.
+    #[default]
+    True,
+    /// Some span satisfies the expression (`None`: some span exists).
+    Any(Option<FieldExpr>),
+    All(Vec<Pre>),
+    AnyOf(Vec<Pre>),
+}
+
+/// Whether a single span, without its trace (no parent, children, nested set or
+/// trace-level intrinsics), answers `e` as it would inside its trace.
+fn span_local(e: &FieldExpr) -> bool {
+    use Intrinsic as I;
+    match e {
+        FieldExpr::Static(_) => true,
+        FieldExpr::Attribute(a) => !a.parent,
+        FieldExpr::Intrinsic(i) => matches!(
+            i,
+            I::Duration
+                | I::Name
+                | I::Status
+                | I::StatusMessage
+                | I::Kind
+                | I::SpanId
+                | I::ParentId
+                | I::Parent
+                | I::EventName
+                | I::EventTimeSinceStart
+                | I::LinkTraceId
+                | I::LinkSpanId
+                | I::InstrumentationName
+                | I::InstrumentationVersion
+        ),
+        FieldExpr::Logic { lhs, rhs, .. }
+        | FieldExpr::Compare { lhs, rhs, .. }
+        | FieldExpr::Arith { lhs, rhs, .. } => span_local(lhs) && span_local(rhs),
+        FieldExpr::Regex { lhs, .. } | FieldExpr::Not(lhs) | FieldExpr::Neg(lhs) => span_local(lhs),
+    }
+}
+
+fn pre_spanset(e: &SpansetExpr) -> Pre {
+    match e {
+        SpansetExpr::Filter(f) => match &f.expr {
+            None => Pre::Any(None),
+            Some(e) if span_local(e) => Pre::Any(Some(e.clone())),
+            Some(_) => Pre::True,
+        },
+        SpansetExpr::Binary { op, lhs, rhs } => {
+            use SpansetOp as O;
+            match op {
+                O::Or => Pre::AnyOf(vec![pre_spanset(lhs), pre_spanset(rhs)]),
+                // The negated forms keep right-hand spans even when the left matched none.
+                O::NotChild | O::NotParent | O::NotDescendant | O::NotAncestor | O::NotSibling => {
+                    pre_spanset(rhs)
+                }
+                _ => Pre::All(vec![pre_spanset(lhs), pre_spanset(rhs)]),
+            }
+        }
+        SpansetExpr::Pipeline(p) => pre_pipeline(p),
+    }
+}
+
+fn pre_pipeline(p: &Pipeline) -> Pre {
+    // A trace whose first stage keeps nothing never reaches the later ones.
+    match p.stages.first() {
+        Some(Stage::Spanset(e)) => pre_spanset(e),
+        _ => Pre::True,
+    }
+}
+
+#[derive(Default)]
+struct Needs {
+    span_attrs: bool,
+    res_attrs: bool,
+    scope_attrs: bool,
+    span_ded: Vec<&'static str>,
+    res_ded: Vec<&'static str>,
+    scope_fields: bool,
+    status: bool,
+    kind: bool,
+    span_trace_id: bool,
+    events: bool,
+    links: bool,
+    name: bool,
+    span_id: bool,
+    parent_span_id: bool,
+    duration: bool,
+    root: bool,
+}
+
+impl Needs {
+    fn attribute(&mut self, scope: Scope, name: &str) {
+        let ded = |spec: &[Dedicated], out: &mut Vec<&'static str>| {
+            for (key, col, _) in spec {
+                if *key == name && !out.contains(col) {
+                    out.push(col);
+                }
+            }
+        };
+        match scope {
+            Scope::Span => {
+                self.span_attrs = true;
+                ded(&DEDICATED_SPAN, &mut self.span_ded);
+            }
+            Scope::Resource => {
+                self.res_attrs = true;
+                ded(&DEDICATED_RESOURCE, &mut self.res_ded);
+            }
+            Scope::Unscoped => {
+                self.attribute(Scope::Span, name);
+                self.attribute(Scope::Resource, name);
+            }
+            Scope::Instrumentation => self.scope_attrs = true,
+            Scope::Event => self.events = true,
+            Scope::Link => self.links = true,
+        }
+    }
+
+    fn intrinsic(&mut self, i: Intrinsic) {
+        use Intrinsic as I;
+        match i {
+            I::Status | I::StatusMessage => self.status = true,
+            I::Kind => self.kind = true,
+            I::TraceId => self.span_trace_id = true,
+            I::EventName | I::EventTimeSinceStart => self.events = true,
+            I::LinkTraceId | I::LinkSpanId => self.links = true,
+            I::InstrumentationName | I::InstrumentationVersion => self.scope_fields = true,
+            I::Name => self.name = true,
+            I::SpanId => self.span_id = true,
+            I::ParentId | I::Parent => self.parent_span_id = true,
+            I::Duration => self.duration = true,
+            I::TraceRootName | I::TraceRootService => self.root = true,
+            // Always read while filtering: trace times, span starts, nested sets.
+            I::ChildCount
+            | I::TraceDuration
+            | I::NestedSetLeft
+            | I::NestedSetRight
+            | I::NestedSetParent => {}
+        }
+    }
+
+    fn field(&mut self, e: &FieldExpr) {
+        match e {
+            FieldExpr::Static(_) => {}
+            FieldExpr::Attribute(a) => self.attribute(a.scope, &a.name),
+            FieldExpr::Intrinsic(i) => self.intrinsic(*i),
+            FieldExpr::Logic { lhs, rhs, .. }
+            | FieldExpr::Compare { lhs, rhs, .. }
+            | FieldExpr::Arith { lhs, rhs, .. } => {
+                self.field(lhs);
+                self.field(rhs);
+            }
+            FieldExpr::Regex { lhs, .. } | FieldExpr::Not(lhs) | FieldExpr::Neg(lhs) => {
+                self.field(lhs)
+            }
+        }
+    }
+
+    fn aggregate(&mut self, a: &Aggregate) {
+        match a {
+            Aggregate::Count => {}
+            Aggregate::Avg(f) | Aggregate::Min(f) | Aggregate::Max(f) | Aggregate::Sum(f) => {
+                self.field(f)
+            }
+        }
+    }
+
+    fn scalar(&mut self, e: &ScalarExpr) {
+        match e {
+            ScalarExpr::Static(_) => {}
+            ScalarExpr::Aggregate(a) => self.aggregate(a),
+            ScalarExpr::Arith { lhs, rhs, .. } => {
+                self.scalar(lhs);
+                self.scalar(rhs);
+            }
+            ScalarExpr::Pipeline {
+                pipeline,
+                aggregate,
+            } => {
+                self.pipeline(pipeline);
+                self.aggregate(aggregate);
+            }
+        }
+    }
+
+    fn spanset(&mut self, e: &SpansetExpr) {
+        match e {
+            SpansetExpr::Filter(f) => {
+                if let Some(e) = &f.expr {
+                    self.field(e);
+                }
+            }
+            SpansetExpr::Binary { lhs, rhs, .. } => {
+                self.spanset(lhs);
+                self.spanset(rhs);
+            }
+            SpansetExpr::Pipeline(p) => self.pipeline(p),
+        }
+    }
+
+    fn pipeline(&mut self, p: &Pipeline) {
+        for stage in &p.stages {
+            match stage {
+                Stage::Spanset(e) => self.spanset(e),
+                Stage::ScalarFilter(f) => {
+                    self.scalar(&f.lhs);
+                    self.scalar(&f.rhs);
+                }
+                Stage::GroupBy(f) => self.field(f),
+                Stage::Select(fs) => fs.iter().for_each(|f| self.field(f)),
+                Stage::Coalesce => {}
+            }
+        }
+    }
+}
+
+/// `resource.<dedicated string attribute> = "v"` conditions a span must meet for `e` to
+/// hold: the conjuncts of a filter expression.
+fn required_in_field(e: &FieldExpr, out: &mut Vec<(String, String)>) {
+    match e {
+        FieldExpr::Logic {
+            op: crate::traceql::LogicOp::And,
+            lhs,
+            rhs,
+        } => {
+            required_in_field(lhs, out);
+            required_in_field(rhs, out);
+        }
+        FieldExpr::Compare {
+            op: crate::traceql::CompareOp::Eq,
+            lhs,
+            rhs,
+        } => {
+            let (attr, value) = match (&**lhs, &**rhs) {
+                (FieldExpr::Attribute(a), FieldExpr::Static(Static::String(v)))
+                | (FieldExpr::Static(Static::String(v)), FieldExpr::Attribute(a)) => (a, v),
+                _ => return,
+            };
+            if attr.parent || attr.scope != Scope::Resource {
+                return;
+            }
+            for (key, col, ty) in &DEDICATED_RESOURCE {
+                if *key == attr.name && *ty == DedicatedType::String {
+                    out.push((format!("{}{col}", paths::RESOURCE), value.clone()));
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Conditions some span of a trace must meet for the spanset expression to match it.
+fn required_in_spanset(e: &SpansetExpr, out: &mut Vec<(String, String)>) {
+    match e {
+        SpansetExpr::Filter(f) => {
+            if let Some(e) = &f.expr {
+                required_in_field(e, out);
+            }
+        }
+        SpansetExpr::Binary { op, lhs, rhs } => {
+            use SpansetOp as O;
+            match op {
+                O::Or => {}
+                // The negated forms keep right-hand spans even when the left matched none.
+                O::NotChild | O::NotParent | O::NotDescendant | O::NotAncestor | O::NotSibling => {
+                    required_in_spanset(rhs, out)
+                }
+                _ => {
+                    required_in_spanset(lhs, out);
+                    required_in_spanset(rhs, out);
+                }
+            }
+        }
+        SpansetExpr::Pipeline(p) => required_in_pipeline(p, out),
+    }
+}
+
+fn required_in_pipeline(p: &Pipeline, out: &mut Vec<(String, String)>) {
+    // A trace whose first stage keeps nothing never reaches the later ones.
+    if let Some(Stage::Spanset(e)) = p.stages.first() {
+        required_in_spanset(e, out);
+    }
+}
+
+/// Parquet leaf indices (ascending, distinct) of dotted paths; a path ending in `.` takes
+/// every leaf below it.
+fn leaf_indices(wanted: &[String]) -> Result<Vec<usize>, BlockError> {
+    let descr = parquet_schema()?;
+    let mut leaves = Vec::new();
+    for w in wanted {
+        let before = leaves.len();
+        for (i, col) in descr.columns().iter().enumerate() {
+            let p = col.path().string();
+            if p == *w || (w.ends_with('.') && p.starts_with(w.as_str())) {
+                leaves.push(i);
+            }
+        }
+        if leaves.len() == before {
+            return Err(BlockError::Schema(format!("no column matches {w}")));
+        }
+    }
+    leaves.sort_unstable();
+    leaves.dedup();
+    Ok(leaves)
+}
+
+impl SearchColumns {
+    /// The columns needed to evaluate `query` and report its hits.
+    pub fn for_query(query: &Query) -> Result<Self, BlockError> {
+        let mut needs = Needs::default();
+        needs.pipeline(&query.pipeline);
+        let span = |leaf: &str| format!("{}{leaf}", paths::SPAN);
+        let service = format!("{}service_name", paths::RESOURCE);
+        let mut wanted: Vec<String> = vec![
+            paths::START_TIME.into(),
+            paths::END_TIME.into(),
+            span("start_time_unix_nano"),
+            span("nested_set_left"),
+            span("nested_set_right"),
+            span("parent_id"),
+        ];
+        let report: Vec<String> = vec![
+            paths::TRACE_ID.into(),
+            "service_stats.".into(),
+            span("span_id"),
+            span("parent_span_id"),
+            span("name"),
+            span("duration_nano"),
+            service.clone(),
+        ];
+        if needs.name || needs.root {
+            wanted.push(span("name"));
+        }
+        if needs.parent_span_id || needs.root {
+            wanted.push(span("parent_span_id"));
+        }
+        if needs.root {
+            wanted.push(service);
+        }
+        if needs.span_id {
+            wanted.push(span("span_id"));
+        }
+        if needs.duration {
+            wanted.push(span("duration_nano"));
+        }
+        if needs.span_attrs {
+            wanted.push(format!("{}{}", paths::SPAN, paths::ATTRS));
+        }
+        wanted.extend(needs.span_ded.iter().map(|c| span(c)));
+        if needs.res_attrs {
+            wanted.push(format!("{}{}", paths::RESOURCE, paths::ATTRS));
+        }
+        wanted.extend(
+            needs
+                .res_ded
+                .iter()
+                .map(|c| format!("{}{c}", paths::RESOURCE)),
+        );
+        if needs.scope_attrs {
+            wanted.push(format!("{}{}", paths::SCOPE, paths::ATTRS));
+        }
+        if needs.scope_fields {
+            wanted.push(format!("{}name", paths::SCOPE));
+            wanted.push(format!("{}version", paths::SCOPE));
+        }
+        if needs.status {
+            wanted.push(span("status."));
+        }
+        if needs.kind {
+            wanted.push(span("kind"));
+        }
+        if needs.span_trace_id {
+            wanted.push(span("trace_id"));
+            wanted.push(paths::TRACE_ID.into());
+        }
+        if needs.events {
+            wanted.push(span("events."));
+        }
+        if needs.links {
+            wanted.push(span("links."));
+        }
+        let leaves = leaf_indices(&wanted)?;
+        let mut late = leaf_indices(&report)?;
+        late.retain(|i| leaves.binary_search(i).is_err());
+        let mut required = Vec::new();
+        let mut precheck = Pre::True;
+        if !query.is_metrics() {
+            required_in_pipeline(&query.pipeline, &mut required);
+            precheck = pre_pipeline(&query.pipeline);
+        }
+        Ok(Self {
+            leaves,
+            late,
+            required,
+            precheck,
+        })
+    }
+
+    /// Number of leaf columns read.
+    pub fn column_count(&self) -> usize {
+        self.leaves.len()
+    }
+
+    /// The row groups of a block that may hold matching traces and the byte ranges of
+    /// their projected column chunks. `overlaps(min start, max end)` says whether traces
+    /// within those bounds can fall in the requested time range (chunk statistics of the
+    /// trace start and end columns); row groups whose dedicated-column statistics exclude a
+    /// required value are skipped too. No I/O.
+    pub fn plan(
+        &self,
+        md: &ParquetMetaData,
+        overlaps: impl Fn(u64, u64) -> bool,
+    ) -> Result<Vec<RowGroupRead>, BlockError> {
+        let mut out = Vec::new();
+        for (rg, rgm) in md.row_groups().iter().enumerate() {
+            let rows = usize::try_from(rgm.num_rows()).unwrap_or(0);
+            if rows == 0 {
+                continue;
+            }
+            let col = |path: &str| {
+                rgm.columns()
+                    .iter()
+                    .find(|c| c.column_path().string() == path)
+            };
+            let int_stat = |path: &str, max: bool| match col(path)?.statistics()? {
+                Statistics::Int64(s) => {
+                    let v = if max { s.max_opt() } else { s.min_opt() };
+                    v.map(|v| *v as u64)
+                }
+                _ => None,
+            };
+            if let (Some(min_start), Some(max_end)) = (
+                int_stat(paths::START_TIME, false),
+                int_stat(paths::END_TIME, true),
+            ) {
+                if !overlaps(min_start, max_end) {
+                    continue;
+                }
+            }
+            let excluded = self.required.iter().any(|(path, value)| {
+                let Some(Statistics::ByteArray(s)) = col(path).and_then(|c| c.statistics()) else {
+                    return false;
+                };
+                if s.null_count_opt() == Some(rgm.num_rows() as u64)
+                    && s.min_opt().is_none()
+                    && s.max_opt().is_none()
+                {
+                    // Only nulls: no resource has the value.
+                    return true;
+                }
+                match (s.min_opt(), s.max_opt()) {
+                    (Some(min), Some(max)) => {
+                        let v = value.as_bytes();
+                        v < min.data() || v > max.data()
+                    }
+                    _ => false,
+                }
+            });
+            if excluded {
+                continue;
+            }
+            let chunks = |leaves: &[usize]| -> Result<Vec<Range<u64>>, BlockError> {
+                let ranges = leaves
+                    .iter()
+                    .map(|&ci| chunk_range(rgm.column(ci), rg))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(coalesce(ranges, 0))
+            };
+            out.push(RowGroupRead {
+                rg,
+                rows,
+                ranges: chunks(&self.leaves)?,
+                late_ranges: chunks(&self.late)?,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// One row group to read: fetch `ranges` and call [`decode_row_group`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowGroupRead {
+    pub rg: usize,
+    pub rows: usize,
+    /// Sorted, disjoint byte ranges of data.parquet: the column chunks filtering reads.
+    pub ranges: Vec<Range<u64>>,
+    /// The column chunks only hits need ([`Phase::Report`]).
+    pub late_ranges: Vec<Range<u64>>,
+}
+
+impl RowGroupRead {
+    pub fn total_bytes(&self) -> u64 {
+        self.ranges.iter().map(|r| r.end - r.start).sum()
+    }
+
+    pub fn late_bytes(&self) -> u64 {
+        self.late_ranges.iter().map(|r| r.end - r.start).sum()
+    }
+
+    /// The ranges of a phase.
+    pub fn ranges(&self, phase: Phase) -> &[Range<u64>] {
+        match phase {
+            Phase::Filter => &self.ranges,
+            Phase::Report => &self.late_ranges,
+        }
+    }
+}
+
+/// Which columns of a row group to decode: what filtering needs, or what only hits need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Filter,
+    Report,
+}
+
+/// Decodes the columns of one phase of one row group; `fetched[i]` holds
+/// `read.ranges(phase)[i]`. A [`Phase::Report`] decode is combined with the filter decode
+/// by [`merge_columns`].
+pub fn decode_row_group(
+    md: Arc<ParquetMetaData>,
+    columns: &SearchColumns,
+    read: &RowGroupRead,
+    phase: Phase,
+    fetched: Vec<Bytes>,
+    file_len: u64,
+) -> Result<StructArray, BlockError> {
+    let ranges = read.ranges(phase);
+    let leaves = match phase {
+        Phase::Filter => &columns.leaves,
+        Phase::Report => &columns.late,
+    };
+    if fetched.len() != ranges.len() {
+        return Err(BlockError::Corrupt(format!(
+            "{} ranges fetched for {} planned",
+            fetched.len(),
+            ranges.len()
+        )));
+    }
+    let mut parts = Vec::with_capacity(fetched.len());
+    for (r, b) in ranges.iter().zip(fetched) {
+        if b.len() as u64 != r.end - r.start {
+            return Err(BlockError::Corrupt(format!(
+                "fetched {} bytes for range {r:?}",
+                b.len()
+            )));
+        }
+        parts.push((r.start, b));
+    }
+    let chunk = SparseChunk::from_parts(parts, file_len)?;
+    guarded(|| {
+        let meta = ArrowReaderMetadata::try_new(md, reader_options()?)?;
+        let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(chunk, meta);
+        let mask = ProjectionMask::leaves(builder.parquet_schema(), leaves.iter().copied());
+        let reader = builder
+            .with_projection(mask)
+            .with_row_groups(vec![read.rg])
+            .with_batch_size(read.rows.max(1))
+            .build()?;
+        let mut batches = Vec::new();
+        for b in reader {
+            batches.push(b?);
+        }
+        let batch = match batches.len() {
+            0 => return Err(BlockError::Corrupt("row group decoded to nothing".into())),
+            1 => batches.pop().expect("one batch"),
+            _ => arrow::compute::concat_batches(&batches[0].schema(), &batches)?,
+        };
+        Ok(StructArray::from(batch))
+    })
+}
+
+/// Combines two decodes of the same rows of a row group (different columns) into one
+/// array: struct fields are united, lists of structs keep the first side's offsets (both
+/// sides have the same, being the same rows) with their elements merged.
+pub fn merge_columns(a: &StructArray, b: &StructArray) -> Result<StructArray, BlockError> {
+    use arrow_array::ArrayRef;
+    use arrow_schema::{DataType, Field, Fields};
+    fn merge_array(x: &ArrayRef, y: &ArrayRef) -> Result<ArrayRef, BlockError> {
+        match (x.data_type(), y.data_type()) {
+            (DataType::Struct(_), DataType::Struct(_)) => {
+                let (x, y) = (
+                    x.as_any().downcast_ref::<StructArray>(),
+                    y.as_any().downcast_ref::<StructArray>(),
+                );
+                match (x, y) {
+                    (Some(x), Some(y)) => Ok(Arc::new(merge_columns(x, y)?)),
+                    _ => Err(corrupt("struct column has the wrong type")),
+                }
+            }
+            (DataType::List(_), DataType::List(_)) => {
+                let (Some(xl), Some(yl)) = (
+                    x.as_any().downcast_ref::<ListArray>(),
+                    y.as_any().downcast_ref::<ListArray>(),
+                ) else {
+                    return Err(corrupt("list column has the wrong type"));
+                };
+                if xl.value_offsets() != yl.value_offsets() {
+                    return Err(corrupt("decodes of one row group disagree"));
+                }
+                let values = merge_array(xl.values(), yl.values())?;
+                let field = Arc::new(Field::new("element", values.data_type().clone(), false));
+                Ok(Arc::new(ListArray::try_new(
+                    field,
+                    xl.offsets().clone(),
+                    values,
+                    xl.nulls().cloned(),
+                )?))
+            }
+            _ => Ok(x.clone()),
+        }
+    }
+    if a.len() != b.len() {
+        return Err(corrupt("decodes of one row group disagree on rows"));
+    }
+    let mut fields: Vec<Arc<Field>> = Vec::new();
+    let mut arrays: Vec<ArrayRef> = Vec::new();
+    for (f, x) in a.fields().iter().zip(a.columns()) {
+        let merged = match b.column_by_name(f.name()) {
+            Some(y) => merge_array(x, y)?,
+            None => x.clone(),
+        };
+        fields.push(Arc::new(Field::new(
+            f.name(),
+            merged.data_type().clone(),
+            f.is_nullable(),
+        )));
+        arrays.push(merged);
+    }
+    for (f, y) in b.fields().iter().zip(b.columns()) {
+        if a.column_by_name(f.name()).is_none() {
+            fields.push(f.clone());
+            arrays.push(y.clone());
+        }
+    }
+    let nulls = a.nulls().or(b.nulls()).cloned();
+    Ok(StructArray::try_new(Fields::from(fields), arrays, nulls)?)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Columns of a decoded row group
+
+fn corrupt(msg: impl Into<String>) -> BlockError {
+    BlockError::Corrupt(msg.into())
+}
+
+fn get<'a, T: Array + 'static>(s: &'a StructArray, name: &str) -> Result<&'a T, BlockError> {
+    opt(s, name)?.ok_or_else(|| corrupt(format!("missing column {name}")))
+}
+
+/// A column that may not be projected.
+fn opt<'a, T: Array + 'static>(
+    s: &'a StructArray,
+    name: &str,
+) -> Result<Option<&'a T>, BlockError> {
+    match s.column_by_name(name) {
+        None => Ok(None),
+        Some(c) => c
+            .as_any()
+            .downcast_ref::<T>()
+            .map(Some)
+            .ok_or_else(|| corrupt(format!("column {name} has the wrong type"))),
+    }
+}
+
+/// A list column's offsets and element struct.
+fn list<'a>(s: &'a StructArray, name: &str) -> Result<(&'a [i32], &'a StructArray), BlockError> {
+    let l = get::<ListArray>(s, name)?;
+    let values = l
+        .values()
+        .as_any()
+        .downcast_ref::<StructArray>()
+        .ok_or_else(|| corrupt(format!("column {name} is not a list of structs")))?;
+    let offsets = l.value_offsets();
+    // Every offset must index the values: checked once so lookups can index freely.
+    let len = values.len();
+    if offsets.windows(2).any(|w| w[0] < 0 || w[0] > w[1])
+        || offsets.last().is_some_and(|&e| e as usize > len)
+    {
+        return Err(corrupt(format!("bad offsets in {name}")));
+    }
+    Ok((offsets, values))
+}
+
+fn opt_list<'a>(
+    s: &'a StructArray,
+    name: &str,
+) -> Result<Option<(&'a [i32], &'a StructArray)>, BlockError> {
+    if s.column_by_name(name).is_none() {
+        return Ok(None);
+    }
+    list(s, name).map(Some)
+}
+
+fn range(offsets: &[i32], i: usize) -> Range<usize> {
+    offsets[i] as usize..offsets[i + 1] as usize
+}
+
+struct Attrs<'a> {
+    offsets: &'a [i32],
+    key: &'a StringArray,
+    ty: &'a Int32Array,
+    str: &'a StringArray,
+    int: &'a Int64Array,
+    dbl: &'a Float64Array,
+    bool: &'a BooleanArray,
+    bytes: &'a BinaryArray,
+}
+
+impl<'a> Attrs<'a> {
+    fn new(s: &'a StructArray) -> Result<Option<Self>, BlockError> {
+        let Some((offsets, v)) = opt_list(s, "attrs")? else {
+            return Ok(None);
+        };
+        Ok(Some(Self {
+            offsets,
+            key: get(v, "key")?,
+            ty: get(v, "type")?,
+            str: get(v, "str")?,
+            int: get(v, "int")?,
+            dbl: get(v, "dbl")?,
+            bool: get(v, "bool")?,
+            bytes: get(v, "bytes")?,
+        }))
+    }
+
+    /// The value of the first attribute of `owner` named `name`.
+    fn find(&self, owner: usize, name: &str) -> Option<Value> {
+        let j = range(self.offsets, owner).find(|&j| self.key.value(j) == name)?;
+        self.value(j)
+    }
+
+    fn value(&self, j: usize) -> Option<Value> {
+        match self.ty.value(j) {
+            value_type::STRING if self.str.is_valid(j) => {
+                Some(Value::String(self.str.value(j).to_owned()))
+            }
+            value_type::BOOL if self.bool.is_valid(j) => Some(Value::Bool(self.bool.value(j))),
+            value_type::INT if self.int.is_valid(j) => Some(Value::Int(self.int.value(j))),
+            value_type::DOUBLE if self.dbl.is_valid(j) => Some(Value::Float(self.dbl.value(j))),
+            value_type::ARRAY | value_type::KVLIST | value_type::ENCODED
+                if self.bytes.is_valid(j) =>
+            {
+                to_value(&AnyValue::decode(self.bytes.value(j)).ok()?)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A typed value from an OTLP `AnyValue`, as the OTLP view converts it.
+fn to_value(value: &AnyValue) -> Option<Value> {
+    Some(match value.value.as_ref()? {
+        any_value::Value::StringValue(s) => Value::String(s.clone()),
+        any_value::Value::IntValue(v) => Value::Int(*v),
+        any_value::Value::DoubleValue(v) => Value::Float(*v),
+        any_value::Value::BoolValue(v) => Value::Bool(*v),
+        any_value::Value::ArrayValue(array) => {
+            Value::Array(array.values.iter().filter_map(to_value).collect())
+        }
+        any_value::Value::KvlistValue(_)
+        | any_value::Value::BytesValue(_)
+        | any_value::Value::StringValueStrindex(_) => return None,
+    })
+}
+
+enum Ded<'a> {
+    Str(&'a StringArray),
+    Int(&'a Int64Array),
+}
+
+impl Ded<'_> {
+    fn get(&self, i: usize) -> Option<Value> {
+        match self {
+            Ded::Str(a) => a.is_valid(i).then(|| Value::String(a.value(i).to_owned())),
+            Ded::Int(a) => a.is_valid(i).then(|| Value::Int(a.value(i))),
+        }
+    }
+}
+
+fn ded_cols<'a>(
+    s: &'a StructArray,
+    spec: &[Dedicated],
+) -> Result<Vec<(&'static str, Ded<'a>)>, BlockError> {
+    let mut out = Vec::new();
+    for (key, col, ty) in spec {
+        match ty {
+            DedicatedType::String => {
+                if let Some(a) = opt(s, col)? {
+                    out.push((*key, Ded::Str(a)));
+                }
+            }
+            DedicatedType::Int => {
+                if let Some(a) = opt(s, col)? {
+                    out.push((*key, Ded::Int(a)));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+struct Events<'a> {
+    offsets: &'a [i32],
+    time: &'a Int64Array,
+    name: &'a StringArray,
+    attrs: Attrs<'a>,
+}
+
+struct Links<'a> {
+    offsets: &'a [i32],
+    trace_id: &'a BinaryArray,
+    span_id: &'a BinaryArray,
+    attrs: Attrs<'a>,
+}
+
+struct Stats<'a> {
+    offsets: &'a [i32],
+    service: &'a StringArray,
+    spans: &'a UInt32Array,
+    errors: &'a UInt32Array,
+}
+
+/// Typed views of the projected columns of one decoded row group.
+pub struct ColumnarBlock<'a> {
+    rows: usize,
+    trace_id: Option<&'a FixedSizeBinaryArray>,
+    start: &'a UInt64Array,
+    end: &'a UInt64Array,
+    stats: Option<Stats<'a>>,
+    rs_offsets: &'a [i32],
+    res: Option<&'a StructArray>,
+    res_service: Option<&'a StringArray>,
+    res_attrs: Option<Attrs<'a>>,
+    res_ded: Vec<(&'static str, Ded<'a>)>,
+    ss_offsets: &'a [i32],
+    scope: Option<&'a StructArray>,
+    scope_name: Option<&'a StringArray>,
+    scope_version: Option<&'a StringArray>,
+    scope_attrs: Option<Attrs<'a>>,
+    span_offsets: &'a [i32],
+    span_id: Option<&'a BinaryArray>,
+    parent_span_id: Option<&'a BinaryArray>,
+    span_trace_id: Option<&'a BinaryArray>,
+    name: Option<&'a StringArray>,
+    kind: Option<&'a Int32Array>,
+    span_start: &'a UInt64Array,
+    duration: Option<&'a UInt64Array>,
+    status: Option<(&'a StructArray, &'a Int32Array, &'a StringArray)>,
+    span_attrs: Option<Attrs<'a>>,
+    span_ded: Vec<(&'static str, Ded<'a>)>,
+    ns_left: &'a Int32Array,
+    ns_right: &'a Int32Array,
+    ns_parent: &'a Int32Array,
+    events: Option<Events<'a>>,
+    links: Option<Links<'a>>,
+}
+
+impl<'a> ColumnarBlock<'a> {
+    /// Views over a row group decoded by [`decode_row_group`].
+    pub fn new(root: &'a StructArray) -> Result<Self, BlockError> {
+        let trace_id: Option<&FixedSizeBinaryArray> = opt(root, "trace_id")?;
+        if trace_id.is_some_and(|t| t.value_length() != 16) {
+            return Err(corrupt("trace_id is not 16 bytes"));
+        }
+        let stats = match opt_list(root, "service_stats")? {
+            Some((offsets, st)) => Some(Stats {
+                offsets,
+                service: get(st, "service")?,
+                spans: get(st, "span_count")?,
+                errors: get(st, "error_count")?,
+            }),
+            None => None,
+        };
+        let (rs_offsets, rs) = list(root, "resource_spans")?;
+        let res: Option<&StructArray> = opt(rs, "resource")?;
+        let (ss_offsets, ss) = list(rs, "scope_spans")?;
+        let scope: Option<&StructArray> = opt(ss, "scope")?;
+        let (span_offsets, sp) = list(ss, "spans")?;
+        let status = match opt::<StructArray>(sp, "status")? {
+            Some(s) => Some((s, get(s, "code")?, get(s, "message")?)),
+            None => None,
+        };
+        let events = match opt_list(sp, "events")? {
+            Some((offsets, ev)) => Some(Events {
+                offsets,
+                time: get(ev, "time_since_start_nano")?,
+                name: get(ev, "name")?,
+                attrs: Attrs::new(ev)?.ok_or_else(|| corrupt("events without attrs"))?,
+            }),
+            None => None,
+        };
+        let links = match opt_list(sp, "links")? {
+            Some((offsets, lk)) => Some(Links {
+                offsets,
+                trace_id: get(lk, "trace_id")?,
+                span_id: get(lk, "span_id")?,
+                attrs: Attrs::new(lk)?.ok_or_else(|| corrupt("links without attrs"))?,
+            }),
+            None => None,
+        };
+        let rows = root.len();
+        let b = Self {
+            rows,
+            trace_id,
+            start: get(root, "start_time_unix_nano")?,
+            end: get(root, "end_time_unix_nano")?,
+            stats,
+            rs_offsets,
+            res_service: match res {
+                Some(r) => opt(r, "service_name")?,
+                None => None,
+            },
+            res_attrs: match res {
+                Some(r) => Attrs::new(r)?,
+                None => None,
+            },
+            res_ded: match res {
+                Some(r) => ded_cols(r, &DEDICATED_RESOURCE)?,
+                None => Vec::new(),
+            },
+            res,
+            ss_offsets,
+            scope_name: match scope {
+                Some(s) => opt(s, "name")?,
+                None => None,
+            },
+            scope_version: match scope {
+                Some(s) => opt(s, "version")?,
+                None => None,
+            },
+            scope_attrs: match scope {
+                Some(s) => Attrs::new(s)?,
+                None => None,
+            },
+            scope,
+            span_offsets,
+            span_id: opt(sp, "span_id")?,
+            parent_span_id: opt(sp, "parent_span_id")?,
+            span_trace_id: opt(sp, "trace_id")?,
+            name: opt(sp, "name")?,
+            kind: opt(sp, "kind")?,
+            span_start: get(sp, "start_time_unix_nano")?,
+            duration: opt(sp, "duration_nano")?,
+            status,
+            span_attrs: Attrs::new(sp)?,
+            span_ded: ded_cols(sp, &DEDICATED_SPAN)?,
+            ns_left: get(sp, "nested_set_left")?,
+            ns_right: get(sp, "nested_set_right")?,
+            ns_parent: get(sp, "parent_id")?,
+            events,
+            links,
+        };
+        if b.start.len() != rows
+            || b.end.len() != rows
+            || b.stats
+                .as_ref()
+                .is_some_and(|s| s.offsets.len() != rows + 1)
+            || b.rs_offsets.len() != rows + 1
+        {
+            return Err(corrupt("trace columns disagree on the row count"));
+        }
+        Ok(b)
+    }
+
+    /// Traces (rows).
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// Hit columns ([`Phase::Report`]) only.
+    pub fn trace_id(&self, row: usize) -> Option<[u8; 16]> {
+        let mut id = [0u8; 16];
+        id.copy_from_slice(self.trace_id?.value(row));
+        Some(id)
+    }
+
+    /// The earliest span start (stored).
+    pub fn start_unix_nano(&self, row: usize) -> u64 {
+        self.start.value(row)
+    }
+
+    /// The latest span end, at least the start (stored).
+    pub fn end_unix_nano(&self, row: usize) -> u64 {
+        self.end.value(row)
+    }
+
+    fn spans_of(&self, row: usize) -> Range<usize> {
+        let rs = range(self.rs_offsets, row);
+        let ss = self.ss_offsets[rs.start] as usize..self.ss_offsets[rs.end] as usize;
+        self.span_offsets[ss.start] as usize..self.span_offsets[ss.end] as usize
+    }
+
+    pub fn span_count(&self, row: usize) -> usize {
+        self.spans_of(row).len()
+    }
+
+    /// `(service, span count, error count)` per service, as stored (sorted by service).
+    /// Empty without the hit columns ([`Phase::Report`]).
+    pub fn service_stats(&self, row: usize) -> impl Iterator<Item = (&'a str, u32, u32)> + '_ {
+        self.stats.iter().flat_map(move |s| {
+            range(s.offsets, row).map(|j| (s.service.value(j), s.spans.value(j), s.errors.value(j)))
+        })
+    }
+
+    /// True when `resource.<col> = value` holds for some resource of the row (see
+    /// [`SearchColumns`] required conditions). Unknown columns answer true.
+    fn has_resource_value(&self, row: usize, key: &str, value: &str) -> bool {
+        let Some(col) = self.res_ded.iter().find(|(k, _)| *k == key) else {
+            return true;
+        };
+        let Ded::Str(a) = col.1 else { return true };
+        range(self.rs_offsets, row).any(|r| a.is_valid(r) && a.value(r) == value)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The engine's view
+
+/// A span: its row-group-wide index and its resource and scope.
+#[derive(Clone, Copy)]
+struct Core<'a> {
+    c: &'a ColumnarBlock<'a>,
+    g: usize,
+    r: usize,
+    s: usize,
+}
+
+#[derive(Clone, Copy)]
+struct TraceInfo<'a> {
+    row: usize,
+    first: Option<Core<'a>>,
+    root: Option<Core<'a>>,
+    duration: u64,
+}
+
+struct ColSpan<'a> {
+    core: Core<'a>,
+    parent: Option<Core<'a>>,
+    nested: NestedSet,
+    children: u32,
+    trace: TraceInfo<'a>,
+}
+
+/// One trace of a decoded row group as traceql's [`TraceView`]. [`ColumnarTrace::load`]
+/// switches to another row and reuses the buffers.
+pub struct ColumnarTrace<'a> {
+    c: &'a ColumnarBlock<'a>,
+    spans: Vec<ColSpan<'a>>,
+    by_left: Vec<u32>,
+    info: TraceInfo<'a>,
+}
+
+const NONE: u32 = u32::MAX;
+
+fn nanos(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn hex_id(id: &[u8]) -> Option<Value> {
+    (!id.is_empty()).then(|| Value::String(hex::encode(id)))
+}
+
+fn gather(values: impl Iterator<Item = Value>) -> Option<Value> {
+    let mut it = values;
+    let first = it.next()?;
+    match it.next() {
+        None => Some(first),
+        Some(second) => {
+            let mut all = vec![first, second];
+            all.extend(it);
+            Some(Value::Array(all))
+        }
+    }
+}
+
+impl<'a> ColumnarTrace<'a> {
+    pub fn new(c: &'a ColumnarBlock<'a>) -> Self {
+        Self {
+            c,
+            spans: Vec::new(),
+            by_left: Vec::new(),
+            info: TraceInfo {
+                row: 0,
+                first: None,
+                root: None,
+                duration: 0,
+            },
+        }
+    }
+
+    /// Does the row pass the query's required resource conditions (a cheap column check
+    /// before evaluation)? See [`SearchColumns::for_query`].
+    pub fn may_match(&self, columns: &SearchColumns, row: usize) -> bool {
+        columns.required.iter().all(|(path, value)| {
+            let col = path.strip_prefix(paths::RESOURCE).unwrap_or(path);
+            match DEDICATED_RESOURCE.iter().find(|(_, c, _)| *c == col) {
+                Some((key, _, _)) => self.c.has_resource_value(row, key, value),
+                None => true,
+            }
+        })
+    }
+
+    /// Does some span of the row meet the query's span-level precondition (see [`Pre`])?
+    /// Evaluates the first stage's filters span by span, without building the trace.
+    pub fn spans_may_match(&self, columns: &SearchColumns, row: usize) -> bool {
+        self.pre(&columns.precheck, row)
+    }
+
+    fn pre(&self, pre: &Pre, row: usize) -> bool {
+        let c = self.c;
+        match pre {
+            Pre::True => true,
+            Pre::All(ps) => ps.iter().all(|p| self.pre(p, row)),
+            Pre::AnyOf(ps) => ps.iter().any(|p| self.pre(p, row)),
+            Pre::Any(expr) => range(c.rs_offsets, row).any(|r| {
+                range(c.ss_offsets, r).any(|s| {
+                    range(c.span_offsets, s).any(|g| match expr {
+                        None => true,
+                        Some(e) => crate::traceql::matches(e, &Core { c, g, r, s }),
+                    })
+                })
+            }),
+        }
+    }
+
+    /// Makes this view show trace `row`.
+    pub fn load(&mut self, row: usize) -> Result<(), BlockError> {
+        let c = self.c;
+        self.spans.clear();
+        let spans = c.spans_of(row);
+        let first_g = spans.start;
+        let n = spans.len();
+        if spans.end > c.span_start.len() || c.rs_offsets[row + 1] as usize > c.ss_offsets.len() {
+            return Err(corrupt("span offsets out of range"));
+        }
+        let start = c.start.value(row);
+        let end = c.end.value(row);
+        self.info = TraceInfo {
+            row,
+            first: None,
+            root: None,
+            duration: end.saturating_sub(start),
+        };
+        // Nested-set left numbers of one trace are distinct and within 1..=2n.
+        self.by_left.clear();
+        self.by_left.resize(2 * n + 2, NONE);
+        for r in range(c.rs_offsets, row) {
+            for s in range(c.ss_offsets, r) {
+                for g in range(c.span_offsets, s) {
+                    let core = Core { c, g, r, s };
+                    let nested = NestedSet {
+                        left: c.ns_left.value(g),
+                        right: c.ns_right.value(g),
+                        parent: c.ns_parent.value(g),
+                    };
+                    if let Some(slot) = usize::try_from(nested.left)
+                        .ok()
+                        .and_then(|l| self.by_left.get_mut(l))
+                    {
+                        // Like a map built in span order: the last span wins.
+                        *slot = (g - first_g) as u32;
+                    }
+                    if self.info.root.is_none()
+                        && c.parent_span_id.is_some_and(|p| p.value(g).is_empty())
+                    {
+                        self.info.root = Some(core);
+                    }
+                    self.spans.push(ColSpan {
+                        core,
+                        parent: None,
+                        nested,
+                        children: 0,
+                        trace: self.info,
+                    });
+                }
+            }
+        }
+        self.info.first = self.spans.first().map(|s| s.core);
+        for i in 0..self.spans.len() {
+            let p = self.spans[i].nested.parent;
+            let parent = usize::try_from(p)
+                .ok()
+                .filter(|&p| p > 0)
+                .and_then(|p| self.by_left.get(p).copied())
+                .filter(|&p| p != NONE && p as usize != i);
+            if let Some(p) = parent {
+                self.spans[p as usize].children += 1;
+                self.spans[i].parent = Some(self.spans[p as usize].core);
+            }
+            self.spans[i].trace = self.info;
+        }
+        Ok(())
+    }
+
+    pub fn row(&self) -> usize {
+        self.info.row
+    }
+
+    /// Hit columns ([`Phase::Report`]) only; empty otherwise.
+    pub fn span_id(&self, i: usize) -> &'a [u8] {
+        self.c
+            .span_id
+            .map_or(&[], |a| a.value(self.spans[i].core.g))
+    }
+
+    /// Hit columns ([`Phase::Report`]) only; empty otherwise.
+    pub fn span_name(&self, i: usize) -> &'a str {
+        self.c.name.map_or("", |a| a.value(self.spans[i].core.g))
+    }
+
+    pub fn span_start_unix_nano(&self, i: usize) -> u64 {
+        self.c.span_start.value(self.spans[i].core.g)
+    }
+
+    /// End minus start, as an OTLP span read back from the block gives it.
+    pub fn span_duration_nanos(&self, i: usize) -> u64 {
+        self.spans[i].core.duration().unwrap_or(0)
+    }
+
+    /// `service.name` of the root span's resource (the first span without a parent ID).
+    pub fn root_service_name(&self) -> Option<&'a str> {
+        self.info.root.and_then(|r| r.service_name())
+    }
+
+    pub fn root_span_name(&self) -> Option<&'a str> {
+        self.info.root.and_then(|r| Some(r.c.name?.value(r.g)))
+    }
+}
+
+impl<'a> Core<'a> {
+    fn start(&self) -> u64 {
+        self.c.span_start.value(self.g)
+    }
+
+    fn duration(&self) -> Option<u64> {
+        let start = self.start();
+        Some(
+            start
+                .wrapping_add(self.c.duration?.value(self.g))
+                .saturating_sub(start),
+        )
+    }
+
+    fn resource_valid(&self) -> bool {
+        self.c.res.is_some_and(|r| r.is_valid(self.r))
+    }
+
+    fn scope_valid(&self) -> bool {
+        self.c.scope.is_some_and(|s| s.is_valid(self.s))
+    }
+
+    fn service_name(&self) -> Option<&'a str> {
+        let col = self.c.res_service?;
+        (self.resource_valid() && col.is_valid(self.r)).then(|| col.value(self.r))
+    }
+
+    fn status_code(&self) -> Option<i32> {
+        let (st, code, _) = self.c.status?;
+        st.is_valid(self.g).then(|| code.value(self.g))
+    }
+}
+
+impl SpanView for Core<'_> {
+    fn attribute(&self, scope: Scope, name: &str) -> Option<Value> {
+        let c = self.c;
+        match scope {
+            Scope::Span => {
+                if let Some((_, d)) = c.span_ded.iter().find(|(k, _)| *k == name) {
+                    if let Some(v) = d.get(self.g) {
+                        return Some(v);
+                    }
+                }
+                c.span_attrs.as_ref()?.find(self.g, name)
+            }
+            Scope::Resource => {
+                if !self.resource_valid() {
+                    return None;
+                }
+                if let Some((_, d)) = c.res_ded.iter().find(|(k, _)| *k == name) {
+                    if let Some(v) = d.get(self.r) {
+                        return Some(v);
+                    }
+                }
+                c.res_attrs.as_ref()?.find(self.r, name)
+            }
+            Scope::Instrumentation => {
+                if !self.scope_valid() {
+                    return None;
+                }
+                c.scope_attrs.as_ref()?.find(self.s, name)
+            }
+            Scope::Event => {
+                let ev = c.events.as_ref()?;
+                gather(range(ev.offsets, self.g).filter_map(|e| ev.attrs.find(e, name)))
+            }
+            Scope::Link => {
+                let lk = c.links.as_ref()?;
+                gather(range(lk.offsets, self.g).filter_map(|l| lk.attrs.find(l, name)))
+            }
+            Scope::Unscoped => self
+                .attribute(Scope::Span, name)
+                .or_else(|| self.attribute(Scope::Resource, name)),
+        }
+    }
+
+    fn intrinsic(&self, intrinsic: Intrinsic) -> Option<Value> {
+        let c = self.c;
+        let g = self.g;
+        Some(match intrinsic {
+            Intrinsic::Duration => Value::Duration(nanos(self.duration()?)),
+            Intrinsic::Name => Value::String(c.name?.value(g).to_owned()),
+            Intrinsic::Status => Value::Status(match self.status_code() {
+                Some(1) => Status::Ok,
+                Some(2) => Status::Error,
+                _ => Status::Unset,
+            }),
+            Intrinsic::StatusMessage => {
+                let (st, _, msg) = c.status?;
+                Value::String(if st.is_valid(g) {
+                    msg.value(g).to_owned()
+                } else {
+                    String::new()
+                })
+            }
+            Intrinsic::Kind => Value::Kind(match c.kind?.value(g) {
+                1 => SpanKind::Internal,
+                2 => SpanKind::Server,
+                3 => SpanKind::Client,
+                4 => SpanKind::Producer,
+                5 => SpanKind::Consumer,
+                _ => SpanKind::Unspecified,
+            }),
+            Intrinsic::SpanId => return hex_id(c.span_id?.value(g)),
+            Intrinsic::ParentId => return hex_id(c.parent_span_id?.value(g)),
+            Intrinsic::Parent => {
+                return (!c.parent_span_id?.value(g).is_empty()).then_some(Value::Bool(true))
+            }
+            Intrinsic::EventName => {
+                let ev = c.events.as_ref()?;
+                return gather(
+                    range(ev.offsets, g).map(|e| Value::String(ev.name.value(e).to_owned())),
+                );
+            }
+            Intrinsic::EventTimeSinceStart => {
+                let ev = c.events.as_ref()?;
+                let start = self.start();
+                return gather(range(ev.offsets, g).map(|e| {
+                    let t = start.wrapping_add(ev.time.value(e) as u64);
+                    Value::Duration(nanos(t.saturating_sub(start)))
+                }));
+            }
+            Intrinsic::LinkTraceId => {
+                let lk = c.links.as_ref()?;
+                return gather(range(lk.offsets, g).filter_map(|l| hex_id(lk.trace_id.value(l))));
+            }
+            Intrinsic::LinkSpanId => {
+                let lk = c.links.as_ref()?;
+                return gather(range(lk.offsets, g).filter_map(|l| hex_id(lk.span_id.value(l))));
+            }
+            Intrinsic::InstrumentationName => {
+                if !self.scope_valid() {
+                    return None;
+                }
+                let name = c.scope_name?.value(self.s);
+                return (!name.is_empty()).then(|| Value::String(name.to_owned()));
+            }
+            Intrinsic::InstrumentationVersion => {
+                if !self.scope_valid() {
+                    return None;
+                }
+                let version = c.scope_version?.value(self.s);
+                return (!version.is_empty()).then(|| Value::String(version.to_owned()));
+            }
+            Intrinsic::ChildCount
+            | Intrinsic::TraceDuration
+            | Intrinsic::TraceRootName
+            | Intrinsic::TraceRootService
+            | Intrinsic::TraceId
+            | Intrinsic::NestedSetLeft
+            | Intrinsic::NestedSetRight
+            | Intrinsic::NestedSetParent => return None,
+        })
+    }
+}
+
+impl SpanView for ColSpan<'_> {
+    fn attribute(&self, scope: Scope, name: &str) -> Option<Value> {
+        self.core.attribute(scope, name)
+    }
+
+    fn intrinsic(&self, intrinsic: Intrinsic) -> Option<Value> {
+        let t = &self.trace;
+        Some(match intrinsic {
+            Intrinsic::ChildCount => Value::Int(i64::from(self.children)),
+            Intrinsic::NestedSetLeft => Value::Int(i64::from(self.nested.left)),
+            Intrinsic::NestedSetRight => Value::Int(i64::from(self.nested.right)),
+            Intrinsic::NestedSetParent => Value::Int(i64::from(self.nested.parent)),
+            Intrinsic::TraceDuration => Value::Duration(nanos(t.duration)),
+            Intrinsic::TraceRootName => {
+                let r = t.root?;
+                Value::String(r.c.name?.value(r.g).to_owned())
+            }
+            Intrinsic::TraceRootService => Value::String(t.root?.service_name()?.to_owned()),
+            Intrinsic::TraceId => {
+                let first = t.first?;
+                let c = first.c;
+                return match c.span_trace_id {
+                    Some(a) if a.is_valid(first.g) => hex_id(a.value(first.g)),
+                    _ => hex_id(c.trace_id?.value(t.row)),
+                };
+            }
+            other => return self.core.intrinsic(other),
+        })
+    }
+
+    fn parent(&self) -> Option<&dyn SpanView> {
+        self.parent.as_ref().map(|p| p as &dyn SpanView)
+    }
+}
+
+impl TraceView for ColumnarTrace<'_> {
+    fn span_count(&self) -> usize {
+        self.spans.len()
+    }
+
+    fn span_view(&self, i: usize) -> &dyn SpanView {
+        &self.spans[i]
+    }
+
+    fn nested_set(&self, i: usize) -> NestedSet {
+        self.spans[i].nested
+    }
+
+    fn start_unix_nano(&self, i: usize) -> u64 {
+        self.spans[i].core.start()
+    }
+}
