@@ -444,5 +444,67 @@ async fn streaming_search_over_grpc_on_the_http_port() {
         .await
         .expect_err("invalid query");
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+
+    // The tag methods stream too.
+    use vivace::api::tempopb::{
+        SearchTagValuesRequest, SearchTagValuesV2Response, SearchTagsRequest, SearchTagsResponse,
+        SearchTagsV2Response,
+    };
+    async fn one<Req, Resp>(
+        grpc: &mut tonic::client::Grpc<tonic::transport::Channel>,
+        method: &'static str,
+        req: Req,
+    ) -> Resp
+    where
+        Req: prost::Message + Send + Sync + 'static,
+        Resp: prost::Message + Default + Send + Sync + 'static,
+    {
+        grpc.ready().await.unwrap();
+        let mut stream = grpc
+            .server_streaming::<_, Resp, _>(
+                tonic::Request::new(req),
+                http::uri::PathAndQuery::from_static(method),
+                tonic_prost::ProstCodec::default(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{method}: {e}"))
+            .into_inner();
+        let first = stream.message().await.unwrap().expect("one message");
+        assert!(stream.message().await.unwrap().is_none());
+        first
+    }
+    let v1: SearchTagsResponse = one(
+        &mut grpc,
+        "/tempopb.StreamingQuerier/SearchTags",
+        SearchTagsRequest::default(),
+    )
+    .await;
+    assert!(v1.tag_names.contains(&"db.system".to_owned()), "{v1:?}");
+    let v2: SearchTagsV2Response = one(
+        &mut grpc,
+        "/tempopb.StreamingQuerier/SearchTagsV2",
+        SearchTagsRequest {
+            scope: "resource".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(v2.scopes.len(), 1, "{v2:?}");
+    assert!(v2.scopes[0].tags.contains(&"service.name".to_owned()));
+    let vals: SearchTagValuesV2Response = one(
+        &mut grpc,
+        "/tempopb.StreamingQuerier/SearchTagValuesV2",
+        SearchTagValuesRequest {
+            tag_name: "resource.service.name".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(
+        vals.tag_values
+            .iter()
+            .any(|v| v.r#type == "string" && v.value == shop.service),
+        "{vals:?}"
+    );
     server.assert_ready().await;
 }

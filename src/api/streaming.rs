@@ -1,6 +1,6 @@
-//! `tempopb.StreamingQuerier/Search` over gRPC on the HTTP port (h2c), which Grafana's Tempo
-//! datasource uses when streaming is on. Each message carries new traces and cumulative
-//! metrics; messages stay under 1 MiB.
+//! `tempopb.StreamingQuerier` over gRPC on the HTTP port (h2c), which Grafana's Tempo
+//! datasource uses when streaming is on: Search and the four tag methods. Each search
+//! message carries new traces and cumulative metrics; messages stay under 1 MiB.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -12,14 +12,18 @@ use tonic::server::{Grpc, ServerStreamingService};
 use tonic::{Request, Response, Status};
 
 use super::search::{build_request, value_any, SearchParams};
+use super::tags::{self, TagParams};
 use super::tempopb::{
-    SearchMetrics, SearchRequest, SearchResponse, ServiceStats, Span, SpanSet, TraceSearchMetadata,
+    MetadataMetrics, SearchMetrics, SearchRequest, SearchResponse, SearchTagValuesRequest,
+    SearchTagValuesResponse, SearchTagValuesV2Response, SearchTagsRequest, SearchTagsResponse,
+    SearchTagsV2Response, SearchTagsV2Scope, ServiceStats, Span, SpanSet, TagValue,
+    TraceSearchMetadata,
 };
 use super::{tenant_from_header, ApiError, ApiState, TENANT_HEADER};
-use crate::model::KeyValue;
+use crate::model::{KeyValue, TenantId};
 use crate::querier::search::{HitSpanset, SearchResults, TraceHit};
 
-pub(super) const SEARCH_PATH: &str = "/tempopb.StreamingQuerier/Search";
+const SERVICE: &str = "/tempopb.StreamingQuerier/";
 /// Tempo's `max_grpc_streaming_packet_size` default.
 const MAX_PACKET_BYTES: usize = 1 << 20;
 
@@ -38,54 +42,170 @@ impl tower::Service<http::Request<axum::body::Body>> for StreamingQuerier {
     }
 
     fn call(&mut self, req: http::Request<axum::body::Body>) -> Self::Future {
-        let this = self.clone();
+        let state = self.state.clone();
         Box::pin(async move {
-            if req.uri().path() != SEARCH_PATH {
-                return Ok(Status::unimplemented(format!(
-                    "{} is not served: vivace streams Search only",
-                    req.uri().path()
+            let method = req.uri().path().strip_prefix(SERVICE).unwrap_or_default();
+            Ok(match method {
+                "Search" => serve(state, search, req).await,
+                "SearchTags" => serve(state, search_tags, req).await,
+                "SearchTagsV2" => serve(state, search_tags_v2, req).await,
+                "SearchTagValues" => serve(state, search_tag_values, req).await,
+                "SearchTagValuesV2" => serve(state, search_tag_values_v2, req).await,
+                other => Status::unimplemented(format!(
+                    "tempopb.StreamingQuerier/{other} is not served by vivace"
                 ))
-                .into_http());
-            }
-            let mut grpc = Grpc::new(tonic_prost::ProstCodec::default());
-            Ok(grpc.server_streaming(SearchSvc(this.state), req).await)
+                .into_http(),
+            })
         })
     }
 }
 
-struct SearchSvc(ApiState);
+/// One streaming method: computes every message of the answer from the request.
+type Method<Req, Resp> = fn(ApiState, TenantId, Req) -> BoxFuture<Vec<Resp>, ApiError>;
 
-type ResponseStream = Pin<Box<dyn Stream<Item = Result<SearchResponse, Status>> + Send>>;
+async fn serve<Req, Resp>(
+    state: ApiState,
+    method: Method<Req, Resp>,
+    req: http::Request<axum::body::Body>,
+) -> http::Response<tonic::body::Body>
+where
+    Req: prost::Message + Default + Send + 'static,
+    Resp: prost::Message + Send + 'static,
+{
+    let mut grpc = Grpc::new(tonic_prost::ProstCodec::<Resp, Req>::default());
+    grpc.server_streaming(Streamed { state, method }, req).await
+}
 
-impl ServerStreamingService<SearchRequest> for SearchSvc {
-    type Response = SearchResponse;
-    type ResponseStream = ResponseStream;
+struct Streamed<Req, Resp> {
+    state: ApiState,
+    method: Method<Req, Resp>,
+}
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+impl<Req: Send + 'static, Resp: Send + 'static> ServerStreamingService<Req>
+    for Streamed<Req, Resp>
+{
+    type Response = Resp;
+    type ResponseStream = ResponseStream<Resp>;
     type Future = BoxFuture<Response<Self::ResponseStream>, Status>;
 
-    fn call(&mut self, request: Request<SearchRequest>) -> Self::Future {
-        let state = self.0.clone();
+    fn call(&mut self, request: Request<Req>) -> Self::Future {
+        let state = self.state.clone();
+        let method = self.method;
         Box::pin(async move {
+            // Datasource headers (X-Scope-OrgID) arrive as gRPC metadata.
             let header = request
                 .metadata()
                 .get(TENANT_HEADER.to_ascii_lowercase().as_str())
                 .and_then(|v| http::HeaderValue::from_bytes(v.as_bytes()).ok());
             let tenant = tenant_from_header(state.multitenancy, header.as_ref()).map_err(status)?;
-            let params = SearchParams::from_proto(request.get_ref());
-            let req = build_request(&params).map_err(status)?;
-            let frontend = state
-                .frontend
-                .as_ref()
-                .ok_or_else(|| Status::unavailable("this process runs no query frontend"))?;
-            let results = frontend
-                .search(&tenant, &req)
+            let messages = method(state, tenant, request.into_inner())
                 .await
-                .map_err(|e| Status::internal(e.to_string()))?;
-            let messages = packets(&results);
-            let stream: ResponseStream =
+                .map_err(status)?;
+            let stream: ResponseStream<Resp> =
                 Box::pin(futures::stream::iter(messages.into_iter().map(Ok)));
             Ok(Response::new(stream))
         })
     }
+}
+
+fn search(
+    state: ApiState,
+    tenant: TenantId,
+    req: SearchRequest,
+) -> BoxFuture<Vec<SearchResponse>, ApiError> {
+    Box::pin(async move {
+        let params = SearchParams::from_proto(&req);
+        let req = build_request(&params)?;
+        let frontend = state
+            .frontend
+            .as_ref()
+            .ok_or_else(|| ApiError::Unavailable("this process runs no query frontend".into()))?;
+        let results = frontend.search(&tenant, &req).await?;
+        Ok(packets(&results))
+    })
+}
+
+fn tag_params(scope: &str, query: &str, start: u32, end: u32, limit: u32) -> TagParams {
+    let nonzero = |v: u32| (v > 0).then(|| v.to_string());
+    let text = |v: &str| Some(v.to_owned()).filter(|v| !v.is_empty());
+    TagParams {
+        scope: text(scope),
+        q: text(query),
+        start: nonzero(start),
+        end: nonzero(end),
+        limit: nonzero(limit),
+    }
+}
+
+fn search_tags(
+    state: ApiState,
+    tenant: TenantId,
+    r: SearchTagsRequest,
+) -> BoxFuture<Vec<SearchTagsResponse>, ApiError> {
+    Box::pin(async move {
+        let p = tag_params(&r.scope, &r.query, r.start, r.end, r.max_tags_per_scope);
+        Ok(vec![SearchTagsResponse {
+            tag_names: tags::names_v1(&state, &tenant, &p).await?,
+            metrics: Some(MetadataMetrics::default()),
+        }])
+    })
+}
+
+fn search_tags_v2(
+    state: ApiState,
+    tenant: TenantId,
+    r: SearchTagsRequest,
+) -> BoxFuture<Vec<SearchTagsV2Response>, ApiError> {
+    Box::pin(async move {
+        let p = tag_params(&r.scope, &r.query, r.start, r.end, r.max_tags_per_scope);
+        let scopes = tags::names_v2(&state, &tenant, &p)
+            .await?
+            .into_iter()
+            .map(|(name, tags)| SearchTagsV2Scope { name, tags })
+            .collect();
+        Ok(vec![SearchTagsV2Response {
+            scopes,
+            metrics: Some(MetadataMetrics::default()),
+        }])
+    })
+}
+
+fn search_tag_values(
+    state: ApiState,
+    tenant: TenantId,
+    r: SearchTagValuesRequest,
+) -> BoxFuture<Vec<SearchTagValuesResponse>, ApiError> {
+    Box::pin(async move {
+        let p = tag_params("", &r.query, r.start, r.end, r.max_tag_values);
+        Ok(vec![SearchTagValuesResponse {
+            tag_values: tags::values_v1(&state, &tenant, &r.tag_name, &p).await?,
+            metrics: Some(MetadataMetrics::default()),
+        }])
+    })
+}
+
+fn search_tag_values_v2(
+    state: ApiState,
+    tenant: TenantId,
+    r: SearchTagValuesRequest,
+) -> BoxFuture<Vec<SearchTagValuesV2Response>, ApiError> {
+    Box::pin(async move {
+        let p = tag_params("", &r.query, r.start, r.end, r.max_tag_values);
+        let tag_values = tags::values_v2(&state, &tenant, &r.tag_name, &p)
+            .await?
+            .into_iter()
+            .map(|v| TagValue {
+                r#type: v.kind.to_owned(),
+                value: v.value,
+            })
+            .collect();
+        Ok(vec![SearchTagValuesV2Response {
+            tag_values,
+            metrics: Some(MetadataMetrics::default()),
+        }])
+    })
 }
 
 fn status(e: ApiError) -> Status {

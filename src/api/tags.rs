@@ -1,5 +1,6 @@
 //! Tag discovery endpoints, v1 and v2, as Grafana's autocomplete calls them.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query as QueryParams, State};
@@ -9,7 +10,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{tenant, ApiError, ApiState};
-use crate::querier::tags::{TagNames, TagTarget, TagsRequest, ATTRIBUTE_SCOPES, INTRINSIC_TAGS};
+use crate::model::TenantId;
+use crate::querier::tags::{TagTarget, TagValue, TagsRequest, ATTRIBUTE_SCOPES, INTRINSIC_TAGS};
 use crate::querier::TimeRange;
 use crate::traceql::{self, FieldExpr, Query, Scope, SpansetExpr, Stage};
 
@@ -20,11 +22,11 @@ const MAX_RESPONSE_BYTES: usize = 1 << 20;
 
 #[derive(Deserialize, Default)]
 pub(super) struct TagParams {
-    scope: Option<String>,
-    q: Option<String>,
-    start: Option<String>,
-    end: Option<String>,
-    limit: Option<String>,
+    pub(super) scope: Option<String>,
+    pub(super) q: Option<String>,
+    pub(super) start: Option<String>,
+    pub(super) end: Option<String>,
+    pub(super) limit: Option<String>,
 }
 
 fn request(p: &TagParams) -> Result<TagsRequest, ApiError> {
@@ -101,26 +103,16 @@ fn capped<'a>(items: impl IntoIterator<Item = &'a String>, used: &mut usize) -> 
     out
 }
 
-/// What both tag-name endpoints do before shaping their answer.
-async fn tag_names(
+/// Tag names as v1 lists them: one flat, sorted list (all scopes, or the one asked for).
+pub(super) async fn names_v1(
     s: &ApiState,
+    tenant: &TenantId,
     p: &TagParams,
-    headers: &HeaderMap,
-) -> Result<(Option<&'static str>, TagsRequest, TagNames), ApiError> {
-    let tenant = tenant(s, headers)?;
+) -> Result<Vec<String>, ApiError> {
     let scope = parse_scope(p.scope.as_deref())?;
     let req = request(p)?;
-    let names = frontend(s)?.tag_names(&tenant, &req).await?;
-    Ok((scope, req, names))
-}
-
-pub(super) async fn tags_v1(
-    State(s): State<ApiState>,
-    QueryParams(p): QueryParams<TagParams>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let (scope, req, names) = tag_names(&s, &p, &headers).await?;
-    let mut all: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    let names = frontend(s)?.tag_names(tenant, &req).await?;
+    let mut all: BTreeSet<String> = BTreeSet::new();
     match scope {
         Some("intrinsic") => all.extend(INTRINSIC_TAGS.iter().map(|s| s.to_string())),
         Some(sc) => all.extend(names.0.get(sc).cloned().unwrap_or_default()),
@@ -131,16 +123,22 @@ pub(super) async fn tags_v1(
         }
     }
     let mut used = 0;
-    let list = capped(all.iter().take(req.limit), &mut used);
-    Ok(axum::Json(json!({ "tagNames": list, "metrics": {} })).into_response())
+    Ok(capped(all.iter().take(req.limit), &mut used)
+        .into_iter()
+        .cloned()
+        .collect())
 }
 
-pub(super) async fn tags_v2(
-    State(s): State<ApiState>,
-    QueryParams(p): QueryParams<TagParams>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let (scope, req, names) = tag_names(&s, &p, &headers).await?;
+/// Tag names per scope as v2 lists them; scopes without tags are left out (Grafana's
+/// datasource expects every listed scope to carry a list), intrinsics always come last.
+pub(super) async fn names_v2(
+    s: &ApiState,
+    tenant: &TenantId,
+    p: &TagParams,
+) -> Result<Vec<(String, Vec<String>)>, ApiError> {
+    let scope = parse_scope(p.scope.as_deref())?;
+    let req = request(p)?;
+    let names = frontend(s)?.tag_names(tenant, &req).await?;
     let mut scopes = Vec::new();
     let mut used = 0;
     for sc in ATTRIBUTE_SCOPES {
@@ -149,12 +147,84 @@ pub(super) async fn tags_v2(
         }
         if let Some(set) = names.0.get(sc) {
             let tags = capped(set.iter().take(req.limit), &mut used);
-            scopes.push(json!({ "name": sc, "tags": tags }));
+            scopes.push((sc.to_owned(), tags.into_iter().cloned().collect()));
         }
     }
     if scope.is_none() || scope == Some("intrinsic") {
-        scopes.push(json!({ "name": "intrinsic", "tags": INTRINSIC_TAGS }));
+        scopes.push((
+            "intrinsic".to_owned(),
+            INTRINSIC_TAGS.iter().map(|t| t.to_string()).collect(),
+        ));
     }
+    Ok(scopes)
+}
+
+/// v1 values: plain strings of a bare attribute name (span or resource), or of an
+/// intrinsic by its legacy name.
+pub(super) async fn values_v1(
+    s: &ApiState,
+    tenant: &TenantId,
+    tag: &str,
+    p: &TagParams,
+) -> Result<Vec<String>, ApiError> {
+    let req = request(p)?;
+    let target = match parse_identifier(tag) {
+        Ok(t @ TagTarget::Intrinsic(_)) => t,
+        _ => TagTarget::Attribute {
+            scope: Scope::Unscoped,
+            name: tag.to_owned(),
+        },
+    };
+    let values = frontend(s)?.tag_values(tenant, target, &req).await?;
+    let strings: BTreeSet<String> = values.into_iter().map(|v| v.value).collect();
+    let mut used = 0;
+    Ok(capped(strings.iter(), &mut used)
+        .into_iter()
+        .cloned()
+        .collect())
+}
+
+/// v2 values: typed, of a TraceQL identifier.
+pub(super) async fn values_v2(
+    s: &ApiState,
+    tenant: &TenantId,
+    tag: &str,
+    p: &TagParams,
+) -> Result<Vec<TagValue>, ApiError> {
+    let req = request(p)?;
+    let target = parse_identifier(tag)?;
+    let values = frontend(s)?.tag_values(tenant, target, &req).await?;
+    let mut used = 0;
+    let mut list = Vec::new();
+    for v in values {
+        used += v.value.len() + v.kind.len() + 24;
+        if used > MAX_RESPONSE_BYTES {
+            break;
+        }
+        list.push(v);
+    }
+    Ok(list)
+}
+
+pub(super) async fn tags_v1(
+    State(s): State<ApiState>,
+    QueryParams(p): QueryParams<TagParams>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let names = names_v1(&s, &tenant(&s, &headers)?, &p).await?;
+    Ok(axum::Json(json!({ "tagNames": names, "metrics": {} })).into_response())
+}
+
+pub(super) async fn tags_v2(
+    State(s): State<ApiState>,
+    QueryParams(p): QueryParams<TagParams>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let scopes: Vec<_> = names_v2(&s, &tenant(&s, &headers)?, &p)
+        .await?
+        .into_iter()
+        .map(|(name, tags)| json!({ "name": name, "tags": tags }))
+        .collect();
     Ok(axum::Json(json!({ "scopes": scopes, "metrics": {} })).into_response())
 }
 
@@ -206,22 +276,8 @@ pub(super) async fn tag_values_v1(
     QueryParams(p): QueryParams<TagParams>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let tenant = tenant(&s, &headers)?;
-    let req = request(&p)?;
-    let tag = decode_tag(&tag);
-    // v1 names a bare attribute (span or resource), or an intrinsic by its legacy name.
-    let target = match parse_identifier(&tag) {
-        Ok(t @ TagTarget::Intrinsic(_)) => t,
-        _ => TagTarget::Attribute {
-            scope: Scope::Unscoped,
-            name: tag.clone(),
-        },
-    };
-    let values = frontend(&s)?.tag_values(&tenant, target, &req).await?;
-    let strings: std::collections::BTreeSet<String> = values.into_iter().map(|v| v.value).collect();
-    let mut used = 0;
-    let list = capped(strings.iter(), &mut used);
-    Ok(axum::Json(json!({ "tagValues": list, "metrics": {} })).into_response())
+    let values = values_v1(&s, &tenant(&s, &headers)?, &decode_tag(&tag), &p).await?;
+    Ok(axum::Json(json!({ "tagValues": values, "metrics": {} })).into_response())
 }
 
 pub(super) async fn tag_values_v2(
@@ -230,20 +286,12 @@ pub(super) async fn tag_values_v2(
     QueryParams(p): QueryParams<TagParams>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let tenant = tenant(&s, &headers)?;
-    let req = request(&p)?;
-    let target = parse_identifier(&decode_tag(&tag))?;
-    let values = frontend(&s)?.tag_values(&tenant, target, &req).await?;
-    let mut used = 0;
-    let mut list = Vec::new();
-    for v in &values {
-        used += v.value.len() + v.kind.len() + 24;
-        if used > MAX_RESPONSE_BYTES {
-            break;
-        }
-        list.push(json!({ "type": v.kind, "value": v.value }));
-    }
-    Ok(axum::Json(json!({ "tagValues": list, "metrics": {} })).into_response())
+    let values: Vec<_> = values_v2(&s, &tenant(&s, &headers)?, &decode_tag(&tag), &p)
+        .await?
+        .into_iter()
+        .map(|v| json!({ "type": v.kind, "value": v.value }))
+        .collect();
+    Ok(axum::Json(json!({ "tagValues": values, "metrics": {} })).into_response())
 }
 
 #[cfg(test)]
