@@ -5,12 +5,15 @@ use std::sync::Arc;
 use axum::extract::{Query as QueryParams, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use serde_json::{json, Map, Value as Json};
+use serde::ser::{SerializeMap, SerializeStruct};
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::{json, Value as Json};
 
 use super::{tenant, ApiError, ApiState};
 use crate::model::{AnyValue, ArrayValue};
-use crate::querier::search::{HitSpanset, SearchRequest, SearchResults, TraceHit};
+use crate::querier::search::{
+    HitSpan, HitSpanset, SearchRequest, SearchResults, ServiceStats, TraceHit,
+};
 use crate::querier::TimeRange;
 use crate::traceql::{self, Value};
 
@@ -210,101 +213,140 @@ pub(super) async fn search(
         .as_ref()
         .ok_or_else(|| ApiError::Unavailable("this process runs no query frontend".into()))?;
     let results = frontend.search(&tenant, &req).await?;
-    Ok(axum::Json(response_json(&results)).into_response())
+    Ok(axum::Json(ResponseJson(&results)).into_response())
 }
 
-pub(super) fn response_json(r: &SearchResults) -> Json {
-    let traces: Vec<Json> = r.traces.iter().map(trace_json).collect();
-    let m = &r.metrics;
-    json!({
-        "traces": traces,
-        "metrics": {
-            "inspectedTraces": m.inspected_traces,
-            "inspectedBytes": m.inspected_bytes.to_string(),
-            "inspectedSpans": m.inspected_spans.to_string(),
-            "totalBlocks": m.total_blocks,
-            "completedJobs": m.completed_jobs,
-            "totalJobs": m.total_jobs,
-        }
-    })
-}
+/// The whole search response, serialised straight from the results: no intermediate JSON
+/// tree, and `spanSet` written from the same data as `spanSets[0]` rather than cloned.
+pub(super) struct ResponseJson<'a>(pub(super) &'a SearchResults);
 
-fn trace_json(t: &TraceHit) -> Json {
-    let mut m = Map::new();
-    // Always 32 hex characters: log links depend on the leading zeros.
-    m.insert("traceID".into(), t.id.to_hex().into());
-    m.insert(
-        "rootServiceName".into(),
-        t.root_service_name
-            .as_deref()
-            .unwrap_or(ROOT_NOT_RECEIVED)
-            .into(),
-    );
-    if let Some(n) = &t.root_span_name {
-        m.insert("rootTraceName".into(), n.as_str().into());
-    }
-    m.insert(
-        "startTimeUnixNano".into(),
-        t.start_unix_nano.to_string().into(),
-    );
-    let ms = (t.end_unix_nano.saturating_sub(t.start_unix_nano)) / 1_000_000;
-    if ms > 0 {
-        m.insert("durationMs".into(), ms.into());
-    }
-    let sets: Vec<Json> = t.spansets.iter().map(spanset_json).collect();
-    if let Some(first) = sets.first() {
-        m.insert("spanSet".into(), first.clone());
-    }
-    m.insert("spanSets".into(), sets.into());
-    let mut stats = Map::new();
-    for (svc, st) in &t.service_stats {
-        let mut o = Map::new();
-        o.insert("spanCount".into(), st.span_count.into());
-        if st.error_count > 0 {
-            o.insert("errorCount".into(), st.error_count.into());
-        }
-        stats.insert(svc.clone(), o.into());
-    }
-    m.insert("serviceStats".into(), stats.into());
-    m.into()
-}
-
-fn spanset_json(s: &HitSpanset) -> Json {
-    let spans: Vec<Json> = s
-        .spans
-        .iter()
-        .map(|sp| {
-            let mut m = Map::new();
-            m.insert("spanID".into(), hex::encode(&sp.span_id).into());
-            if !sp.name.is_empty() {
-                m.insert("name".into(), sp.name.as_str().into());
+impl Serialize for ResponseJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        struct Traces<'a>(&'a [TraceHit]);
+        impl Serialize for Traces<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_seq(self.0.iter().map(TraceOut))
             }
-            m.insert(
-                "startTimeUnixNano".into(),
-                sp.start_unix_nano.to_string().into(),
-            );
-            m.insert("durationNanos".into(), sp.duration_nanos.to_string().into());
-            if !sp.attributes.is_empty() {
-                m.insert("attributes".into(), attrs_json(&sp.attributes));
-            }
-            m.into()
-        })
-        .collect();
-    let mut m = Map::new();
-    m.insert("spans".into(), spans.into());
-    m.insert("matched".into(), s.matched.into());
-    if !s.attributes.is_empty() {
-        m.insert("attributes".into(), attrs_json(&s.attributes));
+        }
+        let m = &self.0.metrics;
+        let mut o = s.serialize_struct("SearchResponse", 2)?;
+        o.serialize_field("traces", &Traces(&self.0.traces))?;
+        o.serialize_field(
+            "metrics",
+            &json!({
+                "inspectedTraces": m.inspected_traces,
+                "inspectedBytes": m.inspected_bytes.to_string(),
+                "inspectedSpans": m.inspected_spans.to_string(),
+                "totalBlocks": m.total_blocks,
+                "completedJobs": m.completed_jobs,
+                "totalJobs": m.total_jobs,
+            }),
+        )?;
+        o.end()
     }
-    m.into()
 }
 
-fn attrs_json(attrs: &[(String, Value)]) -> Json {
-    attrs
-        .iter()
-        .map(|(k, v)| json!({ "key": k, "value": value_json(v) }))
-        .collect::<Vec<_>>()
-        .into()
+struct TraceOut<'a>(&'a TraceHit);
+
+impl Serialize for TraceOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        struct Sets<'a>(&'a [HitSpanset]);
+        impl Serialize for Sets<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_seq(self.0.iter().map(SpansetOut))
+            }
+        }
+        struct Stats<'a>(&'a std::collections::BTreeMap<String, ServiceStats>);
+        impl Serialize for Stats<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut m = s.serialize_map(Some(self.0.len()))?;
+                for (svc, st) in self.0 {
+                    // jsonpb leaves out zero values.
+                    let v = if st.error_count > 0 {
+                        json!({ "spanCount": st.span_count, "errorCount": st.error_count })
+                    } else {
+                        json!({ "spanCount": st.span_count })
+                    };
+                    m.serialize_entry(svc, &v)?;
+                }
+                m.end()
+            }
+        }
+        let t = self.0;
+        let mut o = s.serialize_map(None)?;
+        // Always 32 hex characters: log links depend on the leading zeros.
+        o.serialize_entry("traceID", &t.id.to_hex())?;
+        o.serialize_entry(
+            "rootServiceName",
+            t.root_service_name.as_deref().unwrap_or(ROOT_NOT_RECEIVED),
+        )?;
+        if let Some(n) = &t.root_span_name {
+            o.serialize_entry("rootTraceName", n)?;
+        }
+        o.serialize_entry("startTimeUnixNano", &t.start_unix_nano.to_string())?;
+        let ms = (t.end_unix_nano.saturating_sub(t.start_unix_nano)) / 1_000_000;
+        if ms > 0 {
+            o.serialize_entry("durationMs", &ms)?;
+        }
+        if let Some(first) = t.spansets.first() {
+            o.serialize_entry("spanSet", &SpansetOut(first))?;
+        }
+        o.serialize_entry("spanSets", &Sets(&t.spansets))?;
+        o.serialize_entry("serviceStats", &Stats(&t.service_stats))?;
+        o.end()
+    }
+}
+
+struct SpansetOut<'a>(&'a HitSpanset);
+
+impl Serialize for SpansetOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        struct Spans<'a>(&'a [HitSpan]);
+        impl Serialize for Spans<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_seq(self.0.iter().map(SpanOut))
+            }
+        }
+        let set = self.0;
+        let mut o = s.serialize_map(None)?;
+        o.serialize_entry("spans", &Spans(&set.spans))?;
+        o.serialize_entry("matched", &set.matched)?;
+        if !set.attributes.is_empty() {
+            o.serialize_entry("attributes", &AttrsOut(&set.attributes))?;
+        }
+        o.end()
+    }
+}
+
+struct SpanOut<'a>(&'a HitSpan);
+
+impl Serialize for SpanOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let sp = self.0;
+        let mut o = s.serialize_map(None)?;
+        o.serialize_entry("spanID", &hex::encode(&sp.span_id))?;
+        if !sp.name.is_empty() {
+            o.serialize_entry("name", &sp.name)?;
+        }
+        o.serialize_entry("startTimeUnixNano", &sp.start_unix_nano.to_string())?;
+        o.serialize_entry("durationNanos", &sp.duration_nanos.to_string())?;
+        if !sp.attributes.is_empty() {
+            o.serialize_entry("attributes", &AttrsOut(&sp.attributes))?;
+        }
+        o.end()
+    }
+}
+
+struct AttrsOut<'a>(&'a [(String, Value)]);
+
+impl Serialize for AttrsOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(
+            self.0
+                .iter()
+                .map(|(k, v)| json!({ "key": k, "value": value_json(v) })),
+        )
+    }
 }
 
 pub(super) fn value_json(v: &Value) -> Json {
