@@ -508,3 +508,65 @@ async fn streaming_search_over_grpc_on_the_http_port() {
     );
     server.assert_ready().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tag_values_from_block_summaries_with_truncation_fallback() {
+    use crate::ingest::{pb_kv, pb_request, pb_span, pb_str};
+    let server = Server::start_with(Opts::fast_flush()).await;
+    // More distinct values than a block summary keeps (1000), plus a low-cardinality tag.
+    let tid = rand_trace_id();
+    let spans: Vec<_> = (0..1005)
+        .map(|i| {
+            let mut s = pb_span(&tid, &rand_span_id(), "op", now_nanos() - 1_000_000);
+            s.attributes = vec![
+                pb_kv("req.id", pb_str(&format!("r{i:05}"))),
+                pb_kv("env", pb_str("prod")),
+            ];
+            s
+        })
+        .collect();
+    let (code, body) = server
+        .post_otlp(
+            prost::Message::encode_to_vec(&pb_request("summary-svc", spans)),
+            &[("content-type", "application/x-protobuf")],
+        )
+        .await;
+    assert_eq!(code, 200, "{body:?}");
+    server.wait_blocks_flushed(1, FLUSH_TIMEOUT).await;
+    let deadline = Instant::now() + FLUSH_TIMEOUT;
+    while server.metric("vivace_ingester_live_traces").await != Some(0.0) {
+        assert!(Instant::now() < deadline, "trace never left memory");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let meta = &server.block_metas()[0];
+    assert!(
+        meta.with_file_name("tags.json").exists(),
+        "no tag summary beside {meta:?}"
+    );
+
+    let values = |body: String| -> Vec<String> {
+        let v: J = serde_json::from_str(&body).unwrap();
+        v["tagValues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["value"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (code, body) = server.get("/api/v2/search/tag/span.env/values").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(values(body), vec!["prod"]);
+    // Truncated in the summary: the block is scanned, so every value is still there.
+    let (code, body) = server
+        .get("/api/v2/search/tag/span.req.id/values?limit=5000")
+        .await;
+    assert_eq!(code, 200);
+    let ids = values(body);
+    assert_eq!(ids.len(), 1005, "first {:?}", &ids[..ids.len().min(3)]);
+    let (_, body) = server.get("/api/v2/search/tags?scope=span").await;
+    assert!(body.contains("req.id") && body.contains("env"), "{body}");
+    let (_, body) = server
+        .get("/api/v2/search/tag/resource.service.name/values")
+        .await;
+    assert!(body.contains("summary-svc"), "{body}");
+}

@@ -19,6 +19,7 @@ mod schema;
 pub mod search;
 #[doc(hidden)]
 pub mod synth;
+mod tags;
 mod writer;
 
 #[cfg(test)]
@@ -41,6 +42,7 @@ pub use search::{
     decode_row_group, merge_columns, ColumnarBlock, ColumnarTrace, Phase, RowGroupRead,
     SearchColumns,
 };
+pub use tags::{tags_key, TagSummary, TagValues, MAX_VALUES_PER_TAG, TAGS_FILE};
 pub use writer::{compute_nested_set, encode_block, encode_block_sorted, NestedSet};
 
 pub const META_FILE: &str = "meta.json";

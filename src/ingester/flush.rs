@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::{Cut, Flushing, Ingester};
 use crate::backend::BackendError;
-use crate::block::{self, BlockError, BlockMeta, EncodedBlock, TraceInput};
+use crate::block::{self, BlockError, BlockMeta, EncodedBlock, TagSummary, TraceInput};
 use crate::model::{combine, TenantId};
 
 /// Called with the meta of every block the ingester commits, so queriers in this process
@@ -134,23 +134,29 @@ impl Ingester {
             let traces = taken.get(&t);
             let mut ids: Vec<_> = traces.into_iter().flat_map(|m| m.keys()).collect();
             ids.sort_unstable();
+            // The tag summary is collected from the same decoded traces, in one pass.
+            let mut tags = TagSummary::default();
             let inputs = ids.into_iter().filter_map(|id| {
                 let data = traces?.get(id)?;
                 Some(
                     data.decode()
-                        .map(|batches| TraceInput {
-                            id: *id,
-                            batches: combine(batches),
+                        .map(|batches| {
+                            let batches = combine(batches);
+                            tags.add_trace(&batches);
+                            TraceInput { id: *id, batches }
                         })
                         .map_err(|e| BlockError::Input(format!("trace {id}: {e}"))),
                 )
             });
-            block::encode_block_sorted(&t, Uuid::new_v4(), 0, inputs, &cfg)
+            let encoded = block::encode_block_sorted(&t, Uuid::new_v4(), 0, inputs, &cfg)?;
+            Ok::<_, BlockError>((encoded, tags))
         })
         .await??;
+        let (encoded, tags) = encoded;
+        let tags = bytes::Bytes::from(tags.to_bytes());
         let mut backoff = Duration::from_millis(200);
         loop {
-            match self.upload(tenant, &encoded).await {
+            match self.upload(tenant, &encoded, &tags).await {
                 Ok(()) => break,
                 Err(e) => {
                     self.metrics.flush_failures.inc();
@@ -161,9 +167,7 @@ impl Ingester {
             }
         }
         self.metrics.blocks_flushed.inc();
-        self.metrics
-            .traces_flushed
-            .add(encoded.meta.total_objects as u64);
+        self.metrics.traces_flushed.add(encoded.meta.total_objects);
         info!(
             tenant = %tenant,
             block = %encoded.meta.block_id,
@@ -175,10 +179,16 @@ impl Ingester {
         Ok(encoded.meta)
     }
 
-    async fn upload(&self, tenant: &TenantId, b: &EncodedBlock) -> Result<(), FlushError> {
+    async fn upload(
+        &self,
+        tenant: &TenantId,
+        b: &EncodedBlock,
+        tags: &bytes::Bytes,
+    ) -> Result<(), FlushError> {
         let id = b.meta.block_id;
-        let mut puts = Vec::with_capacity(b.blooms.len() + 2);
+        let mut puts = Vec::with_capacity(b.blooms.len() + 3);
         puts.push((block::data_key(tenant, id), b.data.clone()));
+        puts.push((block::tags_key(tenant, id), tags.clone()));
         puts.push((block::index_key(tenant, id), b.index.clone()));
         for (i, bloom) in b.blooms.iter().enumerate() {
             puts.push((block::bloom_key(tenant, id, i as u32), bloom.clone()));

@@ -24,7 +24,7 @@ pub use blocklist::BlockList;
 use cache::Cache;
 
 use crate::backend::{Backend, BackendError};
-use crate::block::{self, BlockError, BlockMeta, BloomShard, RowGroupIndex};
+use crate::block::{self, BlockError, BlockMeta, BloomShard, RowGroupIndex, TagSummary};
 use crate::ingester::Ingester;
 use crate::metrics::Metrics;
 use crate::model::{ResourceSpans, TenantId, TraceId};
@@ -71,6 +71,7 @@ pub struct Querier {
     blooms: Cache<(Uuid, u32), BloomShard>,
     indexes: Cache<Uuid, RowGroupIndex>,
     footers: Cache<Uuid, ParquetMetaData>,
+    tag_summaries: Cache<Uuid, TagSummary>,
 }
 
 impl Querier {
@@ -90,6 +91,7 @@ impl Querier {
             blooms: Cache::new(16_384),
             indexes: Cache::new(4_096),
             footers: Cache::new(1_024),
+            tag_summaries: Cache::new(4_096),
         }
     }
 
@@ -108,12 +110,7 @@ impl Querier {
         if let Some(ing) = &self.ingester {
             found.batches.extend(ing.find_trace(tenant, id));
         }
-        let blocks: Vec<Arc<BlockMeta>> = self
-            .blocklist
-            .blocks(tenant)
-            .into_iter()
-            .filter(|m| range.is_none_or(|r| r.overlaps_nanos(m.start_time, m.end_time)))
-            .collect();
+        let blocks = self.blocks_in_range(tenant, range);
         found.blocks_searched = blocks.len();
         let mut results = stream::iter(blocks)
             .map(|meta| async move { self.find_in_block(tenant, &meta, id).await })

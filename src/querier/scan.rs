@@ -1,6 +1,7 @@
 //! Visiting every trace of a tenant that may overlap a time range: the ingester's memory and
 //! each block, one blocking task per source so decoding and evaluation stay off the async
-//! executor. Search and tag discovery are visitors over this.
+//! executor. Tag discovery (for blocks without a usable tag summary) is a visitor over this;
+//! search reads blocks through the columnar path instead.
 
 use std::sync::Arc;
 
@@ -22,10 +23,24 @@ pub(crate) struct Scan<T> {
 }
 
 impl Querier {
-    pub(crate) async fn scan<T, F>(
+    /// The blocks of a tenant that may hold spans in `range`.
+    pub(crate) fn blocks_in_range(
         &self,
         tenant: &TenantId,
         range: Option<TimeRange>,
+    ) -> Vec<Arc<BlockMeta>> {
+        self.blocklist
+            .blocks(tenant)
+            .into_iter()
+            .filter(|m| range.is_none_or(|r| r.overlaps_nanos(m.start_time, m.end_time)))
+            .collect()
+    }
+
+    /// Visits the ingester's memory and the given blocks.
+    pub(crate) async fn scan_sources<T, F>(
+        &self,
+        tenant: &TenantId,
+        blocks: Vec<Arc<BlockMeta>>,
         visit: F,
     ) -> Result<Scan<T>, QueryError>
     where
@@ -37,12 +52,6 @@ impl Querier {
         if let Some(r) = self.scan_memory(tenant, visit.clone()).await? {
             sources.push(r);
         }
-        let blocks: Vec<Arc<BlockMeta>> = self
-            .blocklist
-            .blocks(tenant)
-            .into_iter()
-            .filter(|m| range.is_none_or(|r| r.overlaps_nanos(m.start_time, m.end_time)))
-            .collect();
         let mut results = stream::iter(blocks)
             .map(|meta| self.scan_block(tenant, meta, visit.clone()))
             .buffer_unordered(self.concurrent_blocks);

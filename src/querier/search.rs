@@ -115,15 +115,7 @@ impl Querier {
             block::SearchColumns::for_query(&req.query)
                 .map_err(|e| QueryError::Task(format!("planning search columns: {e}")))?,
         );
-        let mut blocks: Vec<Arc<BlockMeta>> = self
-            .blocklist
-            .blocks(tenant)
-            .into_iter()
-            .filter(|m| {
-                req.range
-                    .is_none_or(|r| r.overlaps_nanos(m.start_time, m.end_time))
-            })
-            .collect();
+        let mut blocks = self.blocks_in_range(tenant, req.range);
         blocks.sort_by(|a, b| {
             b.end_time
                 .cmp(&a.end_time)

@@ -4,7 +4,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
+use futures::stream::{self, StreamExt};
+
 use super::{Querier, QueryError, TimeRange};
+use crate::backend::BackendError;
+use crate::block::{self, BlockMeta, TagSummary};
 use crate::model::{any_value, span, status, AnyValue, KeyValue, ResourceSpans, Span, TenantId};
 use crate::traceql::engine;
 use crate::traceql::otlp::OtlpTrace;
@@ -68,8 +72,9 @@ impl Querier {
     ) -> Result<TagNames, QueryError> {
         let filter = req.filter.clone();
         let limit = req.limit;
+        let (summaries, to_scan) = self.summaries_for(tenant, req).await?;
         let scan = self
-            .scan(tenant, req.range, move |_, batches, acc: &mut TagNames| {
+            .scan_sources(tenant, to_scan, move |_, batches, acc: &mut TagNames| {
                 let keep = matching_spans(filter.as_deref(), batches);
                 for rs in batches {
                     let mut any = false;
@@ -112,7 +117,74 @@ impl Querier {
                 }
             }
         }
+        for (_, summary) in &summaries {
+            for scope in ATTRIBUTE_SCOPES {
+                if let Some(names) = summary.scopes.get(scope) {
+                    let set = out.0.entry(scope).or_default();
+                    for n in names.keys() {
+                        if set.len() >= limit {
+                            break;
+                        }
+                        if !set.contains(n) {
+                            set.insert(n.clone());
+                        }
+                    }
+                }
+            }
+        }
         Ok(out)
+    }
+
+    /// Splits the blocks a tag request covers into those whose `tags.json` answers it and
+    /// those that must be scanned (a filter needs spans; old blocks have no summary).
+    async fn summaries_for(
+        &self,
+        tenant: &TenantId,
+        req: &TagsRequest,
+    ) -> Result<SummarySplit, QueryError> {
+        let blocks = self.blocks_in_range(tenant, req.range);
+        if req.filter.is_some() {
+            return Ok((Vec::new(), blocks));
+        }
+        let mut summaries = Vec::new();
+        let mut to_scan = Vec::new();
+        let mut fetched = stream::iter(blocks)
+            .map(|meta| async move {
+                let s = self.tag_summary(tenant, &meta).await;
+                (meta, s)
+            })
+            .buffer_unordered(self.concurrent_blocks);
+        while let Some((meta, s)) = fetched.next().await {
+            match s? {
+                Some(s) => summaries.push((meta, s)),
+                None => to_scan.push(meta),
+            }
+        }
+        Ok((summaries, to_scan))
+    }
+
+    /// A block's tag summary, cached; `None` when the block has none.
+    async fn tag_summary(
+        &self,
+        tenant: &TenantId,
+        meta: &BlockMeta,
+    ) -> Result<Option<Arc<TagSummary>>, QueryError> {
+        let bid = meta.block_id;
+        if let Some(s) = self.tag_summaries.get(&bid) {
+            return Ok(Some(s));
+        }
+        match self.backend.get(&block::tags_key(tenant, bid)).await {
+            Ok(bytes) => {
+                let s = Arc::new(
+                    TagSummary::from_bytes(&bytes)
+                        .map_err(|source| QueryError::Block { block: bid, source })?,
+                );
+                self.tag_summaries.insert(bid, s.clone());
+                Ok(Some(s))
+            }
+            Err(BackendError::NotFound(_)) => Ok(None),
+            Err(source) => Err(QueryError::Backend { block: bid, source }),
+        }
     }
 
     pub async fn tag_values(
@@ -123,17 +195,24 @@ impl Querier {
     ) -> Result<BTreeSet<TagValue>, QueryError> {
         let filter = req.filter.clone();
         let limit = req.limit;
+        let (summaries, mut to_scan) = self.summaries_for(tenant, req).await?;
+        let mut out = BTreeSet::new();
+        for (meta, summary) in summaries {
+            // A summary that dropped values of this tag cannot answer: scan that block.
+            if !summary_values(&summary, &target, &mut out, limit) {
+                to_scan.push(meta);
+            }
+        }
         let scan = self
-            .scan(
+            .scan_sources(
                 tenant,
-                req.range,
+                to_scan,
                 move |_, batches, acc: &mut BTreeSet<TagValue>| {
                     let keep = matching_spans(filter.as_deref(), batches);
                     collect_values(&target, batches, &keep, acc, limit);
                 },
             )
             .await?;
-        let mut out = BTreeSet::new();
         for s in scan.sources {
             for v in s.value {
                 if out.len() >= limit {
@@ -144,6 +223,75 @@ impl Querier {
         }
         Ok(out)
     }
+}
+
+/// Blocks answered by their summary, and blocks to scan.
+type SummarySplit = (Vec<(Arc<BlockMeta>, Arc<TagSummary>)>, Vec<Arc<BlockMeta>>);
+
+/// Adds a target's values from a block summary; false when the summary cut them short.
+fn summary_values(
+    summary: &TagSummary,
+    target: &TagTarget,
+    out: &mut BTreeSet<TagValue>,
+    limit: usize,
+) -> bool {
+    let places: Vec<(&str, String)> = match target {
+        TagTarget::Attribute { scope, name } => match scope {
+            Scope::Unscoped => vec![("span", name.clone()), ("resource", name.clone())],
+            Scope::Span => vec![("span", name.clone())],
+            Scope::Resource => vec![("resource", name.clone())],
+            Scope::Event => vec![("event", name.clone())],
+            Scope::Link => vec![("link", name.clone())],
+            Scope::Instrumentation => vec![("instrumentation", name.clone())],
+        },
+        TagTarget::Intrinsic(i) => match summary_intrinsic(*i) {
+            Some(n) => vec![("intrinsic", n.to_owned())],
+            // Not summarised (IDs, durations): nothing to offer, as a scan would find.
+            None => return true,
+        },
+    };
+    for (scope, name) in places {
+        let Some(values) = summary.scopes.get(scope).and_then(|m| m.get(&name)) else {
+            continue;
+        };
+        if values.truncated {
+            return false;
+        }
+        for (kind, value) in &values.values {
+            if out.len() >= limit {
+                return true;
+            }
+            let kind = match kind.as_str() {
+                "string" => "string",
+                "int" => "int",
+                "float" => "float",
+                "bool" => "bool",
+                "keyword" => "keyword",
+                _ => continue,
+            };
+            out.insert(TagValue {
+                kind,
+                value: value.clone(),
+            });
+        }
+    }
+    true
+}
+
+/// The summary's name for an intrinsic whose values are worth offering.
+fn summary_intrinsic(i: Intrinsic) -> Option<&'static str> {
+    Some(match i {
+        Intrinsic::Name => "name",
+        Intrinsic::Status => "status",
+        Intrinsic::StatusMessage => "statusMessage",
+        Intrinsic::Kind => "kind",
+        Intrinsic::EventName => "event:name",
+        Intrinsic::InstrumentationName => "instrumentation:name",
+        Intrinsic::InstrumentationVersion => "instrumentation:version",
+        Intrinsic::TraceRootName => "rootName",
+        Intrinsic::TraceRootService => "rootServiceName",
+        _ => return None,
+    })
 }
 
 /// Which spans of a trace count: all of them, or those a filter matched.
