@@ -50,6 +50,10 @@ cpu2=$(cpu)
 cpu3=$(cpu)
 scanned=$(sed 's/.*"inspected_spans":\([0-9]*\).*/\1/' "$DIR/search.json" | awk '{s+=$1*3} END {print s}')
 awk -v a="$cpu2" -v b="$cpu3" -v n="$scanned" 'BEGIN { c = b - a; printf "{\"search_server_cpu_s\":%.2f,\"spans_inspected_per_cpu_s\":%.0f}\n", c, n/c }'
+# Autocomplete: tag names and values, answered from per-block tag summaries.
+for p in /api/v2/search/tags /api/v2/search/tag/resource.service.name/values /api/v2/search/tag/span.http.route/values /api/search/tag/http.route/values; do
+  curl -s -o /dev/null -w "{\"mode\":\"tags\",\"path\":\"$p\",\"seconds\":%{time_total}}\n" "http://127.0.0.1:23200$p"
+done
 awk -v c0="$cpu0" -v c1="$cpu1" -v a="$acked" -v b="$bytes" -v n="$blocks" -v h="$hwm" -v hi="$hwm_ingest" 'BEGIN {
   printf "{\"server_cpu_s_ingest\":%.2f,\"acked_spans_per_cpu_s\":%.0f,\"peak_rss_mib_ingest\":%.0f,\"peak_rss_mib_total\":%.0f,\"blocks\":%d,\"bucket_bytes\":%d,\"bytes_per_span\":%.1f}\n",
     c1-c0, a/(c1-c0), hi/1024, h/1024, n, b, b/a }'
