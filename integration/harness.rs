@@ -45,6 +45,8 @@ pub(crate) struct Opts {
     pub(crate) single_dash_flag: bool,
     /// `storage.trace` lines replacing `backend: local` and its path (e.g. an S3 bucket).
     pub(crate) storage: Option<String>,
+    /// Require X-Scope-OrgID on every request.
+    pub(crate) multitenancy: bool,
 }
 
 impl Default for Opts {
@@ -58,6 +60,7 @@ impl Default for Opts {
             max_recv_msg_size_mib: 16,
             single_dash_flag: false,
             storage: None,
+            multitenancy: false,
         }
     }
 }
@@ -116,7 +119,8 @@ impl Server {
         let wal = self.wal_dir();
         let blocks = self.blocks_dir();
         format!(
-            r#"server:
+            r#"multitenancy_enabled: {mt}
+server:
   http_listen_address: 127.0.0.1
   http_listen_port: {http}
 distributor:
@@ -140,6 +144,7 @@ storage:
     wal:
       path: {wal}
 {backend}"#,
+            mt = o.multitenancy,
             http = self.http_port,
             grpc = self.grpc_port,
             otlp_http = self.otlp_http_port,

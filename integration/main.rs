@@ -11,3 +11,4 @@ mod s3_server;
 mod search;
 mod service;
 mod storage;
+mod tenants;
