@@ -47,6 +47,8 @@ pub(crate) struct Opts {
     pub(crate) storage: Option<String>,
     /// Require X-Scope-OrgID on every request.
     pub(crate) multitenancy: bool,
+    /// Extra top-level YAML appended to the config (e.g. an `overrides:` section).
+    pub(crate) extra_yaml: String,
 }
 
 impl Default for Opts {
@@ -61,6 +63,7 @@ impl Default for Opts {
             single_dash_flag: false,
             storage: None,
             multitenancy: false,
+            extra_yaml: String::new(),
         }
     }
 }
@@ -143,8 +146,9 @@ storage:
     blocklist_poll: 5m
     wal:
       path: {wal}
-{backend}"#,
+{backend}{extra}"#,
             mt = o.multitenancy,
+            extra = o.extra_yaml,
             http = self.http_port,
             grpc = self.grpc_port,
             otlp_http = self.otlp_http_port,

@@ -6,6 +6,7 @@ mod crash_loop;
 mod durability;
 mod harness;
 mod ingest;
+mod limits;
 mod model;
 mod s3_server;
 mod search;

@@ -13,6 +13,7 @@ pub mod frontend;
 pub mod ingester;
 pub mod metrics;
 pub mod model;
+pub mod overrides;
 pub mod querier;
 pub mod receiver;
 pub mod traceql;

@@ -21,6 +21,7 @@ use crate::ingester::wal::Wal;
 use crate::ingester::{BlockCommitted, Ingester};
 use crate::metrics::Metrics;
 use crate::model::TenantId;
+use crate::overrides::Overrides;
 use crate::querier::{BlockList, Querier};
 use crate::receiver;
 
@@ -173,12 +174,20 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     });
     servers.push(serve_http(api_listener, api_router, stop_rx.clone()));
 
+    let mut background: Vec<JoinHandle<()>> = Vec::new();
+
     // The receivers.
     if has(Distributor) {
         let Some(ing) = ingester.clone() else {
             return Err(AppError::Target(target, "all".into()));
         };
-        let distributor = Arc::new(Distributor::new(ing, metrics.clone()));
+        let overrides = Overrides::new(&cfg.overrides)?;
+        background.push(tokio::spawn(
+            overrides
+                .clone()
+                .run_reloader(cfg.overrides.per_tenant_override_period),
+        ));
+        let distributor = Arc::new(Distributor::new(ing, metrics.clone(), overrides));
         let protocols = &cfg.distributor.receivers.otlp.protocols;
         if let Some(g) = &protocols.grpc {
             let addr = parse_listen_addr(&g.endpoint)?;
@@ -215,7 +224,6 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     }
 
     // Background work.
-    let mut background: Vec<JoinHandle<()>> = Vec::new();
     if let Some(ing) = &ingester {
         background.push(tokio::spawn(ing.clone().run_flush_loop()));
     }

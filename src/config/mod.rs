@@ -35,6 +35,7 @@ pub struct Config {
     pub ingester: IngesterConfig,
     pub querier: QuerierConfig,
     pub storage: StorageConfig,
+    pub overrides: crate::overrides::OverridesConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -458,6 +459,11 @@ fn parse_addr(s: &str) -> Result<SocketAddr, ConfigError> {
     };
     full.parse()
         .map_err(|e| ConfigError::Invalid(format!("bad listen address {s:?}: {e}")))
+}
+
+/// For duration fields in other modules' config structs.
+pub fn deserialize_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    duration::deserialize(d)
 }
 
 /// Parses a Go-style duration (`5s`, `1m30s`, `100ms`).

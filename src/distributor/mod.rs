@@ -4,6 +4,9 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use bytes::Bytes;
 use prost::Message;
@@ -11,11 +14,25 @@ use prost::Message;
 use crate::ingester::{wal, IngestError, Ingester, TraceBatch};
 use crate::metrics::Metrics;
 use crate::model::{ExportTraceServiceRequest, Fragments, ResourceSpans, Span, TenantId, TraceId};
+use crate::overrides::{Limits, Overrides};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PushError {
     #[error(transparent)]
     Ingest(#[from] IngestError),
+    #[error("ingestion rate limit ({rate} bytes/s, burst {burst} bytes) exceeded for tenant {tenant}: retry in {retry_after:?}")]
+    RateLimited {
+        tenant: TenantId,
+        rate: u64,
+        burst: u64,
+        retry_after: Duration,
+    },
+    #[error("request of {size} bytes is larger than tenant {tenant}'s burst size of {burst} bytes: send smaller batches")]
+    LargerThanBurst {
+        tenant: TenantId,
+        size: u64,
+        burst: u64,
+    },
 }
 
 /// What happened to a request's spans.
@@ -30,11 +47,75 @@ pub struct PushOutcome {
 pub struct Distributor {
     ingester: Arc<Ingester>,
     metrics: Arc<Metrics>,
+    overrides: Arc<Overrides>,
+    buckets: Mutex<HashMap<TenantId, Bucket>>,
+}
+
+/// A token bucket of bytes per tenant.
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    /// Takes `n` bytes, or says how long until they would be there.
+    fn take(&mut self, n: u64, rate: u64, burst: u64, now: Instant) -> Result<(), Duration> {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * rate as f64).min(burst as f64);
+        if self.tokens >= n as f64 {
+            self.tokens -= n as f64;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64(
+                (n as f64 - self.tokens) / rate as f64,
+            ))
+        }
+    }
 }
 
 impl Distributor {
-    pub fn new(ingester: Arc<Ingester>, metrics: Arc<Metrics>) -> Self {
-        Self { ingester, metrics }
+    pub fn new(ingester: Arc<Ingester>, metrics: Arc<Metrics>, overrides: Arc<Overrides>) -> Self {
+        Self {
+            ingester,
+            metrics,
+            overrides,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn check_rate(&self, tenant: &TenantId, limits: &Limits, size: u64) -> Result<(), PushError> {
+        let (rate, burst) = (
+            limits.ingestion.rate_limit_bytes,
+            limits
+                .ingestion
+                .burst_size_bytes
+                .max(limits.ingestion.rate_limit_bytes),
+        );
+        if rate == 0 {
+            return Ok(());
+        }
+        if size > burst {
+            return Err(PushError::LargerThanBurst {
+                tenant: tenant.clone(),
+                size,
+                burst,
+            });
+        }
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock();
+        let bucket = buckets.entry(tenant.clone()).or_insert(Bucket {
+            tokens: burst as f64,
+            last: now,
+        });
+        bucket
+            .take(size, rate, burst, now)
+            .map_err(|retry_after| PushError::RateLimited {
+                tenant: tenant.clone(),
+                rate,
+                burst,
+                retry_after,
+            })
     }
 
     /// Pushes a decoded request. `raw` is its protobuf encoding when the caller has it (gRPC
@@ -49,13 +130,41 @@ impl Distributor {
             Some(r) => r,
             None => Bytes::from(req.encode_to_vec()),
         };
-        let grouped = group_by_trace(&req.resource_spans);
+        let limits = self.overrides.limits(tenant);
+        if let Err(e) = self.check_rate(tenant, &limits, raw.len() as u64) {
+            let spans: usize = req
+                .resource_spans
+                .iter()
+                .flat_map(|rs| &rs.scope_spans)
+                .map(|ss| ss.spans.len())
+                .sum();
+            self.metrics.spans_refused.add("rate_limited", spans as u64);
+            return Err(e);
+        }
+        let mut grouped = group_by_trace(&req.resource_spans);
         drop(req);
-        let outcome = PushOutcome {
+        let too_large = self.drop_oversized_traces(tenant, &limits, &mut grouped);
+        let mut outcome = PushOutcome {
             accepted: grouped.accepted,
             rejected: grouped.rejected,
             message: grouped.message(),
         };
+        if too_large > 0 {
+            self.metrics
+                .spans_refused
+                .add("trace_too_large", too_large as u64);
+            outcome.accepted -= too_large;
+            outcome.rejected += too_large;
+            let msg = format!(
+                "rejected {too_large} spans of traces larger than max_bytes_per_trace ({} bytes)",
+                limits.global.max_bytes_per_trace
+            );
+            outcome.message = if outcome.message.is_empty() {
+                msg
+            } else {
+                format!("{}; {msg}", outcome.message)
+            };
+        }
         if grouped.rejected > 0 {
             if grouped.bad_trace_id > 0 {
                 self.metrics
@@ -71,7 +180,17 @@ impl Distributor {
         if grouped.traces.is_empty() {
             return Ok(outcome);
         }
-        let payload = wal::encode_payload(tenant, &raw);
+        // The WAL must hold exactly what was accepted, so a replay cannot bring back spans the
+        // exporter was told were rejected.
+        let payload = if too_large > 0 {
+            let mut kept = Fragments::default();
+            for t in &grouped.traces {
+                kept.extend(&t.data);
+            }
+            wal::encode_payload(tenant, &kept.concat())
+        } else {
+            wal::encode_payload(tenant, &raw)
+        };
         match self.ingester.push(payload, tenant, grouped.traces).await {
             Ok(()) => {
                 self.metrics.spans_received.add(outcome.accepted as u64);
@@ -89,6 +208,26 @@ impl Distributor {
                 Err(e.into())
             }
         }
+    }
+}
+
+impl Distributor {
+    /// Removes traces this request would grow past `max_bytes_per_trace`; returns how many
+    /// spans that refused.
+    fn drop_oversized_traces(&self, tenant: &TenantId, limits: &Limits, g: &mut Grouped) -> usize {
+        let max = limits.global.max_bytes_per_trace as usize;
+        if max == 0 {
+            return 0;
+        }
+        let mut refused = 0;
+        g.traces.retain(|t| {
+            let fits = self.ingester.live_trace_bytes(tenant, &t.id) + t.data.len() <= max;
+            if !fits {
+                refused += t.spans;
+            }
+            fits
+        });
+        refused
     }
 }
 
@@ -156,6 +295,7 @@ pub fn group_by_trace(resource_spans: &[ResourceSpans]) -> Grouped {
                     g.traces.push(TraceBatch {
                         id,
                         data: Fragments::default(),
+                        spans: 0,
                     });
                     g.traces.len() - 1
                 });
@@ -166,6 +306,7 @@ pub fn group_by_trace(resource_spans: &[ResourceSpans]) -> Grouped {
                 }
             }
             for (t, spans) in &per_trace {
+                g.traces[*t].spans += spans.len();
                 g.traces[*t].data.push(
                     rs.resource.as_ref(),
                     &rs.schema_url,

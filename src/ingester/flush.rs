@@ -103,6 +103,7 @@ impl Ingester {
                         .map(|(id, data)| super::TraceBatch {
                             id: *id,
                             data: data.clone(),
+                            spans: 0,
                         })
                         .collect();
                     head.insert(tenant, traces, now);

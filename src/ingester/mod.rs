@@ -40,6 +40,8 @@ pub enum IngestError {
 pub struct TraceBatch {
     pub id: TraceId,
     pub data: Fragments,
+    /// Spans in `data`, for accounting when the batch is refused.
+    pub spans: usize,
 }
 
 struct LiveTrace {
@@ -239,6 +241,15 @@ impl Ingester {
         }
         drop(head);
         out.into_iter().collect()
+    }
+
+    /// Encoded bytes of a live trace, for the per-trace size limit.
+    pub fn live_trace_bytes(&self, tenant: &TenantId, id: &TraceId) -> usize {
+        let head = self.head.lock();
+        head.tenants
+            .get(tenant)
+            .and_then(|m| m.get(id))
+            .map_or(0, |l| l.data.len())
     }
 
     fn cut_due(&self, now: Instant) -> bool {

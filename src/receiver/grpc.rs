@@ -13,10 +13,15 @@ use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Code, Request, Response, Status};
 use tracing::debug;
 
-use super::{is_retryable, response_for};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use super::{refusal, response_for, Refusal};
 use crate::api::{tenant_from_header, ApiError, TENANT_HEADER};
 use crate::distributor::Distributor;
 use crate::model::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+
+/// Exporters should not come back sooner than this after a rate-limit refusal.
+const MIN_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
@@ -110,13 +115,17 @@ impl UnaryService<Bytes> for Export {
                 Ok(outcome) => Ok(Response::new(response_for(&outcome))),
                 Err(e) => {
                     debug!(tenant = %tenant, error = %e, "export refused");
-                    // UNAVAILABLE is the code OTLP exporters always retry with backoff.
-                    let code = if is_retryable(&e) {
-                        Code::Unavailable
-                    } else {
-                        Code::Internal
-                    };
-                    Err(Status::new(code, e.to_string()))
+                    Err(match refusal(&e) {
+                        // UNAVAILABLE is the code OTLP exporters always retry with backoff.
+                        Refusal::Unavailable => Status::new(Code::Unavailable, e.to_string()),
+                        // Exporters retry RESOURCE_EXHAUSTED only when it carries RetryInfo.
+                        Refusal::RateLimited(after) => Status::with_error_details(
+                            Code::ResourceExhausted,
+                            e.to_string(),
+                            ErrorDetails::with_retry_info(Some(after.max(MIN_RETRY))),
+                        ),
+                        Refusal::TooLarge => Status::new(Code::ResourceExhausted, e.to_string()),
+                    })
                 }
             }
         })

@@ -14,7 +14,7 @@ use prost::Message;
 use serde_json::json;
 use tracing::debug;
 
-use super::{is_retryable, response_for};
+use super::{refusal, response_for, Refusal};
 use crate::api::{tenant_from_header, ApiError, TENANT_HEADER};
 use crate::distributor::Distributor;
 use crate::model::ExportTraceServiceRequest;
@@ -67,7 +67,7 @@ fn error(format: Format, http: StatusCode, grpc_code: i32, message: String) -> R
         )
             .into_response(),
     };
-    if http == StatusCode::SERVICE_UNAVAILABLE || http == StatusCode::TOO_MANY_REQUESTS {
+    if http == StatusCode::SERVICE_UNAVAILABLE {
         resp.headers_mut()
             .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
     }
@@ -78,7 +78,6 @@ const INVALID_ARGUMENT: i32 = 3;
 const RESOURCE_EXHAUSTED: i32 = 8;
 const UNAUTHENTICATED: i32 = 16;
 const UNAVAILABLE: i32 = 14;
-const INTERNAL: i32 = 13;
 
 async fn export(State(s): State<HttpReceiverState>, headers: HeaderMap, body: Body) -> Response {
     let ctype = headers
@@ -201,23 +200,33 @@ async fn export(State(s): State<HttpReceiverState>, headers: HeaderMap, body: Bo
                 }
             }
         }
-        Err(e) => {
-            if is_retryable(&e) {
-                error(
+        Err(e) => match refusal(&e) {
+            Refusal::Unavailable => error(
+                format,
+                StatusCode::SERVICE_UNAVAILABLE,
+                UNAVAILABLE,
+                e.to_string(),
+            ),
+            Refusal::RateLimited(after) => {
+                let mut resp = error(
                     format,
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    UNAVAILABLE,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    RESOURCE_EXHAUSTED,
                     e.to_string(),
-                )
-            } else {
-                error(
-                    format,
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    INTERNAL,
-                    e.to_string(),
-                )
+                );
+                // Whole seconds, rounded up: the header has no finer unit.
+                let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, header::HeaderValue::from(secs.max(1)));
+                resp
             }
-        }
+            Refusal::TooLarge => error(
+                format,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                RESOURCE_EXHAUSTED,
+                e.to_string(),
+            ),
+        },
     }
 }
 

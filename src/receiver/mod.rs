@@ -4,6 +4,8 @@
 pub mod grpc;
 pub mod http;
 
+use std::time::Duration;
+
 use crate::distributor::{PushError, PushOutcome};
 use crate::ingester::IngestError;
 use crate::model::{ExportTracePartialSuccess, ExportTraceServiceResponse};
@@ -17,11 +19,22 @@ fn response_for(outcome: &PushOutcome) -> ExportTraceServiceResponse {
     }
 }
 
-/// Whether the exporter should retry: refusals under load are temporary, and everything
-/// the distributor can return today is such a refusal.
-fn is_retryable(e: &PushError) -> bool {
+/// How a refused export is reported, in the terms exporters act on.
+enum Refusal {
+    /// Temporary trouble on our side: gRPC UNAVAILABLE / HTTP 503, always retried.
+    Unavailable,
+    /// Over the tenant's rate: gRPC RESOURCE_EXHAUSTED with RetryInfo / HTTP 429 with
+    /// Retry-After, retried after the delay.
+    RateLimited(Duration),
+    /// Can never fit (a batch larger than the burst): not retried.
+    TooLarge,
+}
+
+fn refusal(e: &PushError) -> Refusal {
     match e {
         PushError::Ingest(IngestError::LiveBytesExceeded { .. })
-        | PushError::Ingest(IngestError::Wal(_)) => true,
+        | PushError::Ingest(IngestError::Wal(_)) => Refusal::Unavailable,
+        PushError::RateLimited { retry_after, .. } => Refusal::RateLimited(*retry_after),
+        PushError::LargerThanBurst { .. } => Refusal::TooLarge,
     }
 }
