@@ -8,7 +8,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use super::BlockError;
-use crate::model::{any_value, span, status, AnyValue, KeyValue, ResourceSpans, TenantId};
+use crate::model::{
+    any_value, kind_name, status_name, AnyValue, KeyValue, ResourceSpans, TenantId,
+};
 
 pub const TAGS_FILE: &str = "tags.json";
 /// Distinct values kept per tag name.
@@ -70,25 +72,11 @@ impl TagSummary {
                         self.add_attrs("link", &l.attributes);
                     }
                     self.add_intrinsic("name", "string", &s.name);
-                    let code = s.status.as_ref().map_or(0, |st| st.code);
-                    let st = match status::StatusCode::try_from(code) {
-                        Ok(status::StatusCode::Ok) => "ok",
-                        Ok(status::StatusCode::Error) => "error",
-                        _ => "unset",
-                    };
-                    self.add_intrinsic("status", "keyword", st);
+                    self.add_intrinsic("status", "keyword", status_name(s));
                     if let Some(msg) = s.status.as_ref().map(|st| &st.message) {
                         self.add_intrinsic("statusMessage", "string", msg);
                     }
-                    let kind = match span::SpanKind::try_from(s.kind) {
-                        Ok(span::SpanKind::Internal) => "internal",
-                        Ok(span::SpanKind::Server) => "server",
-                        Ok(span::SpanKind::Client) => "client",
-                        Ok(span::SpanKind::Producer) => "producer",
-                        Ok(span::SpanKind::Consumer) => "consumer",
-                        _ => "unspecified",
-                    };
-                    self.add_intrinsic("kind", "keyword", kind);
+                    self.add_intrinsic("kind", "keyword", kind_name(s));
                     if s.parent_span_id.is_empty() {
                         self.add_intrinsic("rootName", "string", &s.name);
                         if let Some(svc) = resource_attrs

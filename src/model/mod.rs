@@ -24,3 +24,25 @@ pub use opentelemetry_proto::tonic::resource::v1::Resource;
 pub use opentelemetry_proto::tonic::trace::v1::{
     span, status, ResourceSpans, ScopeSpans, Span, Status, TracesData,
 };
+
+/// A span's status as TraceQL and Tempo name it (`ok`, `error`, `unset`).
+pub fn status_name(s: &Span) -> &'static str {
+    let code = s.status.as_ref().map_or(0, |st| st.code);
+    match status::StatusCode::try_from(code) {
+        Ok(status::StatusCode::Ok) => "ok",
+        Ok(status::StatusCode::Error) => "error",
+        _ => "unset",
+    }
+}
+
+/// A span's kind as TraceQL and Tempo name it (`server`, `client`, ...).
+pub fn kind_name(s: &Span) -> &'static str {
+    match span::SpanKind::try_from(s.kind) {
+        Ok(span::SpanKind::Internal) => "internal",
+        Ok(span::SpanKind::Server) => "server",
+        Ok(span::SpanKind::Client) => "client",
+        Ok(span::SpanKind::Producer) => "producer",
+        Ok(span::SpanKind::Consumer) => "consumer",
+        _ => "unspecified",
+    }
+}

@@ -9,7 +9,9 @@ use futures::stream::{self, StreamExt};
 use super::{Querier, QueryError, TimeRange};
 use crate::backend::BackendError;
 use crate::block::{self, BlockMeta, TagSummary};
-use crate::model::{any_value, span, status, AnyValue, KeyValue, ResourceSpans, Span, TenantId};
+use crate::model::{
+    any_value, kind_name, status_name, AnyValue, KeyValue, ResourceSpans, Span, TenantId,
+};
 use crate::traceql::engine;
 use crate::traceql::otlp::OtlpTrace;
 use crate::traceql::{Intrinsic, Query, Scope};
@@ -447,13 +449,7 @@ fn intrinsic_value(
     match i {
         Intrinsic::Name => push(acc, string(&s.name), limit),
         Intrinsic::Status => {
-            let code = s.status.as_ref().map_or(0, |st| st.code);
-            let name = match status::StatusCode::try_from(code) {
-                Ok(status::StatusCode::Ok) => "ok",
-                Ok(status::StatusCode::Error) => "error",
-                _ => "unset",
-            };
-            push(acc, keyword(name), limit);
+            push(acc, keyword(status_name(s)), limit);
         }
         Intrinsic::StatusMessage => {
             if let Some(st) = s.status.as_ref().filter(|st| !st.message.is_empty()) {
@@ -461,15 +457,7 @@ fn intrinsic_value(
             }
         }
         Intrinsic::Kind => {
-            let name = match span::SpanKind::try_from(s.kind) {
-                Ok(span::SpanKind::Internal) => "internal",
-                Ok(span::SpanKind::Server) => "server",
-                Ok(span::SpanKind::Client) => "client",
-                Ok(span::SpanKind::Producer) => "producer",
-                Ok(span::SpanKind::Consumer) => "consumer",
-                _ => "unspecified",
-            };
-            push(acc, keyword(name), limit);
+            push(acc, keyword(kind_name(s)), limit);
         }
         Intrinsic::EventName => {
             for e in &s.events {
