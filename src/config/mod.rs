@@ -547,6 +547,13 @@ storage:
     }
 
     #[test]
+    fn demo_stack_config_is_valid() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docker/vivace.yaml");
+        let cfg = Config::from_file(&path, false).unwrap();
+        assert_eq!(cfg.storage.trace.backend, BackendKind::S3);
+    }
+
+    #[test]
     fn unknown_keys_are_named() {
         let err = Config::from_yaml("server:\n  nope: 1\n")
             .unwrap_err()
