@@ -13,3 +13,4 @@ mod search;
 mod service;
 mod storage;
 mod tenants;
+mod tools;

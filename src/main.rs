@@ -38,6 +38,31 @@ fn main() -> std::process::ExitCode {
                 }
             }
         }
+        Command::Blocks(cmd) => run_tool(async move { vivace::cli::blocks(&cmd).await }),
+        Command::Query(cmd) => run_tool(async move { vivace::cli::query(&cmd).await }),
+    }
+}
+
+/// Runs a bucket command and prints its output; errors go to stderr with exit code 1.
+fn run_tool(
+    f: impl std::future::Future<Output = Result<String, vivace::cli::ToolError>>,
+) -> std::process::ExitCode {
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vivace: cannot start runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(f) {
+        Ok(out) => {
+            println!("{}", out.trim_end());
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vivace: {e}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 

@@ -214,6 +214,25 @@ async fn lookup(
     Ok((found, wants_protobuf(headers)))
 }
 
+/// A trace as Tempo's v1 JSON (`{"batches": [...]}`), for the command line.
+pub fn trace_v1_json(batches: &[crate::model::ResourceSpans]) -> String {
+    serde_json::to_string_pretty(&json!({ "batches": json::resource_spans(batches) }))
+        .unwrap_or_default()
+}
+
+/// A search request from a TraceQL query and a limit, checked as /api/search checks it.
+pub fn search_request(
+    q: &str,
+    limit: u32,
+) -> Result<crate::querier::search::SearchRequest, ApiError> {
+    search::build_request(&search::SearchParams::from_query(q, limit))
+}
+
+/// Search results as /api/search's JSON.
+pub fn search_response_json(r: &crate::querier::search::SearchResults) -> String {
+    serde_json::to_string_pretty(&search::ResponseJson(r)).unwrap_or_default()
+}
+
 fn protobuf(msg: impl Message) -> Response {
     (
         [(header::CONTENT_TYPE, "application/protobuf")],

@@ -109,6 +109,15 @@ pub(super) fn tags_to_traceql(tags: &str) -> Result<String, ApiError> {
 }
 
 impl SearchParams {
+    /// A plain TraceQL search with a limit.
+    pub(super) fn from_query(q: &str, limit: u32) -> Self {
+        Self {
+            q: Some(q.to_owned()),
+            limit: Some(limit.to_string()),
+            ..Default::default()
+        }
+    }
+
     /// The same parameters from a streaming `tempopb.SearchRequest`.
     pub(super) fn from_proto(r: &super::tempopb::SearchRequest) -> Self {
         let nonzero = |v: u32| (v > 0).then(|| v.to_string());

@@ -1,9 +1,13 @@
 //! The command line. Tempo's single-dash flags (`-config.file=x`, `-target=all`) are
 //! accepted as well as the `--` forms.
 
+mod tools;
+
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+
+pub use tools::{blocks, query, BlocksCommand, QueryCommand, ToolError};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -20,6 +24,12 @@ pub struct Cli {
 pub enum Command {
     /// Run the server (every component by default).
     Serve(ServeArgs),
+    /// Inspect the blocks in a bucket.
+    #[command(subcommand)]
+    Blocks(BlocksCommand),
+    /// Query a bucket directly, without a server.
+    #[command(subcommand)]
+    Query(QueryCommand),
 }
 
 #[derive(clap::Args, Debug, Default)]
@@ -116,7 +126,9 @@ mod tests {
             ]
         );
         let cli = Cli::try_parse_from(&args[..4]).unwrap();
-        let Command::Serve(s) = cli.command;
+        let Command::Serve(s) = cli.command else {
+            panic!("parsed as serve")
+        };
         assert_eq!(s.config_file, Some(PathBuf::from("/x.yaml")));
         assert_eq!(s.target.as_deref(), Some("all"));
     }
