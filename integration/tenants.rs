@@ -158,6 +158,32 @@ async fn tenants_are_isolated_on_every_endpoint() {
         }
     }
 
+    // Cross-tenant reads (`a|b`) see both tenants' data; writes cannot name two tenants.
+    let (code, body) = get(&server, "/api/search?q=%7B%7D", Some("team-b|team-a")).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains(ha.as_str()) && body.contains(hb.as_str()),
+        "{body}"
+    );
+    for id in [&ha, &hb] {
+        let (code, body) = get(&server, &format!("/api/traces/{id}"), Some("team-a|team-b")).await;
+        assert_eq!(code, 200, "{body}");
+    }
+    let (code, _) = server
+        .post_otlp(
+            pb_request(
+                "svc-x",
+                vec![pb_span(&ta, &rand_span_id(), "x", now_nanos())],
+            )
+            .encode_to_vec(),
+            &[
+                ("content-type", "application/x-protobuf"),
+                (HEADER, "team-a|team-b"),
+            ],
+        )
+        .await;
+    assert_eq!(code, 400, "a write names one tenant");
+
     // Streaming search reads the tenant from gRPC metadata too.
     use vivace::api::tempopb::{SearchRequest, SearchResponse};
     let channel = tonic::transport::Channel::from_shared(server.http_url(""))

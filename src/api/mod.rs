@@ -140,6 +140,23 @@ fn tenant(s: &ApiState, headers: &HeaderMap) -> Result<TenantId, ApiError> {
     tenant_from_header(s.multitenancy, headers.get(TENANT_HEADER))
 }
 
+/// The tenants a read covers: Tempo's cross-tenant form `a|b` reads several at once.
+fn read_tenants(s: &ApiState, headers: &HeaderMap) -> Result<Vec<TenantId>, ApiError> {
+    let Some(v) = headers.get(TENANT_HEADER).filter(|_| s.multitenancy) else {
+        return Ok(vec![tenant(s, headers)?]);
+    };
+    let text = v
+        .to_str()
+        .map_err(|_| ApiError::BadRequest(format!("{TENANT_HEADER} is not valid text")))?;
+    let mut tenants = text
+        .split('|')
+        .map(|t| TenantId::new(t.trim()).map_err(|e| ApiError::BadRequest(e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    tenants.sort();
+    tenants.dedup();
+    Ok(tenants)
+}
+
 pub fn tenant_from_header(
     multitenancy: bool,
     value: Option<&HeaderValue>,
@@ -203,14 +220,14 @@ async fn lookup(
     id: &str,
     params: &RangeParams,
 ) -> Result<(Option<crate::frontend::TraceByIdResult>, bool), ApiError> {
-    let tenant = tenant(s, headers)?;
+    let tenants = read_tenants(s, headers)?;
     let id = TraceId::parse_hex(id)?;
     let range = time_range(params)?;
     let frontend = s
         .frontend
         .as_ref()
         .ok_or_else(|| ApiError::Unavailable("this process runs no query frontend".into()))?;
-    let found = frontend.trace_by_id(&tenant, &id, range).await?;
+    let found = frontend.trace_by_id_in(&tenants, &id, range).await?;
     Ok((found, wants_protobuf(headers)))
 }
 

@@ -9,7 +9,7 @@ use serde::ser::{SerializeMap, SerializeStruct};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{json, Value as Json};
 
-use super::{tenant, ApiError, ApiState};
+use super::{read_tenants, ApiError, ApiState};
 use crate::model::{AnyValue, ArrayValue};
 use crate::querier::search::{
     HitSpan, HitSpanset, SearchRequest, SearchResults, ServiceStats, TraceHit,
@@ -215,13 +215,13 @@ pub(super) async fn search(
     QueryParams(p): QueryParams<SearchParams>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let tenant = tenant(&s, &headers)?;
+    let tenants = read_tenants(&s, &headers)?;
     let req = build_request(&p)?;
     let frontend = s
         .frontend
         .as_ref()
         .ok_or_else(|| ApiError::Unavailable("this process runs no query frontend".into()))?;
-    let results = frontend.search(&tenant, &req).await?;
+    let results = frontend.search_in(&tenants, &req).await?;
     Ok(axum::Json(ResponseJson(&results)).into_response())
 }
 
