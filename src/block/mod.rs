@@ -89,7 +89,7 @@ impl Default for BlockConfig {
             row_group_size_bytes: 32 << 20,
             bloom_false_positive: 0.01,
             bloom_shard_size_bytes: 100 << 10,
-            compression: BlockCompression::Zstd(3),
+            compression: BlockCompression::Zstd(6),
             string_dictionary: true,
             data_page_size_bytes: 8 << 10,
             data_page_rows: 128,

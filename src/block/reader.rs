@@ -6,8 +6,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use arrow_array::{
-    Array, BinaryArray, BooleanArray, FixedSizeBinaryArray, Float64Array, Int32Array, Int64Array,
-    ListArray, RecordBatch, StringArray, StructArray, UInt32Array, UInt64Array,
+    Array, ArrayRef, BinaryArray, BooleanArray, FixedSizeBinaryArray, Float64Array, Int32Array,
+    Int64Array, ListArray, RecordBatch, StringArray, StructArray, UInt32Array, UInt64Array,
 };
 use bytes::{Buf, Bytes};
 use parquet::arrow::arrow_reader::{
@@ -24,7 +24,7 @@ use parquet::file::page_index::offset_index::PageLocation;
 use parquet::file::reader::{ChunkReader, Length};
 use prost::Message;
 
-use super::schema::{arrow_schema, value_type};
+use super::schema::{arrow_schema_for, value_type};
 use super::{
     BlockError, BlockMeta, Dedicated, DedicatedType, TraceInput, DEDICATED_RESOURCE, DEDICATED_SPAN,
 };
@@ -290,8 +290,97 @@ pub(crate) fn guarded<T>(f: impl FnOnce() -> Result<T, BlockError>) -> Result<T,
     })
 }
 
-pub(crate) fn reader_options() -> Result<ArrowReaderOptions, BlockError> {
-    Ok(ArrowReaderOptions::new().with_schema(arrow_schema()?))
+/// Footer key-value metadata: with value [`SPAN_START_RELATIVE`], span
+/// `start_time_unix_nano` holds the span start minus the trace's `start_time_unix_nano`
+/// (wrapping). Older blocks, without the key, hold absolute times.
+pub(crate) const SPAN_START_KEY: &str = "vivace.span_start";
+pub(crate) const SPAN_START_RELATIVE: &str = "trace";
+
+pub(crate) fn span_starts_relative(md: &ParquetMetaData) -> bool {
+    md.file_metadata().key_value_metadata().is_some_and(|kvs| {
+        kvs.iter()
+            .any(|kv| kv.key == SPAN_START_KEY && kv.value.as_deref() == Some(SPAN_START_RELATIVE))
+    })
+}
+
+fn list_values<'a>(s: &'a StructArray, name: &str) -> Option<(&'a ListArray, &'a StructArray)> {
+    let l = s
+        .column_by_name(name)?
+        .as_any()
+        .downcast_ref::<ListArray>()?;
+    let v = l.values().as_any().downcast_ref::<StructArray>()?;
+    Some((l, v))
+}
+
+fn with_column(s: &StructArray, name: &str, col: ArrayRef) -> Result<StructArray, BlockError> {
+    let (fields, mut cols, nulls) = s.clone().into_parts();
+    let i = fields
+        .iter()
+        .position(|f| f.name() == name)
+        .ok_or_else(|| corrupt(format!("missing column {name}")))?;
+    cols[i] = col;
+    Ok(StructArray::try_new(fields, cols, nulls)?)
+}
+
+fn with_values(l: &ListArray, values: StructArray) -> Result<ArrayRef, BlockError> {
+    let (field, offsets, _, nulls) = l.clone().into_parts();
+    Ok(Arc::new(ListArray::try_new(
+        field,
+        offsets,
+        Arc::new(values),
+        nulls,
+    )?))
+}
+
+/// Turns the trace-relative span start times of a decoded (possibly projected) block
+/// batch into absolute ones. A batch without span start times is returned as is.
+pub(crate) fn absolute_span_starts(root: &StructArray) -> Result<StructArray, BlockError> {
+    let name = "start_time_unix_nano";
+    let Some((rs, rs_v)) = list_values(root, "resource_spans") else {
+        return Ok(root.clone());
+    };
+    let Some((ss, ss_v)) = list_values(rs_v, "scope_spans") else {
+        return Ok(root.clone());
+    };
+    let Some((sp, sp_v)) = list_values(ss_v, "spans") else {
+        return Ok(root.clone());
+    };
+    let Some(rel) = sp_v.column_by_name(name) else {
+        return Ok(root.clone());
+    };
+    let rel: &UInt64Array = rel
+        .as_any()
+        .downcast_ref()
+        .ok_or_else(|| corrupt("span start_time_unix_nano has the wrong type"))?;
+    let base: &UInt64Array = get(root, name)?;
+    let (rso, sso, spo) = (rs.value_offsets(), ss.value_offsets(), sp.value_offsets());
+    let bad = || corrupt("list offsets out of range");
+    let idx = |o: &[i32], i: usize| -> Result<usize, BlockError> {
+        o.get(i)
+            .and_then(|&v| usize::try_from(v).ok())
+            .ok_or_else(bad)
+    };
+    let mut out: Vec<u64> = rel.values().to_vec();
+    for row in 0..root.len() {
+        let (r0, r1) = (idx(rso, row)?, idx(rso, row + 1)?);
+        let (s0, s1) = (idx(sso, r0)?, idx(sso, r1)?);
+        let (g0, g1) = (idx(spo, s0)?, idx(spo, s1)?);
+        let b = base.value(row);
+        for v in out.get_mut(g0..g1).ok_or_else(bad)? {
+            *v = v.wrapping_add(b);
+        }
+    }
+    let starts: ArrayRef = Arc::new(UInt64Array::new(out.into(), rel.nulls().cloned()));
+    let sp_v = with_column(sp_v, name, starts)?;
+    let ss_v = with_column(ss_v, "spans", with_values(sp, sp_v)?)?;
+    let rs_v = with_column(rs_v, "scope_spans", with_values(ss, ss_v)?)?;
+    with_column(root, "resource_spans", with_values(rs, rs_v)?)
+}
+
+/// Options for reading a file with footer `md`: the block schema, or the schema of older
+/// blocks (required span `parent_span_id`) when the file has it.
+pub(crate) fn reader_options(md: &ParquetMetaData) -> Result<ArrowReaderOptions, BlockError> {
+    Ok(ArrowReaderOptions::new().with_schema(arrow_schema_for(md.file_metadata().schema_descr())?))
 }
 
 /// Finds one trace in row group `rg`, given only that row group's bytes (`rg_bytes`, which
@@ -320,7 +409,7 @@ pub fn find_trace(
     let file_len = rg_start.saturating_add(rg_bytes.len() as u64);
     let chunk = SparseChunk::new(rg_start, rg_bytes, file_len);
     guarded(|| {
-        let meta = ArrowReaderMetadata::try_new(md, reader_options()?)?;
+        let meta = ArrowReaderMetadata::try_new(md.clone(), reader_options(&md)?)?;
         let ids = ParquetRecordBatchReaderBuilder::new_with_metadata(chunk.clone(), meta.clone());
         let mask = ProjectionMask::roots(ids.parquet_schema(), [0]);
         let ids = ids
@@ -353,7 +442,7 @@ pub fn find_trace(
             .with_batch_size(1)
             .build()?;
         for batch in reader {
-            if let Some(t) = batch_to_traces(&batch?)?.into_iter().next() {
+            if let Some(t) = batch_to_traces(&batch?, &md)?.into_iter().next() {
                 return Ok(Some(t.batches));
             }
         }
@@ -484,17 +573,13 @@ pub fn plan_lookup(
 }
 
 /// Whether leaf column `path` is needed to rebuild OTLP traces: the trace-level summary
-/// columns and the nested-set numbers are derived data, which a lookup skips.
+/// columns and `nested_set_right` are derived data, which a lookup skips.
 fn needed_for_traces(path: &str) -> bool {
-    use super::paths::{DURATION, END_TIME, ROOT_SERVICE_NAME, ROOT_SPAN_NAME, SPAN, START_TIME};
-    let derived_root = [
-        START_TIME,
-        END_TIME,
-        DURATION,
-        ROOT_SERVICE_NAME,
-        ROOT_SPAN_NAME,
-    ];
-    let derived_span = ["nested_set_left", "nested_set_right", "parent_id"];
+    use super::paths::{DURATION, END_TIME, ROOT_SERVICE_NAME, ROOT_SPAN_NAME, SPAN};
+    // START_TIME: span start times are stored relative to it.
+    let derived_root = [END_TIME, DURATION, ROOT_SERVICE_NAME, ROOT_SPAN_NAME];
+    // nested_set_left and parent_id restore the parent span IDs left out of the block.
+    let derived_span = ["nested_set_right"];
     !(derived_root.contains(&path)
         || path.starts_with("service_stats.")
         || path
@@ -581,7 +666,7 @@ pub fn find_trace_in_pages(
         )));
     }
     guarded(|| {
-        let meta = ArrowReaderMetadata::try_new(md, reader_options()?)?;
+        let meta = ArrowReaderMetadata::try_new(md.clone(), reader_options(&md)?)?;
         let ids = ParquetRecordBatchReaderBuilder::new_with_metadata(chunk.clone(), meta.clone());
         let mask = ProjectionMask::leaves(ids.parquet_schema(), [0]);
         let selection = RowSelection::from(vec![
@@ -625,7 +710,7 @@ pub fn find_trace_in_pages(
             .with_batch_size(1)
             .build()?;
         for batch in reader {
-            if let Some(t) = batch_to_traces(&batch?)?.into_iter().next() {
+            if let Some(t) = batch_to_traces(&batch?, &md)?.into_iter().next() {
                 if t.id != *id {
                     return Err(BlockError::Corrupt("row holds another trace".into()));
                 }
@@ -643,13 +728,15 @@ pub fn read_all_traces(data: Bytes) -> Result<Vec<TraceInput>, BlockError> {
         let md = ParquetMetaDataReader::new().parse_and_finish(&data)?;
         let footer = footer_len_of(&data)?;
         validate(&md, file_len.saturating_sub(footer))?;
-        let meta = ArrowReaderMetadata::try_new(Arc::new(md), reader_options()?)?;
+        let options = reader_options(&md)?;
+        let md = Arc::new(md);
+        let meta = ArrowReaderMetadata::try_new(md.clone(), options)?;
         let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(data, meta)
             .with_batch_size(1024)
             .build()?;
         let mut out = Vec::new();
         for batch in reader {
-            out.extend(batch_to_traces(&batch?)?);
+            out.extend(batch_to_traces(&batch?, &md)?);
         }
         Ok(out)
     })
@@ -665,14 +752,32 @@ fn footer_len_of(data: &[u8]) -> Result<u64, BlockError> {
 }
 
 /// Converts a record batch of the full block schema into traces.
-pub fn batch_to_traces(batch: &RecordBatch) -> Result<Vec<TraceInput>, BlockError> {
-    let root = StructArray::from(batch.clone());
+/// `md` is the footer of the file the batch comes from (see [`SPAN_START_KEY`]).
+pub fn batch_to_traces(
+    batch: &RecordBatch,
+    md: &ParquetMetaData,
+) -> Result<Vec<TraceInput>, BlockError> {
+    let mut root = StructArray::from(batch.clone());
+    if span_starts_relative(md) {
+        root = absolute_span_starts(&root)?;
+    }
     let cols = TraceCols::new(&root)?;
     (0..root.len()).map(|row| cols.trace(row)).collect()
 }
 
 fn corrupt(msg: impl Into<String>) -> BlockError {
     BlockError::Corrupt(msg.into())
+}
+
+/// Like [`get`], for a column a projection may leave out.
+fn opt<'a, T: Array + 'static>(
+    s: &'a StructArray,
+    name: &str,
+) -> Result<Option<&'a T>, BlockError> {
+    match s.column_by_name(name) {
+        None => Ok(None),
+        Some(_) => get(s, name).map(Some),
+    }
 }
 
 fn get<'a, T: Array + 'static>(s: &'a StructArray, name: &str) -> Result<&'a T, BlockError> {
@@ -746,7 +851,19 @@ impl<'a> AttrCols<'a> {
         use any_value::Value;
         for j in self.list.range(row)? {
             let missing = || corrupt(format!("attribute {} has no value", self.key.value(j)));
-            let value = match self.ty.value(j) {
+            let ty = if self.ty.is_valid(j) {
+                self.ty.value(j)
+            } else {
+                value_type::implied(
+                    self.str.is_valid(j),
+                    self.int.is_valid(j),
+                    self.dbl.is_valid(j),
+                    self.bool.is_valid(j),
+                    self.bytes.is_valid(j),
+                )
+                .ok_or_else(missing)?
+            };
+            let value = match ty {
                 value_type::NONE => None,
                 value_type::EMPTY => Some(AnyValue { value: None }),
                 value_type::STRING if self.str.is_valid(j) => Some(AnyValue {
@@ -852,6 +969,9 @@ struct TraceCols<'a> {
     spans: ListCols<'a>,
     span_id: &'a BinaryArray,
     parent_span_id: &'a BinaryArray,
+    /// Absent from lookups of older blocks, where no parent span ID is left out.
+    ns_left: Option<&'a Int32Array>,
+    ns_parent: Option<&'a Int32Array>,
     span_trace_id: &'a BinaryArray,
     trace_state: &'a StringArray,
     flags: &'a UInt32Array,
@@ -916,6 +1036,8 @@ impl<'a> TraceCols<'a> {
             ss,
             span_id: get(sp, "span_id")?,
             parent_span_id: get(sp, "parent_span_id")?,
+            ns_left: opt(sp, "nested_set_left")?,
+            ns_parent: opt(sp, "parent_id")?,
             span_trace_id: get(sp, "trace_id")?,
             trace_state: get(sp, "trace_state")?,
             flags: get(sp, "flags")?,
@@ -951,6 +1073,7 @@ impl<'a> TraceCols<'a> {
         let mut id = [0u8; 16];
         id.copy_from_slice(self.trace_id.value(row));
         let id = TraceId(id);
+        let parents = self.parent_ids(row)?;
         let mut batches = Vec::new();
         for r in self.rs.range(row)? {
             let resource = if self.res.is_valid(r) {
@@ -987,7 +1110,7 @@ impl<'a> TraceCols<'a> {
                 let spans = self
                     .spans
                     .range(s)?
-                    .map(|i| self.span(id, i))
+                    .map(|i| self.span(id, i, &parents))
                     .collect::<Result<Vec<_>, _>>()?;
                 scope_spans.push(ScopeSpans {
                     scope,
@@ -1004,7 +1127,71 @@ impl<'a> TraceCols<'a> {
         Ok(TraceInput { id, batches })
     }
 
-    fn span(&self, trace: TraceId, i: usize) -> Result<Span, BlockError> {
+    /// When some parent span IDs of `row` are left out (null): the span index of each
+    /// nested-set left number in the row (the first span with that number).
+    fn parent_ids(&self, row: usize) -> Result<Option<Vec<usize>>, BlockError> {
+        let mut first = None;
+        let mut last = 0;
+        for r in self.rs.range(row)? {
+            for s in self.ss.range(r)? {
+                let spans = self.spans.range(s)?;
+                first.get_or_insert(spans.start);
+                last = last.max(spans.end);
+            }
+        }
+        let Some(first) = first else {
+            return Ok(None);
+        };
+        if first > last || (first..last).all(|i| self.parent_span_id.is_valid(i)) {
+            return Ok(None);
+        }
+        let (Some(left), Some(_)) = (self.ns_left, self.ns_parent) else {
+            return Err(corrupt("parent span IDs left out without nested sets"));
+        };
+        if last > left.len() {
+            return Err(corrupt("nested set column shorter than the spans"));
+        }
+        let mut by_left = vec![usize::MAX; 2 * (last - first) + 2];
+        for i in first..last {
+            if let Some(slot) = usize::try_from(left.value(i))
+                .ok()
+                .and_then(|l| by_left.get_mut(l))
+            {
+                if *slot == usize::MAX {
+                    *slot = i;
+                }
+            }
+        }
+        Ok(Some(by_left))
+    }
+
+    fn parent_span_id(
+        &self,
+        i: usize,
+        parents: &Option<Vec<usize>>,
+    ) -> Result<Vec<u8>, BlockError> {
+        if self.parent_span_id.is_valid(i) {
+            return Ok(self.parent_span_id.value(i).to_vec());
+        }
+        let bad = || corrupt("left-out parent span ID has no parent span");
+        let (Some(by_left), Some(p)) = (parents, self.ns_parent) else {
+            return Err(bad());
+        };
+        let j = usize::try_from(p.value(i))
+            .ok()
+            .and_then(|p| by_left.get(p))
+            .copied()
+            .filter(|&j| j != usize::MAX && j < self.span_id.len())
+            .ok_or_else(bad)?;
+        Ok(self.span_id.value(j).to_vec())
+    }
+
+    fn span(
+        &self,
+        trace: TraceId,
+        i: usize,
+        parents: &Option<Vec<usize>>,
+    ) -> Result<Span, BlockError> {
         let start = self.start.value(i);
         let mut attributes = Vec::new();
         read_dedicated(&self.span_ded, i, &mut attributes);
@@ -1043,7 +1230,7 @@ impl<'a> TraceCols<'a> {
             },
             span_id: self.span_id.value(i).to_vec(),
             trace_state: self.trace_state.value(i).to_string(),
-            parent_span_id: self.parent_span_id.value(i).to_vec(),
+            parent_span_id: self.parent_span_id(i, parents)?,
             flags: self.flags.value(i),
             name: self.name.value(i).to_string(),
             kind: self.kind.value(i),

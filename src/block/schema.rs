@@ -50,6 +50,24 @@ pub mod value_type {
     pub const KVLIST: i32 = 8;
     /// Any other (newer) value kind, stored in `bytes` as the prost-encoded `AnyValue`.
     pub const ENCODED: i32 = 9;
+
+    /// The type of an attribute whose `type` is null: that of the value column holding
+    /// its value (`bytes`: BYTES). None if all value columns are null (corrupt).
+    pub fn implied(str: bool, int: bool, dbl: bool, bool: bool, bytes: bool) -> Option<i32> {
+        if str {
+            Some(STRING)
+        } else if int {
+            Some(INT)
+        } else if dbl {
+            Some(DOUBLE)
+        } else if bool {
+            Some(BOOL)
+        } else if bytes {
+            Some(BYTES)
+        } else {
+            None
+        }
+    }
 }
 
 /// The parsed Parquet schema.
@@ -74,6 +92,53 @@ pub fn arrow_schema() -> Result<SchemaRef, BlockError> {
             parquet_to_arrow_schema(&descr, None)
                 .map(Arc::new)
                 .map_err(|e| e.to_string())
+        })
+        .clone()
+        .map_err(BlockError::Schema)
+}
+
+/// How the schema of older blocks (before parent span IDs and attribute types could be
+/// left out, see `schema/meta.md`) differs from [`SCHEMA_TEXT`]: (now, then, occurrences).
+const LEGACY: [(&str, &str, usize); 2] = [
+    (
+        "optional binary parent_span_id;",
+        "required binary parent_span_id;",
+        1,
+    ),
+    ("optional int32 type;", "required int32 type;", 5),
+];
+
+/// The Arrow schema to read a file with: [`arrow_schema`], or for older files whose span
+/// `parent_span_id` column is required, the schema they were written with.
+pub(crate) fn arrow_schema_for(file: &SchemaDescriptor) -> Result<SchemaRef, BlockError> {
+    let path = format!("{}parent_span_id", paths::SPAN);
+    let legacy = file
+        .columns()
+        .iter()
+        .find(|c| c.path().string() == path)
+        .is_some_and(|c| c.self_type().is_primitive() && !c.self_type().is_optional());
+    if !legacy {
+        return arrow_schema();
+    }
+    Ok(legacy_schemas()?.1)
+}
+
+/// The Parquet and Arrow schemas of older blocks.
+pub(crate) fn legacy_schemas() -> Result<(Arc<SchemaDescriptor>, SchemaRef), BlockError> {
+    static SCHEMA: OnceLock<Result<(Arc<SchemaDescriptor>, SchemaRef), String>> = OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            let mut text = SCHEMA_TEXT.to_string();
+            for (new, old, n) in LEGACY {
+                if text.matches(new).count() != n {
+                    return Err(format!("schema text does not have {n} `{new}`"));
+                }
+                text = text.replace(new, old);
+            }
+            let t = parse_message_type(&text).map_err(|e| e.to_string())?;
+            let descr = Arc::new(SchemaDescriptor::new(Arc::new(t)));
+            let arrow = parquet_to_arrow_schema(&descr, None).map_err(|e| e.to_string())?;
+            Ok((descr, Arc::new(arrow)))
         })
         .clone()
         .map_err(BlockError::Schema)

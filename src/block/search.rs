@@ -22,7 +22,10 @@ use parquet::file::metadata::ParquetMetaData;
 use parquet::file::statistics::Statistics;
 use prost::Message;
 
-use super::reader::{chunk_range, coalesce, guarded, reader_options, SparseChunk};
+use super::reader::{
+    absolute_span_starts, chunk_range, coalesce, guarded, reader_options, span_starts_relative,
+    SparseChunk,
+};
 use super::schema::{parquet_schema, paths, value_type};
 use super::{BlockError, Dedicated, DedicatedType, DEDICATED_RESOURCE, DEDICATED_SPAN};
 use crate::model::{any_value, AnyValue, NestedSet};
@@ -77,7 +80,6 @@ fn span_local(e: &FieldExpr) -> bool {
                 | I::StatusMessage
                 | I::Kind
                 | I::SpanId
-                | I::ParentId
                 | I::Parent
                 | I::EventName
                 | I::EventTimeSinceStart
@@ -182,7 +184,12 @@ impl Needs {
             I::InstrumentationName | I::InstrumentationVersion => self.scope_fields = true,
             I::Name => self.name = true,
             I::SpanId => self.span_id = true,
-            I::ParentId | I::Parent => self.parent_span_id = true,
+            // A left-out parent span ID is the parent span's span_id.
+            I::ParentId => {
+                self.parent_span_id = true;
+                self.span_id = true;
+            }
+            I::Parent => self.parent_span_id = true,
             I::Duration => self.duration = true,
             I::TraceRootName | I::TraceRootService => self.root = true,
             // Always read while filtering: trace times, span starts, nested sets.
@@ -603,7 +610,7 @@ pub fn decode_row_group(
     }
     let chunk = SparseChunk::from_parts(parts, file_len)?;
     guarded(|| {
-        let meta = ArrowReaderMetadata::try_new(md, reader_options()?)?;
+        let meta = ArrowReaderMetadata::try_new(md.clone(), reader_options(&md)?)?;
         let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(chunk, meta);
         let mask = ProjectionMask::leaves(builder.parquet_schema(), leaves.iter().copied());
         let reader = builder
@@ -620,7 +627,11 @@ pub fn decode_row_group(
             1 => batches.pop().expect("one batch"),
             _ => arrow::compute::concat_batches(&batches[0].schema(), &batches)?,
         };
-        Ok(StructArray::from(batch))
+        let root = StructArray::from(batch);
+        if phase == Phase::Filter && span_starts_relative(&md) {
+            return absolute_span_starts(&root);
+        }
+        Ok(root)
     })
 }
 
@@ -785,7 +796,18 @@ impl<'a> Attrs<'a> {
     }
 
     fn value(&self, j: usize) -> Option<Value> {
-        match self.ty.value(j) {
+        let ty = if self.ty.is_valid(j) {
+            self.ty.value(j)
+        } else {
+            value_type::implied(
+                self.str.is_valid(j),
+                self.int.is_valid(j),
+                self.dbl.is_valid(j),
+                self.bool.is_valid(j),
+                self.bytes.is_valid(j),
+            )?
+        };
+        match ty {
             value_type::STRING if self.str.is_valid(j) => {
                 Some(Value::String(self.str.value(j).to_owned()))
             }
@@ -1220,7 +1242,8 @@ impl<'a> ColumnarTrace<'a> {
                         *slot = (g - first_g) as u32;
                     }
                     if self.info.root.is_none()
-                        && c.parent_span_id.is_some_and(|p| p.value(g).is_empty())
+                        && c.parent_span_id
+                            .is_some_and(|p| p.is_valid(g) && p.value(g).is_empty())
                     {
                         self.info.root = Some(core);
                     }
@@ -1390,9 +1413,15 @@ impl SpanView for Core<'_> {
                 _ => SpanKind::Unspecified,
             }),
             Intrinsic::SpanId => return hex_id(c.span_id?.value(g)),
-            Intrinsic::ParentId => return hex_id(c.parent_span_id?.value(g)),
+            // A null (left-out) parent span ID needs the parent span: see `ColSpan`.
+            Intrinsic::ParentId => {
+                let p = c.parent_span_id?;
+                return p.is_valid(g).then(|| hex_id(p.value(g))).flatten();
+            }
+            // Null: left out because the parent span is in the trace.
             Intrinsic::Parent => {
-                return (!c.parent_span_id?.value(g).is_empty()).then_some(Value::Bool(true))
+                let p = c.parent_span_id?;
+                return (p.is_null(g) || !p.value(g).is_empty()).then_some(Value::Bool(true));
             }
             Intrinsic::EventName => {
                 let ev = c.events.as_ref()?;
@@ -1467,6 +1496,16 @@ impl SpanView for ColSpan<'_> {
                     Some(a) if a.is_valid(first.g) => hex_id(a.value(first.g)),
                     _ => hex_id(c.trace_id?.value(t.row)),
                 };
+            }
+            Intrinsic::ParentId
+                if self
+                    .core
+                    .c
+                    .parent_span_id
+                    .is_some_and(|p| p.is_null(self.core.g)) =>
+            {
+                let p = self.parent?;
+                return hex_id(p.c.span_id?.value(p.g));
             }
             other => return self.core.intrinsic(other),
         })

@@ -521,6 +521,7 @@ fn measure() {
         ("snappy", BlockCompression::Snappy),
         ("zstd(1)", BlockCompression::Zstd(1)),
         ("zstd(3)", BlockCompression::Zstd(3)),
+        ("zstd(6)", BlockCompression::Zstd(6)),
     ] {
         for dict in [true, false] {
             let cfg = BlockConfig {
@@ -905,4 +906,99 @@ fn corrupt_page_index_and_ranges_are_errors() {
         .expect("footer without page index")
         .page_index()
         .is_none());
+}
+
+/// Per-column compressed bytes and the whole block directory (data, blooms, index,
+/// tags.json): `cargo test --release --lib block::tests::measure_columns -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn measure_columns() {
+    let input = realistic_traces(20_000, 11);
+    let spans: usize = input
+        .iter()
+        .map(|t| crate::model::span_count(&t.batches))
+        .sum();
+    let mut tags = TagSummary::default();
+    for t in &input {
+        tags.add_trace(&t.batches);
+    }
+    let tags_len = tags.to_bytes().len();
+    let t = std::time::Instant::now();
+    let cfg = BlockConfig::default();
+    let block = encode_block(&tenant(), uuid::Uuid::nil(), 0, input.clone(), &cfg).expect("encode");
+    let enc = t.elapsed().as_secs_f64();
+    let md = footer_of(&block);
+    let mut cols: std::collections::BTreeMap<String, (i64, i64)> = Default::default();
+    for rg in md.row_groups() {
+        for c in rg.columns() {
+            let e = cols.entry(c.column_path().string()).or_default();
+            e.0 += c.compressed_size();
+            e.1 += c.uncompressed_size();
+        }
+    }
+    let mut v: Vec<_> = cols.into_iter().collect();
+    v.sort_by_key(|(_, (c, _))| -*c);
+    for (p, (c, u)) in v.iter().take(40) {
+        println!(
+            "{:8.2} B/span {:8.2} raw  {}",
+            *c as f64 / spans as f64,
+            *u as f64 / spans as f64,
+            p.replace("resource_spans.list.element.", "rs.")
+                .replace("scope_spans.list.element.", "ss.")
+                .replace("spans.list.element.", "sp.")
+                .replace("attrs.list.element.", "a.")
+        );
+    }
+    let blooms: usize = block.blooms.iter().map(|b| b.len()).sum();
+    let total = block.data.len() + blooms + block.index.len() + tags_len;
+    println!(
+        "data {:.2} footer+pageindex {:.2} bloom {:.2} index {:.2} tags {:.2} => total {:.2} B/span; encode {:.0} spans/s",
+        block.data.len() as f64 / spans as f64,
+        (block.meta.footer_size + block.meta.page_index_size) as f64 / spans as f64,
+        blooms as f64 / spans as f64,
+        block.index.len() as f64 / spans as f64,
+        tags_len as f64 / spans as f64,
+        total as f64 / spans as f64,
+        spans as f64 / enc
+    );
+}
+
+/// Blocks from older writers (required `parent_span_id` and attribute `type`, absolute
+/// span starts, no `vivace.span_start` key) still read back whole and by ID.
+#[test]
+fn reads_blocks_of_older_writers() {
+    let mut input = input_with_duplicate();
+    input.extend(realistic_traces(60, 13));
+    input.extend(all_kinds_traces(40, 14));
+    let want = expected(&input);
+    super::writer::legacy::ON.with(|c| c.set(true));
+    let block = encode_block(&tenant(), uuid::Uuid::nil(), 0, input.clone(), &paged_cfg());
+    super::writer::legacy::ON.with(|c| c.set(false));
+    let block = block.expect("encode");
+    let md = footer_of(&block);
+    assert!(md.file_metadata().key_value_metadata().is_none());
+    let parent = md
+        .file_metadata()
+        .schema_descr()
+        .columns()
+        .iter()
+        .find(|c| c.path().string() == format!("{}parent_span_id", paths::SPAN))
+        .expect("parent_span_id")
+        .self_type()
+        .is_optional();
+    assert!(!parent, "an older writer's schema");
+    let got = read_all_traces(block.data.clone()).expect("read");
+    assert_eq!(got, want);
+    let index = RowGroupIndex::from_bytes(&block.index).expect("index");
+    for w in &want {
+        let (got, _) = lookup(&block, &md, &index, &w.id).expect("lookup");
+        assert_eq!(got.as_ref(), Some(&w.batches), "trace {}", w.id);
+    }
+    // The current writer leaves parent IDs out and writes relative span starts.
+    let block = encode_block(&tenant(), uuid::Uuid::nil(), 0, input, &paged_cfg()).expect("encode");
+    assert!(footer_of(&block)
+        .file_metadata()
+        .key_value_metadata()
+        .is_some());
+    assert_eq!(read_all_traces(block.data).expect("read"), want);
 }

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use parquet::arrow::arrow_writer::ArrowWriterOptions;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, Encoding, Type as PhysicalType, ZstdLevel};
-use parquet::file::metadata::{ParquetMetaDataReader, SortingColumn};
+use parquet::file::metadata::{KeyValue as ParquetKeyValue, ParquetMetaDataReader, SortingColumn};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::{ColumnPath, SchemaDescriptor};
 use prost::Message;
@@ -133,6 +133,54 @@ pub fn compute_nested_set(spans: &[(&[u8], &[u8])]) -> Vec<NestedSet> {
     out
 }
 
+/// Tests write blocks the way older writers did (required `parent_span_id` and attribute
+/// `type`, absolute span starts) to check that readers still handle them.
+pub(crate) mod legacy {
+    #[cfg(test)]
+    thread_local! {
+        pub(crate) static ON: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    #[cfg(test)]
+    pub(crate) fn on() -> bool {
+        ON.with(|c| c.get())
+    }
+
+    #[cfg(not(test))]
+    pub(crate) fn on() -> bool {
+        false
+    }
+}
+
+/// For each span of a trace (as given to [`compute_nested_set`]), whether its parent span ID
+/// can be left out of the block: it is the span ID of the first span of the trace whose
+/// `nested_set_left` equals the span's `parent_id`, which is how readers restore it.
+pub(crate) fn derivable_parents(spans: &[(&[u8], &[u8])], nested: &[NestedSet]) -> Vec<bool> {
+    let mut by_left = vec![usize::MAX; 2 * spans.len() + 2];
+    for (i, ns) in nested.iter().enumerate() {
+        if let Some(slot) = usize::try_from(ns.left)
+            .ok()
+            .and_then(|l| by_left.get_mut(l))
+        {
+            if *slot == usize::MAX {
+                *slot = i;
+            }
+        }
+    }
+    spans
+        .iter()
+        .zip(nested)
+        .map(|((_, parent), ns)| {
+            !parent.is_empty()
+                && usize::try_from(ns.parent)
+                    .ok()
+                    .and_then(|p| by_left.get(p))
+                    .and_then(|&j| spans.get(j))
+                    .is_some_and(|(id, _)| id == parent)
+        })
+        .collect()
+}
+
 /// Synchronous CPU work; callers run it on spawn_blocking. Sorts by ID; if the same ID
 /// appears twice, the fragments are merged with `model::combine`. Errors on an empty input.
 /// Holds every trace in memory; [`encode_block_sorted`] streams instead.
@@ -186,8 +234,11 @@ where
     I: IntoIterator<Item = Result<TraceInput, BlockError>>,
 {
     check_config(cfg)?;
-    let schema = arrow_schema()?;
-    let descr = parquet_schema()?;
+    let (descr, schema) = if legacy::on() {
+        super::schema::legacy_schemas()?
+    } else {
+        (parquet_schema()?, arrow_schema()?)
+    };
     let options = ArrowWriterOptions::new()
         .with_properties(writer_properties(cfg, &descr)?)
         .with_skip_arrow_metadata(true)
@@ -377,7 +428,13 @@ fn writer_properties(
             descending: false,
             nulls_first: false,
         }]))
-        .set_dictionary_enabled(true);
+        .set_dictionary_enabled(true)
+        .set_key_value_metadata((!legacy::on()).then(|| {
+            vec![ParquetKeyValue::new(
+                super::reader::SPAN_START_KEY.to_string(),
+                super::reader::SPAN_START_RELATIVE.to_string(),
+            )]
+        }));
     for col in descr.columns() {
         let is_bytes = matches!(
             col.physical_type(),
@@ -388,8 +445,19 @@ fn writer_properties(
         if unique || (is_bytes && !cfg.string_dictionary) {
             b = b.set_column_dictionary_enabled(col.path().clone(), false);
         }
-        if unique && col.physical_type() == PhysicalType::INT64 {
-            b = b.set_column_encoding(col.path().clone(), Encoding::DELTA_BINARY_PACKED);
+        if unique {
+            // Byte split + zstd adapts to the spread of span times better than delta
+            // packing (which takes the widest delta of each miniblock); trace times and
+            // IDs stay delta-packed / delta-length and uncompressed.
+            let encoding = match col.physical_type() {
+                PhysicalType::INT64 if is_byte_split(&path) => Some(Encoding::BYTE_STREAM_SPLIT),
+                PhysicalType::INT64 => Some(Encoding::DELTA_BINARY_PACKED),
+                PhysicalType::BYTE_ARRAY => Some(Encoding::DELTA_LENGTH_BYTE_ARRAY),
+                _ => None,
+            };
+            if let Some(e) = encoding {
+                b = b.set_column_encoding(col.path().clone(), e);
+            }
         }
         // Random IDs and delta-packed times do not compress, and every compressed column
         // a lookup reads costs a codec set-up (measurable next to decoding a few pages).
@@ -402,7 +470,8 @@ fn writer_properties(
 
 /// Columns whose values (IDs, timestamps, durations) rarely repeat: a dictionary would
 /// cost space, and a lookup must fetch and decode the whole dictionary page of every
-/// column it reads, so these are stored without one (integers delta-encoded).
+/// column it reads, so these are stored without one (integers delta-encoded or byte
+/// split, byte arrays with delta-encoded lengths).
 fn is_mostly_unique(path: &str) -> bool {
     use super::paths::{DURATION, END_TIME, SPAN, START_TIME, TRACE_ID};
     if [TRACE_ID, START_TIME, END_TIME, DURATION].contains(&path) {
@@ -423,13 +492,24 @@ fn is_mostly_unique(path: &str) -> bool {
     .contains(&leaf)
 }
 
-/// Trace IDs and the delta-packed trace and span times: zstd gains nothing on them.
+/// Span times (start relative to the trace start, duration, event offsets): stored
+/// BYTE_STREAM_SPLIT and compressed.
+fn is_byte_split(path: &str) -> bool {
+    path.strip_prefix(super::paths::SPAN).is_some_and(|leaf| {
+        [
+            "start_time_unix_nano",
+            "duration_nano",
+            "events.list.element.time_since_start_nano",
+        ]
+        .contains(&leaf)
+    })
+}
+
+/// Trace IDs, span IDs and the delta-packed trace times: zstd gains nothing on them.
 fn is_incompressible(path: &str) -> bool {
     use super::paths::{DURATION, END_TIME, SPAN, START_TIME, TRACE_ID};
     [TRACE_ID, START_TIME, END_TIME, DURATION].contains(&path)
-        || path
-            .strip_prefix(SPAN)
-            .is_some_and(|leaf| ["start_time_unix_nano", "duration_nano"].contains(&leaf))
+        || path.strip_prefix(SPAN) == Some("span_id")
 }
 
 struct TraceSummary {
@@ -499,7 +579,8 @@ struct AttrBuilder {
     offsets: Vec<i32>,
     len: usize,
     key: StringBuilder,
-    ty: Vec<i32>,
+    /// Null when the value column that holds the value implies the type.
+    ty: Vec<Option<i32>>,
     str: StringBuilder,
     int: Int64Builder,
     dbl: Float64Builder,
@@ -566,7 +647,16 @@ impl AttrBuilder {
                 }
             },
         };
-        self.ty.push(ty);
+        // STRING..=BYTES are implied by which value column is set (see value_type::implied).
+        let implied = matches!(
+            ty,
+            value_type::STRING
+                | value_type::BOOL
+                | value_type::INT
+                | value_type::DOUBLE
+                | value_type::BYTES
+        );
+        self.ty.push((!implied || legacy::on()).then_some(ty));
         self.str.append_option(s);
         self.int.append_option(i);
         self.dbl.append_option(d);
@@ -843,6 +933,11 @@ impl RowGroupBuilder {
             }
         }
         let nested = compute_nested_set(&pairs);
+        let mut derived = derivable_parents(&pairs, &nested);
+        if legacy::on() {
+            derived.fill(false);
+        }
+        let span_base = if legacy::on() { 0 } else { start };
         let spans = pairs.len() as u64;
         if spans == 0 {
             start = 0;
@@ -891,8 +986,9 @@ impl RowGroupBuilder {
                         right: 0,
                         parent: -1,
                     });
+                    let parent_derived = derived.get(span_idx).copied().unwrap_or(false);
                     span_idx += 1;
-                    self.push_span(t.id, span, ns)?;
+                    self.push_span(t.id, span_base, span, ns, parent_derived)?;
                 }
                 self.span_offsets.push(to_i32(self.span_start.len())?);
             }
@@ -935,11 +1031,17 @@ impl RowGroupBuilder {
     fn push_span(
         &mut self,
         trace: TraceId,
+        trace_start: u64,
         span: &crate::model::Span,
         ns: NestedSet,
+        parent_derived: bool,
     ) -> Result<(), BlockError> {
         self.span_id.append_value(&span.span_id);
-        self.parent_span_id.append_value(&span.parent_span_id);
+        if parent_derived {
+            self.parent_span_id.append_null();
+        } else {
+            self.parent_span_id.append_value(&span.parent_span_id);
+        }
         // Almost always equal to the row's trace ID; only differing ones are stored.
         if span.trace_id.as_slice() == trace.as_bytes() {
             self.span_trace_id.append_null();
@@ -950,7 +1052,9 @@ impl RowGroupBuilder {
         self.flags.push(span.flags);
         self.name.append_value(&span.name);
         self.kind.push(span.kind);
-        self.span_start.push(span.start_time_unix_nano);
+        // Relative to the trace start (SPAN_START_KEY): small numbers pack tighter.
+        self.span_start
+            .push(span.start_time_unix_nano.wrapping_sub(trace_start));
         // Wrapping keeps even end < start exact on read.
         self.span_duration.push(
             span.end_time_unix_nano
