@@ -36,7 +36,7 @@ use super::ast::{
     Aggregate, Attribute, CompareOp, FieldExpr, Intrinsic, LogicOp, Pipeline, Query, ScalarExpr,
     ScalarFilter, Scope, SpansetExpr, SpansetOp, Stage, Static,
 };
-use super::eval::{eval, SpanView, Value};
+use super::eval::{eval, static_value, SpanView, Value};
 use super::otlp::OtlpTrace;
 
 /// What the engine needs of a trace. Spans are numbered `0..span_count()`.
@@ -607,19 +607,6 @@ fn to_static(value: Value) -> Option<Static> {
         Value::Status(v) => Static::Status(v),
         Value::Kind(v) => Static::Kind(v),
         Value::Array(_) => return None,
-    })
-}
-
-fn static_value(value: &Static) -> Option<Value> {
-    Some(match value {
-        Static::String(s) => Value::String(s.clone()),
-        Static::Int(v) => Value::Int(*v),
-        Static::Float(v) => Value::Float(*v),
-        Static::Bool(v) => Value::Bool(*v),
-        Static::Duration(v) => Value::Duration(*v),
-        Static::Status(v) => Value::Status(*v),
-        Static::Kind(v) => Value::Kind(*v),
-        Static::Nil => return None,
     })
 }
 

@@ -119,7 +119,8 @@ fn lookup(span: &dyn SpanView, scope: Scope, name: &str) -> Option<Value> {
     }
 }
 
-fn static_value(value: &Static) -> Option<Value> {
+/// A literal as a value; `nil` has none.
+pub(super) fn static_value(value: &Static) -> Option<Value> {
     Some(match value {
         Static::String(s) => Value::String(s.clone()),
         Static::Int(v) => Value::Int(*v),
