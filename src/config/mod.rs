@@ -34,6 +34,7 @@ pub struct Config {
     pub distributor: DistributorConfig,
     pub ingester: IngesterConfig,
     pub querier: QuerierConfig,
+    pub compactor: CompactorConfig,
     pub storage: StorageConfig,
     pub overrides: crate::overrides::OverridesConfig,
 }
@@ -166,6 +167,54 @@ impl Default for IngesterConfig {
             flush_check_period: Duration::from_secs(5),
             max_live_bytes: 1024 * 1024 * 1024,
             row_group_size_bytes: 32 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompactorConfig {
+    pub compaction: CompactionConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompactionConfig {
+    /// Blocks are merged only with blocks whose newest span falls in the same window.
+    #[serde(with = "duration")]
+    pub compaction_window: Duration,
+    /// Blocks whose newest span is older than this are deleted (per-tenant override:
+    /// `overrides.*.compaction.block_retention`).
+    #[serde(with = "duration")]
+    pub block_retention: Duration,
+    /// Compacted input blocks stay readable this long before they are deleted, so queriers
+    /// with an older block list still find them.
+    #[serde(with = "duration")]
+    pub compacted_block_retention: Duration,
+    /// Traces at most in one compaction's output.
+    pub max_compaction_objects: u64,
+    /// Bytes of data.parquet at most in one compaction's output.
+    pub max_block_bytes: u64,
+    /// Input blocks per compaction.
+    pub min_input_blocks: usize,
+    pub max_input_blocks: usize,
+    /// How often the compactor looks for work.
+    #[serde(with = "duration")]
+    pub compaction_cycle: Duration,
+}
+
+impl Default for CompactionConfig {
+    fn default() -> Self {
+        // Tempo's defaults, except the cycle, which Tempo does not expose.
+        Self {
+            compaction_window: Duration::from_secs(3600),
+            block_retention: Duration::from_secs(336 * 3600),
+            compacted_block_retention: Duration::from_secs(3600),
+            max_compaction_objects: 6_000_000,
+            max_block_bytes: 100 * 1024 * 1024 * 1024,
+            min_input_blocks: 2,
+            max_input_blocks: 4,
+            compaction_cycle: Duration::from_secs(30),
         }
     }
 }

@@ -20,6 +20,27 @@ use crate::model::TenantId;
 pub struct Limits {
     pub ingestion: IngestionLimits,
     pub global: GlobalLimits,
+    pub read: ReadLimits,
+    pub compaction: CompactionLimits,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReadLimits {
+    /// Longest `end - start` a search may ask for (zero: no limit).
+    #[serde(deserialize_with = "crate::config::deserialize_duration")]
+    pub max_search_duration: Duration,
+    /// Largest `limit` a search may ask for; larger ones are cut to it (zero: no limit).
+    pub max_result_limit: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompactionLimits {
+    /// Blocks whose newest span is older than this are deleted (zero: the compactor's
+    /// `block_retention`).
+    #[serde(deserialize_with = "crate::config::deserialize_duration")]
+    pub block_retention: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -29,6 +50,9 @@ pub struct IngestionLimits {
     pub rate_limit_bytes: u64,
     /// How far above the rate a tenant may burst.
     pub burst_size_bytes: u64,
+    /// Live (not yet flushed) traces a tenant may have at once; spans of new traces past it
+    /// are refused (zero: no limit besides the ingester's memory bound).
+    pub max_traces_per_user: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -44,6 +68,7 @@ impl Default for IngestionLimits {
         Self {
             rate_limit_bytes: 30_000_000,
             burst_size_bytes: 30_000_000,
+            max_traces_per_user: 0,
         }
     }
 }
@@ -90,6 +115,8 @@ struct RuntimeFile {
 struct PartialLimits {
     ingestion: Option<IngestionLimits>,
     global: Option<GlobalLimits>,
+    read: Option<ReadLimits>,
+    compaction: Option<CompactionLimits>,
 }
 
 /// Current limits for every tenant; cheap to read on every request.
@@ -141,6 +168,12 @@ impl Overrides {
             }
             if let Some(g) = p.global {
                 l.global = g;
+            }
+            if let Some(r) = p.read {
+                l.read = r;
+            }
+            if let Some(c) = p.compaction {
+                l.compaction = c;
             }
             map.insert(tenant, Arc::new(l));
         }
