@@ -46,6 +46,11 @@ pub use tags::{tags_key, TagSummary, TagValues, MAX_VALUES_PER_TAG, TAGS_FILE};
 pub use writer::{compute_nested_set, encode_block, encode_block_sorted, NestedSet};
 
 pub const META_FILE: &str = "meta.json";
+/// Replaces `meta.json` once a block has been compacted into another (Tempo's name): the
+/// block stays readable by queriers with an older block list until it is deleted.
+pub const COMPACTED_META_FILE: &str = "meta.compacted.json";
+/// The per-tenant block list object, `<tenant>/index.json.gz` (Tempo's name).
+pub const TENANT_INDEX_FILE: &str = "index.json.gz";
 pub const DATA_FILE: &str = "data.parquet";
 pub const INDEX_FILE: &str = "index";
 pub const BLOOM_PREFIX: &str = "bloom-";
@@ -151,6 +156,14 @@ fn block_prefix(tenant: &TenantId, id: uuid::Uuid) -> String {
 
 pub fn meta_key(tenant: &TenantId, id: uuid::Uuid) -> String {
     block_prefix(tenant, id) + META_FILE
+}
+
+pub fn compacted_meta_key(tenant: &TenantId, id: uuid::Uuid) -> String {
+    block_prefix(tenant, id) + COMPACTED_META_FILE
+}
+
+pub fn tenant_index_key(tenant: &TenantId) -> String {
+    format!("{}/{TENANT_INDEX_FILE}", tenant.as_str())
 }
 
 pub fn data_key(tenant: &TenantId, id: uuid::Uuid) -> String {

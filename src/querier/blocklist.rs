@@ -48,6 +48,16 @@ impl BlockList {
         }
     }
 
+    /// Forgets blocks at once (compacted or deleted in this process), instead of at the
+    /// next poll.
+    pub fn remove(&self, tenant: &TenantId, ids: &[Uuid]) {
+        if let Some(map) = self.tenants.write().get_mut(tenant) {
+            for id in ids {
+                map.remove(id);
+            }
+        }
+    }
+
     pub fn contains(&self, tenant: &TenantId, id: &Uuid) -> bool {
         self.tenants
             .read()
