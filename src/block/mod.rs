@@ -20,6 +20,7 @@ pub mod search;
 #[doc(hidden)]
 pub mod synth;
 mod tags;
+pub mod tenant_index;
 mod writer;
 
 #[cfg(test)]
@@ -34,8 +35,8 @@ pub use index::RowGroupIndex;
 pub use meta::{BlockMeta, DedicatedColumn, FORMAT};
 pub use reader::{
     batch_to_traces, decode_footer, find_trace, find_trace_in_pages, footer_fetch_range,
-    page_index_start, plan_lookup, read_all_traces, row_group_byte_range, LookupPlan, PageRead,
-    SparseChunk,
+    page_index_start, plan_lookup, read_all_traces, row_group_byte_range, row_group_traces,
+    LookupPlan, PageRead, RowGroupTraces, SparseChunk,
 };
 pub use schema::{arrow_schema, parquet_schema, paths, projection, value_type, SCHEMA_TEXT};
 pub use search::{
@@ -43,6 +44,7 @@ pub use search::{
     SearchColumns,
 };
 pub use tags::{tags_key, TagSummary, TagValues, MAX_VALUES_PER_TAG, TAGS_FILE};
+pub use tenant_index::{CompactedBlockMeta, TenantIndex};
 pub use writer::{compute_nested_set, encode_block, encode_block_sorted, NestedSet};
 
 pub const META_FILE: &str = "meta.json";
