@@ -1,6 +1,7 @@
 //! The HTTP API: the only module that knows HTTP routes and JSON shapes. Paths, parameters
 //! and response shapes are Tempo's, so Grafana's Tempo datasource works unchanged.
 
+pub mod auth;
 mod json;
 mod search;
 mod streaming;
@@ -23,6 +24,7 @@ use tracing::warn;
 use crate::frontend::Frontend;
 use crate::metrics::Metrics;
 use crate::model::{IdError, TenantId, TraceId};
+use crate::overrides::Overrides;
 use crate::querier::{QueryError, TimeRange};
 
 /// The Tempo API level vivace serves; Grafana turns features on by comparing it with semver
@@ -35,7 +37,10 @@ pub struct ApiState {
     pub frontend: Option<Arc<Frontend>>,
     pub metrics: Arc<Metrics>,
     pub ready: Arc<AtomicBool>,
-    pub multitenancy: bool,
+    /// Decides each request's tenant(s): header, or credential when built-in auth is on.
+    pub tenants: auth::TenantResolver,
+    /// Per-tenant read limits; `None` where this process runs no distributor's overrides.
+    pub overrides: Option<Arc<Overrides>>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -64,8 +69,8 @@ pub fn router(state: ApiState) -> Router {
 pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
-    #[error("{0}")]
-    Unauthorized(String),
+    #[error(transparent)]
+    Auth(#[from] auth::AuthError),
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -88,7 +93,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = match &self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Auth(e) => return auth_response(e),
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -136,43 +141,32 @@ async fn metrics(State(s): State<ApiState>) -> Response {
         .into_response()
 }
 
+/// An auth failure as HTTP: 401 (with `WWW-Authenticate` when built-in auth refused the
+/// credential), 403 for a tenant the credential does not grant, 400 for a malformed header.
+pub fn auth_response(e: &auth::AuthError) -> Response {
+    use auth::AuthError;
+    let code = match e {
+        AuthError::NoOrgId | AuthError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+        AuthError::Forbidden(_) => StatusCode::FORBIDDEN,
+        AuthError::BadTenant(_) => StatusCode::BAD_REQUEST,
+    };
+    let mut resp = (code, e.to_string()).into_response();
+    if e.challenge() {
+        for c in auth::CHALLENGES {
+            resp.headers_mut()
+                .append(header::WWW_AUTHENTICATE, HeaderValue::from_static(c));
+        }
+    }
+    resp
+}
+
 fn tenant(s: &ApiState, headers: &HeaderMap) -> Result<TenantId, ApiError> {
-    tenant_from_header(s.multitenancy, headers.get(TENANT_HEADER))
+    Ok(s.tenants.resolve_one(headers)?)
 }
 
 /// The tenants a read covers: Tempo's cross-tenant form `a|b` reads several at once.
 fn read_tenants(s: &ApiState, headers: &HeaderMap) -> Result<Vec<TenantId>, ApiError> {
-    let Some(v) = headers.get(TENANT_HEADER).filter(|_| s.multitenancy) else {
-        return Ok(vec![tenant(s, headers)?]);
-    };
-    let text = v
-        .to_str()
-        .map_err(|_| ApiError::BadRequest(format!("{TENANT_HEADER} is not valid text")))?;
-    let mut tenants = text
-        .split('|')
-        .map(|t| TenantId::new(t.trim()).map_err(|e| ApiError::BadRequest(e.to_string())))
-        .collect::<Result<Vec<_>, _>>()?;
-    tenants.sort();
-    tenants.dedup();
-    Ok(tenants)
-}
-
-pub fn tenant_from_header(
-    multitenancy: bool,
-    value: Option<&HeaderValue>,
-) -> Result<TenantId, ApiError> {
-    if !multitenancy {
-        return Ok(TenantId::single());
-    }
-    let Some(v) = value else {
-        return Err(ApiError::Unauthorized(format!(
-            "no org id: the {TENANT_HEADER} header is required"
-        )));
-    };
-    let v = v
-        .to_str()
-        .map_err(|_| ApiError::BadRequest(format!("{TENANT_HEADER} is not valid text")))?;
-    TenantId::new(v.trim()).map_err(|e| ApiError::BadRequest(e.to_string()))
+    Ok(s.tenants.resolve_many(headers)?)
 }
 
 #[derive(Deserialize)]
@@ -335,19 +329,24 @@ mod tests {
     }
 
     #[test]
-    fn tenant_rules() {
+    fn auth_errors_map_to_status_codes() {
+        use auth::AuthError;
+        let r = auth_response(&AuthError::Unauthenticated("invalid credentials"));
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(
-            tenant_from_header(false, None).unwrap().as_str(),
-            "single-tenant"
+            r.headers().get_all(header::WWW_AUTHENTICATE).iter().count(),
+            2
         );
-        assert!(matches!(
-            tenant_from_header(true, None),
-            Err(ApiError::Unauthorized(_))
-        ));
-        let bad = HeaderValue::from_static("a/b");
-        assert!(matches!(
-            tenant_from_header(true, Some(&bad)),
-            Err(ApiError::BadRequest(_))
-        ));
+        let r = auth_response(&AuthError::NoOrgId);
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert!(r.headers().get(header::WWW_AUTHENTICATE).is_none());
+        assert_eq!(
+            auth_response(&AuthError::Forbidden("x".into())).status(),
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            auth_response(&AuthError::BadTenant("x".into())).status(),
+            StatusCode::BAD_REQUEST
+        );
     }
 }

@@ -11,6 +11,7 @@ use tonic::codegen::BoxFuture;
 use tonic::server::{Grpc, ServerStreamingService};
 use tonic::{Request, Response, Status};
 
+use super::auth::grpc_status as auth_status;
 use super::search::{build_request, value_any, SearchParams};
 use super::tags::{self, TagParams};
 use super::tempopb::{
@@ -19,7 +20,7 @@ use super::tempopb::{
     SearchTagsV2Response, SearchTagsV2Scope, ServiceStats, Span, SpanSet, TagValue,
     TraceSearchMetadata,
 };
-use super::{tenant_from_header, ApiError, ApiState, TENANT_HEADER};
+use super::{ApiError, ApiState};
 use crate::model::{KeyValue, TenantId};
 use crate::querier::search::{HitSpanset, SearchResults, TraceHit};
 
@@ -94,12 +95,12 @@ impl<Req: Send + 'static, Resp: Send + 'static> ServerStreamingService<Req>
         let state = self.state.clone();
         let method = self.method;
         Box::pin(async move {
-            // Datasource headers (X-Scope-OrgID) arrive as gRPC metadata.
-            let header = request
-                .metadata()
-                .get(TENANT_HEADER.to_ascii_lowercase().as_str())
-                .and_then(|v| http::HeaderValue::from_bytes(v.as_bytes()).ok());
-            let tenant = tenant_from_header(state.multitenancy, header.as_ref()).map_err(status)?;
+            // Datasource headers (X-Scope-OrgID, Authorization) arrive as gRPC metadata.
+            let headers = request.metadata().clone().into_headers();
+            let tenant = state
+                .tenants
+                .resolve_one(&headers)
+                .map_err(|e| auth_status(&e))?;
             let messages = method(state, tenant, request.into_inner())
                 .await
                 .map_err(status)?;
@@ -211,7 +212,7 @@ fn search_tag_values_v2(
 fn status(e: ApiError) -> Status {
     match e {
         ApiError::BadRequest(m) => Status::invalid_argument(m),
-        ApiError::Unauthorized(m) => Status::unauthenticated(m),
+        ApiError::Auth(e) => auth_status(&e),
         ApiError::Unavailable(m) => Status::unavailable(m),
         ApiError::Internal(m) => Status::internal(m),
     }

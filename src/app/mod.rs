@@ -159,6 +159,14 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         _ => None,
     };
 
+    // Secrets are read (files, env) and hashed once, here; the resolver is shared by the
+    // API, the streaming querier and both receivers so their rules cannot diverge.
+    let tenants = api::auth::TenantResolver::new(
+        cfg.multitenancy_enabled,
+        api::auth::Authenticator::from_config(&cfg.auth)?,
+    );
+    let overrides = Overrides::new(&cfg.overrides)?;
+
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut servers: Vec<JoinHandle<Result<(), AppError>>> = Vec::new();
 
@@ -170,7 +178,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         frontend,
         metrics: metrics.clone(),
         ready: ready.clone(),
-        multitenancy: cfg.multitenancy_enabled,
+        tenants: tenants.clone(),
+        overrides: Some(overrides.clone()),
     });
     servers.push(serve_http(api_listener, api_router, stop_rx.clone()));
 
@@ -181,13 +190,12 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         let Some(ing) = ingester.clone() else {
             return Err(AppError::Target(target, "all".into()));
         };
-        let overrides = Overrides::new(&cfg.overrides)?;
         background.push(tokio::spawn(
             overrides
                 .clone()
                 .run_reloader(cfg.overrides.per_tenant_override_period),
         ));
-        let distributor = Arc::new(Distributor::new(ing, metrics.clone(), overrides));
+        let distributor = Arc::new(Distributor::new(ing, metrics.clone(), overrides.clone()));
         let protocols = &cfg.distributor.receivers.otlp.protocols;
         if let Some(g) = &protocols.grpc {
             let addr = parse_listen_addr(&g.endpoint)?;
@@ -195,7 +203,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
             info!(addr = %listener.local_addr().unwrap_or(addr), "otlp grpc receiver listening");
             let svc = receiver::grpc::OtlpGrpcService::new(
                 distributor.clone(),
-                cfg.multitenancy_enabled,
+                tenants.clone(),
                 g.max_recv_msg_size_mib * 1024 * 1024,
             );
             let rx = stop_rx.clone();
@@ -216,7 +224,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
             info!(addr = %listener.local_addr().unwrap_or(addr), "otlp http receiver listening");
             let router = receiver::http::router(receiver::http::HttpReceiverState {
                 distributor: distributor.clone(),
-                multitenancy: cfg.multitenancy_enabled,
+                tenants: tenants.clone(),
                 max_body_bytes: h.max_request_body_size,
             });
             servers.push(serve_http(listener, router, stop_rx.clone()));

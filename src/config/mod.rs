@@ -37,6 +37,8 @@ pub struct Config {
     pub compactor: CompactorConfig,
     pub storage: StorageConfig,
     pub overrides: crate::overrides::OverridesConfig,
+    /// Built-in authentication (off by default); see `api::auth`.
+    pub auth: crate::api::auth::AuthConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]

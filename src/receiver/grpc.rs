@@ -16,7 +16,7 @@ use tracing::debug;
 use tonic_types::{ErrorDetails, StatusExt};
 
 use super::{refusal, response_for, Refusal};
-use crate::api::{tenant_from_header, ApiError, TENANT_HEADER};
+use crate::api::auth::{grpc_status, TenantResolver};
 use crate::distributor::Distributor;
 use crate::model::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 
@@ -28,19 +28,19 @@ const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/
 #[derive(Clone)]
 pub struct OtlpGrpcService {
     distributor: Arc<Distributor>,
-    multitenancy: bool,
+    tenants: TenantResolver,
     max_message_bytes: usize,
 }
 
 impl OtlpGrpcService {
     pub fn new(
         distributor: Arc<Distributor>,
-        multitenancy: bool,
+        tenants: TenantResolver,
         max_message_bytes: usize,
     ) -> Self {
         Self {
             distributor,
-            multitenancy,
+            tenants,
             max_message_bytes,
         }
     }
@@ -98,15 +98,12 @@ impl UnaryService<Bytes> for Export {
     fn call(&mut self, request: Request<Bytes>) -> Self::Future {
         let svc = self.0.clone();
         Box::pin(async move {
-            let header = request
-                .metadata()
-                .get(TENANT_HEADER.to_ascii_lowercase().as_str())
-                .and_then(|v| http::HeaderValue::from_bytes(v.as_bytes()).ok());
-            let tenant =
-                tenant_from_header(svc.multitenancy, header.as_ref()).map_err(|e| match e {
-                    ApiError::Unauthorized(m) => Status::unauthenticated(m),
-                    other => Status::invalid_argument(other.to_string()),
-                })?;
+            // Checked before the body is decoded: an unauthenticated caller costs no decode.
+            let headers = request.metadata().clone().into_headers();
+            let tenant = svc
+                .tenants
+                .resolve_one(&headers)
+                .map_err(|e| grpc_status(&e))?;
             let raw = request.into_inner();
             let req = ExportTraceServiceRequest::decode(raw.clone()).map_err(|e| {
                 Status::invalid_argument(format!("cannot decode ExportTraceServiceRequest: {e}"))

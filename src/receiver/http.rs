@@ -15,14 +15,14 @@ use serde_json::json;
 use tracing::debug;
 
 use super::{refusal, response_for, Refusal};
-use crate::api::{tenant_from_header, ApiError, TENANT_HEADER};
+use crate::api::auth::{AuthError, TenantResolver, CHALLENGES};
 use crate::distributor::Distributor;
 use crate::model::ExportTraceServiceRequest;
 
 #[derive(Clone)]
 pub struct HttpReceiverState {
     pub distributor: Arc<Distributor>,
-    pub multitenancy: bool,
+    pub tenants: TenantResolver,
     pub max_body_bytes: usize,
 }
 
@@ -76,6 +76,7 @@ fn error(format: Format, http: StatusCode, grpc_code: i32, message: String) -> R
 
 const INVALID_ARGUMENT: i32 = 3;
 const RESOURCE_EXHAUSTED: i32 = 8;
+const PERMISSION_DENIED: i32 = 7;
 const UNAUTHENTICATED: i32 = 16;
 const UNAVAILABLE: i32 = 14;
 
@@ -88,30 +89,24 @@ async fn export(State(s): State<HttpReceiverState>, headers: HeaderMap, body: Bo
     let format = if ctype.starts_with("application/x-protobuf")
         || ctype.starts_with("application/protobuf")
     {
-        Format::Protobuf
+        Some(Format::Protobuf)
     } else if ctype.starts_with("application/json") {
-        Format::Json
+        Some(Format::Json)
     } else {
+        None
+    };
+    // Who is asking comes first: nothing else is said to an unauthenticated caller.
+    let tenant = match s.tenants.resolve_one(&headers) {
+        Ok(t) => t,
+        Err(e) => return auth_error(format.unwrap_or(Format::Json), &e),
+    };
+    let Some(format) = format else {
         return error(
             Format::Json,
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             INVALID_ARGUMENT,
             format!("unsupported content type {ctype:?}: use application/x-protobuf or application/json"),
         );
-    };
-    let tenant = match tenant_from_header(s.multitenancy, headers.get(TENANT_HEADER)) {
-        Ok(t) => t,
-        Err(ApiError::Unauthorized(m)) => {
-            return error(format, StatusCode::UNAUTHORIZED, UNAUTHENTICATED, m)
-        }
-        Err(e) => {
-            return error(
-                format,
-                StatusCode::BAD_REQUEST,
-                INVALID_ARGUMENT,
-                e.to_string(),
-            )
-        }
     };
     let limit = s.max_body_bytes;
     let too_large = || {
@@ -228,6 +223,28 @@ async fn export(State(s): State<HttpReceiverState>, headers: HeaderMap, body: Bo
             ),
         },
     }
+}
+
+/// An auth failure as OTLP/HTTP: 401 (challenging when built-in auth refused the
+/// credential), 403 for a tenant the credential does not grant, 400 for a bad header.
+fn auth_error(format: Format, e: &AuthError) -> Response {
+    let (http, grpc) = match e {
+        AuthError::NoOrgId | AuthError::Unauthenticated(_) => {
+            (StatusCode::UNAUTHORIZED, UNAUTHENTICATED)
+        }
+        AuthError::Forbidden(_) => (StatusCode::FORBIDDEN, PERMISSION_DENIED),
+        AuthError::BadTenant(_) => (StatusCode::BAD_REQUEST, INVALID_ARGUMENT),
+    };
+    let mut resp = error(format, http, grpc, e.to_string());
+    if e.challenge() {
+        for c in CHALLENGES {
+            resp.headers_mut().append(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static(c),
+            );
+        }
+    }
+    resp
 }
 
 /// Decompresses at most `limit` bytes; `None` when the body inflates past it.
