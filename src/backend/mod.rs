@@ -12,6 +12,8 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 
 mod cloud;
+/// Fault injection for tests (`storage.trace.fault_injection`, off by default).
+pub mod faulty;
 /// The storage conformance suite; public so the integration tests run it on real S3.
 #[doc(hidden)]
 pub mod conformance;
@@ -49,6 +51,11 @@ pub struct Backend {
 
 impl Backend {
     pub fn from_config(cfg: &TraceStorageConfig) -> Result<Self, BackendError> {
+        // Test-only: wrap the configured store in the fault injector (see faulty.rs).
+        if let Some(f) = &cfg.fault_injection {
+            let plain = TraceStorageConfig { fault_injection: None, ..cfg.clone() };
+            return faulty::from_config(Self::from_config(&plain)?, f);
+        }
         match cfg.backend {
             BackendKind::Local => {
                 std::fs::create_dir_all(&cfg.local.path).map_err(|e| {

@@ -265,6 +265,8 @@ pub struct TraceStorageConfig {
     pub gcs: GcsConfig,
     pub azure: AzureConfig,
     pub block: BlockStorageConfig,
+    /// FOR TESTING ONLY: makes storage calls fail on purpose (see `backend::faulty`).
+    pub fault_injection: Option<crate::backend::faulty::FaultInjectionConfig>,
 }
 
 impl Default for TraceStorageConfig {
@@ -278,6 +280,7 @@ impl Default for TraceStorageConfig {
             gcs: GcsConfig::default(),
             azure: AzureConfig::default(),
             block: BlockStorageConfig::default(),
+            fault_injection: None,
         }
     }
 }

@@ -187,16 +187,24 @@ impl Ingester {
         tags: &bytes::Bytes,
     ) -> Result<(), FlushError> {
         let id = b.meta.block_id;
-        let mut puts = Vec::with_capacity(b.blooms.len() + 3);
-        puts.push((block::data_key(tenant, id), b.data.clone()));
-        puts.push((block::tags_key(tenant, id), tags.clone()));
-        puts.push((block::index_key(tenant, id), b.index.clone()));
-        for (i, bloom) in b.blooms.iter().enumerate() {
-            puts.push((block::bloom_key(tenant, id, i as u32), bloom.clone()));
-        }
-        futures::future::try_join_all(
-            puts.into_iter()
-                .map(|(key, data)| async move { self.backend.put(&key, data).await }),
+        // In stages, so a flush interrupted at any point (crash, kill -9, a store that stops
+        // answering) leaves a prefix of this order behind and never a meta.json without the
+        // rest: data.parquet, then the bloom shards, then index and tags.json, then
+        // meta.json. A retry re-puts every object under the same block ID, so an interrupted
+        // and retried flush still commits one block. The fault-injection tests stop a flush
+        // between these stages.
+        self.backend
+            .put(&block::data_key(tenant, id), b.data.clone())
+            .await?;
+        futures::future::try_join_all(b.blooms.iter().enumerate().map(|(i, bloom)| {
+            let key = block::bloom_key(tenant, id, i as u32);
+            async move { self.backend.put(&key, bloom.clone()).await }
+        }))
+        .await?;
+        let (index_key, tags_key) = (block::index_key(tenant, id), block::tags_key(tenant, id));
+        futures::future::try_join(
+            self.backend.put(&index_key, b.index.clone()),
+            self.backend.put(&tags_key, tags.clone()),
         )
         .await?;
         // meta.json last: its presence is the commit point.

@@ -4,6 +4,16 @@
 //! `[u32 LE payload length][u32 LE crc32c(payload)][payload]`. One writer thread owns the
 //! file and commits in groups: every append that queued while the previous fsync ran shares
 //! the next one, so many concurrent exports cost one fsync.
+//!
+//! A failed write or fsync (disk full, I/O error, read-only file system) refuses the whole
+//! group, cuts whatever part of it reached the file, and moves the next group to a fresh
+//! segment, so a later replay never meets garbage in the middle of a segment and the
+//! writer recovers by itself once the disk takes writes again.
+//!
+//! Test-only hook, for machines where a test cannot mount a small file system: when the
+//! file [`FAULT_MARKER`] exists in the WAL directory at start-up, every group commit fails
+//! with "no space left" (after writing half its bytes, as a filling disk does) while the
+//! file `FAULT_MARKER.enospc` exists there.
 
 mod record;
 
@@ -41,6 +51,9 @@ fn io_err(path: &Path, source: io::Error) -> WalError {
 
 /// Largest record accepted; also the bound replay trusts a length header up to.
 pub const MAX_RECORD: usize = 1 << 30;
+
+/// Name of the test-only fault hook's marker file (see the module docs).
+pub const FAULT_MARKER: &str = "FAULT_INJECTION_FOR_TESTING";
 
 /// A record read back at start-up, with the segment it came from.
 pub struct ReplayedRecord {
@@ -102,7 +115,15 @@ impl Wal {
             }
         }
         let next = segments.last().map_or(1, |s| s + 1);
-        let writer = Writer::create(dir.to_owned(), next, metrics)?;
+        let mut writer = Writer::create(dir.to_owned(), next, metrics)?;
+        if dir.join(FAULT_MARKER).exists() {
+            let switch = dir.join(format!("{FAULT_MARKER}.enospc"));
+            warn!(
+                switch = %switch.display(),
+                "WAL FAULT INJECTION IS ON: writes fail while the switch file exists; for testing only"
+            );
+            writer.fault_switch = Some(switch);
+        }
         let (tx, rx) = mpsc::channel();
         thread::Builder::new()
             .name("vivace-wal".into())
@@ -199,6 +220,10 @@ struct Writer {
     len: u64,
     buf: Vec<u8>,
     metrics: Arc<Metrics>,
+    /// A write or fsync failed on the current segment: the next group goes to a new one.
+    broken: bool,
+    /// Test-only: writes fail while this file exists.
+    fault_switch: Option<PathBuf>,
 }
 
 impl Writer {
@@ -218,6 +243,8 @@ impl Writer {
             len,
             buf: Vec::with_capacity(1 << 20),
             metrics,
+            broken: false,
+            fault_switch: None,
         })
     }
 
@@ -253,11 +280,7 @@ impl Writer {
         if waiting.is_empty() {
             return;
         }
-        let path = segment_path(&self.dir, self.seq);
-        let result = self
-            .file
-            .write_all(&self.buf)
-            .and_then(|()| self.file.sync_data());
+        let result = self.write_group();
         let records = waiting.len() as u64;
         match result {
             Ok(()) => {
@@ -270,14 +293,16 @@ impl Writer {
                 }
             }
             Err(e) => {
-                warn!(segment = %path.display(), error = %e, "wal write failed, refusing the group");
-                // Drop whatever part of the group reached the file so the segment stays a
-                // clean sequence of records that were acknowledged.
-                if let Err(e2) = self.file.set_len(self.len) {
-                    warn!(error = %e2, "cannot truncate wal segment after failed write");
-                }
-                let kind = e.kind();
-                let msg = e.to_string();
+                let (path, source) = match e {
+                    WalError::Io { path, source } => (path, source),
+                    other => (
+                        segment_path(&self.dir, self.seq),
+                        io::Error::other(other.to_string()),
+                    ),
+                };
+                warn!(segment = %path.display(), records, error = %source, "wal write failed, refusing the group");
+                let kind = source.kind();
+                let msg = source.to_string();
                 for w in waiting.drain(..) {
                     let _ = w.send(Err(io_err(&path, io::Error::new(kind, msg.clone()))));
                 }
@@ -286,13 +311,72 @@ impl Writer {
         self.buf.clear();
     }
 
+    /// Writes and fsyncs the buffered group. On failure the segment is cut back to its
+    /// acknowledged prefix; if that fails too, or the fsync failed, it is marked broken and
+    /// the next group starts a new segment.
+    fn write_group(&mut self) -> Result<(), WalError> {
+        if self.broken {
+            // The old segment ends with acknowledged records only (or, if even the cut
+            // failed, with a torn tail that replay cuts off); nothing is appended after it.
+            let next = Writer::create(self.dir.clone(), self.seq + 1, self.metrics.clone())?;
+            info!(segment = next.seq, "wal writes resume in a new segment");
+            self.seq = next.seq;
+            self.file = next.file;
+            self.len = next.len;
+            self.broken = false;
+        }
+        let path = segment_path(&self.dir, self.seq);
+        let injected = self.fault_switch.as_ref().is_some_and(|f| f.exists());
+        let written = if injected {
+            // As a filling disk does: part of the group lands, then the write fails.
+            self.file
+                .write_all(&self.buf[..self.buf.len() / 2])
+                .and_then(|()| {
+                    Err(io::Error::new(
+                        io::ErrorKind::StorageFull,
+                        "no space left on device (injected for testing)",
+                    ))
+                })
+        } else {
+            self.file.write_all(&self.buf)
+        };
+        // After a failed fsync the kernel may have dropped the dirty pages: the file can no
+        // longer be trusted to hold what was written, so it is not written to again.
+        let (result, fsync_failed) = match written {
+            Ok(()) => match self.file.sync_data() {
+                Ok(()) => return Ok(()),
+                Err(e) => (e, true),
+            },
+            Err(e) => (e, false),
+        };
+        // Drop whatever part of the group reached the file, so the segment stays a clean
+        // sequence of acknowledged records.
+        if let Err(e2) = self
+            .file
+            .set_len(self.len)
+            .and_then(|()| self.file.sync_data())
+        {
+            warn!(segment = %path.display(), error = %e2, "cannot cut the failed write off the wal segment; replay will cut it");
+            self.broken = true;
+        }
+        if fsync_failed {
+            self.broken = true;
+        }
+        Err(io_err(&path, result))
+    }
+
     fn rotate(&mut self) -> Result<u64, WalError> {
         let path = segment_path(&self.dir, self.seq);
-        self.file.sync_all().map_err(|e| io_err(&path, e))?;
+        // A broken segment's acknowledged prefix was synced before the failure; syncing
+        // it again could only repeat the error and block every cut.
+        if !self.broken {
+            self.file.sync_all().map_err(|e| io_err(&path, e))?;
+        }
         let next = Writer::create(self.dir.clone(), self.seq + 1, self.metrics.clone())?;
         self.seq = next.seq;
         self.file = next.file;
         self.len = next.len;
+        self.broken = false;
         Ok(self.seq)
     }
 }
@@ -381,6 +465,47 @@ mod tests {
         let (_wal, replayed) = Wal::open(dir.path(), metrics()).unwrap();
         assert_eq!(replayed.len(), 1);
         assert_eq!(&replayed[0].payload[..], b"good");
+    }
+
+    /// Disk full through the test hook: the group is refused, its half-written bytes are cut
+    /// off, the next group goes to a new segment, and replay sees exactly the acked records.
+    #[tokio::test]
+    async fn failed_writes_are_refused_cut_off_and_recovered_from() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(FAULT_MARKER), b"").unwrap();
+        let switch = dir.path().join(format!("{FAULT_MARKER}.enospc"));
+        let (wal, _) = Wal::open(dir.path(), metrics()).unwrap();
+        assert_eq!(wal.append(Bytes::from_static(b"acked-1")).await.unwrap(), 1);
+        fs::write(&switch, b"").unwrap();
+        for _ in 0..3 {
+            match wal.append(Bytes::from(vec![7u8; 4000])).await {
+                Err(WalError::Io { source, .. }) => {
+                    assert_eq!(source.kind(), io::ErrorKind::StorageFull)
+                }
+                other => panic!("write on a full disk was not refused: {other:?}"),
+            }
+        }
+        // The failed groups left nothing behind in the segment.
+        let seg1 = fs::read(segment_path(dir.path(), 1)).unwrap();
+        assert_eq!(seg1.len(), HEADER_LEN + b"acked-1".len());
+        // Rotation (a cut) still works while the disk is full.
+        let rotated = wal.rotate().await.unwrap();
+        fs::remove_file(&switch).unwrap();
+        let seg = wal.append(Bytes::from_static(b"acked-2")).await.unwrap();
+        assert!(seg >= rotated);
+        drop(wal);
+        for s in list_segments(dir.path()).unwrap() {
+            let data = fs::read(segment_path(dir.path(), s)).unwrap();
+            let (_, good) = record::parse_segment(&data);
+            assert_eq!(
+                good,
+                data.len(),
+                "segment {s} has garbage after its records"
+            );
+        }
+        let (_wal, replayed) = Wal::open(dir.path(), metrics()).unwrap();
+        let got: Vec<_> = replayed.iter().map(|r| r.payload.to_vec()).collect();
+        assert_eq!(got, vec![b"acked-1".to_vec(), b"acked-2".to_vec()]);
     }
 
     #[tokio::test]
