@@ -7,6 +7,7 @@ pub mod app;
 pub mod backend;
 pub mod block;
 pub mod cli;
+pub mod compactor;
 pub mod config;
 pub mod distributor;
 pub mod frontend;

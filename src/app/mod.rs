@@ -106,7 +106,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     let components = components_for(&target)?;
     let has = |c: Component| components.contains(&c);
     let metrics = Arc::new(Metrics::default());
-    let backend = Backend::from_config(&cfg.storage.trace)?;
+    let backend =
+        Backend::from_config(&cfg.storage.trace)?.counting_into(metrics.backend_requests.clone());
     let blocklist = Arc::new(BlockList::default());
     let ready = Arc::new(AtomicBool::new(false));
     info!(target = %target, backend = backend.description(), "starting vivace");
@@ -146,7 +147,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
             blocklist.clone(),
             metrics.clone(),
             cfg.querier.concurrent_blocks,
-        ));
+        )
+        .with_poll_config(crate::querier::PollConfig::from_config(&cfg.storage.trace)));
         if let Err(e) = q.poll_blocklist().await {
             warn!(error = %e, "first blocklist poll failed, serving without blocks until the next one");
         }

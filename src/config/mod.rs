@@ -259,6 +259,10 @@ pub struct TraceStorageConfig {
     pub backend: BackendKind,
     #[serde(with = "duration")]
     pub blocklist_poll: Duration,
+    /// A tenant index (`<tenant>/index.json.gz`) older than this is ignored and the
+    /// bucket is listed instead; 0 means 3 × `blocklist_poll` (Tempo's name and default).
+    #[serde(with = "duration")]
+    pub blocklist_poll_stale_tenant_index: Duration,
     pub wal: WalConfig,
     pub local: LocalConfig,
     pub s3: S3Config,
@@ -274,6 +278,7 @@ impl Default for TraceStorageConfig {
         Self {
             backend: BackendKind::Local,
             blocklist_poll: Duration::from_secs(5 * 60),
+            blocklist_poll_stale_tenant_index: Duration::ZERO,
             wal: WalConfig::default(),
             local: LocalConfig::default(),
             s3: S3Config::default(),

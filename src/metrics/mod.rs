@@ -91,6 +91,11 @@ pub struct Metrics {
     pub flush_failures: Counter,
     pub blocklist_length: Gauge,
     pub query_duration: LabeledHistogram,
+    pub compactor_blocks_compacted: Counter,
+    pub compactor_bytes_written: Counter,
+    pub compactor_spans_written: Counter,
+    pub compactor_spans_discarded: LabeledCounter,
+    pub compactor_blocks_deleted: LabeledCounter,
 }
 
 impl Metrics {
@@ -172,6 +177,36 @@ impl Metrics {
             "Blocks known to the querier.",
             self.blocklist_length.get(),
         );
+        counter(
+            &mut s,
+            "vivace_compactor_blocks_compacted_total",
+            "Input blocks merged into compacted blocks.",
+            self.compactor_blocks_compacted.get(),
+        );
+        counter(
+            &mut s,
+            "vivace_compactor_bytes_written_total",
+            "Bytes of data.parquet written by compactions.",
+            self.compactor_bytes_written.get(),
+        );
+        counter(
+            &mut s,
+            "vivace_compactor_spans_written_total",
+            "Spans written into compacted blocks.",
+            self.compactor_spans_written.get(),
+        );
+        labeled(
+            &mut s,
+            "vivace_compactor_spans_discarded_total",
+            "Spans dropped while compacting, by reason.",
+            &self.compactor_spans_discarded,
+        );
+        labeled(
+            &mut s,
+            "vivace_compactor_blocks_deleted_total",
+            "Blocks deleted from the bucket, by reason.",
+            &self.compactor_blocks_deleted,
+        );
         let _ = writeln!(
             s,
             "# HELP vivace_query_duration_seconds Query latency by route.\n# TYPE vivace_query_duration_seconds histogram"
@@ -196,6 +231,13 @@ impl Metrics {
 
 fn counter(s: &mut String, name: &str, help: &str, v: u64) {
     let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+}
+
+fn labeled(s: &mut String, name: &str, help: &str, c: &LabeledCounter) {
+    let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (reason, n) in c.0.lock().iter() {
+        let _ = writeln!(s, "{name}{{reason=\"{reason}\"}} {n}");
+    }
 }
 
 fn gauge(s: &mut String, name: &str, help: &str, v: u64) {

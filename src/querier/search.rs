@@ -508,6 +508,31 @@ fn service_stats(batches: &[ResourceSpans]) -> BTreeMap<String, ServiceStats> {
     out
 }
 
+/// Adds `incoming` spansets to `existing`: a spanset with the same attributes as an
+/// existing one is folded into it, spans by span ID. True if any span was already there.
+fn merge_spansets(existing: &mut Vec<HitSpanset>, incoming: Vec<HitSpanset>) -> bool {
+    let mut overlaps = false;
+    for ss in incoming {
+        let Some(e) = existing.iter_mut().find(|e| e.attributes == ss.attributes) else {
+            existing.push(ss);
+            continue;
+        };
+        let mut seen: std::collections::HashSet<Vec<u8>> =
+            e.spans.iter().map(|s| s.span_id.clone()).collect();
+        let mut dup = 0;
+        for span in ss.spans {
+            if seen.insert(span.span_id.clone()) {
+                e.spans.push(span);
+            } else {
+                dup += 1;
+            }
+        }
+        overlaps |= dup > 0;
+        e.matched = (e.matched + ss.matched).saturating_sub(dup).max(e.matched);
+    }
+    overlaps
+}
+
 /// Merges per-source hits by trace ID and keeps the `limit` newest.
 fn merge(partials: Vec<Partial>, limit: usize) -> SearchResults {
     let mut metrics = SearchMetrics::default();
@@ -528,12 +553,19 @@ fn merge(partials: Vec<Partial>, limit: usize) -> SearchResults {
                         h.root_service_name = hit.root_service_name;
                         h.root_span_name = hit.root_span_name;
                     }
-                    h.spansets.extend(hit.spansets);
+                    // Blocks overlap while a compaction commits (its output holds what
+                    // its inputs hold): spans already listed are not listed again, and
+                    // then the stats of the larger copy stand instead of a sum.
+                    let overlaps = merge_spansets(&mut h.spansets, hit.spansets);
                     for (svc, st) in hit.service_stats {
                         let e = h.service_stats.entry(svc).or_default();
-                        e.span_count += st.span_count;
-                        e.error_count += st.error_count;
-                    }
+                        if overlaps {
+                            e.span_count = e.span_count.max(st.span_count);
+                            e.error_count = e.error_count.max(st.error_count);
+                        } else {
+                            e.span_count += st.span_count;
+                            e.error_count += st.error_count;
+                        }
                 }
             }
         }

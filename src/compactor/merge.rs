@@ -1,0 +1,265 @@
+//! The streaming merge: every input block is read one row group at a time (one ranged GET),
+//! decoded a few hundred traces at a time, and merged on trace ID into the output block.
+//! Runs on a blocking thread; fetches go through the runtime handle.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+
+use parquet::file::metadata::ParquetMetaData;
+use prost::Message;
+use tokio::runtime::Handle;
+
+use super::CompactError;
+use crate::backend::Backend;
+use crate::block::{self, BlockConfig, BlockMeta, EncodedBlock, TagSummary, TraceInput};
+use crate::model::{Combiner, ResourceSpans, TenantId, TraceId};
+
+/// Traces decoded at once from one row group.
+const BATCH_ROWS: usize = 256;
+
+/// What a merge produced besides the block.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct MergeStats {
+    pub spans_written: u64,
+    pub spans_discarded: u64,
+    pub duplicate_spans: u64,
+    pub input_bytes: u64,
+}
+
+/// One input block read row group by row group.
+struct Cursor {
+    backend: Backend,
+    handle: Handle,
+    data_key: String,
+    size: u64,
+    md: Arc<ParquetMetaData>,
+    next_rg: usize,
+    current: Option<block::RowGroupTraces>,
+    fetched: u64,
+}
+
+impl Cursor {
+    fn open(
+        backend: &Backend,
+        handle: &Handle,
+        tenant: &TenantId,
+        meta: &BlockMeta,
+    ) -> Result<Self, CompactError> {
+        let data_key = block::data_key(tenant, meta.block_id);
+        let range = block::footer_fetch_range(meta);
+        let tail = handle.block_on(backend.get_range(&data_key, range.clone()))?;
+        let fetched = tail.len() as u64;
+        let md = block::decode_footer(tail, meta.size)?;
+        Ok(Self {
+            backend: backend.clone(),
+            handle: handle.clone(),
+            data_key,
+            size: meta.size,
+            md,
+            next_rg: 0,
+            current: None,
+            fetched,
+        })
+    }
+
+    fn next_trace(&mut self) -> Result<Option<TraceInput>, CompactError> {
+        loop {
+            if let Some(cur) = self.current.as_mut() {
+                match cur.next() {
+                    Some(t) => return Ok(Some(t?)),
+                    None => self.current = None,
+                }
+            }
+            if self.next_rg >= self.md.num_row_groups() {
+                return Ok(None);
+            }
+            let rg = self.next_rg;
+            self.next_rg += 1;
+            let range = block::row_group_byte_range(&self.md, rg)?;
+            let bytes = self
+                .handle
+                .block_on(self.backend.get_range(&self.data_key, range.clone()))?;
+            self.fetched += bytes.len() as u64;
+            self.current = Some(block::row_group_traces(
+                self.md.clone(),
+                rg,
+                bytes,
+                range.start,
+                self.size,
+                BATCH_ROWS,
+            )?);
+        }
+    }
+}
+
+/// The k-way merge of the inputs' traces: one trace per ID, fragments combined, duplicate
+/// spans dropped, over-large traces cut.
+struct Merger {
+    cursors: Vec<Cursor>,
+    /// The next trace of each cursor, keyed by ID (smallest first).
+    heads: BinaryHeap<Reverse<(TraceId, usize)>>,
+    pending: Vec<Option<TraceInput>>,
+    max_bytes_per_trace: usize,
+    stats: MergeStats,
+    tags: TagSummary,
+    last: Option<TraceId>,
+}
+
+impl Merger {
+    fn new(mut cursors: Vec<Cursor>, max_bytes_per_trace: usize) -> Result<Self, CompactError> {
+        let mut heads = BinaryHeap::new();
+        let mut pending = Vec::with_capacity(cursors.len());
+        for (i, c) in cursors.iter_mut().enumerate() {
+            let t = c.next_trace()?;
+            if let Some(t) = &t {
+                heads.push(Reverse((t.id, i)));
+            }
+            pending.push(t);
+        }
+        Ok(Self {
+            cursors,
+            heads,
+            pending,
+            max_bytes_per_trace,
+            stats: MergeStats::default(),
+            tags: TagSummary::default(),
+            last: None,
+        })
+    }
+
+    /// Takes the pending trace of cursor `i` and queues its next one.
+    fn take(&mut self, i: usize) -> Result<TraceInput, CompactError> {
+        let t = self.pending[i]
+            .take()
+            .ok_or_else(|| CompactError::Internal("merge cursor has no pending trace".into()))?;
+        let next = self.cursors[i].next_trace()?;
+        if let Some(n) = &next {
+            if n.id <= t.id {
+                return Err(block::BlockError::NotSorted {
+                    prev: t.id,
+                    next: n.id,
+                }
+                .into());
+            }
+            self.heads.push(Reverse((n.id, i)));
+        }
+        self.pending[i] = next;
+        Ok(t)
+    }
+
+    fn next_trace(&mut self) -> Result<Option<TraceInput>, CompactError> {
+        loop {
+            let Some(Reverse((id, i))) = self.heads.pop() else {
+                return Ok(None);
+            };
+            let first = self.take(i)?;
+            let mut others = Vec::new();
+            while let Some(Reverse((next_id, j))) = self.heads.peek().copied() {
+                if next_id != id {
+                    break;
+                }
+                self.heads.pop();
+                others.push(self.take(j)?);
+            }
+            let mut batches = if others.is_empty() {
+                // Blocks hold each trace once, already combined.
+                first.batches
+            } else {
+                let mut c = Combiner::new();
+                c.add(first.batches);
+                for o in others {
+                    c.add(o.batches);
+                }
+                self.stats.duplicate_spans += c.duplicates() as u64;
+                c.finish()
+            };
+            if self.max_bytes_per_trace > 0 {
+                self.stats.spans_discarded += truncate(&mut batches, self.max_bytes_per_trace);
+            }
+            let spans = crate::model::span_count(&batches) as u64;
+            if spans == 0 {
+                continue;
+            }
+            self.stats.spans_written += spans;
+            self.tags.add_trace(&batches);
+            self.last = Some(id);
+            return Ok(Some(TraceInput { id, batches }));
+        }
+    }
+}
+
+/// Keeps spans, in order, while the trace stays within `max_bytes` (protobuf-encoded, as the
+/// distributor measures traces); returns how many spans were dropped.
+pub fn truncate(batches: &mut Vec<ResourceSpans>, max_bytes: usize) -> u64 {
+    let total: usize = batches.iter().map(Message::encoded_len).sum();
+    if total <= max_bytes {
+        return 0;
+    }
+    let mut used = 0usize;
+    let mut dropped = 0u64;
+    for rs in batches.iter_mut() {
+        used += rs.resource.as_ref().map_or(0, Message::encoded_len);
+        for ss in &mut rs.scope_spans {
+            used += ss.scope.as_ref().map_or(0, Message::encoded_len);
+            let mut keep = 0;
+            for s in &ss.spans {
+                let len = s.encoded_len();
+                if used + len > max_bytes {
+                    break;
+                }
+                used += len;
+                keep += 1;
+            }
+            dropped += (ss.spans.len() - keep) as u64;
+            ss.spans.truncate(keep);
+        }
+        rs.scope_spans.retain(|ss| !ss.spans.is_empty());
+    }
+    batches.retain(|rs| !rs.scope_spans.is_empty());
+    dropped
+}
+
+/// Merges `inputs` into one block at `level`, with the tag summary of what it wrote. Blocking:
+/// call on a blocking thread.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn merge_blocks(
+    backend: &Backend,
+    handle: &Handle,
+    tenant: &TenantId,
+    inputs: &[Arc<BlockMeta>],
+    output_id: uuid::Uuid,
+    level: u32,
+    max_bytes_per_trace: usize,
+    cfg: &BlockConfig,
+) -> Result<(EncodedBlock, TagSummary, MergeStats), CompactError> {
+    let cursors = inputs
+        .iter()
+        .map(|m| Cursor::open(backend, handle, tenant, m))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut merger = Merger::new(cursors, max_bytes_per_trace)?;
+    // The encoder pulls traces; an I/O error is kept aside so its kind survives.
+    let mut failed: Option<CompactError> = None;
+    let traces = std::iter::from_fn(|| {
+        if failed.is_some() {
+            return None;
+        }
+        match merger.next_trace() {
+            Ok(Some(t)) => Some(Ok(t)),
+            Ok(None) => None,
+            Err(e) => {
+                let msg = e.to_string();
+                failed = Some(e);
+                Some(Err(block::BlockError::Input(msg)))
+            }
+        }
+    });
+    let encoded = block::encode_block_sorted(tenant, output_id, level, traces, cfg);
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let encoded = encoded?;
+    let mut stats = merger.stats;
+    stats.input_bytes = merger.cursors.iter().map(|c| c.fetched).sum();
+    Ok((encoded, merger.tags, stats))
+}

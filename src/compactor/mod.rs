@@ -1,0 +1,642 @@
+//! The compactor: merges small blocks of a tenant into bigger ones, applies retention, and
+//! deletes blocks that were compacted long enough ago.
+//!
+//! Life cycle of a block (see `schema/meta.md`, "Compaction"):
+//! live (`meta.json`) → compacted (`meta.compacted.json`: the meta plus `compactedTime`,
+//! still readable by queriers with an older block list) → deleted after
+//! `compacted_block_retention`.
+//!
+//! Commit protocol of one compaction, each step durable before the next:
+//! 1. upload the output's objects (data, tags.json, index, blooms, `sources.json` naming the
+//!    inputs), 2. its `meta.json` (the commit point), 3. add it to the in-process block list,
+//! 4. for each input write `meta.compacted.json`, then delete its `meta.json`, 5. forget the
+//!    inputs in the block list. A crash before 2 leaves an orphan folder and the inputs
+//!    intact; a crash after 2 leaves the output and some inputs live at once: reads dedupe
+//!    spans across blocks, and the next cycle finishes step 4 from the output's
+//!    `sources.json`. The bucket listing, not the block list, drives every decision, so a
+//!    restarted compactor picks up where the old one stopped. One compactor per bucket.
+
+mod merge;
+mod select;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+
+use crate::backend::{Backend, BackendError};
+use crate::block::{self, BlockConfig, BlockError, BlockMeta, EncodedBlock};
+use crate::config::CompactionConfig;
+use crate::metrics::Metrics;
+use crate::model::TenantId;
+use crate::overrides::Overrides;
+use crate::querier::BlockList;
+
+pub use merge::truncate as truncate_trace;
+
+/// In a compaction's output folder: the IDs of the blocks it replaces, written before its
+/// `meta.json`, so a restarted compactor can finish marking them compacted.
+pub const SOURCES_FILE: &str = "sources.json";
+/// Reason label of spans cut from traces over `max_bytes_per_trace` (Tempo's).
+pub const TRACE_TOO_LARGE: &str = "trace_too_large_to_compact";
+
+pub fn sources_key(tenant: &TenantId, id: Uuid) -> String {
+    format!("{}/{}/{}", tenant.as_str(), id, SOURCES_FILE)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CompactError {
+    #[error("storage: {0}")]
+    Backend(#[from] BackendError),
+    #[error("block: {0}")]
+    Block(#[from] BlockError),
+    #[error("compaction task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    #[error("{0}")]
+    Internal(String),
+    #[error("corrupt {key}: {source}")]
+    Json {
+        key: String,
+        source: serde_json::Error,
+    },
+    /// The test hook stopped the compaction after this step.
+    #[error("stopped after step {0:?}")]
+    Stopped(CompactionStep),
+}
+
+/// The durable steps of one compaction, in order; a crash can happen after any of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompactionStep {
+    /// data, tags.json, index, blooms and sources.json of the output are uploaded.
+    OutputObjects,
+    /// The output's meta.json is written: it is live.
+    OutputCommitted,
+    /// The output is in the in-process block list.
+    BlockListUpdated,
+    /// Input `i` (in block ID order) has its meta.compacted.json.
+    InputMarked(usize),
+    /// Input `i` has lost its meta.json.
+    InputMetaDeleted(usize),
+    /// The inputs are gone from the in-process block list.
+    InputsForgotten,
+}
+
+/// Why a block stopped being live (recorded in meta.compacted.json, used as metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CompactedReason {
+    Compaction,
+    Retention,
+}
+
+impl CompactedReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            CompactedReason::Compaction => "compaction",
+            CompactedReason::Retention => "retention",
+        }
+    }
+}
+
+/// The fields of meta.compacted.json beyond the block's meta.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CompactedFields {
+    compacted_time: String,
+    #[serde(default)]
+    compacted_reason: Option<CompactedReason>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Sources {
+    inputs: Vec<Uuid>,
+}
+
+/// What one listing of a tenant's folder found for one block.
+#[derive(Debug, Default)]
+struct Listed {
+    keys: Vec<String>,
+    meta: bool,
+    compacted: bool,
+    sources: bool,
+}
+
+/// Totals of one cycle, for logs and tests.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CycleReport {
+    pub compactions: usize,
+    pub blocks_compacted: usize,
+    pub marked_by_retention: usize,
+    pub recovered_inputs: usize,
+    pub deleted: usize,
+    pub orphans: usize,
+}
+
+pub struct Compactor {
+    backend: Backend,
+    blocklist: Arc<BlockList>,
+    cfg: CompactionConfig,
+    block_cfg: BlockConfig,
+    overrides: Arc<Overrides>,
+    metrics: Arc<Metrics>,
+    /// meta.json never changes once written: each is fetched once.
+    metas: Mutex<HashMap<Uuid, Arc<BlockMeta>>>,
+    /// compactedTime (unix nanos) and reason of compacted blocks.
+    compacted: Mutex<HashMap<Uuid, (u64, Option<CompactedReason>)>>,
+    /// Outputs whose sources.json was read and whose inputs are all marked.
+    sources_done: Mutex<HashSet<Uuid>>,
+    /// Test hook: stop a compaction after this step, as a crash would.
+    stop_after: Mutex<Option<CompactionStep>>,
+}
+
+fn now_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl Compactor {
+    pub fn new(
+        backend: Backend,
+        blocklist: Arc<BlockList>,
+        cfg: CompactionConfig,
+        block_cfg: BlockConfig,
+        overrides: Arc<Overrides>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            backend,
+            blocklist,
+            cfg,
+            block_cfg,
+            overrides,
+            metrics,
+            metas: Mutex::new(HashMap::new()),
+            compacted: Mutex::new(HashMap::new()),
+            sources_done: Mutex::new(HashSet::new()),
+            stop_after: Mutex::new(None),
+        }
+    }
+
+    /// Makes the next compaction stop after `step`, as if the process died there.
+    #[doc(hidden)]
+    pub fn stop_after(&self, step: Option<CompactionStep>) {
+        *self.stop_after.lock() = step;
+    }
+
+    fn step(&self, s: CompactionStep) -> Result<(), CompactError> {
+        if *self.stop_after.lock() == Some(s) {
+            return Err(CompactError::Stopped(s));
+        }
+        Ok(())
+    }
+
+    /// Runs a cycle every `compaction_cycle` until the task is dropped. Stopping it at any
+    /// await point is a crash the next cycle recovers from.
+    pub async fn run(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.cfg.compaction_cycle);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let started = Instant::now();
+            let r = self.run_cycle().await;
+            if r != CycleReport::default() {
+                info!(
+                    compactions = r.compactions,
+                    blocks_compacted = r.blocks_compacted,
+                    marked_by_retention = r.marked_by_retention,
+                    recovered_inputs = r.recovered_inputs,
+                    deleted = r.deleted,
+                    orphans = r.orphans,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "compaction cycle"
+                );
+            }
+        }
+    }
+
+    /// One pass over every tenant in the bucket. Errors are logged per tenant.
+    pub async fn run_cycle(&self) -> CycleReport {
+        let mut total = CycleReport::default();
+        let tenants = match self.backend.list_dirs(None).await {
+            Ok(t) => t,
+            Err(e) => {
+                warn!(error = %e, "compactor cannot list tenants");
+                return total;
+            }
+        };
+        for t in tenants {
+            let Ok(tenant) = TenantId::new(&t) else {
+                continue;
+            };
+            match self.cycle_tenant(&tenant).await {
+                Ok(r) => {
+                    total.compactions += r.compactions;
+                    total.blocks_compacted += r.blocks_compacted;
+                    total.marked_by_retention += r.marked_by_retention;
+                    total.recovered_inputs += r.recovered_inputs;
+                    total.deleted += r.deleted;
+                    total.orphans += r.orphans;
+                }
+                Err(e) => warn!(tenant = %tenant, error = %e, "compaction cycle failed"),
+            }
+        }
+        total
+    }
+
+    /// One tenant: finish interrupted work, retention, deletions, then compactions.
+    pub async fn cycle_tenant(&self, tenant: &TenantId) -> Result<CycleReport, CompactError> {
+        let mut report = CycleReport::default();
+        let listing = self.list_tenant(tenant).await?;
+        let now = now_nanos();
+
+        let mut live: BTreeMap<Uuid, Arc<BlockMeta>> = BTreeMap::new();
+        let mut compacted = Vec::new();
+        for (id, l) in &listing {
+            if l.compacted {
+                if l.meta {
+                    // Marked, but its meta.json outlived a crash: finish the step.
+                    self.backend.delete(&block::meta_key(tenant, *id)).await?;
+                }
+                compacted.push(*id);
+            } else if l.meta {
+                if let Some(m) = self.load_meta(tenant, *id).await? {
+                    live.insert(*id, m);
+                }
+            } else {
+                // An upload that never committed (or one in progress right now). Object
+                // listings here carry no age, so it cannot be told apart from a block being
+                // written: it is left alone.
+                report.orphans += 1;
+            }
+        }
+        if report.orphans > 0 {
+            debug!(tenant = %tenant, orphans = report.orphans, "block folders without meta, left alone");
+        }
+
+        // Outputs committed by a compaction that stopped before marking all its inputs.
+        for (id, l) in &listing {
+            if !l.sources || !live.contains_key(id) || self.sources_done.lock().contains(id) {
+                continue;
+            }
+            let key = sources_key(tenant, *id);
+            let sources: Sources = match self.backend.get(&key).await {
+                Ok(b) => serde_json::from_slice(&b).map_err(|source| CompactError::Json {
+                    key: key.clone(),
+                    source,
+                })?,
+                Err(BackendError::NotFound(_)) => Sources::default(),
+                Err(e) => return Err(e.into()),
+            };
+            for input in sources.inputs {
+                if let Some(m) = live.remove(&input) {
+                    info!(tenant = %tenant, output = %id, input = %input, "finishing interrupted compaction");
+                    self.mark_compacted(tenant, &m, CompactedReason::Compaction)
+                        .await?;
+                    self.blocklist.remove(tenant, &[input]);
+                    compacted.push(input);
+                    report.recovered_inputs += 1;
+                }
+            }
+            self.sources_done.lock().insert(*id);
+        }
+
+        // Retention.
+        let limits = self.overrides.limits(tenant);
+        let retention = match limits.compaction.block_retention {
+            Duration::ZERO => self.cfg.block_retention,
+            d => d,
+        };
+        if retention > Duration::ZERO {
+            let cutoff = now.saturating_sub(nanos(retention));
+            let expired: Vec<Arc<BlockMeta>> = live
+                .values()
+                .filter(|m| m.end_time < cutoff)
+                .cloned()
+                .collect();
+            for m in expired {
+                info!(tenant = %tenant, block = %m.block_id, "block past retention");
+                self.mark_compacted(tenant, &m, CompactedReason::Retention)
+                    .await?;
+                self.blocklist.remove(tenant, &[m.block_id]);
+                live.remove(&m.block_id);
+                compacted.push(m.block_id);
+                report.marked_by_retention += 1;
+            }
+        }
+
+        // Compacted blocks past compacted_block_retention.
+        let keep_for = nanos(self.cfg.compacted_block_retention);
+        for id in compacted {
+            let Some((at, reason)) = self.compacted_time(tenant, id).await? else {
+                continue;
+            };
+            if now.saturating_sub(at) < keep_for {
+                continue;
+            }
+            let keys = listing.get(&id).map(|l| l.keys.clone()).unwrap_or_default();
+            self.delete_block(tenant, id, keys).await?;
+            let label = reason.unwrap_or(CompactedReason::Compaction).as_str();
+            self.metrics.compactor_blocks_deleted.add(label, 1);
+            report.deleted += 1;
+        }
+
+        // Compactions.
+        let live: Vec<Arc<BlockMeta>> = live.into_values().collect();
+        for job in select::select(&live, &self.cfg, now) {
+            self.compact(tenant, &job).await?;
+            report.compactions += 1;
+            report.blocks_compacted += job.len();
+        }
+        Ok(report)
+    }
+
+    /// Every block folder of a tenant and what it holds, from one listing.
+    async fn list_tenant(&self, tenant: &TenantId) -> Result<BTreeMap<Uuid, Listed>, CompactError> {
+        let mut out: BTreeMap<Uuid, Listed> = BTreeMap::new();
+        let prefix = format!("{}/", tenant.as_str());
+        for key in self.backend.list(tenant.as_str()).await? {
+            let Some((dir, file)) = key.strip_prefix(&prefix).and_then(|r| r.split_once('/'))
+            else {
+                continue; // the tenant index and other tenant-level objects
+            };
+            let Ok(id) = Uuid::parse_str(dir) else {
+                continue;
+            };
+            let l = out.entry(id).or_default();
+            match file {
+                block::META_FILE => l.meta = true,
+                block::COMPACTED_META_FILE => l.compacted = true,
+                SOURCES_FILE => l.sources = true,
+                _ => {}
+            }
+            l.keys.push(key);
+        }
+        Ok(out)
+    }
+
+    async fn load_meta(
+        &self,
+        tenant: &TenantId,
+        id: Uuid,
+    ) -> Result<Option<Arc<BlockMeta>>, CompactError> {
+        if let Some(m) = self.metas.lock().get(&id) {
+            return Ok(Some(m.clone()));
+        }
+        let bytes = match self.backend.get(&block::meta_key(tenant, id)).await {
+            Ok(b) => b,
+            // Compacted or deleted since the listing.
+            Err(BackendError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        match BlockMeta::from_bytes(&bytes) {
+            Ok(m) => {
+                let m = Arc::new(m);
+                self.metas.lock().insert(id, m.clone());
+                Ok(Some(m))
+            }
+            Err(e) => {
+                // Left alone: deleting data on a parse error would be worse than keeping it.
+                warn!(tenant = %tenant, block = %id, error = %e, "unreadable meta.json, block skipped");
+                Ok(None)
+            }
+        }
+    }
+
+    async fn compacted_time(
+        &self,
+        tenant: &TenantId,
+        id: Uuid,
+    ) -> Result<Option<(u64, Option<CompactedReason>)>, CompactError> {
+        if let Some(t) = self.compacted.lock().get(&id) {
+            return Ok(Some(*t));
+        }
+        let key = block::compacted_meta_key(tenant, id);
+        let bytes = match self.backend.get(&key).await {
+            Ok(b) => b,
+            Err(BackendError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let fields: CompactedFields = match serde_json::from_slice(&bytes) {
+            Ok(f) => f,
+            Err(e) => {
+                warn!(tenant = %tenant, block = %id, error = %e, "unreadable meta.compacted.json, block kept");
+                return Ok(None);
+            }
+        };
+        let at = humantime::parse_rfc3339_weak(&fields.compacted_time)
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map(nanos);
+        let Some(at) = at else {
+            warn!(tenant = %tenant, block = %id, "bad compactedTime, block kept");
+            return Ok(None);
+        };
+        let v = (at, fields.compacted_reason);
+        self.compacted.lock().insert(id, v);
+        Ok(Some(v))
+    }
+
+    /// Writes meta.compacted.json (the meta plus `compactedTime`), then deletes meta.json.
+    async fn mark_compacted(
+        &self,
+        tenant: &TenantId,
+        meta: &BlockMeta,
+        reason: CompactedReason,
+    ) -> Result<(), CompactError> {
+        self.write_marker(tenant, meta, reason).await?;
+        self.backend
+            .delete(&block::meta_key(tenant, meta.block_id))
+            .await?;
+        Ok(())
+    }
+
+    async fn write_marker(
+        &self,
+        tenant: &TenantId,
+        meta: &BlockMeta,
+        reason: CompactedReason,
+    ) -> Result<(), CompactError> {
+        let now = SystemTime::now();
+        let mut v = serde_json::to_value(meta).map_err(|source| CompactError::Json {
+            key: block::meta_key(tenant, meta.block_id),
+            source,
+        })?;
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert(
+                "compactedTime".into(),
+                humantime::format_rfc3339_nanos(now).to_string().into(),
+            );
+            obj.insert("compactedReason".into(), reason.as_str().into());
+        }
+        let bytes = serde_json::to_vec_pretty(&v).unwrap_or_default();
+        self.backend
+            .put(
+                &block::compacted_meta_key(tenant, meta.block_id),
+                bytes.into(),
+            )
+            .await?;
+        self.compacted.lock().insert(
+            meta.block_id,
+            (
+                now.duration_since(UNIX_EPOCH).map(nanos).unwrap_or(0),
+                Some(reason),
+            ),
+        );
+        self.metas.lock().remove(&meta.block_id);
+        Ok(())
+    }
+
+    /// Deletes every object of a block, meta.compacted.json last so a crash midway leaves a
+    /// folder the next cycle still recognises and finishes.
+    async fn delete_block(
+        &self,
+        tenant: &TenantId,
+        id: Uuid,
+        keys: Vec<String>,
+    ) -> Result<(), CompactError> {
+        let marker = block::compacted_meta_key(tenant, id);
+        futures::future::try_join_all(
+            keys.iter()
+                .filter(|k| **k != marker)
+                .map(|k| self.backend.delete(k)),
+        )
+        .await?;
+        self.backend.delete(&marker).await?;
+        self.compacted.lock().remove(&id);
+        info!(tenant = %tenant, block = %id, "compacted block deleted");
+        Ok(())
+    }
+
+    /// Merges `inputs` into one block and commits it (see the module docs).
+    async fn compact(
+        &self,
+        tenant: &TenantId,
+        inputs: &[Arc<BlockMeta>],
+    ) -> Result<(), CompactError> {
+        let started = Instant::now();
+        let level = inputs
+            .iter()
+            .map(|m| m.compaction_level)
+            .max()
+            .unwrap_or(0)
+            .saturating_add(1);
+        let output_id = Uuid::new_v4();
+        let max_bytes = self.overrides.limits(tenant).global.max_bytes_per_trace;
+        let max_bytes = usize::try_from(max_bytes).unwrap_or(usize::MAX);
+        let (backend, handle, t, ins, cfg) = (
+            self.backend.clone(),
+            tokio::runtime::Handle::current(),
+            tenant.clone(),
+            inputs.to_vec(),
+            self.block_cfg.clone(),
+        );
+        // Decoding and encoding are CPU-bound: the whole merge runs on a blocking thread,
+        // which waits on the runtime for its (one row group at a time) fetches.
+        let (encoded, tags, stats) = tokio::task::spawn_blocking(move || {
+            merge::merge_blocks(
+                &backend, &handle, &t, &ins, output_id, level, max_bytes, &cfg,
+            )
+        })
+        .await??;
+        let sources = Sources {
+            inputs: inputs.iter().map(|m| m.block_id).collect(),
+        };
+        self.upload_objects(tenant, &encoded, tags.to_bytes().into(), &sources)
+            .await?;
+        self.step(CompactionStep::OutputObjects)?;
+        self.backend
+            .put(
+                &block::meta_key(tenant, output_id),
+                encoded.meta.to_bytes().into(),
+            )
+            .await?;
+        self.step(CompactionStep::OutputCommitted)?;
+        self.metas
+            .lock()
+            .insert(output_id, Arc::new(encoded.meta.clone()));
+        self.blocklist.add(tenant.clone(), encoded.meta.clone());
+        self.step(CompactionStep::BlockListUpdated)?;
+        for (i, m) in inputs.iter().enumerate() {
+            self.write_marker(tenant, m, CompactedReason::Compaction)
+                .await?;
+            self.step(CompactionStep::InputMarked(i))?;
+            self.backend
+                .delete(&block::meta_key(tenant, m.block_id))
+                .await?;
+            self.step(CompactionStep::InputMetaDeleted(i))?;
+        }
+        // Only now: if marking failed midway, the next cycle finishes it from sources.json.
+        self.sources_done.lock().insert(output_id);
+        let ids: Vec<Uuid> = inputs.iter().map(|m| m.block_id).collect();
+        self.blocklist.remove(tenant, &ids);
+        self.step(CompactionStep::InputsForgotten)?;
+
+        if stats.spans_discarded > 0 {
+            self.metrics
+                .compactor_spans_discarded
+                .add(TRACE_TOO_LARGE, stats.spans_discarded);
+            warn!(tenant = %tenant, output = %output_id, spans = stats.spans_discarded, "spans of traces over max_bytes_per_trace discarded");
+        }
+        self.metrics
+            .compactor_blocks_compacted
+            .add(inputs.len() as u64);
+        self.metrics.compactor_bytes_written.add(encoded.meta.size);
+        self.metrics
+            .compactor_spans_written
+            .add(stats.spans_written);
+        let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+        info!(
+            tenant = %tenant,
+            inputs = %ids.join(","),
+            output = %output_id,
+            level,
+            traces = encoded.meta.total_objects,
+            spans = stats.spans_written,
+            duplicate_spans = stats.duplicate_spans,
+            input_bytes = stats.input_bytes,
+            bytes = encoded.meta.size,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "blocks compacted"
+        );
+        Ok(())
+    }
+
+    /// Every object of the output but meta.json, in the flusher's order.
+    async fn upload_objects(
+        &self,
+        tenant: &TenantId,
+        b: &EncodedBlock,
+        tags: Bytes,
+        sources: &Sources,
+    ) -> Result<(), CompactError> {
+        let id = b.meta.block_id;
+        let sources = serde_json::to_vec(sources).unwrap_or_default();
+        let mut puts = Vec::with_capacity(b.blooms.len() + 4);
+        puts.push((block::data_key(tenant, id), b.data.clone()));
+        puts.push((block::tags_key(tenant, id), tags));
+        puts.push((block::index_key(tenant, id), b.index.clone()));
+        for (i, bloom) in b.blooms.iter().enumerate() {
+            puts.push((block::bloom_key(tenant, id, i as u32), bloom.clone()));
+        }
+        puts.push((sources_key(tenant, id), sources.into()));
+        futures::future::try_join_all(
+            puts.into_iter()
+                .map(|(key, data)| async move { self.backend.put(&key, data).await }),
+        )
+        .await?;
+        Ok(())
+    }
+}
