@@ -26,6 +26,7 @@ const MULTIPART_CONCURRENCY: usize = 4;
 const RANGE_CONCURRENCY: usize = 8;
 
 use crate::config::{BackendKind, TraceStorageConfig};
+use crate::metrics::BackendRequests;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -47,6 +48,8 @@ pub struct Backend {
     /// Remote buckets fetch each asked range on its own (concurrently) instead of letting
     /// `object_store` merge ranges up to 1 MiB apart, which would pull whole row groups.
     split_ranges: bool,
+    /// Requests sent to the store, by operation; shared by every clone.
+    requests: Arc<BackendRequests>,
 }
 
 impl Backend {
@@ -66,6 +69,7 @@ impl Backend {
                     store: Arc::new(fs),
                     description: format!("local:{}", cfg.local.path.display()),
                     part_size: cloud::DEFAULT_PART_SIZE,
+                    requests: Arc::default(),
                     split_ranges: false,
                 })
             }
@@ -81,6 +85,7 @@ impl Backend {
             store: b.store,
             description: b.description,
             part_size: b.part_size,
+            requests: Arc::default(),
             split_ranges: true,
         }
     }
@@ -91,6 +96,7 @@ impl Backend {
             store: Arc::new(object_store::memory::InMemory::new()),
             description: "memory".into(),
             part_size: cloud::DEFAULT_PART_SIZE,
+            requests: Arc::default(),
             split_ranges: false,
         }
     }
@@ -99,14 +105,40 @@ impl Backend {
         &self.description
     }
 
+    /// Counts this backend's requests (and its clones') into `counters`, e.g. the
+    /// process's `Metrics::backend_requests`.
+    pub fn counting_into(mut self, counters: Arc<BackendRequests>) -> Self {
+        self.requests = counters;
+        self
+    }
+
+    /// Requests sent so far, by operation.
+    pub fn requests(&self) -> &BackendRequests {
+        &self.requests
+    }
+
+    /// How many requests `get_ranges(_, ranges)` sends: one per non-empty range on a
+    /// remote bucket, one in all on local and memory stores.
+    pub fn requests_for_ranges(&self, ranges: &[Range<u64>]) -> u64 {
+        if self.split_ranges {
+            ranges.iter().filter(|r| !r.is_empty()).count() as u64
+        } else {
+            u64::from(ranges.iter().any(|r| !r.is_empty()))
+        }
+    }
+
     /// Writes (or replaces) one object. Large objects go up as a multipart upload: a failed
     /// part is retried on its own, and a half-written object never becomes visible.
     pub async fn put(&self, key: &str, data: Bytes) -> Result<(), BackendError> {
         let path = ObjectPath::from(key);
         if data.len() <= MULTIPART_THRESHOLD {
+            self.requests.put.inc();
             self.store.put(&path, PutPayload::from_bytes(data)).await?;
             return Ok(());
         }
+        // Create, one request per part, complete.
+        let parts = data.len().div_ceil(self.part_size.max(1)) as u64;
+        self.requests.put.add(parts + 2);
         let upload = self.store.put_multipart(&path).await?;
         let mut w = WriteMultipart::new_with_chunk_size(upload, self.part_size);
         let mut off = 0;
@@ -125,6 +157,7 @@ impl Backend {
 
     pub async fn get(&self, key: &str) -> Result<Bytes, BackendError> {
         let path = ObjectPath::from(key);
+        self.requests.get.inc();
         match self.store.get(&path).await {
             Ok(r) => Ok(r.bytes().await?),
             Err(object_store::Error::NotFound { .. }) => Err(BackendError::NotFound(key.into())),
@@ -134,6 +167,7 @@ impl Backend {
 
     pub async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, BackendError> {
         let path = ObjectPath::from(key);
+        self.requests.get_range.inc();
         match self.store.get_range(&path, range).await {
             Ok(b) => Ok(b),
             Err(object_store::Error::NotFound { .. }) => Err(BackendError::NotFound(key.into())),
@@ -151,6 +185,9 @@ impl Backend {
     ) -> Result<Vec<Bytes>, BackendError> {
         let path = ObjectPath::from(key);
         let wanted: Vec<Range<u64>> = ranges.iter().filter(|r| !r.is_empty()).cloned().collect();
+        self.requests
+            .get_range
+            .add(self.requests_for_ranges(&wanted));
         let got = if self.split_ranges {
             futures::stream::iter(wanted)
                 .map(|r| self.store.get_range(&path, r))
@@ -180,6 +217,7 @@ impl Backend {
     }
 
     pub async fn delete(&self, key: &str) -> Result<(), BackendError> {
+        self.requests.delete.inc();
         match self.store.delete(&ObjectPath::from(key)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(e.into()),
@@ -189,6 +227,7 @@ impl Backend {
     /// The names directly below `prefix` that are "folders" (tenants, block IDs).
     pub async fn list_dirs(&self, prefix: Option<&str>) -> Result<Vec<String>, BackendError> {
         let p = prefix.map(ObjectPath::from);
+        self.requests.list.inc();
         let listing = self.store.list_with_delimiter(p.as_ref()).await?;
         Ok(listing
             .common_prefixes
@@ -200,6 +239,7 @@ impl Backend {
     /// Every object key below `prefix`.
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>, BackendError> {
         let p = ObjectPath::from(prefix);
+        self.requests.list.inc();
         let metas: Vec<_> = self.store.list(Some(&p)).try_collect().await?;
         Ok(metas.into_iter().map(|m| m.location.to_string()).collect())
     }
@@ -252,6 +292,39 @@ mod tests {
         b.delete("t1/blk1/meta.json").await.unwrap();
         b.delete("t1/blk1/meta.json").await.unwrap();
         assert_eq!(b.list("t1").await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn counts_requests_by_operation() {
+        let shared = Arc::new(BackendRequests::default());
+        let b = Backend::memory().counting_into(shared.clone());
+        let b2 = b.clone();
+        b.put("t/k", Bytes::from_static(b"0123456789"))
+            .await
+            .unwrap();
+        b2.get("t/k").await.unwrap();
+        b2.get_range("t/k", 0..2).await.unwrap();
+        b.get_ranges("t/k", &[0..1, 3..3, 4..6]).await.unwrap();
+        b.list("t").await.unwrap();
+        b.list_dirs(None).await.unwrap();
+        b.delete("t/k").await.unwrap();
+        let by_op = shared.by_operation();
+        assert_eq!(
+            by_op,
+            [
+                ("get", 1),
+                ("get_range", 2),
+                ("put", 1),
+                ("list", 2),
+                ("delete", 1)
+            ]
+        );
+        let split = Backend {
+            split_ranges: true,
+            ..Backend::memory()
+        };
+        assert_eq!(split.requests_for_ranges(&[0..1, 3..3, 4..6]), 2);
+        assert_eq!(b.requests_for_ranges(&[0..1, 3..3, 4..6]), 1);
     }
 
     #[tokio::test]

@@ -47,6 +47,34 @@ impl LabeledCounter {
     }
 }
 
+/// Object-store requests by operation, counted by `Backend` (every clone of a backend
+/// shares one set) and rendered as `vivace_backend_requests_total{operation=...}`.
+#[derive(Default, Debug)]
+pub struct BackendRequests {
+    pub get: Counter,
+    pub get_range: Counter,
+    pub put: Counter,
+    pub list: Counter,
+    pub delete: Counter,
+}
+
+impl BackendRequests {
+    /// (operation label, count), in a fixed order.
+    pub fn by_operation(&self) -> [(&'static str, u64); 5] {
+        [
+            ("get", self.get.get()),
+            ("get_range", self.get_range.get()),
+            ("put", self.put.get()),
+            ("list", self.list.get()),
+            ("delete", self.delete.get()),
+        ]
+    }
+
+    pub fn total(&self) -> u64 {
+        self.by_operation().iter().map(|(_, n)| n).sum()
+    }
+}
+
 const BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
 ];
@@ -96,6 +124,8 @@ pub struct Metrics {
     pub compactor_spans_written: Counter,
     pub compactor_spans_discarded: LabeledCounter,
     pub compactor_blocks_deleted: LabeledCounter,
+    /// Shared with the process's `Backend` (see `Backend::counting_into`).
+    pub backend_requests: std::sync::Arc<BackendRequests>,
 }
 
 impl Metrics {
@@ -177,6 +207,13 @@ impl Metrics {
             "Blocks known to the querier.",
             self.blocklist_length.get(),
         );
+        let _ = writeln!(
+            s,
+            "# HELP vivace_backend_requests_total Object-store requests, by operation.\n# TYPE vivace_backend_requests_total counter"
+        );
+        for (op, n) in self.backend_requests.by_operation() {
+            let _ = writeln!(s, "vivace_backend_requests_total{{operation=\"{op}\"}} {n}");
+        }
         counter(
             &mut s,
             "vivace_compactor_blocks_compacted_total",
@@ -254,7 +291,10 @@ mod tests {
         m.spans_received.add(7);
         m.spans_refused.add("invalid_trace_id", 2);
         m.query_duration.observe("trace_by_id", 0.003);
+        m.backend_requests.get_range.add(3);
         let text = m.render();
+        assert!(text.contains("vivace_backend_requests_total{operation=\"get_range\"} 3\n"));
+        assert!(text.contains("vivace_backend_requests_total{operation=\"put\"} 0\n"));
         assert!(text.contains("vivace_distributor_spans_received_total 7\n"));
         assert!(text
             .contains("vivace_distributor_spans_refused_total{reason=\"invalid_trace_id\"} 2\n"));

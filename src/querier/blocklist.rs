@@ -1,9 +1,9 @@
-//! The blocks a querier knows about, per tenant: filled by polling the bucket and by the
-//! ingester announcing the blocks it commits.
+//! The blocks a querier knows about, per tenant: filled by polling the bucket (or its
+//! tenant index) and by the ingester announcing the blocks it commits.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 use uuid::Uuid;
@@ -11,19 +11,34 @@ use uuid::Uuid;
 use crate::block::BlockMeta;
 use crate::model::TenantId;
 
+/// A removal is forgotten after this long even if sources still list the block (a
+/// failed compaction that left the input live); the bucket is the source of truth.
+const TOMBSTONE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
 struct Entry {
     meta: Arc<BlockMeta>,
     added: Instant,
 }
 
 #[derive(Default)]
+struct Tenant {
+    live: BTreeMap<Uuid, Entry>,
+    /// Blocks removed in this process (compacted, deleted), with when: a poll whose
+    /// source predates the removal must not bring them back.
+    removed: HashMap<Uuid, Instant>,
+}
+
+#[derive(Default)]
 pub struct BlockList {
-    tenants: RwLock<HashMap<TenantId, BTreeMap<Uuid, Entry>>>,
+    tenants: RwLock<HashMap<TenantId, Tenant>>,
 }
 
 impl BlockList {
     pub fn add(&self, tenant: TenantId, meta: BlockMeta) {
-        self.tenants.write().entry(tenant).or_default().insert(
+        let mut t = self.tenants.write();
+        let t = t.entry(tenant).or_default();
+        t.removed.remove(&meta.block_id);
+        t.live.insert(
             meta.block_id,
             Entry {
                 meta: Arc::new(meta),
@@ -32,16 +47,26 @@ impl BlockList {
         );
     }
 
-    /// Applies a poll that started at `poll_started` and found `found`: blocks it did not
-    /// see are dropped unless they were added after the poll began (a listing can miss
-    /// a block committed while it ran).
-    pub fn apply_poll(&self, tenant: &TenantId, found: Vec<BlockMeta>, poll_started: Instant) {
+    /// Applies a poll whose source (a listing, a tenant index) reflects the bucket as of
+    /// `as_of` and found `found`: blocks it did not report are dropped unless they were
+    /// added after `as_of` (a source can miss a block committed since), and blocks removed
+    /// in this process are not re-added.
+    pub fn apply_poll(&self, tenant: &TenantId, found: Vec<BlockMeta>, as_of: Instant) {
         let mut t = self.tenants.write();
-        let map = t.entry(tenant.clone()).or_default();
-        let found_ids: std::collections::HashSet<Uuid> = found.iter().map(|m| m.block_id).collect();
-        map.retain(|id, e| found_ids.contains(id) || e.added >= poll_started);
+        let t = t.entry(tenant.clone()).or_default();
+        let found_ids: HashSet<Uuid> = found.iter().map(|m| m.block_id).collect();
+        t.live
+            .retain(|id, e| found_ids.contains(id) || e.added >= as_of);
+        // A tombstone is needed until a source newer than the removal stops listing the
+        // block.
+        t.removed.retain(|id, at| {
+            at.elapsed() < TOMBSTONE_TTL && (found_ids.contains(id) || *at >= as_of)
+        });
         for meta in found {
-            map.entry(meta.block_id).or_insert_with(|| Entry {
+            if t.removed.contains_key(&meta.block_id) {
+                continue;
+            }
+            t.live.entry(meta.block_id).or_insert_with(|| Entry {
                 meta: Arc::new(meta),
                 added: Instant::now(),
             });
@@ -49,12 +74,14 @@ impl BlockList {
     }
 
     /// Forgets blocks at once (compacted or deleted in this process), instead of at the
-    /// next poll.
+    /// next poll, and keeps polls that started earlier from re-adding them.
     pub fn remove(&self, tenant: &TenantId, ids: &[Uuid]) {
-        if let Some(map) = self.tenants.write().get_mut(tenant) {
-            for id in ids {
-                map.remove(id);
-            }
+        let now = Instant::now();
+        let mut t = self.tenants.write();
+        let t = t.entry(tenant.clone()).or_default();
+        for id in ids {
+            t.live.remove(id);
+            t.removed.insert(*id, now);
         }
     }
 
@@ -62,23 +89,31 @@ impl BlockList {
         self.tenants
             .read()
             .get(tenant)
-            .is_some_and(|m| m.contains_key(id))
+            .is_some_and(|t| t.live.contains_key(id))
     }
 
     pub fn blocks(&self, tenant: &TenantId) -> Vec<Arc<BlockMeta>> {
         self.tenants
             .read()
             .get(tenant)
-            .map(|m| m.values().map(|e| e.meta.clone()).collect())
+            .map(|t| t.live.values().map(|e| e.meta.clone()).collect())
             .unwrap_or_default()
     }
 
     pub fn len(&self) -> usize {
-        self.tenants.read().values().map(|m| m.len()).sum()
+        self.tenants.read().values().map(|t| t.live.len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    #[cfg(test)]
+    fn tombstones(&self, tenant: &TenantId) -> usize {
+        self.tenants
+            .read()
+            .get(tenant)
+            .map_or(0, |t| t.removed.len())
     }
 }
 
@@ -111,5 +146,40 @@ mod tests {
         );
         assert!(bl.contains(&t, &listed.block_id));
         assert_eq!(bl.len(), 2);
+    }
+
+    #[test]
+    fn removed_block_is_not_readded_by_an_older_poll() {
+        let bl = BlockList::default();
+        let t = TenantId::single();
+        let input = meta();
+        let other = meta();
+        bl.add(t.clone(), input.clone());
+        bl.add(t.clone(), other.clone());
+        // A poll starts, lists both blocks; meanwhile the compactor removes one.
+        let poll_started = Instant::now();
+        bl.remove(&t, &[input.block_id]);
+        bl.apply_poll(&t, vec![input.clone(), other.clone()], poll_started);
+        assert!(
+            !bl.contains(&t, &input.block_id),
+            "the stale poll re-added it"
+        );
+        assert!(bl.contains(&t, &other.block_id));
+        // A later source that still lists it (a tenant index built before the removal)
+        // keeps the tombstone; one that no longer does clears it.
+        bl.apply_poll(&t, vec![input.clone(), other.clone()], poll_started);
+        assert!(!bl.contains(&t, &input.block_id));
+        assert_eq!(bl.tombstones(&t), 1);
+        bl.apply_poll(&t, vec![other.clone()], Instant::now());
+        assert_eq!(
+            bl.tombstones(&t),
+            0,
+            "tombstone dropped once the bucket agrees"
+        );
+        // An explicit add (the block committed again) wins over an old removal.
+        bl.remove(&t, &[other.block_id]);
+        bl.add(t.clone(), other.clone());
+        assert!(bl.contains(&t, &other.block_id));
+        assert_eq!(bl.tombstones(&t), 0);
     }
 }

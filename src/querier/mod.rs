@@ -7,13 +7,15 @@
 
 mod blocklist;
 mod cache;
+pub mod index_builder;
 mod scan;
 pub mod search;
 pub mod tags;
 
-use std::collections::BTreeMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::stream::{self, StreamExt};
 use parquet::file::metadata::ParquetMetaData;
@@ -22,6 +24,7 @@ use uuid::Uuid;
 
 pub use blocklist::BlockList;
 use cache::Cache;
+pub use index_builder::{build_tenant_index, write_all_tenant_indexes, IndexError};
 
 use crate::backend::{Backend, BackendError};
 use crate::block::{self, BlockError, BlockMeta, BloomShard, RowGroupIndex, TagSummary};
@@ -60,6 +63,44 @@ pub struct Found {
     pub batches: Vec<ResourceSpans>,
     pub inspected_bytes: u64,
     pub blocks_searched: usize,
+    /// Object-store requests this lookup sent (cache misses and page reads).
+    pub requests: u64,
+}
+
+/// How the block list is kept fresh.
+#[derive(Debug, Clone, Copy)]
+pub struct PollConfig {
+    /// `storage.trace.blocklist_poll`.
+    pub every: Duration,
+    /// `storage.trace.blocklist_poll_stale_tenant_index`; zero means 3 × `every`.
+    pub stale_tenant_index: Duration,
+}
+
+impl Default for PollConfig {
+    fn default() -> Self {
+        Self {
+            every: Duration::from_secs(5 * 60),
+            stale_tenant_index: Duration::ZERO,
+        }
+    }
+}
+
+impl PollConfig {
+    pub fn from_config(cfg: &crate::config::TraceStorageConfig) -> Self {
+        Self {
+            every: cfg.blocklist_poll,
+            stale_tenant_index: cfg.blocklist_poll_stale_tenant_index,
+        }
+    }
+
+    /// The age past which a tenant index is not trusted.
+    pub fn stale_after(&self) -> Duration {
+        if self.stale_tenant_index.is_zero() {
+            self.every.saturating_mul(3)
+        } else {
+            self.stale_tenant_index
+        }
+    }
 }
 
 pub struct Querier {
@@ -72,6 +113,7 @@ pub struct Querier {
     indexes: Cache<Uuid, RowGroupIndex>,
     footers: Cache<Uuid, ParquetMetaData>,
     tag_summaries: Cache<Uuid, TagSummary>,
+    poll: PollConfig,
 }
 
 impl Querier {
@@ -92,7 +134,14 @@ impl Querier {
             indexes: Cache::new(4_096),
             footers: Cache::new(1_024),
             tag_summaries: Cache::new(4_096),
+            poll: PollConfig::default(),
         }
+    }
+
+    /// Sets the poll interval and tenant-index staleness (defaults: 5m, 3 × interval).
+    pub fn with_poll_config(mut self, poll: PollConfig) -> Self {
+        self.poll = poll;
+        self
     }
 
     pub fn blocklist(&self) -> &Arc<BlockList> {
@@ -112,8 +161,10 @@ impl Querier {
         }
         let blocks = self.blocks_in_range(tenant, range);
         found.blocks_searched = blocks.len();
+        let requests = AtomicU64::new(0);
+        let requests = &requests;
         let mut results = stream::iter(blocks)
-            .map(|meta| async move { self.find_in_block(tenant, &meta, id).await })
+            .map(|meta| async move { self.find_in_block(tenant, &meta, id, requests).await })
             .buffer_unordered(self.concurrent_blocks);
         while let Some(r) = results.next().await {
             match r {
@@ -131,6 +182,16 @@ impl Querier {
                 Err(e) => return Err(e),
             }
         }
+        drop(results);
+        found.requests = requests.load(Ordering::Relaxed);
+        debug!(
+            tenant = %tenant,
+            trace = %id.to_hex(),
+            blocks = found.blocks_searched,
+            requests = found.requests,
+            inspected_bytes = found.inspected_bytes,
+            "trace lookup"
+        );
         Ok(found)
     }
 
@@ -139,7 +200,9 @@ impl Querier {
         tenant: &TenantId,
         meta: &BlockMeta,
         id: &TraceId,
+        requests: &AtomicU64,
     ) -> Result<(Vec<ResourceSpans>, u64), QueryError> {
+        let count = |n: u64| requests.fetch_add(n, Ordering::Relaxed);
         let bid = meta.block_id;
         let be = |source| QueryError::Backend { block: bid, source };
         let ble = |source| QueryError::Block { block: bid, source };
@@ -148,6 +211,7 @@ impl Querier {
             let bloom = match self.blooms.get(&(bid, shard)) {
                 Some(b) => b,
                 None => {
+                    count(1);
                     let bytes = self
                         .backend
                         .get(&block::bloom_key(tenant, bid, shard))
@@ -165,6 +229,7 @@ impl Querier {
         let index = match self.indexes.get(&bid) {
             Some(i) => i,
             None => {
+                count(1);
                 let bytes = self
                     .backend
                     .get(&block::index_key(tenant, bid))
@@ -182,7 +247,7 @@ impl Querier {
         let footer = match self.footers.get(&bid) {
             Some(f) => f,
             None => {
-                let f = self.load_footer(&data_key, meta).await?;
+                let f = self.load_footer_counted(&data_key, meta, requests).await?;
                 self.footers.insert(bid, f.clone());
                 f
             }
@@ -191,6 +256,7 @@ impl Querier {
         match block::plan_lookup(&footer, rg, &id).map_err(ble)? {
             block::LookupPlan::Absent => Ok((Vec::new(), 0)),
             block::LookupPlan::Pages(plan) => {
+                count(self.backend.requests_for_ranges(&plan.ranges));
                 let pages = self
                     .backend
                     .get_ranges(&data_key, &plan.ranges)
@@ -208,6 +274,7 @@ impl Querier {
             }
             // Blocks without a trace_id page index: the whole row group.
             block::LookupPlan::RowGroup(range) => {
+                count(1);
                 let bytes = self
                     .backend
                     .get_range(&data_key, range.clone())
@@ -240,10 +307,22 @@ impl Querier {
         data_key: &str,
         meta: &BlockMeta,
     ) -> Result<Arc<ParquetMetaData>, QueryError> {
+        self.load_footer_counted(data_key, meta, &AtomicU64::new(0))
+            .await
+    }
+
+    /// [`Self::load_footer`], adding the requests it sends to `requests`.
+    async fn load_footer_counted(
+        &self,
+        data_key: &str,
+        meta: &BlockMeta,
+        requests: &AtomicU64,
+    ) -> Result<Arc<ParquetMetaData>, QueryError> {
         let bid = meta.block_id;
         let be = |source| QueryError::Backend { block: bid, source };
         let ble = |source| QueryError::Block { block: bid, source };
         let size = meta.size;
+        requests.fetch_add(1, Ordering::Relaxed);
         let tail = self
             .backend
             .get_range(data_key, block::footer_fetch_range(meta))
@@ -255,6 +334,7 @@ impl Querier {
             .map_err(ble)?;
         match block::page_index_start(&md) {
             Some(start) if start < tail_start => {
+                requests.fetch_add(1, Ordering::Relaxed);
                 let tail = self
                     .backend
                     .get_range(data_key, start..size)
@@ -268,51 +348,123 @@ impl Querier {
         }
     }
 
-    /// Lists the bucket and brings the block list up to date.
+    /// Brings the block list up to date: per tenant from its index (`index.json.gz`)
+    /// when that is fresher than the staleness bound, else by listing the bucket.
     pub async fn poll_blocklist(&self) -> Result<(), BackendError> {
         let started = Instant::now();
         let tenants = self.backend.list_dirs(None).await?;
+        let (mut from_index, mut listed) = (0usize, 0usize);
         for t in tenants {
             let Ok(tenant) = TenantId::new(&t) else {
                 warn!(dir = %t, "ignoring bucket folder that is not a valid tenant id");
                 continue;
             };
-            let mut found = Vec::new();
-            let mut known = BTreeMap::new();
-            for m in self.blocklist.blocks(&tenant) {
-                known.insert(m.block_id, m);
-            }
-            for dir in self.backend.list_dirs(Some(tenant.as_str())).await? {
-                let Ok(bid) = Uuid::parse_str(&dir) else {
-                    continue;
-                };
-                if let Some(m) = known.get(&bid) {
-                    found.push((**m).clone());
-                    continue;
+            let (found, as_of) = match self.poll_tenant_index(&tenant, started).await? {
+                Some(r) => {
+                    from_index += 1;
+                    r
                 }
-                match self.backend.get(&block::meta_key(&tenant, bid)).await {
-                    Ok(bytes) => match BlockMeta::from_bytes(&bytes) {
-                        Ok(m) => found.push(m),
-                        Err(e) => {
-                            warn!(tenant = %tenant, block = %bid, error = %e, "unreadable meta.json")
-                        }
-                    },
-                    // No meta.json: not committed (yet); invisible by design.
-                    Err(BackendError::NotFound(_)) => {}
-                    Err(e) => return Err(e),
+                None => {
+                    listed += 1;
+                    let known: HashMap<Uuid, BlockMeta> = self
+                        .blocklist
+                        .blocks(&tenant)
+                        .into_iter()
+                        .map(|m| (m.block_id, (*m).clone()))
+                        .collect();
+                    let found =
+                        index_builder::list_live_blocks(&self.backend, &tenant, &known).await?;
+                    (found, started)
                 }
-            }
-            self.blocklist.apply_poll(&tenant, found, started);
+            };
+            self.blocklist.apply_poll(&tenant, found, as_of);
         }
         self.metrics
             .blocklist_length
             .set(self.blocklist.len() as u64);
         debug!(
             blocks = self.blocklist.len(),
+            tenants_from_index = from_index,
+            tenants_listed = listed,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "blocklist polled"
         );
         Ok(())
+    }
+
+    /// The live blocks of `tenant` from its index, and the instant the result reflects
+    /// the bucket as of; `None` when there is no usable (present, readable, fresh) index.
+    /// Block folders the index does not know are listed (one delimited listing) and their
+    /// meta read, so blocks flushed since the index was built, by any process, are seen.
+    async fn poll_tenant_index(
+        &self,
+        tenant: &TenantId,
+        started: Instant,
+    ) -> Result<Option<(Vec<BlockMeta>, Instant)>, BackendError> {
+        let index = match index_builder::read_tenant_index(&self.backend, tenant).await {
+            Ok(Some(i)) => i,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                warn!(error = %e, "tenant index unusable; listing the bucket");
+                return Ok(None);
+            }
+        };
+        let age = SystemTime::now()
+            .duration_since(index.created())
+            .unwrap_or(Duration::ZERO);
+        let stale_after = self.poll.stale_after();
+        if age > stale_after {
+            debug!(
+                tenant = %tenant,
+                age_s = age.as_secs(),
+                stale_after_s = stale_after.as_secs(),
+                "tenant index is stale; listing the bucket"
+            );
+            return Ok(None);
+        }
+        // The index reflects the bucket as it was `age` ago.
+        let as_of = started.checked_sub(age).unwrap_or(started).min(started);
+        let compacted: HashSet<Uuid> = index.compacted.iter().map(|c| c.meta.block_id).collect();
+        let mut seen: HashSet<Uuid> = compacted.clone();
+        let mut found = Vec::with_capacity(index.meta.len());
+        for m in index.meta {
+            seen.insert(m.block_id);
+            // A crash between writing the marker and deleting meta.json: marker wins.
+            if !compacted.contains(&m.block_id) {
+                found.push(m);
+            }
+        }
+        let known: HashMap<Uuid, Arc<BlockMeta>> = self
+            .blocklist
+            .blocks(tenant)
+            .into_iter()
+            .map(|m| (m.block_id, m))
+            .collect();
+        for dir in self.backend.list_dirs(Some(tenant.as_str())).await? {
+            let Ok(bid) = Uuid::parse_str(&dir) else {
+                continue;
+            };
+            if seen.contains(&bid) {
+                continue;
+            }
+            if let Some(m) = known.get(&bid) {
+                found.push((**m).clone());
+                continue;
+            }
+            let Some(meta) = index_builder::fetch_meta(&self.backend, tenant, bid).await? else {
+                continue; // not committed (yet), or compacted and its meta.json deleted
+            };
+            match self
+                .backend
+                .get(&block::compacted_meta_key(tenant, bid))
+                .await
+            {
+                Ok(_) => {}
+                Err(BackendError::NotFound(_)) => found.push(meta),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Some((found, as_of)))
     }
 
     /// Polls the bucket every `every` until the task is dropped.
