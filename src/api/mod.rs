@@ -241,7 +241,7 @@ pub fn search_request(
 
 /// Search results as /api/search's JSON.
 pub fn search_response_json(r: &crate::querier::search::SearchResults) -> String {
-    serde_json::to_string_pretty(&search::ResponseJson(r)).unwrap_or_default()
+    serde_json::to_string_pretty(&search::ResponseJson(r, &[])).unwrap_or_default()
 }
 
 fn protobuf(msg: impl Message) -> Response {

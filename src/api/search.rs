@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{json, Value as Json};
 
 use super::{read_tenants, ApiError, ApiState};
-use crate::model::{AnyValue, ArrayValue};
+use crate::frontend::Frontend;
+use crate::model::{AnyValue, ArrayValue, TenantId};
 use crate::querier::search::{
     HitSpan, HitSpanset, SearchRequest, SearchResults, ServiceStats, TraceHit,
 };
@@ -216,30 +217,108 @@ pub(super) async fn search(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let tenants = read_tenants(&s, &headers)?;
-    let req = build_request(&p)?;
+    let mut req = build_request(&p)?;
+    apply_read_limits(&s, &tenants, &mut req)?;
     let frontend = s
         .frontend
         .as_ref()
         .ok_or_else(|| ApiError::Unavailable("this process runs no query frontend".into()))?;
-    let results = frontend.search_in(&tenants, &req).await?;
-    Ok(axum::Json(ResponseJson(&results)).into_response())
+    let (results, owners) = search_tenants(frontend, &tenants, &req).await?;
+    Ok(axum::Json(ResponseJson(&results, &owners)).into_response())
+}
+
+/// Applies the tenants' read limits (the strictest when a read covers several):
+/// `max_search_duration` refuses a longer explicit time range, `max_result_limit` caps the
+/// limit. A search without a range is not refused, as in Tempo, where it covers recent data.
+pub(super) fn apply_read_limits(
+    s: &ApiState,
+    tenants: &[TenantId],
+    req: &mut SearchRequest,
+) -> Result<(), ApiError> {
+    let Some(overrides) = &s.overrides else {
+        return Ok(());
+    };
+    let strictest = |f: &dyn Fn(&crate::overrides::ReadLimits) -> u64| {
+        tenants
+            .iter()
+            .map(|t| f(&overrides.limits(t).read))
+            .filter(|v| *v > 0)
+            .min()
+    };
+    if let (Some(max), Some(r)) = (
+        strictest(&|l| l.max_search_duration.as_secs()),
+        req.range.as_ref(),
+    ) {
+        let asked = r.end_s.saturating_sub(r.start_s);
+        if asked > max {
+            return Err(ApiError::BadRequest(format!(
+                "range specified by start and end ({asked}s) exceeds max_search_duration ({max}s): reduce the time range"
+            )));
+        }
+    }
+    if let Some(max) = strictest(&|l| u64::from(l.max_result_limit)) {
+        req.limit = req.limit.min(max as usize);
+    }
+    Ok(())
+}
+
+/// Searches each tenant. With several (Tempo's `a|b`), every hit is marked with the tenant
+/// it came from (the second value, parallel to the traces; empty for one tenant), then all
+/// are merged newest first and cut to the limit.
+pub(super) async fn search_tenants(
+    frontend: &Frontend,
+    tenants: &[TenantId],
+    req: &SearchRequest,
+) -> Result<(SearchResults, Vec<TenantId>), ApiError> {
+    if let [one] = tenants {
+        return Ok((frontend.search(one, req).await?, Vec::new()));
+    }
+    let mut hits = Vec::new();
+    let mut out = SearchResults::default();
+    for t in tenants {
+        let r = frontend.search(t, req).await?;
+        hits.extend(r.traces.into_iter().map(|h| (h, t.clone())));
+        let (m, n) = (&mut out.metrics, &r.metrics);
+        m.inspected_traces += n.inspected_traces;
+        m.inspected_bytes += n.inspected_bytes;
+        m.inspected_spans += n.inspected_spans;
+        m.total_blocks += n.total_blocks;
+        m.completed_jobs += n.completed_jobs;
+        m.total_jobs += n.total_jobs;
+    }
+    hits.sort_by(|(a, ta), (b, tb)| {
+        b.start_unix_nano
+            .cmp(&a.start_unix_nano)
+            .then_with(|| a.id.cmp(&b.id))
+            .then_with(|| ta.cmp(tb))
+    });
+    hits.truncate(req.limit);
+    let (traces, owners) = hits.into_iter().unzip();
+    out.traces = traces;
+    Ok((out, owners))
 }
 
 /// The whole search response, serialised straight from the results: no intermediate JSON
-/// tree, and `spanSet` written from the same data as `spanSets[0]` rather than cloned.
-pub(super) struct ResponseJson<'a>(pub(super) &'a SearchResults);
+/// tree, and `spanSet` written from the same data as `spanSets[0]` rather than cloned. The
+/// second value names each trace's tenant for cross-tenant reads (empty otherwise).
+pub(super) struct ResponseJson<'a>(pub(super) &'a SearchResults, pub(super) &'a [TenantId]);
 
 impl Serialize for ResponseJson<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        struct Traces<'a>(&'a [TraceHit]);
+        struct Traces<'a>(&'a [TraceHit], &'a [TenantId]);
         impl Serialize for Traces<'_> {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.collect_seq(self.0.iter().map(TraceOut))
+                s.collect_seq(
+                    self.0
+                        .iter()
+                        .enumerate()
+                        .map(|(i, t)| TraceOut(t, self.1.get(i))),
+                )
             }
         }
         let m = &self.0.metrics;
         let mut o = s.serialize_struct("SearchResponse", 2)?;
-        o.serialize_field("traces", &Traces(&self.0.traces))?;
+        o.serialize_field("traces", &Traces(&self.0.traces, self.1))?;
         o.serialize_field(
             "metrics",
             &json!({
@@ -255,7 +334,7 @@ impl Serialize for ResponseJson<'_> {
     }
 }
 
-struct TraceOut<'a>(&'a TraceHit);
+struct TraceOut<'a>(&'a TraceHit, Option<&'a TenantId>);
 
 impl Serialize for TraceOut<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -302,6 +381,10 @@ impl Serialize for TraceOut<'_> {
         }
         o.serialize_entry("spanSets", &Sets(&t.spansets))?;
         o.serialize_entry("serviceStats", &Stats(&t.service_stats))?;
+        // vivace's addition for cross-tenant reads; Tempo has no field for it.
+        if let Some(tenant) = self.1 {
+            o.serialize_entry("tenant", tenant.as_str())?;
+        }
         o.end()
     }
 }

@@ -12,7 +12,7 @@ use tonic::server::{Grpc, ServerStreamingService};
 use tonic::{Request, Response, Status};
 
 use super::auth::grpc_status as auth_status;
-use super::search::{build_request, value_any, SearchParams};
+use super::search::{apply_read_limits, build_request, value_any, SearchParams};
 use super::tags::{self, TagParams};
 use super::tempopb::{
     MetadataMetrics, SearchMetrics, SearchRequest, SearchResponse, SearchTagValuesRequest,
@@ -118,7 +118,8 @@ fn search(
 ) -> BoxFuture<Vec<SearchResponse>, ApiError> {
     Box::pin(async move {
         let params = SearchParams::from_proto(&req);
-        let req = build_request(&params)?;
+        let mut req = build_request(&params)?;
+        apply_read_limits(&state, std::slice::from_ref(&tenant), &mut req)?;
         let frontend = state
             .frontend
             .as_ref()

@@ -138,51 +138,67 @@ impl Distributor {
                 .flat_map(|rs| &rs.scope_spans)
                 .map(|ss| ss.spans.len())
                 .sum();
-            self.metrics.spans_refused.add("rate_limited", spans as u64);
+            self.metrics
+                .spans_refused
+                .add(tenant.as_str(), "rate_limited", spans as u64);
             return Err(e);
         }
         let mut grouped = group_by_trace(&req.resource_spans);
         drop(req);
         let too_large = self.drop_oversized_traces(tenant, &limits, &mut grouped);
+        let over_live = self.drop_new_traces_over_limit(tenant, &limits, &mut grouped);
         let mut outcome = PushOutcome {
             accepted: grouped.accepted,
             rejected: grouped.rejected,
             message: grouped.message(),
         };
-        if too_large > 0 {
+        let mut refuse = |reason: &str, n: usize, msg: String| {
+            if n == 0 {
+                return;
+            }
             self.metrics
                 .spans_refused
-                .add("trace_too_large", too_large as u64);
-            outcome.accepted -= too_large;
-            outcome.rejected += too_large;
-            let msg = format!(
-                "rejected {too_large} spans of traces larger than max_bytes_per_trace ({} bytes)",
-                limits.global.max_bytes_per_trace
-            );
+                .add(tenant.as_str(), reason, n as u64);
+            outcome.accepted -= n;
+            outcome.rejected += n;
             outcome.message = if outcome.message.is_empty() {
                 msg
             } else {
                 format!("{}; {msg}", outcome.message)
             };
-        }
-        if grouped.rejected > 0 {
-            if grouped.bad_trace_id > 0 {
-                self.metrics
-                    .spans_refused
-                    .add("invalid_trace_id", grouped.bad_trace_id as u64);
-            }
-            if grouped.bad_span_id > 0 {
-                self.metrics
-                    .spans_refused
-                    .add("invalid_span_id", grouped.bad_span_id as u64);
-            }
-        }
+        };
+        refuse(
+            "trace_too_large",
+            too_large,
+            format!(
+                "rejected {too_large} spans of traces larger than max_bytes_per_trace ({} bytes)",
+                limits.global.max_bytes_per_trace
+            ),
+        );
+        refuse(
+            "live_traces_exceeded",
+            over_live,
+            format!(
+                "LIVE_TRACES_EXCEEDED: rejected {over_live} spans of new traces, tenant {tenant} already has max_traces_per_user ({}) live traces",
+                limits.ingestion.max_traces_per_user
+            ),
+        );
+        self.metrics.spans_refused.add(
+            tenant.as_str(),
+            "invalid_trace_id",
+            grouped.bad_trace_id as u64,
+        );
+        self.metrics.spans_refused.add(
+            tenant.as_str(),
+            "invalid_span_id",
+            grouped.bad_span_id as u64,
+        );
         if grouped.traces.is_empty() {
             return Ok(outcome);
         }
         // The WAL must hold exactly what was accepted, so a replay cannot bring back spans the
         // exporter was told were rejected.
-        let payload = if too_large > 0 {
+        let payload = if too_large + over_live > 0 {
             let mut kept = Fragments::default();
             for t in &grouped.traces {
                 kept.extend(&t.data);
@@ -204,7 +220,7 @@ impl Distributor {
                 };
                 self.metrics
                     .spans_refused
-                    .add(reason, outcome.accepted as u64);
+                    .add(tenant.as_str(), reason, outcome.accepted as u64);
                 Err(e.into())
             }
         }
@@ -226,6 +242,40 @@ impl Distributor {
                 refused += t.spans;
             }
             fits
+        });
+        refused
+    }
+
+    /// Removes traces that are not live yet once the tenant has `max_traces_per_user` live
+    /// traces (new traces of this request count too); returns how many spans that refused.
+    /// Spans of traces already live are always kept, so a trace is never cut in half.
+    fn drop_new_traces_over_limit(
+        &self,
+        tenant: &TenantId,
+        limits: &Limits,
+        g: &mut Grouped,
+    ) -> usize {
+        let max = limits.ingestion.max_traces_per_user as usize;
+        if max == 0 || g.traces.is_empty() {
+            return 0;
+        }
+        let ids: Vec<TraceId> = g.traces.iter().map(|t| t.id).collect();
+        let (live, is_live) = self.ingester.live_traces(tenant, &ids);
+        let mut room = max.saturating_sub(live);
+        let mut refused = 0;
+        let mut i = 0;
+        g.traces.retain(|t| {
+            let known = is_live[i];
+            i += 1;
+            if known {
+                return true;
+            }
+            if room > 0 {
+                room -= 1;
+                return true;
+            }
+            refused += t.spans;
+            false
         });
         refused
     }

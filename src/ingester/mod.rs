@@ -252,6 +252,16 @@ impl Ingester {
             .map_or(0, |l| l.data.len())
     }
 
+    /// How many live traces a tenant has, and which of `ids` are already live: for the
+    /// per-tenant `max_traces_per_user` limit (spans of live traces are always accepted).
+    pub fn live_traces(&self, tenant: &TenantId, ids: &[TraceId]) -> (usize, Vec<bool>) {
+        let head = self.head.lock();
+        match head.tenants.get(tenant) {
+            Some(m) => (m.len(), ids.iter().map(|id| m.contains_key(id)).collect()),
+            None => (0, vec![false; ids.len()]),
+        }
+    }
+
     fn cut_due(&self, now: Instant) -> bool {
         let head = self.head.lock();
         match head.started {

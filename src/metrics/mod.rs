@@ -75,6 +75,26 @@ impl BackendRequests {
     }
 }
 
+/// Refused spans keyed by (tenant, reason): who was refused, and why.
+#[derive(Default, Debug)]
+pub struct RefusedSpans(Mutex<BTreeMap<(String, String), u64>>);
+
+impl RefusedSpans {
+    pub fn add(&self, tenant: &str, reason: &str, n: u64) {
+        if n > 0 {
+            *self
+                .0
+                .lock()
+                .entry((tenant.to_owned(), reason.to_owned()))
+                .or_default() += n;
+        }
+    }
+    pub fn get(&self, tenant: &str, reason: &str) -> u64 {
+        let key = (tenant.to_owned(), reason.to_owned());
+        self.0.lock().get(&key).copied().unwrap_or(0)
+    }
+}
+
 const BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
 ];
@@ -108,7 +128,7 @@ impl LabeledHistogram {
 pub struct Metrics {
     pub spans_received: Counter,
     pub bytes_received: Counter,
-    pub spans_refused: LabeledCounter,
+    pub spans_refused: RefusedSpans,
     pub wal_fsyncs: Counter,
     pub wal_records: Counter,
     pub wal_bytes: Counter,
@@ -145,12 +165,13 @@ impl Metrics {
         );
         let _ = writeln!(
             s,
-            "# HELP vivace_distributor_spans_refused_total Spans refused, by reason.\n# TYPE vivace_distributor_spans_refused_total counter"
+            "# HELP vivace_distributor_spans_refused_total Spans refused, by tenant and reason.\n# TYPE vivace_distributor_spans_refused_total counter"
         );
-        for (reason, n) in self.spans_refused.0.lock().iter() {
+        // Tenant IDs cannot hold '"' or '\\' (model::TenantId), so they need no escaping.
+        for ((tenant, reason), n) in self.spans_refused.0.lock().iter() {
             let _ = writeln!(
                 s,
-                "vivace_distributor_spans_refused_total{{reason=\"{reason}\"}} {n}"
+                "vivace_distributor_spans_refused_total{{reason=\"{reason}\",tenant=\"{tenant}\"}} {n}"
             );
         }
         counter(
@@ -289,7 +310,7 @@ mod tests {
     fn renders_prometheus_text() {
         let m = Metrics::default();
         m.spans_received.add(7);
-        m.spans_refused.add("invalid_trace_id", 2);
+        m.spans_refused.add("team-a", "invalid_trace_id", 2);
         m.query_duration.observe("trace_by_id", 0.003);
         m.backend_requests.get_range.add(3);
         let text = m.render();
@@ -297,7 +318,7 @@ mod tests {
         assert!(text.contains("vivace_backend_requests_total{operation=\"put\"} 0\n"));
         assert!(text.contains("vivace_distributor_spans_received_total 7\n"));
         assert!(text
-            .contains("vivace_distributor_spans_refused_total{reason=\"invalid_trace_id\"} 2\n"));
+            .contains("vivace_distributor_spans_refused_total{reason=\"invalid_trace_id\",tenant=\"team-a\"} 2\n"));
         assert!(text.contains(
             "vivace_query_duration_seconds_bucket{route=\"trace_by_id\",le=\"0.005\"} 1\n"
         ));
