@@ -79,3 +79,108 @@ fn count_json_spans(batches: &serde_json::Value) -> usize {
         .map(|ss| ss["spans"].as_array().map_or(0, |s| s.len()))
         .sum()
 }
+
+/// `vivace blocks verify|inspect` against a flushed block, then against the same block
+/// with an object dropped and with data.parquet damaged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocks_verify_and_inspect() {
+    let mut server = Server::start_with(Opts::fast_flush()).await;
+    let tids: Vec<[u8; 16]> = (0..5).map(|_| rand_trace_id()).collect();
+    let spans = tids
+        .iter()
+        .flat_map(|tid| (0..2).map(|_| pb_span(tid, &rand_span_id(), "verify-op", now_nanos())))
+        .collect();
+    let (code, _) = server
+        .post_otlp(
+            pb_request("verify-svc", spans).encode_to_vec(),
+            &[("content-type", "application/x-protobuf")],
+        )
+        .await;
+    assert_eq!(code, 200);
+    server.wait_blocks_flushed(1, Duration::from_secs(60)).await;
+    // The flush's uploads are counted by operation.
+    let text = server.metrics_text().await;
+    let puts = text
+        .lines()
+        .find_map(|l| l.strip_prefix("vivace_backend_requests_total{operation=\"put\"} "))
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(puts.is_some_and(|n| n >= 4), "{text}");
+    server.stop_sigterm().await;
+
+    let metas = server.block_metas();
+    assert!(!metas.is_empty());
+    let block_dirs: Vec<std::path::PathBuf> = metas
+        .iter()
+        .map(|m| m.parent().unwrap().to_owned())
+        .collect();
+    let ids: Vec<String> = block_dirs
+        .iter()
+        .map(|d| d.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+
+    let (ok, out, err) = vivace(&server, &["blocks", "verify"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains(&format!("OK   {}", ids[0])), "{out}");
+    let (ok, out, err) = vivace(&server, &["blocks", "verify", "--output", "json"]);
+    assert!(ok, "{err}");
+    let verdicts: serde_json::Value = serde_json::from_str(&out).expect("json verdicts");
+    assert_eq!(verdicts.as_array().unwrap().len(), ids.len(), "{out}");
+    assert!(verdicts.as_array().unwrap().iter().all(|v| v["ok"] == true));
+    assert!(err.is_empty(), "no progress bar without a terminal: {err}");
+
+    // inspect: the row groups hold every trace the meta counts, five in all.
+    let mut traces = 0;
+    for id in &ids {
+        let (ok, out, err) = vivace(&server, &["blocks", "inspect", id, "--output", "json"]);
+        assert!(ok, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json inspection");
+        let in_groups: u64 = v["rowGroups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|rg| rg["traces"].as_u64().unwrap())
+            .sum();
+        assert_eq!(
+            in_groups,
+            v["meta"]["totalObjects"].as_u64().unwrap(),
+            "{out}"
+        );
+        assert_eq!(v["bloom"]["shards"], v["meta"]["bloomShards"]);
+        assert!(v["columns"].as_array().is_some_and(|c| !c.is_empty()));
+        assert!(v["tags"]["span"]["names"].as_u64().is_some(), "{out}");
+        traces += in_groups;
+    }
+    assert_eq!(traces, 5);
+    let (ok, out, err) = vivace(&server, &["blocks", "inspect", &ids[0]]);
+    assert!(
+        ok && out.contains("row groups") && out.contains("bloom:"),
+        "{out}{err}"
+    );
+
+    // A dropped bloom shard: verify fails and names the block and the object.
+    let bloom = block_dirs[0].join("bloom-0");
+    let saved = std::fs::read(&bloom).unwrap();
+    std::fs::remove_file(&bloom).unwrap();
+    let (ok, out, err) = vivace(&server, &["blocks", "verify"]);
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains(&format!("block {}", ids[0])) && err.contains("bloom-0"),
+        "{err}"
+    );
+    std::fs::write(&bloom, saved).unwrap();
+    let (ok, _, err) = vivace(&server, &["blocks", "verify", &ids[0]]);
+    assert!(ok, "restored: {err}");
+
+    // data.parquet cut short: the size and the footer no longer match meta.json.
+    let data = block_dirs[0].join("data.parquet");
+    let bytes = std::fs::read(&data).unwrap();
+    std::fs::write(&data, &bytes[100..]).unwrap();
+    let (ok, _, err) = vivace(&server, &["blocks", "verify", &ids[0]]);
+    assert!(!ok);
+    assert!(
+        err.contains(&format!("block {}", ids[0])) && err.contains("data.parquet is"),
+        "{err}"
+    );
+    let (ok, _, err) = vivace(&server, &["blocks", "verify", "not-a-uuid"]);
+    assert!(!ok && err.contains("block id"), "{err}");
+}

@@ -1,6 +1,7 @@
 //! The command line. Tempo's single-dash flags (`-config.file=x`, `-target=all`) are
 //! accepted as well as the `--` forms.
 
+mod block_tools;
 mod tools;
 
 use std::path::PathBuf;

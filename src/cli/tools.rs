@@ -1,5 +1,6 @@
 //! Commands that work straight against a bucket, without a server (like tempo-cli):
-//! `vivace blocks list`, `vivace query trace <id>`, `vivace query search '<traceql>'`.
+//! `vivace blocks list|inspect|verify`, `vivace query trace <id>`,
+//! `vivace query search '<traceql>'`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -38,6 +39,19 @@ pub enum Output {
 pub enum BlocksCommand {
     /// The live blocks of a tenant.
     List(BucketArgs),
+    /// One block in detail: meta, row groups, column sizes, bloom shards, tag summary.
+    Inspect {
+        block_id: String,
+        #[command(flatten)]
+        bucket: BucketArgs,
+    },
+    /// Checks blocks end to end (objects, footer, every row, ID order, bloom, index);
+    /// every block of the tenant unless some are named. Exits non-zero if any is broken.
+    Verify {
+        block_ids: Vec<String>,
+        #[command(flatten)]
+        bucket: BucketArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -70,9 +84,11 @@ pub enum ToolError {
     Invalid(String),
     #[error("trace {0} not found")]
     NotFound(String),
+    #[error("{0}")]
+    Broken(String),
 }
 
-async fn open(b: &BucketArgs) -> Result<(TenantId, Arc<Querier>), ToolError> {
+pub(super) fn open_bucket(b: &BucketArgs) -> Result<(TenantId, Backend, Config), ToolError> {
     let mut cfg = match &b.config_file {
         Some(p) => Config::from_file(p, false)?,
         None => Config::default(),
@@ -82,6 +98,11 @@ async fn open(b: &BucketArgs) -> Result<(TenantId, Arc<Querier>), ToolError> {
     }
     let tenant = TenantId::new(&b.tenant).map_err(|e| ToolError::Invalid(e.to_string()))?;
     let backend = Backend::from_config(&cfg.storage.trace)?;
+    Ok((tenant, backend, cfg))
+}
+
+async fn open(b: &BucketArgs) -> Result<(TenantId, Arc<Querier>), ToolError> {
+    let (tenant, backend, cfg) = open_bucket(b)?;
     let querier = Arc::new(Querier::new(
         backend,
         None,
@@ -95,7 +116,15 @@ async fn open(b: &BucketArgs) -> Result<(TenantId, Arc<Querier>), ToolError> {
 
 /// Runs a blocks command; returns what to print.
 pub async fn blocks(cmd: &BlocksCommand) -> Result<String, ToolError> {
-    let BlocksCommand::List(b) = cmd;
+    let b = match cmd {
+        BlocksCommand::List(b) => b,
+        BlocksCommand::Inspect { block_id, bucket } => {
+            return super::block_tools::inspect(block_id, bucket).await
+        }
+        BlocksCommand::Verify { block_ids, bucket } => {
+            return super::block_tools::verify(block_ids, bucket).await
+        }
+    };
     let (tenant, querier) = open(b).await?;
     let mut metas = querier.blocklist().blocks(&tenant);
     metas.sort_by_key(|m| (m.start_time, m.block_id));
