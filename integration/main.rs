@@ -3,7 +3,9 @@
 
 mod bad_input;
 mod crash_loop;
+mod disk_full;
 mod durability;
+mod faults;
 mod harness;
 mod ingest;
 mod limits;

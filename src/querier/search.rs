@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use parquet::file::metadata::ParquetMetaData;
+use tracing::warn;
 
 use super::{Querier, QueryError, TimeRange};
 use crate::backend::BackendError;
@@ -76,6 +77,8 @@ pub struct SearchMetrics {
 pub struct SearchResults {
     pub traces: Vec<TraceHit>,
     pub metrics: SearchMetrics,
+    /// Set when some blocks could not be read: why the results are incomplete.
+    pub partial: Option<String>,
 }
 
 /// What evaluating one source (memory or one block) produced.
@@ -129,6 +132,7 @@ impl Querier {
             hold(&mut held, p);
         }
         let mut completed = 0u64;
+        let mut failed: Vec<QueryError> = Vec::new();
         let mut pending = blocks.into_iter().peekable();
         let mut running = FuturesUnordered::new();
         loop {
@@ -148,16 +152,36 @@ impl Querier {
                 running.push(self.search_block(tenant, meta, params.clone(), columns.clone()));
             }
             let Some(r) = running.next().await else { break };
-            completed += 1;
-            if let Some(p) = r? {
-                hold(&mut held, &p);
-                partials.push(p);
+            match r {
+                Ok(found) => {
+                    completed += 1;
+                    if let Some(p) = found {
+                        hold(&mut held, &p);
+                        partials.push(p);
+                    }
+                }
+                // An unreadable block makes the search partial, as in Tempo: the other
+                // blocks' hits are returned and completedJobs stays below totalJobs.
+                Err(e) => {
+                    warn!(tenant = %tenant, error = %e, "search skipped a block it could not read");
+                    failed.push(e);
+                }
             }
+        }
+        // Nothing in the bucket could be read: an error, not an empty answer.
+        if !failed.is_empty() && completed == 0 {
+            return Err(failed.swap_remove(0));
         }
         let mut out = merge(partials, req.limit);
         out.metrics.total_blocks = total;
         out.metrics.total_jobs = total + 1;
         out.metrics.completed_jobs = completed + 1;
+        if let Some(first) = failed.first() {
+            out.partial = Some(format!(
+                "partial results: {} of {total} blocks could not be read ({first})",
+                failed.len()
+            ));
+        }
         Ok(out)
     }
 
@@ -577,7 +601,11 @@ fn merge(partials: Vec<Partial>, limit: usize) -> SearchResults {
             .then_with(|| a.id.cmp(&b.id))
     });
     traces.truncate(limit);
-    SearchResults { traces, metrics }
+    SearchResults {
+        traces,
+        metrics,
+        partial: None,
+    }
 }
 
 #[cfg(test)]
