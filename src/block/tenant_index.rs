@@ -26,6 +26,9 @@ pub struct CompactedBlockMeta {
     /// Unix nanoseconds; RFC 3339 in JSON.
     #[serde(with = "rfc3339", default)]
     pub compacted_time: u64,
+    /// Why: "compaction" or "retention"; absent in older markers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compacted_reason: Option<String>,
 }
 
 impl CompactedBlockMeta {
@@ -146,6 +149,7 @@ mod tests {
             compacted: vec![CompactedBlockMeta {
                 meta: meta(3),
                 compacted_time: 1_750_000_000_000_000_001,
+                compacted_reason: Some("retention".into()),
             }],
         };
         let bytes = idx.encode().unwrap();
@@ -176,9 +180,11 @@ mod tests {
         let m = meta(7);
         let mut v: serde_json::Value = serde_json::from_slice(&m.to_bytes()).unwrap();
         v["compactedTime"] = "2026-01-02T03:04:05Z".into();
+        v["compactedReason"] = "compaction".into();
         let c = CompactedBlockMeta::from_bytes(v.to_string().as_bytes()).unwrap();
         assert_eq!(c.meta, m);
         assert_eq!(c.compacted_time, 1_767_323_045_000_000_000);
+        assert_eq!(c.compacted_reason.as_deref(), Some("compaction"));
         assert_eq!(CompactedBlockMeta::from_bytes(&c.to_bytes()).unwrap(), c);
     }
 

@@ -311,6 +311,7 @@ mod tests {
         let c = CompactedBlockMeta {
             meta: meta.clone(),
             compacted_time: unix_nanos_now(),
+            compacted_reason: Some("compaction".into()),
         };
         backend
             .put(
