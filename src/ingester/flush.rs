@@ -216,3 +216,117 @@ impl Ingester {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use parking_lot::Mutex;
+    use prost::Message;
+
+    use super::super::wal::{self, Wal};
+    use super::super::{BlockCommitted, Ingester};
+    use crate::backend::faulty::{FaultAction, FaultOp, FaultRule, Faults};
+    use crate::backend::Backend;
+    use crate::block::{BlockConfig, BlockMeta};
+    use crate::config::IngesterConfig;
+    use crate::distributor::group_by_trace;
+    use crate::metrics::Metrics;
+    use crate::model::{ExportTraceServiceRequest, ResourceSpans, ScopeSpans, Span, TenantId};
+
+    fn request(trace: u8, spans: u8) -> ExportTraceServiceRequest {
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: None,
+                scope_spans: vec![ScopeSpans {
+                    scope: None,
+                    spans: (0..spans)
+                        .map(|i| Span {
+                            trace_id: vec![trace; 16],
+                            span_id: vec![2, 2, 2, 2, 2, 2, 2, i],
+                            name: format!("op-{i}"),
+                            start_time_unix_nano: 1_700_000_000_000_000_000 + u64::from(i),
+                            end_time_unix_nano: 1_700_000_000_100_000_000,
+                            ..Default::default()
+                        })
+                        .collect(),
+                    schema_url: String::new(),
+                }],
+                schema_url: String::new(),
+            }],
+        }
+    }
+
+    /// Puts fail (errors, then timeouts) for a while: the flush retries, commits exactly
+    /// one block under one ID, and the WAL segments stay until that commit.
+    #[tokio::test]
+    async fn flush_retries_failing_puts_and_keeps_the_wal_until_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let (log, _) = Wal::open(dir.path(), metrics.clone()).unwrap();
+        let faults = Faults::new();
+        let backend = Backend::memory().with_faults(faults.clone());
+        let committed = Arc::new(Mutex::new(Vec::<BlockMeta>::new()));
+        let c = committed.clone();
+        let on_commit: BlockCommitted = Arc::new(move |m| c.lock().push(m));
+        let ing = Ingester::new(
+            IngesterConfig::default(),
+            Arc::new(log),
+            backend.clone(),
+            BlockConfig::default(),
+            metrics.clone(),
+            on_commit,
+        );
+        let tenant = TenantId::single();
+        for t in 1..=3u8 {
+            let req = request(t, 4);
+            let g = group_by_trace(&req.resource_spans);
+            ing.push(
+                wal::encode_payload(&tenant, &req.encode_to_vec()),
+                &tenant,
+                g.traces,
+            )
+            .await
+            .unwrap();
+        }
+        faults.add(FaultRule::new(FaultOp::Put, "", FaultAction::Error).times(2));
+        faults.add(
+            FaultRule::new(FaultOp::Put, "meta.json", FaultAction::Timeout)
+                .delay(Duration::from_millis(20))
+                .times(1),
+        );
+        let wal_files = || {
+            std::fs::read_dir(dir.path())
+                .unwrap()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".wal"))
+                .count()
+        };
+        let flushing = {
+            let ing = ing.clone();
+            tokio::spawn(async move { ing.flush(true).await })
+        };
+        // While the store fails, nothing is committed and the first segment is kept.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(committed.lock().is_empty());
+        assert_eq!(
+            wal_files(),
+            2,
+            "the cut's old segment must stay until the commit"
+        );
+        assert_eq!(flushing.await.unwrap(), 1);
+        assert_eq!(faults.injected(), 3);
+        assert_eq!(metrics.flush_failures.get(), 3);
+        let metas = committed.lock().clone();
+        assert_eq!(metas.len(), 1);
+        assert_eq!(metas[0].total_objects, 3);
+        let blocks = backend.list_dirs(Some(tenant.as_str())).await.unwrap();
+        assert_eq!(
+            blocks,
+            vec![metas[0].block_id.to_string()],
+            "retries wrote one block"
+        );
+        assert_eq!(wal_files(), 1, "old segment deleted after the commit");
+    }
+}
