@@ -2,6 +2,7 @@
 //! loopback ports with a private temp dir (see `harness`).
 
 mod bad_input;
+mod compaction;
 mod crash_loop;
 mod disk_full;
 mod durability;

@@ -31,6 +31,7 @@ pub enum Component {
     Ingester,
     Querier,
     QueryFrontend,
+    Compactor,
 }
 
 use Component::*;
@@ -38,9 +39,13 @@ use Component::*;
 /// What each `-target` runs. Roles that need a peer in another process (a distributor
 /// without an ingester) wait for the replicated ingest log; until then they are refused.
 pub const TARGETS: &[(&str, &[Component])] = &[
-    ("all", &[Distributor, Ingester, Querier, QueryFrontend]),
+    (
+        "all",
+        &[Distributor, Ingester, Querier, QueryFrontend, Compactor],
+    ),
     ("querier", &[Querier, QueryFrontend]),
     ("query-frontend", &[Querier, QueryFrontend]),
+    ("compactor", &[Compactor]),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -241,6 +246,33 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         background.push(tokio::spawn(
             q.clone().run_poller(cfg.storage.trace.blocklist_poll),
         ));
+    }
+
+    if has(Compactor) {
+        if !has(Distributor) {
+            background.push(tokio::spawn(
+                overrides
+                    .clone()
+                    .run_reloader(cfg.overrides.per_tenant_override_period),
+            ));
+        }
+        // Outputs get the ingester's block shape; the compactor lists the bucket itself and
+        // keeps this process's block list in step with what it commits.
+        let block_cfg = BlockConfig {
+            row_group_size_bytes: cfg.ingester.row_group_size_bytes,
+            bloom_false_positive: cfg.storage.trace.block.bloom_filter_false_positive,
+            bloom_shard_size_bytes: cfg.storage.trace.block.bloom_filter_shard_size_bytes,
+            ..BlockConfig::default()
+        };
+        let compactor = Arc::new(crate::compactor::Compactor::new(
+            backend.clone(),
+            blocklist.clone(),
+            cfg.compactor.compaction.clone(),
+            block_cfg,
+            overrides.clone(),
+            metrics.clone(),
+        ));
+        background.push(tokio::spawn(compactor.run()));
     }
 
     ready.store(true, Ordering::Release);

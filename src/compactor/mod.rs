@@ -208,6 +208,8 @@ impl Compactor {
     pub async fn run(self: Arc<Self>) {
         let mut tick = tokio::time::interval(self.cfg.compaction_cycle);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first cycle waits one period: start-up (WAL replay, first flushes) comes first.
+        tick.tick().await;
         loop {
             tick.tick().await;
             let started = Instant::now();
