@@ -184,7 +184,7 @@ pub(super) async fn inspect(block_id: &str, b: &BucketArgs) -> Result<String, To
             uncompressed_bytes: u,
         })
         .collect();
-    columns.sort_by(|a, b| b.compressed_bytes.cmp(&a.compressed_bytes));
+    columns.sort_by_key(|c| std::cmp::Reverse(c.compressed_bytes));
 
     let mut shard_bytes = Vec::new();
     for shard in 0..meta.bloom_shards {
