@@ -50,6 +50,18 @@ pub struct SearchColumns {
     required: Vec<(String, String)>,
     /// A condition on single spans some spans of a matching trace must meet.
     precheck: Pre,
+    /// Generic attribute lists read only to look up these names: left undecoded in a row
+    /// group whose key dictionary holds none of them (see [`dictionary_lacks`]).
+    generic: Vec<GenericAttrs>,
+}
+
+#[derive(Debug, Clone)]
+struct GenericAttrs {
+    /// Every leaf of the list, ascending.
+    leaves: Vec<usize>,
+    /// The `key` leaf.
+    key: usize,
+    names: Vec<String>,
 }
 
 /// A necessary condition for a trace to match, checked span by span on the columns before
@@ -129,6 +141,9 @@ fn pre_pipeline(p: &Pipeline) -> Pre {
 struct Needs {
     span_attrs: bool,
     res_attrs: bool,
+    /// Attribute names looked up in the span and resource generic lists.
+    span_names: Vec<String>,
+    res_names: Vec<String>,
     scope_attrs: bool,
     span_ded: Vec<&'static str>,
     res_ded: Vec<&'static str>,
@@ -157,10 +172,16 @@ impl Needs {
         match scope {
             Scope::Span => {
                 self.span_attrs = true;
+                if !self.span_names.iter().any(|n| n == name) {
+                    self.span_names.push(name.to_owned());
+                }
                 ded(&DEDICATED_SPAN, &mut self.span_ded);
             }
             Scope::Resource => {
                 self.res_attrs = true;
+                if !self.res_names.iter().any(|n| n == name) {
+                    self.res_names.push(name.to_owned());
+                }
                 ded(&DEDICATED_RESOURCE, &mut self.res_ded);
             }
             Scope::Unscoped => {
@@ -442,6 +463,20 @@ impl SearchColumns {
             wanted.push(span("links."));
         }
         let leaves = leaf_indices(&wanted)?;
+        let mut generic = Vec::new();
+        for (on, prefix, names) in [
+            (needs.span_attrs, paths::SPAN, &needs.span_names),
+            (needs.res_attrs, paths::RESOURCE, &needs.res_names),
+        ] {
+            if on && !names.is_empty() {
+                let list = format!("{prefix}{}", paths::ATTRS);
+                generic.push(GenericAttrs {
+                    leaves: leaf_indices(std::slice::from_ref(&list))?,
+                    key: leaf_indices(&[format!("{list}key")])?[0],
+                    names: names.clone(),
+                });
+            }
+        }
         let mut late = leaf_indices(&report)?;
         late.retain(|i| leaves.binary_search(i).is_err());
         let mut required = Vec::new();
@@ -455,6 +490,7 @@ impl SearchColumns {
             late,
             required,
             precheck,
+            generic,
         })
     }
 
@@ -518,7 +554,7 @@ impl SearchColumns {
                     _ => false,
                 }
             });
-            if excluded {
+            if excluded || !pre_possible(&self.precheck, rgm) {
                 continue;
             }
             let chunks = |leaves: &[usize]| -> Result<Vec<Range<u64>>, BlockError> {
@@ -536,6 +572,89 @@ impl SearchColumns {
             });
         }
         Ok(out)
+    }
+}
+
+/// Whether some span of the row group may meet `pre`, judging by column chunk statistics
+/// of span durations and status codes. True when unsure.
+fn pre_possible(pre: &Pre, rgm: &parquet::file::metadata::RowGroupMetaData) -> bool {
+    match pre {
+        Pre::True | Pre::Any(None) => true,
+        Pre::All(ps) => ps.iter().all(|p| pre_possible(p, rgm)),
+        Pre::AnyOf(ps) => ps.iter().any(|p| pre_possible(p, rgm)),
+        Pre::Any(Some(e)) => expr_possible(e, rgm),
+    }
+}
+
+/// See [`pre_possible`]: can a span of the row group satisfy `e`?
+fn expr_possible(e: &FieldExpr, rgm: &parquet::file::metadata::RowGroupMetaData) -> bool {
+    use crate::traceql::{CompareOp as C, LogicOp};
+    let stats = |leaf: &str| {
+        let path = format!("{}{leaf}", paths::SPAN);
+        rgm.columns()
+            .iter()
+            .find(|c| c.column_path().string() == path)
+            .and_then(|c| c.statistics())
+    };
+    match e {
+        FieldExpr::Logic { op, lhs, rhs } => match op {
+            LogicOp::And => expr_possible(lhs, rgm) && expr_possible(rhs, rgm),
+            LogicOp::Or => expr_possible(lhs, rgm) || expr_possible(rhs, rgm),
+        },
+        FieldExpr::Compare { op, lhs, rhs } => {
+            // Intrinsic on the left; `500ms < duration` is `duration > 500ms`.
+            let (op, field, value) = match (&**lhs, &**rhs) {
+                (FieldExpr::Intrinsic(i), FieldExpr::Static(v)) => (*op, *i, v),
+                (FieldExpr::Static(v), FieldExpr::Intrinsic(i)) => {
+                    let flipped = match op {
+                        C::Lt => C::Gt,
+                        C::Lte => C::Gte,
+                        C::Gt => C::Lt,
+                        C::Gte => C::Lte,
+                        other => *other,
+                    };
+                    (flipped, *i, v)
+                }
+                _ => return true,
+            };
+            match (field, value) {
+                // A span's duration is at most its stored duration_nano (the end is
+                // computed from it, saturating), so only lower bounds prune.
+                (Intrinsic::Duration, Static::Duration(x)) => {
+                    let Some(Statistics::Int64(s)) = stats("duration_nano") else {
+                        return true;
+                    };
+                    let Some(&max) = s.max_opt() else { return true };
+                    // Unsigned values stored in int64.
+                    let max = max as u64;
+                    let Ok(x) = u64::try_from(*x) else { return true };
+                    match op {
+                        C::Gt => max > x,
+                        C::Gte | C::Eq => max >= x,
+                        _ => true,
+                    }
+                }
+                // Unset is also a missing status: only ok and error prune.
+                (Intrinsic::Status, Static::Status(st)) if op == C::Eq => {
+                    let code = match st {
+                        Status::Ok => 1,
+                        Status::Error => 2,
+                        Status::Unset => return true,
+                    };
+                    match stats("status.code") {
+                        Some(Statistics::Int32(s)) => match (s.min_opt(), s.max_opt()) {
+                            (Some(&min), Some(&max)) => min <= code && code <= max,
+                            // No non-null code: every span's status is unset.
+                            (None, None) => s.null_count_opt().is_none(),
+                            _ => true,
+                        },
+                        _ => true,
+                    }
+                }
+                _ => true,
+            }
+        }
+        _ => true,
     }
 }
 
@@ -610,9 +729,22 @@ pub fn decode_row_group(
     }
     let chunk = SparseChunk::from_parts(parts, file_len)?;
     guarded(|| {
+        // Generic attribute lists that cannot hold a name the query looks up are not
+        // decoded: for dedicated attributes they usually hold none.
+        let mut skip: Vec<usize> = Vec::new();
+        if phase == Phase::Filter {
+            for g in &columns.generic {
+                if dictionary_lacks(&md, read.rg, g.key, &chunk, &g.names)? {
+                    skip.extend(&g.leaves);
+                }
+            }
+        }
         let meta = ArrowReaderMetadata::try_new(md.clone(), reader_options(&md)?)?;
         let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(chunk, meta);
-        let mask = ProjectionMask::leaves(builder.parquet_schema(), leaves.iter().copied());
+        let mask = ProjectionMask::leaves(
+            builder.parquet_schema(),
+            leaves.iter().copied().filter(|l| !skip.contains(l)),
+        );
         let reader = builder
             .with_projection(mask)
             .with_row_groups(vec![read.rg])
@@ -633,6 +765,65 @@ pub fn decode_row_group(
         }
         Ok(root)
     })
+}
+
+/// Whether a string column chunk provably holds none of `names`: every data page is
+/// dictionary-encoded and no dictionary entry equals a name. False when unsure.
+fn dictionary_lacks(
+    md: &ParquetMetaData,
+    rg: usize,
+    leaf: usize,
+    chunk: &SparseChunk,
+    names: &[String],
+) -> Result<bool, BlockError> {
+    use parquet::basic::{Encoding, PageType};
+    use parquet::column::page::{Page, PageReader};
+    use parquet::file::serialized_reader::SerializedPageReader;
+    let rgm = md.row_group(rg);
+    let col = rgm.column(leaf);
+    if col.dictionary_page_offset().is_none() {
+        return Ok(false);
+    }
+    let is_dict = |e: Encoding| matches!(e, Encoding::PLAIN_DICTIONARY | Encoding::RLE_DICTIONARY);
+    let all_dict = match (col.page_encoding_stats_mask(), col.page_encoding_stats()) {
+        (Some(mask), _) => mask.encodings().all(is_dict),
+        (None, Some(stats)) => stats
+            .iter()
+            .filter(|s| s.page_type != PageType::DICTIONARY_PAGE)
+            .all(|s| is_dict(s.encoding)),
+        (None, None) => false,
+    };
+    if !all_dict {
+        return Ok(false);
+    }
+    let rows = usize::try_from(rgm.num_rows()).unwrap_or(0);
+    let mut pages = SerializedPageReader::new(Arc::new(chunk.clone()), col, rows, None)?;
+    let Some(Page::DictionaryPage {
+        buf,
+        num_values,
+        encoding: Encoding::PLAIN | Encoding::PLAIN_DICTIONARY,
+        ..
+    }) = pages.get_next_page()?
+    else {
+        return Ok(false);
+    };
+    // PLAIN byte arrays: a little-endian u32 length, then the bytes.
+    let mut rest: &[u8] = &buf;
+    for _ in 0..num_values {
+        let Some((len, tail)) = rest.split_first_chunk::<4>() else {
+            return Ok(false);
+        };
+        let len = u32::from_le_bytes(*len) as usize;
+        if tail.len() < len {
+            return Ok(false);
+        }
+        let (value, tail) = tail.split_at(len);
+        if names.iter().any(|n| n.as_bytes() == value) {
+            return Ok(false);
+        }
+        rest = tail;
+    }
+    Ok(true)
 }
 
 /// Combines two decodes of the same rows of a row group (different columns) into one
