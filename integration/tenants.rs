@@ -21,6 +21,91 @@ async fn get(server: &Server, path: &str, tenant: Option<&str>) -> (u16, String)
     )
 }
 
+/// Every read endpoint as (path, what the reader must see, what it must never see), for a
+/// reader whose trace is `own` (service `own_svc`) and another tenant's `other`.
+pub(crate) fn read_matrix(
+    own: &str,
+    other: &str,
+    own_svc: &str,
+    other_svc: &str,
+) -> Vec<(String, Option<String>, Option<String>)> {
+    vec![
+        (format!("/api/traces/{own}"), Some(own_svc.to_owned()), None),
+        (
+            format!("/api/v2/traces/{own}"),
+            Some(own_svc.to_owned()),
+            None,
+        ),
+        (
+            format!("/api/traces/{other}"),
+            None,
+            Some(other_svc.to_owned()),
+        ),
+        (
+            format!("/api/v2/traces/{other}"),
+            None,
+            Some(other_svc.to_owned()),
+        ),
+        (
+            "/api/search?q=%7B%7D".to_owned(),
+            Some(own.to_owned()),
+            Some(other.to_owned()),
+        ),
+        (
+            "/api/search/tags".to_owned(),
+            Some("service.name".to_owned()),
+            None,
+        ),
+        (
+            "/api/v2/search/tag/resource.service.name/values".to_owned(),
+            Some(own_svc.to_owned()),
+            Some(other_svc.to_owned()),
+        ),
+        (
+            "/api/search/tag/service.name/values".to_owned(),
+            Some(own_svc.to_owned()),
+            Some(other_svc.to_owned()),
+        ),
+    ]
+}
+
+/// Streaming `Search` over h2c on the API port with the given gRPC metadata: the trace IDs
+/// of every message, or the call's status.
+pub(crate) async fn stream_search(
+    server: &Server,
+    metadata: &[(&'static str, &str)],
+) -> Result<Vec<String>, tonic::Status> {
+    use vivace::api::tempopb::{SearchRequest, SearchResponse};
+    let channel = tonic::transport::Channel::from_shared(server.http_url(""))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let mut req = tonic::Request::new(SearchRequest {
+        query: "{}".into(),
+        limit: 100,
+        ..Default::default()
+    });
+    for (k, v) in metadata {
+        req.metadata_mut().insert(*k, v.parse().unwrap());
+    }
+    let mut stream = grpc
+        .server_streaming::<_, SearchResponse, _>(
+            req,
+            http::uri::PathAndQuery::from_static("/tempopb.StreamingQuerier/Search"),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await?
+        .into_inner();
+    let mut ids = Vec::new();
+    while let Some(m) = stream.message().await? {
+        ids.extend(m.traces.into_iter().map(|t| t.trace_id));
+    }
+    Ok(ids)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenants_are_isolated_on_every_endpoint() {
     let server = Server::start_with(Opts {
@@ -84,47 +169,7 @@ async fn tenants_are_isolated_on_every_endpoint() {
         .expect_err("no tenant");
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
 
-    // Reads: (path, what team-a must see, what it must never see) and the mirror for team-b.
-    let reads = |own: &str, other: &str, own_svc: &str, other_svc: &str| {
-        vec![
-            (format!("/api/traces/{own}"), Some(own_svc.to_owned()), None),
-            (
-                format!("/api/v2/traces/{own}"),
-                Some(own_svc.to_owned()),
-                None,
-            ),
-            (
-                format!("/api/traces/{other}"),
-                None,
-                Some(other_svc.to_owned()),
-            ),
-            (
-                format!("/api/v2/traces/{other}"),
-                None,
-                Some(other_svc.to_owned()),
-            ),
-            (
-                "/api/search?q=%7B%7D".to_owned(),
-                Some(own.to_owned()),
-                Some(other.to_owned()),
-            ),
-            (
-                "/api/search/tags".to_owned(),
-                Some("service.name".to_owned()),
-                None,
-            ),
-            (
-                "/api/v2/search/tag/resource.service.name/values".to_owned(),
-                Some(own_svc.to_owned()),
-                Some(other_svc.to_owned()),
-            ),
-            (
-                "/api/search/tag/service.name/values".to_owned(),
-                Some(own_svc.to_owned()),
-                Some(other_svc.to_owned()),
-            ),
-        ]
-    };
+    let reads = read_matrix;
     for (tenant, own, other, own_svc, other_svc) in [
         ("team-a", &ha, &hb, "svc-a", "svc-b"),
         ("team-b", &hb, &ha, "svc-b", "svc-a"),
@@ -165,6 +210,21 @@ async fn tenants_are_isolated_on_every_endpoint() {
         body.contains(ha.as_str()) && body.contains(hb.as_str()),
         "{body}"
     );
+    // Each trace of a cross-tenant search says which tenant it came from.
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    for t in v["traces"].as_array().unwrap() {
+        let want = if t["traceID"] == ha.as_str() {
+            "team-a"
+        } else {
+            "team-b"
+        };
+        assert_eq!(t["tenant"], want, "{t}");
+    }
+    let (_, body) = get(&server, "/api/search?q=%7B%7D", Some("team-a")).await;
+    assert!(
+        !body.contains("\"tenant\""),
+        "single-tenant reads carry no marker: {body}"
+    );
     for id in [&ha, &hb] {
         let (code, body) = get(&server, &format!("/api/traces/{id}"), Some("team-a|team-b")).await;
         assert_eq!(code, 200, "{body}");
@@ -185,35 +245,14 @@ async fn tenants_are_isolated_on_every_endpoint() {
     assert_eq!(code, 400, "a write names one tenant");
 
     // Streaming search reads the tenant from gRPC metadata too.
-    use vivace::api::tempopb::{SearchRequest, SearchResponse};
-    let channel = tonic::transport::Channel::from_shared(server.http_url(""))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut grpc = tonic::client::Grpc::new(channel);
     for (tenant, want, never) in [
         (Some("team-a"), &ha, &hb),
         (Some("team-b"), &hb, &ha),
         (None, &ha, &hb),
     ] {
-        grpc.ready().await.unwrap();
-        let mut req = tonic::Request::new(SearchRequest {
-            query: "{}".into(),
-            limit: 100,
-            ..Default::default()
-        });
-        if let Some(t) = tenant {
-            req.metadata_mut()
-                .insert("x-scope-orgid", t.parse().unwrap());
-        }
-        let res = grpc
-            .server_streaming::<_, SearchResponse, _>(
-                req,
-                http::uri::PathAndQuery::from_static("/tempopb.StreamingQuerier/Search"),
-                tonic_prost::ProstCodec::default(),
-            )
-            .await;
+        let md: Vec<(&'static str, &str)> =
+            tenant.map(|t| ("x-scope-orgid", t)).into_iter().collect();
+        let res = stream_search(&server, &md).await;
         let Some(_) = tenant else {
             assert_eq!(
                 res.expect_err("no tenant").code(),
@@ -221,11 +260,7 @@ async fn tenants_are_isolated_on_every_endpoint() {
             );
             continue;
         };
-        let mut stream = res.expect("search").into_inner();
-        let mut ids = Vec::new();
-        while let Some(m) = stream.message().await.unwrap() {
-            ids.extend(m.traces.into_iter().map(|t| t.trace_id));
-        }
+        let ids = res.expect("search");
         assert!(ids.contains(want), "{tenant:?} misses its trace: {ids:?}");
         assert!(
             !ids.contains(never),
