@@ -184,3 +184,148 @@ async fn blocks_verify_and_inspect() {
     let (ok, _, err) = vivace(&server, &["blocks", "verify", "not-a-uuid"]);
     assert!(!ok && err.contains("block id"), "{err}");
 }
+
+async fn put_block(
+    backend: &vivace::backend::Backend,
+    tenant: &vivace::model::TenantId,
+    traces: Vec<vivace::block::TraceInput>,
+) -> vivace::block::BlockMeta {
+    use vivace::block;
+    let t = tenant.clone();
+    let enc = tokio::task::spawn_blocking(move || {
+        block::encode_block(
+            &t,
+            uuid::Uuid::new_v4(),
+            0,
+            traces,
+            &block::BlockConfig::default(),
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let id = enc.meta.block_id;
+    let mut puts = vec![
+        (block::data_key(tenant, id), enc.data.clone()),
+        (block::index_key(tenant, id), enc.index.clone()),
+    ];
+    for (i, b) in enc.blooms.iter().enumerate() {
+        puts.push((block::bloom_key(tenant, id, i as u32), b.clone()));
+    }
+    puts.push((block::meta_key(tenant, id), enc.meta.to_bytes().into()));
+    for (k, v) in puts {
+        backend.put(&k, v).await.unwrap();
+    }
+    enc.meta
+}
+
+/// Object-store requests per trace-by-ID lookup on a real S3 server, where every page
+/// range is its own ranged GET: cold = bloom + index + footer + the page ranges; warm =
+/// the page ranges only; blocks that do not hold the trace cost their bloom shard once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_lookup_requests_on_s3() {
+    use std::sync::Arc;
+    use vivace::block::synth;
+    use vivace::metrics::Metrics;
+    use vivace::model::TenantId;
+    use vivace::querier::{BlockList, Querier};
+
+    let Some(s3) = crate::s3_server::S3Server::start("lookup-requests").await else {
+        return;
+    };
+    let backend = s3.backend("lookups");
+    let tenant = TenantId::single();
+    let mut blocks = Vec::new();
+    for seed in 0..6u64 {
+        // One bigger block (several MB), where page ranges lie far apart.
+        let n = if seed == 3 { 4000 } else { 300 };
+        let traces = synth::realistic_traces(n, 500 + seed);
+        let wanted = traces[n * 2 / 5].id;
+        blocks.push((put_block(&backend, &tenant, traces).await, wanted));
+    }
+    let querier = |metas: &[vivace::block::BlockMeta]| {
+        let q = Querier::new(
+            backend.clone(),
+            None,
+            Arc::new(BlockList::default()),
+            Arc::new(Metrics::default()),
+            4,
+        );
+        for m in metas {
+            q.blocklist().add(tenant.clone(), m.clone());
+        }
+        q
+    };
+
+    // One block.
+    let q = querier(&[blocks[3].0.clone()]);
+    let before = backend.requests().total();
+    let cold = q.find_trace(&tenant, &blocks[3].1, None).await.unwrap();
+    assert_eq!(backend.requests().total() - before, cold.requests);
+    let warm = q.find_trace(&tenant, &blocks[3].1, None).await.unwrap();
+    assert!(!warm.batches.is_empty());
+    assert!(warm.requests >= 1);
+    assert_eq!(
+        cold.requests,
+        warm.requests + 3,
+        "bloom, index, footer once"
+    );
+    let pages = warm.requests;
+
+    // All six blocks, the trace in one of them.
+    let metas: Vec<_> = blocks.iter().map(|(m, _)| m.clone()).collect();
+    let q = querier(&metas);
+    let before = backend.requests().total();
+    let cold6 = q.find_trace(&tenant, &blocks[3].1, None).await.unwrap();
+    assert_eq!(backend.requests().total() - before, cold6.requests);
+    let warm6 = q.find_trace(&tenant, &blocks[3].1, None).await.unwrap();
+    assert!(!warm6.batches.is_empty());
+    let others = metas.len() as u64 - 1;
+    assert!(
+        cold6.requests >= 3 + pages + others,
+        "cold {}",
+        cold6.requests
+    );
+    // Warm: the holding block's pages; another block only on a bloom false positive.
+    assert!(warm6.requests >= pages, "warm {}", warm6.requests);
+    // What merging nearby page ranges would trade: requests against bytes read.
+    let (meta, id) = &blocks[3];
+    let data_key = vivace::block::data_key(&tenant, meta.block_id);
+    let tail = backend
+        .get_range(&data_key, vivace::block::footer_fetch_range(meta))
+        .await
+        .unwrap();
+    let footer = vivace::block::decode_footer(tail, meta.size).unwrap();
+    let vivace::block::LookupPlan::Pages(plan) =
+        vivace::block::plan_lookup(&footer, 0, id).unwrap()
+    else {
+        panic!("page index expected")
+    };
+    assert_eq!(plan.ranges.len() as u64, pages);
+    for gap in [16u64 << 10, 64 << 10, 256 << 10] {
+        let mut merged: Vec<std::ops::Range<u64>> = Vec::new();
+        for r in &plan.ranges {
+            match merged.last_mut() {
+                Some(last) if r.start <= last.end + gap => last.end = last.end.max(r.end),
+                _ => merged.push(r.clone()),
+            }
+        }
+        let bytes: u64 = merged.iter().map(|r| r.end - r.start).sum();
+        eprintln!(
+            "  ranges merged across gaps < {} KiB: {} requests, {bytes} bytes (data.parquet {} bytes)",
+            gap >> 10,
+            merged.len(),
+            meta.size
+        );
+    }
+    eprintln!(
+        "S3 trace-by-id requests: 1 block cold {} warm {}; {} blocks cold {} warm {} \
+         (page ranges per lookup {pages}, inspected {} bytes)",
+        cold.requests,
+        warm.requests,
+        metas.len(),
+        cold6.requests,
+        warm6.requests,
+        warm6.inspected_bytes
+    );
+}
