@@ -225,9 +225,22 @@ async fn tenants_are_isolated_on_every_endpoint() {
         !body.contains("\"tenant\""),
         "single-tenant reads carry no marker: {body}"
     );
-    for id in [&ha, &hb] {
+    for (id, owner) in [(&ha, "team-a"), (&hb, "team-b")] {
         let (code, body) = get(&server, &format!("/api/traces/{id}"), Some("team-a|team-b")).await;
         assert_eq!(code, 200, "{body}");
+        // Each resource of a cross-tenant trace names the tenant it came from.
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        for b in v["batches"].as_array().unwrap() {
+            let attrs = b["resource"]["attributes"].as_array().unwrap();
+            let marker = attrs.iter().find(|a| a["key"] == "vivace.tenant");
+            assert_eq!(
+                marker.map(|a| &a["value"]["stringValue"]),
+                Some(&serde_json::json!(owner)),
+                "{body}"
+            );
+        }
+        let (_, body) = get(&server, &format!("/api/traces/{id}"), Some(owner)).await;
+        assert!(!body.contains("vivace.tenant"), "{body}");
     }
     let (code, _) = server
         .post_otlp(
