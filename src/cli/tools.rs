@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::frontend::Frontend;
 use crate::metrics::Metrics;
 use crate::model::{TenantId, TraceId, SINGLE_TENANT};
-use crate::querier::{BlockList, Querier};
+use crate::querier::{BlockList, PollConfig, Querier};
 
 #[derive(Args, Debug)]
 pub struct BucketArgs {
@@ -103,13 +103,16 @@ pub(super) fn open_bucket(b: &BucketArgs) -> Result<(TenantId, Backend, Config),
 
 async fn open(b: &BucketArgs) -> Result<(TenantId, Arc<Querier>), ToolError> {
     let (tenant, backend, cfg) = open_bucket(b)?;
-    let querier = Arc::new(Querier::new(
-        backend,
-        None,
-        Arc::new(BlockList::default()),
-        Arc::new(Metrics::default()),
-        cfg.querier.concurrent_blocks,
-    ));
+    let querier = Arc::new(
+        Querier::new(
+            backend,
+            None,
+            Arc::new(BlockList::default()),
+            Arc::new(Metrics::default()),
+            cfg.querier.concurrent_blocks,
+        )
+        .with_poll_config(PollConfig::from_config(&cfg.storage.trace)),
+    );
     querier.poll_blocklist().await?;
     Ok((tenant, querier))
 }
