@@ -308,7 +308,7 @@ impl SearchParams {
         {
             return;
         }
-        let matches = match engine::evaluate(&self.query, &trace) {
+        let matches = match engine::evaluate_view_spss(&self.query, &trace, self.spss) {
             Ok(m) => m,
             Err(_) => return,
         };
@@ -379,7 +379,7 @@ impl SearchParams {
                 continue;
             }
             trace.load(row)?;
-            match engine::evaluate_view(&self.query, &trace) {
+            match engine::evaluate_view_spss(&self.query, &trace, self.spss) {
                 Ok(m) if !m.is_empty() => matches.push((row, m)),
                 _ => {}
             }

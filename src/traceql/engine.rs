@@ -66,7 +66,7 @@ pub struct SpansetMatch {
     /// results: the attribute name without its scope (`http.method`), intrinsics by their
     /// Tempo name (`status`, `kind`, `statusMessage`, `childCount`, `event:name`, ...).
     /// `name`, `duration` and trace-level intrinsics are left out (they have their own
-    /// fields in a search result).
+    /// fields in a search result). Only the first `spss` from [`evaluate_view_spss`].
     pub span_attributes: Vec<Vec<(String, Value)>>,
 }
 
@@ -94,6 +94,16 @@ pub fn evaluate_view(
     query: &Query,
     trace: &dyn TraceView,
 ) -> std::result::Result<Vec<SpansetMatch>, EvalError> {
+    evaluate_view_spss(query, trace, 0)
+}
+
+/// [`evaluate_view`], with `span_attributes` only for the first `spss` spans of each
+/// spanset (0: all): search reports no more, and the fields of the rest cost allocations.
+pub fn evaluate_view_spss(
+    query: &Query,
+    trace: &dyn TraceView,
+    spss: usize,
+) -> std::result::Result<Vec<SpansetMatch>, EvalError> {
     if query.is_metrics() {
         return Err(EvalError::MetricsQuery);
     }
@@ -113,9 +123,11 @@ pub fn evaluate_view(
         .into_iter()
         .filter(|ss| !ss.spans.is_empty())
         .map(|ss| {
+            let keep = if spss == 0 { ss.spans.len() } else { spss };
             let span_attributes = ss
                 .spans
                 .iter()
+                .take(keep)
                 .map(|&i| span_fields(&fields, trace.span_view(i)))
                 .collect();
             SpansetMatch {
