@@ -275,7 +275,10 @@ fn inspection_table(r: &Inspection) -> String {
     for c in &r.columns {
         out.push_str(&format!(
             "  {:>12}  {:>12}  {}\n",
-            c.compressed_bytes, c.uncompressed_bytes, c.path
+            c.compressed_bytes,
+            c.uncompressed_bytes,
+            // Parquet's list nesting spelled short: a.list.element.b → a[].b
+            c.path.replace(".list.element", "[]")
         ));
     }
     out.push_str(&format!(
