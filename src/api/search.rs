@@ -285,6 +285,12 @@ pub(super) async fn search_tenants(
         m.total_blocks += n.total_blocks;
         m.completed_jobs += n.completed_jobs;
         m.total_jobs += n.total_jobs;
+        if let Some(why) = r.partial {
+            out.partial = Some(match out.partial.take() {
+                Some(prev) => format!("{prev}; tenant {t}: {why}"),
+                None => format!("tenant {t}: {why}"),
+            });
+        }
     }
     hits.sort_by(|(a, ta), (b, tb)| {
         b.start_unix_nano
