@@ -475,6 +475,15 @@ fn truncate_keeps_spans_in_order_up_to_the_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn compaction_throughput() {
+    // Row-group size of inputs and output (MiB), 32 by default like the ingester's.
+    let rg_mib: usize = std::env::var("VIVACE_MEASURE_RG_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(32);
+    let measure_cfg = BlockConfig {
+        row_group_size_bytes: rg_mib << 20,
+        ..BlockConfig::default()
+    };
     let backend = Backend::memory();
     let mut spans_in = 0;
     let mut input_bytes = 0;
@@ -484,7 +493,7 @@ async fn compaction_throughput() {
         spans_in += traces.iter().map(|t| span_count(&t.batches)).sum::<usize>();
         let t = tenant();
         let id = Uuid::new_v4();
-        let b = block::encode_block(&t, id, 0, traces, &BlockConfig::default()).unwrap();
+        let b = block::encode_block(&t, id, 0, traces, &measure_cfg).unwrap();
         input_bytes += b.meta.size;
         backend.put(&block::data_key(&t, id), b.data).await.unwrap();
         backend
@@ -493,7 +502,10 @@ async fn compaction_throughput() {
             .unwrap();
     }
     let mut c = compactor(&backend, compaction_cfg(), no_trace_limit());
-    c.block_cfg = BlockConfig::default();
+    c.block_cfg = measure_cfg;
+    // The inputs were built in this process: hand freed memory back first, so the peak
+    // below is the compaction's.
+    trim_heap();
     let rss_before = rss_kib();
     let peak = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -514,7 +526,7 @@ async fn compaction_throughput() {
     assert_eq!(r.compactions, 1);
     let out = c.metrics.compactor_bytes_written.get();
     println!(
-        "compaction: {spans_in} spans, {:.1} MB in -> {:.1} MB out in {secs:.2}s: {:.1} MB/s of input, {:.0} spans/s; rss before {} MiB, peak {} MiB (+{} MiB)",
+        "compaction ({rg_mib} MiB row groups): {spans_in} spans, {:.1} MB in -> {:.1} MB out in {secs:.2}s: {:.1} MB/s of input, {:.0} spans/s; rss before {} MiB, peak {} MiB (+{} MiB)",
         input_bytes as f64 / 1e6,
         out as f64 / 1e6,
         input_bytes as f64 / 1e6 / secs,
@@ -536,3 +548,17 @@ fn rss_kib() -> u64 {
         })
         .unwrap_or(0)
 }
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim_heap() {
+    extern "C" {
+        fn malloc_trim(pad: usize) -> i32;
+    }
+    // SAFETY: glibc's malloc_trim only releases free heap pages.
+    unsafe {
+        malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim_heap() {}
