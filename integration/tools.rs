@@ -301,31 +301,22 @@ async fn trace_lookup_requests_on_s3() {
     else {
         panic!("page index expected")
     };
-    assert_eq!(plan.ranges.len() as u64, pages);
-    for gap in [16u64 << 10, 64 << 10, 256 << 10] {
-        let mut merged: Vec<std::ops::Range<u64>> = Vec::new();
-        for r in &plan.ranges {
-            match merged.last_mut() {
-                Some(last) if r.start <= last.end + gap => last.end = last.end.max(r.end),
-                _ => merged.push(r.clone()),
-            }
-        }
-        let bytes: u64 = merged.iter().map(|r| r.end - r.start).sum();
-        eprintln!(
-            "  ranges merged across gaps < {} KiB: {} requests, {bytes} bytes (data.parquet {} bytes)",
-            gap >> 10,
-            merged.len(),
-            meta.size
-        );
-    }
+    // Nearby page ranges are fetched together: a warm lookup costs a handful of GETs,
+    // not one per page range.
+    assert!(
+        pages < plan.ranges.len() as u64 && pages <= 16,
+        "{pages} GETs for {} page ranges",
+        plan.ranges.len()
+    );
     eprintln!(
         "S3 trace-by-id requests: 1 block cold {} warm {}; {} blocks cold {} warm {} \
-         (page ranges per lookup {pages}, inspected {} bytes)",
+         ({} page ranges per lookup, inspected {} bytes)",
         cold.requests,
         warm.requests,
         metas.len(),
         cold6.requests,
         warm6.requests,
+        plan.ranges.len(),
         warm6.inspected_bytes
     );
 }
