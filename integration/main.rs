@@ -18,3 +18,4 @@ mod service;
 mod storage;
 mod tenants;
 mod tools;
+mod vulture;

@@ -11,6 +11,8 @@ pub mod compactor;
 pub mod config;
 pub mod distributor;
 pub mod frontend;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ingester;
 pub mod metrics;
 pub mod model;

@@ -40,6 +40,7 @@ fn main() -> std::process::ExitCode {
         }
         Command::Blocks(cmd) => run_tool(async move { vivace::cli::blocks(&cmd).await }),
         Command::Query(cmd) => run_tool(async move { vivace::cli::query(&cmd).await }),
+        Command::Vulture(args) => vivace::cli::vulture::main(args),
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod block_tools;
 mod tools;
+pub mod vulture;
 
 use std::path::PathBuf;
 
@@ -31,6 +32,8 @@ pub enum Command {
     /// Query a bucket directly, without a server.
     #[command(subcommand)]
     Query(QueryCommand),
+    /// Write traces to a target continuously and check they read back (a canary).
+    Vulture(vulture::VultureArgs),
 }
 
 #[derive(clap::Args, Debug, Default)]

@@ -1,0 +1,296 @@
+//! Entry points for the fuzz targets in `fuzz/`: each takes arbitrary bytes, runs them
+//! through the same code a request or a bucket object would reach, and checks a few
+//! invariants. Bad input must come back as an error; a panic here is a bug.
+//!
+//! The fuzz targets are one-line calls into this module, and the unit test below replays
+//! the committed seed corpora (`fuzz/corpus/<target>/`) through the same functions, so a
+//! plain `cargo test` catches regressions without cargo-fuzz.
+
+use bytes::Bytes;
+use prost::Message;
+
+use crate::block::{
+    decode_footer, find_trace, find_trace_in_pages, plan_lookup, read_all_traces,
+    row_group_byte_range, LookupPlan,
+};
+use crate::distributor::group_by_trace;
+use crate::model::{ExportTraceServiceRequest, ResourceSpans, TraceId};
+
+/// The fuzz targets, by the name of their folder under `fuzz/corpus/`.
+pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+    ("otlp_protobuf", otlp_protobuf),
+    ("otlp_json", otlp_json),
+    ("traceql", traceql),
+    ("trace_id", trace_id),
+    ("block", block),
+];
+
+/// An OTLP/HTTP or gRPC protobuf body, decoded as the receivers decode it, then regrouped
+/// by trace as the distributor does.
+pub fn otlp_protobuf(data: &[u8]) {
+    if let Ok(req) = ExportTraceServiceRequest::decode(data) {
+        distribute(&req);
+    }
+}
+
+/// An OTLP/HTTP JSON body, decoded as the HTTP receiver decodes it, then distributed.
+pub fn otlp_json(data: &[u8]) {
+    if let Ok(req) = serde_json::from_slice::<ExportTraceServiceRequest>(data) {
+        distribute(&req);
+    }
+}
+
+/// The distributor's validation and regrouping: every span is either accepted into exactly
+/// one trace fragment or counted as rejected, and fragments decode back to what went in.
+fn distribute(req: &ExportTraceServiceRequest) {
+    let g = group_by_trace(&req.resource_spans);
+    let total = spans_in(&req.resource_spans);
+    assert_eq!(
+        g.accepted + g.rejected,
+        total,
+        "every span is accounted for"
+    );
+    let mut regrouped = 0;
+    for t in &g.traces {
+        let batches = t
+            .data
+            .decode()
+            .expect("a fragment the distributor encoded decodes");
+        let n = spans_in(&batches);
+        assert_eq!(n, t.spans, "fragment holds the spans counted for it");
+        for s in batches
+            .iter()
+            .flat_map(|rs| &rs.scope_spans)
+            .flat_map(|ss| &ss.spans)
+        {
+            assert_eq!(TraceId::from_bytes(&s.trace_id).ok(), Some(t.id));
+        }
+        regrouped += n;
+    }
+    assert_eq!(regrouped, g.accepted, "accepted spans all land in a trace");
+}
+
+fn spans_in(batches: &[ResourceSpans]) -> usize {
+    batches
+        .iter()
+        .flat_map(|rs| &rs.scope_spans)
+        .map(|ss| ss.spans.len())
+        .sum()
+}
+
+/// A TraceQL query: parse (which runs the static checks); an accepted query renders to a
+/// canonical form that parses again to the same tree.
+pub fn traceql(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(query) = crate::traceql::parse(text) else {
+        return;
+    };
+    let rendered = query.to_string();
+    match crate::traceql::parse(&rendered) {
+        Ok(again) => assert_eq!(again, query, "{text:?} renders as {rendered:?}"),
+        Err(e) => panic!("{text:?} renders as {rendered:?}, which does not parse: {e}"),
+    }
+}
+
+/// A trace ID from a URL path, by the API's hex rules: an accepted ID renders as 32 hex
+/// characters that parse back to the same ID.
+pub fn trace_id(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(id) = TraceId::parse_hex(text) {
+        let hex = id.to_hex();
+        assert_eq!(hex.len(), 32);
+        assert_eq!(TraceId::parse_hex(&hex), Ok(id));
+    }
+}
+
+/// A (corrupted) `data.parquet`: read whole, by footer and row group, and by page index,
+/// as compaction, the querier's row-group lookup and its page lookup do. Every path must
+/// return an error or traces, never panic.
+pub fn block(data: &[u8]) {
+    let file = Bytes::copy_from_slice(data);
+    let file_len = file.len() as u64;
+    // An ID to look up: the first one the file claims to hold, or one that cannot be there.
+    let id = match read_all_traces(file.clone()) {
+        Ok(traces) => traces.first().map(|t| t.id),
+        Err(_) => None,
+    }
+    .unwrap_or(TraceId([0x5a; 16]));
+    let Ok(md) = decode_footer(file.clone(), file_len) else {
+        return;
+    };
+    for rg in 0..md.num_row_groups() {
+        if let Ok(r) = row_group_byte_range(&md, rg) {
+            if let Some(bytes) = file.get(r.start as usize..r.end as usize) {
+                let _ = find_trace(md.clone(), rg, Bytes::copy_from_slice(bytes), r.start, &id);
+            }
+        }
+        if let Ok(LookupPlan::Pages(plan)) = plan_lookup(&md, rg, &id) {
+            let fetched: Option<Vec<Bytes>> = plan
+                .ranges
+                .iter()
+                .map(|r| file.get(r.start as usize..r.end as usize))
+                .map(|b| b.map(Bytes::copy_from_slice))
+                .collect();
+            if let Some(fetched) = fetched {
+                let _ = find_trace_in_pages(md.clone(), &plan, fetched, file_len, &id);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::block::{encode_block, synth, BlockCompression, BlockConfig};
+    use crate::model::TenantId;
+
+    fn corpus_dir(target: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("fuzz")
+            .join("corpus")
+            .join(target)
+    }
+
+    /// Synthetic traces cut down to two spans of one resource each: small seeds keep the
+    /// fuzzer fast, and every column still holds data.
+    fn small_traces(n: usize, seed: u64) -> Vec<crate::block::TraceInput> {
+        let mut traces = synth::all_kinds_traces(n, seed);
+        for t in &mut traces {
+            t.batches.truncate(1);
+            for rs in &mut t.batches {
+                rs.scope_spans.truncate(1);
+                for ss in &mut rs.scope_spans {
+                    ss.spans.truncate(2);
+                }
+            }
+        }
+        traces
+    }
+
+    /// The seed block: a few small traces in pages of two rows, so the page-index lookup
+    /// path has several pages to choose from.
+    fn seed_block() -> Bytes {
+        let tenant = TenantId::new("fuzz").unwrap();
+        let cfg = BlockConfig {
+            row_group_size_bytes: 4_000,
+            data_page_size_bytes: 512,
+            data_page_rows: 2,
+            trace_id_page_rows: 2,
+            compression: BlockCompression::None,
+            ..BlockConfig::default()
+        };
+        encode_block(&tenant, uuid::Uuid::nil(), 1, small_traces(4, 7), &cfg)
+            .unwrap()
+            .data
+    }
+
+    /// `VIVACE_WRITE_FUZZ_SEEDS=1 cargo test --lib fuzzing` rewrites the generated seeds
+    /// (OTLP requests and the block) when their formats change.
+    #[test]
+    fn write_generated_seeds() {
+        if std::env::var_os("VIVACE_WRITE_FUZZ_SEEDS").is_none() {
+            return;
+        }
+        std::fs::write(corpus_dir("block").join("seed.parquet"), seed_block()).unwrap();
+        for (name, traces) in [
+            ("all_kinds", small_traces(2, 3)),
+            ("realistic", synth::realistic_traces(1, 5)),
+        ] {
+            let req = ExportTraceServiceRequest {
+                resource_spans: traces.into_iter().flat_map(|t| t.batches).collect(),
+            };
+            std::fs::write(
+                corpus_dir("otlp_protobuf").join(format!("{name}.pb")),
+                req.encode_to_vec(),
+            )
+            .unwrap();
+            std::fs::write(
+                corpus_dir("otlp_json").join(format!("{name}.json")),
+                serde_json::to_vec(&req).unwrap(),
+            )
+            .unwrap();
+        }
+    }
+
+    /// Every committed seed goes through its target's entry point; a panic fails the test.
+    #[test]
+    fn seeds_replay_without_panics() {
+        for (target, run) in TARGETS {
+            let dir = corpus_dir(target);
+            let mut seeds = 0;
+            for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{dir:?}: {e}")) {
+                let path = entry.unwrap().path();
+                let data = std::fs::read(&path).unwrap();
+                let outcome = std::panic::catch_unwind(|| run(&data));
+                assert!(outcome.is_ok(), "{target}: seed {path:?} panicked");
+                seeds += 1;
+            }
+            assert!(seeds > 0, "{target}: no seeds in {dir:?}");
+        }
+    }
+
+    /// The committed seed block is a valid block, so mutations of it start from real
+    /// structure.
+    #[test]
+    fn seed_block_is_valid() {
+        let path = corpus_dir("block").join("seed.parquet");
+        let data = Bytes::from(std::fs::read(&path).unwrap());
+        let traces = read_all_traces(data.clone()).unwrap();
+        assert_eq!(traces.len(), 4);
+        let md = decode_footer(data.clone(), data.len() as u64).unwrap();
+        assert!(md.page_index().is_some(), "seed block carries page indexes");
+        let id = traces[2].id;
+        let plan = (0..md.num_row_groups())
+            .find_map(|rg| match plan_lookup(&md, rg, &id) {
+                Ok(LookupPlan::Pages(p)) => Some(p),
+                _ => None,
+            })
+            .expect("page-index plan for a trace in the block");
+        let fetched = plan
+            .ranges
+            .iter()
+            .map(|r| data.slice(r.start as usize..r.end as usize))
+            .collect();
+        let found = find_trace_in_pages(md.clone(), &plan, fetched, data.len() as u64, &id)
+            .unwrap()
+            .expect("trace found by page lookup");
+        assert_eq!(found, traces[2].batches);
+    }
+
+    #[test]
+    fn entry_points_check_their_invariants() {
+        // Shorter trace IDs are padded, so the regrouped fragment holds a 16-byte ID; the
+        // check must compare IDs, not bytes.
+        let req = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![crate::model::ScopeSpans {
+                    spans: vec![
+                        crate::model::Span {
+                            trace_id: vec![1; 16],
+                            span_id: vec![2; 8],
+                            ..Default::default()
+                        },
+                        crate::model::Span {
+                            trace_id: vec![0; 16],
+                            span_id: vec![2; 8],
+                            ..Default::default()
+                        },
+                    ],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        otlp_protobuf(&req.encode_to_vec());
+        let g = group_by_trace(&req.resource_spans);
+        assert_eq!((g.accepted, g.rejected), (1, 1));
+        trace_id(b"0123456789abcdefABCDEF0123456789");
+        traceql(b"{ span.http.status_code >= 500 } | count() > 2");
+    }
+}
