@@ -191,17 +191,18 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     servers.push(serve_http(api_listener, api_router, stop_rx.clone()));
 
     let mut background: Vec<JoinHandle<()>> = Vec::new();
+    // Every role reads limits (ingest, search, retention): one reloader per process.
+    background.push(tokio::spawn(
+        overrides
+            .clone()
+            .run_reloader(cfg.overrides.per_tenant_override_period),
+    ));
 
     // The receivers.
     if has(Distributor) {
         let Some(ing) = ingester.clone() else {
             return Err(AppError::Target(target, "all".into()));
         };
-        background.push(tokio::spawn(
-            overrides
-                .clone()
-                .run_reloader(cfg.overrides.per_tenant_override_period),
-        ));
         let distributor = Arc::new(Distributor::new(ing, metrics.clone(), overrides.clone()));
         let protocols = &cfg.distributor.receivers.otlp.protocols;
         if let Some(g) = &protocols.grpc {
@@ -249,13 +250,6 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     }
 
     if has(Compactor) {
-        if !has(Distributor) {
-            background.push(tokio::spawn(
-                overrides
-                    .clone()
-                    .run_reloader(cfg.overrides.per_tenant_override_period),
-            ));
-        }
         // Outputs get the ingester's block shape; the compactor lists the bucket itself and
         // keeps this process's block list in step with what it commits.
         let block_cfg = BlockConfig {

@@ -214,6 +214,11 @@ impl Compactor {
             tick.tick().await;
             let started = Instant::now();
             let r = self.run_cycle().await;
+            // The compactor is the one writer of tenant indexes: queriers elsewhere read one
+            // object per tenant instead of listing the bucket.
+            if let Err(e) = crate::querier::write_all_tenant_indexes(&self.backend).await {
+                warn!(error = %e, "cannot write tenant indexes");
+            }
             if r != CycleReport::default() {
                 info!(
                     compactions = r.compactions,
