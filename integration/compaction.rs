@@ -1,4 +1,5 @@
-//! The compactor in the real binary: blocks flushed in several rounds, each holding a piece
+//! The compactor in the real binary (`-target=compactor` on the bucket `all` flushed to):
+//! blocks flushed in several rounds, each holding a piece
 //! of every trace (and one span sent twice), are merged into one block; every trace reads
 //! back whole with each span once; the inputs are deleted after
 //! `compacted_block_retention`.
@@ -90,9 +91,9 @@ async fn flushed_blocks_are_compacted_into_one() {
     assert_eq!(server.block_metas().len(), ROUNDS);
     let total: usize = want.values().map(BTreeSet::len).sum();
 
-    // Restart with a short cycle: the compactor merges the four blocks.
+    // Restart as `-target=compactor` alone with a short cycle: it merges the four blocks.
     server.stop_sigterm().await;
-    server.opts.extra_yaml = compactor_yaml("1s");
+    server.opts.extra_yaml = format!("target: compactor\n{}", compactor_yaml("1s"));
     fs::write(server.config_path(), server.config_yaml()).unwrap();
     server.restart().await;
     wait_for("one live block", &server, Duration::from_secs(60), || {
@@ -109,8 +110,30 @@ async fn flushed_blocks_are_compacted_into_one() {
         server.metric("vivace_compactor_spans_written_total").await,
         Some(total as f64)
     );
+    // The inputs go after compacted_block_retention.
+    wait_for("inputs deleted", &server, Duration::from_secs(30), || {
+        block_dirs(&server) == 1
+    })
+    .await;
+    assert!(server
+        .metric("vivace_compactor_blocks_deleted_total")
+        .await
+        .is_some_and(|n| n >= ROUNDS as f64));
+    let meta = &server.block_metas()[0];
+    let data = fs::read(meta.with_file_name("data.parquet")).unwrap();
+    let traces = vivace::block::read_all_traces(data.into()).unwrap();
+    assert_eq!(traces.len(), TRACES);
+    let spans: usize = traces
+        .iter()
+        .map(|t| vivace::model::span_count(&t.batches))
+        .sum();
+    assert_eq!(spans, total);
 
-    // Every trace, whole and each span once: from the API and from the block itself.
+    // Back to `all`: every trace reads back whole, each span once, from the one block.
+    server.stop_sigterm().await;
+    server.opts.extra_yaml = compactor_yaml("1h");
+    fs::write(server.config_path(), server.config_yaml()).unwrap();
+    server.restart().await;
     for (id, spans) in &want {
         let got = server.trace_v2_proto(id).await;
         let mut seen = Vec::new();
@@ -123,25 +146,6 @@ async fn flushed_blocks_are_compacted_into_one() {
         let want: Vec<Vec<u8>> = spans.iter().map(|s| s.to_vec()).collect();
         assert_eq!(seen, want, "trace {id}");
     }
-    let meta = &server.block_metas()[0];
-    let data = fs::read(meta.with_file_name("data.parquet")).unwrap();
-    let traces = vivace::block::read_all_traces(data.into()).unwrap();
-    assert_eq!(traces.len(), TRACES);
-    let spans: usize = traces
-        .iter()
-        .map(|t| vivace::model::span_count(&t.batches))
-        .sum();
-    assert_eq!(spans, total);
-
-    // The inputs go after compacted_block_retention.
-    wait_for("inputs deleted", &server, Duration::from_secs(30), || {
-        block_dirs(&server) == 1
-    })
-    .await;
-    assert!(server
-        .metric("vivace_compactor_blocks_deleted_total")
-        .await
-        .is_some_and(|n| n >= ROUNDS as f64));
 
     // The bucket tool sees one block.
     server.stop_sigterm().await;
