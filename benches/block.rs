@@ -1,4 +1,10 @@
-//! Block format benches: encode throughput, bloom lookups, and trace-by-ID in one block.
+//! Micro-benchmarks (issue #6): OTLP protobuf and JSON decode, regrouping by trace, WAL
+//! append with group commit, block encode, bloom lookups, trace-by-ID in one block,
+//! TraceQL parse, and TraceQL evaluation over one block's columns for the query shapes
+//! Tempo's figures cover (attribute equality, regex, duration range, structural, pipeline).
+//!
+//!   cargo bench --bench block                       # full criterion runs
+//!   cargo bench --bench block -- --quick --measurement-time 1   # CI smoke (.ci/bench-smoke)
 
 use std::hint::black_box;
 
@@ -124,5 +130,136 @@ fn find(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, encode, bloom, find);
+fn otlp(c: &mut Criterion) {
+    use prost::Message;
+    use vivace::model::ExportTraceServiceRequest;
+    let traces = realistic_traces(200, 4);
+    let spans: usize = traces.iter().map(|t| span_count(&t.batches)).sum();
+    let req = ExportTraceServiceRequest {
+        resource_spans: traces.into_iter().flat_map(|t| t.batches).collect(),
+    };
+    let proto = Bytes::from(req.encode_to_vec());
+    let json = serde_json::to_vec(&req).expect("json");
+    let mut g = c.benchmark_group("otlp");
+    g.throughput(Throughput::Elements(spans as u64));
+    g.bench_function("decode_protobuf", |b| {
+        b.iter(|| ExportTraceServiceRequest::decode(black_box(proto.clone())).expect("decode"))
+    });
+    g.bench_function("decode_json", |b| {
+        b.iter(|| {
+            serde_json::from_slice::<ExportTraceServiceRequest>(black_box(&json)).expect("decode")
+        })
+    });
+    g.bench_function("group_by_trace", |b| {
+        b.iter(|| vivace::distributor::group_by_trace(black_box(&req.resource_spans)))
+    });
+    g.finish();
+}
+
+fn wal(c: &mut Criterion) {
+    use std::sync::Arc;
+    use vivace::ingester::wal::Wal;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (wal, _) =
+        Wal::open(dir.path(), Arc::new(vivace::metrics::Metrics::default())).expect("wal");
+    let wal = Arc::new(wal);
+    // 16 concurrent 64 KiB appends (about 500 spans each): one group commit, one fsync.
+    let payload = Bytes::from(vec![7u8; 64 << 10]);
+    let mut g = c.benchmark_group("wal");
+    g.throughput(Throughput::Bytes(16 * payload.len() as u64));
+    g.bench_function("append_16x64k_group_commit", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let appends = (0..16).map(|_| {
+                    let (wal, p) = (wal.clone(), payload.clone());
+                    tokio::spawn(async move { wal.append(p).await })
+                });
+                for a in futures::future::join_all(appends).await {
+                    a.expect("task").expect("append");
+                }
+            })
+        })
+    });
+    g.finish();
+}
+
+const QUERIES: [(&str, &str); 6] = [
+    ("equality", "{ resource.service.name = \"checkout\" }"),
+    ("regex", "{ span.http.route =~ \"/api/.*\" }"),
+    ("duration_range", "{ duration > 50ms && duration < 200ms }"),
+    ("status", "{ status = error }"),
+    (
+        "structural",
+        "{ resource.service.name = \"frontend\" } >> { status = error }",
+    ),
+    ("pipeline", "{ } | by(resource.service.name) | count() > 3"),
+];
+
+fn traceql(c: &mut Criterion) {
+    use vivace::block::{decode_row_group, ColumnarBlock, ColumnarTrace, Phase, SearchColumns};
+    use vivace::traceql::engine::evaluate_view;
+    let mut g = c.benchmark_group("traceql");
+    for (name, q) in QUERIES {
+        g.bench_function(format!("parse_{name}"), |b| {
+            b.iter(|| vivace::traceql::parse(black_box(q)).expect("parse"))
+        });
+    }
+    // One block of 2,000 realistic traces: what one row-group search reads, filtered as
+    // the querier's filter phase does (no hit columns, no result building).
+    let traces = realistic_traces(2_000, 5);
+    let spans: usize = traces.iter().map(|t| span_count(&t.batches)).sum();
+    let tenant = TenantId::new("bench").expect("tenant");
+    let block = encode_block(
+        &tenant,
+        uuid::Uuid::nil(),
+        0,
+        traces,
+        &BlockConfig::default(),
+    )
+    .expect("encode");
+    let data = block.data.clone();
+    let md = decode_footer(data.clone(), data.len() as u64).expect("footer");
+    g.throughput(Throughput::Elements(spans as u64));
+    for (name, q) in QUERIES {
+        let query = vivace::traceql::parse(q).expect("parse");
+        let columns = SearchColumns::for_query(&query).expect("columns");
+        g.bench_function(format!("evaluate_{name}"), |b| {
+            b.iter(|| {
+                let mut hits = 0usize;
+                for read in columns.plan(&md, |_, _| true).expect("plan") {
+                    let fetched = read
+                        .ranges
+                        .iter()
+                        .map(|r| data.slice(r.start as usize..r.end as usize))
+                        .collect();
+                    let root = decode_row_group(
+                        md.clone(),
+                        &columns,
+                        &read,
+                        Phase::Filter,
+                        fetched,
+                        data.len() as u64,
+                    )
+                    .expect("decode");
+                    let cols = ColumnarBlock::new(&root).expect("columns");
+                    let mut trace = ColumnarTrace::new(&cols);
+                    for row in 0..cols.len() {
+                        if !trace.may_match(&columns, row) || !trace.spans_may_match(&columns, row)
+                        {
+                            continue;
+                        }
+                        trace.load(row).expect("load");
+                        hits +=
+                            usize::from(!evaluate_view(&query, &trace).expect("eval").is_empty());
+                    }
+                }
+                hits
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, otlp, wal, encode, bloom, find, traceql);
 criterion_main!(benches);

@@ -87,8 +87,8 @@ fn main() {
     }
     for (k, chunk) in chunks.into_iter().enumerate() {
         let id = uuid::Uuid::from_u128(k as u128 + 1);
-        let b = block::encode_block(&tenant, id, 0, chunk, &BlockConfig::default())
-            .expect("encode");
+        let b =
+            block::encode_block(&tenant, id, 0, chunk, &BlockConfig::default()).expect("encode");
         bytes += b.data.len();
         let md = block::decode_footer(b.data.clone(), b.data.len() as u64).expect("footer");
         row_groups += md.num_row_groups();
@@ -102,7 +102,10 @@ fn main() {
     let mut total_cpu = 0.0;
     let mut total_spans = 0.0;
     let only: String = arg(&args, "--query", String::new());
-    for (q, tempo) in QUERIES.into_iter().filter(|(q, _)| q.contains(only.as_str())) {
+    for (q, tempo) in QUERIES
+        .into_iter()
+        .filter(|(q, _)| q.contains(only.as_str()))
+    {
         let query = Arc::new(vivace::traceql::parse(q).expect("query"));
         let req = SearchRequest {
             query,
@@ -133,20 +136,25 @@ fn main() {
         }
         let cpu = median(cpus);
         let wall = median(walls);
-        let rate = spans as f64 / cpu.max(1e-9);
         total_cpu += cpu;
         total_spans += spans as f64;
-        let vs = if tempo > 0.0 {
-            format!(",\"vs_tempo\":{:.1}", rate / tempo)
+        // Below one clock tick in total the rate means nothing.
+        let (rate, vs) = if cpu * f64::from(runs as u32) < 0.01 {
+            ("null".to_string(), String::new())
         } else {
-            String::new()
+            let rate = spans as f64 / cpu;
+            let vs = if tempo > 0.0 {
+                format!(",\"vs_tempo\":{:.1}", rate / tempo)
+            } else {
+                String::new()
+            };
+            (format!("{rate:.0}"), vs)
         };
         println!(
-            "{{\"query\":{},\"traces\":{found},\"cpu_ms\":{:.1},\"wall_ms\":{:.1},\"spans_per_cpu_s\":{:.0}{vs}}}",
+            "{{\"query\":{},\"traces\":{found},\"cpu_ms\":{:.2},\"wall_ms\":{:.2},\"spans_per_cpu_s\":{rate}{vs}}}",
             serde_json::Value::from(q),
             cpu * 1e3,
             wall * 1e3,
-            rate
         );
     }
     println!(

@@ -627,7 +627,9 @@ fn expr_possible(e: &FieldExpr, rgm: &parquet::file::metadata::RowGroupMetaData)
                     let Some(&max) = s.max_opt() else { return true };
                     // Unsigned values stored in int64.
                     let max = max as u64;
-                    let Ok(x) = u64::try_from(*x) else { return true };
+                    let Ok(x) = u64::try_from(*x) else {
+                        return true;
+                    };
                     match op {
                         C::Gt => max > x,
                         C::Gte | C::Eq => max >= x,
