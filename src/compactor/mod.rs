@@ -363,9 +363,19 @@ impl Compactor {
         // Compactions.
         let live: Vec<Arc<BlockMeta>> = live.into_values().collect();
         for job in select::select(&live, &self.cfg, now) {
-            self.compact(tenant, &job).await?;
-            report.compactions += 1;
-            report.blocks_compacted += job.len();
+            match self.compact(tenant, &job).await {
+                Ok(()) => {
+                    report.compactions += 1;
+                    report.blocks_compacted += job.len();
+                }
+                Err(e @ CompactError::Stopped(_)) => return Err(e),
+                // One bad job (a corrupt or vanished input) must not hold up the others;
+                // it is selected again next cycle.
+                Err(e) => {
+                    let inputs: Vec<String> = job.iter().map(|m| m.block_id.to_string()).collect();
+                    warn!(tenant = %tenant, inputs = %inputs.join(","), error = %e, "compaction failed");
+                }
+            }
         }
         Ok(report)
     }

@@ -562,3 +562,22 @@ fn trim_heap() {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn trim_heap() {}
+
+#[tokio::test]
+async fn a_corrupt_input_fails_its_job_and_marks_nothing() {
+    let backend = Backend::memory();
+    let a = upload(&backend, synth::realistic_traces(30, 1), 0).await;
+    upload(&backend, synth::realistic_traces(30, 2), 0).await;
+    let data = block::data_key(&tenant(), a.block_id);
+    let mut bytes = backend.get(&data).await.unwrap().to_vec();
+    let mid = bytes.len() / 2;
+    bytes[mid..mid + 64].fill(0xAB);
+    backend.put(&data, bytes.into()).await.unwrap();
+    let c = compactor(&backend, compaction_cfg(), no_trace_limit());
+    let r = c.cycle_tenant(&tenant()).await.unwrap();
+    assert_eq!(r.compactions, 0);
+    // Both inputs still live; the failed output never committed.
+    let (live, compacted, _) = census(&backend).await;
+    assert_eq!((live, compacted), (2, 0));
+    assert_eq!(c.metrics.compactor_blocks_compacted.get(), 0);
+}
