@@ -296,12 +296,18 @@ async fn search(kv: HashMap<String, String>) {
         .unwrap_or("http://127.0.0.1:3200".into());
     let repeat: usize = get(&kv, "repeat", 5);
     let limit: usize = get(&kv, "limit", 100_000);
+    // With the server's pid, the server CPU seconds each query cost (median of the runs).
+    let pid: u32 = get(&kv, "pid", 0);
+    // Spans in the searched set, for spans per CPU-second as Tempo's figure counts them.
+    let set_spans: u64 = get(&kv, "spans", 0);
     let client = reqwest::Client::new();
     for q in SEARCH_QUERIES {
         let mut lat = Vec::new();
+        let mut cpu = Vec::new();
         let mut found = 0;
         let mut inspected = 0u64;
         for _ in 0..repeat {
+            let c0 = server_cpu_s(pid);
             let t = Instant::now();
             let resp: serde_json::Value = client
                 .get(format!("{api}/api/search"))
@@ -313,6 +319,7 @@ async fn search(kv: HashMap<String, String>) {
                 .await
                 .expect("search json");
             lat.push(t.elapsed().as_secs_f64() * 1000.0);
+            cpu.push(server_cpu_s(pid) - c0);
             found = resp["traces"].as_array().map_or(0, |a| a.len());
             inspected = resp["metrics"]["inspectedSpans"]
                 .as_str()
@@ -320,13 +327,38 @@ async fn search(kv: HashMap<String, String>) {
                 .unwrap_or(0);
         }
         lat.sort_by(f64::total_cmp);
+        cpu.sort_by(f64::total_cmp);
+        let cpu_p50 = percentile(&cpu, 0.5);
+        // /proc counts in 10 ms ticks: a query under one tick has no meaningful rate.
+        let rate = if pid > 0 && set_spans > 0 && cpu_p50 > 0.0 {
+            format!("{:.0}", set_spans as f64 / cpu_p50)
+        } else {
+            "null".into()
+        };
         println!(
-            "{{\"mode\":\"search\",\"query\":{},\"traces\":{found},\"inspected_spans\":{inspected},\"ms_p50\":{:.1},\"ms_max\":{:.1}}}",
+            "{{\"mode\":\"search\",\"query\":{},\"traces\":{found},\"inspected_spans\":{inspected},\"ms_p50\":{:.1},\"ms_max\":{:.1},\"server_cpu_ms_p50\":{:.0},\"set_spans_per_cpu_s\":{rate}}}",
             serde_json::Value::from(q),
             percentile(&lat, 0.5),
             lat.last().copied().unwrap_or(0.0),
+            cpu_p50 * 1e3,
         );
     }
+}
+
+/// User + system CPU seconds of process `pid` (0: none, answers 0).
+fn server_cpu_s(pid: u32) -> f64 {
+    if pid == 0 {
+        return 0.0;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let f: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, r)| r)
+        .split_whitespace()
+        .collect();
+    // utime and stime (fields 14 and 15) in USER_HZ (100) ticks.
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn main() {
