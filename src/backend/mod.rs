@@ -262,6 +262,20 @@ impl Backend {
             .collect())
     }
 
+    /// Every object key below `prefix` with its last-modified time.
+    pub async fn list_with_times(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, std::time::SystemTime)>, BackendError> {
+        self.requests.list.inc();
+        let p = ObjectPath::from(prefix);
+        let metas: Vec<_> = self.store.list(Some(&p)).try_collect().await?;
+        Ok(metas
+            .into_iter()
+            .map(|m| (m.location.to_string(), m.last_modified.into()))
+            .collect())
+    }
+
     /// Every object key below `prefix`.
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>, BackendError> {
         let p = ObjectPath::from(prefix);

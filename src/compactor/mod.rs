@@ -126,7 +126,15 @@ struct Listed {
     meta: bool,
     compacted: bool,
     sources: bool,
+    /// When its newest object was written.
+    newest: Option<SystemTime>,
 }
+
+/// A block folder without any meta file is an upload that died, or one still running. Both
+/// writers (flush and compaction) re-put every object on each attempt, so a folder whose
+/// newest object is older than this is abandoned. Never less than this floor, whatever
+/// `compacted_block_retention` says.
+const ORPHAN_MIN_AGE: Duration = Duration::from_secs(15 * 60);
 
 /// Totals of one cycle, for logs and tests.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -154,6 +162,7 @@ pub struct Compactor {
     sources_done: Mutex<HashSet<Uuid>>,
     /// Test hook: stop a compaction after this step, as a crash would.
     stop_after: Mutex<Option<CompactionStep>>,
+    orphan_age: Mutex<Option<Duration>>,
 }
 
 fn now_nanos() -> u64 {
@@ -187,7 +196,21 @@ impl Compactor {
             compacted: Mutex::new(HashMap::new()),
             sources_done: Mutex::new(HashSet::new()),
             stop_after: Mutex::new(None),
+            orphan_age: Mutex::new(None),
         }
+    }
+
+    /// How old an uncommitted block folder must be before it is deleted.
+    fn orphan_age(&self) -> Duration {
+        self.orphan_age
+            .lock()
+            .unwrap_or_else(|| self.cfg.compacted_block_retention.max(ORPHAN_MIN_AGE))
+    }
+
+    /// Tests shorten the orphan age (the floor protects real uploads).
+    #[doc(hidden)]
+    pub fn set_orphan_age(&self, age: Duration) {
+        *self.orphan_age.lock() = Some(age);
     }
 
     /// Makes the next compaction stop after `step`, as if the process died there.
@@ -283,14 +306,24 @@ impl Compactor {
                     live.insert(*id, m);
                 }
             } else {
-                // An upload that never committed (or one in progress right now). Object
-                // listings here carry no age, so it cannot be told apart from a block being
-                // written: it is left alone.
-                report.orphans += 1;
+                // An upload that never committed, or one in progress right now: only an
+                // old one is abandoned.
+                let age = l
+                    .newest
+                    .and_then(|t| SystemTime::now().duration_since(t).ok())
+                    .unwrap_or_default();
+                if age > self.orphan_age() {
+                    futures::future::try_join_all(l.keys.iter().map(|k| self.backend.delete(k)))
+                        .await?;
+                    self.metrics.compactor_blocks_deleted.add("orphan", 1);
+                    info!(tenant = %tenant, block = %id, age_s = age.as_secs(), "abandoned upload deleted");
+                } else {
+                    report.orphans += 1;
+                }
             }
         }
         if report.orphans > 0 {
-            debug!(tenant = %tenant, orphans = report.orphans, "block folders without meta, left alone");
+            debug!(tenant = %tenant, orphans = report.orphans, "block folders without meta, too young to delete");
         }
 
         // Outputs committed by a compaction that stopped before marking all its inputs.
@@ -384,7 +417,7 @@ impl Compactor {
     async fn list_tenant(&self, tenant: &TenantId) -> Result<BTreeMap<Uuid, Listed>, CompactError> {
         let mut out: BTreeMap<Uuid, Listed> = BTreeMap::new();
         let prefix = format!("{}/", tenant.as_str());
-        for key in self.backend.list(tenant.as_str()).await? {
+        for (key, modified) in self.backend.list_with_times(tenant.as_str()).await? {
             let Some((dir, file)) = key.strip_prefix(&prefix).and_then(|r| r.split_once('/'))
             else {
                 continue; // the tenant index and other tenant-level objects
@@ -399,6 +432,7 @@ impl Compactor {
                 SOURCES_FILE => l.sources = true,
                 _ => {}
             }
+            l.newest = l.newest.max(Some(modified));
             l.keys.push(key);
         }
         Ok(out)

@@ -299,7 +299,35 @@ async fn a_crash_at_any_step_loses_and_doubles_nothing() {
             want,
             "{step:?}"
         );
+        // Once old enough, an abandoned upload is deleted; nothing committed is touched.
+        restarted.set_orphan_age(Duration::ZERO);
+        restarted.cycle_tenant(&tenant()).await.unwrap();
+        assert_eq!(census(&backend).await, (1, 0, 0), "{step:?}");
+        assert_eq!(
+            read_back(&backend, want.keys().copied()).await,
+            want,
+            "{step:?}"
+        );
     }
+}
+
+#[tokio::test]
+async fn young_uncommitted_folders_are_left_alone() {
+    let backend = Backend::memory();
+    overlapping_blocks(&backend, 10).await;
+    // An upload in progress: data written, meta.json not yet.
+    let id = uuid::Uuid::new_v4();
+    backend
+        .put(
+            &block::data_key(&tenant(), id),
+            bytes::Bytes::from_static(b"partial"),
+        )
+        .await
+        .unwrap();
+    let c = compactor(&backend, compaction_cfg(), no_trace_limit());
+    let r = c.cycle_tenant(&tenant()).await.unwrap();
+    assert_eq!(r.orphans, 1);
+    assert!(backend.get(&block::data_key(&tenant(), id)).await.is_ok());
 }
 
 #[tokio::test]
