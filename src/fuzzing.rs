@@ -65,8 +65,11 @@ unsafe impl std::alloc::GlobalAlloc for CappedAlloc {
     }
 }
 
+/// A fuzz target's entry point.
+pub type Target = fn(&[u8]);
+
 /// The fuzz targets, by the name of their folder under `fuzz/corpus/`.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("otlp_protobuf", otlp_protobuf),
     ("otlp_json", otlp_json),
     ("traceql", traceql),
