@@ -84,7 +84,7 @@ async fn vulture_verifies_a_healthy_server() {
         server.log_tail(30)
     );
     let written = sample(&stdout, "vivace_vulture_traces_written_total");
-    assert!(written >= 20, "wrote {written} traces in 10 s:\n{stdout}");
+    assert!(written >= 10, "wrote {written} traces in 10 s:\n{stdout}");
     assert_eq!(sample(&stdout, "vivace_vulture_write_errors_total"), 0);
     // Every acknowledged trace was verified both ways, and every one was intact.
     assert_eq!(

@@ -275,16 +275,21 @@ pub async fn run(
             }
         }
     }
+    let by_id = |v: Verdict| metrics.by_id[v.index()].get();
+    let search_bad: u64 = Verdict::ALL
+        .iter()
+        .filter(|v| **v != Verdict::Ok)
+        .map(|v| metrics.search[v.index()].get())
+        .sum();
     info!(
         written = metrics.written.get(),
-        ok = metrics.by_id[Verdict::Ok.index()].get(),
-        missing = metrics.by_id[Verdict::Missing.index()].get(),
-        incomplete = metrics.by_id[Verdict::Incomplete.index()].get(),
-        wrong = metrics.by_id[Verdict::Wrong.index()].get(),
+        write_errors = metrics.write_errors.get(),
+        ok = by_id(Verdict::Ok),
+        missing = by_id(Verdict::Missing),
+        incomplete = by_id(Verdict::Incomplete),
+        wrong = by_id(Verdict::Wrong),
         search_ok = metrics.search[Verdict::Ok.index()].get(),
-        search_failed = metrics.failures()
-            - (metrics.by_id.iter().map(Counter::get).sum::<u64>()
-                - metrics.by_id[Verdict::Ok.index()].get()),
+        search_failed = search_bad,
         "vulture finished"
     );
     Ok(metrics)
