@@ -355,13 +355,7 @@ impl Serialize for TraceOut<'_> {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 let mut m = s.serialize_map(Some(self.0.len()))?;
                 for (svc, st) in self.0 {
-                    // jsonpb leaves out zero values.
-                    let v = if st.error_count > 0 {
-                        json!({ "spanCount": st.span_count, "errorCount": st.error_count })
-                    } else {
-                        json!({ "spanCount": st.span_count })
-                    };
-                    m.serialize_entry(svc, &v)?;
+                    m.serialize_entry(svc, &StatOut(st))?;
                 }
                 m.end()
             }
@@ -435,15 +429,61 @@ impl Serialize for SpanOut<'_> {
     }
 }
 
+/// `{"errorCount":..,"spanCount":..}`: keys in the order a JSON map sorts them, zero
+/// values left out as jsonpb does. Written directly: a map per service per hit was a
+/// large share of the response's cost for searches with tens of thousands of hits.
+struct StatOut<'a>(&'a ServiceStats);
+
+impl Serialize for StatOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        if self.0.error_count > 0 {
+            m.serialize_entry("errorCount", &self.0.error_count)?;
+        }
+        m.serialize_entry("spanCount", &self.0.span_count)?;
+        m.end()
+    }
+}
+
 struct AttrsOut<'a>(&'a [(String, Value)]);
 
 impl Serialize for AttrsOut<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(
-            self.0
-                .iter()
-                .map(|(k, v)| json!({ "key": k, "value": value_json(v) })),
-        )
+        struct AttrOut<'a>(&'a str, &'a Value);
+        impl Serialize for AttrOut<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut m = s.serialize_map(Some(2))?;
+                m.serialize_entry("key", self.0)?;
+                m.serialize_entry("value", &ValueOut(self.1))?;
+                m.end()
+            }
+        }
+        s.collect_seq(self.0.iter().map(|(k, v)| AttrOut(k, v)))
+    }
+}
+
+/// [`value_json`] written without building it, for the common scalar types.
+struct ValueOut<'a>(&'a Value);
+
+impl Serialize for ValueOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        fn one<S: Serializer, T: Serialize + ?Sized>(
+            s: S,
+            key: &str,
+            v: &T,
+        ) -> Result<S::Ok, S::Error> {
+            let mut m = s.serialize_map(Some(1))?;
+            m.serialize_entry(key, v)?;
+            m.end()
+        }
+        match self.0 {
+            Value::String(v) => one(s, "stringValue", v),
+            Value::Status(v) => one(s, "stringValue", v.as_str()),
+            Value::Kind(v) => one(s, "stringValue", v.as_str()),
+            Value::Bool(v) => one(s, "boolValue", v),
+            Value::Int(v) => one(s, "intValue", &v.to_string()),
+            other => value_json(other).serialize(s),
+        }
     }
 }
 
@@ -509,6 +549,49 @@ fn trim(s: String) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Service stats and attributes are written without building JSON maps; the bytes must
+    /// be those the maps gave (keys sorted, zero error counts left out).
+    #[test]
+    fn direct_writers_match_json_maps() {
+        use crate::traceql::{SpanKind, Status};
+        let attrs: Vec<(String, Value)> = vec![
+            ("s".into(), Value::String("/api/x \"q\"".into())),
+            ("i".into(), Value::Int(-7)),
+            ("b".into(), Value::Bool(true)),
+            ("f".into(), Value::Float(1.5)),
+            ("d".into(), Value::Duration(1_500_000)),
+            ("st".into(), Value::Status(Status::Error)),
+            ("k".into(), Value::Kind(SpanKind::Server)),
+            (
+                "a".into(),
+                Value::Array(vec![Value::Int(1), Value::String("x".into())]),
+            ),
+        ];
+        let old_attrs: Vec<Json> = attrs
+            .iter()
+            .map(|(k, v)| json!({ "key": k, "value": value_json(v) }))
+            .collect();
+        assert_eq!(
+            serde_json::to_string(&AttrsOut(&attrs)).unwrap(),
+            serde_json::to_string(&old_attrs).unwrap()
+        );
+        for (spans, errors) in [(3, 0), (5, 2)] {
+            let st = ServiceStats {
+                span_count: spans,
+                error_count: errors,
+            };
+            let old = if errors > 0 {
+                json!({ "spanCount": spans, "errorCount": errors })
+            } else {
+                json!({ "spanCount": spans })
+            };
+            assert_eq!(
+                serde_json::to_string(&StatOut(&st)).unwrap(),
+                serde_json::to_string(&old).unwrap()
+            );
+        }
+    }
 
     fn params(pairs: &[(&str, &str)]) -> SearchParams {
         let mut p = SearchParams::default();
