@@ -51,6 +51,14 @@ pub struct BlockMeta {
     pub dedicated_columns: Vec<DedicatedColumn>,
 }
 
+/// Now, in unix nanoseconds (the unit of every time in block metadata).
+pub fn unix_nanos_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
 impl BlockMeta {
     pub fn from_bytes(b: &[u8]) -> Result<Self, BlockError> {
         Ok(serde_json::from_slice(b)?)
@@ -62,12 +70,13 @@ impl BlockMeta {
     }
 }
 
-mod rfc3339_nanos {
+/// RFC 3339 with nanoseconds in JSON, unix nanoseconds in memory (numbers also accepted).
+pub(crate) mod rfc3339_nanos {
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
     use serde::{de, Deserialize, Deserializer, Serializer};
 
-    pub(super) fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
         let t = UNIX_EPOCH + Duration::from_nanos(*v);
         s.collect_str(&humantime::format_rfc3339_nanos(t))
     }
@@ -79,7 +88,7 @@ mod rfc3339_nanos {
         Str(String),
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
         match Raw::deserialize(d)? {
             Raw::Num(n) => Ok(n),
             Raw::Str(s) => {

@@ -24,7 +24,7 @@ pub struct CompactedBlockMeta {
     #[serde(flatten)]
     pub meta: BlockMeta,
     /// Unix nanoseconds; RFC 3339 in JSON.
-    #[serde(with = "rfc3339", default)]
+    #[serde(with = "super::meta::rfc3339_nanos", default)]
     pub compacted_time: u64,
     /// Why: "compaction" or "retention"; absent in older markers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -47,7 +47,7 @@ impl CompactedBlockMeta {
 pub struct TenantIndex {
     /// When the index was built (unix nanoseconds; RFC 3339 in JSON). Readers ignore
     /// indexes older than their staleness bound.
-    #[serde(with = "rfc3339")]
+    #[serde(with = "super::meta::rfc3339_nanos")]
     pub created_at: u64,
     /// Live blocks (a `meta.json` and no `meta.compacted.json`).
     #[serde(default)]
@@ -83,43 +83,6 @@ impl TenantIndex {
     /// When it was built, as a wall-clock time.
     pub fn created(&self) -> SystemTime {
         UNIX_EPOCH + Duration::from_nanos(self.created_at)
-    }
-}
-
-/// Now in unix nanoseconds (0 if the clock is before 1970).
-pub fn unix_nanos_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
-mod rfc3339 {
-    use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-    use serde::{de, Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
-        let t = UNIX_EPOCH + Duration::from_nanos(*v);
-        s.collect_str(&humantime::format_rfc3339_nanos(t))
-    }
-
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Num(u64),
-        Str(String),
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-        match Raw::deserialize(d)? {
-            Raw::Num(n) => Ok(n),
-            Raw::Str(s) => {
-                let t: SystemTime = humantime::parse_rfc3339_weak(&s).map_err(de::Error::custom)?;
-                let since = t.duration_since(UNIX_EPOCH).map_err(de::Error::custom)?;
-                u64::try_from(since.as_nanos()).map_err(de::Error::custom)
-            }
-        }
     }
 }
 

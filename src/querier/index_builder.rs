@@ -10,7 +10,7 @@ use tracing::{debug, warn};
 use uuid::Uuid;
 
 use crate::backend::{Backend, BackendError};
-use crate::block::tenant_index::unix_nanos_now;
+use crate::block::unix_nanos_now;
 use crate::block::{
     self, BlockError, BlockMeta, CompactedBlockMeta, TenantIndex, COMPACTED_META_FILE, META_FILE,
 };
