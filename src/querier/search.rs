@@ -590,6 +590,7 @@ fn merge(partials: Vec<Partial>, limit: usize) -> SearchResults {
                             e.span_count += st.span_count;
                             e.error_count += st.error_count;
                         }
+                    }
                 }
             }
         }
@@ -872,6 +873,31 @@ mod tests {
         };
         let p = params("{}", Some(r)).unwrap();
         assert_eq!(columnar_path(&p, &bytes), (Vec::new(), 0));
+    }
+
+    #[test]
+    fn row_groups_are_pruned_by_duration_and_status_statistics() {
+        let data = dataset();
+        let cfg = BlockConfig {
+            row_group_size_bytes: 1,
+            ..BlockConfig::default()
+        };
+        let bytes = encode(&data, &cfg);
+        let (all, groups) = columnar_path(&params("{}", None).unwrap(), &bytes);
+        assert_eq!(groups, all.len());
+        // No span lasts an hour: nothing is read, in either operand order.
+        for q in ["{ duration > 1h }", "{ 1h <= duration }"] {
+            let p = params(q, None).unwrap();
+            assert_eq!(columnar_path(&p, &bytes), (Vec::new(), 0), "{q}");
+        }
+        // Only traces with an error span are read, and the answer is unchanged.
+        let p = params("{ status = error }", None).unwrap();
+        let (hits, read) = columnar_path(&p, &bytes);
+        assert!(!hits.is_empty() && read < groups, "{read} of {groups}");
+        assert_eq!(hits, otlp_path(&p, &bytes));
+        // Either side of `||` may match: no pruning on the error side alone.
+        let p = params("{ status = error || duration > 1h }", None).unwrap();
+        assert_eq!(columnar_path(&p, &bytes).0, otlp_path(&p, &bytes));
     }
 }
 
