@@ -141,8 +141,8 @@ fn main() {
         let wall = median(walls);
         total_cpu += cpu;
         total_spans += spans as f64;
-        // Below one clock tick in total the rate means nothing.
-        let (rate, vs) = if measured < 0.01 {
+        // Under five clock ticks in total the rate means nothing.
+        let (rate, vs) = if measured < 0.05 {
             ("null".to_string(), String::new())
         } else {
             let rate = spans as f64 / cpu;
