@@ -62,7 +62,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let quick = args.iter().any(|a| a == "--quick");
+    // `cargo bench` passes --bench; without it (`cargo test --all-targets`) this is a smoke
+    // run, small and once, like criterion's test mode.
+    let quick = args.iter().any(|a| a == "--quick") || !args.iter().any(|a| a == "--bench");
     let spans_wanted: usize = arg(&args, "--spans", if quick { 20_000 } else { 1_000_000 });
     let runs: usize = arg(&args, "--runs", if quick { 1 } else { 5 });
     let blocks: usize = arg(&args, "--blocks", 3).max(1);
