@@ -107,7 +107,10 @@ fn exporter_http(server: &Server, hs: &[(&str, String)]) -> opentelemetry_otlp::
         .expect("http exporter")
 }
 
-fn exporter_grpc(server: &Server, hs: &[(&'static str, String)]) -> opentelemetry_otlp::SpanExporter {
+fn exporter_grpc(
+    server: &Server,
+    hs: &[(&'static str, String)],
+) -> opentelemetry_otlp::SpanExporter {
     let mut md = tonic::metadata::MetadataMap::new();
     for (k, v) in hs {
         md.insert(*k, v.parse().unwrap());

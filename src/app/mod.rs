@@ -146,14 +146,16 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     };
 
     let querier = if has(Querier) {
-        let q = Arc::new(Querier::new(
-            backend.clone(),
-            ingester.clone(),
-            blocklist.clone(),
-            metrics.clone(),
-            cfg.querier.concurrent_blocks,
-        )
-        .with_poll_config(crate::querier::PollConfig::from_config(&cfg.storage.trace)));
+        let q = Arc::new(
+            Querier::new(
+                backend.clone(),
+                ingester.clone(),
+                blocklist.clone(),
+                metrics.clone(),
+                cfg.querier.concurrent_blocks,
+            )
+            .with_poll_config(crate::querier::PollConfig::from_config(&cfg.storage.trace)),
+        );
         if let Err(e) = q.poll_blocklist().await {
             warn!(error = %e, "first blocklist poll failed, serving without blocks until the next one");
         }
