@@ -40,8 +40,15 @@ impl Ingester {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if self.cut_due(Instant::now()) {
-                self.flush(false).await;
+            match self.cut_due(Instant::now()) {
+                super::CutDue::No => {}
+                super::CutDue::Idle => {
+                    self.flush(false).await;
+                }
+                super::CutDue::Pressure => {
+                    self.metrics.pressure_cuts.inc();
+                    self.flush(true).await;
+                }
             }
         }
     }

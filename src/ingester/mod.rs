@@ -113,6 +113,16 @@ pub struct Ingester {
     on_commit: BlockCommitted,
 }
 
+/// Whether the head should be cut now, and how much of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CutDue {
+    No,
+    /// Block size or age reached: idle traces go, active ones stay.
+    Idle,
+    /// Memory nearly full: everything goes.
+    Pressure,
+}
+
 impl Ingester {
     pub fn new(
         cfg: IngesterConfig,
@@ -262,14 +272,25 @@ impl Ingester {
         }
     }
 
-    fn cut_due(&self, now: Instant) -> bool {
+    fn cut_due(&self, now: Instant) -> CutDue {
         let head = self.head.lock();
         match head.started {
-            None => false,
-            Some(started) => {
-                head.bytes >= self.cfg.max_block_bytes
-                    || now.duration_since(started) >= self.cfg.max_block_duration
+            None => CutDue::No,
+            // Near the memory bound, idle traces may be too few to make room: write every
+            // live trace so exports are refused only briefly (late spans of a trace split
+            // this way are merged at read time and by the compactor).
+            Some(_)
+                if head.bytes.saturating_mul(4) >= self.cfg.max_live_bytes.saturating_mul(3) =>
+            {
+                CutDue::Pressure
             }
+            Some(started)
+                if head.bytes >= self.cfg.max_block_bytes
+                    || now.duration_since(started) >= self.cfg.max_block_duration =>
+            {
+                CutDue::Idle
+            }
+            Some(_) => CutDue::No,
         }
     }
 

@@ -1,5 +1,5 @@
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use prost::Message;
@@ -167,4 +167,36 @@ async fn refuses_instead_of_dropping_when_memory_is_full() {
         "{err}"
     );
     assert!(ing.find_trace(&tenant, &TraceId([3; 16])).is_empty());
+}
+
+#[tokio::test]
+async fn memory_pressure_cuts_every_live_trace() {
+    let f = fixture(Duration::from_secs(3600));
+    let tenant = TenantId::single();
+    let req = request(5, 1..40);
+    let raw = req.encode_to_vec();
+    let g = group_by_trace(&req.resource_spans);
+    let bytes: u64 = g.traces.iter().map(|t| t.data.len() as u64).sum();
+    let ing = Ingester::new(
+        IngesterConfig {
+            trace_idle_period: Duration::from_secs(3600),
+            // The trace fills 80% of the budget: past the 75% mark.
+            max_live_bytes: bytes * 5 / 4,
+            ..Default::default()
+        },
+        f.ingester.log.clone(),
+        Backend::memory(),
+        BlockConfig::default(),
+        Arc::new(Metrics::default()),
+        Arc::new(|_| {}),
+    );
+    assert_eq!(ing.cut_due(Instant::now()), CutDue::No);
+    ing.push(wal::encode_payload(&tenant, &raw), &tenant, g.traces)
+        .await
+        .unwrap();
+    assert_eq!(ing.cut_due(Instant::now()), CutDue::Pressure);
+    // The trace is far from idle, yet a pressure cut writes it and frees the memory.
+    assert_eq!(ing.flush(true).await, 1);
+    assert_eq!(ing.cut_due(Instant::now()), CutDue::No);
+    assert_eq!(ing.metrics.live_bytes.get(), 0);
 }

@@ -135,6 +135,7 @@ pub struct Metrics {
     pub live_traces: Gauge,
     pub live_bytes: Gauge,
     pub blocks_flushed: Counter,
+    pub pressure_cuts: Counter,
     pub traces_flushed: Counter,
     pub flush_failures: Counter,
     pub blocklist_length: Gauge,
@@ -209,6 +210,12 @@ impl Metrics {
             "vivace_ingester_blocks_flushed_total",
             "Blocks committed to the backend.",
             self.blocks_flushed.get(),
+        );
+        counter(
+            &mut s,
+            "vivace_ingester_pressure_cuts_total",
+            "Blocks cut early, with every live trace, because memory was nearly full.",
+            self.pressure_cuts.get(),
         );
         counter(
             &mut s,
