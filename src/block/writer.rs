@@ -6,6 +6,7 @@
 //! from `schema/block.parquet.txt`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
 use std::sync::Arc;
 
 use arrow_array::builder::{
@@ -21,7 +22,7 @@ use bytes::Bytes;
 use parquet::arrow::arrow_writer::ArrowWriterOptions;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, Encoding, Type as PhysicalType, ZstdLevel};
-use parquet::file::metadata::{KeyValue as ParquetKeyValue, ParquetMetaDataReader, SortingColumn};
+use parquet::file::metadata::{KeyValue as ParquetKeyValue, ParquetMetaData, SortingColumn};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::{ColumnPath, SchemaDescriptor};
 use prost::Message;
@@ -222,7 +223,8 @@ fn check_config(cfg: &BlockConfig) -> Result<(), BlockError> {
 /// per trace, fragments already combined) and are pulled one at a time, so only the traces
 /// of the row group being built are in memory, as Arrow arrays. The first `Err` item stops
 /// encoding and is returned as is; an ID not greater than the one before it is a
-/// [`BlockError::NotSorted`]. Errors on an empty input. Synchronous CPU work.
+/// [`BlockError::NotSorted`]. Errors on an empty input. Synchronous CPU work. The Parquet
+/// bytes are kept in memory; [`encode_block_sorted_into`] writes them to a sink instead.
 pub fn encode_block_sorted<I>(
     tenant: &TenantId,
     block_id: uuid::Uuid,
@@ -232,6 +234,43 @@ pub fn encode_block_sorted<I>(
 ) -> Result<EncodedBlock, BlockError>
 where
     I: IntoIterator<Item = Result<TraceInput, BlockError>>,
+{
+    let mut data = Vec::new();
+    let parts =
+        encode_block_sorted_into(tenant, block_id, compaction_level, traces, cfg, &mut data)?;
+    Ok(EncodedBlock {
+        meta: parts.meta,
+        data: Bytes::from(data),
+        blooms: parts.blooms,
+        index: parts.index,
+    })
+}
+
+/// What [`encode_block_sorted_into`] produced besides `data.parquet`, which went to the
+/// sink: `meta.size` is the number of bytes written there.
+#[derive(Debug, Clone)]
+pub struct BlockParts {
+    pub meta: BlockMeta,
+    /// Shard N goes to `bloom_key(.., N)`.
+    pub blooms: Vec<Bytes>,
+    pub index: Bytes,
+}
+
+/// [`encode_block_sorted`] writing `data.parquet` to `sink` (a file, a `Vec`), so a block of
+/// any size costs one row group of memory. The sink gets every byte in order, nothing is
+/// read back: footer and page-index sizes come from the writer. The sink is flushed but not
+/// synced; on error it holds a partial file.
+pub fn encode_block_sorted_into<I, W>(
+    tenant: &TenantId,
+    block_id: uuid::Uuid,
+    compaction_level: u32,
+    traces: I,
+    cfg: &BlockConfig,
+    sink: &mut W,
+) -> Result<BlockParts, BlockError>
+where
+    I: IntoIterator<Item = Result<TraceInput, BlockError>>,
+    W: Write + Send,
 {
     check_config(cfg)?;
     let (descr, schema) = if legacy::on() {
@@ -243,7 +282,8 @@ where
         .with_properties(writer_properties(cfg, &descr)?)
         .with_skip_arrow_metadata(true)
         .with_parquet_schema((*descr).clone());
-    let mut writer = ArrowWriter::try_new_with_options(Vec::new(), schema.clone(), options)?;
+    let mut writer =
+        ArrowWriter::try_new_with_options(TailWriter::new(sink), schema.clone(), options)?;
 
     let mut rg = RowGroupBuilder::new();
     let mut rg_rows = 0usize;
@@ -283,10 +323,15 @@ where
         max_ids.extend(ids.last().copied());
     }
     drop(rg);
-    // Writes the page indexes and the footer.
-    let data = writer.into_inner()?;
-    let footer_size = footer_size(&data)?;
-    let page_index_size = page_index_size(&data, footer_size)?;
+    // Writes the page indexes and the footer; the metadata it returns has the page-index
+    // offsets filled in.
+    let md = writer.finish()?;
+    let (size, footer_size) = {
+        let tail = writer.inner();
+        (tail.written, tail.footer_size()?)
+    };
+    drop(writer);
+    let page_index_size = page_index_size(&md, size, footer_size)?;
 
     let blooms = bloom::build_blooms(&ids, cfg.bloom_false_positive, cfg.bloom_shard_size_bytes)?;
     let index = RowGroupIndex::new(max_ids)?;
@@ -299,7 +344,7 @@ where
         end_time: end,
         total_objects: ids.len() as u64,
         total_spans,
-        size: data.len() as u64,
+        size,
         compaction_level,
         total_records: u32::try_from(index.len()).unwrap_or(u32::MAX),
         bloom_shards: u32::try_from(blooms.len()).unwrap_or(u32::MAX),
@@ -307,16 +352,65 @@ where
         page_index_size,
         dedicated_columns: dedicated_columns(),
     };
-    Ok(EncodedBlock {
+    Ok(BlockParts {
         meta,
-        data: Bytes::from(data),
         blooms: blooms.into_iter().map(Bytes::from).collect(),
         index: Bytes::from(index.to_bytes()),
     })
 }
 
-fn flush_row_group(
-    writer: &mut ArrowWriter<Vec<u8>>,
+/// Passes writes through to the sink, counting them and keeping the last 8 bytes (footer
+/// length and magic), so the footer size is known without reading the file back.
+struct TailWriter<'a, W: Write> {
+    inner: &'a mut W,
+    written: u64,
+    last: [u8; 8],
+}
+
+impl<'a, W: Write> TailWriter<'a, W> {
+    fn new(inner: &'a mut W) -> Self {
+        Self {
+            inner,
+            written: 0,
+            last: [0; 8],
+        }
+    }
+
+    /// Bytes of the Thrift footer plus its 4-byte length and the 4-byte magic.
+    fn footer_size(&self) -> Result<u32, BlockError> {
+        if self.written < 8 {
+            return Err(BlockError::Corrupt(
+                "parquet file shorter than its footer".into(),
+            ));
+        }
+        let len = u32::from_le_bytes([self.last[0], self.last[1], self.last[2], self.last[3]]);
+        len.checked_add(8)
+            .filter(|&f| u64::from(f) <= self.written)
+            .ok_or_else(|| BlockError::Corrupt("footer too large".into()))
+    }
+}
+
+impl<W: Write> Write for TailWriter<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        let buf = &buf[..n];
+        self.written += n as u64;
+        if n >= 8 {
+            self.last.copy_from_slice(&buf[n - 8..]);
+        } else {
+            self.last.rotate_left(n);
+            self.last[8 - n..].copy_from_slice(buf);
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn flush_row_group<W: Write + Send>(
+    writer: &mut ArrowWriter<W>,
     rg: &mut RowGroupBuilder,
     schema: &SchemaRef,
 ) -> Result<(), BlockError> {
@@ -327,13 +421,21 @@ fn flush_row_group(
     Ok(())
 }
 
-/// Bytes of the column and offset indexes, which the writer puts right before the footer.
-fn page_index_size(data: &[u8], footer_size: u32) -> Result<u32, BlockError> {
-    let footer_start = (data.len() as u64)
+/// Bytes of the column and offset indexes, which the writer puts right before the footer:
+/// from the first index offset in the written metadata to the footer's start.
+fn page_index_size(md: &ParquetMetaData, size: u64, footer_size: u32) -> Result<u32, BlockError> {
+    let footer_start = size
         .checked_sub(u64::from(footer_size))
         .ok_or_else(|| BlockError::Corrupt("parquet file shorter than its footer".into()))?;
-    let md = ParquetMetaDataReader::decode_metadata(&data[footer_start as usize..data.len() - 8])?;
-    match super::reader::page_index_start(&md) {
+    let first = md
+        .row_groups()
+        .iter()
+        .flat_map(|rg| rg.columns())
+        .flat_map(|c| [c.column_index_offset(), c.offset_index_offset()])
+        .flatten()
+        .filter_map(|o| u64::try_from(o).ok())
+        .min();
+    match first {
         Some(start) if start <= footer_start => u32::try_from(footer_start - start)
             .map_err(|_| BlockError::Corrupt("page index too large".into())),
         _ => Ok(0),
@@ -354,17 +456,6 @@ pub(crate) fn dedicated_columns() -> Vec<DedicatedColumn> {
     let mut out = list("resource", &DEDICATED_RESOURCE);
     out.extend(list("span", &DEDICATED_SPAN));
     out
-}
-
-fn footer_size(data: &[u8]) -> Result<u32, BlockError> {
-    let n = data.len();
-    let len_bytes = data
-        .get(n.saturating_sub(8)..n.saturating_sub(4))
-        .and_then(|b| <[u8; 4]>::try_from(b).ok())
-        .ok_or_else(|| BlockError::Corrupt("parquet file shorter than its footer".into()))?;
-    u32::from_le_bytes(len_bytes)
-        .checked_add(8)
-        .ok_or_else(|| BlockError::Corrupt("footer too large".into()))
 }
 
 /// Expects `traces` sorted by ID; merges runs with the same ID.
@@ -1283,5 +1374,134 @@ impl RowGroupBuilder {
         )?;
         let (_, columns, _) = root.into_parts();
         Ok(RecordBatch::try_new(schema.clone(), columns)?)
+    }
+}
+
+#[cfg(test)]
+mod sink_tests {
+    use std::io::Write;
+
+    use parquet::file::metadata::ParquetMetaDataReader;
+
+    use super::*;
+
+    /// A sink that accepts at most 3 bytes per call, so the tail tracking sees short writes.
+    struct Dribble(Vec<u8>);
+
+    impl Write for Dribble {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(3);
+            self.0.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn sorted_traces() -> Vec<TraceInput> {
+        let mut t = super::super::synth::realistic_traces(200, 7);
+        t.sort_by_key(|t| t.id);
+        t.dedup_by_key(|t| t.id);
+        t
+    }
+
+    fn cfg() -> BlockConfig {
+        BlockConfig {
+            row_group_size_bytes: 20_000,
+            ..BlockConfig::default()
+        }
+    }
+
+    #[test]
+    fn file_sink_gets_the_same_bytes_and_sizes_as_the_vec() {
+        let tenant = TenantId::new("t").unwrap();
+        let id = uuid::Uuid::nil();
+        let in_memory =
+            encode_block_sorted(&tenant, id, 2, sorted_traces().into_iter().map(Ok), &cfg())
+                .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data.parquet");
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+        let parts = encode_block_sorted_into(
+            &tenant,
+            id,
+            2,
+            sorted_traces().into_iter().map(Ok),
+            &cfg(),
+            &mut file,
+        )
+        .unwrap();
+        drop(file);
+        let on_disk = std::fs::read(&path).unwrap();
+        assert_eq!(on_disk, in_memory.data.as_ref());
+        assert_eq!(parts.meta.size, on_disk.len() as u64);
+        assert_eq!(parts.meta, in_memory.meta);
+        assert_eq!(parts.blooms, in_memory.blooms);
+        assert_eq!(parts.index, in_memory.index);
+
+        // The sizes the writer tracked match the file's own footer and page indexes.
+        let n = on_disk.len();
+        let len = u32::from_le_bytes(on_disk[n - 8..n - 4].try_into().unwrap());
+        assert_eq!(parts.meta.footer_size, len + 8);
+        let footer_start = n - parts.meta.footer_size as usize;
+        let md = ParquetMetaDataReader::decode_metadata(&on_disk[footer_start..n - 8]).unwrap();
+        assert!(md.num_row_groups() > 1);
+        let first_index = md
+            .row_groups()
+            .iter()
+            .flat_map(|rg| rg.columns())
+            .flat_map(|c| [c.column_index_offset(), c.offset_index_offset()])
+            .flatten()
+            .min()
+            .unwrap();
+        assert!(parts.meta.page_index_size > 0);
+        assert_eq!(
+            parts.meta.page_index_size as usize,
+            footer_start - first_index as usize
+        );
+    }
+
+    #[test]
+    fn short_writes_keep_the_tail() {
+        let tenant = TenantId::new("t").unwrap();
+        let mut sink = Dribble(Vec::new());
+        let parts = encode_block_sorted_into(
+            &tenant,
+            uuid::Uuid::nil(),
+            0,
+            sorted_traces().into_iter().take(20).map(Ok),
+            &cfg(),
+            &mut sink,
+        )
+        .unwrap();
+        let d = &sink.0;
+        assert_eq!(parts.meta.size, d.len() as u64);
+        assert_eq!(&d[d.len() - 4..], b"PAR1");
+        let len = u32::from_le_bytes(d[d.len() - 8..d.len() - 4].try_into().unwrap());
+        assert_eq!(parts.meta.footer_size, len + 8);
+    }
+
+    #[test]
+    fn a_failing_sink_is_an_error() {
+        struct Full;
+        impl Write for Full {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                Err(std::io::Error::other("disk full"))
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let tenant = TenantId::new("t").unwrap();
+        let r = encode_block_sorted_into(
+            &tenant,
+            uuid::Uuid::nil(),
+            0,
+            sorted_traces().into_iter().map(Ok),
+            &cfg(),
+            &mut Full,
+        );
+        assert!(r.is_err());
     }
 }
