@@ -12,7 +12,7 @@ use tokio::runtime::Handle;
 
 use super::CompactError;
 use crate::backend::Backend;
-use crate::block::{self, BlockConfig, BlockMeta, EncodedBlock, TagSummary, TraceInput};
+use crate::block::{self, BlockConfig, BlockMeta, BlockParts, TagSummary, TraceInput};
 use crate::model::{Combiner, ResourceSpans, TenantId, TraceId};
 
 /// Traces decoded at once from one row group.
@@ -220,10 +220,10 @@ pub fn truncate(batches: &mut Vec<ResourceSpans>, max_bytes: usize) -> u64 {
     dropped
 }
 
-/// Merges `inputs` into one block at `level`, with the tag summary of what it wrote. Blocking:
-/// call on a blocking thread.
+/// Merges `inputs` into one block at `level`, its data.parquet written to `sink`, with the
+/// tag summary of what it wrote. Blocking: call on a blocking thread.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn merge_blocks(
+pub(crate) fn merge_blocks<W: std::io::Write + Send>(
     backend: &Backend,
     handle: &Handle,
     tenant: &TenantId,
@@ -232,7 +232,8 @@ pub(crate) fn merge_blocks(
     level: u32,
     max_bytes_per_trace: usize,
     cfg: &BlockConfig,
-) -> Result<(EncodedBlock, TagSummary, MergeStats), CompactError> {
+    sink: &mut W,
+) -> Result<(BlockParts, TagSummary, MergeStats), CompactError> {
     let cursors = inputs
         .iter()
         .map(|m| Cursor::open(backend, handle, tenant, m))
@@ -254,7 +255,7 @@ pub(crate) fn merge_blocks(
             }
         }
     });
-    let encoded = block::encode_block_sorted(tenant, output_id, level, traces, cfg);
+    let encoded = block::encode_block_sorted_into(tenant, output_id, level, traces, cfg, sink);
     if let Some(e) = failed {
         return Err(e);
     }

@@ -17,6 +17,7 @@
 //!    restarted compactor picks up where the old one stopped. One compactor per bucket.
 
 mod merge;
+mod scratch;
 mod select;
 #[cfg(test)]
 mod tests;
@@ -32,7 +33,7 @@ use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::backend::{Backend, BackendError};
-use crate::block::{self, BlockConfig, BlockError, BlockMeta, EncodedBlock};
+use crate::block::{self, BlockConfig, BlockError, BlockMeta, BlockParts};
 use crate::config::CompactionConfig;
 use crate::metrics::Metrics;
 use crate::model::TenantId;
@@ -61,6 +62,11 @@ pub enum CompactError {
     Task(#[from] tokio::task::JoinError),
     #[error("{0}")]
     Internal(String),
+    #[error("scratch file {}: {source}", path.display())]
+    Scratch {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("corrupt {key}: {source}")]
     Json {
         key: String,
@@ -572,6 +578,30 @@ impl Compactor {
         tenant: &TenantId,
         inputs: &[Arc<BlockMeta>],
     ) -> Result<(), CompactError> {
+        let output_id = Uuid::new_v4();
+        let dir = self
+            .cfg
+            .scratch_dir
+            .clone()
+            .unwrap_or_else(std::env::temp_dir);
+        let scratch = scratch::ScratchFile::new(&dir, output_id);
+        let r = self.compact_via(tenant, inputs, output_id, &scratch).await;
+        // Unlinking a large file can take a while: not on the executor. (If this future is
+        // dropped instead, the guard deletes the file where it is dropped.)
+        if let Err(e) = tokio::task::spawn_blocking(move || drop(scratch)).await {
+            warn!(output = %output_id, error = %e, "scratch file clean-up failed");
+        }
+        r
+    }
+
+    /// [`Self::compact`] with the output's data.parquet written to `scratch`.
+    async fn compact_via(
+        &self,
+        tenant: &TenantId,
+        inputs: &[Arc<BlockMeta>],
+        output_id: Uuid,
+        scratch: &scratch::ScratchFile,
+    ) -> Result<(), CompactError> {
         let started = Instant::now();
         let level = inputs
             .iter()
@@ -579,29 +609,40 @@ impl Compactor {
             .max()
             .unwrap_or(0)
             .saturating_add(1);
-        let output_id = Uuid::new_v4();
         let max_bytes = self.overrides.limits(tenant).global.max_bytes_per_trace;
         let max_bytes = usize::try_from(max_bytes).unwrap_or(usize::MAX);
-        let (backend, handle, t, ins, cfg) = (
+        let (backend, handle, t, ins, cfg, path) = (
             self.backend.clone(),
             tokio::runtime::Handle::current(),
             tenant.clone(),
             inputs.to_vec(),
             self.block_cfg.clone(),
+            scratch.path().to_owned(),
         );
         // Decoding and encoding are CPU-bound: the whole merge runs on a blocking thread,
-        // which waits on the runtime for its (one row group at a time) fetches.
+        // which waits on the runtime for its (one row group at a time) fetches and streams
+        // the output to the scratch file.
         let (encoded, tags, stats) = tokio::task::spawn_blocking(move || {
-            merge::merge_blocks(
-                &backend, &handle, &t, &ins, output_id, level, max_bytes, &cfg,
-            )
+            let mut sink = scratch::ScratchFile::create(&path)?;
+            let r = merge::merge_blocks(
+                &backend, &handle, &t, &ins, output_id, level, max_bytes, &cfg, &mut sink,
+            )?;
+            std::io::Write::flush(&mut sink)
+                .map_err(|source| CompactError::Scratch { path, source })?;
+            Ok::<_, CompactError>(r)
         })
         .await??;
         let sources = Sources {
             inputs: inputs.iter().map(|m| m.block_id).collect(),
         };
-        self.upload_objects(tenant, &encoded, tags.to_bytes().into(), &sources)
-            .await?;
+        self.upload_objects(
+            tenant,
+            &encoded,
+            scratch.path(),
+            tags.to_bytes().into(),
+            &sources,
+        )
+        .await?;
         self.step(CompactionStep::OutputObjects)?;
         self.backend
             .put(
@@ -660,27 +701,32 @@ impl Compactor {
         Ok(())
     }
 
-    /// Every object of the output but meta.json, in the flusher's order.
+    /// Every object of the output but meta.json, in the flusher's order; data.parquet from
+    /// the scratch file at `data`.
     async fn upload_objects(
         &self,
         tenant: &TenantId,
-        b: &EncodedBlock,
+        b: &BlockParts,
+        data: &std::path::Path,
         tags: Bytes,
         sources: &Sources,
     ) -> Result<(), CompactError> {
         let id = b.meta.block_id;
         let sources = serde_json::to_vec(sources).unwrap_or_default();
-        let mut puts = Vec::with_capacity(b.blooms.len() + 4);
-        puts.push((block::data_key(tenant, id), b.data.clone()));
+        let mut puts = Vec::with_capacity(b.blooms.len() + 3);
         puts.push((block::tags_key(tenant, id), tags));
         puts.push((block::index_key(tenant, id), b.index.clone()));
         for (i, bloom) in b.blooms.iter().enumerate() {
             puts.push((block::bloom_key(tenant, id, i as u32), bloom.clone()));
         }
         puts.push((sources_key(tenant, id), sources.into()));
-        futures::future::try_join_all(
-            puts.into_iter()
-                .map(|(key, data)| async move { self.backend.put(&key, data).await }),
+        let data_key = block::data_key(tenant, id);
+        futures::future::try_join(
+            self.backend.put_file(&data_key, data),
+            futures::future::try_join_all(
+                puts.into_iter()
+                    .map(|(key, data)| async move { self.backend.put(&key, data).await }),
+            ),
         )
         .await?;
         Ok(())

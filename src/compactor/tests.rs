@@ -512,7 +512,21 @@ async fn compaction_throughput() {
         row_group_size_bytes: rg_mib << 20,
         ..BlockConfig::default()
     };
-    let backend = Backend::memory();
+    // VIVACE_MEASURE_LOCAL=1: a local-disk bucket, so the uploaded output does not sit in
+    // this process's memory (the in-memory bucket holds it, inflating the peak).
+    let dir = tempfile::tempdir().unwrap();
+    let local = std::env::var("VIVACE_MEASURE_LOCAL").is_ok_and(|v| v == "1");
+    let backend = if local {
+        Backend::from_config(&crate::config::TraceStorageConfig {
+            local: crate::config::LocalConfig {
+                path: dir.path().to_owned(),
+            },
+            ..Default::default()
+        })
+        .unwrap()
+    } else {
+        Backend::memory()
+    };
     let mut spans_in = 0;
     let mut input_bytes = 0;
     for k in 0..4u64 {
@@ -554,7 +568,8 @@ async fn compaction_throughput() {
     assert_eq!(r.compactions, 1);
     let out = c.metrics.compactor_bytes_written.get();
     println!(
-        "compaction ({rg_mib} MiB row groups): {spans_in} spans, {:.1} MB in -> {:.1} MB out in {secs:.2}s: {:.1} MB/s of input, {:.0} spans/s; rss before {} MiB, peak {} MiB (+{} MiB)",
+        "compaction ({rg_mib} MiB row groups, {} bucket): {spans_in} spans, {:.1} MB in -> {:.1} MB out in {secs:.2}s: {:.1} MB/s of input, {:.0} spans/s; rss before {} MiB, peak {} MiB (+{} MiB)",
+        if local { "local" } else { "memory" },
         input_bytes as f64 / 1e6,
         out as f64 / 1e6,
         input_bytes as f64 / 1e6 / secs,
@@ -607,5 +622,82 @@ async fn a_corrupt_input_fails_its_job_and_marks_nothing() {
     // Both inputs still live; the failed output never committed.
     let (live, compacted, _) = census(&backend).await;
     assert_eq!((live, compacted), (2, 0));
+    assert_eq!(c.metrics.compactor_blocks_compacted.get(), 0);
+}
+
+/// The output goes through a file in `scratch_dir`, which is gone after a compaction that
+/// succeeded, one that failed midway and one stopped after its upload.
+#[tokio::test]
+async fn scratch_file_is_removed_after_success_failure_and_crash() {
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().join("compactor");
+    let cfg = CompactionConfig {
+        scratch_dir: Some(dir.clone()),
+        ..compaction_cfg()
+    };
+    let leftovers = || std::fs::read_dir(&dir).map_or(0, |d| d.count());
+
+    // Stopped right after the upload: the output is an orphan, the file is gone.
+    let backend = Backend::memory();
+    upload(&backend, synth::realistic_traces(40, 1), 0).await;
+    upload(&backend, synth::realistic_traces(40, 2), 0).await;
+    let c = compactor(&backend, cfg.clone(), no_trace_limit());
+    c.stop_after(Some(CompactionStep::OutputObjects));
+    assert!(matches!(
+        c.cycle_tenant(&tenant()).await,
+        Err(CompactError::Stopped(CompactionStep::OutputObjects))
+    ));
+    assert_eq!(census(&backend).await, (2, 0, 1));
+    assert!(dir.exists());
+    assert_eq!(leftovers(), 0);
+
+    // The retry succeeds; the uploaded data.parquet is the file's content, readable.
+    c.stop_after(None);
+    let r = c.cycle_tenant(&tenant()).await.unwrap();
+    assert_eq!(r.compactions, 1);
+    assert_eq!(leftovers(), 0);
+    let (live, compacted, _) = census(&backend).await;
+    assert_eq!((live, compacted), (1, 2));
+    let out = c.blocklist.blocks(&tenant());
+    let out = out.iter().find(|m| m.compaction_level == 1).unwrap();
+    let data = backend
+        .get(&block::data_key(&tenant(), out.block_id))
+        .await
+        .unwrap();
+    assert_eq!(data.len() as u64, out.size);
+    let traces = block::read_all_traces(data).unwrap();
+    assert_eq!(traces.len() as u64, out.total_objects);
+
+    // A corrupt input fails the merge midway: nothing committed, no file left.
+    let backend = Backend::memory();
+    let a = upload(&backend, synth::realistic_traces(30, 3), 0).await;
+    upload(&backend, synth::realistic_traces(30, 4), 0).await;
+    let key = block::data_key(&tenant(), a.block_id);
+    let mut bytes = backend.get(&key).await.unwrap().to_vec();
+    let mid = bytes.len() / 2;
+    bytes[mid..mid + 64].fill(0xAB);
+    backend.put(&key, bytes.into()).await.unwrap();
+    let c = compactor(&backend, cfg, no_trace_limit());
+    assert_eq!(c.cycle_tenant(&tenant()).await.unwrap().compactions, 0);
+    assert_eq!(census(&backend).await.0, 2);
+    assert_eq!(leftovers(), 0);
+}
+
+/// A scratch dir that cannot be created fails the job before anything is uploaded.
+#[tokio::test]
+async fn unusable_scratch_dir_fails_the_job_and_marks_nothing() {
+    let scratch = tempfile::tempdir().unwrap();
+    let file = scratch.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let backend = Backend::memory();
+    upload(&backend, synth::realistic_traces(20, 5), 0).await;
+    upload(&backend, synth::realistic_traces(20, 6), 0).await;
+    let cfg = CompactionConfig {
+        scratch_dir: Some(file.join("below-a-file")),
+        ..compaction_cfg()
+    };
+    let c = compactor(&backend, cfg, no_trace_limit());
+    assert_eq!(c.cycle_tenant(&tenant()).await.unwrap().compactions, 0);
+    assert_eq!(census(&backend).await, (2, 0, 0));
     assert_eq!(c.metrics.compactor_blocks_compacted.get(), 0);
 }

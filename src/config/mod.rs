@@ -203,6 +203,10 @@ pub struct CompactionConfig {
     /// How often the compactor looks for work.
     #[serde(with = "duration")]
     pub compaction_cycle: Duration,
+    /// Where a compaction writes its output's data.parquet before uploading it (up to
+    /// `max_block_bytes` of disk per compaction); the system temp dir when unset. Not a
+    /// Tempo key.
+    pub scratch_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for CompactionConfig {
@@ -217,6 +221,7 @@ impl Default for CompactionConfig {
             min_input_blocks: 2,
             max_input_blocks: 4,
             compaction_cycle: Duration::from_secs(30),
+            scratch_dir: None,
         }
     }
 }
