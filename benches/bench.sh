@@ -61,3 +61,31 @@ done
 awk -v c0="$cpu0" -v c1="$cpu1" -v a="$acked" -v b="$bytes" -v n="$blocks" -v h="$hwm" -v hi="$hwm_ingest" 'BEGIN {
   printf "{\"server_cpu_s_ingest\":%.2f,\"acked_spans_per_cpu_s\":%.0f,\"peak_rss_mib_ingest\":%.0f,\"peak_rss_mib_total\":%.0f,\"blocks\":%d,\"bucket_bytes\":%d,\"bytes_per_span\":%.1f}\n",
     c1-c0, a/(c1-c0), hi/1024, h/1024, n, b, b/a }'
+
+# Compaction: stop the server and let a compactor merge the blocks the ingester cut (same
+# window, so one output), then measure the bucket again, the compactor's CPU and peak RSS.
+kill $VP; wait $VP 2>/dev/null || true
+cat > "$DIR/compact.yaml" <<CFG
+server: {http_listen_address: 127.0.0.1, http_listen_port: 23201}
+compactor: {compaction: {compaction_cycle: 1s, compacted_block_retention: 1s}}
+storage:
+  trace:
+    local: {path: $DIR/blocks}
+CFG
+in_bytes=$(find "$DIR/blocks" -name data.parquet -printf '%s\n' | awk '{s+=$1} END {print s}')
+target/release/vivace serve --target=compactor --config.file="$DIR/compact.yaml" 2> "$DIR/compactor.log" &
+VP=$!
+# Inputs are merged up to four at a time; give up after two minutes (the figure then says how
+# many blocks were left).
+for _ in $(seq 240); do
+  [ "$(find "$DIR/blocks" -name meta.json | wc -l)" = 1 ] \
+    && [ "$(find "$DIR/blocks" -name meta.compacted.json | wc -l)" = 0 ] && break
+  sleep 0.5
+done
+left=$(find "$DIR/blocks" -name meta.json | wc -l)
+ccpu=$(cpu)
+chwm=$(awk '/VmHWM/{print $2}' /proc/$VP/status)
+cbytes=$(find "$DIR/blocks" -type f -printf '%s\n' | awk '{s+=$1} END {print s}')
+awk -v c="$ccpu" -v i="$in_bytes" -v a="$acked" -v b="$cbytes" -v h="$chwm" -v n="$blocks" -v l="$left" 'BEGIN {
+  printf "{\"compaction_inputs\":%d,\"blocks_after\":%d,\"compactor_cpu_s\":%.2f,\"compaction_mb_per_cpu_s\":%.1f,\"compaction_spans_per_cpu_s\":%.0f,\"compactor_peak_rss_mib\":%.0f,\"bytes_per_span_compacted\":%.1f}\n",
+    n, l, c, i/1e6/c, a/c, h/1024, b/a }'

@@ -44,7 +44,7 @@ pub struct ServeArgs {
     /// Replace ${VAR} and ${VAR:-default} in the config file with environment values.
     #[arg(long = "config.expand-env")]
     pub expand_env: bool,
-    /// Which components to run: all, querier, query-frontend.
+    /// Which components to run: all, querier, query-frontend, compactor.
     #[arg(long = "target", env = "VIVACE_TARGET")]
     pub target: Option<String>,
     /// Overrides server.http_listen_port.
