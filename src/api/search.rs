@@ -363,7 +363,7 @@ impl Serialize for TraceOut<'_> {
         let t = self.0;
         let mut o = s.serialize_map(None)?;
         // Always 32 hex characters: log links depend on the leading zeros.
-        o.serialize_entry("traceID", &t.id.to_hex())?;
+        o.serialize_entry("traceID", &HexStr(&t.id.0))?;
         o.serialize_entry(
             "rootServiceName",
             t.root_service_name.as_deref().unwrap_or(ROOT_NOT_RECEIVED),
@@ -371,7 +371,7 @@ impl Serialize for TraceOut<'_> {
         if let Some(n) = &t.root_span_name {
             o.serialize_entry("rootTraceName", n)?;
         }
-        o.serialize_entry("startTimeUnixNano", &t.start_unix_nano.to_string())?;
+        o.serialize_entry("startTimeUnixNano", &DecStr(t.start_unix_nano))?;
         let ms = (t.end_unix_nano.saturating_sub(t.start_unix_nano)) / 1_000_000;
         if ms > 0 {
             o.serialize_entry("durationMs", &ms)?;
@@ -410,18 +410,58 @@ impl Serialize for SpansetOut<'_> {
     }
 }
 
+/// Bytes as a lowercase hex JSON string, formatted on the stack: a response with tens of
+/// thousands of spans made a heap string per ID otherwise.
+struct HexStr<'a>(&'a [u8]);
+
+impl Serialize for HexStr<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut buf = [0u8; 64];
+        let Some(out) = buf.get_mut(..self.0.len() * 2) else {
+            return s.serialize_str(&hex::encode(self.0));
+        };
+        match hex::encode_to_slice(self.0, out)
+            .ok()
+            .and_then(|()| std::str::from_utf8(out).ok())
+        {
+            Some(text) => s.serialize_str(text),
+            None => s.serialize_str(&hex::encode(self.0)),
+        }
+    }
+}
+
+/// A u64 as a decimal JSON string (jsonpb's int64 form), formatted on the stack.
+struct DecStr(u64);
+
+impl Serialize for DecStr {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut buf = [0u8; 20];
+        let mut at = buf.len();
+        let mut v = self.0;
+        loop {
+            at -= 1;
+            buf[at] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        s.serialize_str(std::str::from_utf8(&buf[at..]).unwrap_or("0"))
+    }
+}
+
 struct SpanOut<'a>(&'a HitSpan);
 
 impl Serialize for SpanOut<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let sp = self.0;
         let mut o = s.serialize_map(None)?;
-        o.serialize_entry("spanID", &hex::encode(&sp.span_id))?;
+        o.serialize_entry("spanID", &HexStr(&sp.span_id))?;
         if !sp.name.is_empty() {
             o.serialize_entry("name", &sp.name)?;
         }
-        o.serialize_entry("startTimeUnixNano", &sp.start_unix_nano.to_string())?;
-        o.serialize_entry("durationNanos", &sp.duration_nanos.to_string())?;
+        o.serialize_entry("startTimeUnixNano", &DecStr(sp.start_unix_nano))?;
+        o.serialize_entry("durationNanos", &DecStr(sp.duration_nanos))?;
         if !sp.attributes.is_empty() {
             o.serialize_entry("attributes", &AttrsOut(&sp.attributes))?;
         }
@@ -549,6 +589,24 @@ fn trim(s: String) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// IDs and int64 strings formatted on the stack read as the heap-formatted ones did.
+    #[test]
+    fn stack_formatted_strings_match_to_string() {
+        for v in [0u64, 7, 10, 1_700_000_000_123_456_789, u64::MAX] {
+            assert_eq!(
+                serde_json::to_string(&DecStr(v)).unwrap(),
+                format!("\"{v}\"")
+            );
+        }
+        let id: Vec<u8> = (0..16).map(|i| i * 17).collect();
+        for bytes in [&id[..0], &id[..8], &id[..], &[0xab; 40][..]] {
+            assert_eq!(
+                serde_json::to_string(&HexStr(bytes)).unwrap(),
+                format!("\"{}\"", hex::encode(bytes))
+            );
+        }
+    }
 
     /// Service stats and attributes are written without building JSON maps; the bytes must
     /// be those the maps gave (keys sorted, zero error counts left out).

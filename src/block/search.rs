@@ -8,7 +8,9 @@
 //! (it comes first on read), else the first generic attribute with that key; span order,
 //! roots (first span without a parent span ID) and nested sets are the stored ones.
 
+use std::cell::Cell;
 use std::ops::Range;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use arrow_array::{
@@ -31,7 +33,7 @@ use super::{BlockError, Dedicated, DedicatedType, DEDICATED_RESOURCE, DEDICATED_
 use crate::model::{any_value, AnyValue, NestedSet};
 use crate::traceql::{
     Aggregate, FieldExpr, Intrinsic, Pipeline, Query, ScalarExpr, Scope, SpanKind, SpanView,
-    SpansetExpr, SpansetOp, Stage, Static, Status, TraceView, Value,
+    SpansetExpr, SpansetOp, Stage, Static, Status, TraceView, Value, ValueRef,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -984,11 +986,15 @@ impl<'a> Attrs<'a> {
 
     /// The value of the first attribute of `owner` named `name`.
     fn find(&self, owner: usize, name: &str) -> Option<Value> {
+        self.find_ref(owner, name).map(owned)
+    }
+
+    fn find_ref(&self, owner: usize, name: &str) -> Option<ValueRef<'a>> {
         let j = range(self.offsets, owner).find(|&j| self.key.value(j) == name)?;
         self.value(j)
     }
 
-    fn value(&self, j: usize) -> Option<Value> {
+    fn value(&self, j: usize) -> Option<ValueRef<'a>> {
         let ty = if self.ty.is_valid(j) {
             self.ty.value(j)
         } else {
@@ -1001,19 +1007,30 @@ impl<'a> Attrs<'a> {
             )?
         };
         match ty {
-            value_type::STRING if self.str.is_valid(j) => {
-                Some(Value::String(self.str.value(j).to_owned()))
+            value_type::STRING if self.str.is_valid(j) => Some(ValueRef::Str(self.str.value(j))),
+            value_type::BOOL if self.bool.is_valid(j) => {
+                Some(ValueRef::Owned(Value::Bool(self.bool.value(j))))
             }
-            value_type::BOOL if self.bool.is_valid(j) => Some(Value::Bool(self.bool.value(j))),
-            value_type::INT if self.int.is_valid(j) => Some(Value::Int(self.int.value(j))),
-            value_type::DOUBLE if self.dbl.is_valid(j) => Some(Value::Float(self.dbl.value(j))),
+            value_type::INT if self.int.is_valid(j) => {
+                Some(ValueRef::Owned(Value::Int(self.int.value(j))))
+            }
+            value_type::DOUBLE if self.dbl.is_valid(j) => {
+                Some(ValueRef::Owned(Value::Float(self.dbl.value(j))))
+            }
             value_type::ARRAY | value_type::KVLIST | value_type::ENCODED
                 if self.bytes.is_valid(j) =>
             {
-                to_value(&AnyValue::decode(self.bytes.value(j)).ok()?)
+                to_value(&AnyValue::decode(self.bytes.value(j)).ok()?).map(ValueRef::Owned)
             }
             _ => None,
         }
+    }
+}
+
+fn owned(v: ValueRef<'_>) -> Value {
+    match v {
+        ValueRef::Str(s) => Value::String(s.to_owned()),
+        ValueRef::Owned(v) => v,
     }
 }
 
@@ -1038,11 +1055,13 @@ enum Ded<'a> {
     Int(&'a Int64Array),
 }
 
-impl Ded<'_> {
-    fn get(&self, i: usize) -> Option<Value> {
-        match self {
-            Ded::Str(a) => a.is_valid(i).then(|| Value::String(a.value(i).to_owned())),
-            Ded::Int(a) => a.is_valid(i).then(|| Value::Int(a.value(i))),
+impl<'a> Ded<'a> {
+    fn get(&self, i: usize) -> Option<ValueRef<'a>> {
+        match *self {
+            Ded::Str(a) => a.is_valid(i).then(|| ValueRef::Str(a.value(i))),
+            Ded::Int(a) => a
+                .is_valid(i)
+                .then(|| ValueRef::Owned(Value::Int(a.value(i)))),
         }
     }
 }
@@ -1312,7 +1331,9 @@ struct ColSpan<'a> {
     parent: Option<Core<'a>>,
     nested: NestedSet,
     children: u32,
-    trace: TraceInfo<'a>,
+    /// Shared by every span of the view and set by each `load`: a copy per span made
+    /// loading a trace cost more than filtering it.
+    trace: Rc<Cell<TraceInfo<'a>>>,
 }
 
 /// One trace of a decoded row group as traceql's [`TraceView`]. [`ColumnarTrace::load`]
@@ -1322,6 +1343,11 @@ pub struct ColumnarTrace<'a> {
     spans: Vec<ColSpan<'a>>,
     by_left: Vec<u32>,
     info: TraceInfo<'a>,
+    shared: Rc<Cell<TraceInfo<'a>>>,
+    /// Row-group-wide index of the row's first span: span `i` of the row is `first_g + i`.
+    first_g: usize,
+    /// Spans in the row.
+    n: usize,
 }
 
 const NONE: u32 = u32::MAX;
@@ -1349,17 +1375,66 @@ fn gather(values: impl Iterator<Item = Value>) -> Option<Value> {
 
 impl<'a> ColumnarTrace<'a> {
     pub fn new(c: &'a ColumnarBlock<'a>) -> Self {
+        let info = TraceInfo {
+            row: 0,
+            first: None,
+            root: None,
+            duration: 0,
+        };
         Self {
             c,
             spans: Vec::new(),
             by_left: Vec::new(),
-            info: TraceInfo {
-                row: 0,
-                first: None,
-                root: None,
-                duration: 0,
-            },
+            info,
+            shared: Rc::new(Cell::new(info)),
+            first_g: 0,
+            n: 0,
         }
+    }
+
+    /// Makes the hit accessors ([`ColumnarTrace::span_id`], ..., root names) show trace
+    /// `row` without building the engine's view of its spans: reporting needs no more.
+    pub fn locate(&mut self, row: usize) -> Result<(), BlockError> {
+        self.spans.clear();
+        self.info = self.trace_info(row)?;
+        Ok(())
+    }
+
+    /// Checks the row's offsets and finds its first and root spans.
+    fn trace_info(&mut self, row: usize) -> Result<TraceInfo<'a>, BlockError> {
+        let c = self.c;
+        if row >= c.rows {
+            return Err(corrupt("row out of range"));
+        }
+        let spans = c.spans_of(row);
+        if spans.end > c.span_start.len() || c.rs_offsets[row + 1] as usize > c.ss_offsets.len() {
+            return Err(corrupt("span offsets out of range"));
+        }
+        self.first_g = spans.start;
+        self.n = spans.len();
+        let mut first = None;
+        let mut root = None;
+        'find: for r in range(c.rs_offsets, row) {
+            for s in range(c.ss_offsets, r) {
+                for g in range(c.span_offsets, s) {
+                    let core = Core { c, g, r, s };
+                    first = first.or(Some(core));
+                    if c.parent_span_id
+                        .is_some_and(|p| p.is_valid(g) && p.value(g).is_empty())
+                    {
+                        root = Some(core);
+                        break 'find;
+                    }
+                }
+            }
+        }
+        let (start, end) = (c.start.value(row), c.end.value(row));
+        Ok(TraceInfo {
+            row,
+            first,
+            root,
+            duration: end.saturating_sub(start),
+        })
     }
 
     /// Does the row pass the query's required resource conditions (a cheap column check
@@ -1401,20 +1476,10 @@ impl<'a> ColumnarTrace<'a> {
     pub fn load(&mut self, row: usize) -> Result<(), BlockError> {
         let c = self.c;
         self.spans.clear();
-        let spans = c.spans_of(row);
-        let first_g = spans.start;
-        let n = spans.len();
-        if spans.end > c.span_start.len() || c.rs_offsets[row + 1] as usize > c.ss_offsets.len() {
-            return Err(corrupt("span offsets out of range"));
-        }
-        let start = c.start.value(row);
-        let end = c.end.value(row);
-        self.info = TraceInfo {
-            row,
-            first: None,
-            root: None,
-            duration: end.saturating_sub(start),
-        };
+        // The trace-level fields first, so each span copies them once.
+        self.info = self.trace_info(row)?;
+        let (first_g, n) = (self.first_g, self.n);
+        self.shared.set(self.info);
         // Nested-set left numbers of one trace are distinct and within 1..=2n.
         self.by_left.clear();
         self.by_left.resize(2 * n + 2, NONE);
@@ -1434,23 +1499,16 @@ impl<'a> ColumnarTrace<'a> {
                         // Like a map built in span order: the last span wins.
                         *slot = (g - first_g) as u32;
                     }
-                    if self.info.root.is_none()
-                        && c.parent_span_id
-                            .is_some_and(|p| p.is_valid(g) && p.value(g).is_empty())
-                    {
-                        self.info.root = Some(core);
-                    }
                     self.spans.push(ColSpan {
                         core,
                         parent: None,
                         nested,
                         children: 0,
-                        trace: self.info,
+                        trace: self.shared.clone(),
                     });
                 }
             }
         }
-        self.info.first = self.spans.first().map(|s| s.core);
         for i in 0..self.spans.len() {
             let p = self.spans[i].nested.parent;
             let parent = usize::try_from(p)
@@ -1462,7 +1520,6 @@ impl<'a> ColumnarTrace<'a> {
                 self.spans[p as usize].children += 1;
                 self.spans[i].parent = Some(self.spans[p as usize].core);
             }
-            self.spans[i].trace = self.info;
         }
         Ok(())
     }
@@ -1471,25 +1528,35 @@ impl<'a> ColumnarTrace<'a> {
         self.info.row
     }
 
+    /// The row-group-wide index of span `i` of the shown trace.
+    fn g(&self, i: usize) -> usize {
+        assert!(i < self.n, "span {i} of a trace with {} spans", self.n);
+        self.first_g + i
+    }
+
     /// Hit columns ([`Phase::Report`]) only; empty otherwise.
     pub fn span_id(&self, i: usize) -> &'a [u8] {
-        self.c
-            .span_id
-            .map_or(&[], |a| a.value(self.spans[i].core.g))
+        self.c.span_id.map_or(&[], |a| a.value(self.g(i)))
     }
 
     /// Hit columns ([`Phase::Report`]) only; empty otherwise.
     pub fn span_name(&self, i: usize) -> &'a str {
-        self.c.name.map_or("", |a| a.value(self.spans[i].core.g))
+        self.c.name.map_or("", |a| a.value(self.g(i)))
     }
 
     pub fn span_start_unix_nano(&self, i: usize) -> u64 {
-        self.c.span_start.value(self.spans[i].core.g)
+        self.c.span_start.value(self.g(i))
     }
 
     /// End minus start, as an OTLP span read back from the block gives it.
     pub fn span_duration_nanos(&self, i: usize) -> u64 {
-        self.spans[i].core.duration().unwrap_or(0)
+        let core = Core {
+            c: self.c,
+            g: self.g(i),
+            r: 0,
+            s: 0,
+        };
+        core.duration().unwrap_or(0)
     }
 
     /// `service.name` of the root span's resource (the first span without a parent ID).
@@ -1536,7 +1603,7 @@ impl<'a> Core<'a> {
 }
 
 impl SpanView for Core<'_> {
-    fn attribute(&self, scope: Scope, name: &str) -> Option<Value> {
+    fn attribute_ref(&self, scope: Scope, name: &str) -> Option<ValueRef<'_>> {
         let c = self.c;
         match scope {
             Scope::Span => {
@@ -1545,7 +1612,7 @@ impl SpanView for Core<'_> {
                         return Some(v);
                     }
                 }
-                c.span_attrs.as_ref()?.find(self.g, name)
+                c.span_attrs.as_ref()?.find_ref(self.g, name)
             }
             Scope::Resource => {
                 if !self.resource_valid() {
@@ -1556,13 +1623,23 @@ impl SpanView for Core<'_> {
                         return Some(v);
                     }
                 }
-                c.res_attrs.as_ref()?.find(self.r, name)
+                c.res_attrs.as_ref()?.find_ref(self.r, name)
             }
             Scope::Instrumentation => {
                 if !self.scope_valid() {
                     return None;
                 }
-                c.scope_attrs.as_ref()?.find(self.s, name)
+                c.scope_attrs.as_ref()?.find_ref(self.s, name)
+            }
+            _ => self.attribute(scope, name).map(ValueRef::Owned),
+        }
+    }
+
+    fn attribute(&self, scope: Scope, name: &str) -> Option<Value> {
+        let c = self.c;
+        match scope {
+            Scope::Span | Scope::Resource | Scope::Instrumentation => {
+                self.attribute_ref(scope, name).map(owned)
             }
             Scope::Event => {
                 let ev = c.events.as_ref()?;
@@ -1669,8 +1746,12 @@ impl SpanView for ColSpan<'_> {
         self.core.attribute(scope, name)
     }
 
+    fn attribute_ref(&self, scope: Scope, name: &str) -> Option<ValueRef<'_>> {
+        self.core.attribute_ref(scope, name)
+    }
+
     fn intrinsic(&self, intrinsic: Intrinsic) -> Option<Value> {
-        let t = &self.trace;
+        let t = self.trace.get();
         Some(match intrinsic {
             Intrinsic::ChildCount => Value::Int(i64::from(self.children)),
             Intrinsic::NestedSetLeft => Value::Int(i64::from(self.nested.left)),

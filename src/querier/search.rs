@@ -30,9 +30,53 @@ pub struct SearchRequest {
     pub max_duration_nanos: Option<u64>,
 }
 
+/// A span ID held inline (8 bytes in valid data): a search returns tens of thousands of
+/// spans, and a heap copy per ID was a measurable share of building and freeing them.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub enum SpanIdBytes {
+    Inline { len: u8, bytes: [u8; 16] },
+    Heap(Box<[u8]>),
+}
+
+impl SpanIdBytes {
+    pub fn new(id: &[u8]) -> Self {
+        match u8::try_from(id.len()) {
+            Ok(len) if id.len() <= 16 => {
+                let mut bytes = [0u8; 16];
+                bytes[..id.len()].copy_from_slice(id);
+                SpanIdBytes::Inline { len, bytes }
+            }
+            _ => SpanIdBytes::Heap(id.into()),
+        }
+    }
+}
+
+impl std::ops::Deref for SpanIdBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            SpanIdBytes::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            SpanIdBytes::Heap(b) => b,
+        }
+    }
+}
+
+impl AsRef<[u8]> for SpanIdBytes {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
+impl std::fmt::Debug for SpanIdBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", hex::encode(&**self))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct HitSpan {
-    pub span_id: Vec<u8>,
+    pub span_id: SpanIdBytes,
     pub name: String,
     pub start_unix_nano: u64,
     pub duration_nanos: u64,
@@ -308,7 +352,7 @@ impl SearchParams {
         {
             return;
         }
-        let matches = match engine::evaluate_view_spss(&self.query, &trace, self.spss) {
+        let matches = match engine::Prepared::new(&self.query).evaluate(&trace, self.spss) {
             Ok(m) => m,
             Err(_) => return,
         };
@@ -356,6 +400,7 @@ impl SearchParams {
         let data = ColumnarBlock::new(&filtered)?;
         let mut trace = ColumnarTrace::new(&data);
         let mut matches = Vec::new();
+        let query = engine::Prepared::new(&self.query);
         for row in 0..data.len() {
             let start = data.start_unix_nano(row);
             let end = data.end_unix_nano(row);
@@ -379,7 +424,7 @@ impl SearchParams {
                 continue;
             }
             trace.load(row)?;
-            match engine::evaluate_view_spss(&self.query, &trace, self.spss) {
+            match query.evaluate(&trace, self.spss) {
                 Ok(m) if !m.is_empty() => matches.push((row, m)),
                 _ => {}
             }
@@ -408,7 +453,8 @@ impl SearchParams {
         let mut trace = ColumnarTrace::new(&data);
         let mut hits = Vec::with_capacity(pending.matches.len());
         for (row, matches) in pending.matches {
-            trace.load(row)?;
+            // Root and span positions only: the spans were evaluated in the filter phase.
+            trace.locate(row)?;
             let id = data
                 .trace_id(row)
                 .ok_or_else(|| block::BlockError::Corrupt("trace_id not decoded".into()))?;
@@ -429,7 +475,7 @@ impl SearchParams {
                     .into_iter()
                     .map(|m| {
                         spanset_with(m, self.spss, |i| HitSpan {
-                            span_id: trace.span_id(i).to_vec(),
+                            span_id: SpanIdBytes::new(trace.span_id(i)),
                             name: trace.span_name(i).to_owned(),
                             start_unix_nano: trace.span_start_unix_nano(i),
                             duration_nanos: trace.span_duration_nanos(i),
@@ -494,7 +540,7 @@ fn spanset(trace: &OtlpTrace<'_>, m: SpansetMatch, spss: usize) -> HitSpanset {
     spanset_with(m, spss, |i| {
         let s = trace.span(i);
         HitSpan {
-            span_id: s.span_id.clone(),
+            span_id: SpanIdBytes::new(&s.span_id),
             name: s.name.clone(),
             start_unix_nano: s.start_time_unix_nano,
             duration_nanos: s.end_time_unix_nano.saturating_sub(s.start_time_unix_nano),
@@ -541,7 +587,7 @@ fn merge_spansets(existing: &mut Vec<HitSpanset>, incoming: Vec<HitSpanset>) -> 
             existing.push(ss);
             continue;
         };
-        let mut seen: std::collections::HashSet<Vec<u8>> =
+        let mut seen: std::collections::HashSet<SpanIdBytes> =
             e.spans.iter().map(|s| s.span_id.clone()).collect();
         let mut dup = 0;
         for span in ss.spans {
@@ -560,17 +606,23 @@ fn merge_spansets(existing: &mut Vec<HitSpanset>, incoming: Vec<HitSpanset>) -> 
 /// Merges per-source hits by trace ID and keeps the `limit` newest.
 fn merge(partials: Vec<Partial>, limit: usize) -> SearchResults {
     let mut metrics = SearchMetrics::default();
-    let mut by_id: HashMap<TraceId, TraceHit> = HashMap::new();
+    // Hits stay where they are pushed; the map holds positions, so a large hit is moved
+    // once rather than through every rehash.
+    let total: usize = partials.iter().map(|p| p.hits.len()).sum();
+    let mut traces: Vec<TraceHit> = Vec::with_capacity(total);
+    let mut by_id: HashMap<TraceId, usize> = HashMap::with_capacity(total);
     for p in partials {
         metrics.inspected_traces += p.metrics.inspected_traces;
         metrics.inspected_bytes += p.metrics.inspected_bytes;
         metrics.inspected_spans += p.metrics.inspected_spans;
         for hit in p.hits {
-            match by_id.get_mut(&hit.id) {
+            match by_id.get(&hit.id) {
                 None => {
-                    by_id.insert(hit.id, hit);
+                    by_id.insert(hit.id, traces.len());
+                    traces.push(hit);
                 }
-                Some(h) => {
+                Some(&at) => {
+                    let h = &mut traces[at];
                     h.start_unix_nano = h.start_unix_nano.min(hit.start_unix_nano);
                     h.end_unix_nano = h.end_unix_nano.max(hit.end_unix_nano);
                     if h.root_service_name.is_none() {
@@ -595,8 +647,8 @@ fn merge(partials: Vec<Partial>, limit: usize) -> SearchResults {
             }
         }
     }
-    let mut traces: Vec<TraceHit> = by_id.into_values().collect();
-    traces.sort_by(|a, b| {
+    // IDs are unique now, so the keys are distinct and an unstable sort is deterministic.
+    traces.sort_unstable_by(|a, b| {
         b.start_unix_nano
             .cmp(&a.start_unix_nano)
             .then_with(|| a.id.cmp(&b.id))

@@ -104,39 +104,63 @@ pub fn evaluate_view_spss(
     trace: &dyn TraceView,
     spss: usize,
 ) -> std::result::Result<Vec<SpansetMatch>, EvalError> {
-    if query.is_metrics() {
-        return Err(EvalError::MetricsQuery);
+    Prepared::new(query).evaluate(trace, spss)
+}
+
+/// A query with what the engine derives from it once rather than per trace (the fields
+/// reported per span), for callers that evaluate it over many traces.
+pub struct Prepared<'q> {
+    query: &'q Query,
+    fields: Vec<Field>,
+}
+
+impl<'q> Prepared<'q> {
+    pub fn new(query: &'q Query) -> Self {
+        Self {
+            query,
+            fields: reported_fields(query),
+        }
     }
-    let engine = Engine::new(trace);
-    let all: Vec<usize> = engine.order.clone();
-    let input = if all.is_empty() {
-        Vec::new()
-    } else {
-        vec![Spanset {
-            spans: all,
-            attributes: Vec::new(),
-        }]
-    };
-    let output = engine.pipeline(&query.pipeline, input)?;
-    let fields = reported_fields(query);
-    Ok(output
-        .into_iter()
-        .filter(|ss| !ss.spans.is_empty())
-        .map(|ss| {
-            let keep = if spss == 0 { ss.spans.len() } else { spss };
-            let span_attributes = ss
-                .spans
-                .iter()
-                .take(keep)
-                .map(|&i| span_fields(&fields, trace.span_view(i)))
-                .collect();
-            SpansetMatch {
-                spans: ss.spans,
-                attributes: ss.attributes,
-                span_attributes,
-            }
-        })
-        .collect())
+
+    /// [`evaluate_view_spss`] with the prepared query.
+    pub fn evaluate(
+        &self,
+        trace: &dyn TraceView,
+        spss: usize,
+    ) -> std::result::Result<Vec<SpansetMatch>, EvalError> {
+        let query = self.query;
+        if query.is_metrics() {
+            return Err(EvalError::MetricsQuery);
+        }
+        let (engine, all) = Engine::new(trace);
+        let input = if all.is_empty() {
+            Vec::new()
+        } else {
+            vec![Spanset {
+                spans: all,
+                attributes: Vec::new(),
+            }]
+        };
+        let output = engine.pipeline(&query.pipeline, input)?;
+        Ok(output
+            .into_iter()
+            .filter(|ss| !ss.spans.is_empty())
+            .map(|ss| {
+                let keep = if spss == 0 { ss.spans.len() } else { spss };
+                let span_attributes = ss
+                    .spans
+                    .iter()
+                    .take(keep)
+                    .map(|&i| span_fields(&self.fields, trace.span_view(i)))
+                    .collect();
+                SpansetMatch {
+                    spans: ss.spans,
+                    attributes: ss.attributes,
+                    span_attributes,
+                }
+            })
+            .collect())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -166,51 +190,73 @@ type Result<T> = std::result::Result<T, EvalError>;
 
 struct Engine<'t> {
     trace: &'t dyn TraceView,
-    /// Span indices sorted by start time, then index.
-    order: Vec<usize>,
-    /// Position of each span in `order`.
-    rank: Vec<usize>,
-    /// Parent index, from the nested-set numbers.
+    /// Position of each span in start-time order.
+    rank: Vec<u32>,
+    /// Built on first use: only structural operators need the tree.
+    tree: std::cell::OnceCell<Tree>,
+}
+
+/// The span tree from the nested-set numbers.
+struct Tree {
+    /// Parent index.
     parent: Vec<Option<usize>>,
     /// Span indices in nested-set `left` order: every parent before its children.
     preorder: Vec<usize>,
 }
 
 impl<'t> Engine<'t> {
-    fn new(trace: &'t dyn TraceView) -> Self {
+    /// The engine and the span indices sorted by start time, then index.
+    fn new(trace: &'t dyn TraceView) -> (Self, Vec<usize>) {
         let n = trace.span_count();
-        let mut order: Vec<usize> = (0..n).collect();
-        order.sort_by_key(|&i| (trace.start_unix_nano(i), i));
-        let mut rank = vec![0; n];
-        for (pos, &i) in order.iter().enumerate() {
-            rank[i] = pos;
+        // Keys read once: a comparator calling through the trait object costs n log n
+        // virtual calls. (start, index) pairs are distinct, so an unstable sort gives the
+        // same order as a stable one.
+        let mut keyed: Vec<(u64, usize)> = (0..n).map(|i| (trace.start_unix_nano(i), i)).collect();
+        // Stored spans are often in start order already.
+        if !keyed.is_sorted() {
+            keyed.sort_unstable();
         }
-        let sets: Vec<NestedSet> = (0..n).map(|i| trace.nested_set(i)).collect();
-        let by_left: HashMap<i32, usize> = sets
+        let mut rank = vec![0u32; n];
+        let order: Vec<usize> = keyed
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.left > 0)
-            .map(|(i, s)| (s.left, i))
-            .collect();
-        let parent: Vec<Option<usize>> = sets
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                if s.parent <= 0 {
-                    return None;
-                }
-                by_left.get(&s.parent).copied().filter(|&p| p != i)
+            .map(|(pos, &(_, i))| {
+                rank[i] = pos as u32;
+                i
             })
             .collect();
-        let mut preorder: Vec<usize> = (0..n).collect();
-        preorder.sort_by_key(|&i| (sets[i].left, i));
-        Engine {
+        let engine = Engine {
             trace,
-            order,
             rank,
-            parent,
-            preorder,
-        }
+            tree: std::cell::OnceCell::new(),
+        };
+        (engine, order)
+    }
+
+    fn tree(&self) -> &Tree {
+        self.tree.get_or_init(|| {
+            let trace = self.trace;
+            let n = trace.span_count();
+            let sets: Vec<NestedSet> = (0..n).map(|i| trace.nested_set(i)).collect();
+            let mut keyed: Vec<(i32, usize)> = sets.iter().map(|s| s.left).zip(0..n).collect();
+            keyed.sort_unstable();
+            let preorder: Vec<usize> = keyed.iter().map(|&(_, i)| i).collect();
+            // The span whose `left` is the parent number; of several, the last in span
+            // order (as a map built in span order would keep). Lefts <= 0 are no span's.
+            let parent = sets
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    if s.parent <= 0 {
+                        return None;
+                    }
+                    let end = keyed.partition_point(|&(l, _)| l <= s.parent);
+                    let &(l, p) = keyed.get(end.checked_sub(1)?)?;
+                    (l == s.parent && p != i).then_some(p)
+                })
+                .collect();
+            Tree { parent, preorder }
+        })
     }
 
     fn sort(&self, spans: &mut Vec<usize>) {
@@ -370,13 +416,14 @@ impl<'t> Engine<'t> {
     }
 
     fn parent_in(&self, i: usize, set: &[bool]) -> bool {
-        self.parent[i].is_some_and(|p| set[p])
+        self.tree().parent[i].is_some_and(|p| set[p])
     }
 
     fn has_child_in(&self, set: &[bool]) -> Vec<bool> {
+        let parent = &self.tree().parent;
         let mut out = vec![false; set.len()];
         for (i, &member) in set.iter().enumerate() {
-            if let (true, Some(p)) = (member, self.parent[i]) {
+            if let (true, Some(p)) = (member, parent[i]) {
                 out[p] = true;
             }
         }
@@ -384,9 +431,10 @@ impl<'t> Engine<'t> {
     }
 
     fn has_ancestor_in(&self, set: &[bool]) -> Vec<bool> {
+        let tree = self.tree();
         let mut out = vec![false; set.len()];
-        for &i in &self.preorder {
-            if let Some(p) = self.parent[i] {
+        for &i in &tree.preorder {
+            if let Some(p) = tree.parent[i] {
                 out[i] = set[p] || out[p];
             }
         }
@@ -394,9 +442,10 @@ impl<'t> Engine<'t> {
     }
 
     fn has_descendant_in(&self, set: &[bool]) -> Vec<bool> {
+        let tree = self.tree();
         let mut out = vec![false; set.len()];
-        for &i in self.preorder.iter().rev() {
-            if let Some(p) = self.parent[i] {
+        for &i in tree.preorder.iter().rev() {
+            if let Some(p) = tree.parent[i] {
                 out[p] = out[p] || set[i] || out[i];
             }
         }
@@ -404,14 +453,15 @@ impl<'t> Engine<'t> {
     }
 
     fn has_sibling_in(&self, set: &[bool]) -> Vec<bool> {
+        let parent = &self.tree().parent;
         let mut members = vec![0usize; set.len()];
         for (i, &member) in set.iter().enumerate() {
-            if let (true, Some(p)) = (member, self.parent[i]) {
+            if let (true, Some(p)) = (member, parent[i]) {
                 members[p] += 1;
             }
         }
         (0..set.len())
-            .map(|i| self.parent[i].is_some_and(|p| members[p] > usize::from(set[i])))
+            .map(|i| parent[i].is_some_and(|p| members[p] > usize::from(set[i])))
             .collect()
     }
 

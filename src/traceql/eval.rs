@@ -27,12 +27,25 @@ pub enum Value {
     Array(Vec<Value>),
 }
 
+/// A value read from a span for a comparison: strings borrowed from the span where it can,
+/// so filtering allocates nothing per span.
+#[derive(Debug)]
+pub enum ValueRef<'a> {
+    Str(&'a str),
+    Owned(Value),
+}
+
 /// What the evaluator may ask of a span.
 pub trait SpanView {
     /// The attribute `name` in `scope`; never called with [`Scope::Unscoped`]. Event and link
     /// scopes may answer with an array of the values across the span's events or links, which
     /// gives any-match semantics.
     fn attribute(&self, scope: Scope, name: &str) -> Option<Value>;
+
+    /// [`SpanView::attribute`], with a string value borrowed when the span holds one.
+    fn attribute_ref(&self, scope: Scope, name: &str) -> Option<ValueRef<'_>> {
+        self.attribute(scope, name).map(ValueRef::Owned)
+    }
 
     /// An intrinsic. For [`Intrinsic::Parent`], any value means "has a parent".
     fn intrinsic(&self, intrinsic: Intrinsic) -> Option<Value>;
@@ -83,7 +96,13 @@ pub fn eval(expr: &FieldExpr, span: &dyn SpanView) -> Option<Value> {
             pattern,
         } => {
             let found = |s: &str| pattern.regex.is_match(s);
-            let result = match eval(lhs, span) {
+            let value = match attribute_ref(lhs, span) {
+                Some(Some(ValueRef::Str(s))) => return Some(Value::Bool(found(s) != *negated)),
+                Some(Some(ValueRef::Owned(v))) => Some(v),
+                Some(None) => None,
+                None => eval(lhs, span),
+            };
+            let result = match value {
                 Some(Value::String(s)) => found(&s) != *negated,
                 Some(Value::Array(items)) => {
                     let any = items
@@ -107,6 +126,28 @@ pub fn eval(expr: &FieldExpr, span: &dyn SpanView) -> Option<Value> {
             _ => None,
         },
     }
+}
+
+/// The attribute an attribute expression reads, strings borrowed: `None` when `expr` is
+/// not an attribute, `Some(None)` when the span lacks it.
+fn attribute_ref<'s>(expr: &FieldExpr, span: &'s dyn SpanView) -> Option<Option<ValueRef<'s>>> {
+    let FieldExpr::Attribute(attribute) = expr else {
+        return None;
+    };
+    let view = if attribute.parent {
+        match span.parent() {
+            Some(p) => p,
+            None => return Some(None),
+        }
+    } else {
+        span
+    };
+    Some(match attribute.scope {
+        Scope::Unscoped => view
+            .attribute_ref(Scope::Span, &attribute.name)
+            .or_else(|| view.attribute_ref(Scope::Resource, &attribute.name)),
+        scope => view.attribute_ref(scope, &attribute.name),
+    })
 }
 
 /// Unscoped `.x` looks at the span first, then its resource.
@@ -144,9 +185,49 @@ fn eval_compare(op: CompareOp, lhs: &FieldExpr, rhs: &FieldExpr, span: &dyn Span
             _ => false,
         };
     }
+    // An attribute against a literal, the common filter: no string is copied.
+    match (lhs, rhs) {
+        (FieldExpr::Static(st), other) | (other, FieldExpr::Static(st)) => {
+            if let Some(found) = attribute_ref(other, span) {
+                let literal_left = matches!(lhs, FieldExpr::Static(_));
+                return match found {
+                    None => false,
+                    Some(ValueRef::Str(a)) => match st {
+                        Static::String(b) => {
+                            let ordering = if literal_left {
+                                b.as_str().cmp(a)
+                            } else {
+                                a.cmp(b)
+                            };
+                            ordering_holds(op, ordering)
+                        }
+                        // A string never compares with another type, not even with `!=`.
+                        _ => false,
+                    },
+                    Some(ValueRef::Owned(a)) => match static_value(st) {
+                        Some(b) if literal_left => compare(op, &b, &a),
+                        Some(b) => compare(op, &a, &b),
+                        None => false,
+                    },
+                };
+            }
+        }
+        _ => {}
+    }
     match (eval(lhs, span), eval(rhs, span)) {
         (Some(l), Some(r)) => compare(op, &l, &r),
         _ => false,
+    }
+}
+
+fn ordering_holds(op: CompareOp, ordering: Ordering) -> bool {
+    match op {
+        CompareOp::Eq => ordering == Ordering::Equal,
+        CompareOp::Neq => ordering != Ordering::Equal,
+        CompareOp::Lt => ordering == Ordering::Less,
+        CompareOp::Lte => ordering != Ordering::Greater,
+        CompareOp::Gt => ordering == Ordering::Greater,
+        CompareOp::Gte => ordering != Ordering::Less,
     }
 }
 
@@ -199,14 +280,7 @@ fn compare_scalars(op: CompareOp, lhs: &Value, rhs: &Value) -> bool {
     let Some(ordering) = ordering else {
         return false;
     };
-    match op {
-        CompareOp::Eq => ordering == Ordering::Equal,
-        CompareOp::Neq => ordering != Ordering::Equal,
-        CompareOp::Lt => ordering == Ordering::Less,
-        CompareOp::Lte => ordering != Ordering::Greater,
-        CompareOp::Gt => ordering == Ordering::Greater,
-        CompareOp::Gte => ordering != Ordering::Less,
-    }
+    ordering_holds(op, ordering)
 }
 
 /// Ints and durations compare exactly; a float on either side compares as f64.

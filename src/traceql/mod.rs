@@ -26,7 +26,7 @@ mod parser;
 pub use ast::*;
 pub use engine::{evaluate, evaluate_view, EvalError, SpansetMatch, TraceView};
 pub use error::ParseError;
-pub use eval::{eval, matches, SpanView, Value};
+pub use eval::{eval, matches, SpanView, Value, ValueRef};
 pub use otlp::OtlpTrace;
 pub use parser::parse;
 
