@@ -160,6 +160,9 @@ struct Needs {
     parent_span_id: bool,
     duration: bool,
     root: bool,
+    /// The span tree (nested sets): structural operators, `parent.` attributes and the
+    /// intrinsics derived from the tree.
+    tree: bool,
 }
 
 impl Needs {
@@ -211,23 +214,26 @@ impl Needs {
             I::ParentId => {
                 self.parent_span_id = true;
                 self.span_id = true;
+                self.tree = true;
             }
             I::Parent => self.parent_span_id = true,
             I::Duration => self.duration = true,
             I::TraceRootName | I::TraceRootService => self.root = true,
-            // Always read while filtering: trace times, span starts, nested sets.
-            I::ChildCount
-            | I::TraceDuration
-            | I::NestedSetLeft
-            | I::NestedSetRight
-            | I::NestedSetParent => {}
+            I::ChildCount | I::NestedSetLeft | I::NestedSetRight | I::NestedSetParent => {
+                self.tree = true
+            }
+            // Always read while filtering: trace times.
+            I::TraceDuration => {}
         }
     }
 
     fn field(&mut self, e: &FieldExpr) {
         match e {
             FieldExpr::Static(_) => {}
-            FieldExpr::Attribute(a) => self.attribute(a.scope, &a.name),
+            FieldExpr::Attribute(a) => {
+                self.tree |= a.parent;
+                self.attribute(a.scope, &a.name)
+            }
             FieldExpr::Intrinsic(i) => self.intrinsic(*i),
             FieldExpr::Logic { lhs, rhs, .. }
             | FieldExpr::Compare { lhs, rhs, .. }
@@ -275,7 +281,8 @@ impl Needs {
                     self.field(e);
                 }
             }
-            SpansetExpr::Binary { lhs, rhs, .. } => {
+            SpansetExpr::Binary { op, lhs, rhs } => {
+                self.tree |= !matches!(op, SpansetOp::And | SpansetOp::Or);
                 self.spanset(lhs);
                 self.spanset(rhs);
             }
@@ -400,9 +407,6 @@ impl SearchColumns {
             paths::START_TIME.into(),
             paths::END_TIME.into(),
             span("start_time_unix_nano"),
-            span("nested_set_left"),
-            span("nested_set_right"),
-            span("parent_id"),
         ];
         let report: Vec<String> = vec![
             paths::TRACE_ID.into(),
@@ -413,6 +417,12 @@ impl SearchColumns {
             span("duration_nano"),
             service.clone(),
         ];
+        // Three int columns per span that only tree questions read.
+        if needs.tree {
+            wanted.push(span("nested_set_left"));
+            wanted.push(span("nested_set_right"));
+            wanted.push(span("parent_id"));
+        }
         if needs.name || needs.root {
             wanted.push(span("name"));
         }
@@ -1137,9 +1147,8 @@ pub struct ColumnarBlock<'a> {
     status: Option<(&'a StructArray, &'a Int32Array, &'a StringArray)>,
     span_attrs: Option<Attrs<'a>>,
     span_ded: Vec<(&'static str, Ded<'a>)>,
-    ns_left: &'a Int32Array,
-    ns_right: &'a Int32Array,
-    ns_parent: &'a Int32Array,
+    /// Nested sets (left, right, parent), when the query reads the tree.
+    nested: Option<(&'a Int32Array, &'a Int32Array, &'a Int32Array)>,
     events: Option<Events<'a>>,
     links: Option<Links<'a>>,
 }
@@ -1233,9 +1242,14 @@ impl<'a> ColumnarBlock<'a> {
             status,
             span_attrs: Attrs::new(sp)?,
             span_ded: ded_cols(sp, &DEDICATED_SPAN)?,
-            ns_left: get(sp, "nested_set_left")?,
-            ns_right: get(sp, "nested_set_right")?,
-            ns_parent: get(sp, "parent_id")?,
+            nested: match (
+                opt(sp, "nested_set_left")?,
+                opt(sp, "nested_set_right")?,
+                opt(sp, "parent_id")?,
+            ) {
+                (Some(l), Some(r), Some(p)) => Some((l, r, p)),
+                _ => None,
+            },
             events,
             links,
         };
@@ -1487,10 +1501,18 @@ impl<'a> ColumnarTrace<'a> {
             for s in range(c.ss_offsets, r) {
                 for g in range(c.span_offsets, s) {
                     let core = Core { c, g, r, s };
-                    let nested = NestedSet {
-                        left: c.ns_left.value(g),
-                        right: c.ns_right.value(g),
-                        parent: c.ns_parent.value(g),
+                    // Without the columns (no tree question) no span has a parent.
+                    let nested = match c.nested {
+                        Some((l, r, p)) => NestedSet {
+                            left: l.value(g),
+                            right: r.value(g),
+                            parent: p.value(g),
+                        },
+                        None => NestedSet {
+                            left: 0,
+                            right: 0,
+                            parent: 0,
+                        },
                     };
                     if let Some(slot) = usize::try_from(nested.left)
                         .ok()
@@ -1816,6 +1838,11 @@ mod tests {
 
     /// Whether the filter decode of the first row group holds span generic attributes.
     fn decodes_span_attrs(query: &str) -> bool {
+        decodes_span_column(query, "attrs")
+    }
+
+    /// Whether the filter decode of the first row group holds the span column `name`.
+    fn decodes_span_column(query: &str, name: &str) -> bool {
         let tenant = TenantId::new("t").unwrap();
         let traces = realistic_traces(50, 3);
         let data = encode_block(
@@ -1847,7 +1874,26 @@ mod tests {
         let (_, rs) = list(&root, "resource_spans").unwrap();
         let (_, ss) = list(rs, "scope_spans").unwrap();
         let (_, sp) = list(ss, "spans").unwrap();
-        sp.column_by_name("attrs").is_some()
+        sp.column_by_name(name).is_some()
+    }
+
+    #[test]
+    fn nested_sets_are_decoded_only_for_tree_questions() {
+        for (query, tree) in [
+            ("{ span.http.route =~ \"/api/.*\" }", false),
+            ("{ } | count() > 40", false),
+            ("{ kind = server } && { kind = client }", false),
+            ("{ resource.service.name = \"frontend\" } >> { }", true),
+            ("{ parent.span.http.route = \"/x\" }", true),
+            ("{ span:childCount > 1 }", true),
+            ("{ span:parentID = \"00\" }", true),
+        ] {
+            assert_eq!(
+                decodes_span_column(query, "nested_set_left"),
+                tree,
+                "{query}"
+            );
+        }
     }
 
     #[test]
