@@ -527,11 +527,16 @@ async fn compaction_throughput() {
     } else {
         Backend::memory()
     };
+    // Traces per input block; memory should not grow with it (only time).
+    let per_block: usize = std::env::var("VIVACE_MEASURE_TRACES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(9_300);
     let mut spans_in = 0;
     let mut input_bytes = 0;
     for k in 0..4u64 {
         // ~27 spans per trace on average: ~9,300 traces is ~250k spans.
-        let traces = synth::realistic_traces(9_300, 100 + k);
+        let traces = synth::realistic_traces(per_block, 100 + k);
         spans_in += traces.iter().map(|t| span_count(&t.batches)).sum::<usize>();
         let t = tenant();
         let id = Uuid::new_v4();
@@ -567,6 +572,16 @@ async fn compaction_throughput() {
     sampler.join().unwrap();
     assert_eq!(r.compactions, 1);
     let out = c.metrics.compactor_bytes_written.get();
+    let m = c.blocklist.blocks(&tenant());
+    let m = m.iter().find(|m| m.compaction_level == 1).unwrap();
+    // The writer keeps the footer and page indexes in memory until the end: they grow
+    // with the output.
+    println!(
+        "output: {} row groups, footer {} KiB, page indexes {} KiB",
+        m.total_records,
+        m.footer_size / 1024,
+        m.page_index_size / 1024
+    );
     println!(
         "compaction ({rg_mib} MiB row groups, {} bucket): {spans_in} spans, {:.1} MB in -> {:.1} MB out in {secs:.2}s: {:.1} MB/s of input, {:.0} spans/s; rss before {} MiB, peak {} MiB (+{} MiB)",
         if local { "local" } else { "memory" },
