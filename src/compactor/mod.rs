@@ -201,6 +201,14 @@ impl Compactor {
         }
     }
 
+    /// Where compactions write their output before uploading it.
+    fn scratch_dir(&self) -> std::path::PathBuf {
+        self.cfg
+            .scratch_dir
+            .clone()
+            .unwrap_or_else(std::env::temp_dir)
+    }
+
     /// How old an uncommitted block folder must be before it is deleted.
     fn orphan_age(&self) -> Duration {
         self.orphan_age
@@ -234,6 +242,12 @@ impl Compactor {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The first cycle waits one period: start-up (WAL replay, first flushes) comes first.
         tick.tick().await;
+        let dir = self.scratch_dir();
+        match tokio::task::spawn_blocking(move || scratch::remove_leftovers(&dir)).await {
+            Ok(0) => {}
+            Ok(n) => info!(files = n, "leftover compaction scratch files deleted"),
+            Err(e) => warn!(error = %e, "cannot clean the compaction scratch dir"),
+        }
         loop {
             tick.tick().await;
             let started = Instant::now();
@@ -579,12 +593,7 @@ impl Compactor {
         inputs: &[Arc<BlockMeta>],
     ) -> Result<(), CompactError> {
         let output_id = Uuid::new_v4();
-        let dir = self
-            .cfg
-            .scratch_dir
-            .clone()
-            .unwrap_or_else(std::env::temp_dir);
-        let scratch = scratch::ScratchFile::new(&dir, output_id);
+        let scratch = scratch::ScratchFile::new(&self.scratch_dir(), output_id);
         let r = self.compact_via(tenant, inputs, output_id, &scratch).await;
         // Unlinking a large file can take a while: not on the executor. (If this future is
         // dropped instead, the guard deletes the file where it is dropped.)

@@ -24,8 +24,13 @@ pub(crate) struct ScratchFile {
 
 impl ScratchFile {
     pub(crate) fn new(dir: &Path, output_id: Uuid) -> Self {
+        // The process ID tells a dead process's leftovers (see `remove_leftovers`) from files
+        // of other vivace processes sharing the directory.
         Self {
-            path: dir.join(format!("vivace-compaction-{output_id}.parquet")),
+            path: dir.join(format!(
+                "{PREFIX}{}-{output_id}.parquet",
+                std::process::id()
+            )),
         }
     }
 
@@ -49,6 +54,42 @@ impl ScratchFile {
             .map_err(err)?;
         Ok(BufWriter::with_capacity(WRITE_BUFFER, f))
     }
+}
+
+const PREFIX: &str = "vivace-compaction-";
+
+/// Deletes scratch files in `dir` left by processes that no longer run (a crash or a kill
+/// skips the guards); returns how many. Files of live processes, this one included, are
+/// kept. Needs `/proc` to tell; elsewhere nothing is deleted. Blocking.
+pub(crate) fn remove_leftovers(dir: &Path) -> usize {
+    if !Path::new("/proc/self").exists() {
+        return 0;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(PREFIX))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        match std::fs::remove_file(e.path()) {
+            Ok(()) => removed += 1,
+            Err(err) => {
+                warn!(path = %e.path().display(), error = %err, "cannot delete leftover scratch file")
+            }
+        }
+    }
+    removed
 }
 
 impl Drop for ScratchFile {
@@ -90,5 +131,29 @@ mod tests {
         // Dropping a guard whose file was never created is fine.
         drop(ScratchFile::new(&sub, Uuid::new_v4()));
         assert_eq!(std::fs::read_dir(&sub).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn leftovers_of_dead_processes_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        // A process that has exited: its ID is free until reused.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let id = Uuid::new_v4();
+        let dead_file = dir.path().join(format!("{PREFIX}{dead}-{id}.parquet"));
+        let own = ScratchFile::new(dir.path(), Uuid::new_v4());
+        let other = dir.path().join("unrelated.parquet");
+        for p in [&dead_file, own.path(), &other] {
+            std::fs::write(p, b"x").unwrap();
+        }
+        let removed = remove_leftovers(dir.path());
+        if Path::new("/proc/self").exists() && !Path::new(&format!("/proc/{dead}")).exists() {
+            assert_eq!(removed, 1);
+            assert!(!dead_file.exists());
+        }
+        assert!(own.path().exists());
+        assert!(other.exists());
+        assert_eq!(remove_leftovers(&dir.path().join("missing")), 0);
     }
 }
