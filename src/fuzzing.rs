@@ -262,9 +262,10 @@ mod tests {
             .data
     }
 
-    /// `VIVACE_WRITE_FUZZ_SEEDS=1 cargo test --lib fuzzing` rewrites the generated seeds
+    /// `VIVACE_WRITE_FUZZ_SEEDS=1 cargo test --lib fuzzing -- --ignored` rewrites the generated seeds
     /// (OTLP requests and the block) when their formats change.
     #[test]
+    #[ignore = "writes the seed corpus; run with VIVACE_WRITE_FUZZ_SEEDS=1 when formats change"]
     fn write_generated_seeds() {
         if std::env::var_os("VIVACE_WRITE_FUZZ_SEEDS").is_none() {
             return;

@@ -29,6 +29,7 @@ pub(crate) struct MergeStats {
 
 /// One input block read row group by row group.
 struct Cursor {
+    block: uuid::Uuid,
     backend: Backend,
     handle: Handle,
     data_key: String,
@@ -40,7 +41,20 @@ struct Cursor {
 }
 
 impl Cursor {
+    /// Errors name the input, so the compactor can set that block aside.
     fn open(
+        backend: &Backend,
+        handle: &Handle,
+        tenant: &TenantId,
+        meta: &BlockMeta,
+    ) -> Result<Self, CompactError> {
+        Self::open_inner(backend, handle, tenant, meta).map_err(|e| CompactError::Input {
+            block: meta.block_id,
+            source: Box::new(e),
+        })
+    }
+
+    fn open_inner(
         backend: &Backend,
         handle: &Handle,
         tenant: &TenantId,
@@ -52,6 +66,7 @@ impl Cursor {
         let fetched = tail.len() as u64;
         let md = block::decode_footer(tail, meta.size)?;
         Ok(Self {
+            block: meta.block_id,
             backend: backend.clone(),
             handle: handle.clone(),
             data_key,
@@ -64,6 +79,14 @@ impl Cursor {
     }
 
     fn next_trace(&mut self) -> Result<Option<TraceInput>, CompactError> {
+        let block = self.block;
+        self.next_inner().map_err(|e| CompactError::Input {
+            block,
+            source: Box::new(e),
+        })
+    }
+
+    fn next_inner(&mut self) -> Result<Option<TraceInput>, CompactError> {
         loop {
             if let Some(cur) = self.current.as_mut() {
                 match cur.next() {
@@ -103,7 +126,6 @@ struct Merger {
     max_bytes_per_trace: usize,
     stats: MergeStats,
     tags: TagSummary,
-    last: Option<TraceId>,
 }
 
 impl Merger {
@@ -124,7 +146,6 @@ impl Merger {
             max_bytes_per_trace,
             stats: MergeStats::default(),
             tags: TagSummary::default(),
-            last: None,
         })
     }
 
@@ -183,7 +204,6 @@ impl Merger {
             }
             self.stats.spans_written += spans;
             self.tags.add_trace(&batches);
-            self.last = Some(id);
             return Ok(Some(TraceInput { id, batches }));
         }
     }

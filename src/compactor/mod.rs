@@ -72,6 +72,11 @@ pub enum CompactError {
         key: String,
         source: serde_json::Error,
     },
+    #[error("input block {block}: {source}")]
+    Input {
+        block: Uuid,
+        source: Box<CompactError>,
+    },
     /// The test hook stopped the compaction after this step.
     #[error("stopped after step {0:?}")]
     Stopped(CompactionStep),
@@ -169,7 +174,13 @@ pub struct Compactor {
     /// Test hook: stop a compaction after this step, as a crash would.
     stop_after: Mutex<Option<CompactionStep>>,
     orphan_age: Mutex<Option<Duration>>,
+    /// Inputs of failed jobs and when they failed: left out of selection for a while, so
+    /// one corrupt block does not stop the rest of its window from being compacted.
+    failed_inputs: Mutex<HashMap<Uuid, Instant>>,
 }
+
+/// Cycles a failed job's inputs sit out before they are tried again.
+const FAILED_INPUT_BACKOFF_CYCLES: u32 = 10;
 
 use crate::block::unix_nanos_now as now_nanos;
 
@@ -198,6 +209,7 @@ impl Compactor {
             sources_done: Mutex::new(HashSet::new()),
             stop_after: Mutex::new(None),
             orphan_age: Mutex::new(None),
+            failed_inputs: Mutex::new(HashMap::new()),
         }
     }
 
@@ -409,7 +421,14 @@ impl Compactor {
         }
 
         // Compactions.
-        let live: Vec<Arc<BlockMeta>> = live.into_values().collect();
+        let backoff = self.cfg.compaction_cycle * FAILED_INPUT_BACKOFF_CYCLES;
+        let live: Vec<Arc<BlockMeta>> = {
+            let mut failed = self.failed_inputs.lock();
+            failed.retain(|_, at| at.elapsed() < backoff);
+            live.into_values()
+                .filter(|m| !failed.contains_key(&m.block_id))
+                .collect()
+        };
         for job in select::select(&live, &self.cfg, now) {
             match self.compact(tenant, &job).await {
                 Ok(()) => {
@@ -417,9 +436,22 @@ impl Compactor {
                     report.blocks_compacted += job.len();
                 }
                 Err(e @ CompactError::Stopped(_)) => return Err(e),
-                // One bad job (a corrupt or vanished input) must not hold up the others;
-                // it is selected again next cycle.
+                // One bad job (a corrupt or vanished input) must not hold up the others:
+                // its inputs sit out a few cycles.
                 Err(e) => {
+                    // The input that failed when known, else the whole job.
+                    let mut failed = self.failed_inputs.lock();
+                    match &e {
+                        CompactError::Input { block, .. } => {
+                            failed.insert(*block, Instant::now());
+                        }
+                        _ => {
+                            for m in &job {
+                                failed.insert(m.block_id, Instant::now());
+                            }
+                        }
+                    }
+                    drop(failed);
                     let inputs: Vec<String> = job.iter().map(|m| m.block_id.to_string()).collect();
                     warn!(tenant = %tenant, inputs = %inputs.join(","), error = %e, "compaction failed");
                 }

@@ -638,6 +638,17 @@ async fn a_corrupt_input_fails_its_job_and_marks_nothing() {
     let (live, compacted, _) = census(&backend).await;
     assert_eq!((live, compacted), (2, 0));
     assert_eq!(c.metrics.compactor_blocks_compacted.get(), 0);
+    // The corrupt block sits out; the rest of its window still compacts.
+    upload(&backend, synth::realistic_traces(30, 3), 0).await;
+    let r = c.cycle_tenant(&tenant()).await.unwrap();
+    assert_eq!(r.compactions, 1);
+    assert_eq!(r.blocks_compacted, 2);
+    // Live: the corrupt block (untouched) and the output.
+    assert_eq!(census(&backend).await.0, 2);
+    assert!(backend
+        .get(&block::meta_key(&tenant(), a.block_id))
+        .await
+        .is_ok());
 }
 
 /// The output goes through a file in `scratch_dir`, which is gone after a compaction that

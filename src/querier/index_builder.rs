@@ -28,6 +28,8 @@ pub enum IndexError {
     },
     #[error("tenant {tenant}: {source}")]
     Block { tenant: String, source: BlockError },
+    #[error("tenant index task failed: {0}")]
+    Task(String),
 }
 
 /// What a recursive listing of a tenant says about each block folder.
@@ -133,7 +135,10 @@ pub async fn read_tenant_index(
     tenant: &TenantId,
 ) -> Result<Option<TenantIndex>, IndexError> {
     match backend.get(&block::tenant_index_key(tenant)).await {
-        Ok(bytes) => TenantIndex::decode(&bytes)
+        // Gunzip and JSON of every block's meta: CPU work, off the executor.
+        Ok(bytes) => tokio::task::spawn_blocking(move || TenantIndex::decode(&bytes))
+            .await
+            .map_err(|e| IndexError::Task(e.to_string()))?
             .map(Some)
             .map_err(|source| IndexError::Block {
                 tenant: tenant.to_string(),
@@ -218,7 +223,13 @@ pub async fn build_tenant_index(
     index
         .compacted
         .sort_by_key(|c| (c.meta.start_time, c.meta.block_id));
-    let bytes = index.encode().map_err(|source| IndexError::Block {
+    let (index, bytes) = tokio::task::spawn_blocking(move || {
+        let bytes = index.encode();
+        (index, bytes)
+    })
+    .await
+    .map_err(|e| IndexError::Task(e.to_string()))?;
+    let bytes = bytes.map_err(|source| IndexError::Block {
         tenant: tenant.to_string(),
         source,
     })?;
