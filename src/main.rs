@@ -3,11 +3,6 @@ use tracing_subscriber::EnvFilter;
 
 use vivace::cli::{normalize_args, Cli, Command};
 
-// glibc malloc spent ~30% of ingest CPU (perf: malloc_consolidate, unlink_chunk) on the
-// many short-lived buffers of decode, regrouping and block encoding across threads.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse_from(normalize_args(std::env::args()));
     match cli.command {
