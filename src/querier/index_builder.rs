@@ -72,17 +72,7 @@ pub(crate) async fn fetch_meta(
     tenant: &TenantId,
     id: Uuid,
 ) -> Result<Option<BlockMeta>, BackendError> {
-    match backend.get(&block::meta_key(tenant, id)).await {
-        Ok(bytes) => match BlockMeta::from_bytes(&bytes) {
-            Ok(m) => Ok(Some(m)),
-            Err(e) => {
-                warn!(tenant = %tenant, block = %id, error = %e, "unreadable meta.json");
-                Ok(None)
-            }
-        },
-        Err(BackendError::NotFound(_)) => Ok(None),
-        Err(e) => Err(e),
-    }
+    fetch_parsed(backend, &block::meta_key(tenant, id), BlockMeta::from_bytes).await
 }
 
 async fn fetch_compacted_meta(
@@ -90,11 +80,21 @@ async fn fetch_compacted_meta(
     tenant: &TenantId,
     id: Uuid,
 ) -> Result<Option<CompactedBlockMeta>, BackendError> {
-    match backend.get(&block::compacted_meta_key(tenant, id)).await {
-        Ok(bytes) => match CompactedBlockMeta::from_bytes(&bytes) {
+    let key = block::compacted_meta_key(tenant, id);
+    fetch_parsed(backend, &key, CompactedBlockMeta::from_bytes).await
+}
+
+/// One small JSON object: `None` if missing, or unreadable (logged).
+async fn fetch_parsed<T>(
+    backend: &Backend,
+    key: &str,
+    parse: impl FnOnce(&[u8]) -> Result<T, BlockError>,
+) -> Result<Option<T>, BackendError> {
+    match backend.get(key).await {
+        Ok(bytes) => match parse(&bytes) {
             Ok(m) => Ok(Some(m)),
             Err(e) => {
-                warn!(tenant = %tenant, block = %id, error = %e, "unreadable meta.compacted.json");
+                warn!(key = %key, error = %e, "unreadable block metadata");
                 Ok(None)
             }
         },
