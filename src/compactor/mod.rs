@@ -24,7 +24,7 @@ mod tests;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -33,7 +33,7 @@ use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::backend::{Backend, BackendError};
-use crate::block::{self, BlockConfig, BlockError, BlockMeta, BlockParts};
+use crate::block::{self, BlockConfig, BlockError, BlockMeta, BlockParts, CompactedBlockMeta};
 use crate::config::CompactionConfig;
 use crate::metrics::Metrics;
 use crate::model::TenantId;
@@ -114,15 +114,14 @@ impl CompactedReason {
             CompactedReason::Retention => "retention",
         }
     }
-}
 
-/// The fields of meta.compacted.json beyond the block's meta.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct CompactedFields {
-    compacted_time: String,
-    #[serde(default)]
-    compacted_reason: Option<CompactedReason>,
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "compaction" => Some(CompactedReason::Compaction),
+            "retention" => Some(CompactedReason::Retention),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -527,22 +526,23 @@ impl Compactor {
             Err(BackendError::NotFound(_)) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        let fields: CompactedFields = match serde_json::from_slice(&bytes) {
-            Ok(f) => f,
+        // The same type the tenant index reads, so both agree on every marker.
+        let marker = match CompactedBlockMeta::from_bytes(&bytes) {
+            Ok(m) if m.compacted_time > 0 => m,
+            Ok(_) => {
+                warn!(tenant = %tenant, block = %id, "meta.compacted.json has no compactedTime, block kept");
+                return Ok(None);
+            }
             Err(e) => {
                 warn!(tenant = %tenant, block = %id, error = %e, "unreadable meta.compacted.json, block kept");
                 return Ok(None);
             }
         };
-        let at = humantime::parse_rfc3339_weak(&fields.compacted_time)
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map(nanos);
-        let Some(at) = at else {
-            warn!(tenant = %tenant, block = %id, "bad compactedTime, block kept");
-            return Ok(None);
-        };
-        let v = (at, fields.compacted_reason);
+        let reason = marker
+            .compacted_reason
+            .as_deref()
+            .and_then(CompactedReason::parse);
+        let v = (marker.compacted_time, reason);
         self.compacted.lock().insert(id, v);
         Ok(Some(v))
     }
@@ -567,32 +567,20 @@ impl Compactor {
         meta: &BlockMeta,
         reason: CompactedReason,
     ) -> Result<(), CompactError> {
-        let now = SystemTime::now();
-        let mut v = serde_json::to_value(meta).map_err(|source| CompactError::Json {
-            key: block::meta_key(tenant, meta.block_id),
-            source,
-        })?;
-        if let Some(obj) = v.as_object_mut() {
-            obj.insert(
-                "compactedTime".into(),
-                humantime::format_rfc3339_nanos(now).to_string().into(),
-            );
-            obj.insert("compactedReason".into(), reason.as_str().into());
-        }
-        let bytes = serde_json::to_vec_pretty(&v).unwrap_or_default();
+        let marker = CompactedBlockMeta {
+            meta: meta.clone(),
+            compacted_time: now_nanos(),
+            compacted_reason: Some(reason.as_str().to_owned()),
+        };
         self.backend
             .put(
                 &block::compacted_meta_key(tenant, meta.block_id),
-                bytes.into(),
+                marker.to_bytes().into(),
             )
             .await?;
-        self.compacted.lock().insert(
-            meta.block_id,
-            (
-                now.duration_since(UNIX_EPOCH).map(nanos).unwrap_or(0),
-                Some(reason),
-            ),
-        );
+        self.compacted
+            .lock()
+            .insert(meta.block_id, (marker.compacted_time, Some(reason)));
         self.metas.lock().remove(&meta.block_id);
         Ok(())
     }
