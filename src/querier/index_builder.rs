@@ -447,12 +447,7 @@ mod tests {
             stale_tenant_index: Duration::ZERO, // 3 minutes
         });
         q.poll_blocklist().await.unwrap();
-        let live: Vec<Uuid> = q
-            .blocklist()
-            .blocks(&t)
-            .iter()
-            .map(|m| m.block_id)
-            .collect();
+        let live = live_ids(&q, &t);
         assert_eq!(
             live,
             vec![a.block_id],
@@ -476,13 +471,12 @@ mod tests {
             .await
             .unwrap();
         q.poll_blocklist().await.unwrap();
-        let live: Vec<Uuid> = q
-            .blocklist()
-            .blocks(&t)
-            .iter()
-            .map(|m| m.block_id)
-            .collect();
+        let live = live_ids(&q, &t);
         assert_eq!(live, vec![a.block_id]);
+    }
+
+    fn live_ids(q: &Querier, t: &TenantId) -> Vec<Uuid> {
+        q.blocklist().blocks(t).iter().map(|m| m.block_id).collect()
     }
 
     #[tokio::test]
@@ -500,12 +494,7 @@ mod tests {
         mark_compacted(&backend, &t, &a, false).await;
         q.blocklist().remove(&t, &[a.block_id]);
         q.poll_blocklist().await.unwrap();
-        let live: Vec<Uuid> = q
-            .blocklist()
-            .blocks(&t)
-            .iter()
-            .map(|m| m.block_id)
-            .collect();
+        let live = live_ids(&q, &t);
         assert_eq!(live, vec![b.block_id]);
     }
 
