@@ -20,3 +20,6 @@ pub mod overrides;
 pub mod querier;
 pub mod receiver;
 pub mod traceql;
+
+#[cfg(test)]
+mod tidy;

@@ -1,3 +1,5 @@
+//! The `vivace` binary: parses the command line and runs the server or a tool.
+
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 

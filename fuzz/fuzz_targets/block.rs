@@ -1,3 +1,4 @@
+//! Fuzz target: a block's bytes (footer, pages, bloom, index) read by the trace lookup and search paths.
 #![no_main]
 
 // Any single allocation over 256 MiB is a bug: sizes must not come from input unchecked.

@@ -1,3 +1,4 @@
+//! Fuzz target: OTLP/HTTP JSON bodies through the receiver's decoder and the distributor's checks.
 #![no_main]
 
 // Any single allocation over 256 MiB is a bug: sizes must not come from input unchecked.

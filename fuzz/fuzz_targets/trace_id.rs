@@ -1,3 +1,4 @@
+//! Fuzz target: trace-ID parsing from URLs and query parameters.
 #![no_main]
 
 // Any single allocation over 256 MiB is a bug: sizes must not come from input unchecked.

@@ -1,3 +1,4 @@
+//! Fuzz target: TraceQL parsing, static checks and canonical rendering.
 #![no_main]
 
 // Any single allocation over 256 MiB is a bug: sizes must not come from input unchecked.

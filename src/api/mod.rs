@@ -2,6 +2,7 @@
 //! and response shapes are Tempo's, so Grafana's Tempo datasource works unchanged.
 
 pub mod auth;
+pub mod client;
 mod json;
 mod search;
 mod streaming;

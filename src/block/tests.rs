@@ -1,3 +1,5 @@
+//! Block format tests: write, read back, bloom, index, page-level lookup, statistics.
+
 use std::collections::HashSet;
 
 use std::sync::Arc;

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use prost::Message;
 use tracing::{debug, info, warn};
 
+use crate::api::client::SearchResponseView;
 use crate::api::tempopb::TraceByIdResponse;
 use crate::block::synth::kv;
 use crate::metrics::Counter;
@@ -496,24 +497,22 @@ impl Vulture {
             return Err(format!("status {}", resp.status()));
         }
         let body = resp.bytes().await.map_err(|e| e.to_string())?;
-        let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+        let v = SearchResponseView::parse(&body).map_err(|e| e.to_string())?;
         Ok(search_verdict(&v, &p.id, p.spans))
     }
 }
 
 /// Judges a search response: the trace must be listed, and its span set must have matched
 /// every span written.
-pub fn search_verdict(resp: &serde_json::Value, id: &TraceId, spans: usize) -> Verdict {
-    let traces = resp["traces"].as_array().map(Vec::as_slice).unwrap_or(&[]);
-    let Some(t) = traces.iter().find(|t| {
-        t["traceID"]
-            .as_str()
-            .and_then(|s| TraceId::parse_hex(s).ok())
-            .is_some_and(|found| found == *id)
-    }) else {
+pub fn search_verdict(resp: &SearchResponseView, id: &TraceId, spans: usize) -> Verdict {
+    let Some(t) = resp
+        .traces
+        .iter()
+        .find(|t| TraceId::parse_hex(&t.trace_id).is_ok_and(|found| found == *id))
+    else {
         return Verdict::Missing;
     };
-    let matched = t["spanSet"]["matched"].as_u64().unwrap_or(0) as usize;
+    let matched = t.span_set.as_ref().map_or(0, |s| s.matched) as usize;
     match matched.cmp(&spans) {
         std::cmp::Ordering::Equal => Verdict::Ok,
         std::cmp::Ordering::Less => Verdict::Incomplete,
@@ -714,20 +713,20 @@ mod tests {
     fn search_verdicts() {
         let id = TraceId([7; 16]);
         let hit = |matched: u64| {
-            serde_json::json!({ "traces": [
-                { "traceID": "1", "spanSet": { "matched": 9 } },
-                { "traceID": id.to_hex(), "spanSet": { "matched": matched } },
-            ]})
+            let body = format!(
+                r#"{{"traces":[{{"traceID":"1","spanSet":{{"matched":9}}}},
+                   {{"traceID":"{}","spanSet":{{"matched":{matched}}}}}]}}"#,
+                id.to_hex()
+            );
+            SearchResponseView::parse(body.as_bytes()).unwrap()
         };
         assert_eq!(search_verdict(&hit(5), &id, 5), Verdict::Ok);
         assert_eq!(search_verdict(&hit(3), &id, 5), Verdict::Incomplete);
         assert_eq!(search_verdict(&hit(6), &id, 5), Verdict::Wrong);
-        let none = serde_json::json!({ "traces": [] });
+        let none = SearchResponseView::parse(br#"{"traces":[]}"#).unwrap();
         assert_eq!(search_verdict(&none, &id, 5), Verdict::Missing);
-        assert_eq!(
-            search_verdict(&serde_json::json!({}), &id, 5),
-            Verdict::Missing
-        );
+        let empty = SearchResponseView::default();
+        assert_eq!(search_verdict(&empty, &id, 5), Verdict::Missing);
     }
 
     #[test]

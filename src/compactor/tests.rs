@@ -1,3 +1,5 @@
+//! Compactor tests: selection, merge, commit order, crash at each step, retention.
+
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

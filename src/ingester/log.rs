@@ -1,3 +1,5 @@
+//! `IngestLog`, the seam between the ingester and the durable log it appends to (the WAL).
+
 use async_trait::async_trait;
 use bytes::Bytes;
 

@@ -1,3 +1,5 @@
+//! Ingester tests: push, cut, flush, replay and the read paths over memory and blocks.
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -1,3 +1,6 @@
+//! Combining fragments of one trace: the one place spans from the WAL, memory and blocks
+//! are merged and duplicates dropped.
+
 use std::collections::{HashMap, HashSet};
 
 use prost::Message;

@@ -1,3 +1,5 @@
+//! Trace IDs (Tempo's hex rules: 1–32 characters, left-padded) and tenant IDs.
+
 use std::fmt;
 use std::str::FromStr;
 
