@@ -295,10 +295,6 @@ impl TenantResolver {
         Self { multitenancy, auth }
     }
 
-    pub fn auth_enabled(&self) -> bool {
-        self.auth.is_some()
-    }
-
     /// The one tenant a write (or a single-tenant read) acts as.
     pub fn resolve_one(&self, headers: &HeaderMap) -> Result<TenantId, AuthError> {
         let mut tenants = self.resolve(headers, false)?;

@@ -506,11 +506,6 @@ impl SearchColumns {
         })
     }
 
-    /// Number of leaf columns read.
-    pub fn column_count(&self) -> usize {
-        self.leaves.len()
-    }
-
     /// The row groups of a block that may hold matching traces and the byte ranges of
     /// their projected column chunks. `overlaps(min start, max end)` says whether traces
     /// within those bounds can fall in the requested time range (chunk statistics of the

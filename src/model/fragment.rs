@@ -19,13 +19,6 @@ pub struct Fragments {
 }
 
 impl Fragments {
-    pub fn from_encoded(bytes: Bytes) -> Self {
-        Self {
-            len: bytes.len(),
-            chunks: vec![bytes],
-        }
-    }
-
     /// Appends one resource/scope group holding `spans`, without copying them into structs.
     pub fn push(
         &mut self,

@@ -11,8 +11,6 @@ pub(crate) struct Cache<K, V> {
     entries: Mutex<HashMap<K, (Arc<V>, u64)>>,
     capacity: usize,
     clock: AtomicU64,
-    hits: AtomicU64,
-    misses: AtomicU64,
 }
 
 impl<K: Hash + Eq + Clone, V> Cache<K, V> {
@@ -21,25 +19,15 @@ impl<K: Hash + Eq + Clone, V> Cache<K, V> {
             entries: Mutex::new(HashMap::new()),
             capacity: capacity.max(1),
             clock: AtomicU64::new(0),
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
         }
     }
 
     pub(crate) fn get(&self, k: &K) -> Option<Arc<V>> {
         let now = self.clock.fetch_add(1, Ordering::Relaxed);
         let mut m = self.entries.lock();
-        match m.get_mut(k) {
-            Some((v, used)) => {
-                *used = now;
-                self.hits.fetch_add(1, Ordering::Relaxed);
-                Some(v.clone())
-            }
-            None => {
-                self.misses.fetch_add(1, Ordering::Relaxed);
-                None
-            }
-        }
+        let (v, used) = m.get_mut(k)?;
+        *used = now;
+        Some(v.clone())
     }
 
     pub(crate) fn insert(&self, k: K, v: Arc<V>) {
@@ -54,14 +42,6 @@ impl<K: Hash + Eq + Clone, V> Cache<K, V> {
             }
         }
         m.insert(k, (v, now));
-    }
-
-    pub(crate) fn hits(&self) -> u64 {
-        self.hits.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn misses(&self) -> u64 {
-        self.misses.load(Ordering::Relaxed)
     }
 }
 

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures::stream::{self, StreamExt};
 use parquet::file::metadata::ParquetMetaData;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 use uuid::Uuid;
 
 pub use blocklist::BlockList;
@@ -478,14 +478,5 @@ impl Querier {
                 warn!(error = %e, "blocklist poll failed");
             }
         }
-    }
-
-    pub fn log_cache_stats(&self) {
-        info!(
-            bloom_hits = self.blooms.hits(),
-            bloom_misses = self.blooms.misses(),
-            footer_hits = self.footers.hits(),
-            "querier caches"
-        );
     }
 }
