@@ -45,10 +45,7 @@ pub use search::{
 };
 pub use tags::{tags_key, TagSummary, TagValues, MAX_VALUES_PER_TAG, TAGS_FILE};
 pub use tenant_index::{CompactedBlockMeta, TenantIndex};
-pub use writer::{
-    compute_nested_set, encode_block, encode_block_sorted, encode_block_sorted_into, BlockParts,
-    NestedSet,
-};
+pub use writer::{encode_block, encode_block_sorted, encode_block_sorted_into, BlockParts};
 
 pub const META_FILE: &str = "meta.json";
 /// Replaces `meta.json` once a block has been compacted into another (Tempo's name): the

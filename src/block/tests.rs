@@ -301,52 +301,6 @@ fn index_lookup() {
         .starts_with("{\"rowGroups\":[\"0101"));
 }
 
-fn ns(left: i32, right: i32, parent: i32) -> NestedSet {
-    NestedSet {
-        left,
-        right,
-        parent,
-    }
-}
-
-#[test]
-fn nested_set_numbers() {
-    // a -> (b -> d), c ; stored as a, b, c, d
-    let spans: [(&[u8], &[u8]); 4] = [(b"a", b""), (b"b", b"a"), (b"c", b"a"), (b"d", b"b")];
-    assert_eq!(
-        compute_nested_set(&spans),
-        vec![ns(1, 8, -1), ns(2, 5, 1), ns(6, 7, 1), ns(3, 4, 2)]
-    );
-    // Children listed before their parent, an orphan and a self-parent are all fine.
-    let spans: [(&[u8], &[u8]); 4] = [(b"d", b"b"), (b"b", b"a"), (b"a", b""), (b"o", b"missing")];
-    assert_eq!(
-        compute_nested_set(&spans),
-        vec![ns(3, 4, 2), ns(2, 5, 1), ns(1, 6, -1), ns(7, 8, -1)]
-    );
-    let spans: [(&[u8], &[u8]); 1] = [(b"s", b"s")];
-    assert_eq!(compute_nested_set(&spans), vec![ns(1, 2, -1)]);
-}
-
-#[test]
-fn nested_set_cycle_does_not_panic() {
-    let spans: [(&[u8], &[u8]); 4] = [(b"x", b"y"), (b"y", b"x"), (b"r", b""), (b"z", b"x")];
-    let got = compute_nested_set(&spans);
-    assert_eq!(got[2], ns(1, 2, -1));
-    // x starts the cycle as a root, y and z below it.
-    assert_eq!(got[0], ns(3, 8, -1));
-    assert_eq!(got[1], ns(4, 5, 3));
-    assert_eq!(got[3], ns(6, 7, 3));
-    // A long chain does not overflow the stack.
-    let ids: Vec<[u8; 4]> = (0u32..100_000).map(|i| i.to_be_bytes()).collect();
-    let spans: Vec<(&[u8], &[u8])> = ids
-        .iter()
-        .enumerate()
-        .map(|(i, id)| (&id[..], if i == 0 { &[][..] } else { &ids[i - 1][..] }))
-        .collect();
-    let got = compute_nested_set(&spans);
-    assert_eq!(got[99_999], ns(100_000, 100_001, 99_999));
-}
-
 #[test]
 fn corrupt_data_is_an_error() {
     let block = encode_block(

@@ -5,7 +5,7 @@
 //! flushed. Field definitions come from the derived Arrow schema, so the code cannot drift
 //! from `schema/block.parquet.txt`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::Arc;
 
@@ -34,105 +34,9 @@ use super::{
     DEDICATED_SPAN, FORMAT,
 };
 use crate::model::{
-    any_value, combine, status, KeyValue, Resource, ResourceSpans, TenantId, TraceId,
+    any_value, combine, nested_sets, parent_indices, status, KeyValue, NestedSet, Resource,
+    ResourceSpans, TenantId, TraceId,
 };
-
-/// Nested-set numbers of one span. Roots (spans with no parent in the trace, including
-/// orphans whose parent is missing) have `parent == -1`; numbering starts at 1, so 0 never
-/// occurs in a written block.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NestedSet {
-    pub left: i32,
-    pub right: i32,
-    pub parent: i32,
-}
-
-/// Nested-set numbers for the spans of one trace, given `(span_id, parent_span_id)` in
-/// storage order. A DFS from each root in order, children in storage order. Spans caught in
-/// a parent cycle are unreachable from any root; they are numbered afterwards, the first
-/// unvisited one of each cycle acting as a root. If span IDs repeat, the first span with an
-/// ID is the parent of that ID's children.
-pub fn compute_nested_set(spans: &[(&[u8], &[u8])]) -> Vec<NestedSet> {
-    let n = spans.len();
-    let mut by_id: HashMap<&[u8], usize> = HashMap::with_capacity(n);
-    for (i, (id, _)) in spans.iter().enumerate() {
-        by_id.entry(*id).or_insert(i);
-    }
-    let parent_of: Vec<Option<usize>> = spans
-        .iter()
-        .enumerate()
-        .map(|(i, (_, p))| {
-            if p.is_empty() {
-                return None;
-            }
-            by_id.get(p).copied().filter(|&pi| pi != i)
-        })
-        .collect();
-    // Children in CSR form: child_start[p]..child_start[p + 1] indexes `children`.
-    let mut child_start = vec![0usize; n + 1];
-    for p in parent_of.iter().flatten() {
-        child_start[p + 1] += 1;
-    }
-    for i in 0..n {
-        child_start[i + 1] += child_start[i];
-    }
-    let mut fill = child_start.clone();
-    let mut children = vec![0usize; n];
-    for (i, p) in parent_of.iter().enumerate() {
-        if let Some(p) = p {
-            children[fill[*p]] = i;
-            fill[*p] += 1;
-        }
-    }
-
-    let mut out = vec![
-        NestedSet {
-            left: 0,
-            right: 0,
-            parent: -1
-        };
-        n
-    ];
-    let mut visited = vec![false; n];
-    let mut counter: i32 = 0;
-    let mut stack: Vec<(usize, usize)> = Vec::new();
-    let roots = (0..n).filter(|&i| parent_of[i].is_none()).chain(0..n);
-    for root in roots {
-        if visited[root] {
-            continue;
-        }
-        visited[root] = true;
-        counter = counter.saturating_add(1);
-        out[root] = NestedSet {
-            left: counter,
-            right: 0,
-            parent: -1,
-        };
-        stack.push((root, child_start[root]));
-        while let Some(top) = stack.last_mut() {
-            let (node, cursor) = *top;
-            if cursor < child_start[node + 1] {
-                top.1 += 1;
-                let c = children[cursor];
-                if !visited[c] {
-                    visited[c] = true;
-                    counter = counter.saturating_add(1);
-                    out[c] = NestedSet {
-                        left: counter,
-                        right: 0,
-                        parent: out[node].left,
-                    };
-                    stack.push((c, child_start[c]));
-                }
-            } else {
-                counter = counter.saturating_add(1);
-                out[node].right = counter;
-                stack.pop();
-            }
-        }
-    }
-    out
-}
 
 /// Tests write blocks the way older writers did (required `parent_span_id` and attribute
 /// `type`, absolute span starts) to check that readers still handle them.
@@ -153,7 +57,7 @@ pub(crate) mod legacy {
     }
 }
 
-/// For each span of a trace (as given to [`compute_nested_set`]), whether its parent span ID
+/// For each span of a trace (`(span_id, parent_span_id)` in storage order), whether its parent span ID
 /// can be left out of the block: it is the span ID of the first span of the trace whose
 /// `nested_set_left` equals the span's `parent_id`, which is how readers restore it.
 pub(crate) fn derivable_parents(spans: &[(&[u8], &[u8])], nested: &[NestedSet]) -> Vec<bool> {
@@ -1023,7 +927,7 @@ impl RowGroupBuilder {
                 }
             }
         }
-        let nested = compute_nested_set(&pairs);
+        let nested = nested_sets(&parent_indices(&pairs));
         let mut derived = derivable_parents(&pairs, &nested);
         if legacy::on() {
             derived.fill(false);

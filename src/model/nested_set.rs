@@ -50,12 +50,24 @@ pub fn parent_indices(spans: &[(&[u8], &[u8])]) -> Vec<Option<usize>> {
 /// Nested-set numbers for spans given their parent indices (see [`parent_indices`]). Roots
 /// are walked in storage order, children in storage order. Spans in a parent cycle are not
 /// reachable from a root; each such cycle is numbered afterwards from its first member.
+/// Children are kept in one flat array (CSR) rather than a `Vec` per span: the block writer
+/// numbers every span it writes.
 pub fn nested_sets(parents: &[Option<usize>]) -> Vec<NestedSet> {
     let n = parents.len();
-    let mut children: Vec<Vec<usize>> = vec![Vec::new(); n];
-    for (i, parent) in parents.iter().enumerate() {
-        if let Some(p) = parent {
-            children[*p].push(i);
+    // child_start[p]..child_start[p + 1] indexes `children`.
+    let mut child_start = vec![0usize; n + 1];
+    for p in parents.iter().flatten() {
+        child_start[p + 1] += 1;
+    }
+    for i in 0..n {
+        child_start[i + 1] += child_start[i];
+    }
+    let mut fill = child_start.clone();
+    let mut children = vec![0usize; n];
+    for (i, p) in parents.iter().enumerate() {
+        if let Some(p) = p {
+            children[fill[*p]] = i;
+            fill[*p] += 1;
         }
     }
     let unset = NestedSet {
@@ -66,7 +78,7 @@ pub fn nested_sets(parents: &[Option<usize>]) -> Vec<NestedSet> {
     let mut out = vec![unset; n];
     let mut seen = vec![false; n];
     let mut next: i32 = 0;
-    // (span, index of the next child to visit)
+    // (span, position in `children` of the next child to visit)
     let mut stack: Vec<(usize, usize)> = Vec::new();
     let starts = (0..n).filter(|&i| parents[i].is_none()).chain(0..n);
     for start in starts {
@@ -76,10 +88,12 @@ pub fn nested_sets(parents: &[Option<usize>]) -> Vec<NestedSet> {
         seen[start] = true;
         next = next.saturating_add(1);
         out[start].left = next;
-        stack.push((start, 0));
-        while let Some(&mut (span, ref mut cursor)) = stack.last_mut() {
-            if let Some(&child) = children[span].get(*cursor) {
-                *cursor += 1;
+        stack.push((start, child_start[start]));
+        while let Some(top) = stack.last_mut() {
+            let (span, cursor) = *top;
+            if cursor < child_start[span + 1] {
+                top.1 += 1;
+                let child = children[cursor];
                 if !seen[child] {
                     seen[child] = true;
                     next = next.saturating_add(1);
@@ -88,7 +102,7 @@ pub fn nested_sets(parents: &[Option<usize>]) -> Vec<NestedSet> {
                         right: 0,
                         parent: out[span].left,
                     };
-                    stack.push((child, 0));
+                    stack.push((child, child_start[child]));
                 }
             } else {
                 next = next.saturating_add(1);
@@ -138,5 +152,32 @@ mod tests {
         assert_eq!(sets[0], ns(1, 2, -1));
         assert_eq!(sets[1], ns(3, 6, -1));
         assert_eq!(sets[2], ns(4, 5, 3));
+    }
+
+    #[test]
+    fn children_before_parents_self_parents_and_long_chains() {
+        let number = |spans: &[(&[u8], &[u8])]| nested_sets(&parent_indices(spans));
+        let spans: [(&[u8], &[u8]); 4] =
+            [(b"d", b"b"), (b"b", b"a"), (b"a", b""), (b"o", b"missing")];
+        assert_eq!(
+            number(&spans),
+            vec![ns(3, 4, 2), ns(2, 5, 1), ns(1, 6, -1), ns(7, 8, -1)]
+        );
+        assert_eq!(number(&[(b"s", b"s")]), vec![ns(1, 2, -1)]);
+        // A cycle reached after a real root: x starts it, y and z below it.
+        let spans: [(&[u8], &[u8]); 4] = [(b"x", b"y"), (b"y", b"x"), (b"r", b""), (b"z", b"x")];
+        let got = number(&spans);
+        assert_eq!(
+            got,
+            vec![ns(3, 8, -1), ns(4, 5, 3), ns(1, 2, -1), ns(6, 7, 3)]
+        );
+        // A long chain does not overflow the stack.
+        let ids: Vec<[u8; 4]> = (0u32..100_000).map(|i| i.to_be_bytes()).collect();
+        let spans: Vec<(&[u8], &[u8])> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (&id[..], if i == 0 { &[][..] } else { &ids[i - 1][..] }))
+            .collect();
+        assert_eq!(number(&spans)[99_999], ns(100_000, 100_001, 99_999));
     }
 }
