@@ -1,0 +1,77 @@
+//! Columnar search against the OTLP path: the same answers on the same blocks.
+
+use super::columns::list;
+use super::*;
+use crate::block::{encode_block, synth::realistic_traces, BlockConfig};
+use crate::model::TenantId;
+
+/// Whether the filter decode of the first row group holds span generic attributes.
+fn decodes_span_attrs(query: &str) -> bool {
+    decodes_span_column(query, "attrs")
+}
+
+/// Whether the filter decode of the first row group holds the span column `name`.
+fn decodes_span_column(query: &str, name: &str) -> bool {
+    let tenant = TenantId::new("t").unwrap();
+    let traces = realistic_traces(50, 3);
+    let data = encode_block(
+        &tenant,
+        uuid::Uuid::nil(),
+        0,
+        traces,
+        &BlockConfig::default(),
+    )
+    .unwrap()
+    .data;
+    let md = super::super::decode_footer(data.clone(), data.len() as u64).unwrap();
+    let columns = SearchColumns::for_query(&crate::traceql::parse(query).unwrap()).unwrap();
+    let read = &columns.plan(&md, |_, _| true).unwrap()[0];
+    let fetched = read
+        .ranges
+        .iter()
+        .map(|r| data.slice(r.start as usize..r.end as usize))
+        .collect();
+    let root = decode_row_group(
+        md,
+        &columns,
+        read,
+        Phase::Filter,
+        fetched,
+        data.len() as u64,
+    )
+    .unwrap();
+    let (_, rs) = list(&root, "resource_spans").unwrap();
+    let (_, ss) = list(rs, "scope_spans").unwrap();
+    let (_, sp) = list(ss, "spans").unwrap();
+    sp.column_by_name(name).is_some()
+}
+
+#[test]
+fn nested_sets_are_decoded_only_for_tree_questions() {
+    for (query, tree) in [
+        ("{ span.http.route =~ \"/api/.*\" }", false),
+        ("{ } | count() > 40", false),
+        ("{ kind = server } && { kind = client }", false),
+        ("{ resource.service.name = \"frontend\" } >> { }", true),
+        ("{ parent.span.http.route = \"/x\" }", true),
+        ("{ span:childCount > 1 }", true),
+        ("{ span:parentID = \"00\" }", true),
+    ] {
+        assert_eq!(
+            decodes_span_column(query, "nested_set_left"),
+            tree,
+            "{query}"
+        );
+    }
+}
+
+#[test]
+fn generic_attributes_are_decoded_only_when_their_dictionary_may_hold_the_name() {
+    // http.route always lands in its dedicated column: no generic key holds it.
+    assert!(!decodes_span_attrs("{ span.http.route =~ \"/api/.*\" }"));
+    // db.system has no dedicated column: the generic list must be read.
+    assert!(decodes_span_attrs("{ span.db.system = \"postgresql\" }"));
+    assert!(decodes_span_attrs(
+        "{ span.http.route = \"/x\" || span.db.system = \"x\" }"
+    ));
+}
