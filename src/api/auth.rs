@@ -9,13 +9,11 @@
 //! [`TenantResolver::resolve`] is the one place a request's tenants are decided; the query
 //! API, the streaming querier and both OTLP receivers all call it.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use aws_lc_rs::digest::{digest, SHA256};
 use axum::http::{header, HeaderMap, HeaderValue};
 use base64::Engine;
-use serde::Deserialize;
 use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
 
 use crate::config::ConfigError;
@@ -23,30 +21,7 @@ use crate::model::TenantId;
 
 use super::TENANT_HEADER;
 
-/// The `auth` section of the config.
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct AuthConfig {
-    pub enabled: bool,
-    pub credentials: Vec<CredentialConfig>,
-}
-
-/// One credential: a bearer token, or a basic-auth user when `username` is set. Exactly one
-/// secret source is given: `*_sha256` (hex of the secret's SHA-256), `*_file` (first line of
-/// the file) or `*_env` (the variable's value), `token_*` for tokens and `password_*` for users.
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct CredentialConfig {
-    /// Tenants this credential may act as; the first is used when no header names one.
-    pub tenants: Vec<String>,
-    pub username: Option<String>,
-    pub token_sha256: Option<String>,
-    pub token_file: Option<PathBuf>,
-    pub token_env: Option<String>,
-    pub password_sha256: Option<String>,
-    pub password_file: Option<PathBuf>,
-    pub password_env: Option<String>,
-}
+pub use crate::config::auth::{AuthConfig, CredentialConfig};
 
 /// Why a request has no tenant.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

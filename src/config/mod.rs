@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub mod auth;
 mod duration;
+pub mod faults;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -38,7 +40,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub overrides: crate::overrides::OverridesConfig,
     /// Built-in authentication (off by default); see `api::auth`.
-    pub auth: crate::api::auth::AuthConfig,
+    pub auth: auth::AuthConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -275,7 +277,7 @@ pub struct TraceStorageConfig {
     pub azure: AzureConfig,
     pub block: BlockStorageConfig,
     /// FOR TESTING ONLY: makes storage calls fail on purpose (see `backend::faulty`).
-    pub fault_injection: Option<crate::backend::faulty::FaultInjectionConfig>,
+    pub fault_injection: Option<faults::FaultInjectionConfig>,
 }
 
 impl Default for TraceStorageConfig {
