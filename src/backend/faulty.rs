@@ -2,7 +2,7 @@
 //! operations on chosen keys, so tests can prove that flushes retry, queries degrade with
 //! clear errors and nothing acknowledged is lost.
 //!
-//! Unit tests build a [`Faults`] handle and change its rules while the store is in use. The
+//! Unit tests build a `Faults` handle and change its rules while the store is in use. The
 //! real binary takes rules from `storage.trace.fault_injection`, which is for testing only:
 //! it is off unless the section is present, and the section is refused unless it also says
 //! `for_testing_only: true`.

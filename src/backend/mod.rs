@@ -231,7 +231,7 @@ impl Backend {
 
     /// Several ranges of one object, in the order asked (an empty range reads as empty
     /// bytes on every store). Local and memory stores may merge nearby ranges; remote
-    /// buckets get one ranged GET per group of ranges closer than [`REMOTE_RANGE_GAP`],
+    /// buckets get one ranged GET per group of ranges closer than `REMOTE_RANGE_GAP`,
     /// several at once.
     pub async fn get_ranges(
         &self,

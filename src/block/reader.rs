@@ -752,7 +752,7 @@ fn footer_len_of(data: &[u8]) -> Result<u64, BlockError> {
 }
 
 /// Converts a record batch of the full block schema into traces.
-/// `md` is the footer of the file the batch comes from (see [`SPAN_START_KEY`]).
+/// `md` is the footer of the file the batch comes from (see `SPAN_START_KEY`).
 pub fn batch_to_traces(
     batch: &RecordBatch,
     md: &ParquetMetaData,

@@ -267,7 +267,7 @@ pub struct ColumnarBlock<'a> {
 }
 
 impl<'a> ColumnarBlock<'a> {
-    /// Views over a row group decoded by [`decode_row_group`].
+    /// Views over a row group decoded by [`decode_row_group`](super::decode_row_group).
     pub fn new(root: &'a StructArray) -> Result<Self, BlockError> {
         let trace_id: Option<&FixedSizeBinaryArray> = opt(root, "trace_id")?;
         if trace_id.is_some_and(|t| t.value_length() != 16) {
@@ -387,7 +387,7 @@ impl<'a> ColumnarBlock<'a> {
         self.rows == 0
     }
 
-    /// Hit columns ([`Phase::Report`]) only.
+    /// Hit columns ([`Phase::Report`](super::Phase::Report)) only.
     pub fn trace_id(&self, row: usize) -> Option<[u8; 16]> {
         let mut id = [0u8; 16];
         id.copy_from_slice(self.trace_id?.value(row));
@@ -415,7 +415,7 @@ impl<'a> ColumnarBlock<'a> {
     }
 
     /// `(service, span count, error count)` per service, as stored (sorted by service).
-    /// Empty without the hit columns ([`Phase::Report`]).
+    /// Empty without the hit columns ([`Phase::Report`](super::Phase::Report)).
     pub fn service_stats(&self, row: usize) -> impl Iterator<Item = (&'a str, u32, u32)> + '_ {
         self.stats.iter().flat_map(move |s| {
             range(s.offsets, row).map(|j| (s.service.value(j), s.spans.value(j), s.errors.value(j)))

@@ -1,6 +1,6 @@
 //! Columnar TraceQL search over a block: which column chunks a query needs, which row
 //! groups can be skipped from the footer alone, decoding one row group's projected columns,
-//! and [`ColumnarTrace`], traceql's [`TraceView`] over the decoded Arrow arrays (no OTLP
+//! and [`ColumnarTrace`], traceql's [`TraceView`](crate::traceql::TraceView) over the decoded Arrow arrays (no OTLP
 //! structs, strings borrowed from the arrays until the evaluator asks for a value).
 //!
 //! The answers are those of [`crate::traceql::OtlpTrace`] over the traces

@@ -156,7 +156,7 @@ impl<'a> ColumnarTrace<'a> {
         })
     }
 
-    /// Does some span of the row meet the query's span-level precondition (see [`Pre`])?
+    /// Does some span of the row meet the query's span-level precondition (see `Pre`)?
     /// Evaluates the first stage's filters span by span, without building the trace.
     pub fn spans_may_match(&self, columns: &SearchColumns, row: usize) -> bool {
         self.pre(&columns.precheck, row)
@@ -249,12 +249,12 @@ impl<'a> ColumnarTrace<'a> {
         self.first_g + i
     }
 
-    /// Hit columns ([`Phase::Report`]) only; empty otherwise.
+    /// Hit columns ([`Phase::Report`](super::Phase::Report)) only; empty otherwise.
     pub fn span_id(&self, i: usize) -> &'a [u8] {
         self.c.span_id.map_or(&[], |a| a.value(self.g(i)))
     }
 
-    /// Hit columns ([`Phase::Report`]) only; empty otherwise.
+    /// Hit columns ([`Phase::Report`](super::Phase::Report)) only; empty otherwise.
     pub fn span_name(&self, i: usize) -> &'a str {
         self.c.name.map_or("", |a| a.value(self.g(i)))
     }
