@@ -6,6 +6,7 @@ pub mod api;
 pub mod app;
 pub mod backend;
 pub mod block;
+pub mod blocklist;
 pub mod cli;
 pub mod compactor;
 pub mod config;

@@ -13,6 +13,21 @@ const KNOWN_CYCLE_EDGES: &[(&str, &str)] = &[
     ("querier", "ingester"),
 ];
 
+/// Imports that must not exist even without a cycle: the compactor works on the bucket and
+/// the block list, never through the query path; the block format and TraceQL know no
+/// component that does I/O.
+const FORBIDDEN_EDGES: &[(&str, &str)] = &[
+    ("compactor", "querier"),
+    ("compactor", "frontend"),
+    ("compactor", "api"),
+    ("block", "backend"),
+    ("block", "querier"),
+    ("block", "ingester"),
+    ("traceql", "block"),
+    ("traceql", "querier"),
+    ("model", "block"),
+];
+
 struct SourceFile {
     path: PathBuf,
     /// Path relative to the crate root, with `/` separators.
@@ -279,6 +294,17 @@ fn no_new_import_cycles_between_components() {
     if let Some(cycle) = find_cycle(&graph) {
         panic!("import cycle between components: {}", cycle.join(" -> "));
     }
+}
+
+#[test]
+fn no_forbidden_imports() {
+    let graph = import_graph(&sources());
+    let found: Vec<String> = FORBIDDEN_EDGES
+        .iter()
+        .filter(|(from, to)| graph.get(*from).is_some_and(|e| e.contains(*to)))
+        .map(|(from, to)| format!("{from} imports {to}"))
+        .collect();
+    assert!(found.is_empty(), "forbidden imports: {found:?}");
 }
 
 #[test]

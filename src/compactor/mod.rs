@@ -34,11 +34,11 @@ use uuid::Uuid;
 
 use crate::backend::{Backend, BackendError};
 use crate::block::{self, BlockConfig, BlockError, BlockMeta, BlockParts, CompactedBlockMeta};
+use crate::blocklist::BlockList;
 use crate::config::CompactionConfig;
 use crate::metrics::Metrics;
 use crate::model::TenantId;
 use crate::overrides::Overrides;
-use crate::querier::BlockList;
 
 pub use merge::truncate as truncate_trace;
 
@@ -265,7 +265,7 @@ impl Compactor {
             let r = self.run_cycle().await;
             // The compactor is the one writer of tenant indexes: queriers elsewhere read one
             // object per tenant instead of listing the bucket.
-            if let Err(e) = crate::querier::write_all_tenant_indexes(&self.backend).await {
+            if let Err(e) = crate::blocklist::write_all_tenant_indexes(&self.backend).await {
                 warn!(error = %e, "cannot write tenant indexes");
             }
             if r != CycleReport::default() {

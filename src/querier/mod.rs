@@ -5,9 +5,7 @@
 //! read) → decode that row only. Blooms, indexes and footers are cached, so a repeated
 //! lookup costs one read per block that may hold the trace.
 
-mod blocklist;
 mod cache;
-pub mod index_builder;
 mod scan;
 pub mod search;
 pub mod tags;
@@ -22,9 +20,10 @@ use parquet::file::metadata::ParquetMetaData;
 use tracing::{debug, warn};
 use uuid::Uuid;
 
-pub use blocklist::BlockList;
+use crate::blocklist::index_builder;
+pub use crate::blocklist::{build_tenant_index, write_all_tenant_indexes, IndexError};
+pub use crate::blocklist::{BlockList, PollConfig};
 use cache::Cache;
-pub use index_builder::{build_tenant_index, write_all_tenant_indexes, IndexError};
 
 use crate::backend::{Backend, BackendError};
 use crate::block::{self, BlockError, BlockMeta, BloomShard, RowGroupIndex, TagSummary};
@@ -65,42 +64,6 @@ pub struct Found {
     pub blocks_searched: usize,
     /// Object-store requests this lookup sent (cache misses and page reads).
     pub requests: u64,
-}
-
-/// How the block list is kept fresh.
-#[derive(Debug, Clone, Copy)]
-pub struct PollConfig {
-    /// `storage.trace.blocklist_poll`.
-    pub every: Duration,
-    /// `storage.trace.blocklist_poll_stale_tenant_index`; zero means 3 × `every`.
-    pub stale_tenant_index: Duration,
-}
-
-impl Default for PollConfig {
-    fn default() -> Self {
-        Self {
-            every: Duration::from_secs(5 * 60),
-            stale_tenant_index: Duration::ZERO,
-        }
-    }
-}
-
-impl PollConfig {
-    pub fn from_config(cfg: &crate::config::TraceStorageConfig) -> Self {
-        Self {
-            every: cfg.blocklist_poll,
-            stale_tenant_index: cfg.blocklist_poll_stale_tenant_index,
-        }
-    }
-
-    /// The age past which a tenant index is not trusted.
-    pub fn stale_after(&self) -> Duration {
-        if self.stale_tenant_index.is_zero() {
-            self.every.saturating_mul(3)
-        } else {
-            self.stale_tenant_index
-        }
-    }
 }
 
 pub struct Querier {

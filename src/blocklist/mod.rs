@@ -11,6 +11,46 @@ use uuid::Uuid;
 use crate::block::BlockMeta;
 use crate::model::TenantId;
 
+pub mod index_builder;
+
+pub use index_builder::{build_tenant_index, write_all_tenant_indexes, IndexError};
+
+/// How the block list is kept fresh.
+#[derive(Debug, Clone, Copy)]
+pub struct PollConfig {
+    /// `storage.trace.blocklist_poll`.
+    pub every: Duration,
+    /// `storage.trace.blocklist_poll_stale_tenant_index`; zero means 3 × `every`.
+    pub stale_tenant_index: Duration,
+}
+
+impl Default for PollConfig {
+    fn default() -> Self {
+        Self {
+            every: Duration::from_secs(5 * 60),
+            stale_tenant_index: Duration::ZERO,
+        }
+    }
+}
+
+impl PollConfig {
+    pub fn from_config(cfg: &crate::config::TraceStorageConfig) -> Self {
+        Self {
+            every: cfg.blocklist_poll,
+            stale_tenant_index: cfg.blocklist_poll_stale_tenant_index,
+        }
+    }
+
+    /// The age past which a tenant index is not trusted.
+    pub fn stale_after(&self) -> Duration {
+        if self.stale_tenant_index.is_zero() {
+            self.every.saturating_mul(3)
+        } else {
+            self.stale_tenant_index
+        }
+    }
+}
+
 /// A removal is forgotten after this long even if sources still list the block (a
 /// failed compaction that left the input live); the bucket is the source of truth.
 const TOMBSTONE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
