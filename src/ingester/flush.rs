@@ -120,7 +120,7 @@ impl Ingester {
             *self.flushing.write() = Arc::new(HashMap::new());
         }
         if all_committed {
-            if let Err(e) = self.log.truncate_before(boundary) {
+            if let Err(e) = self.log.truncate_before(boundary).await {
                 warn!(error = %e, "cannot delete old wal segments");
             }
         }

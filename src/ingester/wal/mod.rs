@@ -10,6 +10,16 @@
 //! segment, so a later replay never meets garbage in the middle of a segment and the
 //! writer recovers by itself once the disk takes writes again.
 //!
+//! Only one process may use a WAL directory: `open` takes an exclusive lock (`flock`) on
+//! the directory itself (released when the last handle is dropped or the process dies), since
+//! two writers would each cut the other's "torn tail" and delete the other's segments.
+//!
+//! A corrupt record in the middle of a segment costs only itself: replay resynchronises on
+//! the next intact record and reports what it skipped ([`ReplayStats`]).
+//!
+//! Segment deletion and its directory fsync run on the writer thread too, never on the
+//! async executor.
+//!
 //! Test-only hook, for machines where a test cannot mount a small file system: when the
 //! file [`FAULT_MARKER`] exists in the WAL directory at start-up, every group commit fails
 //! with "no space left" (after writing half its bytes, as a filling disk does) while the
@@ -40,6 +50,8 @@ pub enum WalError {
     Closed,
     #[error("wal record of {0} bytes is larger than the 1 GiB limit")]
     TooLarge(usize),
+    #[error("wal directory {0} is locked by another process; each vivace needs its own storage.trace.wal.path")]
+    Locked(PathBuf),
 }
 
 fn io_err(path: &Path, source: io::Error) -> WalError {
@@ -69,6 +81,20 @@ enum Cmd {
     Rotate {
         done: oneshot::Sender<Result<u64, WalError>>,
     },
+    DeleteBefore {
+        seq: u64,
+        done: oneshot::Sender<Result<usize, WalError>>,
+    },
+}
+
+/// What replay had to step over to read a WAL back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplayStats {
+    /// Corrupt stretches in the middle of segments, skipped to reach the records after them.
+    pub skipped_regions: usize,
+    pub skipped_bytes: usize,
+    /// Torn or corrupt tails cut off the ends of segments.
+    pub cut_bytes: usize,
 }
 
 /// Handle to the WAL; cheap to clone.
@@ -76,6 +102,40 @@ enum Cmd {
 pub struct Wal {
     dir: PathBuf,
     tx: mpsc::Sender<Cmd>,
+    stats: ReplayStats,
+    /// Holds the directory lock for as long as any handle lives.
+    _lock: Arc<File>,
+}
+
+/// Takes the exclusive lock on the WAL directory (on the directory itself, so no extra
+/// file appears in it), or says the directory is in use.
+fn lock_dir(dir: &Path) -> Result<File, WalError> {
+    let f = File::open(dir).map_err(|e| io_err(dir, e))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(fs::TryLockError::WouldBlock) => Err(WalError::Locked(dir.to_owned())),
+        Err(fs::TryLockError::Error(e)) => Err(io_err(dir, e)),
+    }
+}
+
+/// Reads every intact record of a WAL directory without locking or changing it: for tools
+/// and tests that look at a WAL another handle owns.
+pub fn read_only(dir: &Path) -> Result<(Vec<ReplayedRecord>, ReplayStats), WalError> {
+    let mut out = Vec::new();
+    let mut stats = ReplayStats::default();
+    for seq in list_segments(dir)? {
+        let path = segment_path(dir, seq);
+        let data = Bytes::from(fs::read(&path).map_err(|e| io_err(&path, e))?);
+        let parsed = record::parse_segment(&data);
+        stats.skipped_regions += parsed.skipped_regions;
+        stats.skipped_bytes += parsed.skipped_bytes;
+        stats.cut_bytes += data.len() - parsed.good_len;
+        out.extend(parsed.records.into_iter().map(|r| ReplayedRecord {
+            segment: seq,
+            payload: data.slice(r),
+        }));
+    }
+    Ok((out, stats))
 }
 
 impl Wal {
@@ -86,13 +146,28 @@ impl Wal {
         metrics: Arc<Metrics>,
     ) -> Result<(Self, Vec<ReplayedRecord>), WalError> {
         fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        let lock = lock_dir(dir)?;
         let segments = list_segments(dir)?;
         let mut replayed = Vec::new();
+        let mut stats = ReplayStats::default();
         for &seq in &segments {
             let path = segment_path(dir, seq);
             let data = fs::read(&path).map_err(|e| io_err(&path, e))?;
-            let (records, good_len) = record::parse_segment(&data);
+            let parsed = record::parse_segment(&data);
+            let good_len = parsed.good_len;
+            if parsed.skipped_regions > 0 {
+                warn!(
+                    segment = %path.display(),
+                    skipped_regions = parsed.skipped_regions,
+                    skipped_bytes = parsed.skipped_bytes,
+                    recovered_records = parsed.records.len(),
+                    "wal segment has corrupt records in the middle, skipped them and kept the records after them"
+                );
+                stats.skipped_regions += parsed.skipped_regions;
+                stats.skipped_bytes += parsed.skipped_bytes;
+            }
             if good_len < data.len() {
+                stats.cut_bytes += data.len() - good_len;
                 warn!(
                     segment = %path.display(),
                     kept_bytes = good_len,
@@ -107,7 +182,7 @@ impl Wal {
                 f.sync_all().map_err(|e| io_err(&path, e))?;
             }
             let data = Bytes::from(data);
-            for r in records {
+            for r in parsed.records {
                 replayed.push(ReplayedRecord {
                     segment: seq,
                     payload: data.slice(r),
@@ -139,9 +214,16 @@ impl Wal {
             Self {
                 dir: dir.to_owned(),
                 tx,
+                stats,
+                _lock: Arc::new(lock),
             },
             replayed,
         ))
+    }
+
+    /// What `open` had to skip or cut to read the WAL back.
+    pub fn replay_stats(&self) -> ReplayStats {
+        self.stats
     }
 
     /// Appends one record and returns once it is on disk, with the segment it landed in.
@@ -166,20 +248,14 @@ impl Wal {
         rx.await.map_err(|_| WalError::Closed)?
     }
 
-    /// Deletes every segment numbered below `seq`: their data is safe in the backend.
-    pub fn delete_segments_before(&self, seq: u64) -> Result<usize, WalError> {
-        let mut n = 0;
-        for s in list_segments(&self.dir)? {
-            if s < seq {
-                let p = segment_path(&self.dir, s);
-                fs::remove_file(&p).map_err(|e| io_err(&p, e))?;
-                n += 1;
-            }
-        }
-        if n > 0 {
-            sync_dir(&self.dir)?;
-        }
-        Ok(n)
+    /// Deletes every segment numbered below `seq` (their data is safe in the backend or
+    /// carried over). Unlinks and the directory fsync run on the writer thread.
+    pub async fn delete_segments_before(&self, seq: u64) -> Result<usize, WalError> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::DeleteBefore { seq, done })
+            .map_err(|_| WalError::Closed)?;
+        rx.await.map_err(|_| WalError::Closed)?
     }
 
     pub fn dir(&self) -> &Path {
@@ -266,6 +342,11 @@ impl Writer {
                     Cmd::Rotate { done } => {
                         self.commit(&mut waiting);
                         let _ = done.send(self.rotate());
+                        next = rx.try_recv().ok();
+                    }
+                    Cmd::DeleteBefore { seq, done } => {
+                        self.commit(&mut waiting);
+                        let _ = done.send(self.delete_before(seq));
                         next = rx.try_recv().ok();
                     }
                 }
@@ -363,6 +444,23 @@ impl Writer {
             self.broken = true;
         }
         Err(io_err(&path, result))
+    }
+
+    fn delete_before(&self, seq: u64) -> Result<usize, WalError> {
+        // Never the segment being written, whatever the caller asked.
+        let seq = seq.min(self.seq);
+        let mut n = 0;
+        for s in list_segments(&self.dir)? {
+            if s < seq {
+                let p = segment_path(&self.dir, s);
+                fs::remove_file(&p).map_err(|e| io_err(&p, e))?;
+                n += 1;
+            }
+        }
+        if n > 0 {
+            sync_dir(&self.dir)?;
+        }
+        Ok(n)
     }
 
     fn rotate(&mut self) -> Result<u64, WalError> {
@@ -496,7 +594,7 @@ mod tests {
         drop(wal);
         for s in list_segments(dir.path()).unwrap() {
             let data = fs::read(segment_path(dir.path(), s)).unwrap();
-            let (_, good) = record::parse_segment(&data);
+            let good = record::parse_segment(&data).good_len;
             assert_eq!(
                 good,
                 data.len(),
@@ -508,6 +606,83 @@ mod tests {
         assert_eq!(got, vec![b"acked-1".to_vec(), b"acked-2".to_vec()]);
     }
 
+    /// A flipped byte inside an early record of a segment costs that record only: replay
+    /// steps over it, keeps every record after it and says how much it skipped.
+    #[tokio::test]
+    async fn corrupt_record_mid_segment_is_skipped_and_later_records_recovered() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = Wal::open(dir.path(), metrics()).unwrap();
+        for i in 0..10u32 {
+            wal.append(Bytes::from(format!("record-{i:02}-payload")))
+                .await
+                .unwrap();
+        }
+        drop(wal);
+        let seg = segment_path(dir.path(), 1);
+        let mut data = fs::read(&seg).unwrap();
+        let rec_len = HEADER_LEN + "record-00-payload".len();
+        // A byte in the payload of the fourth record.
+        data[3 * rec_len + HEADER_LEN + 2] ^= 0x40;
+        fs::write(&seg, &data).unwrap();
+
+        let (wal, replayed) = Wal::open(dir.path(), metrics()).unwrap();
+        let got: Vec<_> = replayed
+            .iter()
+            .map(|r| String::from_utf8(r.payload.to_vec()).unwrap())
+            .collect();
+        let want: Vec<_> = (0..10u32)
+            .filter(|&i| i != 3)
+            .map(|i| format!("record-{i:02}-payload"))
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(
+            wal.replay_stats(),
+            ReplayStats {
+                skipped_regions: 1,
+                skipped_bytes: rec_len,
+                cut_bytes: 0,
+            }
+        );
+        // The segment is left whole (nothing after the bad record is cut off).
+        assert_eq!(fs::read(&seg).unwrap().len(), data.len());
+    }
+
+    /// A run of zero bytes (a torn page) is not mistaken for empty records while
+    /// resynchronising: it is a tail and is cut.
+    #[test]
+    fn zeroed_tail_is_not_read_as_records() {
+        let mut data = Vec::new();
+        record::encode_into(&mut data, b"kept");
+        data.extend_from_slice(&[0xff; 3]);
+        data.extend_from_slice(&[0u8; 64]);
+        let parsed = record::parse_segment(&data);
+        assert_eq!(parsed.records.len(), 1);
+        assert_eq!(parsed.good_len, HEADER_LEN + 4);
+        assert_eq!(parsed.skipped_regions, 0);
+    }
+
+    /// A second open of a directory in use fails, naming the directory; once the first
+    /// handle is gone the directory opens again.
+    #[tokio::test]
+    async fn second_open_of_a_locked_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = Wal::open(dir.path(), metrics()).unwrap();
+        let err = match Wal::open(dir.path(), metrics()) {
+            Err(e) => e,
+            Ok(_) => panic!("a second open of a locked wal directory succeeded"),
+        };
+        assert!(matches!(err, WalError::Locked(_)), "{err}");
+        assert!(
+            err.to_string().contains(&dir.path().display().to_string()),
+            "{err}"
+        );
+        // The refused open touched nothing: the first handle still appends to segment 1.
+        assert_eq!(wal.append(Bytes::from_static(b"a")).await.unwrap(), 1);
+        drop(wal);
+        let (_wal, replayed) = Wal::open(dir.path(), metrics()).unwrap();
+        assert_eq!(replayed.len(), 1);
+    }
+
     #[tokio::test]
     async fn old_segments_are_deleted_on_request() {
         let dir = tempfile::tempdir().unwrap();
@@ -515,7 +690,7 @@ mod tests {
         wal.append(Bytes::from_static(b"a")).await.unwrap();
         let new = wal.rotate().await.unwrap();
         wal.append(Bytes::from_static(b"b")).await.unwrap();
-        assert_eq!(wal.delete_segments_before(new).unwrap(), 1);
+        assert_eq!(wal.delete_segments_before(new).await.unwrap(), 1);
         drop(wal);
         let (_wal, replayed) = Wal::open(dir.path(), metrics()).unwrap();
         assert_eq!(replayed.len(), 1);
