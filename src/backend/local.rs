@@ -12,8 +12,9 @@ use parking_lot::Mutex;
 
 use super::BackendError;
 
-/// Test hook: records, in order, every fsync the local bucket issued (`fsync <path>`,
-/// paths relative to the bucket root, `.` for the root) so tests can prove the order of
+/// Test hook: records, in order, every put the local bucket completed (`put <key>`) and
+/// every fsync it issued (`fsync <path>`, relative to the bucket root, `.` for the root) so
+/// tests can prove the order of
 /// syncs against other steps (puts, WAL truncation) that push into the same log.
 pub type SyncLog = Arc<Mutex<Vec<String>>>;
 
@@ -35,6 +36,9 @@ impl LocalRoot {
     }
 
     fn sync_object_blocking(&self, key: &str) -> Result<(), BackendError> {
+        if let Some(log) = &self.log {
+            log.lock().push(format!("put {key}"));
+        }
         let file = self.root.join(key);
         self.sync(&file)?;
         // New block and tenant directories are entries in their parents: each level must

@@ -233,7 +233,7 @@ mod tests {
     use prost::Message;
 
     use super::super::wal::{self, Wal};
-    use super::super::{BlockCommitted, Ingester};
+    use super::super::{BlockCommitted, IngestLog, Ingester};
     use crate::backend::faulty::{FaultAction, FaultOp, FaultRule, Faults};
     use crate::backend::Backend;
     use crate::block::{BlockConfig, BlockMeta};
@@ -263,6 +263,119 @@ mod tests {
                 schema_url: String::new(),
             }],
         }
+    }
+
+    /// Records WAL truncations into the same log as the bucket's puts and fsyncs.
+    struct RecordingLog {
+        wal: Wal,
+        events: crate::backend::SyncLog,
+    }
+
+    #[async_trait::async_trait]
+    impl IngestLog for RecordingLog {
+        async fn append(&self, record: bytes::Bytes) -> Result<u64, wal::WalError> {
+            self.wal.append(record).await
+        }
+        async fn rotate(&self) -> Result<u64, wal::WalError> {
+            self.wal.rotate().await
+        }
+        async fn truncate_before(&self, segment: u64) -> Result<(), wal::WalError> {
+            self.events.lock().push(format!("truncate {segment}"));
+            IngestLog::truncate_before(&self.wal, segment).await
+        }
+    }
+
+    /// On the local bucket every block file and each directory above it is fsynced before
+    /// meta.json is put, and meta.json (and its directory) before the WAL is truncated: a
+    /// power loss after the truncation cannot take acknowledged spans with it.
+    #[tokio::test]
+    async fn local_block_files_are_fsynced_before_commit_and_wal_truncation() {
+        let wal_dir = tempfile::tempdir().unwrap();
+        let bucket = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let (wal, _) = Wal::open(wal_dir.path(), metrics.clone()).unwrap();
+        let events = crate::backend::SyncLog::default();
+        let backend = Backend::from_config(&crate::config::TraceStorageConfig {
+            local: crate::config::LocalConfig {
+                path: bucket.path().to_owned(),
+            },
+            ..Default::default()
+        })
+        .unwrap()
+        .recording_syncs(events.clone());
+        let log = RecordingLog {
+            wal,
+            events: events.clone(),
+        };
+        let ing = Ingester::new(
+            IngesterConfig::default(),
+            Arc::new(log),
+            backend,
+            BlockConfig::default(),
+            metrics,
+            Arc::new(|_| {}),
+        );
+        let tenant = TenantId::single();
+        for t in 1..=3u8 {
+            let req = request(t, 4);
+            let g = group_by_trace(&req.resource_spans);
+            ing.push(
+                wal::encode_payload(&tenant, &req.encode_to_vec()),
+                &tenant,
+                g.traces,
+            )
+            .await
+            .unwrap();
+        }
+        assert_eq!(ing.flush(true).await, 1);
+
+        let ev = events.lock().clone();
+        let pos = |e: &str| {
+            ev.iter()
+                .position(|x| x == e)
+                .unwrap_or_else(|| panic!("no `{e}` in {ev:#?}"))
+        };
+        let meta_key = ev
+            .iter()
+            .find_map(|e| e.strip_prefix("put ").filter(|k| k.ends_with("/meta.json")))
+            .expect("meta.json put")
+            .to_owned();
+        let block_dir = meta_key.strip_suffix("/meta.json").unwrap().to_owned();
+        let commit = pos(&format!("put {meta_key}"));
+        let truncate = ev
+            .iter()
+            .position(|e| e.starts_with("truncate "))
+            .expect("wal truncated");
+        let files: Vec<String> = ev[..commit]
+            .iter()
+            .filter_map(|e| e.strip_prefix("put ").map(str::to_owned))
+            .collect();
+        assert!(
+            files.iter().any(|f| f.ends_with("data.parquet")),
+            "{files:?}"
+        );
+        for f in &files {
+            assert!(
+                pos(&format!("fsync {f}")) < commit,
+                "{f} synced after commit"
+            );
+        }
+        for d in [block_dir.as_str(), tenant.as_str(), "."] {
+            let first_sync = ev[..commit].iter().position(|e| *e == format!("fsync {d}"));
+            assert!(
+                first_sync.is_some(),
+                "directory {d} not synced before commit"
+            );
+        }
+        assert!(pos(&format!("fsync {meta_key}")) < truncate);
+        let last_dir_sync = ev
+            .iter()
+            .rposition(|e| *e == format!("fsync {block_dir}"))
+            .unwrap();
+        assert!(
+            commit < last_dir_sync && last_dir_sync < truncate,
+            "meta.json's directory entry not synced before the wal truncation: {ev:#?}"
+        );
     }
 
     /// Puts fail (errors, then timeouts) for a while: the flush retries, commits exactly
