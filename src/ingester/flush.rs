@@ -70,16 +70,11 @@ impl Ingester {
             carry,
         } = cut;
 
+        let Some(boundary) = boundary else {
+            return 0;
+        };
         // Traces kept in memory must be durable in a newer segment before old ones go.
-        let mut backoff = Duration::from_millis(200);
-        for rec in carry {
-            while let Err(e) = self.log.append(rec.clone()).await {
-                self.metrics.flush_failures.inc();
-                warn!(error = %e, "cannot carry live traces over to the new wal segment, retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
-        }
+        self.carry_over(carry).await;
 
         let mut blocks = 0;
         let mut failed = Vec::new();
@@ -97,6 +92,7 @@ impl Ingester {
             }
         }
         let all_committed = failed.is_empty();
+        let mut failed_carry = Vec::new();
         {
             // Under the head lock, like every move between head and flushing: committed
             // traces are in the block list already, failed ones go back into the head (to
@@ -105,6 +101,11 @@ impl Ingester {
             if !all_committed {
                 let now = Instant::now();
                 for tenant in &failed {
+                    failed_carry.extend(super::carry_records(
+                        tenant,
+                        taken[tenant].values(),
+                        super::CARRY_RECORD_BYTES,
+                    ));
                     let traces = taken[tenant]
                         .iter()
                         .map(|(id, data)| super::TraceBatch {
@@ -119,12 +120,29 @@ impl Ingester {
             }
             *self.flushing.write() = Arc::new(HashMap::new());
         }
-        if all_committed {
-            if let Err(e) = self.log.truncate_before(boundary).await {
-                warn!(error = %e, "cannot delete old wal segments");
-            }
+        // A tenant whose block cannot be written is carried over like a live trace, so its
+        // failure does not pin the old segments (and the disk) for every other tenant.
+        if !all_committed {
+            self.carry_over(failed_carry).await;
+        }
+        if let Err(e) = self.log.truncate_before(boundary).await {
+            warn!(error = %e, "cannot delete old wal segments");
         }
         blocks
+    }
+
+    /// Re-appends records of traces that stay in memory to the current WAL segment,
+    /// retrying until the WAL takes them: the old segments are deleted only after.
+    async fn carry_over(&self, records: Vec<bytes::Bytes>) {
+        let mut backoff = Duration::from_millis(200);
+        for rec in records {
+            while let Err(e) = self.log.append(rec.clone()).await {
+                self.metrics.flush_failures.inc();
+                warn!(error = %e, "cannot carry live traces over to the new wal segment, retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
     }
 
     async fn write_block_with_retry(
@@ -376,6 +394,69 @@ mod tests {
             commit < last_dir_sync && last_dir_sync < truncate,
             "meta.json's directory entry not synced before the wal truncation: {ev:#?}"
         );
+    }
+
+    /// One tenant's block cannot be encoded (undecodable data): the other tenant's block
+    /// commits, the failed traces stay in memory and are carried over to the current
+    /// segment, and the old segment is deleted instead of being pinned for everyone.
+    #[tokio::test]
+    async fn a_failing_tenant_does_not_pin_the_wal_for_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let (log, _) = Wal::open(dir.path(), metrics.clone()).unwrap();
+        let ing = Ingester::new(
+            IngesterConfig::default(),
+            Arc::new(log),
+            Backend::memory(),
+            BlockConfig::default(),
+            metrics,
+            Arc::new(|_| {}),
+        );
+        let good = TenantId::new("good").unwrap();
+        let req = request(1, 4);
+        let g = group_by_trace(&req.resource_spans);
+        ing.push(
+            wal::encode_payload(&good, &req.encode_to_vec()),
+            &good,
+            g.traces,
+        )
+        .await
+        .unwrap();
+        let bad = TenantId::new("bad").unwrap();
+        let garbage = bytes::Bytes::from_static(b"\xff\xff\xff\xff");
+        let bad_id = crate::model::TraceId([9; 16]);
+        ing.push(
+            wal::encode_payload(&bad, &garbage),
+            &bad,
+            vec![super::super::TraceBatch {
+                id: bad_id,
+                data: crate::model::Fragments::from_encoded(garbage.clone()),
+                spans: 1,
+            }],
+        )
+        .await
+        .unwrap();
+
+        assert_eq!(ing.flush(true).await, 1, "the good tenant's block commits");
+        let segments: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".wal"))
+            .collect();
+        assert_eq!(segments.len(), 1, "the cut's old segment was deleted");
+        assert!(
+            ing.live_trace_bytes(&bad, &bad_id) > 0,
+            "failed traces kept"
+        );
+        // ... and durable in the remaining segment.
+        let (records, _) = wal::read_only(dir.path()).unwrap();
+        let tenants: Vec<_> = records
+            .iter()
+            .map(|r| wal::decode_payload(&r.payload).unwrap())
+            .collect();
+        assert_eq!(tenants.len(), 1);
+        assert_eq!(tenants[0].0, bad);
+        assert_eq!(tenants[0].1, garbage);
     }
 
     /// Puts fail (errors, then timeouts) for a while: the flush retries, commits exactly

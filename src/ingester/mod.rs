@@ -88,13 +88,41 @@ impl Head {
     }
 }
 
+/// Carried-over traces are re-appended in WAL records of about this size: one record per
+/// tenant could pass [`wal::MAX_RECORD`] and then never be written, stalling every flush.
+const CARRY_RECORD_BYTES: usize = 16 << 20;
+
+/// WAL records re-appending one tenant's `traces`, each about `max` bytes at most (a single
+/// trace larger than that gets a record of its own).
+fn carry_records<'a>(
+    tenant: &TenantId,
+    traces: impl IntoIterator<Item = &'a Fragments>,
+    max: usize,
+) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    // Fragments concatenate into a valid ExportTraceServiceRequest.
+    let mut cur = Fragments::default();
+    for f in traces {
+        if !cur.is_empty() && cur.len() + f.len() > max {
+            out.push(wal::encode_payload(tenant, &cur.concat()));
+            cur = Fragments::default();
+        }
+        cur.extend(f);
+    }
+    if !cur.is_empty() {
+        out.push(wal::encode_payload(tenant, &cur.concat()));
+    }
+    out
+}
+
 /// Traces cut from the head and on their way into blocks; still served to queries.
 type Flushing = HashMap<TenantId, HashMap<TraceId, Fragments>>;
 
 struct Cut {
     taken: Arc<Flushing>,
-    /// The first WAL segment that holds data still in memory.
-    boundary: u64,
+    /// The first WAL segment that holds data still in memory; `None` when the cut took
+    /// nothing and did not rotate.
+    boundary: Option<u64>,
     /// WAL records re-appending the traces kept in memory.
     carry: Vec<Bytes>,
 }
@@ -299,26 +327,35 @@ impl Ingester {
     /// carried over.
     async fn cut(&self, force: bool) -> Result<Cut, IngestError> {
         let _exclusive = self.gate.write().await;
-        let boundary = self.log.rotate().await?;
         let now = Instant::now();
+        if !force && !self.any_ready(now) {
+            // Nothing to write: rotating now would only rewrite every active trace to the
+            // WAL. Wait for the next period instead.
+            let mut head = self.head.lock();
+            if head.started.is_some() {
+                head.started = Some(now);
+            }
+            return Ok(Cut {
+                taken: Arc::new(HashMap::new()),
+                boundary: None,
+                carry: Vec::new(),
+            });
+        }
+        let boundary = self.log.rotate().await?;
         let mut head = self.head.lock();
         let old = std::mem::take(&mut *head);
         let mut taken: Flushing = HashMap::new();
         let mut carry = Vec::new();
         for (tenant, traces) in old.tenants {
-            // Fragments concatenate into a valid ExportTraceServiceRequest.
-            let mut kept_req = Fragments::default();
+            let mut kept = Vec::new();
             for (id, live) in traces {
-                let ready = force
-                    || now.duration_since(live.last_seen) >= self.cfg.trace_idle_period
-                    || now.duration_since(live.first_seen) >= self.cfg.max_trace_live;
-                if ready {
+                if force || self.ready(&live, now) {
                     taken
                         .entry(tenant.clone())
                         .or_default()
                         .insert(id, live.data);
                 } else {
-                    kept_req.extend(&live.data);
+                    kept.push(live.data.clone());
                     head.bytes += live.data.len() as u64;
                     head.traces += 1;
                     head.tenants
@@ -327,9 +364,7 @@ impl Ingester {
                         .insert(id, live);
                 }
             }
-            if !kept_req.is_empty() {
-                carry.push(wal::encode_payload(&tenant, &kept_req.concat()));
-            }
+            carry.extend(carry_records(&tenant, &kept, CARRY_RECORD_BYTES));
         }
         if head.traces > 0 {
             head.started = Some(now);
@@ -343,9 +378,22 @@ impl Ingester {
         drop(head);
         Ok(Cut {
             taken,
-            boundary,
+            boundary: Some(boundary),
             carry,
         })
+    }
+
+    fn ready(&self, live: &LiveTrace, now: Instant) -> bool {
+        now.duration_since(live.last_seen) >= self.cfg.trace_idle_period
+            || now.duration_since(live.first_seen) >= self.cfg.max_trace_live
+    }
+
+    fn any_ready(&self, now: Instant) -> bool {
+        let head = self.head.lock();
+        head.tenants
+            .values()
+            .flat_map(|m| m.values())
+            .any(|live| self.ready(live, now))
     }
 }
 

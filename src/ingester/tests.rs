@@ -200,3 +200,44 @@ async fn memory_pressure_cuts_every_live_trace() {
     assert_eq!(ing.cut_due(Instant::now()), CutDue::No);
     assert_eq!(ing.metrics.live_bytes.get(), 0);
 }
+
+/// Carried-over traces are split into bounded WAL records (one record per tenant could
+/// pass the record limit), and every span is in exactly one of them.
+#[test]
+fn carried_over_traces_are_split_into_bounded_records() {
+    let tenant = TenantId::single();
+    let traces: Vec<Fragments> = (1..=20u8)
+        .map(|t| {
+            let req = request(t, 0..5);
+            Fragments::from_encoded(req.encode_to_vec().into())
+        })
+        .collect();
+    let one = traces[0].len();
+    let records = carry_records(&tenant, &traces, one * 3);
+    assert!(records.len() >= 7, "{} records", records.len());
+    let mut spans = 0;
+    for r in &records {
+        let (t, otlp) = wal::decode_payload(r).unwrap();
+        assert_eq!(t, tenant);
+        assert!(otlp.len() <= one * 3, "record of {} bytes", otlp.len());
+        spans += group_by_trace(
+            &ExportTraceServiceRequest::decode(otlp)
+                .unwrap()
+                .resource_spans,
+        )
+        .accepted;
+    }
+    assert_eq!(spans, 100);
+}
+
+/// An idle cut with no idle trace neither rotates the WAL nor rewrites the active traces.
+#[tokio::test]
+async fn idle_cut_with_nothing_idle_does_not_rewrite_the_wal() {
+    let f = fixture(Duration::from_secs(3600));
+    push(&f.ingester, request(1, 1..3)).await;
+    let seg = wal::segment_path(f._dir.path(), 1);
+    let before = std::fs::metadata(&seg).unwrap().len();
+    assert_eq!(f.ingester.flush(false).await, 0);
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), before);
+    assert!(!wal::segment_path(f._dir.path(), 2).exists());
+}
