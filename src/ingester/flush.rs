@@ -56,6 +56,12 @@ impl Ingester {
     /// Cuts the head (everything when `force`), writes a block per tenant, and then deletes
     /// the WAL segments those blocks made redundant. Returns the number of blocks written.
     pub async fn flush(&self, force: bool) -> usize {
+        self.flush_inner(force, true).await
+    }
+
+    /// [`Ingester::flush`]; with `truncate` false no WAL segment is deleted (during replay,
+    /// when older segments are still to be read).
+    pub(super) async fn flush_inner(&self, force: bool, truncate: bool) -> usize {
         let cut = match self.cut(force).await {
             Ok(c) => c,
             Err(e) => {
@@ -125,8 +131,10 @@ impl Ingester {
         if !all_committed {
             self.carry_over(failed_carry).await;
         }
-        if let Err(e) = self.log.truncate_before(boundary).await {
-            warn!(error = %e, "cannot delete old wal segments");
+        if truncate {
+            if let Err(e) = self.log.truncate_before(boundary).await {
+                warn!(error = %e, "cannot delete old wal segments");
+            }
         }
         blocks
     }

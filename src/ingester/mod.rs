@@ -115,6 +115,27 @@ fn carry_records<'a>(
     out
 }
 
+/// Inserts one replayed WAL record into the head; returns (spans, unreadable records).
+fn replay_record(head: &mut Head, r: &wal::ReplayedRecord, now: Instant) -> (usize, usize) {
+    let (tenant, otlp) = match wal::decode_payload(&r.payload) {
+        Ok(x) => x,
+        Err(e) => {
+            warn!(segment = r.segment, error = %e, "skipping unreadable wal record");
+            return (0, 1);
+        }
+    };
+    let req = match ExportTraceServiceRequest::decode(otlp) {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(segment = r.segment, error = %e, "skipping undecodable wal record");
+            return (0, 1);
+        }
+    };
+    let grouped = crate::distributor::group_by_trace(&req.resource_spans);
+    head.insert(&tenant, grouped.traces, now);
+    (grouped.accepted, 0)
+}
+
 /// Traces cut from the head and on their way into blocks; still served to queries.
 type Flushing = HashMap<TenantId, HashMap<TraceId, Fragments>>;
 
@@ -197,32 +218,16 @@ impl Ingester {
         Ok(())
     }
 
-    /// Rebuilds the head from WAL records read at start-up.
+    /// Rebuilds the head from WAL records read at start-up, all at once (for tests and small
+    /// WALs; `app` uses [`Ingester::replay_wal`]).
     pub fn replay(&self, records: Vec<wal::ReplayedRecord>) {
         let now = Instant::now();
         let mut head = self.head.lock();
-        let mut spans = 0usize;
-        let mut bad = 0usize;
+        let (mut spans, mut bad) = (0, 0);
         for r in &records {
-            let (tenant, otlp) = match wal::decode_payload(&r.payload) {
-                Ok(x) => x,
-                Err(e) => {
-                    warn!(segment = r.segment, error = %e, "skipping unreadable wal record");
-                    bad += 1;
-                    continue;
-                }
-            };
-            let req = match ExportTraceServiceRequest::decode(otlp) {
-                Ok(r) => r,
-                Err(e) => {
-                    warn!(segment = r.segment, error = %e, "skipping undecodable wal record");
-                    bad += 1;
-                    continue;
-                }
-            };
-            let grouped = crate::distributor::group_by_trace(&req.resource_spans);
-            spans += grouped.accepted;
-            head.insert(&tenant, grouped.traces, now);
+            let (s, b) = replay_record(&mut head, r, now);
+            spans += s;
+            bad += b;
         }
         self.update_gauges(&head);
         info!(
@@ -232,6 +237,57 @@ impl Ingester {
             traces = head.traces,
             "wal replayed"
         );
+    }
+
+    /// Rebuilds the head from the WAL one segment at a time. Whenever the head nears
+    /// `max_live_bytes` it is written into blocks before replay goes on, so a WAL larger
+    /// than memory still replays. Those flushes delete no segment: the ones not read yet are
+    /// still needed, and the first flush after replay truncates them all.
+    pub async fn replay_wal(&self, mut replay: wal::Replay) -> Result<(), wal::WalError> {
+        let (mut records, mut spans, mut bad, mut blocks) = (0usize, 0usize, 0usize, 0usize);
+        let dir = replay.dir().to_owned();
+        loop {
+            // Reading (and cutting a torn tail) is blocking file I/O.
+            let (back, segment) = tokio::task::spawn_blocking(move || {
+                let s = replay.next_segment();
+                (replay, s)
+            })
+            .await
+            .map_err(|e| wal::WalError::Io {
+                path: dir.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+            replay = back;
+            let Some(segment) = segment? else { break };
+            for r in &segment {
+                let now = Instant::now();
+                {
+                    let mut head = self.head.lock();
+                    let (s, b) = replay_record(&mut head, r, now);
+                    spans += s;
+                    bad += b;
+                    self.update_gauges(&head);
+                }
+                records += 1;
+                if self.cut_due(now) == CutDue::Pressure {
+                    self.metrics.pressure_cuts.inc();
+                    blocks += self.flush_inner(true, false).await;
+                }
+            }
+        }
+        let stats = replay.stats();
+        info!(
+            records,
+            spans,
+            skipped = bad,
+            traces = self.metrics.live_traces.get(),
+            blocks_written = blocks,
+            skipped_regions = stats.skipped_regions,
+            skipped_bytes = stats.skipped_bytes,
+            cut_bytes = stats.cut_bytes,
+            "wal replayed"
+        );
+        Ok(())
     }
 
     fn update_gauges(&self, head: &Head) {

@@ -241,3 +241,60 @@ async fn idle_cut_with_nothing_idle_does_not_rewrite_the_wal() {
     assert_eq!(std::fs::metadata(&seg).unwrap().len(), before);
     assert!(!wal::segment_path(f._dir.path(), 2).exists());
 }
+
+/// A WAL holding more than `max_live_bytes` replays without holding it all in memory: the
+/// head is written into blocks as it fills, and no segment is deleted while replay still
+/// needs the ones after it.
+#[tokio::test]
+async fn replay_of_a_wal_larger_than_memory_flushes_as_it_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let tenant = TenantId::single();
+    let one = request(1, 0..20).encode_to_vec().len() as u64;
+    {
+        let (wal, _) = Wal::open(dir.path(), Arc::new(Metrics::default())).unwrap();
+        for t in 1..=40u8 {
+            let raw = request(t, 0..20).encode_to_vec();
+            wal.append(wal::encode_payload(&tenant, &raw))
+                .await
+                .unwrap();
+            if t % 10 == 0 {
+                wal.rotate().await.unwrap();
+            }
+        }
+    }
+    let segments_before = std::fs::read_dir(dir.path()).unwrap().count();
+    let metrics = Arc::new(Metrics::default());
+    let (wal, replay) = Wal::open_lazy(dir.path(), metrics.clone()).unwrap();
+    let committed = Arc::new(Mutex::new(Vec::<BlockMeta>::new()));
+    let c = committed.clone();
+    // Room for about 8 of the 40 traces.
+    let max_live_bytes = one * 8;
+    let ing = Ingester::new(
+        IngesterConfig {
+            max_live_bytes,
+            ..Default::default()
+        },
+        Arc::new(wal),
+        Backend::memory(),
+        BlockConfig::default(),
+        metrics.clone(),
+        Arc::new(move |m| c.lock().push(m)),
+    );
+    ing.replay_wal(replay).await.unwrap();
+    assert!(
+        metrics.live_bytes.get() <= max_live_bytes,
+        "{} bytes live after replay, limit {max_live_bytes}",
+        metrics.live_bytes.get()
+    );
+    let in_blocks: u64 = committed.lock().iter().map(|m| m.total_objects).sum();
+    assert!(in_blocks > 0, "nothing was flushed during replay");
+    assert_eq!(
+        in_blocks + metrics.live_traces.get(),
+        40,
+        "every trace kept"
+    );
+    // Segments written before the restart are all still there (plus the ones rotated in).
+    let (records, _) = wal::read_only(dir.path()).unwrap();
+    assert!(records.iter().filter(|r| r.segment <= 4).count() >= 40);
+    assert!(std::fs::read_dir(dir.path()).unwrap().count() >= segments_before);
+}

@@ -26,6 +26,7 @@
 //! file `FAULT_MARKER.enospc` exists there.
 
 mod record;
+mod replay;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -39,6 +40,7 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 pub use record::{decode_payload, encode_payload, RecordError, HEADER_LEN};
+pub use replay::{read_only, Replay, ReplayStats, ReplayedRecord};
 
 use crate::metrics::Metrics;
 
@@ -54,7 +56,7 @@ pub enum WalError {
     Locked(PathBuf),
 }
 
-fn io_err(path: &Path, source: io::Error) -> WalError {
+pub(super) fn io_err(path: &Path, source: io::Error) -> WalError {
     WalError::Io {
         path: path.to_owned(),
         source,
@@ -66,12 +68,6 @@ pub const MAX_RECORD: usize = 1 << 30;
 
 /// Name of the test-only fault hook's marker file (see the module docs).
 pub const FAULT_MARKER: &str = "FAULT_INJECTION_FOR_TESTING";
-
-/// A record read back at start-up, with the segment it came from.
-pub struct ReplayedRecord {
-    pub segment: u64,
-    pub payload: Bytes,
-}
 
 enum Cmd {
     Append {
@@ -85,16 +81,6 @@ enum Cmd {
         seq: u64,
         done: oneshot::Sender<Result<usize, WalError>>,
     },
-}
-
-/// What replay had to step over to read a WAL back.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ReplayStats {
-    /// Corrupt stretches in the middle of segments, skipped to reach the records after them.
-    pub skipped_regions: usize,
-    pub skipped_bytes: usize,
-    /// Torn or corrupt tails cut off the ends of segments.
-    pub cut_bytes: usize,
 }
 
 /// Handle to the WAL; cheap to clone.
@@ -118,77 +104,30 @@ fn lock_dir(dir: &Path) -> Result<File, WalError> {
     }
 }
 
-/// Reads every intact record of a WAL directory without locking or changing it: for tools
-/// and tests that look at a WAL another handle owns.
-pub fn read_only(dir: &Path) -> Result<(Vec<ReplayedRecord>, ReplayStats), WalError> {
-    let mut out = Vec::new();
-    let mut stats = ReplayStats::default();
-    for seq in list_segments(dir)? {
-        let path = segment_path(dir, seq);
-        let data = Bytes::from(fs::read(&path).map_err(|e| io_err(&path, e))?);
-        let parsed = record::parse_segment(&data);
-        stats.skipped_regions += parsed.skipped_regions;
-        stats.skipped_bytes += parsed.skipped_bytes;
-        stats.cut_bytes += data.len() - parsed.good_len;
-        out.extend(parsed.records.into_iter().map(|r| ReplayedRecord {
-            segment: seq,
-            payload: data.slice(r),
-        }));
-    }
-    Ok((out, stats))
-}
-
 impl Wal {
-    /// Opens the WAL directory, reads back every intact record (cutting a torn or corrupt tail
-    /// with a warning), and starts a fresh segment after the newest one.
+    /// Opens the WAL directory and reads back every intact record at once (see
+    /// [`Wal::open_lazy`] to read one segment at a time).
     pub fn open(
         dir: &Path,
         metrics: Arc<Metrics>,
     ) -> Result<(Self, Vec<ReplayedRecord>), WalError> {
+        let (mut wal, mut replay) = Self::open_lazy(dir, metrics)?;
+        let mut replayed = Vec::new();
+        while let Some(records) = replay.next_segment()? {
+            replayed.extend(records);
+        }
+        wal.stats = replay.stats();
+        Ok((wal, replayed))
+    }
+
+    /// Locks the WAL directory and starts a fresh segment after the newest one; the
+    /// returned [`Replay`] reads the older segments back one at a time (cutting torn tails),
+    /// so replay never holds the whole WAL in memory.
+    pub fn open_lazy(dir: &Path, metrics: Arc<Metrics>) -> Result<(Self, Replay), WalError> {
         fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
         let lock = lock_dir(dir)?;
         let segments = list_segments(dir)?;
-        let mut replayed = Vec::new();
-        let mut stats = ReplayStats::default();
-        for &seq in &segments {
-            let path = segment_path(dir, seq);
-            let data = fs::read(&path).map_err(|e| io_err(&path, e))?;
-            let parsed = record::parse_segment(&data);
-            let good_len = parsed.good_len;
-            if parsed.skipped_regions > 0 {
-                warn!(
-                    segment = %path.display(),
-                    skipped_regions = parsed.skipped_regions,
-                    skipped_bytes = parsed.skipped_bytes,
-                    recovered_records = parsed.records.len(),
-                    "wal segment has corrupt records in the middle, skipped them and kept the records after them"
-                );
-                stats.skipped_regions += parsed.skipped_regions;
-                stats.skipped_bytes += parsed.skipped_bytes;
-            }
-            if good_len < data.len() {
-                stats.cut_bytes += data.len() - good_len;
-                warn!(
-                    segment = %path.display(),
-                    kept_bytes = good_len,
-                    cut_bytes = data.len() - good_len,
-                    "wal segment has a torn or corrupt tail, cutting it off"
-                );
-                let f = OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .map_err(|e| io_err(&path, e))?;
-                f.set_len(good_len as u64).map_err(|e| io_err(&path, e))?;
-                f.sync_all().map_err(|e| io_err(&path, e))?;
-            }
-            let data = Bytes::from(data);
-            for r in parsed.records {
-                replayed.push(ReplayedRecord {
-                    segment: seq,
-                    payload: data.slice(r),
-                });
-            }
-        }
+        let stats = ReplayStats::default();
         let next = segments.last().map_or(1, |s| s + 1);
         let mut writer = Writer::create(dir.to_owned(), next, metrics)?;
         if dir.join(FAULT_MARKER).exists() {
@@ -207,9 +146,9 @@ impl Wal {
         info!(
             dir = %dir.display(),
             segments = segments.len(),
-            records = replayed.len(),
             "wal opened"
         );
+        let replay = Replay::new(dir.to_owned(), segments);
         Ok((
             Self {
                 dir: dir.to_owned(),
@@ -217,7 +156,7 @@ impl Wal {
                 stats,
                 _lock: Arc::new(lock),
             },
-            replayed,
+            replay,
         ))
     }
 
@@ -267,7 +206,7 @@ pub fn segment_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{seq:020}.wal"))
 }
 
-fn list_segments(dir: &Path) -> Result<Vec<u64>, WalError> {
+pub(super) fn list_segments(dir: &Path) -> Result<Vec<u64>, WalError> {
     let mut out = Vec::new();
     for entry in fs::read_dir(dir).map_err(|e| io_err(dir, e))? {
         let entry = entry.map_err(|e| io_err(dir, e))?;
