@@ -90,3 +90,73 @@ async fn second_process_on_one_wal_dir_is_refused_and_first_keeps_serving() {
         .await;
     assert_eq!(n, 3);
 }
+
+/// kill -9, then a flipped byte inside the middle one of three WAL records: after the
+/// restart the records before and after it are served, and the log says what was skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_record_mid_segment_costs_only_that_record() {
+    let mut server = Server::start().await;
+    let tids: Vec<[u8; 16]> = (0..3).map(|_| rand_trace_id()).collect();
+    for tid in &tids {
+        let spans = (0..2u8)
+            .map(|i| pb_span(tid, &[i + 1; 8], "op", now_nanos()))
+            .collect();
+        let body = pb_request("svc", spans).encode_to_vec();
+        let (code, resp) = server
+            .post_otlp(body, &[("content-type", "application/x-protobuf")])
+            .await;
+        assert_eq!(code, 200, "{}", String::from_utf8_lossy(&resp));
+    }
+    server.kill9();
+    let seg = server.newest_wal_segment().expect("a wal segment");
+    let mut data = fs::read(&seg).unwrap();
+    // [u32 len][u32 crc][payload]: flip a payload byte of the second record.
+    let len0 = u32::from_le_bytes(data[0..4].try_into().unwrap()) as usize;
+    let second = 8 + len0;
+    let len1 = u32::from_le_bytes(data[second..second + 4].try_into().unwrap()) as usize;
+    assert!(
+        second + 8 + len1 < data.len(),
+        "three records in one segment"
+    );
+    data[second + 8 + len1 / 2] ^= 0x5a;
+    fs::write(&seg, &data).unwrap();
+
+    server.restart().await;
+    for (i, tid) in tids.iter().enumerate() {
+        let n = server
+            .wait_trace_spans(&hex::encode(tid), 2, Duration::from_secs(2))
+            .await;
+        let want = if i == 1 { 0 } else { 2 };
+        assert_eq!(n, want, "trace {i}");
+    }
+    let log = server.log_text();
+    let skipped = format!("skipped_bytes={}", 8 + len1);
+    assert!(log.contains(&skipped), "no `{skipped}` in the log:\n{log}");
+}
+
+/// A block setting that could never encode a block is refused at start, naming the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_bloom_shard_size_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    fs::write(
+        &config,
+        format!(
+            "server:\n  http_listen_address: 127.0.0.1\n  http_listen_port: {}\n\
+             storage:\n  trace:\n    wal:\n      path: {}\n    local:\n      path: {}\n    \
+             block:\n      bloom_filter_shard_size_bytes: 0\n",
+            free_port(),
+            dir.path().join("wal").display(),
+            dir.path().join("blocks").display(),
+        ),
+    )
+    .unwrap();
+    let (ok, out) = tokio::task::spawn_blocking(move || run_to_exit(&config))
+        .await
+        .unwrap();
+    assert!(!ok, "started with a zero bloom shard size:\n{out}");
+    assert!(
+        out.contains("storage.trace.block.bloom_filter_shard_size_bytes"),
+        "{out}"
+    );
+}
