@@ -120,6 +120,15 @@ impl Wal {
         Ok((wal, replayed))
     }
 
+    /// [`Wal::open_lazy`] on a blocking thread: opening creates, locks and fsyncs the
+    /// directory, which must not stall the async executor.
+    pub async fn open_async(dir: &Path, metrics: Arc<Metrics>) -> Result<(Self, Replay), WalError> {
+        let d = dir.to_owned();
+        tokio::task::spawn_blocking(move || Self::open_lazy(&d, metrics))
+            .await
+            .map_err(|e| io_err(dir, io::Error::other(e.to_string())))?
+    }
+
     /// Locks the WAL directory and starts a fresh segment after the newest one; the
     /// returned [`Replay`] reads the older segments back one at a time (cutting torn tails),
     /// so replay never holds the whole WAL in memory.
