@@ -609,6 +609,20 @@ mod tests {
         assert_eq!(parsed.skipped_regions, 0);
     }
 
+    /// Garbage full of plausible lengths (about 1 MB at every fourth offset) would cost a
+    /// checksum of that size per offset; the bounded scan gives up and treats it as a tail.
+    #[test]
+    fn resync_over_plausible_garbage_is_bounded() {
+        let mut data = Vec::new();
+        record::encode_into(&mut data, b"kept");
+        for _ in 0..(2 << 20) / 4 {
+            data.extend_from_slice(&[0x01, 0x01, 0x0f, 0x00]);
+        }
+        let parsed = record::parse_segment(&data);
+        assert_eq!(parsed.records.len(), 1);
+        assert_eq!(parsed.good_len, HEADER_LEN + 4);
+    }
+
     /// A second open of a directory in use fails, naming the directory; once the first
     /// handle is gone the directory opens again.
     #[tokio::test]

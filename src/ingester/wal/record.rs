@@ -47,9 +47,12 @@ fn record_at(data: &[u8], pos: usize) -> Option<Range<usize>> {
 /// a flipped bit) does not cost the records after it: the parser resynchronises on the next
 /// offset where a header's length fits and its checksum matches. Empty records are not
 /// accepted while resynchronising, since a run of zero bytes (a torn page) would match.
+/// Checksumming candidates is bounded to a few times the segment's size, so garbage full
+/// of plausible lengths cannot make replay quadratic; past that the rest is a tail.
 pub(super) fn parse_segment(data: &[u8]) -> Parsed {
     let mut p = Parsed::default();
     let mut pos = 0;
+    let mut budget = data.len().saturating_mul(4).saturating_add(64 << 20);
     while pos < data.len() {
         if let Some(r) = record_at(data, pos) {
             pos = r.end;
@@ -57,8 +60,18 @@ pub(super) fn parse_segment(data: &[u8]) -> Parsed {
             p.good_len = pos;
             continue;
         }
-        let next = (pos + 1..data.len().saturating_sub(HEADER_LEN - 1))
-            .find(|&q| record_at(data, q).is_some_and(|r| !r.is_empty()));
+        let next = (pos + 1..data.len().saturating_sub(HEADER_LEN - 1)).find(|&q| {
+            if budget == 0 {
+                return true;
+            }
+            let len = u32::from_le_bytes([data[q], data[q + 1], data[q + 2], data[q + 3]]) as usize;
+            if len == 0 || len > MAX_RECORD || data.len() - q - HEADER_LEN < len {
+                return false;
+            }
+            budget = budget.saturating_sub(len);
+            record_at(data, q).is_some()
+        });
+        let next = next.filter(|_| budget > 0);
         match next {
             Some(q) => {
                 p.skipped_regions += 1;
