@@ -19,3 +19,4 @@ mod storage;
 mod tenants;
 mod tools;
 mod vulture;
+mod wal_hardening;

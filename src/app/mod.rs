@@ -118,7 +118,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     info!(target = %target, backend = backend.description(), "starting vivace");
 
     let ingester = if has(Ingester) {
-        let (wal, replayed) = Wal::open(&cfg.storage.trace.wal.path, metrics.clone())?;
+        let (wal, replay) = Wal::open_async(&cfg.storage.trace.wal.path, metrics.clone()).await?;
         let bl = blocklist.clone();
         let on_commit: BlockCommitted =
             Arc::new(move |meta| match TenantId::new(&meta.tenant_id) {
@@ -139,7 +139,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
             metrics.clone(),
             on_commit,
         );
-        ing.replay(replayed);
+        ing.replay_wal(replay).await?;
         Some(ing)
     } else {
         None

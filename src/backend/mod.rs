@@ -17,6 +17,9 @@ mod cloud;
 pub mod conformance;
 /// Fault injection for tests (`storage.trace.fault_injection`, off by default).
 pub mod faulty;
+mod local;
+
+pub use local::SyncLog;
 
 /// Objects larger than this are uploaded in parts (by every backend, so tests exercise it).
 const MULTIPART_THRESHOLD: usize = 16 * 1024 * 1024;
@@ -56,6 +59,8 @@ pub struct Backend {
     split_ranges: bool,
     /// Requests sent to the store, by operation; shared by every clone.
     requests: Arc<BackendRequests>,
+    /// Set for the local-filesystem bucket, whose puts are fsynced before they return.
+    local: Option<local::LocalRoot>,
 }
 
 impl Backend {
@@ -80,6 +85,10 @@ impl Backend {
                     part_size: cloud::DEFAULT_PART_SIZE,
                     requests: Arc::default(),
                     split_ranges: false,
+                    local: Some(local::LocalRoot {
+                        root: cfg.local.path.clone(),
+                        log: None,
+                    }),
                 })
             }
             BackendKind::Memory => Ok(Self::memory()),
@@ -96,6 +105,7 @@ impl Backend {
             part_size: b.part_size,
             requests: Arc::default(),
             split_ranges: true,
+            local: None,
         }
     }
 
@@ -107,6 +117,7 @@ impl Backend {
             part_size: cloud::DEFAULT_PART_SIZE,
             requests: Arc::default(),
             split_ranges: false,
+            local: None,
         }
     }
 
@@ -119,6 +130,23 @@ impl Backend {
     pub fn counting_into(mut self, counters: Arc<BackendRequests>) -> Self {
         self.requests = counters;
         self
+    }
+
+    /// Test hook: records every fsync the local bucket issues into `log` (no effect on
+    /// other buckets), so a test can check syncs happen before a commit point.
+    pub fn recording_syncs(mut self, log: SyncLog) -> Self {
+        if let Some(l) = &mut self.local {
+            l.log = Some(log);
+        }
+        self
+    }
+
+    /// On the local bucket, fsyncs a just-written object and its directories.
+    async fn make_durable(&self, key: &str) -> Result<(), BackendError> {
+        match &self.local {
+            Some(l) => l.sync_object(key).await,
+            None => Ok(()),
+        }
     }
 
     /// Requests sent so far, by operation.
@@ -145,7 +173,7 @@ impl Backend {
         if data.len() <= MULTIPART_THRESHOLD {
             self.requests.put.inc();
             self.store.put(&path, PutPayload::from_bytes(data)).await?;
-            return Ok(());
+            return self.make_durable(key).await;
         }
         // Create, one request per part, complete.
         let parts = data.len().div_ceil(self.part_size.max(1)) as u64;
@@ -163,7 +191,7 @@ impl Backend {
             off = end;
         }
         w.finish().await?;
-        Ok(())
+        self.make_durable(key).await
     }
 
     /// [`Backend::put`] of a local file's contents, read one part at a time, so an object
@@ -206,7 +234,7 @@ impl Backend {
             left -= n as u64;
         }
         w.finish().await?;
-        Ok(())
+        self.make_durable(key).await
     }
 
     pub async fn get(&self, key: &str) -> Result<Bytes, BackendError> {

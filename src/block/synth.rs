@@ -129,7 +129,11 @@ fn resource_for(service: &str, rng: &mut Rng) -> Resource {
             kv_str("service.namespace", "shop"),
             kv_str(
                 "telemetry.sdk.language",
-                if service.len() % 2 == 0 { "go" } else { "java" },
+                if service.len().is_multiple_of(2) {
+                    "go"
+                } else {
+                    "java"
+                },
             ),
             kv_str("telemetry.sdk.name", "opentelemetry"),
             kv_str("telemetry.sdk.version", "1.28.0"),

@@ -474,6 +474,24 @@ impl Config {
                 "storage.trace.block.bloom_filter_false_positive must be in (0, 1), got {fp}"
             )));
         }
+        // A block that cannot be encoded would keep its traces (and the WAL) pinned forever:
+        // refuse such settings at start instead.
+        if self.storage.trace.block.bloom_filter_shard_size_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "storage.trace.block.bloom_filter_shard_size_bytes must be greater than zero"
+                    .into(),
+            ));
+        }
+        if ing.row_group_size_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "ingester.row_group_size_bytes must be greater than zero".into(),
+            ));
+        }
+        if ing.max_live_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "ingester.max_live_bytes must be greater than zero".into(),
+            ));
+        }
         let st = &self.storage.trace;
         let missing = match st.backend {
             BackendKind::S3 if st.s3.bucket.is_empty() => Some("storage.trace.s3.bucket"),
@@ -636,6 +654,27 @@ storage:
         assert!(Config::from_yaml("ingester:\n  trace_idle_period: soon\n").is_err());
         assert!(Config::from_yaml("storage:\n  trace:\n    backend: tape\n").is_err());
         assert!(Config::from_yaml("server:\n  http_listen_address: 'not an ip'\n").is_err());
+    }
+
+    #[test]
+    fn settings_that_cannot_encode_a_block_are_rejected_naming_the_key() {
+        for (yaml, key) in [
+            (
+                "storage:\n  trace:\n    block:\n      bloom_filter_shard_size_bytes: 0\n",
+                "storage.trace.block.bloom_filter_shard_size_bytes",
+            ),
+            (
+                "ingester:\n  row_group_size_bytes: 0\n",
+                "ingester.row_group_size_bytes",
+            ),
+            (
+                "ingester:\n  max_live_bytes: 0\n",
+                "ingester.max_live_bytes",
+            ),
+        ] {
+            let err = Config::from_yaml(yaml).unwrap_err().to_string();
+            assert!(err.contains(key), "{yaml}: {err}");
+        }
     }
 
     #[test]

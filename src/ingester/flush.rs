@@ -56,6 +56,12 @@ impl Ingester {
     /// Cuts the head (everything when `force`), writes a block per tenant, and then deletes
     /// the WAL segments those blocks made redundant. Returns the number of blocks written.
     pub async fn flush(&self, force: bool) -> usize {
+        self.flush_inner(force, true).await
+    }
+
+    /// [`Ingester::flush`]; with `truncate` false no WAL segment is deleted (during replay,
+    /// when older segments are still to be read).
+    pub(super) async fn flush_inner(&self, force: bool, truncate: bool) -> usize {
         let cut = match self.cut(force).await {
             Ok(c) => c,
             Err(e) => {
@@ -70,16 +76,11 @@ impl Ingester {
             carry,
         } = cut;
 
+        let Some(boundary) = boundary else {
+            return 0;
+        };
         // Traces kept in memory must be durable in a newer segment before old ones go.
-        let mut backoff = Duration::from_millis(200);
-        for rec in carry {
-            while let Err(e) = self.log.append(rec.clone()).await {
-                self.metrics.flush_failures.inc();
-                warn!(error = %e, "cannot carry live traces over to the new wal segment, retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
-        }
+        self.carry_over(carry).await;
 
         let mut blocks = 0;
         let mut failed = Vec::new();
@@ -97,6 +98,7 @@ impl Ingester {
             }
         }
         let all_committed = failed.is_empty();
+        let mut failed_carry = Vec::new();
         {
             // Under the head lock, like every move between head and flushing: committed
             // traces are in the block list already, failed ones go back into the head (to
@@ -105,6 +107,11 @@ impl Ingester {
             if !all_committed {
                 let now = Instant::now();
                 for tenant in &failed {
+                    failed_carry.extend(super::carry_records(
+                        tenant,
+                        taken[tenant].values(),
+                        super::CARRY_RECORD_BYTES,
+                    ));
                     let traces = taken[tenant]
                         .iter()
                         .map(|(id, data)| super::TraceBatch {
@@ -119,12 +126,31 @@ impl Ingester {
             }
             *self.flushing.write() = Arc::new(HashMap::new());
         }
-        if all_committed {
-            if let Err(e) = self.log.truncate_before(boundary) {
+        // A tenant whose block cannot be written is carried over like a live trace, so its
+        // failure does not pin the old segments (and the disk) for every other tenant.
+        if !all_committed {
+            self.carry_over(failed_carry).await;
+        }
+        if truncate {
+            if let Err(e) = self.log.truncate_before(boundary).await {
                 warn!(error = %e, "cannot delete old wal segments");
             }
         }
         blocks
+    }
+
+    /// Re-appends records of traces that stay in memory to the current WAL segment,
+    /// retrying until the WAL takes them: the old segments are deleted only after.
+    async fn carry_over(&self, records: Vec<bytes::Bytes>) {
+        let mut backoff = Duration::from_millis(200);
+        for rec in records {
+            while let Err(e) = self.log.append(rec.clone()).await {
+                self.metrics.flush_failures.inc();
+                warn!(error = %e, "cannot carry live traces over to the new wal segment, retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
     }
 
     async fn write_block_with_retry(
@@ -233,7 +259,7 @@ mod tests {
     use prost::Message;
 
     use super::super::wal::{self, Wal};
-    use super::super::{BlockCommitted, Ingester};
+    use super::super::{BlockCommitted, IngestLog, Ingester};
     use crate::backend::faulty::{FaultAction, FaultOp, FaultRule, Faults};
     use crate::backend::Backend;
     use crate::block::{BlockConfig, BlockMeta};
@@ -263,6 +289,182 @@ mod tests {
                 schema_url: String::new(),
             }],
         }
+    }
+
+    /// Records WAL truncations into the same log as the bucket's puts and fsyncs.
+    struct RecordingLog {
+        wal: Wal,
+        events: crate::backend::SyncLog,
+    }
+
+    #[async_trait::async_trait]
+    impl IngestLog for RecordingLog {
+        async fn append(&self, record: bytes::Bytes) -> Result<u64, wal::WalError> {
+            self.wal.append(record).await
+        }
+        async fn rotate(&self) -> Result<u64, wal::WalError> {
+            self.wal.rotate().await
+        }
+        async fn truncate_before(&self, segment: u64) -> Result<(), wal::WalError> {
+            self.events.lock().push(format!("truncate {segment}"));
+            IngestLog::truncate_before(&self.wal, segment).await
+        }
+    }
+
+    /// On the local bucket every block file and each directory above it is fsynced before
+    /// meta.json is put, and meta.json (and its directory) before the WAL is truncated: a
+    /// power loss after the truncation cannot take acknowledged spans with it.
+    #[tokio::test]
+    async fn local_block_files_are_fsynced_before_commit_and_wal_truncation() {
+        let wal_dir = tempfile::tempdir().unwrap();
+        let bucket = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let (wal, _) = Wal::open(wal_dir.path(), metrics.clone()).unwrap();
+        let events = crate::backend::SyncLog::default();
+        let backend = Backend::from_config(&crate::config::TraceStorageConfig {
+            local: crate::config::LocalConfig {
+                path: bucket.path().to_owned(),
+            },
+            ..Default::default()
+        })
+        .unwrap()
+        .recording_syncs(events.clone());
+        let log = RecordingLog {
+            wal,
+            events: events.clone(),
+        };
+        let ing = Ingester::new(
+            IngesterConfig::default(),
+            Arc::new(log),
+            backend,
+            BlockConfig::default(),
+            metrics,
+            Arc::new(|_| {}),
+        );
+        let tenant = TenantId::single();
+        for t in 1..=3u8 {
+            let req = request(t, 4);
+            let g = group_by_trace(&req.resource_spans);
+            ing.push(
+                wal::encode_payload(&tenant, &req.encode_to_vec()),
+                &tenant,
+                g.traces,
+            )
+            .await
+            .unwrap();
+        }
+        assert_eq!(ing.flush(true).await, 1);
+
+        let ev = events.lock().clone();
+        let pos = |e: &str| {
+            ev.iter()
+                .position(|x| x == e)
+                .unwrap_or_else(|| panic!("no `{e}` in {ev:#?}"))
+        };
+        let meta_key = ev
+            .iter()
+            .find_map(|e| e.strip_prefix("put ").filter(|k| k.ends_with("/meta.json")))
+            .expect("meta.json put")
+            .to_owned();
+        let block_dir = meta_key.strip_suffix("/meta.json").unwrap().to_owned();
+        let commit = pos(&format!("put {meta_key}"));
+        let truncate = ev
+            .iter()
+            .position(|e| e.starts_with("truncate "))
+            .expect("wal truncated");
+        let files: Vec<String> = ev[..commit]
+            .iter()
+            .filter_map(|e| e.strip_prefix("put ").map(str::to_owned))
+            .collect();
+        assert!(
+            files.iter().any(|f| f.ends_with("data.parquet")),
+            "{files:?}"
+        );
+        for f in &files {
+            assert!(
+                pos(&format!("fsync {f}")) < commit,
+                "{f} synced after commit"
+            );
+        }
+        for d in [block_dir.as_str(), tenant.as_str(), "."] {
+            let first_sync = ev[..commit].iter().position(|e| *e == format!("fsync {d}"));
+            assert!(
+                first_sync.is_some(),
+                "directory {d} not synced before commit"
+            );
+        }
+        assert!(pos(&format!("fsync {meta_key}")) < truncate);
+        let last_dir_sync = ev
+            .iter()
+            .rposition(|e| *e == format!("fsync {block_dir}"))
+            .unwrap();
+        assert!(
+            commit < last_dir_sync && last_dir_sync < truncate,
+            "meta.json's directory entry not synced before the wal truncation: {ev:#?}"
+        );
+    }
+
+    /// One tenant's block cannot be encoded (undecodable data): the other tenant's block
+    /// commits, the failed traces stay in memory and are carried over to the current
+    /// segment, and the old segment is deleted instead of being pinned for everyone.
+    #[tokio::test]
+    async fn a_failing_tenant_does_not_pin_the_wal_for_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let (log, _) = Wal::open(dir.path(), metrics.clone()).unwrap();
+        let ing = Ingester::new(
+            IngesterConfig::default(),
+            Arc::new(log),
+            Backend::memory(),
+            BlockConfig::default(),
+            metrics,
+            Arc::new(|_| {}),
+        );
+        let good = TenantId::new("good").unwrap();
+        let req = request(1, 4);
+        let g = group_by_trace(&req.resource_spans);
+        ing.push(
+            wal::encode_payload(&good, &req.encode_to_vec()),
+            &good,
+            g.traces,
+        )
+        .await
+        .unwrap();
+        let bad = TenantId::new("bad").unwrap();
+        let garbage = bytes::Bytes::from_static(b"\xff\xff\xff\xff");
+        let bad_id = crate::model::TraceId([9; 16]);
+        ing.push(
+            wal::encode_payload(&bad, &garbage),
+            &bad,
+            vec![super::super::TraceBatch {
+                id: bad_id,
+                data: crate::model::Fragments::from_encoded(garbage.clone()),
+                spans: 1,
+            }],
+        )
+        .await
+        .unwrap();
+
+        assert_eq!(ing.flush(true).await, 1, "the good tenant's block commits");
+        let segments: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".wal"))
+            .collect();
+        assert_eq!(segments.len(), 1, "the cut's old segment was deleted");
+        assert!(
+            ing.live_trace_bytes(&bad, &bad_id) > 0,
+            "failed traces kept"
+        );
+        // ... and durable in the remaining segment.
+        let (records, _) = wal::read_only(dir.path()).unwrap();
+        let tenants: Vec<_> = records
+            .iter()
+            .map(|r| wal::decode_payload(&r.payload).unwrap())
+            .collect();
+        assert_eq!(tenants.len(), 1);
+        assert_eq!(tenants[0].0, bad);
+        assert_eq!(tenants[0].1, garbage);
     }
 
     /// Puts fail (errors, then timeouts) for a while: the flush retries, commits exactly

@@ -1,4 +1,4 @@
-//! `IngestLog`, the seam between the ingester and the durable log it appends to (the WAL).
+//! The seam between the ingester and the log that makes its data durable.
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -14,7 +14,7 @@ pub trait IngestLog: Send + Sync + 'static {
     /// Starts a new segment; every record appended before lives in an older one.
     async fn rotate(&self) -> Result<u64, WalError>;
     /// Forgets every segment before `segment`: their data is in the backend or newer segments.
-    fn truncate_before(&self, segment: u64) -> Result<(), WalError>;
+    async fn truncate_before(&self, segment: u64) -> Result<(), WalError>;
 }
 
 #[async_trait]
@@ -25,7 +25,7 @@ impl IngestLog for Wal {
     async fn rotate(&self) -> Result<u64, WalError> {
         Wal::rotate(self).await
     }
-    fn truncate_before(&self, segment: u64) -> Result<(), WalError> {
-        self.delete_segments_before(segment).map(|_| ())
+    async fn truncate_before(&self, segment: u64) -> Result<(), WalError> {
+        self.delete_segments_before(segment).await.map(|_| ())
     }
 }

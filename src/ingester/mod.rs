@@ -88,13 +88,62 @@ impl Head {
     }
 }
 
+/// Carried-over traces are re-appended in WAL records of about this size: one record per
+/// tenant could pass [`wal::MAX_RECORD`] and then never be written, stalling every flush.
+const CARRY_RECORD_BYTES: usize = 16 << 20;
+
+/// WAL records re-appending one tenant's `traces`, each about `max` bytes at most (a single
+/// trace larger than that gets a record of its own).
+fn carry_records<'a>(
+    tenant: &TenantId,
+    traces: impl IntoIterator<Item = &'a Fragments>,
+    max: usize,
+) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    // Fragments concatenate into a valid ExportTraceServiceRequest.
+    let mut cur = Fragments::default();
+    for f in traces {
+        if !cur.is_empty() && cur.len() + f.len() > max {
+            out.push(wal::encode_payload(tenant, &cur.concat()));
+            cur = Fragments::default();
+        }
+        cur.extend(f);
+    }
+    if !cur.is_empty() {
+        out.push(wal::encode_payload(tenant, &cur.concat()));
+    }
+    out
+}
+
+/// Inserts one replayed WAL record into the head; returns (spans, unreadable records).
+fn replay_record(head: &mut Head, r: &wal::ReplayedRecord, now: Instant) -> (usize, usize) {
+    let (tenant, otlp) = match wal::decode_payload(&r.payload) {
+        Ok(x) => x,
+        Err(e) => {
+            warn!(segment = r.segment, error = %e, "skipping unreadable wal record");
+            return (0, 1);
+        }
+    };
+    let req = match ExportTraceServiceRequest::decode(otlp) {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(segment = r.segment, error = %e, "skipping undecodable wal record");
+            return (0, 1);
+        }
+    };
+    let grouped = crate::distributor::group_by_trace(&req.resource_spans);
+    head.insert(&tenant, grouped.traces, now);
+    (grouped.accepted, 0)
+}
+
 /// Traces cut from the head and on their way into blocks; still served to queries.
 type Flushing = HashMap<TenantId, HashMap<TraceId, Fragments>>;
 
 struct Cut {
     taken: Arc<Flushing>,
-    /// The first WAL segment that holds data still in memory.
-    boundary: u64,
+    /// The first WAL segment that holds data still in memory; `None` when the cut took
+    /// nothing and did not rotate.
+    boundary: Option<u64>,
     /// WAL records re-appending the traces kept in memory.
     carry: Vec<Bytes>,
 }
@@ -169,32 +218,16 @@ impl Ingester {
         Ok(())
     }
 
-    /// Rebuilds the head from WAL records read at start-up.
+    /// Rebuilds the head from WAL records read at start-up, all at once (for tests and small
+    /// WALs; `app` uses [`Ingester::replay_wal`]).
     pub fn replay(&self, records: Vec<wal::ReplayedRecord>) {
         let now = Instant::now();
         let mut head = self.head.lock();
-        let mut spans = 0usize;
-        let mut bad = 0usize;
+        let (mut spans, mut bad) = (0, 0);
         for r in &records {
-            let (tenant, otlp) = match wal::decode_payload(&r.payload) {
-                Ok(x) => x,
-                Err(e) => {
-                    warn!(segment = r.segment, error = %e, "skipping unreadable wal record");
-                    bad += 1;
-                    continue;
-                }
-            };
-            let req = match ExportTraceServiceRequest::decode(otlp) {
-                Ok(r) => r,
-                Err(e) => {
-                    warn!(segment = r.segment, error = %e, "skipping undecodable wal record");
-                    bad += 1;
-                    continue;
-                }
-            };
-            let grouped = crate::distributor::group_by_trace(&req.resource_spans);
-            spans += grouped.accepted;
-            head.insert(&tenant, grouped.traces, now);
+            let (s, b) = replay_record(&mut head, r, now);
+            spans += s;
+            bad += b;
         }
         self.update_gauges(&head);
         info!(
@@ -204,6 +237,57 @@ impl Ingester {
             traces = head.traces,
             "wal replayed"
         );
+    }
+
+    /// Rebuilds the head from the WAL one segment at a time. Whenever the head nears
+    /// `max_live_bytes` it is written into blocks before replay goes on, so a WAL larger
+    /// than memory still replays. Those flushes delete no segment: the ones not read yet are
+    /// still needed, and the first flush after replay truncates them all.
+    pub async fn replay_wal(&self, mut replay: wal::Replay) -> Result<(), wal::WalError> {
+        let (mut records, mut spans, mut bad, mut blocks) = (0usize, 0usize, 0usize, 0usize);
+        let dir = replay.dir().to_owned();
+        loop {
+            // Reading (and cutting a torn tail) is blocking file I/O.
+            let (back, segment) = tokio::task::spawn_blocking(move || {
+                let s = replay.next_segment();
+                (replay, s)
+            })
+            .await
+            .map_err(|e| wal::WalError::Io {
+                path: dir.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+            replay = back;
+            let Some(segment) = segment? else { break };
+            for r in &segment {
+                let now = Instant::now();
+                {
+                    let mut head = self.head.lock();
+                    let (s, b) = replay_record(&mut head, r, now);
+                    spans += s;
+                    bad += b;
+                    self.update_gauges(&head);
+                }
+                records += 1;
+                if self.cut_due(now) == CutDue::Pressure {
+                    self.metrics.pressure_cuts.inc();
+                    blocks += self.flush_inner(true, false).await;
+                }
+            }
+        }
+        let stats = replay.stats();
+        info!(
+            records,
+            spans,
+            skipped = bad,
+            traces = self.metrics.live_traces.get(),
+            blocks_written = blocks,
+            skipped_regions = stats.skipped_regions,
+            skipped_bytes = stats.skipped_bytes,
+            cut_bytes = stats.cut_bytes,
+            "wal replayed"
+        );
+        Ok(())
     }
 
     fn update_gauges(&self, head: &Head) {
@@ -299,26 +383,35 @@ impl Ingester {
     /// carried over.
     async fn cut(&self, force: bool) -> Result<Cut, IngestError> {
         let _exclusive = self.gate.write().await;
-        let boundary = self.log.rotate().await?;
         let now = Instant::now();
+        if !force && !self.any_ready(now) {
+            // Nothing to write: rotating now would only rewrite every active trace to the
+            // WAL. Wait for the next period instead.
+            let mut head = self.head.lock();
+            if head.started.is_some() {
+                head.started = Some(now);
+            }
+            return Ok(Cut {
+                taken: Arc::new(HashMap::new()),
+                boundary: None,
+                carry: Vec::new(),
+            });
+        }
+        let boundary = self.log.rotate().await?;
         let mut head = self.head.lock();
         let old = std::mem::take(&mut *head);
         let mut taken: Flushing = HashMap::new();
         let mut carry = Vec::new();
         for (tenant, traces) in old.tenants {
-            // Fragments concatenate into a valid ExportTraceServiceRequest.
-            let mut kept_req = Fragments::default();
+            let mut kept = Vec::new();
             for (id, live) in traces {
-                let ready = force
-                    || now.duration_since(live.last_seen) >= self.cfg.trace_idle_period
-                    || now.duration_since(live.first_seen) >= self.cfg.max_trace_live;
-                if ready {
+                if force || self.ready(&live, now) {
                     taken
                         .entry(tenant.clone())
                         .or_default()
                         .insert(id, live.data);
                 } else {
-                    kept_req.extend(&live.data);
+                    kept.push(live.data.clone());
                     head.bytes += live.data.len() as u64;
                     head.traces += 1;
                     head.tenants
@@ -327,9 +420,7 @@ impl Ingester {
                         .insert(id, live);
                 }
             }
-            if !kept_req.is_empty() {
-                carry.push(wal::encode_payload(&tenant, &kept_req.concat()));
-            }
+            carry.extend(carry_records(&tenant, &kept, CARRY_RECORD_BYTES));
         }
         if head.traces > 0 {
             head.started = Some(now);
@@ -343,9 +434,22 @@ impl Ingester {
         drop(head);
         Ok(Cut {
             taken,
-            boundary,
+            boundary: Some(boundary),
             carry,
         })
+    }
+
+    fn ready(&self, live: &LiveTrace, now: Instant) -> bool {
+        now.duration_since(live.last_seen) >= self.cfg.trace_idle_period
+            || now.duration_since(live.first_seen) >= self.cfg.max_trace_live
+    }
+
+    fn any_ready(&self, now: Instant) -> bool {
+        let head = self.head.lock();
+        head.tenants
+            .values()
+            .flat_map(|m| m.values())
+            .any(|live| self.ready(live, now))
     }
 }
 

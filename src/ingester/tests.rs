@@ -128,8 +128,8 @@ async fn active_traces_are_carried_over_and_old_segments_deleted() {
     assert_eq!(segments(), 1, "old segment deleted after carry-over");
     assert_eq!(spans_of(&f, 1).await, 2);
     // A restart from this WAL alone still has the trace.
-    let metrics = Arc::new(Metrics::default());
-    let (_wal, replayed) = Wal::open(&dir, metrics).unwrap();
+    // Read-only: a second `Wal::open` of a live directory is refused (it would write to it).
+    let (replayed, _) = wal::read_only(&dir).unwrap();
     let mut spans = 0;
     for r in replayed {
         let (_, otlp) = wal::decode_payload(&r.payload).unwrap();
@@ -201,4 +201,102 @@ async fn memory_pressure_cuts_every_live_trace() {
     assert_eq!(ing.flush(true).await, 1);
     assert_eq!(ing.cut_due(Instant::now()), CutDue::No);
     assert_eq!(ing.metrics.live_bytes.get(), 0);
+}
+
+/// Carried-over traces are split into bounded WAL records (one record per tenant could
+/// pass the record limit), and every span is in exactly one of them.
+#[test]
+fn carried_over_traces_are_split_into_bounded_records() {
+    let tenant = TenantId::single();
+    let traces: Vec<Fragments> = (1..=20u8)
+        .map(|t| {
+            let req = request(t, 0..5);
+            Fragments::from_encoded(req.encode_to_vec().into())
+        })
+        .collect();
+    let one = traces[0].len();
+    let records = carry_records(&tenant, &traces, one * 3);
+    assert!(records.len() >= 7, "{} records", records.len());
+    let mut spans = 0;
+    for r in &records {
+        let (t, otlp) = wal::decode_payload(r).unwrap();
+        assert_eq!(t, tenant);
+        assert!(otlp.len() <= one * 3, "record of {} bytes", otlp.len());
+        spans += group_by_trace(
+            &ExportTraceServiceRequest::decode(otlp)
+                .unwrap()
+                .resource_spans,
+        )
+        .accepted;
+    }
+    assert_eq!(spans, 100);
+}
+
+/// An idle cut with no idle trace neither rotates the WAL nor rewrites the active traces.
+#[tokio::test]
+async fn idle_cut_with_nothing_idle_does_not_rewrite_the_wal() {
+    let f = fixture(Duration::from_secs(3600));
+    push(&f.ingester, request(1, 1..3)).await;
+    let seg = wal::segment_path(f._dir.path(), 1);
+    let before = std::fs::metadata(&seg).unwrap().len();
+    assert_eq!(f.ingester.flush(false).await, 0);
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), before);
+    assert!(!wal::segment_path(f._dir.path(), 2).exists());
+}
+
+/// A WAL holding more than `max_live_bytes` replays without holding it all in memory: the
+/// head is written into blocks as it fills, and no segment is deleted while replay still
+/// needs the ones after it.
+#[tokio::test]
+async fn replay_of_a_wal_larger_than_memory_flushes_as_it_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let tenant = TenantId::single();
+    let one = request(1, 0..20).encode_to_vec().len() as u64;
+    {
+        let (wal, _) = Wal::open(dir.path(), Arc::new(Metrics::default())).unwrap();
+        for t in 1..=40u8 {
+            let raw = request(t, 0..20).encode_to_vec();
+            wal.append(wal::encode_payload(&tenant, &raw))
+                .await
+                .unwrap();
+            if t % 10 == 0 {
+                wal.rotate().await.unwrap();
+            }
+        }
+    }
+    let segments_before = std::fs::read_dir(dir.path()).unwrap().count();
+    let metrics = Arc::new(Metrics::default());
+    let (wal, replay) = Wal::open_lazy(dir.path(), metrics.clone()).unwrap();
+    let committed = Arc::new(Mutex::new(Vec::<BlockMeta>::new()));
+    let c = committed.clone();
+    // Room for about 8 of the 40 traces.
+    let max_live_bytes = one * 8;
+    let ing = Ingester::new(
+        IngesterConfig {
+            max_live_bytes,
+            ..Default::default()
+        },
+        Arc::new(wal),
+        Backend::memory(),
+        BlockConfig::default(),
+        metrics.clone(),
+        Arc::new(move |m| c.lock().push(m)),
+    );
+    ing.replay_wal(replay).await.unwrap();
+    assert!(
+        metrics.live_bytes.get() <= max_live_bytes,
+        "{} bytes live after replay, limit {max_live_bytes}",
+        metrics.live_bytes.get()
+    );
+    let in_blocks: u64 = committed.lock().iter().map(|m| m.total_objects).sum();
+    assert!(in_blocks > 0, "nothing was flushed during replay");
+    assert_eq!(
+        in_blocks + metrics.live_traces.get(),
+        40,
+        "every trace kept"
+    );
+    // Segments written before the restart are all still there (plus the ones rotated in).
+    let (records, _) = wal::read_only(dir.path()).unwrap();
+    assert!(records.iter().filter(|r| r.segment <= 4).count() >= 40);
+    assert!(std::fs::read_dir(dir.path()).unwrap().count() >= segments_before);
 }

@@ -10,12 +10,23 @@
 //! segment, so a later replay never meets garbage in the middle of a segment and the
 //! writer recovers by itself once the disk takes writes again.
 //!
+//! Only one process may use a WAL directory: `open` takes an exclusive lock (`flock`) on
+//! the directory itself (released when the last handle is dropped or the process dies), since
+//! two writers would each cut the other's "torn tail" and delete the other's segments.
+//!
+//! A corrupt record in the middle of a segment costs only itself: replay resynchronises on
+//! the next intact record and reports what it skipped ([`ReplayStats`]).
+//!
+//! Segment deletion and its directory fsync run on the writer thread too, never on the
+//! async executor.
+//!
 //! Test-only hook, for machines where a test cannot mount a small file system: when the
 //! file [`FAULT_MARKER`] exists in the WAL directory at start-up, every group commit fails
 //! with "no space left" (after writing half its bytes, as a filling disk does) while the
 //! file `FAULT_MARKER.enospc` exists there.
 
 mod record;
+mod replay;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -29,6 +40,7 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 pub use record::{decode_payload, encode_payload, RecordError, HEADER_LEN};
+pub use replay::{read_only, Replay, ReplayStats, ReplayedRecord};
 
 use crate::metrics::Metrics;
 
@@ -40,9 +52,11 @@ pub enum WalError {
     Closed,
     #[error("wal record of {0} bytes is larger than the 1 GiB limit")]
     TooLarge(usize),
+    #[error("wal directory {0} is locked by another process; each vivace needs its own storage.trace.wal.path")]
+    Locked(PathBuf),
 }
 
-fn io_err(path: &Path, source: io::Error) -> WalError {
+pub(super) fn io_err(path: &Path, source: io::Error) -> WalError {
     WalError::Io {
         path: path.to_owned(),
         source,
@@ -55,12 +69,6 @@ pub const MAX_RECORD: usize = 1 << 30;
 /// Name of the test-only fault hook's marker file (see the module docs).
 pub const FAULT_MARKER: &str = "FAULT_INJECTION_FOR_TESTING";
 
-/// A record read back at start-up, with the segment it came from.
-pub struct ReplayedRecord {
-    pub segment: u64,
-    pub payload: Bytes,
-}
-
 enum Cmd {
     Append {
         payload: Bytes,
@@ -69,6 +77,10 @@ enum Cmd {
     Rotate {
         done: oneshot::Sender<Result<u64, WalError>>,
     },
+    DeleteBefore {
+        seq: u64,
+        done: oneshot::Sender<Result<usize, WalError>>,
+    },
 }
 
 /// Handle to the WAL; cheap to clone.
@@ -76,44 +88,55 @@ enum Cmd {
 pub struct Wal {
     dir: PathBuf,
     tx: mpsc::Sender<Cmd>,
+    stats: ReplayStats,
+    /// Holds the directory lock for as long as any handle lives.
+    _lock: Arc<File>,
+}
+
+/// Takes the exclusive lock on the WAL directory (on the directory itself, so no extra
+/// file appears in it), or says the directory is in use.
+fn lock_dir(dir: &Path) -> Result<File, WalError> {
+    let f = File::open(dir).map_err(|e| io_err(dir, e))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(fs::TryLockError::WouldBlock) => Err(WalError::Locked(dir.to_owned())),
+        Err(fs::TryLockError::Error(e)) => Err(io_err(dir, e)),
+    }
 }
 
 impl Wal {
-    /// Opens the WAL directory, reads back every intact record (cutting a torn or corrupt tail
-    /// with a warning), and starts a fresh segment after the newest one.
+    /// Opens the WAL directory and reads back every intact record at once (see
+    /// [`Wal::open_lazy`] to read one segment at a time).
     pub fn open(
         dir: &Path,
         metrics: Arc<Metrics>,
     ) -> Result<(Self, Vec<ReplayedRecord>), WalError> {
-        fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
-        let segments = list_segments(dir)?;
+        let (mut wal, mut replay) = Self::open_lazy(dir, metrics)?;
         let mut replayed = Vec::new();
-        for &seq in &segments {
-            let path = segment_path(dir, seq);
-            let data = fs::read(&path).map_err(|e| io_err(&path, e))?;
-            let (records, good_len) = record::parse_segment(&data);
-            if good_len < data.len() {
-                warn!(
-                    segment = %path.display(),
-                    kept_bytes = good_len,
-                    cut_bytes = data.len() - good_len,
-                    "wal segment has a torn or corrupt tail, cutting it off"
-                );
-                let f = OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .map_err(|e| io_err(&path, e))?;
-                f.set_len(good_len as u64).map_err(|e| io_err(&path, e))?;
-                f.sync_all().map_err(|e| io_err(&path, e))?;
-            }
-            let data = Bytes::from(data);
-            for r in records {
-                replayed.push(ReplayedRecord {
-                    segment: seq,
-                    payload: data.slice(r),
-                });
-            }
+        while let Some(records) = replay.next_segment()? {
+            replayed.extend(records);
         }
+        wal.stats = replay.stats();
+        Ok((wal, replayed))
+    }
+
+    /// [`Wal::open_lazy`] on a blocking thread: opening creates, locks and fsyncs the
+    /// directory, which must not stall the async executor.
+    pub async fn open_async(dir: &Path, metrics: Arc<Metrics>) -> Result<(Self, Replay), WalError> {
+        let d = dir.to_owned();
+        tokio::task::spawn_blocking(move || Self::open_lazy(&d, metrics))
+            .await
+            .map_err(|e| io_err(dir, io::Error::other(e.to_string())))?
+    }
+
+    /// Locks the WAL directory and starts a fresh segment after the newest one; the
+    /// returned [`Replay`] reads the older segments back one at a time (cutting torn tails),
+    /// so replay never holds the whole WAL in memory.
+    pub fn open_lazy(dir: &Path, metrics: Arc<Metrics>) -> Result<(Self, Replay), WalError> {
+        fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        let lock = lock_dir(dir)?;
+        let segments = list_segments(dir)?;
+        let stats = ReplayStats::default();
         let next = segments.last().map_or(1, |s| s + 1);
         let mut writer = Writer::create(dir.to_owned(), next, metrics)?;
         if dir.join(FAULT_MARKER).exists() {
@@ -132,16 +155,23 @@ impl Wal {
         info!(
             dir = %dir.display(),
             segments = segments.len(),
-            records = replayed.len(),
             "wal opened"
         );
+        let replay = Replay::new(dir.to_owned(), segments);
         Ok((
             Self {
                 dir: dir.to_owned(),
                 tx,
+                stats,
+                _lock: Arc::new(lock),
             },
-            replayed,
+            replay,
         ))
+    }
+
+    /// What `open` had to skip or cut to read the WAL back.
+    pub fn replay_stats(&self) -> ReplayStats {
+        self.stats
     }
 
     /// Appends one record and returns once it is on disk, with the segment it landed in.
@@ -166,20 +196,14 @@ impl Wal {
         rx.await.map_err(|_| WalError::Closed)?
     }
 
-    /// Deletes every segment numbered below `seq`: their data is safe in the backend.
-    pub fn delete_segments_before(&self, seq: u64) -> Result<usize, WalError> {
-        let mut n = 0;
-        for s in list_segments(&self.dir)? {
-            if s < seq {
-                let p = segment_path(&self.dir, s);
-                fs::remove_file(&p).map_err(|e| io_err(&p, e))?;
-                n += 1;
-            }
-        }
-        if n > 0 {
-            sync_dir(&self.dir)?;
-        }
-        Ok(n)
+    /// Deletes every segment numbered below `seq` (their data is safe in the backend or
+    /// carried over). Unlinks and the directory fsync run on the writer thread.
+    pub async fn delete_segments_before(&self, seq: u64) -> Result<usize, WalError> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::DeleteBefore { seq, done })
+            .map_err(|_| WalError::Closed)?;
+        rx.await.map_err(|_| WalError::Closed)?
     }
 
     pub fn dir(&self) -> &Path {
@@ -191,7 +215,7 @@ pub fn segment_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{seq:020}.wal"))
 }
 
-fn list_segments(dir: &Path) -> Result<Vec<u64>, WalError> {
+pub(super) fn list_segments(dir: &Path) -> Result<Vec<u64>, WalError> {
     let mut out = Vec::new();
     for entry in fs::read_dir(dir).map_err(|e| io_err(dir, e))? {
         let entry = entry.map_err(|e| io_err(dir, e))?;
@@ -266,6 +290,11 @@ impl Writer {
                     Cmd::Rotate { done } => {
                         self.commit(&mut waiting);
                         let _ = done.send(self.rotate());
+                        next = rx.try_recv().ok();
+                    }
+                    Cmd::DeleteBefore { seq, done } => {
+                        self.commit(&mut waiting);
+                        let _ = done.send(self.delete_before(seq));
                         next = rx.try_recv().ok();
                     }
                 }
@@ -365,6 +394,23 @@ impl Writer {
         Err(io_err(&path, result))
     }
 
+    fn delete_before(&self, seq: u64) -> Result<usize, WalError> {
+        // Never the segment being written, whatever the caller asked.
+        let seq = seq.min(self.seq);
+        let mut n = 0;
+        for s in list_segments(&self.dir)? {
+            if s < seq {
+                let p = segment_path(&self.dir, s);
+                fs::remove_file(&p).map_err(|e| io_err(&p, e))?;
+                n += 1;
+            }
+        }
+        if n > 0 {
+            sync_dir(&self.dir)?;
+        }
+        Ok(n)
+    }
+
     fn rotate(&mut self) -> Result<u64, WalError> {
         let path = segment_path(&self.dir, self.seq);
         // A broken segment's acknowledged prefix was synced before the failure; syncing
@@ -382,143 +428,4 @@ impl Writer {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn metrics() -> Arc<Metrics> {
-        Arc::new(Metrics::default())
-    }
-
-    #[tokio::test]
-    async fn append_replay_and_group_commit() {
-        let dir = tempfile::tempdir().unwrap();
-        let m = metrics();
-        let (wal, replayed) = Wal::open(dir.path(), m.clone()).unwrap();
-        assert!(replayed.is_empty());
-        let mut tasks = Vec::new();
-        for i in 0..200u32 {
-            let w = wal.clone();
-            tasks.push(tokio::spawn(async move {
-                w.append(Bytes::from(format!("record-{i}"))).await.unwrap()
-            }));
-        }
-        for t in tasks {
-            assert_eq!(t.await.unwrap(), 1);
-        }
-        let fsyncs = m.wal_fsyncs.get();
-        assert!(
-            (1..200).contains(&fsyncs),
-            "group commit shared fsyncs: {fsyncs}"
-        );
-        assert_eq!(wal.rotate().await.unwrap(), 2);
-        wal.append(Bytes::from_static(b"in-two")).await.unwrap();
-        drop(wal);
-
-        let (_wal, replayed) = Wal::open(dir.path(), metrics()).unwrap();
-        assert_eq!(replayed.len(), 201);
-        assert_eq!(replayed.last().unwrap().segment, 2);
-        assert_eq!(&replayed.last().unwrap().payload[..], b"in-two");
-        let mut seen: Vec<_> = replayed[..200]
-            .iter()
-            .map(|r| String::from_utf8(r.payload.to_vec()).unwrap())
-            .collect();
-        seen.sort();
-        seen.dedup();
-        assert_eq!(seen.len(), 200);
-    }
-
-    #[tokio::test]
-    async fn torn_tail_is_cut_and_later_appends_survive() {
-        let dir = tempfile::tempdir().unwrap();
-        let (wal, _) = Wal::open(dir.path(), metrics()).unwrap();
-        wal.append(Bytes::from_static(b"first")).await.unwrap();
-        wal.append(Bytes::from_static(b"second")).await.unwrap();
-        drop(wal);
-        // A header promising 100 bytes followed by only 3: a write torn by a crash.
-        let seg = segment_path(dir.path(), 1);
-        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
-        f.write_all(&100u32.to_le_bytes()).unwrap();
-        f.write_all(&[1, 2, 3, 4, 5, 6, 7]).unwrap();
-        drop(f);
-
-        let (wal, replayed) = Wal::open(dir.path(), metrics()).unwrap();
-        let got: Vec<_> = replayed.iter().map(|r| r.payload.to_vec()).collect();
-        assert_eq!(got, vec![b"first".to_vec(), b"second".to_vec()]);
-        wal.append(Bytes::from_static(b"third")).await.unwrap();
-        drop(wal);
-        let (_wal, replayed) = Wal::open(dir.path(), metrics()).unwrap();
-        assert_eq!(replayed.len(), 3);
-    }
-
-    #[tokio::test]
-    async fn corrupt_checksum_stops_replay_of_that_segment() {
-        let dir = tempfile::tempdir().unwrap();
-        let (wal, _) = Wal::open(dir.path(), metrics()).unwrap();
-        wal.append(Bytes::from_static(b"good")).await.unwrap();
-        wal.append(Bytes::from_static(b"flipped")).await.unwrap();
-        drop(wal);
-        let seg = segment_path(dir.path(), 1);
-        let mut data = fs::read(&seg).unwrap();
-        let last = data.len() - 1;
-        data[last] ^= 0xff;
-        fs::write(&seg, &data).unwrap();
-        let (_wal, replayed) = Wal::open(dir.path(), metrics()).unwrap();
-        assert_eq!(replayed.len(), 1);
-        assert_eq!(&replayed[0].payload[..], b"good");
-    }
-
-    /// Disk full through the test hook: the group is refused, its half-written bytes are cut
-    /// off, the next group goes to a new segment, and replay sees exactly the acked records.
-    #[tokio::test]
-    async fn failed_writes_are_refused_cut_off_and_recovered_from() {
-        let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join(FAULT_MARKER), b"").unwrap();
-        let switch = dir.path().join(format!("{FAULT_MARKER}.enospc"));
-        let (wal, _) = Wal::open(dir.path(), metrics()).unwrap();
-        assert_eq!(wal.append(Bytes::from_static(b"acked-1")).await.unwrap(), 1);
-        fs::write(&switch, b"").unwrap();
-        for _ in 0..3 {
-            match wal.append(Bytes::from(vec![7u8; 4000])).await {
-                Err(WalError::Io { source, .. }) => {
-                    assert_eq!(source.kind(), io::ErrorKind::StorageFull)
-                }
-                other => panic!("write on a full disk was not refused: {other:?}"),
-            }
-        }
-        // The failed groups left nothing behind in the segment.
-        let seg1 = fs::read(segment_path(dir.path(), 1)).unwrap();
-        assert_eq!(seg1.len(), HEADER_LEN + b"acked-1".len());
-        // Rotation (a cut) still works while the disk is full.
-        let rotated = wal.rotate().await.unwrap();
-        fs::remove_file(&switch).unwrap();
-        let seg = wal.append(Bytes::from_static(b"acked-2")).await.unwrap();
-        assert!(seg >= rotated);
-        drop(wal);
-        for s in list_segments(dir.path()).unwrap() {
-            let data = fs::read(segment_path(dir.path(), s)).unwrap();
-            let (_, good) = record::parse_segment(&data);
-            assert_eq!(
-                good,
-                data.len(),
-                "segment {s} has garbage after its records"
-            );
-        }
-        let (_wal, replayed) = Wal::open(dir.path(), metrics()).unwrap();
-        let got: Vec<_> = replayed.iter().map(|r| r.payload.to_vec()).collect();
-        assert_eq!(got, vec![b"acked-1".to_vec(), b"acked-2".to_vec()]);
-    }
-
-    #[tokio::test]
-    async fn old_segments_are_deleted_on_request() {
-        let dir = tempfile::tempdir().unwrap();
-        let (wal, _) = Wal::open(dir.path(), metrics()).unwrap();
-        wal.append(Bytes::from_static(b"a")).await.unwrap();
-        let new = wal.rotate().await.unwrap();
-        wal.append(Bytes::from_static(b"b")).await.unwrap();
-        assert_eq!(wal.delete_segments_before(new).unwrap(), 1);
-        drop(wal);
-        let (_wal, replayed) = Wal::open(dir.path(), metrics()).unwrap();
-        assert_eq!(replayed.len(), 1);
-        assert_eq!(&replayed[0].payload[..], b"b");
-    }
-}
+mod tests;

@@ -16,27 +16,72 @@ pub(super) fn encode_into(buf: &mut Vec<u8>, payload: &[u8]) {
     buf.extend_from_slice(payload);
 }
 
-/// Splits a segment into the payload ranges of its intact records and the length of the
-/// intact prefix; anything after the first bad record is a torn or corrupt tail.
-pub(super) fn parse_segment(data: &[u8]) -> (Vec<Range<usize>>, usize) {
-    let mut out = Vec::new();
-    let mut pos = 0;
-    while data.len() - pos >= HEADER_LEN {
-        let len =
-            u32::from_le_bytes([data[pos], data[pos + 1], data[pos + 2], data[pos + 3]]) as usize;
-        let crc = u32::from_le_bytes([data[pos + 4], data[pos + 5], data[pos + 6], data[pos + 7]]);
-        let start = pos + HEADER_LEN;
-        if len > MAX_RECORD || data.len() - start < len {
-            break;
-        }
-        let payload = &data[start..start + len];
-        if crc32c::crc32c(payload) != crc {
-            break;
-        }
-        out.push(start..start + len);
-        pos = start + len;
+/// What a segment holds: the payload ranges of its intact records, the end of the last
+/// one, and what had to be skipped to find them.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Parsed {
+    pub records: Vec<Range<usize>>,
+    /// End of the last intact record: anything after it is a torn or corrupt tail.
+    pub good_len: usize,
+    /// Corrupt stretches between intact records that were stepped over.
+    pub skipped_regions: usize,
+    /// Bytes in those stretches (not counting the tail).
+    pub skipped_bytes: usize,
+}
+
+/// Reads the record starting at `pos`, if one is intact there.
+fn record_at(data: &[u8], pos: usize) -> Option<Range<usize>> {
+    if data.len() - pos < HEADER_LEN {
+        return None;
     }
-    (out, pos)
+    let len = u32::from_le_bytes([data[pos], data[pos + 1], data[pos + 2], data[pos + 3]]) as usize;
+    let crc = u32::from_le_bytes([data[pos + 4], data[pos + 5], data[pos + 6], data[pos + 7]]);
+    let start = pos + HEADER_LEN;
+    if len > MAX_RECORD || data.len() - start < len {
+        return None;
+    }
+    (crc32c::crc32c(&data[start..start + len]) == crc).then_some(start..start + len)
+}
+
+/// Splits a segment into its intact records. A corrupt record in the middle (a bad sector,
+/// a flipped bit) does not cost the records after it: the parser resynchronises on the next
+/// offset where a header's length fits and its checksum matches. Empty records are not
+/// accepted while resynchronising, since a run of zero bytes (a torn page) would match.
+/// Checksumming candidates is bounded to a few times the segment's size, so garbage full
+/// of plausible lengths cannot make replay quadratic; past that the rest is a tail.
+pub(super) fn parse_segment(data: &[u8]) -> Parsed {
+    let mut p = Parsed::default();
+    let mut pos = 0;
+    let mut budget = data.len().saturating_mul(4).saturating_add(64 << 20);
+    while pos < data.len() {
+        if let Some(r) = record_at(data, pos) {
+            pos = r.end;
+            p.records.push(r);
+            p.good_len = pos;
+            continue;
+        }
+        let next = (pos + 1..data.len().saturating_sub(HEADER_LEN - 1)).find(|&q| {
+            if budget == 0 {
+                return true;
+            }
+            let len = u32::from_le_bytes([data[q], data[q + 1], data[q + 2], data[q + 3]]) as usize;
+            if len == 0 || len > MAX_RECORD || data.len() - q - HEADER_LEN < len {
+                return false;
+            }
+            budget = budget.saturating_sub(len);
+            record_at(data, q).is_some()
+        });
+        let next = next.filter(|_| budget > 0);
+        match next {
+            Some(q) => {
+                p.skipped_regions += 1;
+                p.skipped_bytes += q - pos;
+                pos = q;
+            }
+            None => break,
+        }
+    }
+    p
 }
 
 #[derive(Debug, thiserror::Error)]
