@@ -77,10 +77,32 @@ impl ServerConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DistributorConfig {
     pub receivers: ReceiversConfig,
+    /// Not Tempo keys: bounds on what one export may cost in memory once decoded. OTLP
+    /// protobuf amplifies (an empty span is 2 bytes on the wire, ~260 bytes decoded), so
+    /// wire-size limits alone do not bound memory. A request over either per-request bound
+    /// is refused as too large (HTTP 413 / gRPC RESOURCE_EXHAUSTED without retry).
+    pub max_spans_per_request: usize,
+    /// Estimated decoded size of one request (structs, strings and the received bytes).
+    pub max_decoded_request_bytes: usize,
+    /// Estimated bytes of all requests being decoded and pushed at once, across both
+    /// receivers; past it exports are refused as retryable (HTTP 429 / RESOURCE_EXHAUSTED
+    /// with RetryInfo) until earlier ones finish.
+    pub max_inflight_request_bytes: usize,
+}
+
+impl Default for DistributorConfig {
+    fn default() -> Self {
+        Self {
+            receivers: ReceiversConfig::default(),
+            max_spans_per_request: 100_000,
+            max_decoded_request_bytes: 128 * 1024 * 1024,
+            max_inflight_request_bytes: 512 * 1024 * 1024,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -491,6 +513,15 @@ impl Config {
                 "{key} must be set for backend {:?}",
                 st.backend
             )));
+        }
+        let d = &self.distributor;
+        if d.max_spans_per_request == 0
+            || d.max_decoded_request_bytes == 0
+            || d.max_inflight_request_bytes == 0
+        {
+            return Err(ConfigError::Invalid(
+                "distributor.max_spans_per_request, max_decoded_request_bytes and max_inflight_request_bytes must be greater than zero".into(),
+            ));
         }
         if let Some(g) = &self.distributor.receivers.otlp.protocols.grpc {
             parse_addr(&g.endpoint)?;

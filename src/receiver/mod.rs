@@ -1,6 +1,7 @@
 //! OTLP receivers: gRPC `TraceService/Export` and OTLP/HTTP `POST /v1/traces`. They decode
 //! and map outcomes to the status codes exporters act on; the distributor does the rest.
 
+pub mod admission;
 pub mod grpc;
 pub mod http;
 
