@@ -13,6 +13,7 @@
 
 mod bloom;
 mod index;
+mod levels;
 mod meta;
 mod reader;
 mod schema;
