@@ -154,7 +154,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
                 metrics.clone(),
                 cfg.querier.concurrent_blocks,
             )
-            .with_poll_config(crate::querier::PollConfig::from_config(&cfg.storage.trace)),
+            .with_poll_config(crate::querier::PollConfig::from_config(&cfg.storage.trace))
+            .with_tag_scan_bytes(cfg.querier.max_tag_scan_bytes),
         );
         if let Err(e) = q.poll_blocklist().await {
             warn!(error = %e, "first blocklist poll failed, serving without blocks until the next one");

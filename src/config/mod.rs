@@ -253,12 +253,17 @@ impl Default for CompactionConfig {
 pub struct QuerierConfig {
     /// How many blocks one trace-by-ID lookup reads at once.
     pub concurrent_blocks: usize,
+    /// Not a Tempo key: bytes of data.parquet one tag-names or tag-values request may read
+    /// from blocks it must scan (a `q` filter, or no usable tag summary); past it the answer
+    /// is partial and says so in the log (zero: no limit).
+    pub max_tag_scan_bytes: u64,
 }
 
 impl Default for QuerierConfig {
     fn default() -> Self {
         Self {
             concurrent_blocks: 16,
+            max_tag_scan_bytes: 512 * 1024 * 1024,
         }
     }
 }

@@ -72,6 +72,16 @@ impl Querier {
         tenant: &TenantId,
         req: &TagsRequest,
     ) -> Result<TagNames, QueryError> {
+        Ok(self.tag_names_partial(tenant, req).await?.0)
+    }
+
+    /// [`Self::tag_names`], and whether the answer is partial (the scan reached
+    /// `querier.max_tag_scan_bytes`).
+    pub async fn tag_names_partial(
+        &self,
+        tenant: &TenantId,
+        req: &TagsRequest,
+    ) -> Result<(TagNames, bool), QueryError> {
         let filter = req.filter.clone();
         let limit = req.limit;
         let (summaries, to_scan) = self.summaries_for(tenant, req).await?;
@@ -107,6 +117,7 @@ impl Querier {
                 }
             })
             .await?;
+        let partial = scan.partial;
         let mut out = TagNames::default();
         for s in scan.sources {
             for (scope, names) in s.value.0 {
@@ -134,7 +145,7 @@ impl Querier {
                 }
             }
         }
-        Ok(out)
+        Ok((out, partial))
     }
 
     /// Splits the blocks a tag request covers into those whose `tags.json` answers it and
@@ -195,6 +206,17 @@ impl Querier {
         target: TagTarget,
         req: &TagsRequest,
     ) -> Result<BTreeSet<TagValue>, QueryError> {
+        Ok(self.tag_values_partial(tenant, target, req).await?.0)
+    }
+
+    /// [`Self::tag_values`], and whether the answer is partial (the scan reached
+    /// `querier.max_tag_scan_bytes`).
+    pub async fn tag_values_partial(
+        &self,
+        tenant: &TenantId,
+        target: TagTarget,
+        req: &TagsRequest,
+    ) -> Result<(BTreeSet<TagValue>, bool), QueryError> {
         let filter = req.filter.clone();
         let limit = req.limit;
         let (summaries, mut to_scan) = self.summaries_for(tenant, req).await?;
@@ -223,7 +245,7 @@ impl Querier {
                 out.insert(v);
             }
         }
-        Ok(out)
+        Ok((out, scan.partial))
     }
 }
 
@@ -491,5 +513,77 @@ fn intrinsic_value(
         }
         // Durations and IDs are not useful autocomplete values.
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Backend;
+    use crate::block::{synth, BlockConfig};
+    use crate::metrics::Metrics;
+    use crate::querier::BlockList;
+
+    /// Blocks of many small row groups, without tag summaries, so tag requests scan them.
+    async fn querier(budget: u64) -> (Querier, TenantId, u64) {
+        let backend = Backend::memory();
+        let list = Arc::new(BlockList::default());
+        let tenant = TenantId::new("t").unwrap();
+        let cfg = BlockConfig {
+            row_group_size_bytes: 4_000,
+            ..BlockConfig::default()
+        };
+        let mut first = 0u64;
+        for k in 0..3u64 {
+            let id = uuid::Uuid::from_u128(u128::from(k) + 1);
+            let b =
+                block::encode_block(&tenant, id, 0, synth::realistic_traces(40, k), &cfg).unwrap();
+            let md = block::decode_footer(b.data.clone(), b.data.len() as u64).unwrap();
+            assert!(md.num_row_groups() > 2, "several row groups per block");
+            let r = block::row_group_byte_range(&md, 0).unwrap();
+            first = first.max(r.end - r.start);
+            backend
+                .put(&block::data_key(&tenant, id), b.data.clone())
+                .await
+                .unwrap();
+            list.add(tenant.clone(), b.meta.clone());
+        }
+        let q = Querier::new(backend, None, list, Arc::new(Metrics::default()), 1)
+            .with_tag_scan_bytes(budget);
+        (q, tenant, first)
+    }
+
+    fn names_of_spans_request() -> (TagTarget, TagsRequest) {
+        (
+            TagTarget::Intrinsic(Intrinsic::Name),
+            TagsRequest {
+                range: None,
+                filter: Some(Arc::new(crate::traceql::parse("{ }").unwrap())),
+                limit: 100_000,
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn tag_scans_stream_row_groups_and_stop_at_their_budget() {
+        let (q, tenant, first_row_group) = querier(0).await;
+        let (target, req) = names_of_spans_request();
+        let (all, partial) = q
+            .tag_values_partial(&tenant, target.clone(), &req)
+            .await
+            .unwrap();
+        assert!(!partial);
+        assert!(all.len() > 3, "{all:?}");
+        let (names, partial) = q.tag_names_partial(&tenant, &req).await.unwrap();
+        assert!(!partial && !names.0.is_empty());
+
+        // Room for about one row group: some values, and the answer says it is partial.
+        let (q, tenant, _) = querier(first_row_group).await;
+        let (some, partial) = q.tag_values_partial(&tenant, target, &req).await.unwrap();
+        assert!(partial);
+        assert!(!some.is_empty() && some.len() < all.len(), "{some:?}");
+        assert!(some.is_subset(&all));
+        let (_, partial) = q.tag_names_partial(&tenant, &req).await.unwrap();
+        assert!(partial);
     }
 }
