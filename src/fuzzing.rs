@@ -81,6 +81,11 @@ pub const TARGETS: &[(&str, Target)] = &[
 /// by trace as the distributor does.
 pub fn otlp_protobuf(data: &[u8]) {
     if let Ok(req) = ExportTraceServiceRequest::decode(data) {
+        // The receivers' pre-decode estimate accepts what prost accepts and counts the
+        // same spans, so its limits apply to exactly the spans that would be decoded.
+        let est = crate::receiver::admission::estimate_protobuf(data)
+            .expect("the estimate accepts what prost decodes");
+        assert_eq!(est.spans, spans_in(&req.resource_spans), "estimated spans");
         distribute(&req);
     }
 }

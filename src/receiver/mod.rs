@@ -2,6 +2,7 @@
 //! and map outcomes to the status codes exporters act on; the distributor does the rest.
 
 pub mod admission;
+pub mod estimate;
 pub mod grpc;
 pub mod http;
 
