@@ -172,3 +172,70 @@ async fn decode_amplification_is_refused_as_too_large() {
         2
     );
 }
+
+/// Restarts `server` with extra `distributor:` keys (the harness writes that section).
+async fn with_distributor_keys(server: &mut Server, keys: &str) {
+    let yaml = server
+        .config_yaml()
+        .replacen("distributor:\n", &format!("distributor:\n{keys}"), 1);
+    std::fs::write(server.config_path(), yaml).unwrap();
+    server.restart().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_in_flight_are_bounded_across_requests() {
+    use tokio::io::AsyncWriteExt;
+    let mut server = Server::start().await;
+    with_distributor_keys(&mut server, "  max_inflight_request_bytes: 200000\n").await;
+    // A slow upload: 150 kB of its 160 kB body sent, the rest held back. What it sent is in
+    // flight until the request ends.
+    let mut slow = tokio::net::TcpStream::connect(("127.0.0.1", server.otlp_http_port))
+        .await
+        .unwrap();
+    let head = "POST /v1/traces HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-protobuf\r\nContent-Length: 160000\r\n\r\n";
+    slow.write_all(head.as_bytes()).await.unwrap();
+    slow.write_all(&vec![0u8; 150_000]).await.unwrap();
+    slow.flush().await.unwrap();
+    // Another export no longer fits: refused as retryable, with Retry-After.
+    let (req, _) = {
+        let tid = rand_trace_id();
+        let spans = (0..200)
+            .map(|i| pb_span(&tid, &rand_span_id(), &format!("s{i}"), now_nanos() - 1_000))
+            .collect();
+        (pb_request("inflight", spans), hex::encode(tid))
+    };
+    let body = req.encode_to_vec();
+    let mut refused = None;
+    for _ in 0..50 {
+        let resp = server
+            .client
+            .post(server.otlp_http_url())
+            .header("Content-Type", "application/x-protobuf")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == 429 {
+            refused = Some(resp);
+            break;
+        }
+        // The slow body may not have reached the server yet.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let refused = refused.expect("an export past the in-flight budget is refused with 429");
+    assert!(refused.headers().contains_key("retry-after"));
+    // A request that could never fit is too large, not retryable.
+    let (status, _) = server.post_otlp(vec![0u8; 250_000], &[PROTO]).await;
+    assert_eq!(status, 413);
+    // Once the slow upload is gone, its bytes are free again.
+    drop(slow);
+    let mut status = 0;
+    for _ in 0..50 {
+        status = server.post_otlp(body.clone(), &[PROTO]).await.0;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 200);
+}

@@ -3,17 +3,18 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
+use bytes::BytesMut;
 use prost::Message;
 use serde_json::json;
 use tracing::debug;
 
-use super::admission::{gunzip, Admission, AdmissionError, DecodeError, GunzipError};
+use super::admission::{gunzip, Admission, AdmissionError, DecodeError, GunzipError, Reservation};
 use super::{refusal, response_for, Refusal};
 use crate::api::auth::{AuthError, TenantResolver, CHALLENGES};
 use crate::distributor::Distributor;
@@ -117,14 +118,44 @@ async fn export(State(s): State<HttpReceiverState>, headers: HeaderMap, body: Bo
             format!("request body is larger than the {limit} byte limit"),
         )
     };
-    let body = match axum::body::to_bytes(body, limit).await {
-        Ok(b) => b,
-        Err(_) => return too_large(),
-    };
-    // What was received is held until the push is done; the decoded request is added below.
-    let mut reservation = match s.admission.budget.try_reserve(body.len()) {
+    // A declared length already over a bound is refused before anything is read.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if let Some(n) = declared {
+        if n > limit {
+            return too_large();
+        }
+        let budget = s.admission.budget.limit();
+        if n > budget {
+            return refused(
+                format,
+                &AdmissionError::DecodedTooLarge {
+                    bytes: n,
+                    limit: budget,
+                },
+            );
+        }
+    }
+    // What is received is held until the push is done, counted in the in-flight budget as
+    // it arrives; the decoded request is added below.
+    let mut reservation = match s.admission.budget.try_reserve(0) {
         Ok(r) => r,
         Err(e) => return refused(format, &e),
+    };
+    let body = match read_body(body, limit, &mut reservation).await {
+        Ok(b) => b,
+        Err(BodyError::TooLarge) => return too_large(),
+        Err(BodyError::Refused(e)) => return refused(format, &e),
+        Err(BodyError::Read(e)) => {
+            return error(
+                format,
+                StatusCode::BAD_REQUEST,
+                INVALID_ARGUMENT,
+                format!("cannot read request body: {e}"),
+            )
+        }
     };
     let encoding = headers
         .get(header::CONTENT_ENCODING)
@@ -236,6 +267,37 @@ async fn export(State(s): State<HttpReceiverState>, headers: HeaderMap, body: Bo
             ),
         },
     }
+}
+
+enum BodyError {
+    TooLarge,
+    Refused(AdmissionError),
+    Read(String),
+}
+
+/// Reads a body of at most `limit` bytes, growing `reservation` as data arrives, so slow
+/// uploads in parallel cannot hold more than the in-flight budget between them.
+async fn read_body(
+    body: Body,
+    limit: usize,
+    reservation: &mut Reservation,
+) -> Result<Bytes, BodyError> {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| BodyError::Read(e.to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let len = buf.len().saturating_add(data.len());
+        if len > limit {
+            return Err(BodyError::TooLarge);
+        }
+        reservation.grow_to(len).map_err(BodyError::Refused)?;
+        buf.extend_from_slice(&data);
+    }
+    Ok(buf.freeze())
 }
 
 /// A request refused before decoding: 429 while the in-flight budget is taken (retryable),
