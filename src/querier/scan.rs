@@ -30,8 +30,22 @@ pub(crate) struct Scan<T> {
     pub(crate) partial: bool,
 }
 
-/// Traces decoded at once while scanning a row group.
+/// Traces decoded at once while scanning a row group, at most...
 const SCAN_BATCH_ROWS: usize = 256;
+/// ...and about this many bytes of uncompressed column data, so a row group of large
+/// traces is decoded a few traces at a time.
+const SCAN_BATCH_BYTES: u64 = 8 << 20;
+
+/// Rows per decoded batch for row group `rg`: its average trace size decides.
+fn batch_rows(md: &parquet::file::metadata::ParquetMetaData, rg: usize) -> usize {
+    let Some(g) = md.row_groups().get(rg) else {
+        return 1;
+    };
+    let rows = u64::try_from(g.num_rows()).unwrap_or(0).max(1);
+    let bytes = u64::try_from(g.total_byte_size()).unwrap_or(0).max(1);
+    let fit = (SCAN_BATCH_BYTES.saturating_mul(rows) / bytes).max(1);
+    usize::try_from(fit).map_or(SCAN_BATCH_ROWS, |n| n.min(SCAN_BATCH_ROWS))
+}
 
 /// Bytes of blocks one request may still read.
 pub(crate) struct ScanBudget {
@@ -201,11 +215,11 @@ impl Querier {
             };
             out.inspected_bytes += bytes.len() as u64;
             let (md, visit, size) = (footer.clone(), visit.clone(), meta.size);
+            let rows = batch_rows(&md, rg);
             let value = std::mem::take(&mut out.value);
             out.value = tokio::task::spawn_blocking(move || {
                 let mut value = value;
-                let traces =
-                    block::row_group_traces(md, rg, bytes, range.start, size, SCAN_BATCH_ROWS)?;
+                let traces = block::row_group_traces(md, rg, bytes, range.start, size, rows)?;
                 for t in traces {
                     let t = t?;
                     visit(t.id, &t.batches, &mut value);
@@ -217,5 +231,52 @@ impl Querier {
             .map_err(ble)?;
         }
         Ok(Some(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::block::{synth, BlockConfig};
+    use crate::model::{any_value, AnyValue, KeyValue};
+
+    #[test]
+    fn large_traces_are_decoded_a_few_at_a_time() {
+        let tenant = TenantId::new("t").unwrap();
+        let mut traces = synth::realistic_traces(6, 1);
+        for t in &mut traces {
+            // ~3 MiB per trace, incompressible enough to count in the column sizes.
+            let blob: String = (0..3 << 20)
+                .map(|i: u32| char::from(b'a' + (i.wrapping_mul(2_654_435_761) >> 27) as u8 % 26))
+                .collect();
+            t.batches[0].scope_spans[0].spans[0]
+                .attributes
+                .push(KeyValue {
+                    key: "blob".into(),
+                    value: Some(AnyValue {
+                        value: Some(any_value::Value::StringValue(blob)),
+                    }),
+                    ..Default::default()
+                });
+        }
+        let cfg = BlockConfig {
+            row_group_size_bytes: 64 << 20,
+            ..BlockConfig::default()
+        };
+        let b = block::encode_block(&tenant, uuid::Uuid::nil(), 0, traces, &cfg).unwrap();
+        let md = block::decode_footer(b.data.clone(), b.data.len() as u64).unwrap();
+        assert_eq!(md.row_group(0).num_rows(), 6);
+        // 8 MiB of ~3 MiB traces: two at a time.
+        assert_eq!(batch_rows(&md, 0), 2);
+        let small = block::encode_block(
+            &tenant,
+            uuid::Uuid::nil(),
+            0,
+            synth::realistic_traces(300, 2),
+            &cfg,
+        )
+        .unwrap();
+        let md = block::decode_footer(small.data.clone(), small.data.len() as u64).unwrap();
+        assert_eq!(batch_rows(&md, 0), SCAN_BATCH_ROWS);
     }
 }
