@@ -14,7 +14,7 @@ use futures::stream::{self, StreamExt};
 
 use super::{Querier, QueryError, TimeRange};
 use crate::backend::BackendError;
-use crate::block::{self, BlockMeta};
+use crate::block::{self, BlockError, BlockMeta, TraceInput};
 use crate::model::{ResourceSpans, TenantId, TraceId};
 use tracing::warn;
 
@@ -46,6 +46,9 @@ fn batch_rows(md: &parquet::file::metadata::ParquetMetaData, rg: usize) -> usize
     let fit = (SCAN_BATCH_BYTES.saturating_mul(rows) / bytes).max(1);
     usize::try_from(fit).map_or(SCAN_BATCH_ROWS, |n| n.min(SCAN_BATCH_ROWS))
 }
+
+/// Which leaf columns (by dotted Parquet path) a scan needs.
+pub(crate) type Columns = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 /// Bytes of blocks one request may still read.
 pub(crate) struct ScanBudget {
@@ -100,11 +103,13 @@ impl Querier {
             .collect()
     }
 
-    /// Visits the ingester's memory and the given blocks.
+    /// Visits the ingester's memory and the given blocks. With `columns`, blocks are read
+    /// with only the leaf columns it accepts (the rest of each trace comes back empty).
     pub(crate) async fn scan_sources<T, F>(
         &self,
         tenant: &TenantId,
         blocks: Vec<Arc<BlockMeta>>,
+        columns: Option<Columns>,
         visit: F,
     ) -> Result<Scan<T>, QueryError>
     where
@@ -118,7 +123,9 @@ impl Querier {
             sources.push(r);
         }
         let mut results = stream::iter(blocks)
-            .map(|meta| self.scan_block(tenant, meta, visit.clone(), budget.clone()))
+            .map(|meta| {
+                self.scan_block(tenant, meta, visit.clone(), budget.clone(), columns.clone())
+            })
             .buffer_unordered(self.concurrent_blocks);
         while let Some(r) = results.next().await {
             if let Some(r) = r? {
@@ -176,6 +183,7 @@ impl Querier {
         meta: Arc<BlockMeta>,
         visit: Arc<F>,
         budget: Arc<ScanBudget>,
+        columns: Option<Columns>,
     ) -> Result<Option<SourceResult<T>>, QueryError>
     where
         T: Default + Send + 'static,
@@ -216,10 +224,30 @@ impl Querier {
             out.inspected_bytes += bytes.len() as u64;
             let (md, visit, size) = (footer.clone(), visit.clone(), meta.size);
             let rows = batch_rows(&md, rg);
+            let columns = columns.clone();
             let value = std::mem::take(&mut out.value);
             out.value = tokio::task::spawn_blocking(move || {
                 let mut value = value;
-                let traces = block::row_group_traces(md, rg, bytes, range.start, size, rows)?;
+                let traces: Box<dyn Iterator<Item = Result<TraceInput, BlockError>>> =
+                    match &columns {
+                        Some(keep) => Box::new(block::row_group_traces_projected(
+                            md,
+                            rg,
+                            bytes,
+                            range.start,
+                            size,
+                            rows,
+                            keep.as_ref(),
+                        )?),
+                        None => Box::new(block::row_group_traces(
+                            md,
+                            rg,
+                            bytes,
+                            range.start,
+                            size,
+                            rows,
+                        )?),
+                    };
                 for t in traces {
                     let t = t?;
                     visit(t.id, &t.batches, &mut value);

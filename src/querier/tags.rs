@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use futures::stream::{self, StreamExt};
 
+use super::scan::Columns;
 use super::{Querier, QueryError, TimeRange};
 use crate::backend::BackendError;
 use crate::block::{self, BlockMeta, TagSummary};
@@ -86,36 +87,41 @@ impl Querier {
         let limit = req.limit;
         let (summaries, to_scan) = self.summaries_for(tenant, req).await?;
         let scan = self
-            .scan_sources(tenant, to_scan, move |_, batches, acc: &mut TagNames| {
-                let keep = matching_spans(filter.as_deref(), batches);
-                for rs in batches {
-                    let mut any = false;
-                    for ss in &rs.scope_spans {
-                        let mut scope_used = false;
-                        for s in ss.spans.iter().filter(|s| keep.allows(s)) {
-                            any = true;
-                            scope_used = true;
-                            add_keys(acc, "span", &s.attributes, limit);
-                            for e in &s.events {
-                                add_keys(acc, "event", &e.attributes, limit);
+            .scan_sources(
+                tenant,
+                to_scan,
+                None,
+                move |_, batches, acc: &mut TagNames| {
+                    let keep = matching_spans(filter.as_deref(), batches);
+                    for rs in batches {
+                        let mut any = false;
+                        for ss in &rs.scope_spans {
+                            let mut scope_used = false;
+                            for s in ss.spans.iter().filter(|s| keep.allows(s)) {
+                                any = true;
+                                scope_used = true;
+                                add_keys(acc, "span", &s.attributes, limit);
+                                for e in &s.events {
+                                    add_keys(acc, "event", &e.attributes, limit);
+                                }
+                                for l in &s.links {
+                                    add_keys(acc, "link", &l.attributes, limit);
+                                }
                             }
-                            for l in &s.links {
-                                add_keys(acc, "link", &l.attributes, limit);
+                            if scope_used {
+                                if let Some(scope) = &ss.scope {
+                                    add_keys(acc, "instrumentation", &scope.attributes, limit);
+                                }
                             }
                         }
-                        if scope_used {
-                            if let Some(scope) = &ss.scope {
-                                add_keys(acc, "instrumentation", &scope.attributes, limit);
+                        if any {
+                            if let Some(r) = &rs.resource {
+                                add_keys(acc, "resource", &r.attributes, limit);
                             }
                         }
                     }
-                    if any {
-                        if let Some(r) = &rs.resource {
-                            add_keys(acc, "resource", &r.attributes, limit);
-                        }
-                    }
-                }
-            })
+                },
+            )
             .await?;
         let partial = scan.partial;
         let mut out = TagNames::default();
@@ -227,10 +233,13 @@ impl Querier {
                 to_scan.push(meta);
             }
         }
+        // Without a filter only the target's columns are read; a filter may look at any.
+        let columns = filter.is_none().then(|| columns_for(&target));
         let scan = self
             .scan_sources(
                 tenant,
                 to_scan,
+                columns,
                 move |_, batches, acc: &mut BTreeSet<TagValue>| {
                     let keep = matching_spans(filter.as_deref(), batches);
                     collect_values(&target, batches, &keep, acc, limit);
@@ -246,6 +255,41 @@ impl Querier {
             }
         }
         Ok((out, scan.partial))
+    }
+}
+
+/// The leaf columns that hold a target's values (the scan adds what ties spans to parents).
+fn columns_for(target: &TagTarget) -> Columns {
+    use crate::block::paths::{RESOURCE, SCOPE, SPAN};
+    let under = |prefix: String| -> Columns { Arc::new(move |p: &str| p.starts_with(&prefix)) };
+    let leaf = |path: String| -> Columns { Arc::new(move |p: &str| p == path) };
+    // Span attributes and dedicated span columns: the span's own leaves, not its events',
+    // links' or status'.
+    let span_own = |p: &str| {
+        p.strip_prefix(SPAN).is_some_and(|l| {
+            !(l.starts_with("events.") || l.starts_with("links.") || l.starts_with("status."))
+        })
+    };
+    match target {
+        TagTarget::Attribute { scope, .. } => match scope {
+            Scope::Span => Arc::new(span_own),
+            Scope::Resource => under(RESOURCE.into()),
+            Scope::Unscoped => Arc::new(move |p: &str| span_own(p) || p.starts_with(RESOURCE)),
+            Scope::Event => under(format!("{SPAN}events.")),
+            Scope::Link => under(format!("{SPAN}links.")),
+            Scope::Instrumentation => under(SCOPE.into()),
+        },
+        TagTarget::Intrinsic(i) => match i {
+            Intrinsic::Name | Intrinsic::TraceRootName => leaf(format!("{SPAN}name")),
+            Intrinsic::Kind => leaf(format!("{SPAN}kind")),
+            Intrinsic::Status | Intrinsic::StatusMessage => under(format!("{SPAN}status.")),
+            Intrinsic::EventName => leaf(format!("{SPAN}events.list.element.name")),
+            Intrinsic::InstrumentationName => leaf(format!("{SCOPE}name")),
+            Intrinsic::InstrumentationVersion => leaf(format!("{SCOPE}version")),
+            Intrinsic::TraceRootService => under(RESOURCE.into()),
+            // Nothing else is collected (see `intrinsic_value`).
+            _ => Arc::new(|_: &str| false),
+        },
     }
 }
 
@@ -517,73 +561,4 @@ fn intrinsic_value(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::backend::Backend;
-    use crate::block::{synth, BlockConfig};
-    use crate::metrics::Metrics;
-    use crate::querier::BlockList;
-
-    /// Blocks of many small row groups, without tag summaries, so tag requests scan them.
-    async fn querier(budget: u64) -> (Querier, TenantId, u64) {
-        let backend = Backend::memory();
-        let list = Arc::new(BlockList::default());
-        let tenant = TenantId::new("t").unwrap();
-        let cfg = BlockConfig {
-            row_group_size_bytes: 4_000,
-            ..BlockConfig::default()
-        };
-        let mut first = 0u64;
-        for k in 0..3u64 {
-            let id = uuid::Uuid::from_u128(u128::from(k) + 1);
-            let b =
-                block::encode_block(&tenant, id, 0, synth::realistic_traces(40, k), &cfg).unwrap();
-            let md = block::decode_footer(b.data.clone(), b.data.len() as u64).unwrap();
-            assert!(md.num_row_groups() > 2, "several row groups per block");
-            let r = block::row_group_byte_range(&md, 0).unwrap();
-            first = first.max(r.end - r.start);
-            backend
-                .put(&block::data_key(&tenant, id), b.data.clone())
-                .await
-                .unwrap();
-            list.add(tenant.clone(), b.meta.clone());
-        }
-        let q = Querier::new(backend, None, list, Arc::new(Metrics::default()), 1)
-            .with_tag_scan_bytes(budget);
-        (q, tenant, first)
-    }
-
-    fn names_of_spans_request() -> (TagTarget, TagsRequest) {
-        (
-            TagTarget::Intrinsic(Intrinsic::Name),
-            TagsRequest {
-                range: None,
-                filter: Some(Arc::new(crate::traceql::parse("{ }").unwrap())),
-                limit: 100_000,
-            },
-        )
-    }
-
-    #[tokio::test]
-    async fn tag_scans_stream_row_groups_and_stop_at_their_budget() {
-        let (q, tenant, first_row_group) = querier(0).await;
-        let (target, req) = names_of_spans_request();
-        let (all, partial) = q
-            .tag_values_partial(&tenant, target.clone(), &req)
-            .await
-            .unwrap();
-        assert!(!partial);
-        assert!(all.len() > 3, "{all:?}");
-        let (names, partial) = q.tag_names_partial(&tenant, &req).await.unwrap();
-        assert!(!partial && !names.0.is_empty());
-
-        // Room for about one row group: some values, and the answer says it is partial.
-        let (q, tenant, _) = querier(first_row_group).await;
-        let (some, partial) = q.tag_values_partial(&tenant, target, &req).await.unwrap();
-        assert!(partial);
-        assert!(!some.is_empty() && some.len() < all.len(), "{some:?}");
-        assert!(some.is_subset(&all));
-        let (_, partial) = q.tag_names_partial(&tenant, &req).await.unwrap();
-        assert!(partial);
-    }
-}
+mod tests;
