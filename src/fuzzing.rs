@@ -185,7 +185,7 @@ pub fn tolerate_decoder_panics() {
 }
 
 /// A (corrupted) `data.parquet`: read whole, by footer and row group, and by page index,
-/// as compaction, the querier's row-group lookup and its page lookup do. Every path must
+/// as compaction, the querier's row-group lookup, its tag scan and its page lookup do. Every path must
 /// return an error or traces, never panic.
 pub fn block(data: &[u8]) {
     let file = Bytes::copy_from_slice(data);
@@ -202,7 +202,22 @@ pub fn block(data: &[u8]) {
     for rg in 0..md.num_row_groups() {
         if let Ok(r) = row_group_byte_range(&md, rg) {
             if let Some(bytes) = file.get(r.start as usize..r.end as usize) {
-                let _ = find_trace(md.clone(), rg, Bytes::copy_from_slice(bytes), r.start, &id);
+                let bytes = Bytes::copy_from_slice(bytes);
+                let _ = find_trace(md.clone(), rg, bytes.clone(), r.start, &id);
+                // The tag scan's projected read: one column and what ties spans together.
+                let name = format!("{}name", crate::block::paths::SPAN);
+                let keep = |p: &str| p == name;
+                if let Ok(traces) = crate::block::row_group_traces_projected(
+                    md.clone(),
+                    rg,
+                    bytes,
+                    r.start,
+                    file_len,
+                    3,
+                    &keep,
+                ) {
+                    traces.take_while(Result::is_ok).for_each(drop);
+                }
             }
         }
         if let Ok(LookupPlan::Pages(plan)) = plan_lookup(&md, rg, &id) {

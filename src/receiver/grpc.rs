@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use prost::Message;
 use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::{BoxFuture, EnabledCompressionEncodings};
@@ -18,7 +18,7 @@ use tracing::debug;
 
 use tonic_types::{ErrorDetails, StatusExt};
 
-use super::admission::{gunzip, Admission, AdmissionError, DecodeError, GunzipError};
+use super::admission::{gunzip, Admission, AdmissionError, DecodeError, GunzipError, Reservation};
 use super::{refusal, response_for, Refusal};
 use crate::api::auth::{grpc_status, TenantResolver};
 use crate::distributor::Distributor;
@@ -51,6 +51,37 @@ impl OtlpGrpcService {
             admission,
         }
     }
+}
+
+/// Reads a request body of at most `limit` bytes, growing `reservation` as data arrives.
+async fn read_body<B>(body: B, limit: usize, reservation: &mut Reservation) -> Result<Bytes, Status>
+where
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+{
+    let mut body = std::pin::pin!(body);
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| Status::cancelled(format!("cannot read request: {}", e.into())))?;
+        let Ok(mut data) = frame.into_data() else {
+            continue;
+        };
+        let len = buf.len().saturating_add(data.remaining());
+        if len > limit {
+            return Err(Status::resource_exhausted(format!(
+                "message is larger than the {limit} byte limit"
+            )));
+        }
+        reservation.grow_to(len).map_err(|e| refused(&e))?;
+        while data.has_remaining() {
+            let chunk = data.chunk();
+            let n = chunk.len();
+            buf.extend_from_slice(chunk);
+            data.advance(n);
+        }
+    }
+    Ok(buf.freeze())
 }
 
 /// The gRPC message frame: a compressed flag and a big-endian length.
@@ -133,29 +164,29 @@ where
                 return Ok(this.serve(req).await);
             }
             let max = this.max_message_bytes;
+            // The compressed and the inflated bytes count in the in-flight budget until the
+            // export is done (the reservation rides along in the request's extensions).
+            let mut reservation = match this.admission.budget.try_reserve(0) {
+                Ok(r) => r,
+                Err(e) => return Ok(refused(&e).into_http()),
+            };
             let (mut parts, body) = req.into_parts();
             // Compressed frames are never larger than the limit on what they inflate to.
-            let body = match Limited::new(body, max.saturating_add(FRAME_HEADER))
-                .collect()
-                .await
-            {
-                Ok(b) => b.to_bytes(),
-                Err(e) => {
-                    let status = if e.is::<http_body_util::LengthLimitError>() {
-                        Status::resource_exhausted(format!(
-                            "message is larger than the {max} byte limit"
-                        ))
-                    } else {
-                        Status::cancelled(format!("cannot read request: {e}"))
-                    };
-                    return Ok(status.into_http());
-                }
-            };
+            let body =
+                match read_body(body, max.saturating_add(FRAME_HEADER), &mut reservation).await {
+                    Ok(b) => b,
+                    Err(status) => return Ok(status.into_http()),
+                };
+            let compressed = body.len();
             let body = match inflate_gzip_frames(body, max) {
                 Ok(b) => b,
                 Err(status) => return Ok(status.into_http()),
             };
+            if let Err(e) = reservation.grow_to(compressed.saturating_add(body.len())) {
+                return Ok(refused(&e).into_http());
+            }
             parts.headers.remove("grpc-encoding");
+            parts.extensions.insert(Arc::new(reservation));
             Ok(this
                 .serve(http::Request::from_parts(parts, Full::new(body)))
                 .await)
@@ -200,6 +231,8 @@ impl UnaryService<Bytes> for Export {
                 .tenants
                 .resolve_one(&headers)
                 .map_err(|e| grpc_status(&e))?;
+            // Held until the push is done: what the receiver inflated (gzip), if anything.
+            let _inflated = request.extensions().get::<Arc<Reservation>>().cloned();
             let raw = request.into_inner();
             let mut reservation = svc
                 .admission
