@@ -184,7 +184,7 @@ async fn with_distributor_keys(server: &mut Server, keys: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_in_flight_are_bounded_across_requests() {
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut server = Server::start().await;
     with_distributor_keys(&mut server, "  max_inflight_request_bytes: 200000\n").await;
     // A slow upload: 150 kB of its 160 kB body sent, the rest held back. What it sent is in
@@ -224,9 +224,25 @@ async fn bytes_in_flight_are_bounded_across_requests() {
     }
     let refused = refused.expect("an export past the in-flight budget is refused with 429");
     assert!(refused.headers().contains_key("retry-after"));
-    // A request that could never fit is too large, not retryable.
-    let (status, _) = server.post_otlp(vec![0u8; 250_000], &[PROTO]).await;
-    assert_eq!(status, 413);
+    // A request that could never fit is too large, not retryable, and refused from its
+    // declared length before its body is read (none is sent here).
+    let mut big = tokio::net::TcpStream::connect(("127.0.0.1", server.otlp_http_port))
+        .await
+        .unwrap();
+    big.write_all(head.replace("160000", "250000").as_bytes())
+        .await
+        .unwrap();
+    let mut answer = vec![0u8; 12];
+    tokio::time::timeout(Duration::from_secs(10), big.read_exact(&mut answer))
+        .await
+        .expect("answered without the body")
+        .unwrap();
+    assert_eq!(
+        &answer,
+        b"HTTP/1.1 413",
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
     // Once the slow upload is gone, its bytes are free again.
     drop(slow);
     let mut status = 0;
