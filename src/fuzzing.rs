@@ -93,6 +93,13 @@ pub fn otlp_protobuf(data: &[u8]) {
 /// An OTLP/HTTP JSON body, decoded as the HTTP receiver decodes it, then distributed.
 pub fn otlp_json(data: &[u8]) {
     if let Ok(req) = serde_json::from_slice::<ExportTraceServiceRequest>(data) {
+        // Each decoded span comes from a JSON object the receivers' estimate counted.
+        let est = crate::receiver::admission::estimate_json(data);
+        let spans = spans_in(&req.resource_spans);
+        assert!(
+            est.bytes >= spans * std::mem::size_of::<crate::model::Span>(),
+            "estimate {est:?} below {spans} spans"
+        );
         distribute(&req);
     }
 }
