@@ -14,13 +14,16 @@ use parquet::file::serialized_reader::SerializedPageReader;
 use super::reader::SparseChunk;
 use super::BlockError;
 
-/// Checks the pages of row group `rg`'s leaf columns `leaves` that `chunk` holds (pages it
-/// does not hold are not read by the reader either).
+/// Checks the pages of row group `rg`'s leaf columns `leaves` that skipping to row `row`
+/// decodes. With an offset index the reader skips whole pages by their row counts and
+/// decodes levels only in the page holding `row`, so only that page is checked; without
+/// one it decodes every page on the way, so all pages `chunk` holds are.
 pub(crate) fn check_rep_levels(
     md: &ParquetMetaData,
     rg: usize,
     chunk: &SparseChunk,
     leaves: impl IntoIterator<Item = usize>,
+    row: usize,
 ) -> Result<(), BlockError> {
     let Some(rgm) = md.row_groups().get(rg) else {
         return Err(BlockError::RowGroupOutOfRange {
@@ -57,14 +60,18 @@ pub(crate) fn check_rep_levels(
                 pages.skip_next_page()?;
                 continue;
             }
-            let held = locations.as_ref().is_none_or(|locs| {
+            let wanted = locations.as_ref().is_none_or(|locs| {
                 locs.get(index).is_some_and(|l| {
+                    let first = usize::try_from(l.first_row_index).unwrap_or(usize::MAX);
+                    let next = locs.get(index + 1).map_or(usize::MAX, |n| {
+                        usize::try_from(n.first_row_index).unwrap_or(usize::MAX)
+                    });
                     let start = u64::try_from(l.offset).unwrap_or(u64::MAX);
                     let len = u64::try_from(l.compressed_page_size).unwrap_or(u64::MAX);
-                    chunk.holds(start..start.saturating_add(len))
+                    (first..next).contains(&row) && chunk.holds(start..start.saturating_add(len))
                 })
             });
-            if !held {
+            if !wanted {
                 pages.skip_next_page()?;
                 index += 1;
                 continue;

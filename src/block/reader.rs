@@ -443,7 +443,7 @@ pub fn find_trace(
         };
         // Skipping to the row must not spin on a corrupt page (see `levels`).
         let leaves = md.file_metadata().schema_descr().num_columns();
-        super::levels::check_rep_levels(&md, rg, &chunk, 0..leaves)?;
+        super::levels::check_rep_levels(&md, rg, &chunk, 0..leaves, pos)?;
         let selection = RowSelection::from(vec![RowSelector::skip(pos), RowSelector::select(1)]);
         let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(chunk, meta)
             .with_row_groups(vec![rg])
@@ -713,7 +713,7 @@ pub fn find_trace_in_pages(
             .filter(|&i| needed_for_traces(&descr.column(i).path().string()))
             .collect();
         // Skipping to the row must not spin on a corrupt page (see `levels`).
-        super::levels::check_rep_levels(&md, rg, &chunk, leaves.iter().copied())?;
+        super::levels::check_rep_levels(&md, rg, &chunk, leaves.iter().copied(), pos)?;
         let mask = ProjectionMask::leaves(descr, leaves);
         let reader = reader
             .with_projection(mask)
