@@ -1,6 +1,7 @@
 //! End-to-end tests: each test starts its own `vivace serve` process on free
 //! loopback ports with a private temp dir (see `harness`).
 
+mod amplification;
 mod auth;
 mod bad_input;
 mod compaction;

@@ -81,6 +81,11 @@ pub const TARGETS: &[(&str, Target)] = &[
 /// by trace as the distributor does.
 pub fn otlp_protobuf(data: &[u8]) {
     if let Ok(req) = ExportTraceServiceRequest::decode(data) {
+        // The receivers' pre-decode estimate accepts what prost accepts and counts the
+        // same spans, so its limits apply to exactly the spans that would be decoded.
+        let est = crate::receiver::admission::estimate_protobuf(data)
+            .expect("the estimate accepts what prost decodes");
+        assert_eq!(est.spans, spans_in(&req.resource_spans), "estimated spans");
         distribute(&req);
     }
 }
@@ -88,6 +93,13 @@ pub fn otlp_protobuf(data: &[u8]) {
 /// An OTLP/HTTP JSON body, decoded as the HTTP receiver decodes it, then distributed.
 pub fn otlp_json(data: &[u8]) {
     if let Ok(req) = serde_json::from_slice::<ExportTraceServiceRequest>(data) {
+        // Each decoded span comes from a JSON object the receivers' estimate counted.
+        let est = crate::receiver::admission::estimate_json(data);
+        let spans = spans_in(&req.resource_spans);
+        assert!(
+            est.bytes >= spans * std::mem::size_of::<crate::model::Span>(),
+            "estimate {est:?} below {spans} spans"
+        );
         distribute(&req);
     }
 }
@@ -180,7 +192,7 @@ pub fn tolerate_decoder_panics() {
 }
 
 /// A (corrupted) `data.parquet`: read whole, by footer and row group, and by page index,
-/// as compaction, the querier's row-group lookup and its page lookup do. Every path must
+/// as compaction, the querier's row-group lookup, its tag scan and its page lookup do. Every path must
 /// return an error or traces, never panic.
 pub fn block(data: &[u8]) {
     let file = Bytes::copy_from_slice(data);
@@ -197,7 +209,22 @@ pub fn block(data: &[u8]) {
     for rg in 0..md.num_row_groups() {
         if let Ok(r) = row_group_byte_range(&md, rg) {
             if let Some(bytes) = file.get(r.start as usize..r.end as usize) {
-                let _ = find_trace(md.clone(), rg, Bytes::copy_from_slice(bytes), r.start, &id);
+                let bytes = Bytes::copy_from_slice(bytes);
+                let _ = find_trace(md.clone(), rg, bytes.clone(), r.start, &id);
+                // The tag scan's projected read: one column and what ties spans together.
+                let name = format!("{}name", crate::block::paths::SPAN);
+                let keep = |p: &str| p == name;
+                if let Ok(traces) = crate::block::row_group_traces_projected(
+                    md.clone(),
+                    rg,
+                    bytes,
+                    r.start,
+                    file_len,
+                    3,
+                    &keep,
+                ) {
+                    traces.take_while(Result::is_ok).for_each(drop);
+                }
             }
         }
         if let Ok(LookupPlan::Pages(plan)) = plan_lookup(&md, rg, &id) {

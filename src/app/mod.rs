@@ -154,7 +154,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
                 metrics.clone(),
                 cfg.querier.concurrent_blocks,
             )
-            .with_poll_config(crate::querier::PollConfig::from_config(&cfg.storage.trace)),
+            .with_poll_config(crate::querier::PollConfig::from_config(&cfg.storage.trace))
+            .with_tag_scan_bytes(cfg.querier.max_tag_scan_bytes),
         );
         if let Err(e) = q.poll_blocklist().await {
             warn!(error = %e, "first blocklist poll failed, serving without blocks until the next one");
@@ -207,6 +208,14 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         };
         let distributor = Arc::new(Distributor::new(ing, metrics.clone(), overrides.clone()));
         let protocols = &cfg.distributor.receivers.otlp.protocols;
+        // One in-flight budget for both receivers: memory is shared, so is the bound.
+        let admission = receiver::admission::Admission::new(
+            receiver::admission::RequestLimits {
+                max_spans: cfg.distributor.max_spans_per_request,
+                max_decoded_bytes: cfg.distributor.max_decoded_request_bytes,
+            },
+            cfg.distributor.max_inflight_request_bytes,
+        );
         if let Some(g) = &protocols.grpc {
             let addr = parse_listen_addr(&g.endpoint)?;
             let listener = bind(addr).await?;
@@ -215,6 +224,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
                 distributor.clone(),
                 tenants.clone(),
                 g.max_recv_msg_size_mib * 1024 * 1024,
+                admission.clone(),
             );
             let rx = stop_rx.clone();
             servers.push(tokio::spawn(async move {
@@ -236,6 +246,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
                 distributor: distributor.clone(),
                 tenants: tenants.clone(),
                 max_body_bytes: h.max_request_body_size,
+                admission: admission.clone(),
             });
             servers.push(serve_http(listener, router, stop_rx.clone()));
         }

@@ -235,6 +235,12 @@ impl SparseChunk {
         })
     }
 
+    /// Whether the fetched ranges cover `range` of the file.
+    pub(crate) fn holds(&self, range: Range<u64>) -> bool {
+        usize::try_from(range.end.saturating_sub(range.start))
+            .is_ok_and(|len| self.slice(range.start, Some(len)).is_ok())
+    }
+
     fn slice(&self, start: u64, length: Option<usize>) -> Result<Bytes, ParquetError> {
         let out_of_range = |len: Option<usize>| {
             ParquetError::General(format!(
@@ -435,6 +441,9 @@ pub fn find_trace(
         let Some(pos) = pos else {
             return Ok(None);
         };
+        // Skipping to the row must not spin on a corrupt page (see `levels`).
+        let leaves = md.file_metadata().schema_descr().num_columns();
+        super::levels::check_rep_levels(&md, rg, &chunk, 0..leaves, pos)?;
         let selection = RowSelection::from(vec![RowSelector::skip(pos), RowSelector::select(1)]);
         let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(chunk, meta)
             .with_row_groups(vec![rg])
@@ -698,10 +707,13 @@ pub fn find_trace_in_pages(
             return Ok(None);
         };
         let selection = RowSelection::from(vec![RowSelector::skip(pos), RowSelector::select(1)]);
-        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(chunk, meta);
+        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(chunk.clone(), meta);
         let descr = reader.parquet_schema();
-        let leaves = (0..descr.num_columns())
-            .filter(|&i| needed_for_traces(&descr.column(i).path().string()));
+        let leaves: Vec<usize> = (0..descr.num_columns())
+            .filter(|&i| needed_for_traces(&descr.column(i).path().string()))
+            .collect();
+        // Skipping to the row must not spin on a corrupt page (see `levels`).
+        super::levels::check_rep_levels(&md, rg, &chunk, leaves.iter().copied(), pos)?;
         let mask = ProjectionMask::leaves(descr, leaves);
         let reader = reader
             .with_projection(mask)

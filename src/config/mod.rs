@@ -79,10 +79,32 @@ impl ServerConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DistributorConfig {
     pub receivers: ReceiversConfig,
+    /// Not Tempo keys: bounds on what one export may cost in memory once decoded. OTLP
+    /// protobuf amplifies (an empty span is 2 bytes on the wire, ~260 bytes decoded), so
+    /// wire-size limits alone do not bound memory. A request over either per-request bound
+    /// is refused as too large (HTTP 413 / gRPC RESOURCE_EXHAUSTED without retry).
+    pub max_spans_per_request: usize,
+    /// Estimated decoded size of one request (structs, strings and the received bytes).
+    pub max_decoded_request_bytes: usize,
+    /// Estimated bytes of all requests being decoded and pushed at once, across both
+    /// receivers; past it exports are refused as retryable (HTTP 429 / RESOURCE_EXHAUSTED
+    /// with RetryInfo) until earlier ones finish.
+    pub max_inflight_request_bytes: usize,
+}
+
+impl Default for DistributorConfig {
+    fn default() -> Self {
+        Self {
+            receivers: ReceiversConfig::default(),
+            max_spans_per_request: 100_000,
+            max_decoded_request_bytes: 128 * 1024 * 1024,
+            max_inflight_request_bytes: 512 * 1024 * 1024,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -233,12 +255,17 @@ impl Default for CompactionConfig {
 pub struct QuerierConfig {
     /// How many blocks one trace-by-ID lookup reads at once.
     pub concurrent_blocks: usize,
+    /// Not a Tempo key: bytes of data.parquet one tag-names or tag-values request may read
+    /// from blocks it must scan (a `q` filter, or no usable tag summary); past it the answer
+    /// is partial and says so in the log (zero: no limit).
+    pub max_tag_scan_bytes: u64,
 }
 
 impl Default for QuerierConfig {
     fn default() -> Self {
         Self {
             concurrent_blocks: 16,
+            max_tag_scan_bytes: 512 * 1024 * 1024,
         }
     }
 }
@@ -511,6 +538,15 @@ impl Config {
                 "{key} must be set for backend {:?}",
                 st.backend
             )));
+        }
+        let d = &self.distributor;
+        if d.max_spans_per_request == 0
+            || d.max_decoded_request_bytes == 0
+            || d.max_inflight_request_bytes == 0
+        {
+            return Err(ConfigError::Invalid(
+                "distributor.max_spans_per_request, max_decoded_request_bytes and max_inflight_request_bytes must be greater than zero".into(),
+            ));
         }
         if let Some(g) = &self.distributor.receivers.otlp.protocols.grpc {
             parse_addr(&g.endpoint)?;

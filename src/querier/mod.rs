@@ -27,6 +27,7 @@ use cache::Cache;
 
 use crate::backend::{Backend, BackendError};
 use crate::block::{self, BlockError, BlockMeta, BloomShard, RowGroupIndex, TagSummary};
+use crate::config::QuerierConfig;
 use crate::ingester::Ingester;
 use crate::metrics::Metrics;
 use crate::model::{ResourceSpans, TenantId, TraceId};
@@ -77,6 +78,8 @@ pub struct Querier {
     footers: Cache<Uuid, ParquetMetaData>,
     tag_summaries: Cache<Uuid, TagSummary>,
     poll: PollConfig,
+    /// Bytes one tag request may scan (`querier.max_tag_scan_bytes`; zero: no limit).
+    tag_scan_bytes: u64,
 }
 
 impl Querier {
@@ -98,7 +101,14 @@ impl Querier {
             footers: Cache::new(1_024),
             tag_summaries: Cache::new(4_096),
             poll: PollConfig::default(),
+            tag_scan_bytes: QuerierConfig::default().max_tag_scan_bytes,
         }
+    }
+
+    /// Sets how many bytes of blocks one tag request may scan (zero: no limit).
+    pub fn with_tag_scan_bytes(mut self, bytes: u64) -> Self {
+        self.tag_scan_bytes = bytes;
+        self
     }
 
     /// Sets the poll interval and tenant-index staleness (defaults: 5m, 3 × interval).

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use futures::stream::{self, StreamExt};
 
+use super::scan::Columns;
 use super::{Querier, QueryError, TimeRange};
 use crate::backend::BackendError;
 use crate::block::{self, BlockMeta, TagSummary};
@@ -72,41 +73,57 @@ impl Querier {
         tenant: &TenantId,
         req: &TagsRequest,
     ) -> Result<TagNames, QueryError> {
+        Ok(self.tag_names_partial(tenant, req).await?.0)
+    }
+
+    /// [`Self::tag_names`], and whether the answer is partial (the scan reached
+    /// `querier.max_tag_scan_bytes`).
+    pub async fn tag_names_partial(
+        &self,
+        tenant: &TenantId,
+        req: &TagsRequest,
+    ) -> Result<(TagNames, bool), QueryError> {
         let filter = req.filter.clone();
         let limit = req.limit;
         let (summaries, to_scan) = self.summaries_for(tenant, req).await?;
         let scan = self
-            .scan_sources(tenant, to_scan, move |_, batches, acc: &mut TagNames| {
-                let keep = matching_spans(filter.as_deref(), batches);
-                for rs in batches {
-                    let mut any = false;
-                    for ss in &rs.scope_spans {
-                        let mut scope_used = false;
-                        for s in ss.spans.iter().filter(|s| keep.allows(s)) {
-                            any = true;
-                            scope_used = true;
-                            add_keys(acc, "span", &s.attributes, limit);
-                            for e in &s.events {
-                                add_keys(acc, "event", &e.attributes, limit);
+            .scan_sources(
+                tenant,
+                to_scan,
+                None,
+                move |_, batches, acc: &mut TagNames| {
+                    let keep = matching_spans(filter.as_deref(), batches);
+                    for rs in batches {
+                        let mut any = false;
+                        for ss in &rs.scope_spans {
+                            let mut scope_used = false;
+                            for s in ss.spans.iter().filter(|s| keep.allows(s)) {
+                                any = true;
+                                scope_used = true;
+                                add_keys(acc, "span", &s.attributes, limit);
+                                for e in &s.events {
+                                    add_keys(acc, "event", &e.attributes, limit);
+                                }
+                                for l in &s.links {
+                                    add_keys(acc, "link", &l.attributes, limit);
+                                }
                             }
-                            for l in &s.links {
-                                add_keys(acc, "link", &l.attributes, limit);
+                            if scope_used {
+                                if let Some(scope) = &ss.scope {
+                                    add_keys(acc, "instrumentation", &scope.attributes, limit);
+                                }
                             }
                         }
-                        if scope_used {
-                            if let Some(scope) = &ss.scope {
-                                add_keys(acc, "instrumentation", &scope.attributes, limit);
+                        if any {
+                            if let Some(r) = &rs.resource {
+                                add_keys(acc, "resource", &r.attributes, limit);
                             }
                         }
                     }
-                    if any {
-                        if let Some(r) = &rs.resource {
-                            add_keys(acc, "resource", &r.attributes, limit);
-                        }
-                    }
-                }
-            })
+                },
+            )
             .await?;
+        let partial = scan.partial;
         let mut out = TagNames::default();
         for s in scan.sources {
             for (scope, names) in s.value.0 {
@@ -134,7 +151,7 @@ impl Querier {
                 }
             }
         }
-        Ok(out)
+        Ok((out, partial))
     }
 
     /// Splits the blocks a tag request covers into those whose `tags.json` answers it and
@@ -195,6 +212,17 @@ impl Querier {
         target: TagTarget,
         req: &TagsRequest,
     ) -> Result<BTreeSet<TagValue>, QueryError> {
+        Ok(self.tag_values_partial(tenant, target, req).await?.0)
+    }
+
+    /// [`Self::tag_values`], and whether the answer is partial (the scan reached
+    /// `querier.max_tag_scan_bytes`).
+    pub async fn tag_values_partial(
+        &self,
+        tenant: &TenantId,
+        target: TagTarget,
+        req: &TagsRequest,
+    ) -> Result<(BTreeSet<TagValue>, bool), QueryError> {
         let filter = req.filter.clone();
         let limit = req.limit;
         let (summaries, mut to_scan) = self.summaries_for(tenant, req).await?;
@@ -205,10 +233,13 @@ impl Querier {
                 to_scan.push(meta);
             }
         }
+        // Without a filter only the target's columns are read; a filter may look at any.
+        let columns = filter.is_none().then(|| columns_for(&target));
         let scan = self
             .scan_sources(
                 tenant,
                 to_scan,
+                columns,
                 move |_, batches, acc: &mut BTreeSet<TagValue>| {
                     let keep = matching_spans(filter.as_deref(), batches);
                     collect_values(&target, batches, &keep, acc, limit);
@@ -223,7 +254,42 @@ impl Querier {
                 out.insert(v);
             }
         }
-        Ok(out)
+        Ok((out, scan.partial))
+    }
+}
+
+/// The leaf columns that hold a target's values (the scan adds what ties spans to parents).
+fn columns_for(target: &TagTarget) -> Columns {
+    use crate::block::paths::{RESOURCE, SCOPE, SPAN};
+    let under = |prefix: String| -> Columns { Arc::new(move |p: &str| p.starts_with(&prefix)) };
+    let leaf = |path: String| -> Columns { Arc::new(move |p: &str| p == path) };
+    // Span attributes and dedicated span columns: the span's own leaves, not its events',
+    // links' or status'.
+    let span_own = |p: &str| {
+        p.strip_prefix(SPAN).is_some_and(|l| {
+            !(l.starts_with("events.") || l.starts_with("links.") || l.starts_with("status."))
+        })
+    };
+    match target {
+        TagTarget::Attribute { scope, .. } => match scope {
+            Scope::Span => Arc::new(span_own),
+            Scope::Resource => under(RESOURCE.into()),
+            Scope::Unscoped => Arc::new(move |p: &str| span_own(p) || p.starts_with(RESOURCE)),
+            Scope::Event => under(format!("{SPAN}events.")),
+            Scope::Link => under(format!("{SPAN}links.")),
+            Scope::Instrumentation => under(SCOPE.into()),
+        },
+        TagTarget::Intrinsic(i) => match i {
+            Intrinsic::Name | Intrinsic::TraceRootName => leaf(format!("{SPAN}name")),
+            Intrinsic::Kind => leaf(format!("{SPAN}kind")),
+            Intrinsic::Status | Intrinsic::StatusMessage => under(format!("{SPAN}status.")),
+            Intrinsic::EventName => leaf(format!("{SPAN}events.list.element.name")),
+            Intrinsic::InstrumentationName => leaf(format!("{SCOPE}name")),
+            Intrinsic::InstrumentationVersion => leaf(format!("{SCOPE}version")),
+            Intrinsic::TraceRootService => under(RESOURCE.into()),
+            // Nothing else is collected (see `intrinsic_value`).
+            _ => Arc::new(|_: &str| false),
+        },
     }
 }
 
@@ -493,3 +559,6 @@ fn intrinsic_value(
         _ => {}
     }
 }
+
+#[cfg(test)]
+mod tests;

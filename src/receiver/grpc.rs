@@ -1,11 +1,14 @@
 //! OTLP/gRPC. A raw-bytes codec hands the request body over undecoded so that the WAL can
 //! store the received bytes as they are and decode errors map to INVALID_ARGUMENT.
+//! gzip messages are inflated here rather than by tonic, whose decoder stops after the
+//! first gzip member and would drop the rest of a multi-member message unnoticed.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http_body_util::{BodyExt, Full};
 use prost::Message;
 use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::{BoxFuture, EnabledCompressionEncodings};
@@ -15,10 +18,11 @@ use tracing::debug;
 
 use tonic_types::{ErrorDetails, StatusExt};
 
+use super::admission::{gunzip, Admission, AdmissionError, DecodeError, GunzipError, Reservation};
 use super::{refusal, response_for, Refusal};
 use crate::api::auth::{grpc_status, TenantResolver};
 use crate::distributor::Distributor;
-use crate::model::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use crate::model::ExportTraceServiceResponse;
 
 /// Exporters should not come back sooner than this after a rate-limit refusal.
 const MIN_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
@@ -30,6 +34,7 @@ pub struct OtlpGrpcService {
     distributor: Arc<Distributor>,
     tenants: TenantResolver,
     max_message_bytes: usize,
+    admission: Admission,
 }
 
 impl OtlpGrpcService {
@@ -37,13 +42,89 @@ impl OtlpGrpcService {
         distributor: Arc<Distributor>,
         tenants: TenantResolver,
         max_message_bytes: usize,
+        admission: Admission,
     ) -> Self {
         Self {
             distributor,
             tenants,
             max_message_bytes,
+            admission,
         }
     }
+}
+
+/// Reads a request body of at most `limit` bytes, growing `reservation` as data arrives.
+async fn read_body<B>(body: B, limit: usize, reservation: &mut Reservation) -> Result<Bytes, Status>
+where
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+{
+    let mut body = std::pin::pin!(body);
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| Status::cancelled(format!("cannot read request: {}", e.into())))?;
+        let Ok(mut data) = frame.into_data() else {
+            continue;
+        };
+        let len = buf.len().saturating_add(data.remaining());
+        if len > limit {
+            return Err(Status::resource_exhausted(format!(
+                "message is larger than the {limit} byte limit"
+            )));
+        }
+        reservation.grow_to(len).map_err(|e| refused(&e))?;
+        while data.has_remaining() {
+            let chunk = data.chunk();
+            let n = chunk.len();
+            buf.extend_from_slice(chunk);
+            data.advance(n);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// The gRPC message frame: a compressed flag and a big-endian length.
+const FRAME_HEADER: usize = 5;
+
+/// Inflates every gzip-compressed message of a request body (gRPC frames) and returns the
+/// body with plain frames. Each message may inflate to `max` bytes.
+fn inflate_gzip_frames(mut body: Bytes, max: usize) -> Result<Bytes, Status> {
+    let mut out = BytesMut::new();
+    while !body.is_empty() {
+        if body.len() < FRAME_HEADER {
+            return Err(Status::invalid_argument("truncated grpc message frame"));
+        }
+        let compressed = body.get_u8();
+        let len = body.get_u32() as usize;
+        if len > body.len() {
+            return Err(Status::invalid_argument("truncated grpc message"));
+        }
+        let msg = body.split_to(len);
+        let msg = match compressed {
+            0 => msg,
+            1 => gunzip(&msg, max).map_err(|e| match e {
+                GunzipError::TooLarge { limit } => Status::resource_exhausted(format!(
+                    "message inflates past the {limit} byte limit"
+                )),
+                GunzipError::Corrupt(e) => {
+                    Status::invalid_argument(format!("cannot decompress gzip message: {e}"))
+                }
+            })?,
+            f => {
+                return Err(Status::internal(format!(
+                    "protocol error: invalid compressed flag {f}"
+                )))
+            }
+        };
+        let len = u32::try_from(msg.len())
+            .map_err(|_| Status::resource_exhausted("message larger than 4 GiB"))?;
+        out.reserve(FRAME_HEADER + msg.len());
+        out.put_u8(0);
+        out.put_u32(len);
+        out.extend_from_slice(&msg);
+    }
+    Ok(out.freeze())
 }
 
 impl NamedService for OtlpGrpcService {
@@ -53,6 +134,7 @@ impl NamedService for OtlpGrpcService {
 impl<B> tower::Service<http::Request<B>> for OtlpGrpcService
 where
     B: http_body::Body + Send + 'static,
+    B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
 {
     type Response = http::Response<tonic::body::Body>;
@@ -74,18 +156,63 @@ where
         }
         let this = self.clone();
         Box::pin(async move {
+            let gzip = req
+                .headers()
+                .get("grpc-encoding")
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
+            if !gzip {
+                return Ok(this.serve(req).await);
+            }
+            let max = this.max_message_bytes;
+            // The compressed and the inflated bytes count in the in-flight budget until the
+            // export is done (the reservation rides along in the request's extensions).
+            let mut reservation = match this.admission.budget.try_reserve(0) {
+                Ok(r) => r,
+                Err(e) => return Ok(refused(&e).into_http()),
+            };
+            let (mut parts, body) = req.into_parts();
+            // Compressed frames are never larger than the limit on what they inflate to.
+            let body =
+                match read_body(body, max.saturating_add(FRAME_HEADER), &mut reservation).await {
+                    Ok(b) => b,
+                    Err(status) => return Ok(status.into_http()),
+                };
+            let compressed = body.len();
+            let body = match inflate_gzip_frames(body, max) {
+                Ok(b) => b,
+                Err(status) => return Ok(status.into_http()),
+            };
+            if let Err(e) = reservation.grow_to(compressed.saturating_add(body.len())) {
+                return Ok(refused(&e).into_http());
+            }
+            parts.headers.remove("grpc-encoding");
+            parts.extensions.insert(Arc::new(reservation));
+            Ok(this
+                .serve(http::Request::from_parts(parts, Full::new(body)))
+                .await)
+        })
+    }
+}
+
+impl OtlpGrpcService {
+    async fn serve<B>(self, req: http::Request<B>) -> http::Response<tonic::body::Body>
+    where
+        B: http_body::Body + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+    {
+        {
             let mut accept = EnabledCompressionEncodings::default();
             accept.enable(CompressionEncoding::Gzip);
             accept.enable(CompressionEncoding::Zstd);
             let mut send = EnabledCompressionEncodings::default();
             // Sent only when the client's grpc-accept-encoding allows it.
             send.enable(CompressionEncoding::Gzip);
-            let max = this.max_message_bytes;
+            let max = self.max_message_bytes;
             let mut grpc = Grpc::new(RawCodec)
                 .apply_compression_config(accept, send)
                 .apply_max_message_size_config(Some(max), None);
-            Ok(grpc.unary(Export(this), req).await)
-        })
+            grpc.unary(Export(self), req).await
+        }
     }
 }
 
@@ -104,10 +231,23 @@ impl UnaryService<Bytes> for Export {
                 .tenants
                 .resolve_one(&headers)
                 .map_err(|e| grpc_status(&e))?;
+            // Held until the push is done: what the receiver inflated (gzip), if anything.
+            let _inflated = request.extensions().get::<Arc<Reservation>>().cloned();
             let raw = request.into_inner();
-            let req = ExportTraceServiceRequest::decode(raw.clone()).map_err(|e| {
-                Status::invalid_argument(format!("cannot decode ExportTraceServiceRequest: {e}"))
-            })?;
+            let mut reservation = svc
+                .admission
+                .budget
+                .try_reserve(raw.len())
+                .map_err(|e| refused(&e))?;
+            let req = svc
+                .admission
+                .decode_protobuf(&mut reservation, raw.clone(), raw.len())
+                .map_err(|e| match e {
+                    DecodeError::Refused(e) => refused(&e),
+                    DecodeError::Invalid(e) => Status::invalid_argument(format!(
+                        "cannot decode ExportTraceServiceRequest: {e}"
+                    )),
+                })?;
             match svc.distributor.push(&tenant, Some(raw), req).await {
                 Ok(outcome) => Ok(Response::new(response_for(&outcome))),
                 Err(e) => {
@@ -126,6 +266,21 @@ impl UnaryService<Bytes> for Export {
                 }
             }
         })
+    }
+}
+
+/// A request refused before decoding: RESOURCE_EXHAUSTED, with RetryInfo only when waiting
+/// can help (the in-flight budget), so exporters do not resend an oversized request.
+fn refused(e: &AdmissionError) -> Status {
+    debug!(error = %e, "export refused before decoding");
+    if e.retryable() {
+        Status::with_error_details(
+            Code::ResourceExhausted,
+            e.to_string(),
+            ErrorDetails::with_retry_info(Some(std::time::Duration::from_secs(1))),
+        )
+    } else {
+        Status::new(Code::ResourceExhausted, e.to_string())
     }
 }
 

@@ -1,7 +1,6 @@
 //! OTLP/HTTP: `POST /v1/traces` with protobuf or JSON bodies, optionally gzip-compressed.
 //! Errors carry a `google.rpc.Status` in the request's own format, as the OTLP spec asks.
 
-use std::io::Read;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
@@ -10,20 +9,22 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
+use bytes::BytesMut;
 use prost::Message;
 use serde_json::json;
 use tracing::debug;
 
+use super::admission::{gunzip, Admission, AdmissionError, DecodeError, GunzipError, Reservation};
 use super::{refusal, response_for, Refusal};
 use crate::api::auth::{AuthError, TenantResolver, CHALLENGES};
 use crate::distributor::Distributor;
-use crate::model::ExportTraceServiceRequest;
 
 #[derive(Clone)]
 pub struct HttpReceiverState {
     pub distributor: Arc<Distributor>,
     pub tenants: TenantResolver,
     pub max_body_bytes: usize,
+    pub admission: Admission,
 }
 
 pub fn router(state: HttpReceiverState) -> Router {
@@ -117,9 +118,44 @@ async fn export(State(s): State<HttpReceiverState>, headers: HeaderMap, body: Bo
             format!("request body is larger than the {limit} byte limit"),
         )
     };
-    let body = match axum::body::to_bytes(body, limit).await {
+    // A declared length already over a bound is refused before anything is read.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if let Some(n) = declared {
+        if n > limit {
+            return too_large();
+        }
+        let budget = s.admission.budget.limit();
+        if n > budget {
+            return refused(
+                format,
+                &AdmissionError::DecodedTooLarge {
+                    bytes: n,
+                    limit: budget,
+                },
+            );
+        }
+    }
+    // What is received is held until the push is done, counted in the in-flight budget as
+    // it arrives; the decoded request is added below.
+    let mut reservation = match s.admission.budget.try_reserve(0) {
+        Ok(r) => r,
+        Err(e) => return refused(format, &e),
+    };
+    let body = match read_body(body, limit, &mut reservation).await {
         Ok(b) => b,
-        Err(_) => return too_large(),
+        Err(BodyError::TooLarge) => return too_large(),
+        Err(BodyError::Refused(e)) => return refused(format, &e),
+        Err(BodyError::Read(e)) => {
+            return error(
+                format,
+                StatusCode::BAD_REQUEST,
+                INVALID_ARGUMENT,
+                format!("cannot read request body: {e}"),
+            )
+        }
     };
     let encoding = headers
         .get(header::CONTENT_ENCODING)
@@ -127,17 +163,23 @@ async fn export(State(s): State<HttpReceiverState>, headers: HeaderMap, body: Bo
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    let body = match encoding.as_str() {
-        "" | "identity" => body,
+    let (body, held) = match encoding.as_str() {
+        "" | "identity" => (body.clone(), body.len()),
         "gzip" => match gunzip(&body, limit) {
-            Ok(Some(b)) => b,
-            Ok(None) => return too_large(),
+            Ok(b) => {
+                let held = body.len() + b.len();
+                if let Err(e) = reservation.grow_to(held) {
+                    return refused(format, &e);
+                }
+                (b, held)
+            }
+            Err(GunzipError::TooLarge { .. }) => return too_large(),
             Err(e) => {
                 return error(
                     format,
                     StatusCode::BAD_REQUEST,
                     INVALID_ARGUMENT,
-                    format!("cannot decompress gzip body: {e}"),
+                    e.to_string(),
                 )
             }
         },
@@ -150,29 +192,31 @@ async fn export(State(s): State<HttpReceiverState>, headers: HeaderMap, body: Bo
             )
         }
     };
-    let (req, raw) = match format {
-        Format::Protobuf => match ExportTraceServiceRequest::decode(body.clone()) {
-            Ok(r) => (r, Some(body)),
-            Err(e) => {
-                return error(
-                    format,
-                    StatusCode::BAD_REQUEST,
-                    INVALID_ARGUMENT,
-                    format!("cannot decode protobuf ExportTraceServiceRequest: {e}"),
-                )
-            }
-        },
-        Format::Json => match serde_json::from_slice::<ExportTraceServiceRequest>(&body) {
-            Ok(r) => (r, None),
-            Err(e) => {
-                return error(
-                    format,
-                    StatusCode::BAD_REQUEST,
-                    INVALID_ARGUMENT,
-                    format!("cannot decode json ExportTraceServiceRequest: {e}"),
-                )
-            }
-        },
+    let decoded = match format {
+        Format::Protobuf => s
+            .admission
+            .decode_protobuf(&mut reservation, body.clone(), held)
+            .map(|r| (r, Some(body))),
+        Format::Json => s
+            .admission
+            .decode_json(&mut reservation, &body, held)
+            .map(|r| (r, None)),
+    };
+    let (req, raw) = match decoded {
+        Ok(d) => d,
+        Err(DecodeError::Refused(e)) => return refused(format, &e),
+        Err(DecodeError::Invalid(e)) => {
+            let what = match format {
+                Format::Protobuf => "protobuf",
+                Format::Json => "json",
+            };
+            return error(
+                format,
+                StatusCode::BAD_REQUEST,
+                INVALID_ARGUMENT,
+                format!("cannot decode {what} ExportTraceServiceRequest: {e}"),
+            );
+        }
     };
     match s.distributor.push(&tenant, raw, req).await {
         Ok(outcome) => {
@@ -225,6 +269,59 @@ async fn export(State(s): State<HttpReceiverState>, headers: HeaderMap, body: Bo
     }
 }
 
+enum BodyError {
+    TooLarge,
+    Refused(AdmissionError),
+    Read(String),
+}
+
+/// Reads a body of at most `limit` bytes, growing `reservation` as data arrives, so slow
+/// uploads in parallel cannot hold more than the in-flight budget between them.
+async fn read_body(
+    body: Body,
+    limit: usize,
+    reservation: &mut Reservation,
+) -> Result<Bytes, BodyError> {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| BodyError::Read(e.to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let len = buf.len().saturating_add(data.len());
+        if len > limit {
+            return Err(BodyError::TooLarge);
+        }
+        reservation.grow_to(len).map_err(BodyError::Refused)?;
+        buf.extend_from_slice(&data);
+    }
+    Ok(buf.freeze())
+}
+
+/// A request refused before decoding: 429 while the in-flight budget is taken (retryable),
+/// 413 when the request itself is over a per-request bound.
+fn refused(format: Format, e: &AdmissionError) -> Response {
+    if e.retryable() {
+        let mut resp = error(
+            format,
+            StatusCode::TOO_MANY_REQUESTS,
+            RESOURCE_EXHAUSTED,
+            e.to_string(),
+        );
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        return resp;
+    }
+    error(
+        format,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        RESOURCE_EXHAUSTED,
+        e.to_string(),
+    )
+}
+
 /// An auth failure as OTLP/HTTP: 401 (challenging when built-in auth refused the
 /// credential), 403 for a tenant the credential does not grant, 400 for a bad header.
 fn auth_error(format: Format, e: &AuthError) -> Response {
@@ -245,31 +342,4 @@ fn auth_error(format: Format, e: &AuthError) -> Response {
         }
     }
     resp
-}
-
-/// Decompresses at most `limit` bytes; `None` when the body inflates past it.
-fn gunzip(data: &[u8], limit: usize) -> std::io::Result<Option<Bytes>> {
-    let mut out = Vec::with_capacity(data.len() * 4);
-    let mut dec = flate2::read::GzDecoder::new(data).take(limit as u64 + 1);
-    dec.read_to_end(&mut out)?;
-    if out.len() > limit {
-        return Ok(None);
-    }
-    Ok(Some(Bytes::from(out)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Write;
-
-    #[test]
-    fn gunzip_respects_limit() {
-        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        enc.write_all(&vec![7u8; 10_000]).unwrap();
-        let gz = enc.finish().unwrap();
-        assert_eq!(gunzip(&gz, 10_000).unwrap().unwrap().len(), 10_000);
-        assert!(gunzip(&gz, 9_999).unwrap().is_none());
-        assert!(gunzip(b"not gzip", 100).is_err());
-    }
 }
