@@ -180,7 +180,13 @@ pub(super) fn build_request(p: &SearchParams) -> Result<SearchRequest, ApiError>
     let spss = match parse_num("spss", &p.spss)? {
         None => DEFAULT_SPSS,
         Some(0) => MAX_SPSS,
-        Some(n) => (n as usize).min(MAX_SPSS),
+        // Tempo's frontend refuses more than `max_spans_per_span_set` rather than capping.
+        Some(n) if n as usize > MAX_SPSS => {
+            return Err(ApiError::BadRequest(format!(
+                "invalid spss {n}: spans per span set exceeds {MAX_SPSS}"
+            )))
+        }
+        Some(n) => n as usize,
     };
     let range = match (parse_num("start", &p.start)?, parse_num("end", &p.end)?) {
         (None, None) => None,
@@ -711,6 +717,13 @@ mod tests {
         let r = build_request(&params(&[("spss", "0"), ("minDuration", "100ms")])).unwrap();
         assert_eq!(r.spss, MAX_SPSS);
         assert_eq!(r.min_duration_nanos, Some(100_000_000));
+        assert_eq!(
+            build_request(&params(&[("spss", "100")])).unwrap().spss,
+            100
+        );
+        let err = build_request(&params(&[("spss", "101")])).err().unwrap();
+        assert!(matches!(err, ApiError::BadRequest(_)), "{err}");
+        assert!(err.to_string().contains("exceeds 100"), "{err}");
     }
 
     #[test]
