@@ -302,35 +302,7 @@ pub(super) async fn search_tenants(
     if let [one] = tenants {
         return Ok((frontend.search(one, req).await?, Vec::new()));
     }
-    let mut hits = Vec::new();
-    let mut out = SearchResults::default();
-    for t in tenants {
-        let r = frontend.search(t, req).await?;
-        hits.extend(r.traces.into_iter().map(|h| (h, t.clone())));
-        let (m, n) = (&mut out.metrics, &r.metrics);
-        m.inspected_traces += n.inspected_traces;
-        m.inspected_bytes += n.inspected_bytes;
-        m.inspected_spans += n.inspected_spans;
-        m.total_blocks += n.total_blocks;
-        m.completed_jobs += n.completed_jobs;
-        m.total_jobs += n.total_jobs;
-        if let Some(why) = r.partial {
-            out.partial = Some(match out.partial.take() {
-                Some(prev) => format!("{prev}; tenant {t}: {why}"),
-                None => format!("tenant {t}: {why}"),
-            });
-        }
-    }
-    hits.sort_by(|(a, ta), (b, tb)| {
-        b.start_unix_nano
-            .cmp(&a.start_unix_nano)
-            .then_with(|| a.id.cmp(&b.id))
-            .then_with(|| ta.cmp(tb))
-    });
-    hits.truncate(req.limit);
-    let (traces, owners) = hits.into_iter().unzip();
-    out.traces = traces;
-    Ok((out, owners))
+    Ok(frontend.search_in(tenants, req).await?)
 }
 
 /// The whole search response, serialised straight from the results: no intermediate JSON
