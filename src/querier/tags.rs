@@ -19,8 +19,9 @@ use crate::traceql::{Intrinsic, Query, Scope};
 /// Scopes as the tag endpoints name them.
 pub const ATTRIBUTE_SCOPES: [&str; 5] = ["resource", "span", "event", "link", "instrumentation"];
 
-/// Intrinsics offered for autocomplete, as Tempo lists them.
-pub const INTRINSIC_TAGS: [&str; 17] = [
+/// Intrinsics offered for autocomplete: Tempo's list (legacy and scoped forms), plus the
+/// ID intrinsics vivace has always offered.
+pub const INTRINSIC_TAGS: [&str; 25] = [
     "duration",
     "event:name",
     "event:timeSinceStart",
@@ -32,12 +33,20 @@ pub const INTRINSIC_TAGS: [&str; 17] = [
     "name",
     "rootName",
     "rootServiceName",
+    "span:duration",
     "span:id",
+    "span:kind",
+    "span:name",
     "span:parentID",
+    "span:status",
+    "span:statusMessage",
     "status",
     "statusMessage",
     "trace:duration",
     "trace:id",
+    "trace:rootName",
+    "trace:rootService",
+    "traceDuration",
 ];
 
 /// What to list values of.
