@@ -380,8 +380,18 @@ fn push(acc: &mut BTreeSet<TagValue>, v: TagValue, limit: usize) {
 
 fn attr_values(acc: &mut BTreeSet<TagValue>, attrs: &[KeyValue], name: &str, limit: usize) {
     for kv in attrs.iter().filter(|kv| kv.key == name) {
-        if let Some(v) = kv.value.as_ref().and_then(typed) {
-            push(acc, v, limit);
+        match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+            // An array offers each scalar element with its own type, as Tempo does.
+            Some(any_value::Value::ArrayValue(a)) => {
+                for v in a.values.iter().filter_map(typed) {
+                    push(acc, v, limit);
+                }
+            }
+            _ => {
+                if let Some(v) = kv.value.as_ref().and_then(typed) {
+                    push(acc, v, limit);
+                }
+            }
         }
     }
 }
