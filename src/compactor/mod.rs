@@ -661,6 +661,16 @@ impl Compactor {
             Ok::<_, CompactError>(r)
         })
         .await??;
+        // The inputs' times were clamped to when their spans were ingested; the output keeps
+        // those bounds rather than the client-supplied span times it would compute.
+        let mut encoded = encoded;
+        if let (Some(start), Some(end)) = (
+            inputs.iter().map(|m| m.start_time).min(),
+            inputs.iter().map(|m| m.end_time).max(),
+        ) {
+            encoded.meta.start_time = start;
+            encoded.meta.end_time = end;
+        }
         let sources = Sources {
             inputs: inputs.iter().map(|m| m.block_id).collect(),
         };
