@@ -17,6 +17,7 @@ mod cloud;
 pub mod conformance;
 /// Fault injection for tests (`storage.trace.fault_injection`, off by default).
 pub mod faulty;
+pub mod lease;
 
 /// Objects larger than this are uploaded in parts (by every backend, so tests exercise it).
 const MULTIPART_THRESHOLD: usize = 16 * 1024 * 1024;

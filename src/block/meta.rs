@@ -4,6 +4,14 @@ use serde::{Deserialize, Serialize};
 
 use super::BlockError;
 
+/// The writer's lease in a block folder while it uploads (see `backend::lease`): refreshed
+/// until `meta.json` is written, then deleted.
+pub const WRITING_FILE: &str = "writing.json";
+
+pub fn writing_key(tenant: &crate::model::TenantId, id: uuid::Uuid) -> String {
+    format!("{}/{}/{}", tenant.as_str(), id, WRITING_FILE)
+}
+
 /// Value of `BlockMeta::format` for blocks written by this module.
 pub const FORMAT: &str = "vivace1";
 

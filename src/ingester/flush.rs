@@ -27,6 +27,8 @@ enum FlushError {
     Decode(#[from] prost::DecodeError),
     #[error("block encoding task failed: {0}")]
     Join(#[from] task::JoinError),
+    #[error(transparent)]
+    LeaseLost(#[from] crate::backend::lease::LeaseLost),
 }
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -220,6 +222,12 @@ impl Ingester {
         tags: &bytes::Bytes,
     ) -> Result<(), FlushError> {
         let id = b.meta.block_id;
+        // The lease first: while it is refreshed, the compactor's orphan cleanup leaves
+        // this folder alone however long the upload takes.
+        let lease = self
+            .backend
+            .hold_lease(&block::writing_key(tenant, id), self.cfg.flush_check_period)
+            .await?;
         // In stages, so a flush interrupted at any point (crash, kill -9, a store that stops
         // answering) leaves a prefix of this order behind and never a meta.json without the
         // rest: data.parquet, then the bloom shards, then index and tags.json, then
@@ -240,11 +248,15 @@ impl Ingester {
             self.backend.put(&tags_key, tags.clone()),
         )
         .await?;
+        // A lost lease means a cleaner may have deleted objects written above: upload again
+        // (the caller retries) rather than commit a block with holes.
+        lease.check().await?;
         // meta.json last: its presence is the commit point.
         let meta = b.meta.to_bytes();
         self.backend
             .put(&block::meta_key(tenant, id), meta.into())
             .await?;
+        lease.release().await;
         debug!(tenant = %tenant, block = %id, "block committed");
         Ok(())
     }
