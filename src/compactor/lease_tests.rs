@@ -98,6 +98,12 @@ async fn slow_upload_outliving_the_orphan_age_commits_intact() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(flushing.await.unwrap(), 1);
+    // The refreshed lease kept the cleaner away: no upload had to start again.
+    assert_eq!(
+        metrics.flush_failures.get(),
+        0,
+        "the cleaner hit a live upload"
+    );
     let meta = committed.lock()[0].clone();
     let keys = backend.list(tenant.as_str()).await.unwrap();
     let in_block = |file: &str| {
