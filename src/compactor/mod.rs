@@ -357,6 +357,10 @@ impl Compactor {
                 }
             }
         }
+        // Folders that committed (or were compacted) since: no longer watched.
+        self.orphans_seen
+            .lock()
+            .retain(|id, _| listing.get(id).is_none_or(|l| !l.meta && !l.compacted));
         if report.orphans > 0 {
             debug!(tenant = %tenant, orphans = report.orphans, "block folders without meta, too young to delete");
         }
