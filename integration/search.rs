@@ -242,6 +242,7 @@ async fn search_rejects_bad_requests_clearly() {
             "/api/metrics/query_range",
         ),
         ("/api/search?start=20&end=10", "time range"),
+        ("/api/search?spss=101", "spans per span set exceeds 100"),
         ("/api/search/tags?scope=bogus", "scope"),
         (
             "/api/v2/search/tag/not%20an%20identifier/values",
@@ -648,4 +649,49 @@ async fn array_attribute_elements_are_tag_values() {
     // Listing elements leaves matching as it was: an element still matches the array.
     let resp = search(&server, "{ span.tags = \"green\" }").await;
     assert!(trace_of(&resp, &tid).is_some(), "{resp}");
+}
+
+/// `end` is the end of the range (Tempo: a trace overlaps when it starts at or before
+/// `end`): a trace starting 100 ms after `end` is not returned, one starting at `end` is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_range_end_is_an_instant() {
+    use crate::ingest::{pb_request, pb_span};
+    let server = Server::start().await;
+    let end_s = now_nanos() / 1_000_000_000 - 5;
+    let (late, on_time) = (rand_trace_id(), rand_trace_id());
+    let spans = vec![
+        pb_span(
+            &late,
+            &rand_span_id(),
+            "late",
+            end_s * 1_000_000_000 + 100_000_000,
+        ),
+        pb_span(&on_time, &rand_span_id(), "on-time", end_s * 1_000_000_000),
+    ];
+    let (code, body) = server
+        .post_otlp(
+            prost::Message::encode_to_vec(&pb_request("range-svc", spans)),
+            &[("content-type", "application/x-protobuf")],
+        )
+        .await;
+    assert_eq!(code, 200, "{body:?}");
+    let found = |end: u64| {
+        let server = &server;
+        async move {
+            let (code, body) = server
+                .get(&format!(
+                    "/api/search?q=%7B%7D&start={}&end={end}",
+                    end_s - 60
+                ))
+                .await;
+            assert_eq!(code, 200, "{body}");
+            let v: J = serde_json::from_str(&body).unwrap();
+            (
+                trace_of(&v, &late).is_some(),
+                trace_of(&v, &on_time).is_some(),
+            )
+        }
+    };
+    assert_eq!(found(end_s).await, (false, true));
+    assert_eq!(found(end_s + 1).await, (true, true));
 }
