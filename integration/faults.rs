@@ -298,7 +298,13 @@ async fn flush_killed_before_meta_json() {
 /// (completedJobs < totalJobs), and everything is whole again once the store recovers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreadable_block_fails_lookups_clearly_and_makes_search_partial() {
-    let mut server = Server::start_with(Opts::fast_flush()).await;
+    // The slack lets the hour-old trace keep its own block times (by default they would be
+    // clamped to its ingestion time, overlapping trace B's block).
+    let mut server = Server::start_with(Opts {
+        ingester_yaml: "  ingestion_time_range_slack: 3h\n".into(),
+        ..Opts::fast_flush()
+    })
+    .await;
     let mut acked = Acked::new();
     // Trace A an hour old, trace B now: their blocks cover disjoint time ranges.
     let a = send_traces(&server, &mut acked, 1, 6, Duration::from_secs(3600)).await[0].clone();

@@ -49,6 +49,8 @@ pub(crate) struct Opts {
     pub(crate) multitenancy: bool,
     /// Extra top-level YAML appended to the config (e.g. an `overrides:` section).
     pub(crate) extra_yaml: String,
+    /// Extra lines of the `ingester:` section, each indented by two spaces.
+    pub(crate) ingester_yaml: String,
 }
 
 impl Default for Opts {
@@ -64,6 +66,7 @@ impl Default for Opts {
             storage: None,
             multitenancy: false,
             extra_yaml: String::new(),
+            ingester_yaml: String::new(),
         }
     }
 }
@@ -141,7 +144,7 @@ ingester:
   max_block_duration: {dur}
   max_block_bytes: {bytes}
   flush_check_period: {check}
-storage:
+{ingester_extra}storage:
   trace:
     blocklist_poll: 5m
     wal:
@@ -149,6 +152,7 @@ storage:
 {backend}{extra}"#,
             mt = o.multitenancy,
             extra = o.extra_yaml,
+            ingester_extra = o.ingester_yaml,
             http = self.http_port,
             grpc = self.grpc_port,
             otlp_http = self.otlp_http_port,

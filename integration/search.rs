@@ -242,6 +242,7 @@ async fn search_rejects_bad_requests_clearly() {
             "/api/metrics/query_range",
         ),
         ("/api/search?start=20&end=10", "time range"),
+        ("/api/search?spss=101", "spans per span set exceeds 100"),
         ("/api/search/tags?scope=bogus", "scope"),
         (
             "/api/v2/search/tag/not%20an%20identifier/values",
@@ -569,4 +570,128 @@ async fn tag_values_from_block_summaries_with_truncation_fallback() {
         .get("/api/v2/search/tag/resource.service.name/values")
         .await;
     assert!(body.contains("summary-svc"), "{body}");
+}
+
+/// Array attributes offer each element as a typed value (Tempo's behaviour), from memory
+/// and, after the flush, from the block's tag summary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn array_attribute_elements_are_tag_values() {
+    use crate::ingest::{pb_kv, pb_request, pb_span, pb_str};
+    use opentelemetry_proto::tonic::common::v1 as pc;
+    let server = Server::start_with(Opts::fast_flush()).await;
+    let array = |vals: Vec<pc::any_value::Value>| {
+        pc::any_value::Value::ArrayValue(pc::ArrayValue {
+            values: vals
+                .into_iter()
+                .map(|v| pc::AnyValue { value: Some(v) })
+                .collect(),
+        })
+    };
+    let tid = rand_trace_id();
+    let mut s = pb_span(&tid, &rand_span_id(), "op", now_nanos() - 1_000_000);
+    s.attributes = vec![
+        pb_kv("tags", array(vec![pb_str("blue"), pb_str("green")])),
+        pb_kv(
+            "codes",
+            array(vec![
+                pc::any_value::Value::IntValue(404),
+                pc::any_value::Value::BoolValue(true),
+            ]),
+        ),
+    ];
+    let (code, body) = server
+        .post_otlp(
+            prost::Message::encode_to_vec(&pb_request("array-svc", vec![s])),
+            &[("content-type", "application/x-protobuf")],
+        )
+        .await;
+    assert_eq!(code, 200, "{body:?}");
+    let typed = |body: String| -> Vec<(String, String)> {
+        let v: J = serde_json::from_str(&body).unwrap();
+        let mut out: Vec<(String, String)> = v["tagValues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                (
+                    t["type"].as_str().unwrap().to_owned(),
+                    t["value"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    };
+    let own = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+    for phase in ["memory", "block"] {
+        let (code, body) = server.get("/api/v2/search/tag/span.tags/values").await;
+        assert_eq!(code, 200, "{phase}: {body}");
+        assert_eq!(
+            typed(body),
+            vec![own("string", "blue"), own("string", "green")],
+            "{phase}"
+        );
+        let (_, body) = server.get("/api/v2/search/tag/span.codes/values").await;
+        assert_eq!(
+            typed(body),
+            vec![own("bool", "true"), own("int", "404")],
+            "{phase}"
+        );
+        if phase == "memory" {
+            server.wait_blocks_flushed(1, FLUSH_TIMEOUT).await;
+            let deadline = Instant::now() + FLUSH_TIMEOUT;
+            while server.metric("vivace_ingester_live_traces").await != Some(0.0) {
+                assert!(Instant::now() < deadline, "trace never left memory");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    // Listing elements leaves matching as it was: an element still matches the array.
+    let resp = search(&server, "{ span.tags = \"green\" }").await;
+    assert!(trace_of(&resp, &tid).is_some(), "{resp}");
+}
+
+/// `end` is the end of the range (Tempo: a trace overlaps when it starts at or before
+/// `end`): a trace starting 100 ms after `end` is not returned, one starting at `end` is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_range_end_is_an_instant() {
+    use crate::ingest::{pb_request, pb_span};
+    let server = Server::start().await;
+    let end_s = now_nanos() / 1_000_000_000 - 5;
+    let (late, on_time) = (rand_trace_id(), rand_trace_id());
+    let spans = vec![
+        pb_span(
+            &late,
+            &rand_span_id(),
+            "late",
+            end_s * 1_000_000_000 + 100_000_000,
+        ),
+        pb_span(&on_time, &rand_span_id(), "on-time", end_s * 1_000_000_000),
+    ];
+    let (code, body) = server
+        .post_otlp(
+            prost::Message::encode_to_vec(&pb_request("range-svc", spans)),
+            &[("content-type", "application/x-protobuf")],
+        )
+        .await;
+    assert_eq!(code, 200, "{body:?}");
+    let found = |end: u64| {
+        let server = &server;
+        async move {
+            let (code, body) = server
+                .get(&format!(
+                    "/api/search?q=%7B%7D&start={}&end={end}",
+                    end_s - 60
+                ))
+                .await;
+            assert_eq!(code, 200, "{body}");
+            let v: J = serde_json::from_str(&body).unwrap();
+            (
+                trace_of(&v, &late).is_some(),
+                trace_of(&v, &on_time).is_some(),
+            )
+        }
+    };
+    assert_eq!(found(end_s).await, (false, true));
+    assert_eq!(found(end_s + 1).await, (true, true));
 }

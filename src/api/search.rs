@@ -180,7 +180,13 @@ pub(super) fn build_request(p: &SearchParams) -> Result<SearchRequest, ApiError>
     let spss = match parse_num("spss", &p.spss)? {
         None => DEFAULT_SPSS,
         Some(0) => MAX_SPSS,
-        Some(n) => (n as usize).min(MAX_SPSS),
+        // Tempo's frontend refuses more than `max_spans_per_span_set` rather than capping.
+        Some(n) if n as usize > MAX_SPSS => {
+            return Err(ApiError::BadRequest(format!(
+                "invalid spss {n}: spans per span set exceeds {MAX_SPSS}"
+            )))
+        }
+        Some(n) => n as usize,
     };
     let range = match (parse_num("start", &p.start)?, parse_num("end", &p.end)?) {
         (None, None) => None,
@@ -296,35 +302,7 @@ pub(super) async fn search_tenants(
     if let [one] = tenants {
         return Ok((frontend.search(one, req).await?, Vec::new()));
     }
-    let mut hits = Vec::new();
-    let mut out = SearchResults::default();
-    for t in tenants {
-        let r = frontend.search(t, req).await?;
-        hits.extend(r.traces.into_iter().map(|h| (h, t.clone())));
-        let (m, n) = (&mut out.metrics, &r.metrics);
-        m.inspected_traces += n.inspected_traces;
-        m.inspected_bytes += n.inspected_bytes;
-        m.inspected_spans += n.inspected_spans;
-        m.total_blocks += n.total_blocks;
-        m.completed_jobs += n.completed_jobs;
-        m.total_jobs += n.total_jobs;
-        if let Some(why) = r.partial {
-            out.partial = Some(match out.partial.take() {
-                Some(prev) => format!("{prev}; tenant {t}: {why}"),
-                None => format!("tenant {t}: {why}"),
-            });
-        }
-    }
-    hits.sort_by(|(a, ta), (b, tb)| {
-        b.start_unix_nano
-            .cmp(&a.start_unix_nano)
-            .then_with(|| a.id.cmp(&b.id))
-            .then_with(|| ta.cmp(tb))
-    });
-    hits.truncate(req.limit);
-    let (traces, owners) = hits.into_iter().unzip();
-    out.traces = traces;
-    Ok((out, owners))
+    Ok(frontend.search_in(tenants, req).await?)
 }
 
 /// The whole search response, serialised straight from the results: no intermediate JSON
@@ -711,6 +689,13 @@ mod tests {
         let r = build_request(&params(&[("spss", "0"), ("minDuration", "100ms")])).unwrap();
         assert_eq!(r.spss, MAX_SPSS);
         assert_eq!(r.min_duration_nanos, Some(100_000_000));
+        assert_eq!(
+            build_request(&params(&[("spss", "100")])).unwrap().spss,
+            100
+        );
+        let err = build_request(&params(&[("spss", "101")])).err().unwrap();
+        assert!(matches!(err, ApiError::BadRequest(_)), "{err}");
+        assert!(err.to_string().contains("exceeds 100"), "{err}");
     }
 
     #[test]

@@ -321,6 +321,33 @@ mod tests {
         assert!(parse_identifier("not an identifier").is_err());
     }
 
+    /// Both spellings Tempo offers for autocomplete are listed, and each resolves to an
+    /// intrinsic whose values can be asked for.
+    #[test]
+    fn intrinsic_names_include_scoped_forms() {
+        for name in [
+            "span:duration",
+            "span:kind",
+            "span:name",
+            "span:status",
+            "span:statusMessage",
+            "trace:rootName",
+            "trace:rootService",
+            "traceDuration",
+            "duration",
+            "rootServiceName",
+        ] {
+            assert!(INTRINSIC_TAGS.contains(&name), "{name} missing");
+        }
+        for name in INTRINSIC_TAGS {
+            assert!(
+                matches!(parse_identifier(name), Ok(TagTarget::Intrinsic(_))),
+                "{name}"
+            );
+        }
+        assert!(INTRINSIC_TAGS.windows(2).all(|w| w[0] < w[1]));
+    }
+
     #[test]
     fn double_encoded_tags() {
         assert_eq!(decode_tag("resource.service.name"), "resource.service.name");

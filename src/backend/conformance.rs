@@ -319,4 +319,57 @@ pub async fn run(b: &Backend) {
         "{}",
         ctx("list over pages")
     );
+
+    leases(b, &ctx).await;
+}
+
+/// A writer's lease: each refresh changes the object's fingerprint (the cleaner's sign of
+/// life), a lease deleted under the writer is noticed, and release removes it.
+async fn leases(b: &Backend, ctx: &dyn Fn(&str) -> String) {
+    let key = "tenant-e/11111111-1111-1111-1111-111111111111/writing.json";
+    let print = || async {
+        b.list_fingerprints("tenant-e")
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|l| l.key == key)
+            .map(|l| l.fingerprint)
+    };
+    let lease = b
+        .hold_lease(key, std::time::Duration::from_millis(100))
+        .await
+        .unwrap();
+    let first = print().await.expect("lease object listed");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    // Stores with second-granularity times and no ETag need a while to show the change.
+    while print().await.as_ref() == Some(&first) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            ctx("lease refresh changes the fingerprint")
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(lease.check().await.is_ok(), "{}", ctx("lease held"));
+    lease.release().await;
+    assert!(print().await.is_none(), "{}", ctx("lease released"));
+
+    // Deleted by a cleaner while held: the writer learns it before committing.
+    let lease = b
+        .hold_lease(key, std::time::Duration::from_millis(50))
+        .await
+        .unwrap();
+    b.delete(key).await.unwrap();
+    assert!(
+        lease.check().await.is_err(),
+        "{}",
+        ctx("lost lease noticed")
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(
+        print().await.is_none(),
+        "{}",
+        ctx("a lost lease is not recreated by its refresher")
+    );
+    drop(lease);
 }

@@ -17,6 +17,7 @@ mod cloud;
 pub mod conformance;
 /// Fault injection for tests (`storage.trace.fault_injection`, off by default).
 pub mod faulty;
+pub mod lease;
 mod local;
 
 pub use local::SyncLog;

@@ -4,6 +4,14 @@ use serde::{Deserialize, Serialize};
 
 use super::BlockError;
 
+/// The writer's lease in a block folder while it uploads (see `backend::lease`): refreshed
+/// until `meta.json` is written, then deleted.
+pub const WRITING_FILE: &str = "writing.json";
+
+pub fn writing_key(tenant: &crate::model::TenantId, id: uuid::Uuid) -> String {
+    format!("{}/{}/{}", tenant.as_str(), id, WRITING_FILE)
+}
+
 /// Value of `BlockMeta::format` for blocks written by this module.
 pub const FORMAT: &str = "vivace1";
 
@@ -68,6 +76,25 @@ impl BlockMeta {
         // Plain data; serialisation cannot fail.
         serde_json::to_vec_pretty(self).unwrap_or_default()
     }
+
+    /// Tempo's `ingestion_time_range_slack`: the block's times come from client clocks, so
+    /// a start before `earliest - slack` or an end after `latest + slack` (a backfill, a
+    /// skewed clock, a far-future timestamp) is replaced by the ingestion time it bounds.
+    /// Retention and time-range reads then follow when the data arrived, not what clients
+    /// claim. `earliest..=latest` is when the block's spans were ingested, in unix nanos.
+    /// Returns whether anything changed.
+    pub fn clamp_to_ingestion(&mut self, earliest: u64, latest: u64, slack: u64) -> bool {
+        let (before, after) = (self.start_time, self.end_time);
+        let lowest = earliest.saturating_sub(slack);
+        let highest = latest.saturating_add(slack);
+        if self.start_time < lowest || self.start_time > highest {
+            self.start_time = earliest;
+        }
+        if self.end_time > highest || self.end_time < lowest || self.end_time < self.start_time {
+            self.end_time = latest.max(self.start_time);
+        }
+        (before, after) != (self.start_time, self.end_time)
+    }
 }
 
 /// RFC 3339 with nanoseconds in JSON, unix nanoseconds in memory (numbers also accepted).
@@ -97,5 +124,42 @@ pub(crate) mod rfc3339_nanos {
                 u64::try_from(since.as_nanos()).map_err(de::Error::custom)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    fn meta(start: u64, end: u64) -> BlockMeta {
+        BlockMeta {
+            start_time: start,
+            end_time: end,
+            ..Default::default()
+        }
+    }
+
+    /// Times within the slack stay; a backfill, an old clock and a far-future end are
+    /// replaced by the ingestion window.
+    #[test]
+    fn times_are_clamped_to_ingestion_with_slack() {
+        let (from, to, slack) = (1_000_000 * S, 1_000_300 * S, 120 * S);
+        let mut m = meta(from - 60 * S, to + 60 * S);
+        assert!(!m.clamp_to_ingestion(from, to, slack));
+        assert_eq!((m.start_time, m.end_time), (from - 60 * S, to + 60 * S));
+        // Backfill: a week old. Retention would delete it at the next cycle otherwise.
+        let mut m = meta(from - 7 * 86_400 * S, from - 7 * 86_400 * S + S);
+        assert!(m.clamp_to_ingestion(from, to, slack));
+        assert_eq!((m.start_time, m.end_time), (from, to));
+        // Far future end: the block would never expire otherwise.
+        let mut m = meta(from + S, u64::MAX / 2);
+        assert!(m.clamp_to_ingestion(from, to, slack));
+        assert_eq!((m.start_time, m.end_time), (from + S, to));
+        // Both ends in the future.
+        let mut m = meta(to + 3_600 * S, to + 7_200 * S);
+        assert!(m.clamp_to_ingestion(from, to, slack));
+        assert_eq!((m.start_time, m.end_time), (from, to));
     }
 }

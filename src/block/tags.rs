@@ -94,12 +94,19 @@ impl TagSummary {
     }
 
     fn add_attrs(&mut self, scope: &str, attrs: &[KeyValue]) {
+        use any_value::Value as V;
         for kv in attrs {
-            match kv.value.as_ref().and_then(typed) {
-                Some(v) => self.add(scope, &kv.key, v),
-                // Arrays, maps and bytes: the name is still a tag, with no offered values.
-                None => {
-                    self.entry(scope, &kv.key);
+            let value = kv.value.as_ref();
+            if let Some(v) = value.and_then(typed) {
+                self.add(scope, &kv.key, v);
+                continue;
+            }
+            // The name is a tag whatever its type; arrays offer each scalar element with
+            // its own type, as Tempo does. Maps and bytes offer no values.
+            self.entry(scope, &kv.key);
+            if let Some(V::ArrayValue(a)) = value.and_then(|v| v.value.as_ref()) {
+                for v in a.values.iter().filter_map(typed) {
+                    self.add(scope, &kv.key, v);
                 }
             }
         }
@@ -182,5 +189,60 @@ mod tests {
         let back = TagSummary::from_bytes(&s.to_bytes()).unwrap();
         assert_eq!(back, s);
         assert!(TagSummary::from_bytes(b"not json").is_err());
+    }
+
+    /// An array attribute offers each scalar element with its own type.
+    #[test]
+    fn array_elements_are_typed_values() {
+        use crate::model::{ArrayValue, Resource, ScopeSpans, Span};
+        use any_value::Value as V;
+        let any = |v: V| AnyValue { value: Some(v) };
+        let arr = |vals: Vec<V>| {
+            any(V::ArrayValue(ArrayValue {
+                values: vals.into_iter().map(any).collect(),
+            }))
+        };
+        let span = Span {
+            name: "s".into(),
+            attributes: vec![
+                KeyValue {
+                    key: "tags".into(),
+                    value: Some(arr(vec![
+                        V::StringValue("a".into()),
+                        V::StringValue("b".into()),
+                    ])),
+                    ..Default::default()
+                },
+                KeyValue {
+                    key: "mixed".into(),
+                    value: Some(arr(vec![
+                        V::IntValue(7),
+                        V::DoubleValue(1.5),
+                        V::BoolValue(true),
+                    ])),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let batches = vec![ResourceSpans {
+            resource: Some(Resource::default()),
+            scope_spans: vec![ScopeSpans {
+                spans: vec![span],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }];
+        let mut s = TagSummary::default();
+        s.add_trace(&batches);
+        let pairs = |name: &str| -> Vec<(String, String)> {
+            s.scopes["span"][name].values.iter().cloned().collect()
+        };
+        let own = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+        assert_eq!(pairs("tags"), vec![own("string", "a"), own("string", "b")]);
+        assert_eq!(
+            pairs("mixed"),
+            vec![own("bool", "true"), own("float", "1.5"), own("int", "7")]
+        );
     }
 }

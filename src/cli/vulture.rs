@@ -486,7 +486,7 @@ impl Vulture {
             .append_pair("q", &q)
             .append_pair("start", &p.start_secs.saturating_sub(1).to_string())
             .append_pair("end", &end.to_string())
-            .append_pair("spss", "1000");
+            .append_pair("spss", "100");
         let req = self.client.get(url);
         let resp = self
             .with_tenant(req)

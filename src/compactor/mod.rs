@@ -16,6 +16,8 @@
 //!    `sources.json`. The bucket listing, not the block list, drives every decision, so a
 //!    restarted compactor picks up where the old one stopped. One compactor per bucket.
 
+#[cfg(test)]
+mod lease_tests;
 mod merge;
 mod scratch;
 mod select;
@@ -24,7 +26,7 @@ mod tests;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -80,6 +82,8 @@ pub enum CompactError {
     /// The test hook stopped the compaction after this step.
     #[error("stopped after step {0:?}")]
     Stopped(CompactionStep),
+    #[error(transparent)]
+    LeaseLost(#[from] crate::backend::lease::LeaseLost),
 }
 
 /// The durable steps of one compaction, in order; a crash can happen after any of them.
@@ -136,14 +140,17 @@ struct Listed {
     meta: bool,
     compacted: bool,
     sources: bool,
-    /// When its newest object was written.
-    newest: Option<SystemTime>,
+    /// Every object's key and version fingerprint, sorted: any write changes it.
+    fingerprint: Vec<(String, String)>,
 }
 
 /// A block folder without any meta file is an upload that died, or one still running. Both
-/// writers (flush and compaction) re-put every object on each attempt, so a folder whose
-/// newest object is older than this is abandoned. Never less than this floor, whatever
+/// writers (flush and compaction) hold a lease object in the folder that they refresh while
+/// uploading, so a folder none of whose objects changed for this long, as this process's
+/// own clock measures between two of its listings, is abandoned. Never less than this floor, whatever
 /// `compacted_block_retention` says.
+/// Longest pause between two refreshes of a compaction output's lease.
+const LEASE_REFRESH_MAX: Duration = Duration::from_secs(60);
 const ORPHAN_MIN_AGE: Duration = Duration::from_secs(15 * 60);
 
 /// Totals of one cycle, for logs and tests.
@@ -173,6 +180,9 @@ pub struct Compactor {
     /// Test hook: stop a compaction after this step, as a crash would.
     stop_after: Mutex<Option<CompactionStep>>,
     orphan_age: Mutex<Option<Duration>>,
+    /// Folders without meta: their fingerprint and when this process first listed it.
+    /// Writers' timestamps are never compared with our clock (skew, slow multipart uploads).
+    orphans_seen: Mutex<HashMap<Uuid, (u64, Instant)>>,
     /// Inputs of failed jobs and when they failed: left out of selection for a while, so
     /// one corrupt block does not stop the rest of its window from being compacted.
     failed_inputs: Mutex<HashMap<Uuid, Instant>>,
@@ -208,6 +218,7 @@ impl Compactor {
             sources_done: Mutex::new(HashSet::new()),
             stop_after: Mutex::new(None),
             orphan_age: Mutex::new(None),
+            orphans_seen: Mutex::new(HashMap::new()),
             failed_inputs: Mutex::new(HashMap::new()),
         }
     }
@@ -332,22 +343,24 @@ impl Compactor {
                     live.insert(*id, m);
                 }
             } else {
-                // An upload that never committed, or one in progress right now: only an
-                // old one is abandoned.
-                let age = l
-                    .newest
-                    .and_then(|t| SystemTime::now().duration_since(t).ok())
-                    .unwrap_or_default();
-                if age > self.orphan_age() {
+                // An upload that never committed, or one in progress right now: only one
+                // unchanged (lease included) for the orphan age is abandoned.
+                let unchanged = self.unchanged_for(*id, &l.fingerprint);
+                if unchanged >= self.orphan_age() {
                     futures::future::try_join_all(l.keys.iter().map(|k| self.backend.delete(k)))
                         .await?;
+                    self.orphans_seen.lock().remove(id);
                     self.metrics.compactor_blocks_deleted.add("orphan", 1);
-                    info!(tenant = %tenant, block = %id, age_s = age.as_secs(), "abandoned upload deleted");
+                    info!(tenant = %tenant, block = %id, unchanged_s = unchanged.as_secs(), "abandoned upload deleted");
                 } else {
                     report.orphans += 1;
                 }
             }
         }
+        // Folders that committed (or were compacted) since: no longer watched.
+        self.orphans_seen
+            .lock()
+            .retain(|id, _| listing.get(id).is_none_or(|l| !l.meta && !l.compacted));
         if report.orphans > 0 {
             debug!(tenant = %tenant, orphans = report.orphans, "block folders without meta, too young to delete");
         }
@@ -459,11 +472,32 @@ impl Compactor {
         Ok(report)
     }
 
+    /// How long a folder without meta has looked exactly like `fingerprint` to this
+    /// process (zero on first sight or after any change).
+    fn unchanged_for(&self, id: Uuid, fingerprint: &[(String, String)]) -> Duration {
+        use std::hash::{Hash, Hasher};
+        let mut sorted = fingerprint.to_vec();
+        sorted.sort();
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        sorted.hash(&mut h);
+        let fp = h.finish();
+        let mut seen = self.orphans_seen.lock();
+        let entry = seen.entry(id).or_insert((fp, Instant::now()));
+        if entry.0 != fp {
+            *entry = (fp, Instant::now());
+        }
+        entry.1.elapsed()
+    }
+
     /// Every block folder of a tenant and what it holds, from one listing.
     async fn list_tenant(&self, tenant: &TenantId) -> Result<BTreeMap<Uuid, Listed>, CompactError> {
         let mut out: BTreeMap<Uuid, Listed> = BTreeMap::new();
         let prefix = format!("{}/", tenant.as_str());
-        for (key, modified) in self.backend.list_with_times(tenant.as_str()).await? {
+        let listed = self.backend.list_fingerprints(tenant.as_str()).await?;
+        for crate::backend::lease::Listed {
+            key, fingerprint, ..
+        } in listed
+        {
             let Some((dir, file)) = key.strip_prefix(&prefix).and_then(|r| r.split_once('/'))
             else {
                 continue; // the tenant index and other tenant-level objects
@@ -478,7 +512,7 @@ impl Compactor {
                 SOURCES_FILE => l.sources = true,
                 _ => {}
             }
-            l.newest = l.newest.max(Some(modified));
+            l.fingerprint.push((key.clone(), fingerprint));
             l.keys.push(key);
         }
         Ok(out)
@@ -661,9 +695,25 @@ impl Compactor {
             Ok::<_, CompactError>(r)
         })
         .await??;
+        // The inputs' times were clamped to when their spans were ingested; the output keeps
+        // those bounds rather than the client-supplied span times it would compute.
+        let mut encoded = encoded;
+        if let (Some(start), Some(end)) = (
+            inputs.iter().map(|m| m.start_time).min(),
+            inputs.iter().map(|m| m.end_time).max(),
+        ) {
+            encoded.meta.start_time = start;
+            encoded.meta.end_time = end;
+        }
         let sources = Sources {
             inputs: inputs.iter().map(|m| m.block_id).collect(),
         };
+        // Refreshed well within the orphan age every compactor of the bucket uses.
+        let every = (self.orphan_age() / 4).min(LEASE_REFRESH_MAX);
+        let lease = self
+            .backend
+            .hold_lease(&block::writing_key(tenant, output_id), every)
+            .await?;
         self.upload_objects(
             tenant,
             &encoded,
@@ -673,12 +723,14 @@ impl Compactor {
         )
         .await?;
         self.step(CompactionStep::OutputObjects)?;
+        lease.check().await?;
         self.backend
             .put(
                 &block::meta_key(tenant, output_id),
                 encoded.meta.to_bytes().into(),
             )
             .await?;
+        lease.release().await;
         self.step(CompactionStep::OutputCommitted)?;
         self.metas
             .lock()

@@ -179,6 +179,10 @@ pub struct IngesterConfig {
     pub max_live_bytes: u64,
     /// Target uncompressed size of a Parquet row group.
     pub row_group_size_bytes: usize,
+    /// Tempo's `ingestion_time_range_slack`: a block's start and end may differ from when
+    /// its spans were ingested by this much; beyond it the ingestion time is used.
+    #[serde(with = "duration")]
+    pub ingestion_time_range_slack: Duration,
 }
 
 impl Default for IngesterConfig {
@@ -193,6 +197,7 @@ impl Default for IngesterConfig {
             flush_check_period: Duration::from_secs(5),
             max_live_bytes: 1024 * 1024 * 1024,
             row_group_size_bytes: 32 * 1024 * 1024,
+            ingestion_time_range_slack: Duration::from_secs(120),
         }
     }
 }

@@ -103,16 +103,20 @@ impl Frontend {
         }))
     }
 
-    /// Search across several tenants: every tenant's hits, newest first, cut to the limit.
+    /// Search across several tenants (Tempo's `a|b`): every tenant's hits, newest first, cut
+    /// to the limit. The second value names each hit's tenant (parallel to the traces).
+    /// Metrics add up, so completedJobs < totalJobs survives the merge, and each tenant's
+    /// partial-result reason is kept.
     pub async fn search_in(
         &self,
         tenants: &[TenantId],
         req: &SearchRequest,
-    ) -> Result<SearchResults, QueryError> {
+    ) -> Result<(SearchResults, Vec<TenantId>), QueryError> {
+        let mut hits = Vec::new();
         let mut out = SearchResults::default();
         for t in tenants {
             let r = self.search(t, req).await?;
-            out.traces.extend(r.traces);
+            hits.extend(r.traces.into_iter().map(|h| (h, t.clone())));
             let (m, n) = (&mut out.metrics, &r.metrics);
             m.inspected_traces += n.inspected_traces;
             m.inspected_bytes += n.inspected_bytes;
@@ -120,14 +124,23 @@ impl Frontend {
             m.total_blocks += n.total_blocks;
             m.completed_jobs += n.completed_jobs;
             m.total_jobs += n.total_jobs;
+            if let Some(why) = r.partial {
+                out.partial = Some(match out.partial.take() {
+                    Some(prev) => format!("{prev}; tenant {t}: {why}"),
+                    None => format!("tenant {t}: {why}"),
+                });
+            }
         }
-        out.traces.sort_by(|a, b| {
+        hits.sort_by(|(a, ta), (b, tb)| {
             b.start_unix_nano
                 .cmp(&a.start_unix_nano)
                 .then_with(|| a.id.cmp(&b.id))
+                .then_with(|| ta.cmp(tb))
         });
-        out.traces.truncate(req.limit);
-        Ok(out)
+        hits.truncate(req.limit);
+        let (traces, owners) = hits.into_iter().unzip();
+        out.traces = traces;
+        Ok((out, owners))
     }
 
     /// Runs a query and records its latency under `route`.
@@ -138,5 +151,81 @@ impl Frontend {
             .query_duration
             .observe(route, started.elapsed().as_secs_f64());
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Backend;
+    use crate::block::{self, BlockConfig, TraceInput};
+    use crate::querier::BlockList;
+    use crate::traceql::engine_tests::dataset;
+
+    /// A cross-tenant search over a tenant with an unreadable block stays partial: the
+    /// reason is kept and completedJobs stays below totalJobs after the merge.
+    #[tokio::test]
+    async fn cross_tenant_search_keeps_each_tenants_partial_flag() {
+        let backend = Backend::memory();
+        let list = Arc::new(BlockList::default());
+        let (good, bad) = (TenantId::new("a").unwrap(), TenantId::new("b").unwrap());
+        for (n, tenant) in [&good, &bad].into_iter().enumerate() {
+            let traces: Vec<TraceInput> = dataset()
+                .into_iter()
+                .map(|(_, batches)| {
+                    let first = &batches[0].scope_spans[0].spans[0].trace_id;
+                    TraceInput {
+                        id: TraceId::from_bytes(first).unwrap(),
+                        batches,
+                    }
+                })
+                .collect();
+            let id = uuid::Uuid::from_u128(n as u128 + 1);
+            let b = block::encode_block(tenant, id, 0, traces, &BlockConfig::default()).unwrap();
+            backend
+                .put(&block::data_key(tenant, id), b.data.clone())
+                .await
+                .unwrap();
+            list.add(tenant.clone(), b.meta.clone());
+            if tenant == &bad {
+                // A second block whose data is not Parquet: the search skips it.
+                let broken = uuid::Uuid::from_u128(99);
+                let mut meta = b.meta.clone();
+                meta.block_id = broken;
+                backend
+                    .put(
+                        &block::data_key(tenant, broken),
+                        b"not parquet".to_vec().into(),
+                    )
+                    .await
+                    .unwrap();
+                list.add(tenant.clone(), meta);
+            }
+        }
+        let metrics = Arc::new(Metrics::default());
+        let querier = Arc::new(Querier::new(backend, None, list, metrics.clone(), 1));
+        let frontend = Frontend::new(querier, metrics);
+        let req = SearchRequest {
+            query: Arc::new(crate::traceql::parse("{}").unwrap()),
+            limit: 1000,
+            spss: 3,
+            range: None,
+            min_duration_nanos: None,
+            max_duration_nanos: None,
+        };
+        let alone = frontend.search(&bad, &req).await.unwrap();
+        assert!(alone.partial.is_some());
+        let (both, owners) = frontend.search_in(&[good, bad], &req).await.unwrap();
+        assert_eq!(both.traces.len(), owners.len());
+        assert_eq!(both.traces.len(), 2 * alone.traces.len());
+        let why = both
+            .partial
+            .expect("the merge dropped tenant b's partial flag");
+        assert!(why.contains("tenant b"), "{why}");
+        assert!(
+            both.metrics.completed_jobs < both.metrics.total_jobs,
+            "{:?}",
+            both.metrics
+        );
     }
 }

@@ -27,6 +27,8 @@ enum FlushError {
     Decode(#[from] prost::DecodeError),
     #[error("block encoding task failed: {0}")]
     Join(#[from] task::JoinError),
+    #[error(transparent)]
+    LeaseLost(#[from] crate::backend::lease::LeaseLost),
 }
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -186,7 +188,8 @@ impl Ingester {
             Ok::<_, BlockError>((encoded, tags))
         })
         .await??;
-        let (encoded, tags) = encoded;
+        let (mut encoded, tags) = encoded;
+        self.clamp_times(tenant, &mut encoded.meta);
         let tags = bytes::Bytes::from(tags.to_bytes());
         let mut backoff = Duration::from_millis(200);
         loop {
@@ -213,6 +216,31 @@ impl Ingester {
         Ok(encoded.meta)
     }
 
+    /// Clamps the block's times to when its spans can have been ingested (Tempo's
+    /// `ingestion_time_range_slack`). A trace taken now arrived at most the longest time a
+    /// trace waits in memory ago: it lives up to `max_trace_live` (or idles for
+    /// `trace_idle_period`), then waits up to `max_block_duration` plus one check for the cut.
+    fn clamp_times(&self, tenant: &TenantId, meta: &mut BlockMeta) {
+        let now = block::unix_nanos_now();
+        let held = self.cfg.max_trace_live.max(self.cfg.trace_idle_period)
+            + self.cfg.max_block_duration
+            + self.cfg.flush_check_period;
+        let earliest = now.saturating_sub(u64::try_from(held.as_nanos()).unwrap_or(u64::MAX));
+        let slack = u64::try_from(self.cfg.ingestion_time_range_slack.as_nanos()).unwrap_or(0);
+        let (start, end) = (meta.start_time, meta.end_time);
+        if meta.clamp_to_ingestion(earliest, now, slack) {
+            warn!(
+                tenant = %tenant,
+                block = %meta.block_id,
+                span_start = start,
+                span_end = end,
+                start = meta.start_time,
+                end = meta.end_time,
+                "block times outside the ingestion time range (backfill or client clock skew): clamped"
+            );
+        }
+    }
+
     async fn upload(
         &self,
         tenant: &TenantId,
@@ -220,6 +248,12 @@ impl Ingester {
         tags: &bytes::Bytes,
     ) -> Result<(), FlushError> {
         let id = b.meta.block_id;
+        // The lease first: while it is refreshed, the compactor's orphan cleanup leaves
+        // this folder alone however long the upload takes.
+        let lease = self
+            .backend
+            .hold_lease(&block::writing_key(tenant, id), self.cfg.flush_check_period)
+            .await?;
         // In stages, so a flush interrupted at any point (crash, kill -9, a store that stops
         // answering) leaves a prefix of this order behind and never a meta.json without the
         // rest: data.parquet, then the bloom shards, then index and tags.json, then
@@ -240,11 +274,15 @@ impl Ingester {
             self.backend.put(&tags_key, tags.clone()),
         )
         .await?;
+        // A lost lease means a cleaner may have deleted objects written above: upload again
+        // (the caller retries) rather than commit a block with holes.
+        lease.check().await?;
         // meta.json last: its presence is the commit point.
         let meta = b.meta.to_bytes();
         self.backend
             .put(&block::meta_key(tenant, id), meta.into())
             .await?;
+        lease.release().await;
         debug!(tenant = %tenant, block = %id, "block committed");
         Ok(())
     }
@@ -537,5 +575,72 @@ mod tests {
             "retries wrote one block"
         );
         assert_eq!(wal_files(), 1, "old segment deleted after the commit");
+    }
+
+    /// A backfilled trace (a week old) and a far-future one: the committed block's times
+    /// are those of its ingestion (with the slack), so retention neither deletes it at the
+    /// next cycle nor keeps it forever.
+    #[tokio::test]
+    async fn block_times_are_clamped_to_ingestion_time() {
+        const S: u64 = 1_000_000_000;
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let (log, _) = Wal::open(dir.path(), metrics.clone()).unwrap();
+        let backend = Backend::memory();
+        let committed = Arc::new(Mutex::new(Vec::<BlockMeta>::new()));
+        let c = committed.clone();
+        let on_commit: BlockCommitted = Arc::new(move |m| c.lock().push(m));
+        let cfg = IngesterConfig::default();
+        let ing = Ingester::new(
+            cfg.clone(),
+            Arc::new(log),
+            backend.clone(),
+            BlockConfig::default(),
+            metrics,
+            on_commit,
+        );
+        let tenant = TenantId::single();
+        let before = crate::block::unix_nanos_now();
+        let shifted = |trace: u8, at: u64| {
+            let mut req = request(trace, 2);
+            for s in &mut req.resource_spans[0].scope_spans[0].spans {
+                s.start_time_unix_nano = at;
+                s.end_time_unix_nano = at + S;
+            }
+            req
+        };
+        for req in [
+            shifted(1, before - 7 * 86_400 * S),
+            shifted(2, before + 365 * 86_400 * S),
+        ] {
+            let g = group_by_trace(&req.resource_spans);
+            ing.push(
+                wal::encode_payload(&tenant, &req.encode_to_vec()),
+                &tenant,
+                g.traces,
+            )
+            .await
+            .unwrap();
+        }
+        assert_eq!(ing.flush(true).await, 1);
+        let after = crate::block::unix_nanos_now();
+        let meta = committed.lock()[0].clone();
+        let held = (cfg.max_trace_live + cfg.max_block_duration + cfg.flush_check_period).as_nanos()
+            as u64;
+        let slack = cfg.ingestion_time_range_slack.as_nanos() as u64;
+        assert!(
+            meta.start_time >= before - held - slack && meta.start_time <= after,
+            "{meta:?}"
+        );
+        assert!(
+            meta.end_time >= meta.start_time && meta.end_time <= after + slack,
+            "{meta:?}"
+        );
+        // The committed meta.json says the same.
+        let stored = backend
+            .get(&crate::block::meta_key(&tenant, meta.block_id))
+            .await
+            .unwrap();
+        assert_eq!(BlockMeta::from_bytes(&stored).unwrap(), meta);
     }
 }

@@ -19,6 +19,15 @@ pub struct Fragments {
 }
 
 impl Fragments {
+    /// One already-encoded group (tests build fragments from whole requests).
+    #[cfg(test)]
+    pub(crate) fn from_encoded(bytes: Bytes) -> Self {
+        Self {
+            len: bytes.len(),
+            chunks: vec![bytes],
+        }
+    }
+
     /// Appends one resource/scope group holding `spans`, without copying them into structs.
     pub fn push(
         &mut self,

@@ -42,7 +42,9 @@ pub enum QueryError {
     Task(String),
 }
 
-/// A time range in unix seconds, both ends inclusive, as Tempo's `start`/`end`.
+/// A time range in unix seconds, both ends inclusive, as Tempo's `start`/`end`: a trace
+/// (or block) overlaps it when it starts at or before `end` and ends at or after `start`,
+/// Tempo's rule; `end` is an instant, not the whole second after it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TimeRange {
     pub start_s: u64,
@@ -52,8 +54,8 @@ pub struct TimeRange {
 impl TimeRange {
     fn overlaps_nanos(&self, start_ns: u64, end_ns: u64) -> bool {
         let s = self.start_s.saturating_mul(1_000_000_000);
-        let e = self.end_s.saturating_add(1).saturating_mul(1_000_000_000);
-        start_ns < e && end_ns >= s
+        let e = self.end_s.saturating_mul(1_000_000_000);
+        start_ns <= e && end_ns >= s
     }
 }
 
@@ -451,5 +453,26 @@ impl Querier {
                 warn!(error = %e, "blocklist poll failed");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TimeRange;
+
+    /// Tempo's rule: start <= end and end >= start, with `end` the instant `end` seconds,
+    /// not the second after it (a trace 100 ms after `end` is outside).
+    #[test]
+    fn range_end_is_an_instant() {
+        let r = TimeRange {
+            start_s: 100,
+            end_s: 200,
+        };
+        const S: u64 = 1_000_000_000;
+        assert!(r.overlaps_nanos(200 * S, 201 * S));
+        assert!(!r.overlaps_nanos(200 * S + 100_000_000, 201 * S));
+        assert!(r.overlaps_nanos(90 * S, 100 * S));
+        assert!(!r.overlaps_nanos(90 * S, 100 * S - 1));
+        assert!(r.overlaps_nanos(150 * S, 150 * S));
     }
 }

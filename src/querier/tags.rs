@@ -20,8 +20,9 @@ use crate::traceql::{Intrinsic, Query, Scope};
 /// Scopes as the tag endpoints name them.
 pub const ATTRIBUTE_SCOPES: [&str; 5] = ["resource", "span", "event", "link", "instrumentation"];
 
-/// Intrinsics offered for autocomplete, as Tempo lists them.
-pub const INTRINSIC_TAGS: [&str; 17] = [
+/// Intrinsics offered for autocomplete: Tempo's list (legacy and scoped forms), plus the
+/// ID intrinsics vivace has always offered.
+pub const INTRINSIC_TAGS: [&str; 25] = [
     "duration",
     "event:name",
     "event:timeSinceStart",
@@ -33,12 +34,20 @@ pub const INTRINSIC_TAGS: [&str; 17] = [
     "name",
     "rootName",
     "rootServiceName",
+    "span:duration",
     "span:id",
+    "span:kind",
+    "span:name",
     "span:parentID",
+    "span:status",
+    "span:statusMessage",
     "status",
     "statusMessage",
     "trace:duration",
     "trace:id",
+    "trace:rootName",
+    "trace:rootService",
+    "traceDuration",
 ];
 
 /// What to list values of.
@@ -437,8 +446,18 @@ fn push(acc: &mut BTreeSet<TagValue>, v: TagValue, limit: usize) {
 
 fn attr_values(acc: &mut BTreeSet<TagValue>, attrs: &[KeyValue], name: &str, limit: usize) {
     for kv in attrs.iter().filter(|kv| kv.key == name) {
-        if let Some(v) = kv.value.as_ref().and_then(typed) {
-            push(acc, v, limit);
+        match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+            // An array offers each scalar element with its own type, as Tempo does.
+            Some(any_value::Value::ArrayValue(a)) => {
+                for v in a.values.iter().filter_map(typed) {
+                    push(acc, v, limit);
+                }
+            }
+            _ => {
+                if let Some(v) = kv.value.as_ref().and_then(typed) {
+                    push(acc, v, limit);
+                }
+            }
         }
     }
 }
