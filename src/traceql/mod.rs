@@ -20,6 +20,7 @@ pub mod engine;
 mod error;
 mod eval;
 mod lexer;
+pub mod metrics;
 pub mod otlp;
 mod parser;
 
