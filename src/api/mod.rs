@@ -224,52 +224,9 @@ async fn lookup(
         .ok_or_else(|| ApiError::Unavailable("this process runs no query frontend".into()))?;
     let found = match tenants.as_slice() {
         [one] => frontend.trace_by_id(one, &id, range).await?,
-        _ => trace_across_tenants(frontend, &tenants, &id, range).await?,
+        _ => frontend.trace_by_id_in(&tenants, &id, range).await?,
     };
     Ok((found, wants_protobuf(headers)))
-}
-
-/// The resource attribute a cross-tenant trace by ID adds to every batch: the tenant it was
-/// found in (vivace's addition; namespaced so it cannot be mistaken for the sender's own).
-pub const TENANT_ATTRIBUTE: &str = "vivace.tenant";
-
-/// Trace by ID over several tenants (`a|b`): the fragments of every tenant, each resource
-/// marked with its tenant, combined into one trace.
-async fn trace_across_tenants(
-    frontend: &crate::frontend::Frontend,
-    tenants: &[TenantId],
-    id: &TraceId,
-    range: Option<TimeRange>,
-) -> Result<Option<crate::frontend::TraceByIdResult>, ApiError> {
-    use crate::model::{any_value, AnyValue, KeyValue};
-    let mut batches = Vec::new();
-    let mut inspected_bytes = 0;
-    for t in tenants {
-        let Some(found) = frontend.trace_by_id(t, id, range).await? else {
-            continue;
-        };
-        inspected_bytes += found.inspected_bytes;
-        for mut b in found.batches {
-            b.resource
-                .get_or_insert_with(Default::default)
-                .attributes
-                .push(KeyValue {
-                    key: TENANT_ATTRIBUTE.to_owned(),
-                    value: Some(AnyValue {
-                        value: Some(any_value::Value::StringValue(t.to_string())),
-                    }),
-                    ..Default::default()
-                });
-            batches.push(b);
-        }
-    }
-    if batches.is_empty() {
-        return Ok(None);
-    }
-    Ok(Some(crate::frontend::TraceByIdResult {
-        batches: crate::model::combine(batches),
-        inspected_bytes,
-    }))
 }
 
 /// A trace as Tempo's v1 JSON (`{"batches": [...]}`), for the command line.
