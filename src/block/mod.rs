@@ -35,7 +35,7 @@ use crate::model::{any_value, KeyValue, ResourceSpans, TenantId, TraceId};
 pub use bloom::{bloom_shard_count, bloom_shard_for, build_blooms, BloomShard, BLOOM_SEED};
 pub use index::RowGroupIndex;
 pub use meta::{unix_nanos_now, writing_key, BlockMeta, DedicatedColumn, FORMAT, WRITING_FILE};
-pub use project::{row_group_traces_projected, ProjectedTraces};
+pub use project::row_group_traces_projected;
 pub use reader::{
     batch_to_traces, decode_footer, find_trace, find_trace_in_pages, footer_fetch_range,
     page_index_start, plan_lookup, read_all_traces, row_group_byte_range, row_group_traces,

@@ -8,15 +8,11 @@ use std::sync::Arc;
 use arrow::array::{new_null_array, Array, ArrayRef, AsArray, ListArray, RecordBatch, StructArray};
 use arrow_schema::{DataType, Field, Fields};
 use bytes::Bytes;
-use parquet::arrow::arrow_reader::{
-    ArrowReaderMetadata, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder,
-};
-use parquet::arrow::ProjectionMask;
 use parquet::file::metadata::ParquetMetaData;
 
-use super::reader::{guarded, reader_options, SparseChunk};
+use super::reader::{open_row_group, RowGroupTraces};
 use super::schema::{arrow_schema_for, paths};
-use super::{batch_to_traces, BlockError, TraceInput};
+use super::BlockError;
 
 /// Leaves every projected read keeps: the trace ID and what restores parent span IDs
 /// (root spans are told by their missing parent).
@@ -38,71 +34,30 @@ pub fn row_group_traces_projected(
     file_len: u64,
     batch_rows: usize,
     keep: &dyn Fn(&str) -> bool,
-) -> Result<ProjectedTraces, BlockError> {
+) -> Result<RowGroupTraces, BlockError> {
     if rg >= md.num_row_groups() {
         return Err(BlockError::RowGroupOutOfRange {
             rg,
             count: md.num_row_groups(),
         });
     }
-    let chunk = SparseChunk::new(rg_start, rg_bytes, file_len);
     let full = arrow_schema_for(md.file_metadata().schema_descr())?;
-    let reader = guarded(|| {
-        let meta = ArrowReaderMetadata::try_new(md.clone(), reader_options(&md)?)?;
-        let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(chunk, meta);
-        let descr = builder.parquet_schema();
-        let leaves = (0..descr.num_columns()).filter(|&i| {
-            let p = descr.column(i).path().string();
-            always(&p) || keep(&p)
-        });
-        let mask = ProjectionMask::leaves(descr, leaves);
-        Ok(builder
-            .with_projection(mask)
-            .with_row_groups(vec![rg])
-            .with_batch_size(batch_rows.max(1))
-            .build()?)
+    let reader = open_row_group(&md, rg, rg_bytes, rg_start, file_len, batch_rows, &|p| {
+        always(p) || keep(p)
     })?;
-    Ok(ProjectedTraces {
+    Ok(RowGroupTraces {
         md,
-        full: DataType::Struct(full.fields().clone()),
+        fill: Some(DataType::Struct(full.fields().clone())),
         reader,
         decoded: Vec::new().into_iter(),
     })
 }
 
-/// Iterator returned by [`row_group_traces_projected`]: traces in file (ID) order.
-pub struct ProjectedTraces {
-    md: Arc<ParquetMetaData>,
-    full: DataType,
-    reader: ParquetRecordBatchReader,
-    decoded: std::vec::IntoIter<TraceInput>,
-}
-
-impl Iterator for ProjectedTraces {
-    type Item = Result<TraceInput, BlockError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            if let Some(t) = self.decoded.next() {
-                return Some(Ok(t));
-            }
-            let (reader, md, full) = (&mut self.reader, &self.md, &self.full);
-            let batch = guarded(|| {
-                let Some(batch) = reader.next().transpose()? else {
-                    return Ok(None);
-                };
-                let root: ArrayRef = Arc::new(StructArray::from(batch));
-                let filled = fill(&root, full)?;
-                let batch = RecordBatch::from(filled.as_struct().clone());
-                Ok(Some(batch_to_traces(&batch, md)?))
-            });
-            match batch {
-                Ok(Some(traces)) => self.decoded = traces.into_iter(),
-                Ok(None) => return None,
-                Err(e) => return Some(Err(e)),
-            }
-        }
-    }
+/// A projected batch with every left-out field of `full` (the block's row type) added back
+/// as a null column.
+pub(crate) fn fill_batch(batch: RecordBatch, full: &DataType) -> Result<RecordBatch, BlockError> {
+    let root: ArrayRef = Arc::new(StructArray::from(batch));
+    Ok(RecordBatch::from(fill(&root, full)?.as_struct().clone()))
 }
 
 /// `array` (a projection of a `target`-typed column) with every left-out field of `target`
@@ -156,7 +111,9 @@ fn fill(array: &ArrayRef, target: &DataType) -> Result<ArrayRef, BlockError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::block::{decode_footer, encode_block, row_group_byte_range, synth, BlockConfig};
+    use crate::block::{
+        decode_footer, encode_block, row_group_byte_range, synth, BlockConfig, TraceInput,
+    };
     use crate::model::TenantId;
 
     #[test]

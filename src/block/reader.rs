@@ -1280,32 +1280,51 @@ pub fn row_group_traces(
             count: md.num_row_groups(),
         });
     }
+    let reader = open_row_group(&md, rg, rg_bytes, rg_start, file_len, batch_rows, &|p| {
+        needed_for_traces(p)
+    })?;
+    Ok(RowGroupTraces {
+        md,
+        fill: None,
+        reader,
+        decoded: Vec::new().into_iter(),
+    })
+}
+
+/// A reader of row group `rg` (its bytes given) that decodes only the leaves `keep` accepts.
+pub(crate) fn open_row_group(
+    md: &Arc<ParquetMetaData>,
+    rg: usize,
+    rg_bytes: Bytes,
+    rg_start: u64,
+    file_len: u64,
+    batch_rows: usize,
+    keep: &dyn Fn(&str) -> bool,
+) -> Result<parquet::arrow::arrow_reader::ParquetRecordBatchReader, BlockError> {
     let chunk = SparseChunk::new(rg_start, rg_bytes, file_len);
-    let reader = guarded(|| {
-        let meta = ArrowReaderMetadata::try_new(md.clone(), reader_options(&md)?)?;
+    guarded(|| {
+        let meta = ArrowReaderMetadata::try_new(md.clone(), reader_options(md)?)?;
         let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(chunk, meta);
         let descr = builder.parquet_schema();
-        let leaves = (0..descr.num_columns())
-            .filter(|&i| needed_for_traces(&descr.column(i).path().string()));
+        let leaves = (0..descr.num_columns()).filter(|&i| keep(&descr.column(i).path().string()));
         let mask = ProjectionMask::leaves(descr, leaves);
         Ok(builder
             .with_projection(mask)
             .with_row_groups(vec![rg])
             .with_batch_size(batch_rows.max(1))
             .build()?)
-    })?;
-    Ok(RowGroupTraces {
-        md,
-        reader,
-        decoded: Vec::new().into_iter(),
     })
 }
 
-/// Iterator returned by [`row_group_traces`]: traces in file (ID) order.
+/// Iterator returned by [`row_group_traces`] and [`super::row_group_traces_projected`]:
+/// traces in file (ID) order.
 pub struct RowGroupTraces {
-    md: Arc<ParquetMetaData>,
-    reader: parquet::arrow::arrow_reader::ParquetRecordBatchReader,
-    decoded: std::vec::IntoIter<TraceInput>,
+    pub(crate) md: Arc<ParquetMetaData>,
+    /// For a projected read: the block's row type, whose left-out fields are added back
+    /// as nulls so the usual conversion to OTLP applies.
+    pub(crate) fill: Option<arrow_schema::DataType>,
+    pub(crate) reader: parquet::arrow::arrow_reader::ParquetRecordBatchReader,
+    pub(crate) decoded: std::vec::IntoIter<TraceInput>,
 }
 
 impl Iterator for RowGroupTraces {
@@ -1316,10 +1335,16 @@ impl Iterator for RowGroupTraces {
             if let Some(t) = self.decoded.next() {
                 return Some(Ok(t));
             }
-            let (reader, md) = (&mut self.reader, &self.md);
-            let batch = guarded(|| match reader.next() {
-                None => Ok(None),
-                Some(b) => Ok(Some(batch_to_traces(&b?, md)?)),
+            let (reader, md, fill) = (&mut self.reader, &self.md, &self.fill);
+            let batch = guarded(|| {
+                let Some(batch) = reader.next().transpose()? else {
+                    return Ok(None);
+                };
+                let batch = match fill {
+                    Some(full) => super::project::fill_batch(batch, full)?,
+                    None => batch,
+                };
+                Ok(Some(batch_to_traces(&batch, md)?))
             });
             match batch {
                 Ok(Some(traces)) => self.decoded = traces.into_iter(),

@@ -224,8 +224,8 @@ impl RequestLimits {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{ResourceSpans, ScopeSpans, Span};
-    use prost::Message;
+    use crate::receiver::estimate::tests::empty_spans;
+
     use std::io::Write;
 
     fn gz(data: &[u8]) -> Vec<u8> {
@@ -252,19 +252,6 @@ mod tests {
             gunzip(b"not gzip", 100),
             Err(GunzipError::Corrupt(_))
         ));
-    }
-
-    fn empty_spans(n: usize) -> Vec<u8> {
-        ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                scope_spans: vec![ScopeSpans {
-                    spans: vec![Span::default(); n],
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-        }
-        .encode_to_vec()
     }
 
     #[test]

@@ -254,12 +254,13 @@ pub fn estimate_json(data: &[u8]) -> Estimate {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::model::{ExportTraceServiceRequest, KeyValue, ResourceSpans, ScopeSpans, Span};
     use prost::Message;
 
-    fn empty_spans(n: usize) -> Vec<u8> {
+    /// An export of `n` empty spans: two bytes each on the wire.
+    pub(in crate::receiver) fn empty_spans(n: usize) -> Vec<u8> {
         ExportTraceServiceRequest {
             resource_spans: vec![ResourceSpans {
                 scope_spans: vec![ScopeSpans {
