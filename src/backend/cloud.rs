@@ -29,8 +29,9 @@ pub(super) struct Built {
 
 /// Transient failures (5xx, 429, timeouts, refused or dropped connections) are retried
 /// with exponential backoff and jitter: each wait is drawn between 100 ms and 3x the last
-/// one (capped at 10 s), so ten retries ride out roughly half a minute of outage. A request
-/// gives up after `retry_timeout` in total.
+/// one (capped at 10 s). Twenty retries, because the jitter can draw many short waits in a
+/// row (ten once spanned only 2.5 s, less than an S3 server's restart plus the few seconds
+/// of 500s while its volumes load); `retry_timeout` bounds the total.
 fn retry_config() -> RetryConfig {
     RetryConfig {
         backoff: BackoffConfig {
@@ -38,7 +39,7 @@ fn retry_config() -> RetryConfig {
             max_backoff: Duration::from_secs(10),
             base: 3.0,
         },
-        max_retries: 10,
+        max_retries: 20,
         retry_timeout: Duration::from_secs(120),
     }
 }
