@@ -12,6 +12,7 @@ mod faults;
 mod harness;
 mod ingest;
 mod limits;
+mod metrics;
 mod model;
 mod s3_server;
 mod search;

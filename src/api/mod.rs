@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod client;
 mod json;
+mod metrics;
 mod search;
 mod streaming;
 mod tags;
@@ -42,6 +43,26 @@ pub struct ApiState {
     pub tenants: auth::TenantResolver,
     /// Per-tenant read limits; `None` where this process runs no distributor's overrides.
     pub overrides: Option<Arc<Overrides>>,
+    /// `query_frontend.metrics`: TraceQL metrics limits.
+    pub query_limits: QueryLimits,
+}
+
+/// The frontend's TraceQL metrics limits (`query_frontend.metrics`).
+#[derive(Clone, Debug)]
+pub struct QueryLimits {
+    pub max_duration: std::time::Duration,
+    pub max_exemplars: usize,
+    pub max_series: usize,
+}
+
+impl From<&crate::config::MetricsQueryConfig> for QueryLimits {
+    fn from(c: &crate::config::MetricsQueryConfig) -> Self {
+        Self {
+            max_duration: c.max_duration,
+            max_exemplars: c.max_exemplars,
+            max_series: c.max_response_series,
+        }
+    }
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -58,6 +79,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/traces/{id}", get(trace_v1))
         .route("/api/v2/traces/{id}", get(trace_v2))
         .route("/api/search", get(search::search))
+        .route("/api/metrics/query_range", get(metrics::query_range))
+        .route("/api/metrics/query", get(metrics::query_instant))
         .route("/api/search/tags", get(tags::tags_v1))
         .route("/api/v2/search/tags", get(tags::tags_v2))
         .route("/api/search/tag/{tag}/values", get(tags::tag_values_v1))

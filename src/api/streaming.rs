@@ -1,6 +1,7 @@
 //! `tempopb.StreamingQuerier` over gRPC on the HTTP port (h2c), which Grafana's Tempo
-//! datasource uses when streaming is on: Search and the four tag methods. Each search
-//! message carries new traces and cumulative metrics; messages stay under 1 MiB.
+//! datasource uses when streaming is on: Search, the four tag methods and the two TraceQL
+//! metrics methods. Each search message carries new traces and cumulative metrics; messages
+//! stay under 1 MiB.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -12,6 +13,7 @@ use tonic::server::{Grpc, ServerStreamingService};
 use tonic::{Request, Response, Status};
 
 use super::auth::grpc_status as auth_status;
+use super::metrics::{self, MetricsParams};
 use super::search::{apply_read_limits, build_request, value_any, SearchParams};
 use super::tags::{self, TagParams};
 use super::tempopb::{
@@ -19,6 +21,9 @@ use super::tempopb::{
     SearchTagValuesResponse, SearchTagValuesV2Response, SearchTagsRequest, SearchTagsResponse,
     SearchTagsV2Response, SearchTagsV2Scope, ServiceStats, Span, SpanSet, TagValue,
     TraceSearchMetadata,
+};
+use super::tempopb::{
+    QueryInstantRequest, QueryInstantResponse, QueryRangeRequest, QueryRangeResponse,
 };
 use super::{ApiError, ApiState};
 use crate::model::{KeyValue, TenantId};
@@ -52,6 +57,8 @@ impl tower::Service<http::Request<axum::body::Body>> for StreamingQuerier {
                 "SearchTagsV2" => serve(state, search_tags_v2, req).await,
                 "SearchTagValues" => serve(state, search_tag_values, req).await,
                 "SearchTagValuesV2" => serve(state, search_tag_values_v2, req).await,
+                "MetricsQueryRange" => serve(state, metrics_query_range, req).await,
+                "MetricsQueryInstant" => serve(state, metrics_query_instant, req).await,
                 other => Status::unimplemented(format!(
                     "tempopb.StreamingQuerier/{other} is not served by vivace"
                 ))
@@ -126,6 +133,47 @@ fn search(
             .ok_or_else(|| ApiError::Unavailable("this process runs no query frontend".into()))?;
         let results = frontend.search(&tenant, &req).await?;
         Ok(packets(&results))
+    })
+}
+
+/// A streaming metrics request as the HTTP parameters it stands for (unix ns, step in ns,
+/// zero meaning "not given").
+fn metrics_params(query: &str, start: u64, end: u64, step: u64, exemplars: u32) -> MetricsParams {
+    let nonzero = |v: u64| (v > 0).then(|| v.to_string());
+    MetricsParams {
+        q: Some(query.to_owned()),
+        // Nanoseconds whatever their digit count: a streaming client always sends them.
+        start: nonzero(start).map(|v| format!("{v:0>11}")),
+        end: nonzero(end).map(|v| format!("{v:0>11}")),
+        step: (step > 0).then(|| format!("{}ns", step)),
+        exemplars: (exemplars > 0).then(|| exemplars.to_string()),
+        ..Default::default()
+    }
+}
+
+fn metrics_query_range(
+    state: ApiState,
+    tenant: TenantId,
+    r: QueryRangeRequest,
+) -> BoxFuture<Vec<QueryRangeResponse>, ApiError> {
+    Box::pin(async move {
+        let p = metrics_params(&r.query, r.start, r.end, r.step, r.exemplars);
+        let req = p.check(false, metrics::now_ns())?;
+        let results = metrics::run(&state, std::slice::from_ref(&tenant), &req).await?;
+        Ok(vec![metrics::range_proto(&results)])
+    })
+}
+
+fn metrics_query_instant(
+    state: ApiState,
+    tenant: TenantId,
+    r: QueryInstantRequest,
+) -> BoxFuture<Vec<QueryInstantResponse>, ApiError> {
+    Box::pin(async move {
+        let p = metrics_params(&r.query, r.start, r.end, 0, 0);
+        let req = p.check(true, metrics::now_ns())?;
+        let results = metrics::run(&state, std::slice::from_ref(&tenant), &req).await?;
+        Ok(vec![metrics::instant_proto(&results)])
     })
 }
 

@@ -228,3 +228,94 @@ pub struct SearchTagValuesV2Response {
     #[prost(message, optional, tag = "2")]
     pub metrics: Option<MetadataMetrics>,
 }
+
+/// `tempopb.QueryRangeRequest`, the request of `StreamingQuerier/MetricsQueryRange`
+/// (the fields a client sets; the sharding ones are Tempo-internal).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct QueryRangeRequest {
+    #[prost(string, tag = "1")]
+    pub query: String,
+    #[prost(uint64, tag = "2")]
+    pub start: u64,
+    #[prost(uint64, tag = "3")]
+    pub end: u64,
+    #[prost(uint64, tag = "4")]
+    pub step: u64,
+    #[prost(string, tag = "7")]
+    pub query_mode: String,
+    #[prost(uint32, tag = "16")]
+    pub exemplars: u32,
+    #[prost(uint32, tag = "17")]
+    pub max_series: u32,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct QueryRangeResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub series: Vec<TimeSeries>,
+    #[prost(message, optional, tag = "2")]
+    pub metrics: Option<SearchMetrics>,
+    #[prost(enumeration = "PartialStatus", tag = "3")]
+    pub status: i32,
+    #[prost(string, tag = "4")]
+    pub message: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TimeSeries {
+    #[prost(message, repeated, tag = "1")]
+    pub labels: Vec<crate::model::KeyValue>,
+    #[prost(message, repeated, tag = "2")]
+    pub samples: Vec<Sample>,
+    #[prost(message, repeated, tag = "4")]
+    pub exemplars: Vec<Exemplar>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Sample {
+    #[prost(double, tag = "1")]
+    pub value: f64,
+    #[prost(int64, tag = "2")]
+    pub timestamp_ms: i64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Exemplar {
+    #[prost(message, repeated, tag = "1")]
+    pub labels: Vec<crate::model::KeyValue>,
+    #[prost(double, tag = "2")]
+    pub value: f64,
+    #[prost(int64, tag = "3")]
+    pub timestamp_ms: i64,
+}
+
+/// `tempopb.QueryInstantRequest`, the request of `StreamingQuerier/MetricsQueryInstant`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct QueryInstantRequest {
+    #[prost(string, tag = "1")]
+    pub query: String,
+    #[prost(uint64, tag = "2")]
+    pub start: u64,
+    #[prost(uint64, tag = "3")]
+    pub end: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct QueryInstantResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub series: Vec<InstantSeries>,
+    #[prost(message, optional, tag = "2")]
+    pub metrics: Option<SearchMetrics>,
+    #[prost(enumeration = "PartialStatus", tag = "3")]
+    pub status: i32,
+    #[prost(string, tag = "4")]
+    pub message: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct InstantSeries {
+    #[prost(message, repeated, tag = "1")]
+    pub labels: Vec<crate::model::KeyValue>,
+    #[prost(double, tag = "2")]
+    pub value: f64,
+}

@@ -190,6 +190,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         ready: ready.clone(),
         tenants: tenants.clone(),
         overrides: Some(overrides.clone()),
+        query_limits: (&cfg.query_frontend.metrics).into(),
     });
     servers.push(serve_http(api_listener, api_router, stop_rx.clone()));
 

@@ -36,6 +36,7 @@ pub struct Config {
     pub distributor: DistributorConfig,
     pub ingester: IngesterConfig,
     pub querier: QuerierConfig,
+    pub query_frontend: QueryFrontendConfig,
     pub compactor: CompactorConfig,
     pub storage: StorageConfig,
     pub overrides: crate::overrides::OverridesConfig,
@@ -271,6 +272,38 @@ impl Default for QuerierConfig {
         Self {
             concurrent_blocks: 16,
             max_tag_scan_bytes: 512 * 1024 * 1024,
+        }
+    }
+}
+
+/// `query_frontend`: only the TraceQL metrics limits are read; vivace shards nothing.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueryFrontendConfig {
+    pub metrics: MetricsQueryConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsQueryConfig {
+    /// Longest range a metrics query may cover (a tenant's `read.max_metrics_duration`
+    /// overrides it; zero: no limit).
+    #[serde(with = "duration")]
+    pub max_duration: Duration,
+    /// Exemplars per query at most.
+    pub max_exemplars: usize,
+    /// Series per response at most; past it the answer is partial and says so (zero: no
+    /// limit). Not zero by default, unlike Tempo: a `by()` on a unique attribute would
+    /// otherwise hold a series per span.
+    pub max_response_series: usize,
+}
+
+impl Default for MetricsQueryConfig {
+    fn default() -> Self {
+        Self {
+            max_duration: Duration::from_secs(24 * 3600),
+            max_exemplars: 100,
+            max_response_series: 10_000,
         }
     }
 }

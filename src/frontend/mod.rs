@@ -6,11 +6,14 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::block::SearchColumns;
 use crate::metrics::Metrics;
 use crate::model::{combine, ResourceSpans, TenantId, TraceId};
-use crate::querier::search::{SearchRequest, SearchResults};
+use crate::querier::metrics::MetricsResults;
+use crate::querier::search::{SearchMetrics, SearchRequest, SearchResults};
 use crate::querier::tags::{TagNames, TagTarget, TagValue, TagsRequest};
 use crate::querier::{Querier, QueryError, TimeRange};
+use crate::traceql::metrics::MetricsEvaluator;
 
 pub struct TraceByIdResult {
     pub batches: Vec<ResourceSpans>,
@@ -80,6 +83,45 @@ impl Frontend {
             self.querier.tag_values(tenant, target, req),
         )
         .await
+    }
+
+    /// A TraceQL metrics query over one or several tenants (Tempo's `a|b`): each tenant's
+    /// spans go into the same series, and job counts add up.
+    pub async fn metrics(
+        &self,
+        tenants: &[TenantId],
+        template: MetricsEvaluator,
+        columns: Arc<SearchColumns>,
+    ) -> Result<MetricsResults, QueryError> {
+        self.timed(
+            "metrics_query_range",
+            self.metrics_in(tenants, template, columns),
+        )
+        .await
+    }
+
+    async fn metrics_in(
+        &self,
+        tenants: &[TenantId],
+        template: MetricsEvaluator,
+        columns: Arc<SearchColumns>,
+    ) -> Result<MetricsResults, QueryError> {
+        let mut total = template.empty_like();
+        let mut stats = SearchMetrics::default();
+        let mut partial: Option<String> = None;
+        for t in tenants {
+            let p = self.querier.metrics(t, &template, columns.clone()).await?;
+            total.merge(p.evaluator);
+            let (m, n) = (&mut stats, &p.metrics);
+            m.inspected_traces += n.inspected_traces;
+            m.inspected_bytes += n.inspected_bytes;
+            m.inspected_spans += n.inspected_spans;
+            m.total_blocks += n.total_blocks;
+            m.completed_jobs += n.completed_jobs;
+            m.total_jobs += n.total_jobs;
+            partial = partial.or(p.partial);
+        }
+        Querier::finish_metrics(total, stats, partial).await
     }
 
     /// Trace by ID across several tenants (Tempo's `a|b`): the fragments of every tenant,

@@ -86,8 +86,10 @@ impl Ingester {
 
         let mut blocks = 0;
         let mut failed = Vec::new();
+        let ids = self.flushing_blocks.read().clone();
         for tenant in taken.keys() {
-            match self.write_block_with_retry(tenant, taken.clone()).await {
+            let id = ids.get(tenant).copied().unwrap_or_else(Uuid::new_v4);
+            match self.write_block_with_retry(tenant, id, taken.clone()).await {
                 Ok(meta) => {
                     blocks += 1;
                     (self.on_commit)(meta);
@@ -127,6 +129,7 @@ impl Ingester {
                 self.update_gauges(&head);
             }
             *self.flushing.write() = Arc::new(HashMap::new());
+            *self.flushing_blocks.write() = Arc::new(HashMap::new());
         }
         // A tenant whose block cannot be written is carried over like a live trace, so its
         // failure does not pin the old segments (and the disk) for every other tenant.
@@ -158,6 +161,7 @@ impl Ingester {
     async fn write_block_with_retry(
         &self,
         tenant: &TenantId,
+        block_id: Uuid,
         taken: Arc<Flushing>,
     ) -> Result<BlockMeta, FlushError> {
         let started = Instant::now();
@@ -184,7 +188,7 @@ impl Ingester {
                         .map_err(|e| BlockError::Input(format!("trace {id}: {e}"))),
                 )
             });
-            let encoded = block::encode_block_sorted(&t, Uuid::new_v4(), 0, inputs, &cfg)?;
+            let encoded = block::encode_block_sorted(&t, block_id, 0, inputs, &cfg)?;
             Ok::<_, BlockError>((encoded, tags))
         })
         .await??;

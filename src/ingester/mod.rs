@@ -18,6 +18,7 @@ use parking_lot::{Mutex, RwLock};
 use prost::Message;
 use tokio::sync::RwLock as AsyncRwLock;
 use tracing::{info, warn};
+use uuid::Uuid;
 
 pub use flush::BlockCommitted;
 pub use log::IngestLog;
@@ -156,6 +157,10 @@ pub struct Ingester {
     gate: AsyncRwLock<()>,
     head: Mutex<Head>,
     flushing: RwLock<Arc<Flushing>>,
+    /// The block ID each tenant's flushing traces are being written under, chosen at the
+    /// cut: a reader that sees them in `flushing` skips that block, so nothing is counted
+    /// twice while the block is listed and `flushing` not yet cleared.
+    flushing_blocks: RwLock<Arc<HashMap<TenantId, Uuid>>>,
     backend: Backend,
     block_cfg: BlockConfig,
     metrics: Arc<Metrics>,
@@ -187,6 +192,7 @@ impl Ingester {
             gate: AsyncRwLock::new(()),
             head: Mutex::new(Head::default()),
             flushing: RwLock::new(Arc::new(HashMap::new())),
+            flushing_blocks: RwLock::new(Arc::new(HashMap::new())),
             backend,
             block_cfg,
             metrics,
@@ -321,9 +327,23 @@ impl Ingester {
     /// Every trace the ingester holds for a tenant, as shared encoded chunks: cheap to take,
     /// and decoded by the caller outside any lock.
     pub fn snapshot(&self, tenant: &TenantId) -> Vec<(TraceId, Fragments)> {
+        self.snapshot_with_block(tenant).0
+    }
+
+    /// [`Ingester::snapshot`], and the ID of the block its flushing traces are being written
+    /// to: a reader that lists blocks after taking the snapshot skips that one, so every
+    /// trace is seen exactly once (in memory or in a block) across a flush.
+    pub fn snapshot_with_block(
+        &self,
+        tenant: &TenantId,
+    ) -> (Vec<(TraceId, Fragments)>, Option<Uuid>) {
         // Same lock order as find_trace: both views from one critical section.
         let head = self.head.lock();
         let flushing = self.flushing.read().clone();
+        let block = flushing
+            .contains_key(tenant)
+            .then(|| self.flushing_blocks.read().get(tenant).copied())
+            .flatten();
         let mut out: HashMap<TraceId, Fragments> = flushing
             .get(tenant)
             .map(|m| m.iter().map(|(id, f)| (*id, f.clone())).collect())
@@ -334,7 +354,7 @@ impl Ingester {
             }
         }
         drop(head);
-        out.into_iter().collect()
+        (out.into_iter().collect(), block)
     }
 
     /// Encoded bytes of a live trace, for the per-trace size limit.
@@ -429,6 +449,8 @@ impl Ingester {
         let taken = Arc::new(taken);
         if !taken.is_empty() {
             // Still under the head lock, so readers never see the trace in neither place.
+            *self.flushing_blocks.write() =
+                Arc::new(taken.keys().map(|t| (t.clone(), Uuid::new_v4())).collect());
             *self.flushing.write() = taken.clone();
         }
         drop(head);

@@ -32,6 +32,10 @@ pub struct ReadLimits {
     pub max_search_duration: Duration,
     /// Largest `limit` a search may ask for; larger ones are cut to it (zero: no limit).
     pub max_result_limit: u32,
+    /// Longest range a TraceQL metrics query may cover (zero: the frontend's
+    /// `query_frontend.metrics.max_duration`).
+    #[serde(deserialize_with = "crate::config::deserialize_duration")]
+    pub max_metrics_duration: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]

@@ -6,6 +6,7 @@
 //! lookup costs one read per block that may hold the trace.
 
 mod cache;
+pub mod metrics;
 mod scan;
 pub mod search;
 pub mod tags;
@@ -272,6 +273,29 @@ impl Querier {
         tokio::task::spawn_blocking(f)
             .await
             .map_err(|e| QueryError::Task(e.to_string()))
+    }
+
+    /// A block's footer from the cache, or read and cached; None when the block is gone
+    /// (compacted away since the listing).
+    async fn footer(
+        &self,
+        data_key: &str,
+        meta: &BlockMeta,
+    ) -> Result<Option<Arc<ParquetMetaData>>, QueryError> {
+        if let Some(f) = self.footers.get(&meta.block_id) {
+            return Ok(Some(f));
+        }
+        match self.load_footer(data_key, meta).await {
+            Ok(f) => {
+                self.footers.insert(meta.block_id, f.clone());
+                Ok(Some(f))
+            }
+            Err(QueryError::Backend {
+                source: BackendError::NotFound(_),
+                ..
+            }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Reads and decodes the footer of a block's data.parquet with its page indexes: one

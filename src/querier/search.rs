@@ -241,19 +241,8 @@ impl Querier {
         let be = |source| QueryError::Backend { block: bid, source };
         let ble = |source| QueryError::Block { block: bid, source };
         let data_key = block::data_key(tenant, bid);
-        let footer = match self.footers.get(&bid) {
-            Some(f) => f,
-            None => match self.load_footer(&data_key, &meta).await {
-                Ok(f) => {
-                    self.footers.insert(bid, f.clone());
-                    f
-                }
-                Err(QueryError::Backend {
-                    source: BackendError::NotFound(_),
-                    ..
-                }) => return Ok(None),
-                Err(e) => return Err(e),
-            },
+        let Some(footer) = self.footer(&data_key, &meta).await? else {
+            return Ok(None);
         };
         let range = params.range;
         let reads = columns

@@ -11,8 +11,8 @@ use crate::block::reader::{chunk_range, coalesce};
 use crate::block::schema::{parquet_schema, paths};
 use crate::block::{BlockError, Dedicated, DedicatedType, DEDICATED_RESOURCE, DEDICATED_SPAN};
 use crate::traceql::{
-    Aggregate, FieldExpr, Intrinsic, Pipeline, Query, ScalarExpr, Scope, SpansetExpr, SpansetOp,
-    Stage, Static,
+    Aggregate, FieldExpr, Intrinsic, Metrics, MetricsFunction, Pipeline, Query, ScalarExpr, Scope,
+    SpansetExpr, SpansetOp, Stage, Static,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -142,6 +142,8 @@ pub(super) struct Needs {
     /// The span tree (nested sets): structural operators, `parent.` attributes and the
     /// intrinsics derived from the tree.
     pub(super) tree: bool,
+    /// Generic attribute lists are read whole, whatever the names looked up.
+    pub(super) all_attrs: bool,
 }
 
 impl Needs {
@@ -269,6 +271,45 @@ impl Needs {
         }
     }
 
+    /// A metrics query's fields beyond its filter: `by()`, the function's attribute, the
+    /// trace ID for exemplars; `compare()` reads every attribute of a span.
+    pub(super) fn metrics(&mut self, m: &Metrics) {
+        use MetricsFunction as F;
+        m.by.iter().for_each(|f| self.field(f));
+        match &m.function {
+            F::Rate | F::CountOverTime => {}
+            F::MinOverTime(f)
+            | F::MaxOverTime(f)
+            | F::AvgOverTime(f)
+            | F::SumOverTime(f)
+            | F::HistogramOverTime(f)
+            | F::QuantileOverTime { field: f, .. } => self.field(f),
+            F::Compare { filter, .. } => {
+                if let Some(e) = &filter.expr {
+                    self.field(e);
+                }
+                self.every_attribute();
+            }
+        }
+        self.intrinsic(Intrinsic::TraceId);
+    }
+
+    /// Every span and resource attribute (generic lists unfiltered, all dedicated columns)
+    /// and the intrinsics a span is grouped by.
+    fn every_attribute(&mut self) {
+        for (name, _, _) in DEDICATED_SPAN.iter() {
+            self.attribute(Scope::Span, name);
+        }
+        for (name, _, _) in DEDICATED_RESOURCE.iter() {
+            self.attribute(Scope::Resource, name);
+        }
+        self.all_attrs = true;
+        self.name = true;
+        self.status = true;
+        self.kind = true;
+        self.root = true;
+    }
+
     pub(super) fn pipeline(&mut self, p: &Pipeline) {
         for stage in &p.stages {
             match stage {
@@ -380,6 +421,9 @@ impl SearchColumns {
     pub fn for_query(query: &Query) -> Result<Self, BlockError> {
         let mut needs = Needs::default();
         needs.pipeline(&query.pipeline);
+        if let Some(m) = &query.metrics {
+            needs.metrics(m);
+        }
         let span = |leaf: &str| format!("{}{leaf}", paths::SPAN);
         let service = format!("{}service_name", paths::RESOURCE);
         let mut wanted: Vec<String> = vec![
@@ -459,7 +503,7 @@ impl SearchColumns {
             (needs.span_attrs, paths::SPAN, &needs.span_names),
             (needs.res_attrs, paths::RESOURCE, &needs.res_names),
         ] {
-            if on && !names.is_empty() {
+            if on && !names.is_empty() && !needs.all_attrs {
                 let list = format!("{prefix}{}", paths::ATTRS);
                 generic.push(GenericAttrs {
                     leaves: leaf_indices(std::slice::from_ref(&list))?,
@@ -470,12 +514,10 @@ impl SearchColumns {
         }
         let mut late = leaf_indices(&report)?;
         late.retain(|i| leaves.binary_search(i).is_err());
+        // A metrics query's pipeline selects spans exactly as a search's does.
         let mut required = Vec::new();
-        let mut precheck = Pre::True;
-        if !query.is_metrics() {
-            required_in_pipeline(&query.pipeline, &mut required);
-            precheck = pre_pipeline(&query.pipeline);
-        }
+        required_in_pipeline(&query.pipeline, &mut required);
+        let precheck = pre_pipeline(&query.pipeline);
         Ok(Self {
             leaves,
             late,

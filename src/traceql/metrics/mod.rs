@@ -71,6 +71,8 @@ pub enum MetricsError {
     Unsupported(&'static str),
     #[error(transparent)]
     Eval(#[from] EvalError),
+    #[error("cannot plan the query's columns: {0}")]
+    Plan(String),
 }
 
 /// One series while spans are added: its labels and one cell per bucket.
@@ -124,6 +126,20 @@ impl MetricsEvaluator {
             series: BTreeMap::new(),
             truncated: false,
         })
+    }
+
+    /// A new evaluator of the same query with no series yet: one per source, merged after.
+    pub fn empty_like(&self) -> Self {
+        Self {
+            filter: self.filter.clone(),
+            metrics: self.metrics.clone(),
+            buckets: self.buckets,
+            max_series: self.max_series,
+            max_exemplars: self.max_exemplars,
+            by: self.by.clone(),
+            series: BTreeMap::new(),
+            truncated: false,
+        }
     }
 
     pub fn buckets(&self) -> Buckets {
