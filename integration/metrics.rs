@@ -178,6 +178,7 @@ const Q_ERROR_RATE: &str = "{ status = error } | rate()";
 const Q_MAX_BY_CODE: &str = "{ span.http.response.status_code >= 400 } | max_over_time(duration) by (span.http.response.status_code)";
 const Q_QUANTILE_BY_SERVICE: &str =
     "{ } | quantile_over_time(duration, 0.5, 0.9) by (resource.service.name)";
+const Q_COMPARE: &str = "{ } | compare({ status = error })";
 const QUERIES: [&str; 4] = [
     Q_COUNT_BY_SERVICE,
     Q_ERROR_RATE,
@@ -312,14 +313,19 @@ async fn metrics_agree_in_memory_in_blocks_and_split_between() {
     // In memory.
     send(&server, &first).await;
     check_all("in memory", &server, &first, range).await;
+    let compared = as_model(&query_range(&server, Q_COMPARE, range.0, range.1).await);
     assert!(
         server.block_metas().is_empty(),
         "a block was cut before the in-memory check: the premise failed"
     );
+    check_compare(&compared, &first);
 
-    // In a block.
+    // In a block: the same answers, compare() included (read from dedicated and generic
+    // attribute columns there).
     server.wait_blocks_flushed(1, Duration::from_secs(60)).await;
     check_all("in a block", &server, &first, range).await;
+    let from_block = as_model(&query_range(&server, Q_COMPARE, range.0, range.1).await);
+    assert_close("compare() from a block", &from_block, &compared);
 
     // Split: more spans of a third of the same traces (and new ones), in memory while the
     // earlier spans of those traces are in the block.
@@ -381,6 +387,37 @@ async fn metrics_agree_in_memory_in_blocks_and_split_between() {
 
     // Protobuf and the streaming gRPC method give the same series as JSON.
     check_protobuf_and_streaming(&server, &all, range).await;
+}
+
+/// compare()'s totals per side for the service attribute, and the status split.
+fn check_compare(got: &Model, spans: &[MSpan]) {
+    let mut want = Model::new();
+    for s in spans {
+        let side = if s.error { "selection" } else { "baseline" };
+        for key in [
+            format!("__meta_type={side}_total,resource.service.name={{}}"),
+            format!(
+                "__meta_type={side},status={}",
+                if s.error { "error" } else { "unset" }
+            ),
+            format!(
+                "__meta_type={side},span.http.response.status_code={}",
+                s.code
+            ),
+        ] {
+            *want
+                .entry(key)
+                .or_default()
+                .entry(bucket_ms(s.start_ns))
+                .or_default() += 1.0;
+        }
+    }
+    let got: Model = got
+        .iter()
+        .filter(|(k, _)| want.contains_key(*k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    assert_close("compare()", &got, &want);
 }
 
 async fn check_protobuf_and_streaming(server: &Server, spans: &[MSpan], range: (u64, u64)) {

@@ -54,6 +54,12 @@ pub trait SpanView {
     fn parent(&self) -> Option<&dyn SpanView> {
         None
     }
+
+    /// Every resource and span attribute of the span (`compare()` groups by each). Views
+    /// that cannot list them report none.
+    fn each_attribute(&self, f: &mut dyn FnMut(Scope, &str, Value)) {
+        let _ = f;
+    }
 }
 
 impl SpansetFilter {

@@ -222,6 +222,23 @@ fn nanos(v: u64) -> i64 {
 }
 
 impl SpanView for SpanCore<'_> {
+    fn each_attribute(&self, f: &mut dyn FnMut(Scope, &str, Value)) {
+        let resource = self
+            .resource
+            .map(|r| r.attributes.as_slice())
+            .unwrap_or(&[]);
+        for (scope, attrs) in [
+            (Scope::Resource, resource),
+            (Scope::Span, self.span.attributes.as_slice()),
+        ] {
+            for kv in attrs {
+                if let Some(v) = kv.value.as_ref().and_then(to_value) {
+                    f(scope, &kv.key, v);
+                }
+            }
+        }
+    }
+
     fn attribute(&self, scope: Scope, name: &str) -> Option<Value> {
         let span = self.span;
         match scope {
@@ -316,6 +333,10 @@ impl SpanView for SpanCore<'_> {
 impl SpanView for FlatSpan<'_> {
     fn attribute(&self, scope: Scope, name: &str) -> Option<Value> {
         self.core.attribute(scope, name)
+    }
+
+    fn each_attribute(&self, f: &mut dyn FnMut(Scope, &str, Value)) {
+        self.core.each_attribute(f)
     }
 
     fn intrinsic(&self, intrinsic: Intrinsic) -> Option<Value> {

@@ -318,6 +318,28 @@ impl<'a> Core<'a> {
 }
 
 impl SpanView for Core<'_> {
+    fn each_attribute(&self, f: &mut dyn FnMut(Scope, &str, Value)) {
+        let c = self.c;
+        let mut side = |scope, ded: &[(&'static str, Ded<'_>)], attrs: Option<&Attrs<'_>>, i| {
+            for (k, d) in ded {
+                if let Some(v) = d.get(i) {
+                    f(scope, k, owned(v));
+                }
+            }
+            if let Some(a) = attrs {
+                for j in range(a.offsets, i) {
+                    if let Some(v) = a.value(j) {
+                        f(scope, a.key.value(j), owned(v));
+                    }
+                }
+            }
+        };
+        if self.resource_valid() {
+            side(Scope::Resource, &c.res_ded, c.res_attrs.as_ref(), self.r);
+        }
+        side(Scope::Span, &c.span_ded, c.span_attrs.as_ref(), self.g);
+    }
+
     fn attribute_ref(&self, scope: Scope, name: &str) -> Option<ValueRef<'_>> {
         let c = self.c;
         match scope {
@@ -459,6 +481,10 @@ impl SpanView for Core<'_> {
 impl SpanView for ColSpan<'_> {
     fn attribute(&self, scope: Scope, name: &str) -> Option<Value> {
         self.core.attribute(scope, name)
+    }
+
+    fn each_attribute(&self, f: &mut dyn FnMut(Scope, &str, Value)) {
+        self.core.each_attribute(f)
     }
 
     fn attribute_ref(&self, scope: Scope, name: &str) -> Option<ValueRef<'_>> {

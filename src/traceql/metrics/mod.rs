@@ -5,13 +5,14 @@
 //! The spanset pipeline before the metrics function selects spans exactly as search does;
 //! each selected span counts once, in the bucket its start time falls in.
 
+mod compare;
 mod functions;
 mod series;
 mod step;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::ast::{FieldExpr, Intrinsic, Metrics, MetricsFunction, Query};
+use super::ast::{FieldExpr, Intrinsic, Metrics, MetricsFunction, Query, SpansetFilter};
 use super::engine::{tempo_field, tempo_intrinsic_name, EvalError, Prepared, TraceView};
 use super::eval::{eval, Value};
 use functions::Cell;
@@ -73,6 +74,8 @@ pub enum MetricsError {
     Eval(#[from] EvalError),
     #[error("cannot plan the query's columns: {0}")]
     Plan(String),
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// One series while spans are added: its labels and one cell per bucket.
@@ -96,6 +99,8 @@ pub struct MetricsEvaluator {
     by: Vec<String>,
     series: BTreeMap<String, SeriesAcc>,
     truncated: bool,
+    /// compare()'s selection and window, shared so each span need not clone them.
+    compare: Option<std::sync::Arc<(SpansetFilter, Option<(i64, i64)>)>>,
 }
 
 impl MetricsEvaluator {
@@ -107,8 +112,15 @@ impl MetricsEvaluator {
         max_exemplars: usize,
     ) -> Result<Self, MetricsError> {
         let metrics = query.metrics.clone().ok_or(MetricsError::NotMetrics)?;
-        if matches!(metrics.function, MetricsFunction::Compare { .. }) {
-            return Err(MetricsError::Unsupported("compare()"));
+        let mut compare = None;
+        if let MetricsFunction::Compare {
+            filter,
+            top_n,
+            range_ns,
+        } = &metrics.function
+        {
+            compare::check(*top_n, *range_ns)?;
+            compare = Some(std::sync::Arc::new((filter.clone(), *range_ns)));
         }
         let filter = Query {
             pipeline: query.pipeline.clone(),
@@ -125,6 +137,7 @@ impl MetricsEvaluator {
             by,
             series: BTreeMap::new(),
             truncated: false,
+            compare,
         })
     }
 
@@ -139,6 +152,7 @@ impl MetricsEvaluator {
             by: self.by.clone(),
             series: BTreeMap::new(),
             truncated: false,
+            compare: self.compare.clone(),
         }
     }
 
@@ -161,6 +175,10 @@ impl MetricsEvaluator {
     }
 
     fn observe_span(&mut self, trace: &dyn TraceView, i: usize, bucket: usize) {
+        if let Some(c) = self.compare.clone() {
+            self.observe_compare(trace, i, bucket, &c.0, c.1);
+            return;
+        }
         let span = trace.span_view(i);
         let mut labels: Vec<Label> = self
             .metrics
@@ -229,6 +247,29 @@ impl MetricsEvaluator {
                     *slot = Some((id, ts, value));
                 }
             }
+        }
+    }
+
+    /// Counts one in `bucket` of the series `labels` (created if the limit allows).
+    fn bump(&mut self, labels: Vec<Label>, bucket: usize) {
+        let key = series_key(&labels);
+        if !self.series.contains_key(&key) {
+            if self.max_series > 0 && self.series.len() >= self.max_series {
+                self.truncated = true;
+                return;
+            }
+            let count = self.buckets.count;
+            self.series.insert(
+                key.clone(),
+                SeriesAcc {
+                    labels,
+                    cells: vec![Cell::default(); count],
+                    exemplars: vec![None; count],
+                },
+            );
+        }
+        if let Some(acc) = self.series.get_mut(&key) {
+            acc.cells[bucket].add(1.0, false);
         }
     }
 

@@ -15,6 +15,10 @@ struct Dense {
 }
 
 pub(super) fn finish(ev: MetricsEvaluator) -> MetricsOutput {
+    if let MetricsFunction::Compare { top_n, .. } = &ev.metrics.function {
+        let n = top_n.map_or(10, |n| usize::try_from(n).unwrap_or(10));
+        return super::compare::finish(ev, n);
+    }
     let buckets = ev.buckets;
     let step = buckets.step_seconds();
     let function = &ev.metrics.function;

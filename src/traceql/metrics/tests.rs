@@ -189,6 +189,8 @@ fn render(out: &MetricsOutput) -> Vec<String> {
                 })
                 .collect();
             format!("{{{}}} {}", labels.join(", "), samples.join(" "))
+                .trim_end()
+                .to_owned()
         })
         .collect()
 }
