@@ -100,8 +100,11 @@ pub struct MetricsEvaluator {
     series: BTreeMap<String, SeriesAcc>,
     truncated: bool,
     /// compare()'s selection and window, shared so each span need not clone them.
-    compare: Option<std::sync::Arc<(SpansetFilter, Option<(i64, i64)>)>>,
+    compare: Option<std::sync::Arc<CompareArgs>>,
 }
+
+/// compare()'s selection filter and optional `(start, end]` window in unix ns.
+type CompareArgs = (SpansetFilter, Option<(i64, i64)>);
 
 impl MetricsEvaluator {
     /// `max_series` 0: no limit. `max_exemplars` 0: none.
