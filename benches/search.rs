@@ -1,5 +1,5 @@
-//! TraceQL search throughput over blocks, in spans per CPU-second: the figure issue #6
-//! compares with Tempo. Builds `--spans` spans of realistic traces (`block::synth`) into
+//! TraceQL search and metrics throughput over blocks, in spans per CPU-second: the figure
+//! issue #6 compares with Tempo (search) and issue #11 asks for (metrics). Builds `--spans` spans of realistic traces (`block::synth`) into
 //! `--blocks` blocks in an in-memory bucket and runs the BENCHMARKS.md queries through
 //! `Querier::search` (the columnar path `/api/search` uses, without the JSON writer),
 //! measuring the process's CPU time (user + system, every thread) around each query.
@@ -19,8 +19,10 @@ use vivace::backend::Backend;
 use vivace::block::{self, synth::realistic_traces, BlockConfig};
 use vivace::metrics::Metrics;
 use vivace::model::{span_count, TenantId};
+use vivace::querier::metrics::plan;
 use vivace::querier::search::SearchRequest;
 use vivace::querier::{BlockList, Querier};
+use vivace::traceql::metrics::{default_step, Buckets};
 
 const QUERIES: [(&str, f64); 6] = [
     // (query, Tempo 3.0.3 spans per CPU-second on the same set, 0 when not published)
@@ -33,6 +35,16 @@ const QUERIES: [(&str, f64); 6] = [
         1e6 / (1.1 * 2.0),
     ),
     ("{ } | count() > 40", 0.0),
+];
+
+/// The metrics queries Traces Drilldown sends first: rate by service, errors, a quantile,
+/// a heatmap and a comparison.
+const METRICS_QUERIES: [&str; 5] = [
+    "{ } | rate() by (resource.service.name)",
+    "{ status = error } | rate() by (resource.service.name)",
+    "{ } | quantile_over_time(duration, 0.5, 0.9, 0.99) by (resource.service.name)",
+    "{ } | histogram_over_time(duration)",
+    "{ resource.service.name = \"checkout\" } | compare({ status = error })",
 ];
 
 /// CPU seconds (user + system) of this process so far, every thread.
@@ -166,4 +178,51 @@ fn main() {
         "{{\"all_queries_spans_per_cpu_s\":{:.0}}}",
         total_spans / total_cpu.max(1e-9)
     );
+
+    // Metrics over the whole time span of the blocks, at the default step.
+    let metas = querier.blocklist().blocks(&tenant);
+    let start = metas.iter().map(|m| m.start_time).min().unwrap_or(0);
+    let end = metas.iter().map(|m| m.end_time).max().unwrap_or(0) + 1;
+    let buckets = Buckets::range(start, end, default_step(start, end));
+    for q in METRICS_QUERIES
+        .into_iter()
+        .filter(|q| q.contains(only.as_str()))
+    {
+        let query = vivace::traceql::parse(q).expect("query");
+        let (template, columns) = plan(&query, buckets, 0, 0).expect("metrics query");
+        let once = || {
+            let p = rt
+                .block_on(querier.metrics(&tenant, &template, columns.clone()))
+                .expect("metrics");
+            rt.block_on(Querier::finish_metrics(p.evaluator, p.metrics, p.partial))
+                .expect("finish")
+        };
+        let series = once().output.series.len();
+        let mut cpus = Vec::new();
+        let mut measured = 0.0;
+        for _ in 0..runs {
+            let c0 = cpu_seconds();
+            let mut n = 0;
+            loop {
+                once();
+                n += 1;
+                if cpu_seconds() - c0 >= min_cpu {
+                    break;
+                }
+            }
+            measured += cpu_seconds() - c0;
+            cpus.push((cpu_seconds() - c0) / f64::from(n));
+        }
+        let cpu = median(cpus);
+        let rate = if measured < 0.05 {
+            "null".to_string()
+        } else {
+            format!("{:.0}", spans as f64 / cpu)
+        };
+        println!(
+            "{{\"metrics_query\":{},\"series\":{series},\"cpu_ms\":{:.2},\"spans_per_cpu_s\":{rate}}}",
+            serde_json::Value::from(q),
+            cpu * 1e3,
+        );
+    }
 }

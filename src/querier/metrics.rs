@@ -7,8 +7,12 @@
 //! with only the columns the query needs (its filter, `by()`, the function's attribute).
 //!
 //! Each span is counted once: the memory snapshot names the block its flushing traces are
-//! being written to, and that block is skipped if the block list already shows it.
+//! being written to, and that block is skipped if the block list already shows it. When a
+//! query needs whole traces, a memory trace that a block's bloom filter says may have more
+//! spans there is looked up by ID, evaluated whole, and skipped in the blocks.
 
+use std::collections::HashSet;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -18,9 +22,12 @@ use super::search::SearchMetrics;
 use super::{Querier, QueryError, TimeRange};
 use crate::backend::BackendError;
 use crate::block::{self, BlockMeta, ColumnarBlock, ColumnarTrace};
-use crate::model::TenantId;
+use crate::model::{combine, Fragments, TenantId, TraceId};
 use crate::traceql::metrics::{MetricsError, MetricsEvaluator, MetricsOutput};
 use crate::traceql::otlp::OtlpTrace;
+
+/// Split traces one query looks up whole at most: each costs a lookup by ID.
+const MAX_SPLIT_TRACES: usize = 1_000;
 
 /// What a metrics query produced, with Tempo's job accounting.
 #[derive(Debug, Default)]
@@ -55,9 +62,10 @@ impl Querier {
         };
         let template = Arc::new(template.empty_like());
         let mut stats = SearchMetrics::default();
-        let (mut total, flushing_block) =
-            self.metrics_memory(tenant, &template, &mut stats).await?;
-
+        let (snapshot, flushing_block) = match &self.ingester {
+            Some(ing) => ing.snapshot_with_block(tenant),
+            None => (Vec::new(), None),
+        };
         // Listed after the memory snapshot: a block committed since then holds traces the
         // snapshot had in `flushing`, and is skipped.
         let blocks: Vec<Arc<BlockMeta>> = self
@@ -65,6 +73,31 @@ impl Querier {
             .into_iter()
             .filter(|m| Some(m.block_id) != flushing_block)
             .collect();
+        // Traces in memory that blocks may also hold: evaluated whole when the query needs
+        // whole traces, and skipped in the blocks.
+        let (split, too_many) = if template.needs_whole_traces() && !blocks.is_empty() {
+            self.split_traces(tenant, &snapshot, &blocks).await?
+        } else {
+            (HashSet::new(), false)
+        };
+        let split = Arc::new(split);
+        let mut total = self
+            .metrics_memory(snapshot, &split, &template, &mut stats)
+            .await?;
+        for id in split.iter() {
+            let found = self.find_trace(tenant, id, Some(range)).await?;
+            stats.inspected_bytes += found.inspected_bytes;
+            let mut ev = template.empty_like();
+            let ev = Self::blocking(move || {
+                let batches = combine(found.batches);
+                // Only a query the engine cannot run fails; the memory pass saw it already.
+                let _ = ev.observe(&OtlpTrace::new(&batches));
+                ev
+            })
+            .await?;
+            total.merge(ev);
+        }
+
         let n_blocks = blocks.len() as u64;
         let mut pending = blocks.into_iter();
         let mut running = FuturesUnordered::new();
@@ -79,6 +112,7 @@ impl Querier {
                     template.clone(),
                     columns.clone(),
                     range,
+                    split.clone(),
                 ));
             }
             let Some(r) = running.next().await else { break };
@@ -104,12 +138,17 @@ impl Querier {
         stats.total_blocks = n_blocks;
         stats.total_jobs = n_blocks + 1;
         stats.completed_jobs = completed + 1;
-        let partial = failed.first().map(|first| {
+        let mut partial = failed.first().map(|first| {
             format!(
                 "partial results: {} of {n_blocks} blocks could not be read ({first})",
                 failed.len()
             )
         });
+        if too_many && partial.is_none() {
+            partial = Some(format!(
+                "partial results: more than {MAX_SPLIT_TRACES} traces are split between memory and blocks; the rest were evaluated a piece at a time"
+            ));
+        }
         Ok(MetricsPartial {
             evaluator: total,
             metrics: stats,
@@ -131,21 +170,46 @@ impl Querier {
         })
     }
 
-    /// The ingester's traces, and the block its flushing traces are going to.
-    async fn metrics_memory(
+    /// The memory traces some block's bloom filter says it may also hold (at most
+    /// [`MAX_SPLIT_TRACES`]; the flag says more were left out).
+    async fn split_traces(
         &self,
         tenant: &TenantId,
+        snapshot: &[(TraceId, Fragments)],
+        blocks: &[Arc<BlockMeta>],
+    ) -> Result<(HashSet<TraceId>, bool), QueryError> {
+        let requests = AtomicU64::new(0);
+        let mut split = HashSet::new();
+        for (id, _) in snapshot {
+            for meta in blocks {
+                if self.bloom_may_contain(tenant, meta, id, &requests).await? {
+                    if split.len() >= MAX_SPLIT_TRACES {
+                        return Ok((split, true));
+                    }
+                    split.insert(*id);
+                    break;
+                }
+            }
+        }
+        Ok((split, false))
+    }
+
+    /// The ingester's traces (but those evaluated whole elsewhere).
+    async fn metrics_memory(
+        &self,
+        snapshot: Vec<(TraceId, Fragments)>,
+        split: &Arc<HashSet<TraceId>>,
         template: &Arc<MetricsEvaluator>,
         stats: &mut SearchMetrics,
-    ) -> Result<(MetricsEvaluator, Option<uuid::Uuid>), QueryError> {
+    ) -> Result<MetricsEvaluator, QueryError> {
         let mut ev = template.empty_like();
-        let Some(ing) = &self.ingester else {
-            return Ok((ev, None));
-        };
-        let (snapshot, flushing_block) = ing.snapshot_with_block(tenant);
+        let split = split.clone();
         let (ev, s) = Self::blocking(move || {
             let mut s = SearchMetrics::default();
-            for (_, data) in snapshot {
+            for (id, data) in snapshot {
+                if split.contains(&id) {
+                    continue;
+                }
                 // Encoded by this process: a failure is a bug; skip rather than fail.
                 let Ok(batches) = data.decode() else { continue };
                 s.inspected_bytes += data.len() as u64;
@@ -163,7 +227,7 @@ impl Querier {
         stats.inspected_bytes += s.inspected_bytes;
         stats.inspected_traces += s.inspected_traces;
         stats.inspected_spans += s.inspected_spans;
-        Ok((ev, flushing_block))
+        Ok(ev)
     }
 
     /// One block, a row group at a time. None when the block vanished (compaction).
@@ -174,6 +238,7 @@ impl Querier {
         template: Arc<MetricsEvaluator>,
         columns: Arc<block::SearchColumns>,
         range: TimeRange,
+        split: Arc<HashSet<TraceId>>,
     ) -> Result<Option<(MetricsEvaluator, SearchMetrics)>, QueryError> {
         let bid = meta.block_id;
         let ble = |source| QueryError::Block { block: bid, source };
@@ -201,6 +266,7 @@ impl Querier {
             let (md, c, size) = (footer.clone(), columns.clone(), meta.size);
             let (start_ns, end_ns) = (range.start_s * 1_000_000_000, range.end_s * 1_000_000_000);
             let t = template.clone();
+            let split = split.clone();
             let (part, s) = Self::blocking(move || {
                 let mut part = t.empty_like();
                 let mut s = SearchMetrics::default();
@@ -216,6 +282,13 @@ impl Querier {
                     s.inspected_traces += 1;
                     s.inspected_spans += data.span_count(row) as u64;
                     if !trace.may_match(&c, row) || !trace.spans_may_match(&c, row) {
+                        continue;
+                    }
+                    if !split.is_empty()
+                        && data
+                            .trace_id(row)
+                            .is_some_and(|id| split.contains(&TraceId(id)))
+                    {
                         continue;
                     }
                     trace.load(row)?;

@@ -182,25 +182,8 @@ impl Querier {
         let bid = meta.block_id;
         let be = |source| QueryError::Backend { block: bid, source };
         let ble = |source| QueryError::Block { block: bid, source };
-        if meta.bloom_shards > 0 {
-            let shard = block::bloom_shard_for(id, meta.bloom_shards);
-            let bloom = match self.blooms.get(&(bid, shard)) {
-                Some(b) => b,
-                None => {
-                    count(1);
-                    let bytes = self
-                        .backend
-                        .get(&block::bloom_key(tenant, bid, shard))
-                        .await
-                        .map_err(be)?;
-                    let b = Arc::new(BloomShard::from_bytes(&bytes).map_err(ble)?);
-                    self.blooms.insert((bid, shard), b.clone());
-                    b
-                }
-            };
-            if !bloom.may_contain(id) {
-                return Ok((Vec::new(), 0));
-            }
+        if !self.bloom_may_contain(tenant, meta, id, requests).await? {
+            return Ok((Vec::new(), 0));
         }
         let index = match self.indexes.get(&bid) {
             Some(i) => i,
@@ -264,6 +247,39 @@ impl Querier {
                 Ok((batches.unwrap_or_default(), inspected))
             }
         }
+    }
+
+    /// Whether a block's bloom filter says it may hold the trace (shards are cached).
+    async fn bloom_may_contain(
+        &self,
+        tenant: &TenantId,
+        meta: &BlockMeta,
+        id: &TraceId,
+        requests: &AtomicU64,
+    ) -> Result<bool, QueryError> {
+        if meta.bloom_shards == 0 {
+            return Ok(true);
+        }
+        let bid = meta.block_id;
+        let shard = block::bloom_shard_for(id, meta.bloom_shards);
+        let bloom = match self.blooms.get(&(bid, shard)) {
+            Some(b) => b,
+            None => {
+                requests.fetch_add(1, Ordering::Relaxed);
+                let bytes = self
+                    .backend
+                    .get(&block::bloom_key(tenant, bid, shard))
+                    .await
+                    .map_err(|source| QueryError::Backend { block: bid, source })?;
+                let b = Arc::new(
+                    BloomShard::from_bytes(&bytes)
+                        .map_err(|source| QueryError::Block { block: bid, source })?,
+                );
+                self.blooms.insert((bid, shard), b.clone());
+                b
+            }
+        };
+        Ok(bloom.may_contain(id))
     }
 
     /// Runs CPU-bound work (Parquet decoding) on the blocking pool.

@@ -159,6 +159,30 @@ impl MetricsEvaluator {
         }
     }
 
+    /// Whether a span's contribution can depend on spans other than itself (structural and
+    /// spanset operators, aggregates, trace-level intrinsics, `parent.`): then a trace stored
+    /// in pieces must be evaluated whole.
+    pub fn needs_whole_traces(&self) -> bool {
+        use super::ast::{SpansetExpr, Stage};
+        let filter_local = match self.filter.pipeline.stages.as_slice() {
+            [] => true,
+            [Stage::Spanset(SpansetExpr::Filter(f))] => f.expr.as_ref().is_none_or(span_local),
+            _ => false,
+        };
+        let function_local = match &self.metrics.function {
+            MetricsFunction::Rate | MetricsFunction::CountOverTime => true,
+            MetricsFunction::MinOverTime(f)
+            | MetricsFunction::MaxOverTime(f)
+            | MetricsFunction::AvgOverTime(f)
+            | MetricsFunction::SumOverTime(f)
+            | MetricsFunction::HistogramOverTime(f)
+            | MetricsFunction::QuantileOverTime { field: f, .. } => span_local(f),
+            // Spans are grouped by the trace's root service and name too.
+            MetricsFunction::Compare { .. } => false,
+        };
+        !(filter_local && function_local && self.metrics.by.iter().all(span_local))
+    }
+
     pub fn buckets(&self) -> Buckets {
         self.buckets
     }
@@ -309,6 +333,29 @@ impl SeriesAcc {
                 }
             }
         }
+    }
+}
+
+/// Whether a field's value is known from the span alone.
+fn span_local(e: &FieldExpr) -> bool {
+    match e {
+        FieldExpr::Static(_) => true,
+        FieldExpr::Attribute(a) => !a.parent,
+        FieldExpr::Intrinsic(i) => !matches!(
+            i,
+            Intrinsic::TraceDuration
+                | Intrinsic::TraceRootName
+                | Intrinsic::TraceRootService
+                | Intrinsic::ChildCount
+                | Intrinsic::NestedSetLeft
+                | Intrinsic::NestedSetRight
+                | Intrinsic::NestedSetParent
+                | Intrinsic::ParentId
+        ),
+        FieldExpr::Logic { lhs, rhs, .. }
+        | FieldExpr::Compare { lhs, rhs, .. }
+        | FieldExpr::Arith { lhs, rhs, .. } => span_local(lhs) && span_local(rhs),
+        FieldExpr::Regex { lhs, .. } | FieldExpr::Not(lhs) | FieldExpr::Neg(lhs) => span_local(lhs),
     }
 }
 
