@@ -286,3 +286,23 @@ fn search_queries_are_refused() {
         Err(MetricsError::NotMetrics)
     ));
 }
+
+/// Queries of the shapes Grafana's Traces Drilldown sends (root spans by `nestedSetParent`,
+/// `with(sample=true)`, errors, durations, comparisons): each parses, runs, and answers.
+#[test]
+fn traces_drilldown_query_shapes_run() {
+    for q in [
+        "{nestedSetParent<0 && true} | rate() by(resource.service.name) with(sample=true)",
+        "{nestedSetParent<0 && status=error} | rate() by(resource.service.name)",
+        "{true && status=error} | rate() with(sample=true)",
+        "{nestedSetParent<0} | quantile_over_time(duration, 0.9) with(sample=true)",
+        "{nestedSetParent<0} | quantile_over_time(duration, 0.5, 0.9, 0.99) by(resource.service.name)",
+        "{nestedSetParent<0} | histogram_over_time(duration) with(sample=true)",
+        "{nestedSetParent<0} | compare({status = error}, 10)",
+        "{} | compare({duration >= 100ms && duration <= 300ms})",
+        "{nestedSetParent<0} | count_over_time() by (span.http.status_code) | topk(2)",
+    ] {
+        let out = run(q, 10, 0);
+        assert!(!out.series.is_empty(), "{q}: no series");
+    }
+}
