@@ -1,6 +1,6 @@
 //! What each metrics function keeps per bucket and the value it reports: counts for
-//! `rate`/`count_over_time`/`histogram_over_time`, sums and extremes, and every value for
-//! exact quantiles.
+//! `rate`/`count_over_time`/`histogram_over_time`, sums and extremes, and the values behind
+//! quantiles (`sketch`).
 
 use super::super::ast::MetricsFunction;
 use super::super::eval::Value;
@@ -12,8 +12,8 @@ pub(crate) struct Cell {
     sum: f64,
     min: f64,
     max: f64,
-    /// Kept only for quantiles, which need every value.
-    values: Vec<f64>,
+    /// Kept only for quantiles.
+    values: super::sketch::Values,
 }
 
 impl Cell {
@@ -28,7 +28,7 @@ impl Cell {
         self.count += 1;
         self.sum += value;
         if keep {
-            self.values.push(value);
+            self.values.add(value);
         }
     }
 
@@ -44,7 +44,7 @@ impl Cell {
         self.sum += other.sum;
         self.min = self.min.min(other.min);
         self.max = self.max.max(other.max);
-        self.values.extend(other.values);
+        self.values.merge(other.values);
     }
 
     /// The reported value; NaN where the function has nothing to say (left out).
@@ -58,23 +58,9 @@ impl Cell {
             F::MinOverTime(_) => self.min,
             F::MaxOverTime(_) => self.max,
             F::AvgOverTime(_) => self.sum / self.count as f64,
-            F::QuantileOverTime { .. } => quantile(&mut self.values, q),
+            F::QuantileOverTime { .. } => self.values.quantile(q),
         }
     }
-}
-
-/// The exact `q` quantile: linear interpolation between the closest ranks.
-pub(crate) fn quantile(values: &mut [f64], q: f64) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    values.sort_by(f64::total_cmp);
-    let q = q.clamp(0.0, 1.0);
-    let pos = q * (values.len() - 1) as f64;
-    let lo = pos.floor() as usize;
-    let hi = pos.ceil() as usize;
-    let frac = pos - lo as f64;
-    values[lo] + (values[hi] - values[lo]) * frac
 }
 
 /// A value as a metrics function reads it: numbers as they are, durations in seconds.
@@ -124,6 +110,7 @@ pub(crate) fn name(function: &MetricsFunction) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    use super::super::sketch::exact_quantile as quantile;
     use super::*;
 
     #[test]

@@ -8,6 +8,7 @@
 mod compare;
 mod functions;
 mod series;
+mod sketch;
 mod step;
 
 use std::collections::{BTreeMap, BTreeSet};
