@@ -11,7 +11,6 @@ use super::*;
 use crate::block::BlockMeta;
 use crate::distributor::group_by_trace;
 use crate::model::{combine, span_count, ScopeSpans, Span};
-use crate::querier::{BlockList, Querier};
 
 fn request(trace: u8, span_ids: std::ops::Range<u8>) -> ExportTraceServiceRequest {
     ExportTraceServiceRequest {
@@ -38,7 +37,6 @@ fn request(trace: u8, span_ids: std::ops::Range<u8>) -> ExportTraceServiceReques
 
 struct Fixture {
     ingester: Arc<Ingester>,
-    querier: Querier,
     committed: Arc<Mutex<Vec<BlockMeta>>>,
     _dir: tempfile::TempDir,
 }
@@ -49,13 +47,9 @@ fn fixture(idle: Duration) -> Fixture {
     let (wal, replayed) = Wal::open(dir.path(), metrics.clone()).unwrap();
     assert!(replayed.is_empty());
     let backend = Backend::memory();
-    let blocklist = Arc::new(BlockList::default());
     let committed = Arc::new(Mutex::new(Vec::new()));
-    let (bl, c) = (blocklist.clone(), committed.clone());
-    let on_commit: BlockCommitted = Arc::new(move |m: BlockMeta| {
-        c.lock().push(m.clone());
-        bl.add(TenantId::single(), m);
-    });
+    let c = committed.clone();
+    let on_commit: BlockCommitted = Arc::new(move |m: BlockMeta| c.lock().push(m));
     let cfg = IngesterConfig {
         trace_idle_period: idle,
         ..Default::default()
@@ -68,10 +62,8 @@ fn fixture(idle: Duration) -> Fixture {
         metrics.clone(),
         on_commit,
     );
-    let querier = Querier::new(backend, Some(ingester.clone()), blocklist, metrics, 4);
     Fixture {
         ingester,
-        querier,
         committed,
         _dir: dir,
     }
@@ -86,34 +78,12 @@ async fn push(ing: &Ingester, req: ExportTraceServiceRequest) {
         .unwrap();
 }
 
-async fn spans_of(f: &Fixture, trace: u8) -> usize {
-    let found = f
-        .querier
-        .find_trace(&TenantId::single(), &TraceId([trace; 16]), None)
-        .await
-        .unwrap();
-    span_count(&combine(found.batches))
-}
-
-#[tokio::test]
-async fn late_spans_join_their_trace_across_a_block_flush() {
-    let f = fixture(Duration::ZERO);
-    push(&f.ingester, request(7, 1..4)).await;
-    assert_eq!(spans_of(&f, 7).await, 3, "readable before any flush");
-    assert_eq!(f.ingester.flush(false).await, 1);
-    assert_eq!(f.committed.lock().len(), 1);
-    assert_eq!(spans_of(&f, 7).await, 3, "readable from the block");
-    // The late batch, plus a duplicate of span 3.
-    push(&f.ingester, request(7, 3..6)).await;
-    assert_eq!(
-        spans_of(&f, 7).await,
-        5,
-        "late spans merged, duplicate dropped"
-    );
-    f.ingester.flush(false).await;
-    assert_eq!(f.committed.lock().len(), 2);
-    assert_eq!(spans_of(&f, 7).await, 5, "merged across two blocks");
-    assert_eq!(spans_of(&f, 9).await, 0);
+/// Spans of a trace the ingester still holds in memory.
+fn spans_in_memory(f: &Fixture, trace: u8) -> usize {
+    span_count(&combine(
+        f.ingester
+            .find_trace(&TenantId::single(), &TraceId([trace; 16])),
+    ))
 }
 
 #[tokio::test]
@@ -126,7 +96,7 @@ async fn active_traces_are_carried_over_and_old_segments_deleted() {
     // Nothing is idle yet: the cut writes no block but carries the trace to a new segment.
     assert_eq!(f.ingester.flush(false).await, 0);
     assert_eq!(segments(), 1, "old segment deleted after carry-over");
-    assert_eq!(spans_of(&f, 1).await, 2);
+    assert_eq!(spans_in_memory(&f, 1), 2);
     // A restart from this WAL alone still has the trace.
     // Read-only: a second `Wal::open` of a live directory is refused (it would write to it).
     let (replayed, _) = wal::read_only(&dir).unwrap();
@@ -137,9 +107,10 @@ async fn active_traces_are_carried_over_and_old_segments_deleted() {
         spans += group_by_trace(&req.resource_spans).accepted;
     }
     assert_eq!(spans, 2);
-    // A forced flush writes it.
+    // A forced flush writes it (read back from the block in querier::tests).
     assert_eq!(f.ingester.flush(true).await, 1);
-    assert_eq!(spans_of(&f, 1).await, 2);
+    assert_eq!(f.committed.lock()[0].total_objects, 1);
+    assert_eq!(spans_in_memory(&f, 1), 0);
 }
 
 #[tokio::test]
@@ -299,4 +270,48 @@ async fn replay_of_a_wal_larger_than_memory_flushes_as_it_goes() {
     let (records, _) = wal::read_only(dir.path()).unwrap();
     assert!(records.iter().filter(|r| r.segment <= 4).count() >= 40);
     assert!(std::fs::read_dir(dir.path()).unwrap().count() >= segments_before);
+}
+
+/// The invariant that lets a reader count each span once: from the moment a block is
+/// committed (and so listed) until its traces leave `flushing`, a snapshot names that
+/// block; a reader that skips it sees those traces only in memory.
+#[tokio::test]
+async fn a_snapshot_during_a_commit_names_the_block_being_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Arc::new(Metrics::default());
+    let (wal, _) = Wal::open(dir.path(), metrics.clone()).unwrap();
+    let me: Arc<std::sync::OnceLock<std::sync::Weak<Ingester>>> = Arc::default();
+    let seen: Arc<Mutex<Vec<(uuid::Uuid, Option<uuid::Uuid>, usize)>>> = Arc::default();
+    let (me2, seen2) = (me.clone(), seen.clone());
+    let on_commit: BlockCommitted = Arc::new(move |m: BlockMeta| {
+        let ing = me2.get().and_then(|w| w.upgrade()).expect("ingester alive");
+        let (traces, block) = ing.snapshot_with_block(&TenantId::single());
+        seen2.lock().push((m.block_id, block, traces.len()));
+    });
+    let ingester = Ingester::new(
+        IngesterConfig {
+            trace_idle_period: Duration::ZERO,
+            ..Default::default()
+        },
+        Arc::new(wal),
+        Backend::memory(),
+        BlockConfig::default(),
+        metrics,
+        on_commit,
+    );
+    me.set(Arc::downgrade(&ingester)).unwrap();
+    push(&ingester, request(4, 1..3)).await;
+    assert_eq!(ingester.flush(true).await, 1);
+    let seen = seen.lock().clone();
+    assert_eq!(seen.len(), 1);
+    let (committed, named, traces) = seen[0];
+    assert_eq!(
+        named,
+        Some(committed),
+        "the snapshot names the committed block"
+    );
+    assert_eq!(traces, 1, "and still holds its trace");
+    // Once the flush is over, nothing is flushing and memory is empty.
+    let (traces, block) = ingester.snapshot_with_block(&TenantId::single());
+    assert!(traces.is_empty() && block.is_none());
 }

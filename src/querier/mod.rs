@@ -516,3 +516,6 @@ mod tests {
         assert!(r.overlaps_nanos(150 * S, 150 * S));
     }
 }
+
+#[cfg(test)]
+mod ingester_tests;
