@@ -281,7 +281,9 @@ async fn a_snapshot_during_a_commit_names_the_block_being_committed() {
     let metrics = Arc::new(Metrics::default());
     let (wal, _) = Wal::open(dir.path(), metrics.clone()).unwrap();
     let me: Arc<std::sync::OnceLock<std::sync::Weak<Ingester>>> = Arc::default();
-    let seen: Arc<Mutex<Vec<(uuid::Uuid, Option<uuid::Uuid>, usize)>>> = Arc::default();
+    // (committed block, block the snapshot named, traces in the snapshot) per commit.
+    type Seen = Vec<(uuid::Uuid, Option<uuid::Uuid>, usize)>;
+    let seen: Arc<Mutex<Seen>> = Arc::default();
     let (me2, seen2) = (me.clone(), seen.clone());
     let on_commit: BlockCommitted = Arc::new(move |m: BlockMeta| {
         let ing = me2.get().and_then(|w| w.upgrade()).expect("ingester alive");
