@@ -12,6 +12,22 @@ use bytes::Bytes;
 use prost::Message;
 
 use crate::ingester::{wal, IngestError, Ingester, TraceBatch};
+
+/// Where accepted traces go instead of the ingester's WAL when an ingest log is configured
+/// (`src/ingest/` implements it on Kafka). Defined here so the distributor does not depend
+/// on the log's client.
+#[async_trait::async_trait]
+pub trait TraceLog: Send + Sync + 'static {
+    /// Returns once the log has acknowledged every trace (acks=all): only then may the
+    /// export be acknowledged.
+    async fn write(&self, tenant: &TenantId, traces: Vec<TraceBatch>)
+        -> Result<(), LogUnavailable>;
+}
+
+/// The ingest log refused or did not acknowledge in time: retryable, never an ack.
+#[derive(Debug, thiserror::Error)]
+#[error("ingest log unavailable: {0}")]
+pub struct LogUnavailable(pub String);
 use crate::metrics::Metrics;
 use crate::model::{ExportTraceServiceRequest, Fragments, ResourceSpans, Span, TenantId, TraceId};
 use crate::overrides::{Limits, Overrides};
@@ -20,6 +36,8 @@ use crate::overrides::{Limits, Overrides};
 pub enum PushError {
     #[error(transparent)]
     Ingest(#[from] IngestError),
+    #[error(transparent)]
+    Log(#[from] LogUnavailable),
     #[error("ingestion rate limit ({rate} bytes/s, burst {burst} bytes) exceeded for tenant {tenant}: retry in {retry_after:?}")]
     RateLimited {
         tenant: TenantId,
@@ -49,6 +67,9 @@ pub struct Distributor {
     metrics: Arc<Metrics>,
     overrides: Arc<Overrides>,
     buckets: Mutex<HashMap<TenantId, Bucket>>,
+    /// With `ingest.enabled`, the log accepted traces are produced to (the ingester then
+    /// reads them back from it); `None` keeps the embedded WAL.
+    log: Option<Arc<dyn TraceLog>>,
 }
 
 /// A token bucket of bytes per tenant.
@@ -81,7 +102,14 @@ impl Distributor {
             metrics,
             overrides,
             buckets: Mutex::new(HashMap::new()),
+            log: None,
         }
+    }
+
+    /// Sends accepted traces to `log` instead of the ingester's WAL.
+    pub fn with_log(mut self, log: Arc<dyn TraceLog>) -> Self {
+        self.log = Some(log);
+        self
     }
 
     fn check_rate(&self, tenant: &TenantId, limits: &Limits, size: u64) -> Result<(), PushError> {
@@ -195,6 +223,25 @@ impl Distributor {
         );
         if grouped.traces.is_empty() {
             return Ok(outcome);
+        }
+        if let Some(log) = &self.log {
+            // Limits were applied above; what is left is acknowledged only once the log
+            // has every record.
+            return match log.write(tenant, grouped.traces).await {
+                Ok(()) => {
+                    self.metrics.spans_received.add(outcome.accepted as u64);
+                    self.metrics.bytes_received.add(raw.len() as u64);
+                    Ok(outcome)
+                }
+                Err(e) => {
+                    self.metrics.spans_refused.add(
+                        tenant.as_str(),
+                        "ingest_log_unavailable",
+                        outcome.accepted as u64,
+                    );
+                    Err(e.into())
+                }
+            };
         }
         // The WAL must hold exactly what was accepted, so a replay cannot bring back spans the
         // exporter was told were rejected.

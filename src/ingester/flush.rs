@@ -87,7 +87,11 @@ impl Ingester {
         let mut blocks = 0;
         let mut failed = Vec::new();
         for tenant in taken.keys() {
-            match self.write_block_with_retry(tenant, taken.clone()).await {
+            let id = self
+                .log
+                .block_id(tenant, boundary)
+                .unwrap_or_else(Uuid::new_v4);
+            match self.write_block_with_retry(tenant, id, taken.clone()).await {
                 Ok(meta) => {
                     blocks += 1;
                     (self.on_commit)(meta);
@@ -158,6 +162,7 @@ impl Ingester {
     async fn write_block_with_retry(
         &self,
         tenant: &TenantId,
+        id: Uuid,
         taken: Arc<Flushing>,
     ) -> Result<BlockMeta, FlushError> {
         let started = Instant::now();
@@ -184,7 +189,7 @@ impl Ingester {
                         .map_err(|e| BlockError::Input(format!("trace {id}: {e}"))),
                 )
             });
-            let encoded = block::encode_block_sorted(&t, Uuid::new_v4(), 0, inputs, &cfg)?;
+            let encoded = block::encode_block_sorted(&t, id, 0, inputs, &cfg)?;
             Ok::<_, BlockError>((encoded, tags))
         })
         .await??;

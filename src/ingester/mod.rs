@@ -383,6 +383,7 @@ impl Ingester {
     /// carried over.
     async fn cut(&self, force: bool) -> Result<Cut, IngestError> {
         let _exclusive = self.gate.write().await;
+        let force = force || !self.log.carries_over();
         let now = Instant::now();
         if !force && !self.any_ready(now) {
             // Nothing to write: rotating now would only rewrite every active trace to the
