@@ -165,7 +165,13 @@ fn ingest_yaml(broker: &Broker, topic: &str, write_timeout: &str) -> String {
 
 fn opts(s3: &S3Server, broker: &Broker, write_timeout: &str) -> Opts {
     Opts {
-        storage: Some(s3.storage_yaml("vivace")),
+        // The commit of offsets hangs while the file `hang-commit` exists in the server's
+        // directory: a crash between a cut's meta.json and its commit, on demand.
+        storage: Some(format!(
+            "{}fault_injection:\n  for_testing_only: true\n  rules:\n    - op: put\n      \
+             key_contains: offsets.json\n      action: hang\n      while_file_exists: hang-commit\n",
+            s3.storage_yaml("vivace")
+        )),
         extra_yaml: ingest_yaml(broker, "vivace-traces", write_timeout),
         ..Opts::fast_flush()
     }
@@ -277,6 +283,51 @@ async fn assert_all_readable(server: &Server, acked: &BTreeMap<String, Vec<Strin
     }
 }
 
+/// Whether the latest cut is committed: `offsets.json` holds every end of `cut.json`.
+async fn offsets_settled(s3: &S3Server) -> bool {
+    let b = s3.backend("vivace");
+    let json = |k: &'static str| {
+        let b = b.clone();
+        async move {
+            b.get(&format!("~ingest/it/vivace-traces/{k}"))
+                .await
+                .ok()
+                .and_then(|v| serde_json::from_slice::<serde_json::Value>(&v).ok())
+        }
+    };
+    let (Some(offsets), Some(cut)) = (json("offsets.json").await, json("cut.json").await) else {
+        return false;
+    };
+    cut["ranges"].as_object().is_some_and(|ranges| {
+        ranges
+            .iter()
+            .all(|(p, r)| offsets["committed"][p.as_str()] == r[1])
+    })
+}
+
+/// Waits until every acknowledged span is in a committed block and the offsets are
+/// committed, then asserts each span is stored exactly once.
+async fn assert_stored_once(s3: &S3Server, server: &Server, acked: &BTreeMap<String, Vec<String>>) {
+    let spans: usize = acked.values().map(Vec::len).sum();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (blocks, stored) = spans_in_blocks(s3).await;
+        let settled = offsets_settled(s3).await;
+        if (stored as usize >= spans && settled) || Instant::now() > deadline {
+            eprintln!("kafka: {blocks} blocks hold {stored} of {spans} acked spans; offsets committed: {settled}");
+            assert_eq!(
+                stored as usize,
+                spans,
+                "spans stored in blocks vs acknowledged\n{}",
+                server.log_tail(30)
+            );
+            assert!(settled, "offsets not committed\n{}", server.log_tail(30));
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// Spans stored in committed blocks (meta.json present), summed over the tenant's blocks.
 async fn spans_in_blocks(s3: &S3Server) -> (usize, u64) {
     let b = s3.backend("vivace");
@@ -325,34 +376,8 @@ async fn kafka_acked_spans_survive_kill9_once_each() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    // Once everything is in blocks, each span is stored once: a cut redone after the kill
-    // rewrote its blocks under the same IDs instead of adding copies.
-    let spans: usize = acked.values().map(Vec::len).sum();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (blocks, stored) = spans_in_blocks(&s3).await;
-        let committed = s3
-            .backend("vivace")
-            .get("~ingest/it/vivace-traces/offsets.json")
-            .await
-            .ok()
-            .map(|b| String::from_utf8_lossy(&b).into_owned());
-        let settled = committed
-            .as_deref()
-            .is_some_and(|c| c.contains("\"pending_cut\":null"));
-        if (stored as usize >= spans && settled) || Instant::now() > deadline {
-            eprintln!("kafka: {blocks} blocks hold {stored} of {spans} acked spans; offsets {committed:?}");
-            assert_eq!(
-                stored as usize,
-                spans,
-                "spans stored in blocks vs acknowledged\n{}",
-                server.log_tail(30)
-            );
-            assert!(settled, "offsets not committed: {committed:?}");
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    // Once everything is in blocks, each span is stored once.
+    assert_stored_once(&s3, &server, &acked).await;
     // And still readable once, now from blocks.
     assert_all_readable(&server, &acked, "from blocks").await;
     drop(broker);
@@ -416,4 +441,52 @@ async fn kafka_broker_down_refuses_exports_retryably() {
     };
     assert_all_readable(&server, &after, "after the outage").await;
     assert_all_readable(&server, &before, "before the outage, read after").await;
+}
+
+/// A crash after a cut's blocks are committed (meta.json) but before its offsets are: the
+/// restarted node consumes exactly that cut again and rewrites the same blocks, so every
+/// span is stored once, not twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_crash_between_meta_and_commit_rewrites_the_same_blocks() {
+    let Some(s3) = S3Server::start("vivace-kafka-redo").await else {
+        return;
+    };
+    let Some(broker) = Broker::start(&s3).await else {
+        return;
+    };
+    let mut server = Server::start_with(opts(&s3, &broker, "5s")).await;
+    let mut acked = send(&server, "kafka-c", 20).await;
+    assert_all_readable(&server, &acked, "live").await;
+    assert_stored_once(&s3, &server, &acked).await;
+    let (blocks_before, _) = spans_in_blocks(&s3).await;
+
+    // The next commit hangs: wait for the cut's blocks, then kill -9 there.
+    let marker = server.dir.path().join("hang-commit");
+    fs::write(&marker, b"").unwrap();
+    acked.extend(send(&server, "kafka-c", 20).await);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while spans_in_blocks(&s3).await.0 <= blocks_before {
+        assert!(
+            Instant::now() < deadline,
+            "no block cut\n{}",
+            server.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!offsets_settled(&s3).await, "the commit should be hanging");
+    server.kill9();
+    fs::remove_file(&marker).unwrap();
+
+    server.restart().await;
+    assert!(
+        server.current_log().contains("redoing the cut"),
+        "the pending cut was not redone\n{}",
+        server.log_tail(30)
+    );
+    assert_stored_once(&s3, &server, &acked).await;
+    assert_all_readable(&server, &acked, "after the redo").await;
+    let found = search_service(&server, "kafka-c").await;
+    assert_eq!(found.len(), acked.len(), "search after the redo");
+    drop(broker);
 }

@@ -4,9 +4,10 @@
 //! `meta.json`) stores the ranges' ends as this group's committed offsets in the bucket.
 //!
 //! Exactly-once blocks: before any block of a cut is written, the cut's ranges are stored
-//! as the pending cut. A node restarted after a crash between `meta.json` and the commit
-//! finds it, consumes exactly those ranges again and cuts there, so its blocks get the same
-//! IDs (derived from tenant and ranges) and overwrite the first copy instead of doubling it.
+//! (`cut.json`). A node restarted after a crash between `meta.json` and the commit finds
+//! that cut still starting at the committed offsets, consumes exactly those ranges again
+//! and cuts there, so its blocks get the same IDs (derived from tenant and ranges) and
+//! overwrite the first copy instead of doubling it.
 
 use std::collections::BTreeMap;
 
@@ -46,14 +47,35 @@ fn parse_position(mut b: &[u8]) -> Option<(i32, i64)> {
     Some((b.get_i32(), b.get_i64()))
 }
 
-/// What the bucket holds for one consumer group and topic.
-#[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
-struct Stored {
+/// `offsets.json`: the next offset to consume, per partition. Written after `meta.json`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Committed {
     version: u32,
-    /// Next offset to consume, per partition.
     committed: BTreeMap<i32, i64>,
-    /// A cut whose blocks may be partly written and whose offsets are not committed yet.
-    pending_cut: Option<Ranges>,
+}
+
+/// `cut.json`: the ranges of the latest cut, written before its first block. Still pending
+/// while its starts equal the committed offsets (its commit did not land).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Cut {
+    version: u32,
+    ranges: Ranges,
+}
+
+trait Versioned {
+    fn version(&self) -> u32;
+}
+
+impl Versioned for Committed {
+    fn version(&self) -> u32 {
+        self.version
+    }
+}
+
+impl Versioned for Cut {
+    fn version(&self) -> u32 {
+        self.version
+    }
 }
 
 #[derive(Default)]
@@ -72,7 +94,8 @@ struct State {
 
 pub struct PartitionLog {
     backend: Backend,
-    key: String,
+    offsets_key: String,
+    cut_key: String,
     topic: String,
     state: Mutex<State>,
     /// The cut found pending at start, to be consumed again exactly.
@@ -81,6 +104,25 @@ pub struct PartitionLog {
 
 fn backend_err(e: BackendError) -> WalError {
     WalError::Log(e.to_string())
+}
+
+/// Reads a versioned JSON object; `None` when it does not exist.
+async fn load<T: serde::de::DeserializeOwned + Versioned>(
+    backend: &Backend,
+    key: &str,
+) -> Result<Option<T>, WalError> {
+    let value: T = match backend.get(key).await {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| WalError::Log(format!("{key}: {e}")))?,
+        Err(BackendError::NotFound(_)) => return Ok(None),
+        Err(e) => return Err(backend_err(e)),
+    };
+    if value.version() > STATE_VERSION {
+        return Err(WalError::Log(format!(
+            "{key} has version {}, this build reads {STATE_VERSION}",
+            value.version()
+        )));
+    }
+    Ok(Some(value))
 }
 
 impl PartitionLog {
@@ -92,35 +134,33 @@ impl PartitionLog {
     ) -> Result<PartitionLog, WalError> {
         // `~` is not allowed in a tenant ID, so the block list and the compactor, which
         // treat top-level folders as tenants, skip this one.
-        let key = format!("~ingest/{group}/{topic}/offsets.json");
-        let stored = match backend.get(&key).await {
-            Ok(b) => serde_json::from_slice::<Stored>(&b)
-                .map_err(|e| WalError::Log(format!("{key}: {e}")))?,
-            Err(BackendError::NotFound(_)) => Stored::default(),
-            Err(e) => return Err(backend_err(e)),
-        };
-        if stored.version > STATE_VERSION {
-            return Err(WalError::Log(format!(
-                "{key} has version {}, this build reads {STATE_VERSION}",
-                stored.version
-            )));
-        }
-        // A pending cut counts only if it starts where the commit left off; anything else
-        // is a cut whose commit did land.
-        let pending = stored.pending_cut.filter(|cut| {
-            !cut.is_empty()
-                && cut.iter().all(|(p, (s, e))| {
-                    stored.committed.get(p).copied().unwrap_or(*s) == *s && e > s
-                })
-        });
-        info!(key = %key, committed = ?stored.committed, pending = ?pending, "ingest offsets loaded");
+        let dir = format!("~ingest/{group}/{topic}");
+        let offsets_key = format!("{dir}/offsets.json");
+        let cut_key = format!("{dir}/cut.json");
+        let committed = load::<Committed>(&backend, &offsets_key)
+            .await?
+            .unwrap_or_default()
+            .committed;
+        // A cut is pending only if it starts where the commit left off; otherwise its
+        // commit landed.
+        let pending = load::<Cut>(&backend, &cut_key)
+            .await?
+            .map(|c| c.ranges)
+            .filter(|ranges| {
+                !ranges.is_empty()
+                    && ranges
+                        .iter()
+                        .all(|(p, (s, e))| committed.get(p).copied().unwrap_or(*s) == *s && e > s)
+            });
+        info!(key = %offsets_key, committed = ?committed, pending = ?pending, "ingest offsets loaded");
         Ok(PartitionLog {
             backend,
-            key,
+            offsets_key,
+            cut_key,
             topic: topic.to_owned(),
             state: Mutex::new(State {
-                next_start: stored.committed.clone(),
-                committed: stored.committed,
+                next_start: committed.clone(),
+                committed,
                 ..State::default()
             }),
             pending,
@@ -137,10 +177,10 @@ impl PartitionLog {
         self.pending.as_ref()
     }
 
-    async fn store(&self, s: &Stored) -> Result<(), WalError> {
-        let bytes = serde_json::to_vec(s).map_err(|e| WalError::Log(e.to_string()))?;
+    async fn store(&self, key: &str, value: &impl Serialize) -> Result<(), WalError> {
+        let bytes = serde_json::to_vec(value).map_err(|e| WalError::Log(e.to_string()))?;
         self.backend
-            .put(&self.key, bytes.into())
+            .put(key, bytes.into())
             .await
             .map_err(backend_err)
     }
@@ -189,26 +229,23 @@ impl IngestLog for PartitionLog {
     }
 
     async fn rotate(&self) -> Result<u64, WalError> {
-        let (ranges, committed) = {
+        let ranges: Ranges = {
             let st = self.state.lock();
-            let ranges: Ranges = st
-                .current
+            st.current
                 .iter()
                 .filter_map(|(p, end)| {
                     let start = st.next_start.get(p).copied().unwrap_or(*end);
                     (*end > start).then_some((*p, (start, *end)))
                 })
-                .collect();
-            (ranges, st.committed.clone())
+                .collect()
         };
         if !ranges.is_empty() {
             // Stored before any block of this cut is written: see the module docs.
-            self.store(&Stored {
+            let cut = Cut {
                 version: STATE_VERSION,
-                committed,
-                pending_cut: Some(ranges.clone()),
-            })
-            .await?;
+                ranges: ranges.clone(),
+            };
+            self.store(&self.cut_key, &cut).await?;
         }
         let mut st = self.state.lock();
         for (p, (_, end)) in &ranges {
@@ -223,7 +260,7 @@ impl IngestLog for PartitionLog {
 
     async fn truncate_before(&self, boundary: u64) -> Result<(), WalError> {
         let committed = {
-            let st = self.state.lock();
+            let mut st = self.state.lock();
             if st.tainted {
                 return Ok(());
             }
@@ -235,18 +272,16 @@ impl IngestLog for PartitionLog {
                 }
             }
             if committed == st.committed {
-                drop(st);
-                self.state.lock().closed.retain(|b, _| *b > boundary);
+                st.closed.retain(|b, _| *b > boundary);
                 return Ok(());
             }
             committed
         };
-        self.store(&Stored {
+        let value = Committed {
             version: STATE_VERSION,
             committed: committed.clone(),
-            pending_cut: None,
-        })
-        .await?;
+        };
+        self.store(&self.offsets_key, &value).await?;
         let mut st = self.state.lock();
         st.closed.retain(|b, _| *b > boundary);
         st.committed = committed;
