@@ -237,9 +237,12 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
             return Err(AppError::Target(target, "all".into()));
         };
         let mut distributor = Distributor::new(ing, metrics.clone(), overrides.clone());
-        if let Some(kafka) = &kafka {
+        if kafka.is_some() {
+            // A connection of its own: brokers may answer one connection's requests in
+            // order, and the consumer's long-polling fetches would delay every ack.
+            let producer = crate::ingest::Kafka::connect(&cfg.ingest.kafka).await?;
             distributor = distributor.with_log(Arc::new(crate::ingest::Producer::new(
-                kafka.clone(),
+                producer,
                 cfg.ingest.kafka.producer_max_record_size_bytes,
             )));
         }
