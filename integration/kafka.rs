@@ -481,10 +481,10 @@ async fn kafka_broker_down_refuses_exports_retryably() {
 }
 
 /// A crash after a cut's blocks are committed (meta.json) but before its offsets are: the
-/// restarted node consumes exactly that cut again and rewrites the same blocks, so every
-/// span is stored once, not twice.
+/// restarted node consumes exactly that cut again, finds its blocks under the same IDs and
+/// writes nothing twice, so every span is stored once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kafka_crash_between_meta_and_commit_rewrites_the_same_blocks() {
+async fn kafka_crash_between_meta_and_commit_stores_each_span_once() {
     let Some(s3) = S3Server::start("vivace-kafka-redo").await else {
         return;
     };
@@ -522,6 +522,13 @@ async fn kafka_crash_between_meta_and_commit_rewrites_the_same_blocks() {
         server.log_tail(30)
     );
     assert_stored_once(&s3, &server, &acked).await;
+    assert!(
+        server
+            .current_log()
+            .contains("block of a redone cut already committed"),
+        "the redo did not find its block\n{}",
+        server.log_tail(30)
+    );
     assert_all_readable(&server, &acked, "after the redo").await;
     let found = search_service(&server, "kafka-c").await;
     assert_eq!(found.len(), acked.len(), "search after the redo");

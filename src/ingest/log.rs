@@ -6,8 +6,9 @@
 //! Exactly-once blocks: before any block of a cut is written, the cut's ranges are stored
 //! (`cut.json`). A node restarted after a crash between `meta.json` and the commit finds
 //! that cut still starting at the committed offsets, consumes exactly those ranges again
-//! and cuts there, so its blocks get the same IDs (derived from tenant and ranges) and
-//! overwrite the first copy instead of doubling it.
+//! and cuts there, so its blocks get the same IDs (derived from tenant and ranges): the
+//! flush skips those already committed (or compacted) and rewrites, under the same ID, any
+//! left half-written; never a second copy.
 
 use std::collections::BTreeMap;
 

@@ -104,6 +104,45 @@ async fn blocks_are_named_by_offset_ranges_and_offsets_commit_after_meta() {
     );
 }
 
+#[tokio::test]
+async fn a_redone_cut_skips_blocks_already_committed_or_compacted() {
+    let backend = Backend::memory();
+    let tenant = TenantId::single();
+    let push_all = |ing: Arc<Ingester>| async move {
+        for (off, trace) in [(0, 1u8), (1, 2)] {
+            let g = group_by_trace(&request(trace, 2).resource_spans);
+            ing.push(position(0, off), &TenantId::single(), g.traces)
+                .await
+                .unwrap();
+        }
+    };
+    let log = Arc::new(PartitionLog::open(backend.clone(), "g", "t").await.unwrap());
+    let (ing, _) = ingester(&backend, log);
+    push_all(ing.clone()).await;
+    assert_eq!(ing.flush(false).await, 1);
+    let id = block_id("t", &tenant, &Ranges::from([(0, (0, 2))]));
+    let meta = backend.get(&block::meta_key(&tenant, id)).await.unwrap();
+
+    // The commit "did not land", and the compactor has since merged the block away.
+    backend.delete("~ingest/g/t/offsets.json").await.unwrap();
+    backend.delete(&block::meta_key(&tenant, id)).await.unwrap();
+    backend
+        .put(&block::compacted_meta_key(&tenant, id), meta)
+        .await
+        .unwrap();
+    let log = Arc::new(PartitionLog::open(backend.clone(), "g", "t").await.unwrap());
+    assert_eq!(log.pending_cut(), Some(&Ranges::from([(0, (0, 2))])));
+    let (ing, committed) = ingester(&backend, log.clone());
+    push_all(ing.clone()).await;
+    assert_eq!(ing.flush(false).await, 0, "nothing rewritten");
+    assert!(committed.lock().is_empty());
+    assert!(
+        backend.get(&block::meta_key(&tenant, id)).await.is_err(),
+        "compacted block revived"
+    );
+    assert_eq!(log.committed(0), Some(2), "offsets committed all the same");
+}
+
 /// A log that acknowledges or refuses, and remembers what it was given.
 struct FakeLog {
     refuse: bool,
