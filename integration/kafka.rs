@@ -534,3 +534,37 @@ async fn kafka_crash_between_meta_and_commit_stores_each_span_once() {
     assert_eq!(found.len(), acked.len(), "search after the redo");
     drop(broker);
 }
+
+/// Two processes on one topic and bucket: a distributor-only node (`target: distributor`)
+/// takes the exports, the `all` node consumes them; spans sent to either are read from the
+/// `all` node by ID and by search.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_distributor_only_node_feeds_the_ingester_node() {
+    let Some(s3) = S3Server::start("vivace-kafka-split").await else {
+        return;
+    };
+    let Some(broker) = Broker::start(&s3).await else {
+        return;
+    };
+    let reader = Server::start_with(opts(&s3, &broker, "5s")).await;
+    let mut dist_opts = opts(&s3, &broker, "5s");
+    dist_opts.extra_yaml = format!("target: distributor\n{}", dist_opts.extra_yaml);
+    let distributor = Server::start_with(dist_opts).await;
+    let mut acked = send(&distributor, "kafka-d", 30).await;
+    acked.extend(send(&reader, "kafka-d", 10).await);
+    assert_all_readable(
+        &reader,
+        &acked,
+        "sent to either node, read from the all node",
+    )
+    .await;
+    let found = search_service(&reader, "kafka-d").await;
+    assert_eq!(found.len(), acked.len(), "search on the all node");
+    // The distributor node holds nothing itself: it has no query path.
+    let (code, _) = distributor
+        .get(&format!("/api/traces/{}", acked.keys().next().unwrap()))
+        .await;
+    assert_ne!(code, 200, "a distributor-only node answered a trace query");
+    assert_stored_once(&s3, &reader, &acked).await;
+    drop(broker);
+}

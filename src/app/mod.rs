@@ -36,13 +36,14 @@ pub enum Component {
 
 use Component::*;
 
-/// What each `-target` runs. Roles that need a peer in another process (a distributor
-/// without an ingester) wait for the replicated ingest log; until then they are refused.
+/// What each `-target` runs. A distributor without an ingester needs the ingest log
+/// (`ingest.enabled`), and is refused without it.
 pub const TARGETS: &[(&str, &[Component])] = &[
     (
         "all",
         &[Distributor, Ingester, Querier, QueryFrontend, Compactor],
     ),
+    ("distributor", &[Distributor]),
     ("querier", &[Querier, QueryFrontend]),
     ("query-frontend", &[Querier, QueryFrontend]),
     ("compactor", &[Compactor]),
@@ -233,19 +234,31 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
 
     // The receivers.
     if has(Distributor) {
-        let Some(ing) = ingester.clone() else {
-            return Err(AppError::Target(target, "all".into()));
+        let log: Option<Arc<dyn crate::distributor::TraceLog>> = match &kafka {
+            Some(_) => {
+                // A connection of its own: brokers may answer one connection's requests in
+                // order, and the consumer's long-polling fetches would delay every ack.
+                let producer = crate::ingest::Kafka::connect(&cfg.ingest.kafka).await?;
+                Some(Arc::new(crate::ingest::Producer::new(
+                    producer,
+                    cfg.ingest.kafka.producer_max_record_size_bytes,
+                )))
+            }
+            None => None,
         };
-        let mut distributor = Distributor::new(ing, metrics.clone(), overrides.clone());
-        if kafka.is_some() {
-            // A connection of its own: brokers may answer one connection's requests in
-            // order, and the consumer's long-polling fetches would delay every ack.
-            let producer = crate::ingest::Kafka::connect(&cfg.ingest.kafka).await?;
-            distributor = distributor.with_log(Arc::new(crate::ingest::Producer::new(
-                producer,
-                cfg.ingest.kafka.producer_max_record_size_bytes,
-            )));
-        }
+        let distributor = match (ingester.clone(), log) {
+            (Some(ing), Some(log)) => {
+                Distributor::new(ing, metrics.clone(), overrides.clone()).with_log(log)
+            }
+            (Some(ing), None) => Distributor::new(ing, metrics.clone(), overrides.clone()),
+            (None, Some(log)) => Distributor::log_only(log, metrics.clone(), overrides.clone()),
+            (None, None) => {
+                return Err(AppError::Target(
+                    format!("{target} (without ingest.enabled)"),
+                    "all, or enable the ingest log".into(),
+                ))
+            }
+        };
         let distributor = Arc::new(distributor);
         let protocols = &cfg.distributor.receivers.otlp.protocols;
         // One in-flight budget for both receivers: memory is shared, so is the bound.

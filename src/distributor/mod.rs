@@ -63,7 +63,9 @@ pub struct PushOutcome {
 }
 
 pub struct Distributor {
-    ingester: Arc<Ingester>,
+    /// The ingester of this process; `None` on a distributor-only node, which sends
+    /// everything to the ingest log (the live-trace limits are then not checked here).
+    ingester: Option<Arc<Ingester>>,
     metrics: Arc<Metrics>,
     overrides: Arc<Overrides>,
     buckets: Mutex<HashMap<TenantId, Bucket>>,
@@ -98,7 +100,7 @@ impl Bucket {
 impl Distributor {
     pub fn new(ingester: Arc<Ingester>, metrics: Arc<Metrics>, overrides: Arc<Overrides>) -> Self {
         Self {
-            ingester,
+            ingester: Some(ingester),
             metrics,
             overrides,
             buckets: Mutex::new(HashMap::new()),
@@ -110,6 +112,21 @@ impl Distributor {
     pub fn with_log(mut self, log: Arc<dyn TraceLog>) -> Self {
         self.log = Some(log);
         self
+    }
+
+    /// A distributor with no ingester in its process: everything goes to `log`.
+    pub fn log_only(
+        log: Arc<dyn TraceLog>,
+        metrics: Arc<Metrics>,
+        overrides: Arc<Overrides>,
+    ) -> Self {
+        Self {
+            ingester: None,
+            metrics,
+            overrides,
+            buckets: Mutex::new(HashMap::new()),
+            log: Some(log),
+        }
     }
 
     fn check_rate(&self, tenant: &TenantId, limits: &Limits, size: u64) -> Result<(), PushError> {
@@ -243,6 +260,12 @@ impl Distributor {
                 }
             };
         }
+        // `log_only` always sets a log and `new` an ingester; never ack what went nowhere.
+        let Some(ingester) = &self.ingester else {
+            return Err(
+                LogUnavailable("no ingester and no ingest log in this process".into()).into(),
+            );
+        };
         // The WAL must hold exactly what was accepted, so a replay cannot bring back spans the
         // exporter was told were rejected.
         let payload = if too_large + over_live > 0 {
@@ -254,7 +277,7 @@ impl Distributor {
         } else {
             wal::encode_payload(tenant, &raw)
         };
-        match self.ingester.push(payload, tenant, grouped.traces).await {
+        match ingester.push(payload, tenant, grouped.traces).await {
             Ok(()) => {
                 self.metrics.spans_received.add(outcome.accepted as u64);
                 self.metrics.bytes_received.add(raw.len() as u64);
@@ -279,12 +302,12 @@ impl Distributor {
     /// spans that refused.
     fn drop_oversized_traces(&self, tenant: &TenantId, limits: &Limits, g: &mut Grouped) -> usize {
         let max = limits.global.max_bytes_per_trace as usize;
-        if max == 0 {
+        let Some(ingester) = self.ingester.as_ref().filter(|_| max > 0) else {
             return 0;
-        }
+        };
         let mut refused = 0;
         g.traces.retain(|t| {
-            let fits = self.ingester.live_trace_bytes(tenant, &t.id) + t.data.len() <= max;
+            let fits = ingester.live_trace_bytes(tenant, &t.id) + t.data.len() <= max;
             if !fits {
                 refused += t.spans;
             }
@@ -303,11 +326,14 @@ impl Distributor {
         g: &mut Grouped,
     ) -> usize {
         let max = limits.ingestion.max_traces_per_user as usize;
+        let Some(ingester) = self.ingester.as_ref() else {
+            return 0;
+        };
         if max == 0 || g.traces.is_empty() {
             return 0;
         }
         let ids: Vec<TraceId> = g.traces.iter().map(|t| t.id).collect();
-        let (live, is_live) = self.ingester.live_traces(tenant, &ids);
+        let (live, is_live) = ingester.live_traces(tenant, &ids);
         let mut room = max.saturating_sub(live);
         let mut refused = 0;
         let mut i = 0;
