@@ -11,6 +11,7 @@ mod durability;
 mod faults;
 mod harness;
 mod ingest;
+mod kafka;
 mod limits;
 mod metrics;
 mod model;

@@ -36,13 +36,14 @@ pub enum Component {
 
 use Component::*;
 
-/// What each `-target` runs. Roles that need a peer in another process (a distributor
-/// without an ingester) wait for the replicated ingest log; until then they are refused.
+/// What each `-target` runs. A distributor without an ingester needs the ingest log
+/// (`ingest.enabled`), and is refused without it.
 pub const TARGETS: &[(&str, &[Component])] = &[
     (
         "all",
         &[Distributor, Ingester, Querier, QueryFrontend, Compactor],
     ),
+    ("distributor", &[Distributor]),
     ("querier", &[Querier, QueryFrontend]),
     ("query-frontend", &[Querier, QueryFrontend]),
     ("compactor", &[Compactor]),
@@ -58,6 +59,8 @@ pub enum AppError {
     Backend(#[from] crate::backend::BackendError),
     #[error("wal: {0}")]
     Wal(#[from] crate::ingester::wal::WalError),
+    #[error("ingest log: {0}")]
+    Ingest(#[from] crate::ingest::KafkaError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -117,8 +120,14 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     let ready = Arc::new(AtomicBool::new(false));
     info!(target = %target, backend = backend.description(), "starting vivace");
 
+    // With `ingest`, the Kafka-protocol log replaces the WAL as the durability point.
+    let kafka = if cfg.ingest.enabled {
+        Some(crate::ingest::Kafka::connect(&cfg.ingest.kafka).await?)
+    } else {
+        None
+    };
+    let mut consumers = Vec::new();
     let ingester = if has(Ingester) {
-        let (wal, replay) = Wal::open_async(&cfg.storage.trace.wal.path, metrics.clone()).await?;
         let bl = blocklist.clone();
         let on_commit: BlockCommitted =
             Arc::new(move |meta| match TenantId::new(&meta.tenant_id) {
@@ -131,16 +140,38 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
             bloom_shard_size_bytes: cfg.storage.trace.block.bloom_filter_shard_size_bytes,
             ..BlockConfig::default()
         };
-        let ing = Ingester::new(
-            cfg.ingester.clone(),
-            Arc::new(wal),
-            backend.clone(),
-            block_cfg,
-            metrics.clone(),
-            on_commit,
-        );
-        ing.replay_wal(replay).await?;
-        Some(ing)
+        if let Some(kafka) = &kafka {
+            let k = &cfg.ingest.kafka;
+            let log = Arc::new(
+                crate::ingest::PartitionLog::open(backend.clone(), &k.consumer_group, &k.topic)
+                    .await?,
+            );
+            let ing = Ingester::new(
+                cfg.ingester.clone(),
+                log.clone(),
+                backend.clone(),
+                block_cfg,
+                metrics.clone(),
+                on_commit,
+            );
+            consumers = crate::ingest::Consumer::new(kafka.clone(), ing.clone(), log)
+                .start()
+                .await?;
+            Some(ing)
+        } else {
+            let (wal, replay) =
+                Wal::open_async(&cfg.storage.trace.wal.path, metrics.clone()).await?;
+            let ing = Ingester::new(
+                cfg.ingester.clone(),
+                Arc::new(wal),
+                backend.clone(),
+                block_cfg,
+                metrics.clone(),
+                on_commit,
+            );
+            ing.replay_wal(replay).await?;
+            Some(ing)
+        }
     } else {
         None
     };
@@ -194,7 +225,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     });
     servers.push(serve_http(api_listener, api_router, stop_rx.clone()));
 
-    let mut background: Vec<JoinHandle<()>> = Vec::new();
+    let mut background: Vec<JoinHandle<()>> = consumers;
     // Every role reads limits (ingest, search, retention): one reloader per process.
     background.push(tokio::spawn(
         overrides
@@ -204,10 +235,32 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
 
     // The receivers.
     if has(Distributor) {
-        let Some(ing) = ingester.clone() else {
-            return Err(AppError::Target(target, "all".into()));
+        let log: Option<Arc<dyn crate::distributor::TraceLog>> = match &kafka {
+            Some(_) => {
+                // A connection of its own: brokers may answer one connection's requests in
+                // order, and the consumer's long-polling fetches would delay every ack.
+                let producer = crate::ingest::Kafka::connect(&cfg.ingest.kafka).await?;
+                Some(Arc::new(crate::ingest::Producer::new(
+                    producer,
+                    cfg.ingest.kafka.producer_max_record_size_bytes,
+                )))
+            }
+            None => None,
         };
-        let distributor = Arc::new(Distributor::new(ing, metrics.clone(), overrides.clone()));
+        let distributor = match (ingester.clone(), log) {
+            (Some(ing), Some(log)) => {
+                Distributor::new(ing, metrics.clone(), overrides.clone()).with_log(log)
+            }
+            (Some(ing), None) => Distributor::new(ing, metrics.clone(), overrides.clone()),
+            (None, Some(log)) => Distributor::log_only(log, metrics.clone(), overrides.clone()),
+            (None, None) => {
+                return Err(AppError::Target(
+                    format!("{target} (without ingest.enabled)"),
+                    "all, or enable the ingest log".into(),
+                ))
+            }
+        };
+        let distributor = Arc::new(distributor);
         let protocols = &cfg.distributor.receivers.otlp.protocols;
         // One in-flight budget for both receivers: memory is shared, so is the bound.
         let admission = receiver::admission::Admission::new(

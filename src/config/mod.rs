@@ -12,6 +12,9 @@ use serde::Deserialize;
 pub mod auth;
 mod duration;
 pub mod faults;
+mod ingest;
+
+pub use ingest::{IngestConfig, KafkaConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -42,6 +45,8 @@ pub struct Config {
     pub overrides: crate::overrides::OverridesConfig,
     /// Built-in authentication (off by default); see `api::auth`.
     pub auth: auth::AuthConfig,
+    /// The Kafka-protocol ingest log (Tempo 3's `ingest:`); off by default.
+    pub ingest: IngestConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -593,6 +598,7 @@ impl Config {
             parse_addr(&h.endpoint)?;
         }
         self.server.http_addr()?;
+        self.ingest.validate()?;
         Ok(())
     }
 

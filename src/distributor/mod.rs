@@ -12,6 +12,22 @@ use bytes::Bytes;
 use prost::Message;
 
 use crate::ingester::{wal, IngestError, Ingester, TraceBatch};
+
+/// Where accepted traces go instead of the ingester's WAL when an ingest log is configured
+/// (`src/ingest/` implements it on Kafka). Defined here so the distributor does not depend
+/// on the log's client.
+#[async_trait::async_trait]
+pub trait TraceLog: Send + Sync + 'static {
+    /// Returns once the log has acknowledged every trace (acks=all): only then may the
+    /// export be acknowledged.
+    async fn write(&self, tenant: &TenantId, traces: Vec<TraceBatch>)
+        -> Result<(), LogUnavailable>;
+}
+
+/// The ingest log refused or did not acknowledge in time: retryable, never an ack.
+#[derive(Debug, thiserror::Error)]
+#[error("ingest log unavailable: {0}")]
+pub struct LogUnavailable(pub String);
 use crate::metrics::Metrics;
 use crate::model::{ExportTraceServiceRequest, Fragments, ResourceSpans, Span, TenantId, TraceId};
 use crate::overrides::{Limits, Overrides};
@@ -20,6 +36,8 @@ use crate::overrides::{Limits, Overrides};
 pub enum PushError {
     #[error(transparent)]
     Ingest(#[from] IngestError),
+    #[error(transparent)]
+    Log(#[from] LogUnavailable),
     #[error("ingestion rate limit ({rate} bytes/s, burst {burst} bytes) exceeded for tenant {tenant}: retry in {retry_after:?}")]
     RateLimited {
         tenant: TenantId,
@@ -45,10 +63,15 @@ pub struct PushOutcome {
 }
 
 pub struct Distributor {
-    ingester: Arc<Ingester>,
+    /// The ingester of this process; `None` on a distributor-only node, which sends
+    /// everything to the ingest log (the live-trace limits are then not checked here).
+    ingester: Option<Arc<Ingester>>,
     metrics: Arc<Metrics>,
     overrides: Arc<Overrides>,
     buckets: Mutex<HashMap<TenantId, Bucket>>,
+    /// With `ingest.enabled`, the log accepted traces are produced to (the ingester then
+    /// reads them back from it); `None` keeps the embedded WAL.
+    log: Option<Arc<dyn TraceLog>>,
 }
 
 /// A token bucket of bytes per tenant.
@@ -77,10 +100,32 @@ impl Bucket {
 impl Distributor {
     pub fn new(ingester: Arc<Ingester>, metrics: Arc<Metrics>, overrides: Arc<Overrides>) -> Self {
         Self {
-            ingester,
+            ingester: Some(ingester),
             metrics,
             overrides,
             buckets: Mutex::new(HashMap::new()),
+            log: None,
+        }
+    }
+
+    /// Sends accepted traces to `log` instead of the ingester's WAL.
+    pub fn with_log(mut self, log: Arc<dyn TraceLog>) -> Self {
+        self.log = Some(log);
+        self
+    }
+
+    /// A distributor with no ingester in its process: everything goes to `log`.
+    pub fn log_only(
+        log: Arc<dyn TraceLog>,
+        metrics: Arc<Metrics>,
+        overrides: Arc<Overrides>,
+    ) -> Self {
+        Self {
+            ingester: None,
+            metrics,
+            overrides,
+            buckets: Mutex::new(HashMap::new()),
+            log: Some(log),
         }
     }
 
@@ -196,6 +241,31 @@ impl Distributor {
         if grouped.traces.is_empty() {
             return Ok(outcome);
         }
+        if let Some(log) = &self.log {
+            // Limits were applied above; what is left is acknowledged only once the log
+            // has every record.
+            return match log.write(tenant, grouped.traces).await {
+                Ok(()) => {
+                    self.metrics.spans_received.add(outcome.accepted as u64);
+                    self.metrics.bytes_received.add(raw.len() as u64);
+                    Ok(outcome)
+                }
+                Err(e) => {
+                    self.metrics.spans_refused.add(
+                        tenant.as_str(),
+                        "ingest_log_unavailable",
+                        outcome.accepted as u64,
+                    );
+                    Err(e.into())
+                }
+            };
+        }
+        // `log_only` always sets a log and `new` an ingester; never ack what went nowhere.
+        let Some(ingester) = &self.ingester else {
+            return Err(
+                LogUnavailable("no ingester and no ingest log in this process".into()).into(),
+            );
+        };
         // The WAL must hold exactly what was accepted, so a replay cannot bring back spans the
         // exporter was told were rejected.
         let payload = if too_large + over_live > 0 {
@@ -207,7 +277,7 @@ impl Distributor {
         } else {
             wal::encode_payload(tenant, &raw)
         };
-        match self.ingester.push(payload, tenant, grouped.traces).await {
+        match ingester.push(payload, tenant, grouped.traces).await {
             Ok(()) => {
                 self.metrics.spans_received.add(outcome.accepted as u64);
                 self.metrics.bytes_received.add(raw.len() as u64);
@@ -232,12 +302,12 @@ impl Distributor {
     /// spans that refused.
     fn drop_oversized_traces(&self, tenant: &TenantId, limits: &Limits, g: &mut Grouped) -> usize {
         let max = limits.global.max_bytes_per_trace as usize;
-        if max == 0 {
+        let Some(ingester) = self.ingester.as_ref().filter(|_| max > 0) else {
             return 0;
-        }
+        };
         let mut refused = 0;
         g.traces.retain(|t| {
-            let fits = self.ingester.live_trace_bytes(tenant, &t.id) + t.data.len() <= max;
+            let fits = ingester.live_trace_bytes(tenant, &t.id) + t.data.len() <= max;
             if !fits {
                 refused += t.spans;
             }
@@ -256,11 +326,14 @@ impl Distributor {
         g: &mut Grouped,
     ) -> usize {
         let max = limits.ingestion.max_traces_per_user as usize;
+        let Some(ingester) = self.ingester.as_ref() else {
+            return 0;
+        };
         if max == 0 || g.traces.is_empty() {
             return 0;
         }
         let ids: Vec<TraceId> = g.traces.iter().map(|t| t.id).collect();
-        let (live, is_live) = self.ingester.live_traces(tenant, &ids);
+        let (live, is_live) = ingester.live_traces(tenant, &ids);
         let mut room = max.saturating_sub(live);
         let mut refused = 0;
         let mut i = 0;

@@ -88,7 +88,26 @@ impl Ingester {
         let mut failed = Vec::new();
         let ids = self.flushing_blocks.read().clone();
         for tenant in taken.keys() {
+            // Chosen at the cut (the log's deterministic ID when it names one), so readers
+            // can tell which block holds the traces still in `flushing`.
             let id = ids.get(tenant).copied().unwrap_or_else(Uuid::new_v4);
+            if self.log.block_id(tenant, boundary).is_some() {
+                // A deterministic ID names the same data: a cut redone after a crash skips
+                // blocks already committed, and never revives one the compactor merged.
+                match self.existing_block(tenant, id).await {
+                    Some(Some(meta)) => {
+                        info!(tenant = %tenant, block = %id, "block of a redone cut already committed");
+                        blocks += 1;
+                        (self.on_commit)(meta);
+                        continue;
+                    }
+                    Some(None) => {
+                        info!(tenant = %tenant, block = %id, "block of a redone cut already compacted");
+                        continue;
+                    }
+                    None => {}
+                }
+            }
             match self.write_block_with_retry(tenant, id, taken.clone()).await {
                 Ok(meta) => {
                     blocks += 1;
@@ -142,6 +161,25 @@ impl Ingester {
             }
         }
         blocks
+    }
+
+    /// Whether block `id` is already committed (`Some(Some(meta))`) or compacted away
+    /// (`Some(None)`); `None` when it is not there or the bucket cannot tell (then it is
+    /// written again, under the same ID).
+    async fn existing_block(&self, tenant: &TenantId, id: Uuid) -> Option<Option<BlockMeta>> {
+        match self.backend.get(&block::meta_key(tenant, id)).await {
+            Ok(b) => return BlockMeta::from_bytes(&b).ok().map(Some),
+            Err(BackendError::NotFound(_)) => {}
+            Err(_) => return None,
+        }
+        match self
+            .backend
+            .get(&block::compacted_meta_key(tenant, id))
+            .await
+        {
+            Ok(_) => Some(None),
+            Err(_) => None,
+        }
     }
 
     /// Re-appends records of traces that stay in memory to the current WAL segment,

@@ -3,7 +3,10 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use uuid::Uuid;
+
 use super::wal::{Wal, WalError};
+use crate::model::TenantId;
 
 /// Where the ingester makes data durable before acknowledging it. The local WAL implements
 /// it; a replicated log (NATS JetStream, Kafka) can implement it for scale-out.
@@ -15,6 +18,18 @@ pub trait IngestLog: Send + Sync + 'static {
     async fn rotate(&self) -> Result<u64, WalError>;
     /// Forgets every segment before `segment`: their data is in the backend or newer segments.
     async fn truncate_before(&self, segment: u64) -> Result<(), WalError>;
+    /// Whether live traces may be re-appended to a newer segment at a cut. A log that
+    /// cannot (the Kafka ingest log: its records are the producers') gets every cut taking
+    /// the whole head instead; late spans of a trace cut in two are merged at read time.
+    fn carries_over(&self) -> bool {
+        true
+    }
+    /// The ID of `tenant`'s block holding the data of the segments before `boundary`, when
+    /// the log can make it deterministic (so a retried cut rewrites the same block);
+    /// `None` for a fresh random ID.
+    fn block_id(&self, _tenant: &TenantId, _boundary: u64) -> Option<Uuid> {
+        None
+    }
 }
 
 #[async_trait]

@@ -403,6 +403,7 @@ impl Ingester {
     /// carried over.
     async fn cut(&self, force: bool) -> Result<Cut, IngestError> {
         let _exclusive = self.gate.write().await;
+        let force = force || !self.log.carries_over();
         let now = Instant::now();
         if !force && !self.any_ready(now) {
             // Nothing to write: rotating now would only rewrite every active trace to the
@@ -449,8 +450,15 @@ impl Ingester {
         let taken = Arc::new(taken);
         if !taken.is_empty() {
             // Still under the head lock, so readers never see the trace in neither place.
-            *self.flushing_blocks.write() =
-                Arc::new(taken.keys().map(|t| (t.clone(), Uuid::new_v4())).collect());
+            *self.flushing_blocks.write() = Arc::new(
+                taken
+                    .keys()
+                    .map(|t| {
+                        let id = self.log.block_id(t, boundary).unwrap_or_else(Uuid::new_v4);
+                        (t.clone(), id)
+                    })
+                    .collect(),
+            );
             *self.flushing.write() = taken.clone();
         }
         drop(head);

@@ -19,8 +19,8 @@ pub struct Fragments {
 }
 
 impl Fragments {
-    /// One already-encoded group (tests build fragments from whole requests).
-    #[cfg(test)]
+    /// One already-encoded group: a whole request in tests, a trace read back from the
+    /// ingest log (checked by the reader to decode as `TracesData`).
     pub(crate) fn from_encoded(bytes: Bytes) -> Self {
         Self {
             len: bytes.len(),

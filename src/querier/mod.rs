@@ -371,7 +371,10 @@ impl Querier {
         let (mut from_index, mut listed) = (0usize, 0usize);
         for t in tenants {
             let Ok(tenant) = TenantId::new(&t) else {
-                warn!(dir = %t, "ignoring bucket folder that is not a valid tenant id");
+                // `~`-folders are vivace's own (the ingest log's offsets), never a tenant.
+                if !t.starts_with('~') {
+                    warn!(dir = %t, "ignoring bucket folder that is not a valid tenant id");
+                }
                 continue;
             };
             let (found, as_of) = match self.poll_tenant_index(&tenant, started).await? {

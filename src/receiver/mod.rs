@@ -35,7 +35,8 @@ enum Refusal {
 fn refusal(e: &PushError) -> Refusal {
     match e {
         PushError::Ingest(IngestError::LiveBytesExceeded { .. })
-        | PushError::Ingest(IngestError::Wal(_)) => Refusal::Unavailable,
+        | PushError::Ingest(IngestError::Wal(_))
+        | PushError::Log(_) => Refusal::Unavailable,
         PushError::RateLimited { retry_after, .. } => Refusal::RateLimited(*retry_after),
         PushError::LargerThanBurst { .. } => Refusal::TooLarge,
     }

@@ -50,6 +50,9 @@ pub enum WalError {
     Io { path: PathBuf, source: io::Error },
     #[error("wal is closed")]
     Closed,
+    /// The Kafka ingest log standing in for the WAL (see `src/ingest/`).
+    #[error("ingest log: {0}")]
+    Log(String),
     #[error("wal record of {0} bytes is larger than the 1 GiB limit")]
     TooLarge(usize),
     #[error("wal directory {0} is locked by another process; each vivace needs its own storage.trace.wal.path")]

@@ -1,0 +1,153 @@
+//! The `ingest` section: Tempo 3's key names for the Kafka-protocol ingest log. Absent or
+//! `enabled: false`, vivace keeps its embedded WAL and nothing else changes.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{duration, ConfigError, Secret};
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    pub enabled: bool,
+    pub kafka: KafkaConfig,
+}
+
+/// `ingest.kafka`. SASL PLAIN credentials are passed to the client when set; TLS is not
+/// supported yet and is refused by name rather than ignored.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap broker, `host:port`.
+    pub address: String,
+    pub topic: String,
+    /// Names where this group's committed offsets live (in the bucket, see `src/ingest/`).
+    pub consumer_group: String,
+    pub client_id: String,
+    #[serde(with = "duration")]
+    pub dial_timeout: Duration,
+    /// How long a produce may wait for the broker's acknowledgement before the export is
+    /// refused as retryable.
+    #[serde(with = "duration")]
+    pub write_timeout: Duration,
+    pub auto_create_topic_enabled: bool,
+    pub auto_create_topic_default_partitions: i32,
+    /// Records larger than this are split (by trace) before producing.
+    pub producer_max_record_size_bytes: usize,
+    pub sasl_username: String,
+    pub sasl_password: Secret,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            address: "localhost:9092".into(),
+            topic: String::new(),
+            consumer_group: "vivace".into(),
+            client_id: "vivace".into(),
+            dial_timeout: Duration::from_secs(2),
+            write_timeout: Duration::from_secs(10),
+            auto_create_topic_enabled: true,
+            auto_create_topic_default_partitions: 4,
+            producer_max_record_size_bytes: 15_983_616,
+            sasl_username: String::new(),
+            sasl_password: Secret::default(),
+        }
+    }
+}
+
+impl IngestConfig {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let k = &self.kafka;
+        let invalid = |m: &str| Err(ConfigError::Invalid(format!("ingest.kafka.{m}")));
+        if k.address.is_empty() {
+            return invalid("address must be set when ingest.enabled is true");
+        }
+        if k.topic.is_empty() {
+            return invalid("topic must be set when ingest.enabled is true");
+        }
+        // The group names a folder in the bucket.
+        if k.consumer_group.is_empty()
+            || !k
+                .consumer_group
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return invalid("consumer_group must be non-empty letters, digits, '-', '_' or '.'");
+        }
+        if k.auto_create_topic_default_partitions < 1 {
+            return invalid("auto_create_topic_default_partitions must be at least 1");
+        }
+        if k.write_timeout.is_zero() || k.dial_timeout.is_zero() {
+            return invalid("dial_timeout and write_timeout must be greater than zero");
+        }
+        if k.producer_max_record_size_bytes < 1024 {
+            return invalid("producer_max_record_size_bytes must be at least 1024");
+        }
+        if k.sasl_username.is_empty() != k.sasl_password.is_empty() {
+            return invalid("sasl_username and sasl_password must be set together");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    #[test]
+    fn parses_tempo_key_names() {
+        let cfg = Config::from_yaml(
+            "ingest:\n  enabled: true\n  kafka:\n    address: 127.0.0.1:9092\n    topic: traces\n    \
+             consumer_group: g1\n    client_id: node-a\n    dial_timeout: 3s\n    write_timeout: 1s\n    \
+             auto_create_topic_enabled: false\n    auto_create_topic_default_partitions: 8\n",
+        )
+        .unwrap();
+        let k = &cfg.ingest.kafka;
+        assert!(cfg.ingest.enabled);
+        assert_eq!(k.address, "127.0.0.1:9092");
+        assert_eq!(k.topic, "traces");
+        assert_eq!(k.consumer_group, "g1");
+        assert_eq!(k.client_id, "node-a");
+        assert_eq!(k.dial_timeout.as_secs(), 3);
+        assert_eq!(k.write_timeout.as_secs(), 1);
+        assert!(!k.auto_create_topic_enabled);
+        assert_eq!(k.auto_create_topic_default_partitions, 8);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = Config::from_yaml("ingest:\n  kafka:\n    adress: x:1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("adress"), "{err}");
+        let err = Config::from_yaml("ingest:\n  enable: true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("enable"), "{err}");
+    }
+
+    #[test]
+    fn enabled_needs_a_topic_and_sane_values() {
+        let err = Config::from_yaml("ingest:\n  enabled: true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ingest.kafka.topic"), "{err}");
+        let err = Config::from_yaml(
+            "ingest:\n  enabled: true\n  kafka:\n    topic: t\n    auto_create_topic_default_partitions: 0\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("auto_create_topic_default_partitions"),
+            "{err}"
+        );
+        // Disabled, the section is parsed but not checked: nothing changes.
+        let cfg = Config::from_yaml("ingest:\n  enabled: false\n").unwrap();
+        assert!(!cfg.ingest.enabled);
+    }
+}

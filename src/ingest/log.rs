@@ -1,0 +1,385 @@
+//! The ingester's log when the Kafka ingest log is on: the broker already holds the data, so
+//! this log only tracks positions. A WAL "record" here is a (partition, offset) mark; a cut
+//! closes the offset ranges consumed since the last one; committing a cut (after its blocks'
+//! `meta.json`) stores the ranges' ends as this group's committed offsets in the bucket.
+//!
+//! Exactly-once blocks: before any block of a cut is written, the cut's ranges are stored
+//! (`cut.json`). A node restarted after a crash between `meta.json` and the commit finds
+//! that cut still starting at the committed offsets, consumes exactly those ranges again
+//! and cuts there, so its blocks get the same IDs (derived from tenant and ranges): the
+//! flush skips those already committed (or compacted) and rewrites, under the same ID, any
+//! left half-written; never a second copy.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use bytes::{Buf, BufMut, Bytes};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tracing::{error, info};
+use uuid::Uuid;
+
+use crate::backend::{Backend, BackendError};
+use crate::ingester::wal::WalError;
+use crate::ingester::IngestLog;
+use crate::model::TenantId;
+
+/// First byte of a position mark; carry-over records (WAL payloads) start with another.
+const POSITION: u8 = 0xB1;
+const STATE_VERSION: u32 = 1;
+
+/// Per partition, a half-open offset range `[start, end)`.
+pub type Ranges = BTreeMap<i32, (i64, i64)>;
+
+/// The mark the consumer passes as the "WAL record" of a consumed record.
+pub(crate) fn position(partition: i32, offset: i64) -> Bytes {
+    let mut b = Vec::with_capacity(13);
+    b.put_u8(POSITION);
+    b.put_i32(partition);
+    b.put_i64(offset);
+    Bytes::from(b)
+}
+
+fn parse_position(mut b: &[u8]) -> Option<(i32, i64)> {
+    if b.len() != 13 || b[0] != POSITION {
+        return None;
+    }
+    b.advance(1);
+    Some((b.get_i32(), b.get_i64()))
+}
+
+/// `offsets.json`: the next offset to consume, per partition. Written after `meta.json`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Committed {
+    version: u32,
+    committed: BTreeMap<i32, i64>,
+}
+
+/// `cut.json`: the ranges of the latest cut, written before its first block. Still pending
+/// while its starts equal the committed offsets (its commit did not land).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Cut {
+    version: u32,
+    ranges: Ranges,
+}
+
+trait Versioned {
+    fn version(&self) -> u32;
+}
+
+impl Versioned for Committed {
+    fn version(&self) -> u32 {
+        self.version
+    }
+}
+
+impl Versioned for Cut {
+    fn version(&self) -> u32 {
+        self.version
+    }
+}
+
+#[derive(Default)]
+struct State {
+    segment: u64,
+    committed: BTreeMap<i32, i64>,
+    /// Where the current segment's range begins, per partition (the end of the last cut).
+    next_start: BTreeMap<i32, i64>,
+    /// One past the last offset appended in the current segment, per partition.
+    current: BTreeMap<i32, i64>,
+    /// Cuts whose blocks are being written, by the boundary `rotate` returned.
+    closed: BTreeMap<u64, Ranges>,
+    /// A carry-over record was appended: data only in memory, so nothing may be committed.
+    tainted: bool,
+}
+
+pub struct PartitionLog {
+    backend: Backend,
+    offsets_key: String,
+    cut_key: String,
+    topic: String,
+    state: Mutex<State>,
+    /// The cut found pending at start, to be consumed again exactly.
+    pending: Option<Ranges>,
+}
+
+fn backend_err(e: BackendError) -> WalError {
+    WalError::Log(e.to_string())
+}
+
+/// Reads a versioned JSON object; `None` when it does not exist.
+async fn load<T: serde::de::DeserializeOwned + Versioned>(
+    backend: &Backend,
+    key: &str,
+) -> Result<Option<T>, WalError> {
+    let value: T = match backend.get(key).await {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| WalError::Log(format!("{key}: {e}")))?,
+        Err(BackendError::NotFound(_)) => return Ok(None),
+        Err(e) => return Err(backend_err(e)),
+    };
+    if value.version() > STATE_VERSION {
+        return Err(WalError::Log(format!(
+            "{key} has version {}, this build reads {STATE_VERSION}",
+            value.version()
+        )));
+    }
+    Ok(Some(value))
+}
+
+impl PartitionLog {
+    /// Loads the group's committed offsets and pending cut from the bucket.
+    pub async fn open(
+        backend: Backend,
+        group: &str,
+        topic: &str,
+    ) -> Result<PartitionLog, WalError> {
+        // `~` is not allowed in a tenant ID, so the block list and the compactor, which
+        // treat top-level folders as tenants, skip this one.
+        let dir = format!("~ingest/{group}/{topic}");
+        let offsets_key = format!("{dir}/offsets.json");
+        let cut_key = format!("{dir}/cut.json");
+        let committed = load::<Committed>(&backend, &offsets_key)
+            .await?
+            .unwrap_or_default()
+            .committed;
+        // A cut is pending only if it starts where the commit left off; otherwise its
+        // commit landed.
+        let pending = load::<Cut>(&backend, &cut_key)
+            .await?
+            .map(|c| c.ranges)
+            .filter(|ranges| {
+                !ranges.is_empty()
+                    && ranges
+                        .iter()
+                        .all(|(p, (s, e))| committed.get(p).copied().unwrap_or(*s) == *s && e > s)
+            });
+        info!(key = %offsets_key, committed = ?committed, pending = ?pending, "ingest offsets loaded");
+        Ok(PartitionLog {
+            backend,
+            offsets_key,
+            cut_key,
+            topic: topic.to_owned(),
+            state: Mutex::new(State {
+                next_start: committed.clone(),
+                committed,
+                ..State::default()
+            }),
+            pending,
+        })
+    }
+
+    /// The next offset to consume for `partition`, if one was committed.
+    pub fn committed(&self, partition: i32) -> Option<i64> {
+        self.state.lock().committed.get(&partition).copied()
+    }
+
+    /// The cut to consume again before anything else (see the module docs).
+    pub fn pending_cut(&self) -> Option<&Ranges> {
+        self.pending.as_ref()
+    }
+
+    async fn store(&self, key: &str, value: &impl Serialize) -> Result<(), WalError> {
+        let bytes = serde_json::to_vec(value).map_err(|e| WalError::Log(e.to_string()))?;
+        self.backend
+            .put(key, bytes.into())
+            .await
+            .map_err(backend_err)
+    }
+}
+
+/// A block ID from the tenant and the cut's ranges: SHA-256 of a canonical encoding, shaped
+/// as a version-8 (custom) UUID.
+pub fn block_id(topic: &str, tenant: &TenantId, ranges: &Ranges) -> Uuid {
+    let mut buf = Vec::new();
+    buf.extend_from_slice(b"vivace-ingest-block-v1\0");
+    buf.extend_from_slice(topic.as_bytes());
+    buf.push(0);
+    buf.extend_from_slice(tenant.as_str().as_bytes());
+    buf.push(0);
+    for (p, (s, e)) in ranges {
+        buf.put_i32(*p);
+        buf.put_i64(*s);
+        buf.put_i64(*e);
+    }
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &buf);
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&digest.as_ref()[..16]);
+    uuid::Builder::from_custom_bytes(b).into_uuid()
+}
+
+#[async_trait]
+impl IngestLog for PartitionLog {
+    async fn append(&self, record: Bytes) -> Result<u64, WalError> {
+        let mut st = self.state.lock();
+        match parse_position(&record) {
+            Some((p, offset)) => {
+                st.next_start.entry(p).or_insert(offset);
+                let end = st.current.entry(p).or_insert(offset + 1);
+                *end = (*end).max(offset + 1);
+            }
+            None => {
+                // Only a failed block re-appends traces; keep every offset uncommitted so a
+                // restart reads them again from the broker.
+                if !st.tainted {
+                    error!("traces carried over in memory: ingest offsets will not be committed until restart");
+                }
+                st.tainted = true;
+            }
+        }
+        Ok(st.segment)
+    }
+
+    async fn rotate(&self) -> Result<u64, WalError> {
+        let ranges: Ranges = {
+            let st = self.state.lock();
+            st.current
+                .iter()
+                .filter_map(|(p, end)| {
+                    let start = st.next_start.get(p).copied().unwrap_or(*end);
+                    (*end > start).then_some((*p, (start, *end)))
+                })
+                .collect()
+        };
+        if !ranges.is_empty() {
+            // Stored before any block of this cut is written: see the module docs.
+            let cut = Cut {
+                version: STATE_VERSION,
+                ranges: ranges.clone(),
+            };
+            self.store(&self.cut_key, &cut).await?;
+        }
+        let mut st = self.state.lock();
+        for (p, (_, end)) in &ranges {
+            st.next_start.insert(*p, *end);
+        }
+        st.current.clear();
+        st.segment += 1;
+        let boundary = st.segment;
+        st.closed.insert(boundary, ranges);
+        Ok(boundary)
+    }
+
+    async fn truncate_before(&self, boundary: u64) -> Result<(), WalError> {
+        let committed = {
+            let mut st = self.state.lock();
+            if st.tainted {
+                return Ok(());
+            }
+            let mut committed = st.committed.clone();
+            for ranges in st.closed.range(..=boundary).map(|(_, r)| r) {
+                for (p, (_, end)) in ranges {
+                    let c = committed.entry(*p).or_insert(*end);
+                    *c = (*c).max(*end);
+                }
+            }
+            if committed == st.committed {
+                st.closed.retain(|b, _| *b > boundary);
+                return Ok(());
+            }
+            committed
+        };
+        let value = Committed {
+            version: STATE_VERSION,
+            committed: committed.clone(),
+        };
+        self.store(&self.offsets_key, &value).await?;
+        let mut st = self.state.lock();
+        st.closed.retain(|b, _| *b > boundary);
+        st.committed = committed;
+        Ok(())
+    }
+
+    fn carries_over(&self) -> bool {
+        false
+    }
+
+    fn block_id(&self, tenant: &TenantId, boundary: u64) -> Option<Uuid> {
+        let st = self.state.lock();
+        st.closed
+            .get(&boundary)
+            .filter(|r| !r.is_empty())
+            .map(|r| block_id(&self.topic, tenant, r))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant(s: &str) -> TenantId {
+        TenantId::new(s).unwrap()
+    }
+
+    #[tokio::test]
+    async fn commits_cut_ends_after_truncate_and_redoes_a_pending_cut() {
+        let backend = Backend::memory();
+        let log = PartitionLog::open(backend.clone(), "g", "t").await.unwrap();
+        assert!(log.pending_cut().is_none());
+        for (p, o) in [(0, 5), (0, 6), (1, 0), (0, 7)] {
+            log.append(position(p, o)).await.unwrap();
+        }
+        let b = log.rotate().await.unwrap();
+        let id = log.block_id(&tenant("a"), b).unwrap();
+        // Crash here: blocks may be written, offsets not committed.
+        let again = PartitionLog::open(backend.clone(), "g", "t").await.unwrap();
+        let pending = again.pending_cut().cloned().unwrap();
+        assert_eq!(pending, Ranges::from([(0, (5, 8)), (1, (0, 1))]));
+        assert_eq!(again.committed(0), None);
+        // The redo consumes the same records and gets the same block ID.
+        for (p, o) in [(0, 5), (1, 0), (0, 6), (0, 7)] {
+            again.append(position(p, o)).await.unwrap();
+        }
+        let b2 = again.rotate().await.unwrap();
+        assert_eq!(again.block_id(&tenant("a"), b2), Some(id));
+        assert_ne!(again.block_id(&tenant("b"), b2), Some(id));
+        again.truncate_before(b2).await.unwrap();
+        let after = PartitionLog::open(backend, "g", "t").await.unwrap();
+        assert!(after.pending_cut().is_none());
+        assert_eq!((after.committed(0), after.committed(1)), (Some(8), Some(1)));
+    }
+
+    #[tokio::test]
+    async fn next_cut_starts_where_the_last_ended_and_carry_over_blocks_commits() {
+        let backend = Backend::memory();
+        let log = PartitionLog::open(backend.clone(), "g", "t").await.unwrap();
+        log.append(position(2, 10)).await.unwrap();
+        let b1 = log.rotate().await.unwrap();
+        log.append(position(2, 11)).await.unwrap();
+        log.append(position(2, 12)).await.unwrap();
+        let b2 = log.rotate().await.unwrap();
+        let ids = (
+            log.block_id(&tenant("a"), b1).unwrap(),
+            log.block_id(&tenant("a"), b2).unwrap(),
+        );
+        assert_ne!(ids.0, ids.1);
+        assert_eq!(
+            ids.1,
+            block_id("t", &tenant("a"), &Ranges::from([(2, (11, 13))]))
+        );
+        log.truncate_before(b2).await.unwrap();
+        assert_eq!(log.committed(2), Some(13));
+        // An empty cut has no deterministic ID and commits nothing new.
+        let b3 = log.rotate().await.unwrap();
+        assert_eq!(log.block_id(&tenant("a"), b3), None);
+        // A carried-over (non-position) record keeps offsets where they are.
+        log.append(position(2, 13)).await.unwrap();
+        log.append(Bytes::from_static(b"\x01wal payload"))
+            .await
+            .unwrap();
+        let b4 = log.rotate().await.unwrap();
+        log.truncate_before(b4).await.unwrap();
+        let reopened = PartitionLog::open(backend, "g", "t").await.unwrap();
+        assert_eq!(reopened.committed(2), Some(13));
+        assert!(!log.carries_over());
+    }
+
+    #[test]
+    fn positions_round_trip_and_reject_other_records() {
+        assert_eq!(
+            parse_position(&position(-1, i64::MAX)),
+            Some((-1, i64::MAX))
+        );
+        assert_eq!(parse_position(b"\xB1short"), None);
+        assert_eq!(parse_position(&[0u8; 13]), None);
+    }
+}
