@@ -12,6 +12,7 @@ use serde::Deserialize;
 pub mod auth;
 mod duration;
 pub mod faults;
+pub mod generator;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -38,6 +39,8 @@ pub struct Config {
     pub querier: QuerierConfig,
     pub compactor: CompactorConfig,
     pub storage: StorageConfig,
+    /// The metrics-generator (span metrics, service graphs, remote write).
+    pub metrics_generator: generator::MetricsGeneratorConfig,
     pub overrides: crate::overrides::OverridesConfig,
     /// Built-in authentication (off by default); see `api::auth`.
     pub auth: auth::AuthConfig,
@@ -560,6 +563,7 @@ impl Config {
             parse_addr(&h.endpoint)?;
         }
         self.server.http_addr()?;
+        self.metrics_generator.validate()?;
         Ok(())
     }
 

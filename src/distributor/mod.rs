@@ -1,8 +1,9 @@
 //! The distributor: validates incoming spans, regroups them by trace, and hands them to the
-//! ingester. Invalid spans are refused one by one (reported back through OTLP
+//! ingester, then (when the tenant has metrics-generator processors) the accepted request to
+//! the generator. Invalid spans are refused one by one (reported back through OTLP
 //! `partial_success`), never silently dropped.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,7 @@ use parking_lot::Mutex;
 use bytes::Bytes;
 use prost::Message;
 
+use crate::generator::Generator;
 use crate::ingester::{wal, IngestError, Ingester, TraceBatch};
 use crate::metrics::Metrics;
 use crate::model::{ExportTraceServiceRequest, Fragments, ResourceSpans, Span, TenantId, TraceId};
@@ -45,7 +47,10 @@ pub struct PushOutcome {
 }
 
 pub struct Distributor {
-    ingester: Arc<Ingester>,
+    /// `None` in a generator-only process (`-target=metrics-generator`): spans feed the
+    /// generator and are not stored.
+    ingester: Option<Arc<Ingester>>,
+    generator: Option<Arc<Generator>>,
     metrics: Arc<Metrics>,
     overrides: Arc<Overrides>,
     buckets: Mutex<HashMap<TenantId, Bucket>>,
@@ -75,13 +80,24 @@ impl Bucket {
 }
 
 impl Distributor {
-    pub fn new(ingester: Arc<Ingester>, metrics: Arc<Metrics>, overrides: Arc<Overrides>) -> Self {
+    pub fn new(
+        ingester: Option<Arc<Ingester>>,
+        metrics: Arc<Metrics>,
+        overrides: Arc<Overrides>,
+    ) -> Self {
         Self {
             ingester,
+            generator: None,
             metrics,
             overrides,
             buckets: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Feeds accepted requests of tenants with generator processors to `generator`.
+    pub fn with_generator(mut self, generator: Option<Arc<Generator>>) -> Self {
+        self.generator = generator;
+        self
     }
 
     fn check_rate(&self, tenant: &TenantId, limits: &Limits, size: u64) -> Result<(), PushError> {
@@ -144,7 +160,18 @@ impl Distributor {
             return Err(e);
         }
         let mut grouped = group_by_trace(&req.resource_spans);
-        drop(req);
+        // The request is kept (not copied) only for a tenant whose spans feed the generator.
+        let generator = self
+            .generator
+            .as_ref()
+            .filter(|_| !limits.metrics_generator.processors.is_empty());
+        let for_generator = match generator {
+            Some(_) => Some(req),
+            None => {
+                drop(req);
+                None
+            }
+        };
         let too_large = self.drop_oversized_traces(tenant, &limits, &mut grouped);
         let over_live = self.drop_new_traces_over_limit(tenant, &limits, &mut grouped);
         let mut outcome = PushOutcome {
@@ -196,6 +223,19 @@ impl Distributor {
         if grouped.traces.is_empty() {
             return Ok(outcome);
         }
+        let kept: Option<HashSet<TraceId>> =
+            (too_large + over_live > 0).then(|| grouped.traces.iter().map(|t| t.id).collect());
+        let offer = |req: Option<ExportTraceServiceRequest>| {
+            if let (Some(g), Some(req)) = (generator, req) {
+                g.offer(tenant, req, raw.len(), kept);
+            }
+        };
+        let Some(ingester) = &self.ingester else {
+            self.metrics.spans_received.add(outcome.accepted as u64);
+            self.metrics.bytes_received.add(raw.len() as u64);
+            offer(for_generator);
+            return Ok(outcome);
+        };
         // The WAL must hold exactly what was accepted, so a replay cannot bring back spans the
         // exporter was told were rejected.
         let payload = if too_large + over_live > 0 {
@@ -207,10 +247,11 @@ impl Distributor {
         } else {
             wal::encode_payload(tenant, &raw)
         };
-        match self.ingester.push(payload, tenant, grouped.traces).await {
+        match ingester.push(payload, tenant, grouped.traces).await {
             Ok(()) => {
                 self.metrics.spans_received.add(outcome.accepted as u64);
                 self.metrics.bytes_received.add(raw.len() as u64);
+                offer(for_generator);
                 Ok(outcome)
             }
             Err(e) => {
@@ -232,12 +273,12 @@ impl Distributor {
     /// spans that refused.
     fn drop_oversized_traces(&self, tenant: &TenantId, limits: &Limits, g: &mut Grouped) -> usize {
         let max = limits.global.max_bytes_per_trace as usize;
-        if max == 0 {
+        let Some(ingester) = self.ingester.as_ref().filter(|_| max != 0) else {
             return 0;
-        }
+        };
         let mut refused = 0;
         g.traces.retain(|t| {
-            let fits = self.ingester.live_trace_bytes(tenant, &t.id) + t.data.len() <= max;
+            let fits = ingester.live_trace_bytes(tenant, &t.id) + t.data.len() <= max;
             if !fits {
                 refused += t.spans;
             }
@@ -256,11 +297,14 @@ impl Distributor {
         g: &mut Grouped,
     ) -> usize {
         let max = limits.ingestion.max_traces_per_user as usize;
-        if max == 0 || g.traces.is_empty() {
+        let Some(ingester) = self.ingester.as_ref().filter(|_| max != 0) else {
+            return 0;
+        };
+        if g.traces.is_empty() {
             return 0;
         }
         let ids: Vec<TraceId> = g.traces.iter().map(|t| t.id).collect();
-        let (live, is_live) = self.ingester.live_traces(tenant, &ids);
+        let (live, is_live) = ingester.live_traces(tenant, &ids);
         let mut room = max.saturating_sub(live);
         let mut refused = 0;
         let mut i = 0;

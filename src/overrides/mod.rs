@@ -22,6 +22,31 @@ pub struct Limits {
     pub global: GlobalLimits,
     pub read: ReadLimits,
     pub compaction: CompactionLimits,
+    pub metrics_generator: GeneratorLimits,
+}
+
+/// Which metrics-generator processors run for a tenant (none by default, as in Tempo).
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct GeneratorLimits {
+    pub processors: Vec<GeneratorProcessor>,
+    /// Series the tenant's generator may hold at once; new ones past it are not created
+    /// (zero: no limit).
+    pub max_active_series: u64,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+pub enum GeneratorProcessor {
+    #[serde(rename = "span-metrics")]
+    SpanMetrics,
+    #[serde(rename = "service-graphs")]
+    ServiceGraphs,
+}
+
+impl GeneratorLimits {
+    pub fn has(&self, p: GeneratorProcessor) -> bool {
+        self.processors.contains(&p)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
@@ -117,6 +142,7 @@ struct PartialLimits {
     global: Option<GlobalLimits>,
     read: Option<ReadLimits>,
     compaction: Option<CompactionLimits>,
+    metrics_generator: Option<GeneratorLimits>,
 }
 
 /// Current limits for every tenant; cheap to read on every request.
@@ -174,6 +200,9 @@ impl Overrides {
             }
             if let Some(c) = p.compaction {
                 l.compaction = c;
+            }
+            if let Some(g) = p.metrics_generator {
+                l.metrics_generator = g;
             }
             map.insert(tenant, Arc::new(l));
         }
