@@ -422,3 +422,69 @@ impl Worker {
         g.spans_discarded.add("span_metrics_filtered", filtered);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ResourceSpans, ScopeSpans, Span};
+    use crate::overrides::{Limits, OverridesConfig};
+
+    fn request(spans: usize) -> ExportTraceServiceRequest {
+        let now = unix_ns();
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans: (1..=spans as u8)
+                        .map(|i| Span {
+                            trace_id: vec![i; 16],
+                            span_id: vec![i; 8],
+                            name: "op".into(),
+                            start_time_unix_nano: now - 1_000_000,
+                            end_time_unix_nano: now,
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    #[test]
+    fn offer_never_blocks_skips_past_the_bound_and_only_accepted_traces_count() {
+        let cfg = MetricsGeneratorConfig {
+            max_queued_bytes: 100,
+            ..Default::default()
+        };
+        let overrides = Overrides::new(&OverridesConfig {
+            defaults: Limits {
+                metrics_generator: GeneratorLimits {
+                    processors: vec![GeneratorProcessor::SpanMetrics],
+                    max_active_series: 0,
+                },
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+        .unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let g = Generator::start(&cfg, overrides, metrics.clone()).unwrap();
+        let tenant = TenantId::new("t").unwrap();
+        g.offer(&tenant, request(3), 1000, None);
+        assert_eq!(metrics.generator.spans_discarded.get("queue_full"), 3);
+        // Of four spans, the traces of two were refused by the distributor.
+        let kept: HashSet<TraceId> = [TraceId([1; 16]), TraceId([3; 16])].into();
+        g.offer(&tenant, request(4), 10, Some(kept));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while metrics.generator.spans_received.get() < 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        g.stop.store(true, Ordering::Release);
+        g.worker.lock().take().unwrap().join().unwrap();
+        assert_eq!(metrics.generator.spans_received.get(), 2);
+        // One label set: calls, size and 14 + 3 latency series.
+        assert_eq!(metrics.generator.active_series.get(), 2 + 17);
+        assert_eq!(g.queued.load(Ordering::Acquire), 0);
+    }
+}
