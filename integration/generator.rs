@@ -237,9 +237,14 @@ async fn generator_metrics(server: &Server) -> String {
 
 /// vivace with both processors on, collecting every second into `prom`.
 async fn start_vivace(prom: &Prometheus) -> Server {
+    start_vivace_as(prom, "all").await
+}
+
+async fn start_vivace_as(prom: &Prometheus, target: &str) -> Server {
     Server::start_with(Opts {
         extra_yaml: format!(
-            r#"metrics_generator:
+            r#"target: {target}
+metrics_generator:
   registry:
     collection_interval: 1s
     external_labels:
@@ -555,4 +560,29 @@ async fn a_prometheus_outage_during_ingest_loses_no_sample() {
         Some(0.0)
     );
     assert!(metric_value(&m, "vivace_generator_remote_write_retries_total").unwrap() > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_generator_target_derives_metrics_and_stores_nothing() {
+    let Some(prom) = Prometheus::start().await else {
+        return;
+    };
+    let vivace = start_vivace_as(&prom, "metrics-generator").await;
+    let (fe, be) = checkout_traces(4);
+    export(&vivace, Transport::Grpc, &resource("frontend"), fe).await;
+    export(&vivace, Transport::Grpc, &resource("backend"), be).await;
+    let t = Duration::from_secs(30);
+    prom.wait_value("sum(traces_spanmetrics_calls_total)", 16.0, t, &vivace)
+        .await;
+    prom.wait_value(
+        r#"traces_service_graph_request_total{client="frontend",server="backend"}"#,
+        4.0,
+        t,
+        &vivace,
+    )
+    .await;
+    assert!(
+        wal_segments(&vivace.wal_dir()).is_empty(),
+        "a generator-only process writes no WAL"
+    );
 }

@@ -267,6 +267,21 @@ mod tests {
                 .rate_limit_bytes,
             100
         );
+        // The generator's processors are a per-tenant section like the others.
+        std::fs::write(
+            &file,
+            "overrides:\n  team-a:\n    metrics_generator:\n      processors: [span-metrics]\n",
+        )
+        .unwrap();
+        o.reload().unwrap();
+        let a = o.limits(&TenantId::new("team-a").unwrap());
+        assert!(a.metrics_generator.has(GeneratorProcessor::SpanMetrics));
+        assert!(!a.metrics_generator.has(GeneratorProcessor::ServiceGraphs));
+        assert!(o
+            .limits(&TenantId::new("team-b").unwrap())
+            .metrics_generator
+            .processors
+            .is_empty());
         std::fs::write(&file, "overrides: {}\n").unwrap();
         o.reload().unwrap();
         assert_eq!(
