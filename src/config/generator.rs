@@ -302,7 +302,23 @@ impl MetricsGeneratorConfig {
         if self.max_queued_bytes == 0 {
             return bad("max_queued_bytes must be greater than zero".into());
         }
+        for name in self.registry.external_labels.keys() {
+            if !valid_label_name(name) {
+                return bad(format!(
+                    "registry.external_labels: {name:?} is not a valid label name ([a-zA-Z_][a-zA-Z0-9_]*)"
+                ));
+            }
+        }
         for (i, rw) in self.storage.remote_write.iter().enumerate() {
+            for (k, v) in &rw.headers {
+                if http::HeaderName::from_bytes(k.as_bytes()).is_err()
+                    || http::HeaderValue::from_str(v).is_err()
+                {
+                    return bad(format!(
+                        "storage.remote_write[{i}].headers: {k:?} is not a valid http header"
+                    ));
+                }
+            }
             if !(rw.url.starts_with("http://") || rw.url.starts_with("https://")) {
                 return bad(format!(
                     "storage.remote_write[{i}].url must be an http:// or https:// url, got {:?}",
@@ -323,6 +339,14 @@ impl MetricsGeneratorConfig {
         }
         Ok(())
     }
+}
+
+fn valid_label_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 #[cfg(test)]
@@ -419,6 +443,8 @@ overrides:
             ("metrics_generator:\n  storage:\n    remote_write:\n      - url: prometheus:9090\n", "remote_write[0].url"),
             ("metrics_generator:\n  processor:\n    service_graphs:\n      histogram_buckets: [1, 0.5]\n", "histogram_buckets"),
             ("overrides:\n  defaults:\n    metrics_generator:\n      processors: [local-blocks]\n", "local-blocks"),
+            ("metrics_generator:\n  registry:\n    external_labels:\n      my-label: x\n", "my-label"),
+            ("metrics_generator:\n  storage:\n    remote_write:\n      - url: http://x\n        headers:\n          \"a b\": c\n", "headers"),
         ] {
             let err = Config::from_yaml(yaml).unwrap_err().to_string();
             assert!(err.contains(needle), "{yaml}: {err}");

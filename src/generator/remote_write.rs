@@ -264,6 +264,8 @@ impl Endpoint {
             req = req.basic_auth(&auth.username, Some(auth.password.expose()));
         }
         match req.body(batch.body.clone()).send().await {
+            // A request that cannot even be built (a bad url) will never succeed.
+            Err(e) if e.is_builder() => Outcome::Refused(e.to_string()),
             Err(e) => Outcome::Retry(e.to_string()),
             Ok(resp) => {
                 let status = resp.status();
