@@ -237,16 +237,16 @@ async fn generator_metrics(server: &Server) -> String {
 
 /// vivace with both processors on, collecting every second into `prom`.
 async fn start_vivace(prom: &Prometheus) -> Server {
-    start_vivace_as(prom, "all").await
+    start_vivace_as(prom, "all", "1s").await
 }
 
-async fn start_vivace_as(prom: &Prometheus, target: &str) -> Server {
+async fn start_vivace_as(prom: &Prometheus, target: &str, collection_interval: &str) -> Server {
     Server::start_with(Opts {
         extra_yaml: format!(
             r#"target: {target}
 metrics_generator:
   registry:
-    collection_interval: 1s
+    collection_interval: {collection_interval}
     external_labels:
       source: vivace-it
   processor:
@@ -567,7 +567,7 @@ async fn the_metrics_generator_target_derives_metrics_and_stores_nothing() {
     let Some(prom) = Prometheus::start().await else {
         return;
     };
-    let vivace = start_vivace_as(&prom, "metrics-generator").await;
+    let vivace = start_vivace_as(&prom, "metrics-generator", "1s").await;
     let (fe, be) = checkout_traces(4);
     export(&vivace, Transport::Grpc, &resource("frontend"), fe).await;
     export(&vivace, Transport::Grpc, &resource("backend"), be).await;
@@ -584,5 +584,28 @@ async fn the_metrics_generator_target_derives_metrics_and_stores_nothing() {
     assert!(
         wal_segments(&vivace.wal_dir()).is_empty(),
         "a generator-only process writes no WAL"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_sends_a_last_collection() {
+    let Some(prom) = Prometheus::start().await else {
+        return;
+    };
+    // No collection would happen for an hour: only the one at shutdown sends anything.
+    let mut vivace = start_vivace_as(&prom, "all", "1h").await;
+    let (fe, be) = checkout_traces(3);
+    export(&vivace, Transport::Grpc, &resource("frontend"), fe).await;
+    export(&vivace, Transport::Grpc, &resource("backend"), be).await;
+    assert_eq!(
+        prom.value("sum(traces_spanmetrics_calls_total)").await,
+        None
+    );
+    vivace.stop_sigterm().await;
+    assert_eq!(
+        prom.value("sum(traces_spanmetrics_calls_total)").await,
+        Some(12.0),
+        "{}",
+        prom.log_tail()
     );
 }
