@@ -279,16 +279,18 @@ impl Worker {
             self.tenants.remove(tenant);
             return None;
         }
-        let cfg = &self.cfg;
-        let t = self
-            .tenants
-            .entry(tenant.clone())
-            .or_insert_with(|| Tenant {
+        // Looked up before inserting: a request of a known tenant clones no id.
+        if !self.tenants.contains_key(tenant) {
+            let t = Tenant {
                 span_metrics: None,
                 service_graphs: None,
                 budget: SeriesBudget::default(),
                 prev_collect_ms: 0,
-            });
+            };
+            self.tenants.insert(tenant.clone(), t);
+        }
+        let cfg = &self.cfg;
+        let t = self.tenants.get_mut(tenant)?;
         let max_len = cfg.registry.max_label_value_length;
         match (limits.has(GeneratorProcessor::SpanMetrics), &t.span_metrics) {
             (true, None) => {
