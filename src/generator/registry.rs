@@ -94,7 +94,7 @@ impl Hist {
         self.sum
     }
 
-    /// Cumulative count of bucket `i` (`le` = bounds[i], or `+Inf` past the last bound).
+    /// Cumulative count of bucket `i` (`le` = `bounds[i]`, or `+Inf` past the last bound).
     pub fn cumulative(&self, i: usize) -> u64 {
         self.counts[..=i].iter().sum()
     }
