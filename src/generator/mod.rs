@@ -114,6 +114,7 @@ impl Generator {
             tenants: HashMap::new(),
             endpoints: endpoints.clone(),
             stop: stop.clone(),
+            prev_collect_ms: 0,
         };
         let handle = std::thread::Builder::new()
             .name("metrics-generator".into())
@@ -203,7 +204,6 @@ struct Tenant {
     span_metrics: Option<SpanMetrics>,
     service_graphs: Option<ServiceGraphs>,
     budget: SeriesBudget,
-    prev_collect_ms: i64,
 }
 
 struct Worker {
@@ -215,6 +215,9 @@ struct Worker {
     tenants: HashMap<TenantId, Tenant>,
     endpoints: Vec<Arc<Endpoint>>,
     stop: Arc<AtomicBool>,
+    /// When the previous collection ran (all tenants are collected together), so a series
+    /// that comes back, even of a tenant turned off and on, never goes back in time.
+    prev_collect_ms: i64,
 }
 
 fn unix_ms() -> i64 {
@@ -285,7 +288,6 @@ impl Worker {
                 span_metrics: None,
                 service_graphs: None,
                 budget: SeriesBudget::default(),
-                prev_collect_ms: 0,
             };
             self.tenants.insert(tenant.clone(), t);
         }
@@ -391,7 +393,7 @@ impl Worker {
             let mut e = Emitter::new(
                 &self.cfg.registry.external_labels,
                 now_ms,
-                t.prev_collect_ms,
+                self.prev_collect_ms,
             );
             let mut series = 0;
             if let Some(sm) = &mut t.span_metrics {
@@ -404,7 +406,6 @@ impl Worker {
                 series += sg.series_count();
                 dropped += std::mem::take(&mut sg.dropped);
             }
-            t.prev_collect_ms = now_ms;
             t.budget.active = series;
             active += series;
             refused += std::mem::take(&mut t.budget.refused);
@@ -417,6 +418,7 @@ impl Worker {
                 }
             }
         }
+        self.prev_collect_ms = now_ms;
         let g = &self.metrics.generator;
         g.active_series.set(active as u64);
         g.series_refused.add(refused);
