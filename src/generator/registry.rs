@@ -151,7 +151,9 @@ pub struct Emitter<'a> {
     ts_ms: i64,
     /// Where the zero sample of a new series goes: the end of the previous minute (Tempo's
     /// choice), but after the previous collection so a series that went stale and came
-    /// back is never out of order.
+    /// back is never out of order. A process's first collection cannot know what an earlier
+    /// process sent a moment ago, so its zeros go just before the first value: Prometheus
+    /// refuses a whole request for one sample older than its series' last.
     zero_ms: i64,
     pub out: Vec<TimeSeries>,
 }
@@ -159,7 +161,11 @@ pub struct Emitter<'a> {
 impl<'a> Emitter<'a> {
     pub fn new(external: &'a BTreeMap<String, String>, ts_ms: i64, prev_ms: i64) -> Self {
         let end_of_last_minute = ts_ms - ts_ms.rem_euclid(60_000) - 1000;
-        let zero_ms = end_of_last_minute.max(prev_ms + 1).min(ts_ms - 1);
+        let zero_ms = if prev_ms <= 0 {
+            ts_ms - 1
+        } else {
+            end_of_last_minute.max(prev_ms + 1).min(ts_ms - 1)
+        };
         Self {
             external,
             ts_ms,
@@ -308,6 +314,17 @@ mod tests {
         assert_eq!(t.samples[0].value, 0.0);
         assert_eq!(t.samples[0].timestamp, ts - 15_000 + 1);
         assert_eq!(t.samples[1].timestamp, ts);
+        let mut first = Emitter::new(&external, ts, 0);
+        first.counter("c_total", &[], 1.0, true);
+        assert_eq!(first.out[0].samples[0].timestamp, ts - 1);
+        let mut later = Emitter::new(&external, ts, ts - 45_000);
+        later.counter("c_total", &[], 1.0, true);
+        let minute = ts - ts % 60_000;
+        assert_eq!(
+            later.out[0].samples[0].timestamp,
+            minute - 1000,
+            "end of last minute"
+        );
 
         let bounds = [0.5, 1.0];
         let mut h = Hist::new(&bounds);
