@@ -610,4 +610,18 @@ async fn shutdown_sends_a_last_collection() {
         "{}",
         prom.log_tail()
     );
+    // A restart within the same minute: the new process's counters start again from zero,
+    // and Prometheus takes its samples (a zero older than the last process's value would
+    // make it refuse the whole request).
+    vivace.restart().await;
+    let (fe, _) = checkout_traces(2);
+    export(&vivace, Transport::Grpc, &resource("frontend"), fe).await;
+    vivace.stop_sigterm().await;
+    let root = r#"traces_spanmetrics_calls_total{service="frontend",span_name="GET /checkout"}"#;
+    assert_eq!(prom.value(root).await, Some(2.0), "{}", prom.log_tail());
+    assert_eq!(
+        prom.value(&format!("count_over_time({root}[10m])")).await,
+        Some(4.0),
+        "a zero and a value from each process"
+    );
 }
