@@ -147,8 +147,14 @@ pub struct ServiceGraphsConfig {
     /// Unpaired edges held at most; spans past it are not paired (counted).
     pub max_items: usize,
     pub histogram_buckets: Vec<f64>,
-    /// Attributes added as labels, read from the client side, then the server side.
+    /// Attributes added as labels; the side seen last wins unless
+    /// `enable_client_server_prefix` gives each side its own `client_`/`server_` label.
     pub dimensions: Vec<String>,
+    pub enable_client_server_prefix: bool,
+    /// Adds `virtual_node` = `client` or `server` to edges inferred at expiry.
+    pub enable_virtual_node_label: bool,
+    /// Accepted for tempo.yaml compatibility: one vivace thread does all the pairing.
+    pub workers: usize,
     /// Attributes that name an uninstrumented peer (a virtual node), first found wins.
     pub peer_attributes: Vec<String>,
     /// Attributes that mark a client span as a database call, first found names it.
@@ -162,6 +168,9 @@ impl Default for ServiceGraphsConfig {
             max_items: 10_000,
             histogram_buckets: default_service_graph_buckets(),
             dimensions: Vec::new(),
+            enable_client_server_prefix: false,
+            enable_virtual_node_label: false,
+            workers: 10,
             peer_attributes: ["peer.service", "db.name", "db.system", "db.system.name"]
                 .map(String::from)
                 .to_vec(),
@@ -379,6 +388,8 @@ metrics_generator:
     service_graphs:
       wait: 2s
       max_items: 500
+      workers: 4
+      enable_client_server_prefix: true
   storage:
     path: /var/tempo/generator/wal
     remote_write_add_org_id_header: false
@@ -405,6 +416,7 @@ overrides:
         assert_eq!(g.processor.span_metrics.filter_policies.len(), 1);
         assert_eq!(g.processor.service_graphs.wait, Duration::from_secs(2));
         assert_eq!(g.processor.service_graphs.max_items, 500);
+        assert!(g.processor.service_graphs.enable_client_server_prefix);
         assert!(!g.storage.remote_write_add_org_id_header);
         let rw = &g.storage.remote_write[0];
         assert_eq!(rw.queue_config.capacity, 100);

@@ -56,7 +56,7 @@ struct Edge {
     server_secs: f64,
     connection: Connection,
     failed: bool,
-    /// Dimension values by index; the server side overwrites the client's.
+    /// Dimension label values in `label_names` order after the first three.
     dims: Vec<String>,
     peer: String,
     root: bool,
@@ -78,6 +78,8 @@ pub struct ServiceGraphs {
     max_items: usize,
     buckets: Vec<f64>,
     dimensions: Vec<String>,
+    client_server_prefix: bool,
+    virtual_node_label: bool,
     label_names: Vec<String>,
     peer_attributes: Vec<String>,
     db_attributes: Vec<String>,
@@ -116,12 +118,24 @@ impl ServiceGraphs {
         let mut label_names: Vec<String> = ["client", "server", "connection_type"]
             .map(String::from)
             .to_vec();
-        label_names.extend(cfg.dimensions.iter().map(|d| sanitize_label_name(d)));
+        for d in &cfg.dimensions {
+            if cfg.enable_client_server_prefix {
+                label_names.push(sanitize_label_name(&format!("client_{d}")));
+                label_names.push(sanitize_label_name(&format!("server_{d}")));
+            } else {
+                label_names.push(sanitize_label_name(d));
+            }
+        }
+        if cfg.enable_virtual_node_label {
+            label_names.push("virtual_node".to_owned());
+        }
         Self {
             wait: cfg.wait,
             max_items: cfg.max_items,
             buckets: cfg.histogram_buckets.clone(),
             dimensions: cfg.dimensions.clone(),
+            client_server_prefix: cfg.enable_client_server_prefix,
+            virtual_node_label: cfg.enable_virtual_node_label,
             label_names,
             peer_attributes: cfg.peer_attributes.clone(),
             db_attributes: cfg.database_name_attributes.clone(),
@@ -191,7 +205,7 @@ impl ServiceGraphs {
             server_secs: 0.0,
             connection: Connection::Unset,
             failed: false,
-            dims: vec![String::new(); self.dimensions.len()],
+            dims: vec![String::new(); self.label_names.len() - 3],
             peer: String::new(),
             root: key.1.is_none(),
         });
@@ -203,7 +217,12 @@ impl ServiceGraphs {
         e.failed |= failed(s);
         for (i, d) in self.dimensions.iter().enumerate() {
             if let Some(v) = attrs::find(d, &[resource, s.attributes.as_slice()]) {
-                e.dims[i] = v.into_owned();
+                let slot = match (self.client_server_prefix, client_side) {
+                    (false, _) => i,
+                    (true, true) => 2 * i,
+                    (true, false) => 2 * i + 1,
+                };
+                e.dims[slot] = v.into_owned();
             }
         }
         if let Some(p) = self
@@ -277,7 +296,14 @@ impl ServiceGraphs {
                 continue;
             };
             e.connection = Connection::VirtualNode;
+            let label = self.virtual_node_label;
+            let virtual_side = |e: &mut Edge, side: &str| {
+                if let Some(slot) = e.dims.last_mut().filter(|_| label) {
+                    *slot = side.to_owned();
+                }
+            };
             if e.client.is_empty() && e.root {
+                virtual_side(&mut e, "client");
                 e.client = if e.peer.is_empty() {
                     "user".to_owned()
                 } else {
@@ -285,6 +311,7 @@ impl ServiceGraphs {
                 };
                 self.complete(&e, now_ms, budget);
             } else if e.server.is_empty() && !e.peer.is_empty() {
+                virtual_side(&mut e, "server");
                 e.server = std::mem::take(&mut e.peer);
                 self.complete(&e, now_ms, budget);
             } else {

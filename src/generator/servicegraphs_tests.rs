@@ -259,3 +259,41 @@ fn the_edge_store_is_bounded() {
     );
     assert_eq!(p.waiting(), 1);
 }
+
+#[test]
+fn dimensions_per_side_and_the_virtual_node_label() {
+    let cfg = ServiceGraphsConfig {
+        dimensions: vec!["deployment.env".into()],
+        enable_client_server_prefix: true,
+        enable_virtual_node_label: true,
+        ..Default::default()
+    };
+    let mut p = ServiceGraphs::new(&cfg, 2048);
+    let mut b = SeriesBudget::default();
+    let t0 = Instant::now();
+    let client_res = [kv("deployment.env", "prod")];
+    let server_res = [kv("deployment.env", "staging")];
+    let c = span_of(span::SpanKind::Client, 1, None, 10, false);
+    let s = span_of(span::SpanKind::Server, 2, Some(1), 10, false);
+    p.push(&client_res, Some("a"), &c, T, t0, 1, &mut b);
+    p.push(&server_res, Some("b"), &s, T, t0, 1, &mut b);
+    let root = span_of(span::SpanKind::Server, 3, None, 10, false);
+    p.push(&server_res, Some("b"), &root, T, t0, 1, &mut b);
+    p.expire(t0 + Duration::from_secs(10), 2, &mut b);
+    let out = collect(&mut p);
+    let paired = [
+        ("client", "a"),
+        ("server", "b"),
+        ("client_deployment_env", "prod"),
+        ("server_deployment_env", "staging"),
+    ];
+    assert_eq!(value(&out, REQUEST_TOTAL, &paired), Some(1.0));
+    let from_user = [
+        ("client", "user"),
+        ("server", "b"),
+        ("connection_type", "virtual_node"),
+        ("server_deployment_env", "staging"),
+        ("virtual_node", "client"),
+    ];
+    assert_eq!(value(&out, REQUEST_TOTAL, &from_user), Some(1.0));
+}
