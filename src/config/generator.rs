@@ -153,6 +153,9 @@ pub struct ServiceGraphsConfig {
     pub enable_client_server_prefix: bool,
     /// Adds `virtual_node` = `client` or `server` to edges inferred at expiry.
     pub enable_virtual_node_label: bool,
+    /// Adds `traces_service_graph_request_messaging_system_seconds`: from a producer span's
+    /// end to its consumer span's start.
+    pub enable_messaging_system_latency_histogram: bool,
     /// Accepted for tempo.yaml compatibility: one vivace thread does all the pairing.
     pub workers: usize,
     /// Attributes that name an uninstrumented peer (a virtual node), first found wins.
@@ -170,6 +173,7 @@ impl Default for ServiceGraphsConfig {
             dimensions: Vec::new(),
             enable_client_server_prefix: false,
             enable_virtual_node_label: false,
+            enable_messaging_system_latency_histogram: false,
             workers: 10,
             peer_attributes: ["peer.service", "db.name", "db.system", "db.system.name"]
                 .map(String::from)

@@ -23,6 +23,7 @@ pub const REQUEST_TOTAL: &str = "traces_service_graph_request_total";
 pub const REQUEST_FAILED_TOTAL: &str = "traces_service_graph_request_failed_total";
 pub const SERVER_SECONDS: &str = "traces_service_graph_request_server_seconds";
 pub const CLIENT_SECONDS: &str = "traces_service_graph_request_client_seconds";
+pub const MESSAGING_SECONDS: &str = "traces_service_graph_request_messaging_system_seconds";
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Connection {
@@ -54,6 +55,8 @@ struct Edge {
     server: String,
     client_secs: f64,
     server_secs: f64,
+    client_end_ns: u64,
+    server_start_ns: u64,
     connection: Connection,
     failed: bool,
     /// Dimension label values in `label_names` order after the first three.
@@ -69,6 +72,8 @@ struct EdgeSeries {
     failed_new: Option<bool>,
     server: Hist,
     client: Hist,
+    /// With `enable_messaging_system_latency_histogram`, once a messaging edge is seen.
+    messaging: Option<(Hist, bool)>,
     updated_ms: i64,
     new: bool,
 }
@@ -80,6 +85,7 @@ pub struct ServiceGraphs {
     dimensions: Vec<String>,
     client_server_prefix: bool,
     virtual_node_label: bool,
+    messaging_histogram: bool,
     label_names: Vec<String>,
     peer_attributes: Vec<String>,
     db_attributes: Vec<String>,
@@ -136,6 +142,7 @@ impl ServiceGraphs {
             dimensions: cfg.dimensions.clone(),
             client_server_prefix: cfg.enable_client_server_prefix,
             virtual_node_label: cfg.enable_virtual_node_label,
+            messaging_histogram: cfg.enable_messaging_system_latency_histogram,
             label_names,
             peer_attributes: cfg.peer_attributes.clone(),
             db_attributes: cfg.database_name_attributes.clone(),
@@ -151,7 +158,7 @@ impl ServiceGraphs {
     }
 
     fn weight(&self) -> usize {
-        2 + 2 * hist_series(&self.buckets)
+        2 + (2 + usize::from(self.messaging_histogram)) * hist_series(&self.buckets)
     }
 
     pub fn series_count(&self) -> usize {
@@ -203,6 +210,8 @@ impl ServiceGraphs {
             server: String::new(),
             client_secs: 0.0,
             server_secs: 0.0,
+            client_end_ns: 0,
+            server_start_ns: 0,
             connection: Connection::Unset,
             failed: false,
             dims: vec![String::new(); self.label_names.len() - 3],
@@ -235,6 +244,7 @@ impl ServiceGraphs {
         if client_side {
             e.client = service.to_owned();
             e.client_secs = duration_secs(s);
+            e.client_end_ns = s.end_time_unix_nano;
             if let Some(name) = self.database_name(resource, s) {
                 e.connection = Connection::Database;
                 e.server_secs = e.client_secs;
@@ -243,6 +253,7 @@ impl ServiceGraphs {
         } else {
             e.server = service.to_owned();
             e.server_secs = duration_secs(s);
+            e.server_start_ns = s.start_time_unix_nano;
         }
         if !e.client.is_empty() && !e.server.is_empty() {
             self.complete(&e, now_ms, budget);
@@ -339,8 +350,19 @@ impl ServiceGraphs {
         for d in &e.dims {
             k.push(d, max);
         }
+        // Tempo skips a queue wait that is not positive (clocks out of step).
+        let queue_secs = (self.messaging_histogram
+            && e.connection == Connection::MessagingSystem
+            && e.server_start_ns > e.client_end_ns)
+            .then(|| (e.server_start_ns - e.client_end_ns) as f64 / 1e9);
         let update = |s: &mut EdgeSeries, buckets: &[f64]| {
             s.total += 1.0;
+            if let Some(secs) = queue_secs {
+                let (h, _) = s
+                    .messaging
+                    .get_or_insert_with(|| (Hist::new(buckets), true));
+                h.observe(buckets, secs, Some(e.trace_id));
+            }
             if e.failed {
                 s.failed += 1.0;
                 s.failed_new.get_or_insert(true);
@@ -353,7 +375,8 @@ impl ServiceGraphs {
             update(s, &self.buckets);
             return;
         }
-        if !budget.admit(2 + 2 * hist_series(&self.buckets)) {
+        let weight = 2 + (2 + usize::from(self.messaging_histogram)) * hist_series(&self.buckets);
+        if !budget.admit(weight) {
             return;
         }
         let mut s = EdgeSeries {
@@ -362,6 +385,7 @@ impl ServiceGraphs {
             failed_new: None,
             server: Hist::new(&self.buckets),
             client: Hist::new(&self.buckets),
+            messaging: None,
             updated_ms: now_ms,
             new: true,
         };
@@ -385,6 +409,10 @@ impl ServiceGraphs {
             }
             e.histogram(SERVER_SECONDS, &labels, &self.buckets, &mut s.server, s.new);
             e.histogram(CLIENT_SECONDS, &labels, &self.buckets, &mut s.client, s.new);
+            if let Some((h, new)) = &mut s.messaging {
+                e.histogram(MESSAGING_SECONDS, &labels, &self.buckets, h, *new);
+                *new = false;
+            }
             s.new = false;
         }
     }

@@ -297,3 +297,58 @@ fn dimensions_per_side_and_the_virtual_node_label() {
     ];
     assert_eq!(value(&out, REQUEST_TOTAL, &from_user), Some(1.0));
 }
+
+#[test]
+fn messaging_latency_is_consumer_start_minus_producer_end() {
+    let cfg = ServiceGraphsConfig {
+        enable_messaging_system_latency_histogram: true,
+        ..Default::default()
+    };
+    let mut p = ServiceGraphs::new(&cfg, 2048);
+    let mut b = SeriesBudget::default();
+    let now = Instant::now();
+    // The producer ends at 5.010 s; the consumer starts 300 ms later.
+    let producer = span_of(span::SpanKind::Producer, 1, None, 10, false);
+    let mut consumer = span_of(span::SpanKind::Consumer, 2, Some(1), 10, false);
+    consumer.start_time_unix_nano = 5_310_000_000;
+    consumer.end_time_unix_nano = 5_320_000_000;
+    p.push(&[], Some("a"), &producer, T, now, 1, &mut b);
+    p.push(&[], Some("b"), &consumer, T, now, 1, &mut b);
+    // A plain client/server edge gets no messaging histogram.
+    p.push(
+        &[],
+        Some("a"),
+        &span_of(span::SpanKind::Client, 3, None, 1, false),
+        T,
+        now,
+        1,
+        &mut b,
+    );
+    p.push(
+        &[],
+        Some("c"),
+        &span_of(span::SpanKind::Server, 4, Some(3), 1, false),
+        T,
+        now,
+        1,
+        &mut b,
+    );
+    let out = collect(&mut p);
+    let mq = [
+        ("client", "a"),
+        ("server", "b"),
+        ("connection_type", "messaging_system"),
+    ];
+    let bucket = |le: &str| {
+        let mut w = mq.to_vec();
+        w.push(("le", le));
+        value(&out, &format!("{MESSAGING_SECONDS}_bucket"), &w)
+    };
+    assert_eq!(bucket("0.2"), Some(0.0));
+    assert_eq!(bucket("0.4"), Some(1.0));
+    let plain = [("client", "a"), ("server", "c"), ("le", "0.4")];
+    assert_eq!(
+        value(&out, &format!("{MESSAGING_SECONDS}_bucket"), &plain),
+        None
+    );
+}
