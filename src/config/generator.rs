@@ -156,6 +156,8 @@ pub struct ServiceGraphsConfig {
     /// Adds `traces_service_graph_request_messaging_system_seconds`: from a producer span's
     /// end to its consumer span's start.
     pub enable_messaging_system_latency_histogram: bool,
+    /// Spans left out of the graph; the other half of a left-out span is left out too.
+    pub filter_policies: Vec<FilterPolicy>,
     /// Accepted for tempo.yaml compatibility: one vivace thread does all the pairing.
     pub workers: usize,
     /// Attributes that name an uninstrumented peer (a virtual node), first found wins.
@@ -174,6 +176,7 @@ impl Default for ServiceGraphsConfig {
             enable_client_server_prefix: false,
             enable_virtual_node_label: false,
             enable_messaging_system_latency_histogram: false,
+            filter_policies: Vec::new(),
             workers: 10,
             peer_attributes: ["peer.service", "db.name", "db.system", "db.system.name"]
                 .map(String::from)

@@ -38,8 +38,11 @@ use spanmetrics::SpanMetrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GeneratorError {
-    #[error("metrics_generator.processor.span_metrics.filter_policies: {0}")]
-    Filter(#[from] FilterError),
+    #[error("metrics_generator.processor.{processor}.filter_policies: {source}")]
+    Filter {
+        processor: &'static str,
+        source: FilterError,
+    },
     #[error("metrics_generator.storage.remote_write: {0}")]
     Client(String),
 }
@@ -76,7 +79,20 @@ impl Generator {
         overrides: Arc<Overrides>,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, GeneratorError> {
-        let filter = SpanFilter::new(&cfg.processor.span_metrics.filter_policies)?;
+        let filter =
+            SpanFilter::new(&cfg.processor.span_metrics.filter_policies).map_err(|source| {
+                GeneratorError::Filter {
+                    processor: "span_metrics",
+                    source,
+                }
+            })?;
+        let graph_filter =
+            SpanFilter::new(&cfg.processor.service_graphs.filter_policies).map_err(|source| {
+                GeneratorError::Filter {
+                    processor: "service_graphs",
+                    source,
+                }
+            })?;
         let all_pending = Arc::new(AtomicU64::new(0));
         let endpoints: Vec<Arc<Endpoint>> = cfg
             .storage
@@ -108,6 +124,7 @@ impl Generator {
         let mut worker = Worker {
             cfg: cfg.clone(),
             filter,
+            graph_filter,
             overrides,
             metrics: metrics.clone(),
             queued: queued.clone(),
@@ -209,6 +226,7 @@ struct Tenant {
 struct Worker {
     cfg: MetricsGeneratorConfig,
     filter: SpanFilter,
+    graph_filter: SpanFilter,
     overrides: Arc<Overrides>,
     metrics: Arc<Metrics>,
     queued: Arc<AtomicUsize>,
@@ -310,7 +328,11 @@ impl Worker {
             &t.service_graphs,
         ) {
             (true, None) => {
-                t.service_graphs = Some(ServiceGraphs::new(&cfg.processor.service_graphs, max_len))
+                t.service_graphs = Some(ServiceGraphs::new(
+                    &cfg.processor.service_graphs,
+                    self.graph_filter.clone(),
+                    max_len,
+                ))
             }
             (false, Some(_)) => t.service_graphs = None,
             _ => {}

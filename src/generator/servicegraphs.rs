@@ -15,6 +15,7 @@ use crate::config::generator::ServiceGraphsConfig;
 use crate::model::{span, status, KeyValue, Span};
 
 use super::attrs;
+use super::filter::SpanFilter;
 use super::registry::{
     hist_series, key_values, sanitize_label_name, Emitter, Hist, KeyBuf, SeriesBudget,
 };
@@ -95,6 +96,10 @@ pub struct ServiceGraphs {
     /// since are skipped by their sequence number.
     expiry: VecDeque<(EdgeKey, u64)>,
     next_seq: u64,
+    filter: SpanFilter,
+    /// Halves of edges whose span was filtered out, by (key, is client), until they expire:
+    /// the other half must not make an edge (or a virtual node) on its own.
+    dropped_sides: HashMap<(EdgeKey, bool), Instant>,
     series: HashMap<Box<[u8]>, EdgeSeries>,
     key: KeyBuf,
     pub expired: u64,
@@ -120,7 +125,7 @@ fn failed(s: &Span) -> bool {
 }
 
 impl ServiceGraphs {
-    pub fn new(cfg: &ServiceGraphsConfig, max_value_len: usize) -> Self {
+    pub fn new(cfg: &ServiceGraphsConfig, filter: SpanFilter, max_value_len: usize) -> Self {
         let mut label_names: Vec<String> = ["client", "server", "connection_type"]
             .map(String::from)
             .to_vec();
@@ -150,6 +155,8 @@ impl ServiceGraphs {
             edges: HashMap::new(),
             expiry: VecDeque::new(),
             next_seq: 0,
+            filter,
+            dropped_sides: HashMap::new(),
             series: HashMap::new(),
             key: KeyBuf::default(),
             expired: 0,
@@ -194,7 +201,15 @@ impl ServiceGraphs {
         } else {
             (trace_id, s.parent_span_id.as_slice().try_into().ok())
         };
+        if !self.filter.keep(resource, s) {
+            self.drop_side(key, client_side, now);
+            return;
+        }
         let is_new = !self.edges.contains_key(&key);
+        if is_new && self.dropped_sides.contains_key(&(key, !client_side)) {
+            self.dropped += 1;
+            return;
+        }
         if is_new && self.edges.len() >= self.max_items {
             // A client span of a database call completes on its own, so it still counts.
             if !(client_side && self.database_name(resource, s).is_some()) {
@@ -291,8 +306,29 @@ impl ServiceGraphs {
         Some(db.into_owned())
     }
 
+    /// Marks a filtered-out half: a waiting other half is dropped, a later one ignored.
+    fn drop_side(&mut self, key: EdgeKey, client_side: bool, now: Instant) {
+        // A root server span has no client half to match.
+        if !client_side && key.1.is_none() {
+            return;
+        }
+        let other_half_waits = self
+            .edges
+            .get(&key)
+            .is_some_and(|e| e.client.is_empty() == client_side);
+        if other_half_waits {
+            self.edges.remove(&key);
+            self.dropped += 1;
+        }
+        let side = (key, client_side);
+        if self.dropped_sides.contains_key(&side) || self.dropped_sides.len() < self.max_items {
+            self.dropped_sides.insert(side, now + self.wait);
+        }
+    }
+
     /// Expires edges that waited `wait`, turning those that name a peer into edges.
     pub fn expire(&mut self, now: Instant, now_ms: i64, budget: &mut SeriesBudget) {
+        self.dropped_sides.retain(|_, until| *until > now);
         while let Some((key, seq)) = self.expiry.front().copied() {
             let live = self.edges.get(&key).filter(|e| e.seq == seq);
             let Some(e) = live else {

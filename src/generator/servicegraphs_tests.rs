@@ -66,7 +66,7 @@ fn collect(p: &mut ServiceGraphs) -> Vec<TimeSeries> {
 }
 
 fn processor() -> ServiceGraphs {
-    ServiceGraphs::new(&ServiceGraphsConfig::default(), 2048)
+    ServiceGraphs::new(&ServiceGraphsConfig::default(), SpanFilter::default(), 2048)
 }
 
 #[test]
@@ -178,7 +178,7 @@ fn expired_edges_become_virtual_nodes_or_are_counted() {
         wait: Duration::from_secs(10),
         ..Default::default()
     };
-    let mut p = ServiceGraphs::new(&cfg, 2048);
+    let mut p = ServiceGraphs::new(&cfg, SpanFilter::default(), 2048);
     let mut b = SeriesBudget::default();
     let t0 = Instant::now();
     // A root server span with no peer: its client is "user".
@@ -220,7 +220,7 @@ fn the_edge_store_is_bounded() {
         max_items: 2,
         ..Default::default()
     };
-    let mut p = ServiceGraphs::new(&cfg, 2048);
+    let mut p = ServiceGraphs::new(&cfg, SpanFilter::default(), 2048);
     let mut b = SeriesBudget::default();
     let now = Instant::now();
     for id in 1..=3 {
@@ -268,7 +268,7 @@ fn dimensions_per_side_and_the_virtual_node_label() {
         enable_virtual_node_label: true,
         ..Default::default()
     };
-    let mut p = ServiceGraphs::new(&cfg, 2048);
+    let mut p = ServiceGraphs::new(&cfg, SpanFilter::default(), 2048);
     let mut b = SeriesBudget::default();
     let t0 = Instant::now();
     let client_res = [kv("deployment.env", "prod")];
@@ -304,7 +304,7 @@ fn messaging_latency_is_consumer_start_minus_producer_end() {
         enable_messaging_system_latency_histogram: true,
         ..Default::default()
     };
-    let mut p = ServiceGraphs::new(&cfg, 2048);
+    let mut p = ServiceGraphs::new(&cfg, SpanFilter::default(), 2048);
     let mut b = SeriesBudget::default();
     let now = Instant::now();
     // The producer ends at 5.010 s; the consumer starts 300 ms later.
@@ -351,4 +351,67 @@ fn messaging_latency_is_consumer_start_minus_producer_end() {
         value(&out, &format!("{MESSAGING_SECONDS}_bucket"), &plain),
         None
     );
+}
+
+#[test]
+fn a_filtered_out_half_takes_its_other_half_with_it() {
+    let policies: Vec<crate::config::generator::FilterPolicy> = serde_yaml_ng::from_str(
+        "- exclude:\n    match_type: strict\n    attributes:\n      - key: span.internal\n        value: true\n",
+    )
+    .unwrap();
+    let cfg = ServiceGraphsConfig::default();
+    let mut p = ServiceGraphs::new(&cfg, SpanFilter::new(&policies).unwrap(), 2048);
+    let mut b = SeriesBudget::default();
+    let t0 = Instant::now();
+    let hidden = |mut s: Span| {
+        s.attributes = vec![KeyValue {
+            key: "internal".into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::BoolValue(true)),
+            }),
+            ..Default::default()
+        }];
+        s
+    };
+    // Server half first and filtered out: its client half (with a peer attribute, which
+    // would otherwise become a virtual node) is ignored.
+    p.push(
+        &[],
+        Some("b"),
+        &hidden(span_of(span::SpanKind::Server, 2, Some(1), 1, false)),
+        T,
+        t0,
+        1,
+        &mut b,
+    );
+    let client = with_attrs(
+        span_of(span::SpanKind::Client, 1, None, 1, false),
+        &[("peer.service", "b")],
+    );
+    p.push(&[], Some("a"), &client, T, t0, 1, &mut b);
+    assert_eq!(p.waiting(), 0);
+    // Client half waiting, then its server half filtered out: the waiting half goes.
+    p.push(
+        &[],
+        Some("a"),
+        &span_of(span::SpanKind::Client, 3, None, 1, false),
+        T,
+        t0,
+        1,
+        &mut b,
+    );
+    assert_eq!(p.waiting(), 1);
+    p.push(
+        &[],
+        Some("b"),
+        &hidden(span_of(span::SpanKind::Server, 4, Some(3), 1, false)),
+        T,
+        t0,
+        1,
+        &mut b,
+    );
+    assert_eq!(p.waiting(), 0);
+    assert_eq!(p.dropped, 2);
+    p.expire(t0 + Duration::from_secs(10), 2, &mut b);
+    assert!(collect(&mut p).is_empty());
 }
