@@ -16,7 +16,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use prost::Message;
 use tokio::sync::Notify;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::generator::RemoteWriteConfig;
 use crate::metrics::Metrics;
@@ -219,6 +219,7 @@ impl Endpoint {
     async fn send_until_done(&self, client: &reqwest_client::Client, batch: &Batch) {
         let q = &self.cfg.queue_config;
         let mut backoff = q.min_backoff;
+        let mut retries = 0u32;
         loop {
             match self.send_once(client, batch).await {
                 Outcome::Sent => {
@@ -226,6 +227,9 @@ impl Endpoint {
                         .generator
                         .samples_sent
                         .add(batch.samples as u64);
+                    if retries > 0 {
+                        info!(endpoint = %self.cfg.url, retries, "remote write recovered");
+                    }
                     return;
                 }
                 Outcome::Refused(reason) => {
@@ -238,6 +242,11 @@ impl Endpoint {
                 }
                 Outcome::Retry(reason) => {
                     self.metrics.generator.send_retries.inc();
+                    // Once per batch at warn, so an outage shows without a line per retry.
+                    if retries == 0 {
+                        warn!(endpoint = %self.cfg.url, reason = %reason, queued = self.pending(), "remote write failed, retrying until it succeeds");
+                    }
+                    retries += 1;
                     debug!(endpoint = %self.cfg.url, reason = %reason, backoff_ms = backoff.as_millis() as u64, "remote write failed, retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(q.max_backoff);
