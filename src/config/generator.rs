@@ -74,7 +74,7 @@ impl Default for SpanMetricsConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct IntrinsicDimensions {
     pub service: bool,
@@ -98,7 +98,7 @@ impl Default for IntrinsicDimensions {
 
 /// One of Tempo's span filter policies: a span is kept when it matches no `exclude`, and
 /// matches every `include` (or any `include_any`).
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct FilterPolicy {
     pub include: Option<PolicyMatch>,
@@ -106,7 +106,7 @@ pub struct FilterPolicy {
     pub exclude: Option<PolicyMatch>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyMatch {
     pub match_type: MatchType,
@@ -122,7 +122,7 @@ pub enum MatchType {
 }
 
 /// `key` is `name`, `kind`, `status`, `span.<attr>` or `resource.<attr>`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct MatchAttribute {
     pub key: String,
@@ -186,6 +186,83 @@ impl Default for ServiceGraphsConfig {
                 .to_vec(),
         }
     }
+}
+
+/// Per-tenant processor settings (`overrides.*.metrics_generator.processor`): each key
+/// given replaces that key of `metrics_generator.processor` for the tenant.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessorOverrides {
+    pub span_metrics: SpanMetricsOverrides,
+    pub service_graphs: ServiceGraphsOverrides,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpanMetricsOverrides {
+    pub dimensions: Option<Vec<String>>,
+    pub intrinsic_dimensions: Option<IntrinsicDimensions>,
+    pub filter_policies: Option<Vec<FilterPolicy>>,
+    pub histogram_buckets: Option<Vec<f64>>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceGraphsOverrides {
+    pub dimensions: Option<Vec<String>>,
+    pub peer_attributes: Option<Vec<String>>,
+    pub histogram_buckets: Option<Vec<f64>>,
+    pub enable_client_server_prefix: Option<bool>,
+    pub enable_virtual_node_label: Option<bool>,
+    pub filter_policies: Option<Vec<FilterPolicy>>,
+}
+
+impl ProcessorOverrides {
+    /// `base` with this tenant's keys in place.
+    pub fn apply(&self, base: &ProcessorConfig) -> ProcessorConfig {
+        let mut out = base.clone();
+        let (sm, o) = (&mut out.span_metrics, &self.span_metrics);
+        if let Some(v) = &o.dimensions {
+            sm.dimensions = v.clone();
+        }
+        if let Some(v) = &o.intrinsic_dimensions {
+            sm.intrinsic_dimensions = v.clone();
+        }
+        if let Some(v) = &o.filter_policies {
+            sm.filter_policies = v.clone();
+        }
+        if let Some(v) = &o.histogram_buckets {
+            sm.histogram_buckets = v.clone();
+        }
+        let (sg, o) = (&mut out.service_graphs, &self.service_graphs);
+        if let Some(v) = &o.dimensions {
+            sg.dimensions = v.clone();
+        }
+        if let Some(v) = &o.peer_attributes {
+            sg.peer_attributes = v.clone();
+        }
+        if let Some(v) = &o.histogram_buckets {
+            sg.histogram_buckets = v.clone();
+        }
+        if let Some(v) = o.enable_client_server_prefix {
+            sg.enable_client_server_prefix = v;
+        }
+        if let Some(v) = o.enable_virtual_node_label {
+            sg.enable_virtual_node_label = v;
+        }
+        if let Some(v) = &o.filter_policies {
+            sg.filter_policies = v.clone();
+        }
+        out
+    }
+}
+
+/// Histogram buckets must be a non-empty increasing list.
+pub fn check_buckets(key: &str, buckets: &[f64]) -> Result<(), String> {
+    if buckets.is_empty() || buckets.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(format!("{key} must be a non-empty increasing list"));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -308,9 +385,8 @@ impl MetricsGeneratorConfig {
                 &self.processor.service_graphs.histogram_buckets,
             ),
         ] {
-            if buckets.is_empty() || buckets.windows(2).any(|w| w[0] >= w[1]) {
-                return bad(format!("{key} must be a non-empty increasing list"));
-            }
+            check_buckets(key, buckets)
+                .map_err(|e| ConfigError::Invalid(format!("metrics_generator.{e}")))?;
         }
         if self.processor.service_graphs.max_items == 0 {
             return bad("processor.service_graphs.max_items must be greater than zero".into());
@@ -463,6 +539,8 @@ overrides:
             ("metrics_generator:\n  processor:\n    service_graphs:\n      histogram_buckets: [1, 0.5]\n", "histogram_buckets"),
             ("overrides:\n  defaults:\n    metrics_generator:\n      processors: [local-blocks]\n", "local-blocks"),
             ("metrics_generator:\n  registry:\n    external_labels:\n      my-label: x\n", "my-label"),
+            ("overrides:\n  defaults:\n    metrics_generator:\n      processor:\n        span_metrics:\n          dimensons: [a]\n", "dimensons"),
+            ("overrides:\n  defaults:\n    metrics_generator:\n      processor:\n        service_graphs:\n          histogram_buckets: []\n", "overrides.defaults.metrics_generator.processor.service_graphs.histogram_buckets"),
             ("metrics_generator:\n  storage:\n    remote_write:\n      - url: http://x\n        headers:\n          \"a b\": c\n", "headers"),
         ] {
             let err = Config::from_yaml(yaml).unwrap_err().to_string();

@@ -564,6 +564,28 @@ impl Config {
         }
         self.server.http_addr()?;
         self.metrics_generator.validate()?;
+        let p = self
+            .overrides
+            .defaults
+            .metrics_generator
+            .processor
+            .apply(&self.metrics_generator.processor);
+        for (key, b) in [
+            (
+                "span_metrics.histogram_buckets",
+                &p.span_metrics.histogram_buckets,
+            ),
+            (
+                "service_graphs.histogram_buckets",
+                &p.service_graphs.histogram_buckets,
+            ),
+        ] {
+            generator::check_buckets(key, b).map_err(|e| {
+                ConfigError::Invalid(format!(
+                    "overrides.defaults.metrics_generator.processor.{e}"
+                ))
+            })?;
+        }
         Ok(())
     }
 

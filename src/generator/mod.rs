@@ -24,7 +24,9 @@ use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::config::generator::MetricsGeneratorConfig;
+use crate::config::generator::{
+    check_buckets, MetricsGeneratorConfig, ProcessorConfig, ProcessorOverrides,
+};
 use crate::metrics::Metrics;
 use crate::model::{ExportTraceServiceRequest, TenantId, TraceId};
 use crate::overrides::{GeneratorLimits, GeneratorProcessor, Overrides};
@@ -221,6 +223,32 @@ struct Tenant {
     span_metrics: Option<SpanMetrics>,
     service_graphs: Option<ServiceGraphs>,
     budget: SeriesBudget,
+    /// The per-tenant settings `processor` was built from.
+    applied: ProcessorOverrides,
+    processor: ProcessorConfig,
+    sm_filter: SpanFilter,
+    sg_filter: SpanFilter,
+}
+
+/// A tenant's processor settings with its overrides in place, checked.
+fn tenant_settings(
+    o: &ProcessorOverrides,
+    base: &ProcessorConfig,
+) -> Result<(ProcessorConfig, SpanFilter, SpanFilter), String> {
+    let p = o.apply(base);
+    check_buckets(
+        "span_metrics.histogram_buckets",
+        &p.span_metrics.histogram_buckets,
+    )?;
+    check_buckets(
+        "service_graphs.histogram_buckets",
+        &p.service_graphs.histogram_buckets,
+    )?;
+    let sm = SpanFilter::new(&p.span_metrics.filter_policies)
+        .map_err(|e| format!("span_metrics.filter_policies: {e}"))?;
+    let sg = SpanFilter::new(&p.service_graphs.filter_policies)
+        .map_err(|e| format!("service_graphs.filter_policies: {e}"))?;
+    Ok((p, sm, sg))
 }
 
 struct Worker {
@@ -306,17 +334,37 @@ impl Worker {
                 span_metrics: None,
                 service_graphs: None,
                 budget: SeriesBudget::default(),
+                applied: ProcessorOverrides::default(),
+                processor: self.cfg.processor.clone(),
+                sm_filter: self.filter.clone(),
+                sg_filter: self.graph_filter.clone(),
             };
             self.tenants.insert(tenant.clone(), t);
         }
         let cfg = &self.cfg;
         let t = self.tenants.get_mut(tenant)?;
+        if t.applied != limits.processor {
+            // New per-tenant settings start the tenant's processors (and series) afresh.
+            match tenant_settings(&limits.processor, &cfg.processor) {
+                Ok((processor, sm_filter, sg_filter)) => {
+                    t.processor = processor;
+                    t.sm_filter = sm_filter;
+                    t.sg_filter = sg_filter;
+                    t.span_metrics = None;
+                    t.service_graphs = None;
+                }
+                Err(e) => {
+                    warn!(tenant = %tenant, error = %e, "per-tenant generator settings refused, keeping the previous ones")
+                }
+            }
+            t.applied = limits.processor.clone();
+        }
         let max_len = cfg.registry.max_label_value_length;
         match (limits.has(GeneratorProcessor::SpanMetrics), &t.span_metrics) {
             (true, None) => {
                 t.span_metrics = Some(SpanMetrics::new(
-                    &cfg.processor.span_metrics,
-                    self.filter.clone(),
+                    &t.processor.span_metrics,
+                    t.sm_filter.clone(),
                     max_len,
                 ))
             }
@@ -329,8 +377,8 @@ impl Worker {
         ) {
             (true, None) => {
                 t.service_graphs = Some(ServiceGraphs::new(
-                    &cfg.processor.service_graphs,
-                    self.graph_filter.clone(),
+                    &t.processor.service_graphs,
+                    t.sg_filter.clone(),
                     max_len,
                 ))
             }
@@ -487,7 +535,7 @@ mod tests {
             defaults: Limits {
                 metrics_generator: GeneratorLimits {
                     processors: vec![GeneratorProcessor::SpanMetrics],
-                    max_active_series: 0,
+                    ..Default::default()
                 },
                 ..Default::default()
             },
@@ -512,5 +560,50 @@ mod tests {
         // One label set: calls, size and 14 + 3 latency series.
         assert_eq!(metrics.generator.active_series.get(), 2 + 17);
         assert_eq!(g.queued.load(Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn per_tenant_settings_replace_the_defaults_and_bad_ones_are_refused() {
+        let limits_yaml = "processors: [span-metrics]\nprocessor:\n  span_metrics:\n    dimensions: [region]\n    intrinsic_dimensions: {span_kind: false}\n";
+        let limits: GeneratorLimits = serde_yaml_ng::from_str(limits_yaml).unwrap();
+        let overrides = Overrides::new(&OverridesConfig::default()).unwrap();
+        let (_tx, _rx) = sync_channel::<Job>(1);
+        let mut w = Worker {
+            cfg: MetricsGeneratorConfig::default(),
+            filter: SpanFilter::default(),
+            graph_filter: SpanFilter::default(),
+            overrides,
+            metrics: Arc::new(Metrics::default()),
+            queued: Arc::new(AtomicUsize::new(0)),
+            tenants: HashMap::new(),
+            endpoints: Vec::new(),
+            stop: Arc::new(AtomicBool::new(false)),
+            prev_collect_ms: 0,
+        };
+        let tenant = TenantId::new("t").unwrap();
+        let t = w.tenant(&tenant, &limits).unwrap();
+        let mut budget = SeriesBudget::default();
+        let req = request(1);
+        let s = &req.resource_spans[0].scope_spans[0].spans[0];
+        let sm = t.span_metrics.as_mut().unwrap();
+        sm.push(&[], "svc", s, [1; 16], 1, &mut budget);
+        let ext = Default::default();
+        let mut e = Emitter::new(&ext, 10_000, 0);
+        sm.collect(&mut e, 0);
+        let names: Vec<&str> = e.out[0].labels.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["__name__", "service", "span_name", "status_code"]);
+        assert_eq!(t.processor.span_metrics.dimensions, ["region"]);
+
+        // Buckets that do not increase are refused; the previous settings stay.
+        let bad: GeneratorLimits = serde_yaml_ng::from_str(
+            "processors: [span-metrics]\nprocessor:\n  span_metrics:\n    histogram_buckets: [2, 1]\n",
+        )
+        .unwrap();
+        let t = w.tenant(&tenant, &bad).unwrap();
+        assert_eq!(t.processor.span_metrics.dimensions, ["region"]);
+        let err = tenant_settings(&bad.processor, &MetricsGeneratorConfig::default().processor)
+            .err()
+            .unwrap();
+        assert!(err.contains("histogram_buckets"), "{err}");
     }
 }

@@ -33,6 +33,8 @@ pub struct GeneratorLimits {
     /// Series the tenant's generator may hold at once; new ones past it are not created
     /// (zero: no limit).
     pub max_active_series: u64,
+    /// The tenant's own span-metrics and service-graphs settings.
+    pub processor: crate::config::generator::ProcessorOverrides,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
