@@ -9,6 +9,7 @@ mod crash_loop;
 mod disk_full;
 mod durability;
 mod faults;
+mod generator;
 mod harness;
 mod ingest;
 mod kafka;

@@ -31,7 +31,7 @@ pub(crate) struct S3Server {
     pub(crate) startup: Duration,
 }
 
-fn in_ci() -> bool {
+pub(crate) fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
 }
 

@@ -14,6 +14,7 @@ pub mod distributor;
 pub mod frontend;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod generator;
 pub mod ingest;
 pub mod ingester;
 pub mod metrics;

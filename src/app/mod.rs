@@ -17,6 +17,7 @@ use crate::block::BlockConfig;
 use crate::config::{parse_listen_addr, Config, ConfigError};
 use crate::distributor::Distributor;
 use crate::frontend::Frontend;
+use crate::generator::Generator;
 use crate::ingester::wal::Wal;
 use crate::ingester::{BlockCommitted, Ingester};
 use crate::metrics::Metrics;
@@ -32,18 +33,29 @@ pub enum Component {
     Querier,
     QueryFrontend,
     Compactor,
+    MetricsGenerator,
 }
 
 use Component::*;
 
 /// What each `-target` runs. A distributor without an ingester needs the ingest log
-/// (`ingest.enabled`), and is refused without it.
+/// (`ingest.enabled`), and is refused without it. `metrics-generator` receives OTLP itself
+/// and only derives metrics: its spans are not stored (send them to it as well as to the
+/// storing process).
 pub const TARGETS: &[(&str, &[Component])] = &[
     (
         "all",
-        &[Distributor, Ingester, Querier, QueryFrontend, Compactor],
+        &[
+            Distributor,
+            Ingester,
+            Querier,
+            QueryFrontend,
+            Compactor,
+            MetricsGenerator,
+        ],
     ),
     ("distributor", &[Distributor]),
+    ("metrics-generator", &[Distributor, MetricsGenerator]),
     ("querier", &[Querier, QueryFrontend]),
     ("query-frontend", &[Querier, QueryFrontend]),
     ("compactor", &[Compactor]),
@@ -68,6 +80,8 @@ pub enum AppError {
     },
     #[error("server error: {0}")]
     Serve(String),
+    #[error(transparent)]
+    Generator(#[from] crate::generator::GeneratorError),
 }
 
 pub fn components_for(target: &str) -> Result<&'static [Component], AppError> {
@@ -233,6 +247,16 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
             .run_reloader(cfg.overrides.per_tenant_override_period),
     ));
 
+    let generator = if has(MetricsGenerator) {
+        Some(Generator::start(
+            &cfg.metrics_generator,
+            overrides.clone(),
+            metrics.clone(),
+        )?)
+    } else {
+        None
+    };
+
     // The receivers.
     if has(Distributor) {
         let log: Option<Arc<dyn crate::distributor::TraceLog>> = match &kafka {
@@ -247,20 +271,22 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
             }
             None => None,
         };
-        let distributor = match (ingester.clone(), log) {
-            (Some(ing), Some(log)) => {
-                Distributor::new(ing, metrics.clone(), overrides.clone()).with_log(log)
+        let distributor = match log {
+            Some(log) if ingester.is_none() => {
+                Distributor::log_only(log, metrics.clone(), overrides.clone())
             }
-            (Some(ing), None) => Distributor::new(ing, metrics.clone(), overrides.clone()),
-            (None, Some(log)) => Distributor::log_only(log, metrics.clone(), overrides.clone()),
-            (None, None) => {
+            Some(log) => {
+                Distributor::new(ingester.clone(), metrics.clone(), overrides.clone()).with_log(log)
+            }
+            None if ingester.is_none() && !has(MetricsGenerator) => {
                 return Err(AppError::Target(
                     format!("{target} (without ingest.enabled)"),
                     "all, or enable the ingest log".into(),
                 ))
             }
+            None => Distributor::new(ingester.clone(), metrics.clone(), overrides.clone()),
         };
-        let distributor = Arc::new(distributor);
+        let distributor = Arc::new(distributor.with_generator(generator.clone()));
         let protocols = &cfg.distributor.receivers.otlp.protocols;
         // One in-flight budget for both receivers: memory is shared, so is the bound.
         let admission = receiver::admission::Admission::new(
@@ -363,6 +389,12 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         for s in &servers {
             s.abort();
         }
+    }
+    // Requests are drained, so the generator has seen every accepted span: one last
+    // collection, and a bounded wait for the endpoints to take it.
+    if let Some(g) = &generator {
+        g.shutdown(cfg.metrics_generator.storage.remote_write_flush_deadline)
+            .await;
     }
     // Stopping the flush loop at an await point is safe: WAL segments outlive their blocks.
     for b in background {

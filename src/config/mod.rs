@@ -12,6 +12,7 @@ use serde::Deserialize;
 pub mod auth;
 mod duration;
 pub mod faults;
+pub mod generator;
 mod ingest;
 
 pub use ingest::{IngestConfig, KafkaConfig};
@@ -42,6 +43,8 @@ pub struct Config {
     pub query_frontend: QueryFrontendConfig,
     pub compactor: CompactorConfig,
     pub storage: StorageConfig,
+    /// The metrics-generator (span metrics, service graphs, remote write).
+    pub metrics_generator: generator::MetricsGeneratorConfig,
     pub overrides: crate::overrides::OverridesConfig,
     /// Built-in authentication (off by default); see `api::auth`.
     pub auth: auth::AuthConfig,
@@ -599,6 +602,29 @@ impl Config {
         }
         self.server.http_addr()?;
         self.ingest.validate()?;
+        self.metrics_generator.validate()?;
+        let p = self
+            .overrides
+            .defaults
+            .metrics_generator
+            .processor
+            .apply(&self.metrics_generator.processor);
+        for (key, b) in [
+            (
+                "span_metrics.histogram_buckets",
+                &p.span_metrics.histogram_buckets,
+            ),
+            (
+                "service_graphs.histogram_buckets",
+                &p.service_graphs.histogram_buckets,
+            ),
+        ] {
+            generator::check_buckets(key, b).map_err(|e| {
+                ConfigError::Invalid(format!(
+                    "overrides.defaults.metrics_generator.processor.{e}"
+                ))
+            })?;
+        }
         Ok(())
     }
 

@@ -1,8 +1,9 @@
 //! The distributor: validates incoming spans, regroups them by trace, and hands them to the
-//! ingester. Invalid spans are refused one by one (reported back through OTLP
+//! ingester, then (when the tenant has metrics-generator processors) the accepted request to
+//! the generator. Invalid spans are refused one by one (reported back through OTLP
 //! `partial_success`), never silently dropped.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,7 @@ use parking_lot::Mutex;
 use bytes::Bytes;
 use prost::Message;
 
+use crate::generator::Generator;
 use crate::ingester::{wal, IngestError, Ingester, TraceBatch};
 
 /// Where accepted traces go instead of the ingester's WAL when an ingest log is configured
@@ -64,8 +66,10 @@ pub struct PushOutcome {
 
 pub struct Distributor {
     /// The ingester of this process; `None` on a distributor-only node, which sends
-    /// everything to the ingest log (the live-trace limits are then not checked here).
+    /// everything to the ingest log (the live-trace limits are then not checked here), and
+    /// in a generator-only process (`-target=metrics-generator`), which stores nothing.
     ingester: Option<Arc<Ingester>>,
+    generator: Option<Arc<Generator>>,
     metrics: Arc<Metrics>,
     overrides: Arc<Overrides>,
     buckets: Mutex<HashMap<TenantId, Bucket>>,
@@ -98,9 +102,14 @@ impl Bucket {
 }
 
 impl Distributor {
-    pub fn new(ingester: Arc<Ingester>, metrics: Arc<Metrics>, overrides: Arc<Overrides>) -> Self {
+    pub fn new(
+        ingester: Option<Arc<Ingester>>,
+        metrics: Arc<Metrics>,
+        overrides: Arc<Overrides>,
+    ) -> Self {
         Self {
-            ingester: Some(ingester),
+            ingester,
+            generator: None,
             metrics,
             overrides,
             buckets: Mutex::new(HashMap::new()),
@@ -122,11 +131,18 @@ impl Distributor {
     ) -> Self {
         Self {
             ingester: None,
+            generator: None,
             metrics,
             overrides,
             buckets: Mutex::new(HashMap::new()),
             log: Some(log),
         }
+    }
+
+    /// Feeds accepted requests of tenants with generator processors to `generator`.
+    pub fn with_generator(mut self, generator: Option<Arc<Generator>>) -> Self {
+        self.generator = generator;
+        self
     }
 
     fn check_rate(&self, tenant: &TenantId, limits: &Limits, size: u64) -> Result<(), PushError> {
@@ -189,7 +205,18 @@ impl Distributor {
             return Err(e);
         }
         let mut grouped = group_by_trace(&req.resource_spans);
-        drop(req);
+        // The request is kept (not copied) only for a tenant whose spans feed the generator.
+        let generator = self
+            .generator
+            .as_ref()
+            .filter(|_| !limits.metrics_generator.processors.is_empty());
+        let for_generator = match generator {
+            Some(_) => Some(req),
+            None => {
+                drop(req);
+                None
+            }
+        };
         let too_large = self.drop_oversized_traces(tenant, &limits, &mut grouped);
         let over_live = self.drop_new_traces_over_limit(tenant, &limits, &mut grouped);
         let mut outcome = PushOutcome {
@@ -241,6 +268,13 @@ impl Distributor {
         if grouped.traces.is_empty() {
             return Ok(outcome);
         }
+        let kept: Option<HashSet<TraceId>> =
+            (too_large + over_live > 0).then(|| grouped.traces.iter().map(|t| t.id).collect());
+        let offer = |req: Option<ExportTraceServiceRequest>| {
+            if let (Some(g), Some(req)) = (generator, req) {
+                g.offer(tenant, req, raw.len(), kept);
+            }
+        };
         if let Some(log) = &self.log {
             // Limits were applied above; what is left is acknowledged only once the log
             // has every record.
@@ -248,6 +282,7 @@ impl Distributor {
                 Ok(()) => {
                     self.metrics.spans_received.add(outcome.accepted as u64);
                     self.metrics.bytes_received.add(raw.len() as u64);
+                    offer(for_generator);
                     Ok(outcome)
                 }
                 Err(e) => {
@@ -260,11 +295,18 @@ impl Distributor {
                 }
             };
         }
-        // `log_only` always sets a log and `new` an ingester; never ack what went nowhere.
         let Some(ingester) = &self.ingester else {
-            return Err(
-                LogUnavailable("no ingester and no ingest log in this process".into()).into(),
-            );
+            // A generator-only process (`-target=metrics-generator`) stores nothing: the
+            // spans feed its generator. Anything else must never ack what went nowhere.
+            if self.generator.is_none() {
+                return Err(
+                    LogUnavailable("no ingester and no ingest log in this process".into()).into(),
+                );
+            }
+            self.metrics.spans_received.add(outcome.accepted as u64);
+            self.metrics.bytes_received.add(raw.len() as u64);
+            offer(for_generator);
+            return Ok(outcome);
         };
         // The WAL must hold exactly what was accepted, so a replay cannot bring back spans the
         // exporter was told were rejected.
@@ -281,6 +323,7 @@ impl Distributor {
             Ok(()) => {
                 self.metrics.spans_received.add(outcome.accepted as u64);
                 self.metrics.bytes_received.add(raw.len() as u64);
+                offer(for_generator);
                 Ok(outcome)
             }
             Err(e) => {
@@ -302,7 +345,7 @@ impl Distributor {
     /// spans that refused.
     fn drop_oversized_traces(&self, tenant: &TenantId, limits: &Limits, g: &mut Grouped) -> usize {
         let max = limits.global.max_bytes_per_trace as usize;
-        let Some(ingester) = self.ingester.as_ref().filter(|_| max > 0) else {
+        let Some(ingester) = self.ingester.as_ref().filter(|_| max != 0) else {
             return 0;
         };
         let mut refused = 0;
@@ -326,10 +369,10 @@ impl Distributor {
         g: &mut Grouped,
     ) -> usize {
         let max = limits.ingestion.max_traces_per_user as usize;
-        let Some(ingester) = self.ingester.as_ref() else {
+        let Some(ingester) = self.ingester.as_ref().filter(|_| max != 0) else {
             return 0;
         };
-        if max == 0 || g.traces.is_empty() {
+        if g.traces.is_empty() {
             return 0;
         }
         let ids: Vec<TraceId> = g.traces.iter().map(|t| t.id).collect();

@@ -178,8 +178,12 @@ async fn distributor_acks_only_what_the_log_acked_and_skips_the_wal() {
             refuse,
             got: Mutex::new(Vec::new()),
         });
-        let d = Distributor::new(ing.clone(), Arc::new(Metrics::default()), overrides.clone())
-            .with_log(fake.clone());
+        let d = Distributor::new(
+            Some(ing.clone()),
+            Arc::new(Metrics::default()),
+            overrides.clone(),
+        )
+        .with_log(fake.clone());
         let res = d.push(&tenant, None, request(9, 3)).await;
         if refuse {
             assert!(matches!(res, Err(PushError::Log(_))), "{res:?}");

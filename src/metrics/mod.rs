@@ -147,6 +147,97 @@ pub struct Metrics {
     pub compactor_blocks_deleted: LabeledCounter,
     /// Shared with the process's `Backend` (see `Backend::counting_into`).
     pub backend_requests: std::sync::Arc<BackendRequests>,
+    pub generator: GeneratorMetrics,
+}
+
+/// The metrics-generator's own health: what it processed, skipped and sent.
+#[derive(Default, Debug)]
+pub struct GeneratorMetrics {
+    pub spans_received: Counter,
+    /// Spans not turned into metrics, by reason (`queue_full`, `outside_slack`, ...).
+    pub spans_discarded: LabeledCounter,
+    pub active_series: Gauge,
+    pub series_refused: Counter,
+    pub edges_expired: Counter,
+    pub edges_dropped: Counter,
+    pub samples_sent: Counter,
+    /// Samples the endpoint refused for good (a 4xx other than 429).
+    pub samples_failed: Counter,
+    /// Samples dropped because an endpoint's queue was full.
+    pub samples_dropped: Counter,
+    pub samples_queued: Gauge,
+    pub send_retries: Counter,
+}
+
+impl GeneratorMetrics {
+    fn render(&self, s: &mut String) {
+        counter(
+            s,
+            "vivace_generator_spans_received_total",
+            "Spans the metrics-generator processed.",
+            self.spans_received.get(),
+        );
+        labeled(
+            s,
+            "vivace_generator_spans_discarded_total",
+            "Spans the metrics-generator skipped, by reason.",
+            &self.spans_discarded,
+        );
+        gauge(
+            s,
+            "vivace_generator_active_series",
+            "Series held by the metrics-generator, all tenants.",
+            self.active_series.get(),
+        );
+        counter(
+            s,
+            "vivace_generator_series_refused_total",
+            "New series not created because a tenant reached max_active_series.",
+            self.series_refused.get(),
+        );
+        counter(
+            s,
+            "vivace_generator_service_graph_edges_expired_total",
+            "Unpaired service-graph edges that expired.",
+            self.edges_expired.get(),
+        );
+        counter(
+            s,
+            "vivace_generator_service_graph_edges_dropped_total",
+            "Spans not paired because the edge store was full.",
+            self.edges_dropped.get(),
+        );
+        counter(
+            s,
+            "vivace_generator_remote_write_samples_sent_total",
+            "Samples accepted by remote-write endpoints.",
+            self.samples_sent.get(),
+        );
+        counter(
+            s,
+            "vivace_generator_remote_write_samples_failed_total",
+            "Samples a remote-write endpoint refused for good.",
+            self.samples_failed.get(),
+        );
+        counter(
+            s,
+            "vivace_generator_remote_write_samples_dropped_total",
+            "Samples dropped because a remote-write queue was full.",
+            self.samples_dropped.get(),
+        );
+        gauge(
+            s,
+            "vivace_generator_remote_write_queued_samples",
+            "Samples waiting to be sent, all endpoints.",
+            self.samples_queued.get(),
+        );
+        counter(
+            s,
+            "vivace_generator_remote_write_retries_total",
+            "Remote-write requests retried after a recoverable error.",
+            self.send_retries.get(),
+        );
+    }
 }
 
 impl Metrics {
@@ -290,6 +381,7 @@ impl Metrics {
                 h.count, h.sum, h.count
             );
         }
+        self.generator.render(&mut s);
         s
     }
 }

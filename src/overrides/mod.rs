@@ -22,6 +22,33 @@ pub struct Limits {
     pub global: GlobalLimits,
     pub read: ReadLimits,
     pub compaction: CompactionLimits,
+    pub metrics_generator: GeneratorLimits,
+}
+
+/// Which metrics-generator processors run for a tenant (none by default, as in Tempo).
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct GeneratorLimits {
+    pub processors: Vec<GeneratorProcessor>,
+    /// Series the tenant's generator may hold at once; new ones past it are not created
+    /// (zero: no limit).
+    pub max_active_series: u64,
+    /// The tenant's own span-metrics and service-graphs settings.
+    pub processor: crate::config::generator::ProcessorOverrides,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+pub enum GeneratorProcessor {
+    #[serde(rename = "span-metrics")]
+    SpanMetrics,
+    #[serde(rename = "service-graphs")]
+    ServiceGraphs,
+}
+
+impl GeneratorLimits {
+    pub fn has(&self, p: GeneratorProcessor) -> bool {
+        self.processors.contains(&p)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
@@ -121,6 +148,7 @@ struct PartialLimits {
     global: Option<GlobalLimits>,
     read: Option<ReadLimits>,
     compaction: Option<CompactionLimits>,
+    metrics_generator: Option<GeneratorLimits>,
 }
 
 /// Current limits for every tenant; cheap to read on every request.
@@ -178,6 +206,9 @@ impl Overrides {
             }
             if let Some(c) = p.compaction {
                 l.compaction = c;
+            }
+            if let Some(g) = p.metrics_generator {
+                l.metrics_generator = g;
             }
             map.insert(tenant, Arc::new(l));
         }
@@ -242,6 +273,21 @@ mod tests {
                 .rate_limit_bytes,
             100
         );
+        // The generator's processors are a per-tenant section like the others.
+        std::fs::write(
+            &file,
+            "overrides:\n  team-a:\n    metrics_generator:\n      processors: [span-metrics]\n",
+        )
+        .unwrap();
+        o.reload().unwrap();
+        let a = o.limits(&TenantId::new("team-a").unwrap());
+        assert!(a.metrics_generator.has(GeneratorProcessor::SpanMetrics));
+        assert!(!a.metrics_generator.has(GeneratorProcessor::ServiceGraphs));
+        assert!(o
+            .limits(&TenantId::new("team-b").unwrap())
+            .metrics_generator
+            .processors
+            .is_empty());
         std::fs::write(&file, "overrides: {}\n").unwrap();
         o.reload().unwrap();
         assert_eq!(
