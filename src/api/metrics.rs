@@ -220,13 +220,7 @@ pub(super) async fn query_range(
     QueryParams(p): QueryParams<MetricsParams>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let tenants = read_tenants(&s, &headers)?;
-    let req = p.check(false, now_ns())?;
-    let r = run(&s, &tenants, &req).await?;
-    if wants_protobuf(&headers) {
-        return Ok(protobuf(range_proto(&r)));
-    }
-    Ok(axum::Json(RangeJson(&r)).into_response())
+    respond(&s, &p, &headers, false).await
 }
 
 pub(super) async fn query_instant(
@@ -234,13 +228,25 @@ pub(super) async fn query_instant(
     QueryParams(p): QueryParams<MetricsParams>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let tenants = read_tenants(&s, &headers)?;
-    let req = p.check(true, now_ns())?;
-    let r = run(&s, &tenants, &req).await?;
-    if wants_protobuf(&headers) {
-        return Ok(protobuf(instant_proto(&r)));
-    }
-    Ok(axum::Json(InstantJson(&r)).into_response())
+    respond(&s, &p, &headers, true).await
+}
+
+/// Both endpoints: check, run, and answer in the shape the request asked for.
+async fn respond(
+    s: &ApiState,
+    p: &MetricsParams,
+    headers: &HeaderMap,
+    instant: bool,
+) -> Result<Response, ApiError> {
+    let tenants = read_tenants(s, headers)?;
+    let req = p.check(instant, now_ns())?;
+    let r = run(s, &tenants, &req).await?;
+    Ok(match (instant, wants_protobuf(headers)) {
+        (false, true) => protobuf(range_proto(&r)),
+        (true, true) => protobuf(instant_proto(&r)),
+        (false, false) => axum::Json(RangeJson(&r)).into_response(),
+        (true, false) => axum::Json(InstantJson(&r)).into_response(),
+    })
 }
 
 /// Tempo's message when the series limit cut the answer.

@@ -1,0 +1,314 @@
+//! TraceQL search over the ingester's memory and the blocks of a tenant.
+//!
+//! Every source yields whole traces, the engine evaluates the query on each, and hits are
+//! merged by trace ID (a trace can be split across memory and several blocks), then ordered
+//! newest first with the trace ID as tie-break, so the same data always gives the same
+//! answer.
+
+mod evaluate;
+mod merge;
+#[cfg(test)]
+mod querier_tests;
+#[cfg(test)]
+mod speed;
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod tests_support;
+
+use evaluate::*;
+use merge::*;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use tracing::warn;
+
+use crate::backend::BackendError;
+use crate::block::{self, BlockMeta};
+use crate::model::{ResourceSpans, TenantId, TraceId};
+use crate::querier::{Querier, QueryError, TimeRange};
+use crate::traceql::{Query, Value};
+
+pub struct SearchRequest {
+    pub query: Arc<Query>,
+    pub limit: usize,
+    /// Spans returned per spanset; 0 means all.
+    pub spss: usize,
+    pub range: Option<TimeRange>,
+    pub min_duration_nanos: Option<u64>,
+    pub max_duration_nanos: Option<u64>,
+}
+
+/// A span ID held inline (8 bytes in valid data): a search returns tens of thousands of
+/// spans, and a heap copy per ID was a measurable share of building and freeing them.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub enum SpanIdBytes {
+    Inline { len: u8, bytes: [u8; 16] },
+    Heap(Box<[u8]>),
+}
+
+impl SpanIdBytes {
+    pub fn new(id: &[u8]) -> Self {
+        match u8::try_from(id.len()) {
+            Ok(len) if id.len() <= 16 => {
+                let mut bytes = [0u8; 16];
+                bytes[..id.len()].copy_from_slice(id);
+                SpanIdBytes::Inline { len, bytes }
+            }
+            _ => SpanIdBytes::Heap(id.into()),
+        }
+    }
+}
+
+impl std::ops::Deref for SpanIdBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            SpanIdBytes::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            SpanIdBytes::Heap(b) => b,
+        }
+    }
+}
+
+impl AsRef<[u8]> for SpanIdBytes {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
+impl std::fmt::Debug for SpanIdBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", hex::encode(&**self))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HitSpan {
+    pub span_id: SpanIdBytes,
+    pub name: String,
+    pub start_unix_nano: u64,
+    pub duration_nanos: u64,
+    pub attributes: Vec<(String, Value)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HitSpanset {
+    pub spans: Vec<HitSpan>,
+    pub matched: usize,
+    pub attributes: Vec<(String, Value)>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceStats {
+    pub span_count: u32,
+    pub error_count: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraceHit {
+    pub id: TraceId,
+    pub root_service_name: Option<String>,
+    pub root_span_name: Option<String>,
+    pub start_unix_nano: u64,
+    pub end_unix_nano: u64,
+    pub spansets: Vec<HitSpanset>,
+    pub service_stats: BTreeMap<String, ServiceStats>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SearchMetrics {
+    pub inspected_traces: u64,
+    pub inspected_bytes: u64,
+    pub inspected_spans: u64,
+    pub total_blocks: u64,
+    pub completed_jobs: u64,
+    pub total_jobs: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct SearchResults {
+    pub traces: Vec<TraceHit>,
+    pub metrics: SearchMetrics,
+    /// Set when some blocks could not be read: why the results are incomplete.
+    pub partial: Option<String>,
+}
+
+/// What evaluating one source (memory or one block) produced.
+#[derive(Default)]
+struct Partial {
+    hits: Vec<TraceHit>,
+    metrics: SearchMetrics,
+}
+
+impl Querier {
+    /// Memory through the OTLP view; blocks through the columnar path
+    /// ([`block::SearchColumns`]): newest blocks first, only the column chunks the query
+    /// needs, one row group at a time, stopping early once `limit` hits are held and the
+    /// remaining blocks all end before the oldest of them starts.
+    pub async fn search(
+        &self,
+        tenant: &TenantId,
+        req: &SearchRequest,
+    ) -> Result<SearchResults, QueryError> {
+        let params = Arc::new(SearchParams::from(req));
+        let mut partials = Vec::new();
+        let p = params.clone();
+        let memory = self
+            .scan_memory(
+                tenant,
+                Arc::new(move |id, batches: &[ResourceSpans], out: &mut Partial| {
+                    p.evaluate(id, batches, out)
+                }),
+            )
+            .await?;
+        if let Some(s) = memory {
+            let mut p = s.value;
+            p.metrics.inspected_bytes += s.inspected_bytes;
+            partials.push(p);
+        }
+        let columns = Arc::new(
+            block::SearchColumns::for_query(&req.query)
+                .map_err(|e| QueryError::Task(format!("planning search columns: {e}")))?,
+        );
+        let mut blocks = self.blocks_in_range(tenant, req.range);
+        blocks.sort_by(|a, b| {
+            b.end_time
+                .cmp(&a.end_time)
+                .then(b.start_time.cmp(&a.start_time))
+                .then(a.block_id.cmp(&b.block_id))
+        });
+        let total = blocks.len() as u64;
+        // Newest start per held trace, for the early stop.
+        let mut held: HashMap<TraceId, u64> = HashMap::new();
+        for p in &partials {
+            hold(&mut held, p);
+        }
+        let mut completed = 0u64;
+        let mut failed: Vec<QueryError> = Vec::new();
+        let mut pending = blocks.into_iter().peekable();
+        let mut running = FuturesUnordered::new();
+        loop {
+            while running.len() < self.concurrent_blocks {
+                let Some(next) = pending.peek() else { break };
+                if req.limit > 0 && held.len() >= req.limit {
+                    let mut starts: Vec<u64> = held.values().copied().collect();
+                    let kth = req.limit - 1;
+                    let (_, oldest_held, _) = starts.select_nth_unstable_by(kth, |a, b| b.cmp(a));
+                    if next.end_time < *oldest_held {
+                        // Blocks are sorted by end time: none of the rest can do better.
+                        pending = Vec::new().into_iter().peekable();
+                        break;
+                    }
+                }
+                let meta = pending.next().expect("peeked");
+                running.push(self.search_block(tenant, meta, params.clone(), columns.clone()));
+            }
+            let Some(r) = running.next().await else { break };
+            match r {
+                Ok(found) => {
+                    completed += 1;
+                    if let Some(p) = found {
+                        hold(&mut held, &p);
+                        partials.push(p);
+                    }
+                }
+                // An unreadable block makes the search partial, as in Tempo: the other
+                // blocks' hits are returned and completedJobs stays below totalJobs.
+                Err(e) => {
+                    warn!(tenant = %tenant, error = %e, "search skipped a block it could not read");
+                    failed.push(e);
+                }
+            }
+        }
+        // Nothing in the bucket could be read: an error, not an empty answer.
+        if !failed.is_empty() && completed == 0 {
+            return Err(failed.swap_remove(0));
+        }
+        let mut out = merge(partials, req.limit);
+        out.metrics.total_blocks = total;
+        out.metrics.total_jobs = total + 1;
+        out.metrics.completed_jobs = completed + 1;
+        if let Some(first) = failed.first() {
+            out.partial = Some(format!(
+                "partial results: {} of {total} blocks could not be read ({first})",
+                failed.len()
+            ));
+        }
+        Ok(out)
+    }
+
+    /// One block through the columnar path. None when the block vanished (compaction).
+    async fn search_block(
+        &self,
+        tenant: &TenantId,
+        meta: Arc<BlockMeta>,
+        params: Arc<SearchParams>,
+        columns: Arc<block::SearchColumns>,
+    ) -> Result<Option<Partial>, QueryError> {
+        let bid = meta.block_id;
+        let be = |source| QueryError::Backend { block: bid, source };
+        let ble = |source| QueryError::Block { block: bid, source };
+        let data_key = block::data_key(tenant, bid);
+        let Some(footer) = self.footer(&data_key, &meta).await? else {
+            return Ok(None);
+        };
+        let range = params.range;
+        let reads = columns
+            .plan(&footer, |s, e| range.is_none_or(|r| r.overlaps_nanos(s, e)))
+            .map_err(ble)?;
+        let mut out = Partial::default();
+        for read in reads {
+            let read = Arc::new(read);
+            let fetched = match self.backend.get_ranges(&data_key, &read.ranges).await {
+                Ok(f) => f,
+                Err(BackendError::NotFound(_)) => return Ok(None),
+                Err(e) => return Err(be(e)),
+            };
+            out.metrics.inspected_bytes += read.total_bytes();
+            let (md, p, c, r, size) = (
+                footer.clone(),
+                params.clone(),
+                columns.clone(),
+                read.clone(),
+                meta.size,
+            );
+            let (pending, part) = Self::blocking(move || {
+                let mut part = Partial::default();
+                let pending = p.filter_row_group(md, &c, &r, fetched, size, &mut part)?;
+                Ok::<_, block::BlockError>((pending, part))
+            })
+            .await?
+            .map_err(ble)?;
+            out.metrics.inspected_traces += part.metrics.inspected_traces;
+            out.metrics.inspected_spans += part.metrics.inspected_spans;
+            if pending.matches.is_empty() {
+                continue;
+            }
+            // Only row groups with hits read the hit columns.
+            let late = match self.backend.get_ranges(&data_key, &read.late_ranges).await {
+                Ok(f) => f,
+                Err(BackendError::NotFound(_)) => return Ok(None),
+                Err(e) => return Err(be(e)),
+            };
+            out.metrics.inspected_bytes += read.late_bytes();
+            let (md, p, c, size) = (footer.clone(), params.clone(), columns.clone(), meta.size);
+            let hits =
+                Self::blocking(move || p.report_row_group(md, &c, &read, pending, late, size))
+                    .await?
+                    .map_err(ble)?;
+            out.hits.extend(hits);
+        }
+        Ok(Some(out))
+    }
+}
+
+/// Records the hits of `p` for the early stop: the earliest start per trace.
+fn hold(held: &mut HashMap<TraceId, u64>, p: &Partial) {
+    for h in &p.hits {
+        let e = held.entry(h.id).or_insert(h.start_unix_nano);
+        *e = (*e).min(h.start_unix_nano);
+    }
+}

@@ -1,0 +1,198 @@
+//! Search over memory and blocks agrees, hit for hit.
+
+use bytes::Bytes;
+
+use super::tests_support::*;
+
+use super::*;
+use crate::block::{self, BlockConfig, TraceInput};
+use crate::model::{any_value, AnyValue, KeyValue, Resource, ScopeSpans, Span};
+use crate::traceql::engine_tests::{cases, dataset};
+
+fn kv(key: &str, v: any_value::Value) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue { value: Some(v) }),
+        ..Default::default()
+    }
+}
+
+/// Traces where dedicated attribute names hold other types or repeat, so the generic
+/// list must be consulted next to the dedicated column.
+fn dedicated_edge_cases() -> Vec<(String, Vec<ResourceSpans>)> {
+    use any_value::Value as V;
+    let span = |id: u8, parent: u8, name: &str, attrs: Vec<KeyValue>| Span {
+        trace_id: vec![40; 16],
+        span_id: vec![40, id, 0, 0, 0, 0, 0, 0],
+        parent_span_id: if parent == 0 {
+            Vec::new()
+        } else {
+            vec![40, parent, 0, 0, 0, 0, 0, 0]
+        },
+        name: name.into(),
+        start_time_unix_nano: 1_700_000_000_000_000_000 + u64::from(id) * 1_000_000,
+        end_time_unix_nano: 1_700_000_000_000_000_000 + u64::from(id) * 3_000_000,
+        attributes: attrs,
+        ..Default::default()
+    };
+    let batches = vec![
+        ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![
+                    kv("service.name", V::IntValue(7)),
+                    kv("k8s.pod.name", V::StringValue("pod-1".into())),
+                ],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans: vec![
+                    span(
+                        1,
+                        0,
+                        "typed",
+                        vec![
+                            kv("http.status_code", V::StringValue("200".into())),
+                            kv("http.method", V::IntValue(3)),
+                            kv("http.method", V::StringValue("GET".into())),
+                            kv("http.route", V::StringValue("/first".into())),
+                            kv("http.route", V::StringValue("/second".into())),
+                        ],
+                    ),
+                    span(
+                        2,
+                        1,
+                        "child",
+                        vec![kv("http.status_code", V::IntValue(503))],
+                    ),
+                ],
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+        ResourceSpans {
+            resource: None,
+            scope_spans: vec![ScopeSpans {
+                spans: vec![span(3, 2, "no-resource", vec![])],
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+    ];
+    vec![("t40".into(), batches)]
+}
+
+const EXTRA_QUERIES: [&str; 12] = [
+    "{ span.http.status_code = \"200\" }",
+    "{ span.http.status_code = 503 }",
+    "{ span.http.method = 3 }",
+    "{ span.http.method = \"GET\" }",
+    "{ span.http.route = \"/first\" }",
+    "{ .http.route = \"/second\" }",
+    "{ resource.service.name = 7 }",
+    "{ resource.k8s.pod.name = \"pod-1\" }",
+    "{ resource.service.name = \"frontend\" } >> { status = error }",
+    "{ resource.service.name = \"nope\" }",
+    "{ trace:rootService = \"frontend\" && trace:id != nil } | select(span:parentID)",
+    "{ } | by(resource.service.name) | count() > 1",
+];
+
+fn encode(data: &[(String, Vec<ResourceSpans>)], cfg: &BlockConfig) -> Bytes {
+    let traces: Vec<TraceInput> = data
+        .iter()
+        .map(|(_, batches)| {
+            let first = &batches[0].scope_spans[0].spans[0];
+            let mut id = [0u8; 16];
+            id.copy_from_slice(&first.trace_id);
+            TraceInput {
+                id: TraceId(id),
+                batches: batches.clone(),
+            }
+        })
+        .collect();
+    let tenant = TenantId::new("t").unwrap();
+    block::encode_block(&tenant, uuid::Uuid::nil(), 0, traces, cfg)
+        .unwrap()
+        .data
+}
+
+#[test]
+fn columnar_search_matches_the_otlp_path_on_every_engine_case() {
+    let mut data = dataset();
+    data.extend(dedicated_edge_cases());
+    let one_group = BlockConfig::default();
+    let many_groups = BlockConfig {
+        row_group_size_bytes: 1,
+        ..BlockConfig::default()
+    };
+    let queries: Vec<&str> = cases()
+        .into_iter()
+        .map(|(q, _)| q)
+        .chain(EXTRA_QUERIES)
+        .collect();
+    for cfg in [one_group, many_groups] {
+        let bytes = encode(&data, &cfg);
+        let (mut compared, mut hits) = (0, 0);
+        for q in &queries {
+            let Some(params) = params(q, None) else {
+                continue;
+            };
+            let expected = otlp_path(&params, &bytes);
+            let (actual, _) = columnar_path(&params, &bytes);
+            assert_eq!(actual, expected, "query {q}");
+            compared += 1;
+            hits += expected.len();
+        }
+        assert!(
+            compared >= 80 && hits > 200,
+            "{compared} queries, {hits} hits"
+        );
+    }
+}
+
+#[test]
+fn row_groups_outside_the_range_or_without_the_service_are_skipped() {
+    let data = dataset();
+    let cfg = BlockConfig {
+        row_group_size_bytes: 1,
+        ..BlockConfig::default()
+    };
+    let bytes = encode(&data, &cfg);
+    // Every row group holds one trace: the service filter prunes all but its traces.
+    let p = params("{ resource.service.name = \"solo\" }", None).unwrap();
+    let (hits, groups) = columnar_path(&p, &bytes);
+    assert_eq!(hits.len(), 1);
+    assert_eq!(groups, 1);
+    assert_eq!(hits, otlp_path(&p, &bytes));
+    // A range long before the data set: nothing is read.
+    let r = TimeRange {
+        start_s: 1_000,
+        end_s: 2_000,
+    };
+    let p = params("{}", Some(r)).unwrap();
+    assert_eq!(columnar_path(&p, &bytes), (Vec::new(), 0));
+}
+
+#[test]
+fn row_groups_are_pruned_by_duration_and_status_statistics() {
+    let data = dataset();
+    let cfg = BlockConfig {
+        row_group_size_bytes: 1,
+        ..BlockConfig::default()
+    };
+    let bytes = encode(&data, &cfg);
+    let (all, groups) = columnar_path(&params("{}", None).unwrap(), &bytes);
+    assert_eq!(groups, all.len());
+    // No span lasts an hour: nothing is read, in either operand order.
+    for q in ["{ duration > 1h }", "{ 1h <= duration }"] {
+        let p = params(q, None).unwrap();
+        assert_eq!(columnar_path(&p, &bytes), (Vec::new(), 0), "{q}");
+    }
+    // Only traces with an error span are read, and the answer is unchanged.
+    let p = params("{ status = error }", None).unwrap();
+    let (hits, read) = columnar_path(&p, &bytes);
+    assert!(!hits.is_empty() && read < groups, "{read} of {groups}");
+    assert_eq!(hits, otlp_path(&p, &bytes));
+    // Either side of `||` may match: no pruning on the error side alone.
+    let p = params("{ status = error || duration > 1h }", None).unwrap();
+    assert_eq!(columnar_path(&p, &bytes).0, otlp_path(&p, &bytes));
+}
