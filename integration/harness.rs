@@ -411,6 +411,16 @@ ingester:
         (status, resp.bytes().await.unwrap().to_vec())
     }
 
+    /// A gRPC client on the API port (h2c), as Grafana's streaming datasource connects.
+    pub(crate) async fn streaming_client(&self) -> tonic::client::Grpc<tonic::transport::Channel> {
+        let channel = tonic::transport::Channel::from_shared(self.http_url(""))
+            .unwrap()
+            .connect()
+            .await
+            .expect("h2c connection to the api port");
+        tonic::client::Grpc::new(channel)
+    }
+
     pub(crate) async fn assert_ready(&self) {
         let (status, body) = self.get("/ready").await;
         assert_eq!(status, 200, "/ready after bad input: {body}");

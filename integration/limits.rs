@@ -334,12 +334,7 @@ async fn search_duration_and_result_limits() {
 
     // Streaming search obeys the same limits.
     use vivace::api::tempopb::{SearchRequest, SearchResponse};
-    let channel = tonic::transport::Channel::from_shared(server.http_url(""))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut grpc = tonic::client::Grpc::new(channel);
+    let mut grpc = server.streaming_client().await;
     let path = || http::uri::PathAndQuery::from_static("/tempopb.StreamingQuerier/Search");
     grpc.ready().await.unwrap();
     let err = grpc

@@ -494,12 +494,7 @@ async fn check_protobuf_and_streaming(server: &Server, spans: &[MSpan], range: (
     let resp = QueryRangeResponse::decode(body.as_slice()).expect("protobuf response");
     assert_close("protobuf", &proto_model(&resp), &want);
 
-    let channel = tonic::transport::Channel::from_shared(server.http_url(""))
-        .unwrap()
-        .connect()
-        .await
-        .expect("h2c connection to the api port");
-    let mut grpc = tonic::client::Grpc::new(channel);
+    let mut grpc = server.streaming_client().await;
     grpc.ready().await.unwrap();
     let req = QueryRangeRequest {
         query: Q_COUNT_BY_SERVICE.into(),

@@ -392,12 +392,7 @@ async fn streaming_search_over_grpc_on_the_http_port() {
 
     let server = Server::start().await;
     let (shop, _) = send_shop(&server).await;
-    let channel = tonic::transport::Channel::from_shared(server.http_url(""))
-        .unwrap()
-        .connect()
-        .await
-        .expect("h2c connection to the api port");
-    let mut grpc = tonic::client::Grpc::new(channel);
+    let mut grpc = server.streaming_client().await;
     grpc.ready().await.unwrap();
     let req = SearchRequest {
         query: format!("{{ resource.service.name = \"{}\" }}", shop.service),

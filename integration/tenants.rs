@@ -76,12 +76,7 @@ pub(crate) async fn stream_search(
     metadata: &[(&'static str, &str)],
 ) -> Result<Vec<String>, tonic::Status> {
     use vivace::api::tempopb::{SearchRequest, SearchResponse};
-    let channel = tonic::transport::Channel::from_shared(server.http_url(""))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut grpc = tonic::client::Grpc::new(channel);
+    let mut grpc = server.streaming_client().await;
     grpc.ready().await.unwrap();
     let mut req = tonic::Request::new(SearchRequest {
         query: "{}".into(),

@@ -244,8 +244,11 @@ async fn respond(
     Ok(match (instant, wants_protobuf(headers)) {
         (false, true) => protobuf(range_proto(&r)),
         (true, true) => protobuf(instant_proto(&r)),
-        (false, false) => axum::Json(RangeJson(&r)).into_response(),
-        (true, false) => axum::Json(InstantJson(&r)).into_response(),
+        (_, false) => axum::Json(ResponseJson {
+            results: &r,
+            instant,
+        })
+        .into_response(),
     })
 }
 
@@ -492,35 +495,18 @@ impl Serialize for SeriesJson<'_> {
     }
 }
 
-/// `tempopb.QueryRangeResponse` as JSON.
-struct RangeJson<'a>(&'a MetricsResults);
-
-impl Serialize for RangeJson<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let r = self.0;
-        let mut m = s.serialize_map(None)?;
-        m.serialize_entry(
-            "series",
-            &r.output.series.iter().map(SeriesJson).collect::<Vec<_>>(),
-        )?;
-        m.serialize_entry("metrics", &MetricsJson(&r.metrics))?;
-        if let Some(msg) = partial_message(r) {
-            m.serialize_entry("status", "PARTIAL")?;
-            m.serialize_entry("message", &msg)?;
-        }
-        m.end()
-    }
+/// `tempopb.QueryRangeResponse` (samples per series) or `tempopb.QueryInstantResponse` (one
+/// value per series) as JSON: the two differ only in how a series is written.
+struct ResponseJson<'a> {
+    results: &'a MetricsResults,
+    instant: bool,
 }
 
-/// `tempopb.QueryInstantResponse` as JSON.
-struct InstantJson<'a>(&'a MetricsResults);
-
-impl Serialize for InstantJson<'_> {
+impl Serialize for ResponseJson<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
-        struct One<'a>(&'a Series);
-        impl Serialize for One<'_> {
+        struct Instant<'a>(&'a Series);
+        impl Serialize for Instant<'_> {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 let mut m = s.serialize_map(None)?;
                 m.serialize_entry("labels", &Labels(&self.0.labels))?;
@@ -531,12 +517,19 @@ impl Serialize for InstantJson<'_> {
                 m.end()
             }
         }
-        let r = self.0;
+        struct All<'a>(&'a [Series], bool);
+        impl Serialize for All<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                if self.1 {
+                    s.collect_seq(self.0.iter().map(Instant))
+                } else {
+                    s.collect_seq(self.0.iter().map(SeriesJson))
+                }
+            }
+        }
+        let r = self.results;
         let mut m = s.serialize_map(None)?;
-        m.serialize_entry(
-            "series",
-            &r.output.series.iter().map(One).collect::<Vec<_>>(),
-        )?;
+        m.serialize_entry("series", &All(&r.output.series, self.instant))?;
         m.serialize_entry("metrics", &MetricsJson(&r.metrics))?;
         if let Some(msg) = partial_message(r) {
             m.serialize_entry("status", "PARTIAL")?;
@@ -681,12 +674,20 @@ mod tests {
             },
             partial: None,
         };
-        let json = serde_json::to_string(&RangeJson(&r)).unwrap();
+        let json = serde_json::to_string(&ResponseJson {
+            results: &r,
+            instant: false,
+        })
+        .unwrap();
         assert_eq!(
             json,
             r#"{"series":[{"labels":[{"key":"resource.service.name","value":{"stringValue":"checkout"}},{"key":"span.http.status_code","value":{"intValue":"500"}},{"key":"p","value":{"doubleValue":0.9}},{"key":"span.missing","value":{}}],"samples":[{"timestampMs":"1000","value":15},{"timestampMs":"2000"},{"timestampMs":"3000","value":0.25}]}],"metrics":{"inspectedBytes":"42","completedJobs":1,"totalJobs":1}}"#
         );
-        let json = serde_json::to_string(&InstantJson(&r)).unwrap();
+        let json = serde_json::to_string(&ResponseJson {
+            results: &r,
+            instant: true,
+        })
+        .unwrap();
         assert!(json.starts_with(r#"{"series":[{"labels":["#), "{json}");
         assert!(json.contains(r#""value":15}"#), "{json}");
     }
