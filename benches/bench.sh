@@ -3,12 +3,17 @@
 # ports with its data in a temp dir, drives it with the loadgen bench, and samples the
 # server's CPU seconds and peak RSS from /proc.
 #   benches/bench.sh [spans] [connections]
+# IDLE and BLOCK_DURATION set the ingester's trace_idle_period and max_block_duration
+# (default 2s and 15s: blocks are cut inside the window); IDLE=60s BLOCK_DURATION=60s keeps
+# every trace in memory for the fresh-data searches.
 set -euo pipefail
 SPANS=${1:-1000000}
 CONNS=${2:-16}
 cd "$(dirname "$0")/.."
-cargo build --release --bin vivace --bench loadgen >&2
-LG=$(ls -t target/release/deps/loadgen-* | grep -v '\.d$' | head -1)
+# VIVACE_BIN and LOADGEN_BIN run prebuilt binaries (e.g. an older commit, for a before/after).
+if [ -z "${VIVACE_BIN:-}" ]; then cargo build --release --bin vivace --bench loadgen >&2; fi
+BIN=${VIVACE_BIN:-target/release/vivace}
+LG=${LOADGEN_BIN:-$(ls -t target/release/deps/loadgen-* | grep -v '\.d$' | head -1)}
 DIR=$(mktemp -d)
 trap 'kill $VP 2>/dev/null || true; rm -rf "$DIR"' EXIT
 cat > "$DIR/cfg.yaml" <<CFG
@@ -19,7 +24,7 @@ distributor:
       protocols:
         grpc: {endpoint: "127.0.0.1:24317"}
         http: {endpoint: "127.0.0.1:24318"}
-ingester: {trace_idle_period: 2s, max_block_duration: 15s, flush_check_period: 1s}
+ingester: {trace_idle_period: ${IDLE:-2s}, max_block_duration: ${BLOCK_DURATION:-15s}, flush_check_period: 1s}
 # No compaction while measuring: every figure is taken on the blocks the ingester cut.
 compactor: {compaction: {compaction_cycle: 24h}}
 # Limits lifted, as for Tempo's figures: the default 30 MB/s per tenant would refuse this load.
@@ -29,7 +34,7 @@ storage:
     wal: {path: $DIR/wal}
     local: {path: $DIR/blocks}
 CFG
-target/release/vivace serve --config.file="$DIR/cfg.yaml" 2> "$DIR/vivace.log" &
+"$BIN" serve --config.file="$DIR/cfg.yaml" 2> "$DIR/vivace.log" &
 VP=$!
 until curl -sf localhost:23200/ready >/dev/null; do sleep 0.2; done
 cpu() { awk '{print ($14+$15)/100}' /proc/$VP/stat; }
@@ -39,6 +44,11 @@ cpu1=$(cpu)
 hwm_ingest=$(awk '/VmHWM/{print $2}' /proc/$VP/status)
 cat "$DIR/ingest.json"
 "$LG" lookup --api http://127.0.0.1:23200 --manifest "$DIR/ids.txt" --requests 500 --concurrency 8 | sed 's/^/recent /'
+# Search right after ingest, as Grafana's default view does: most traces are still in memory
+# (the live-trace count says how many), the rest in the blocks cut so far.
+echo "{\"fresh_live_traces\":$(curl -s localhost:23200/metrics | awk '/^vivace_ingester_live_traces /{print $2}'),\"fresh_blocks\":$(find "$DIR/blocks" -name data.parquet | wc -l)}"
+"$LG" search --api http://127.0.0.1:23200 --repeat 3 --limit 20 --pid "$VP" | sed 's/^/fresh limit20 /'
+"$LG" search --api http://127.0.0.1:23200 --repeat 3 --pid "$VP" | sed 's/^/fresh full /'
 # Wait until every trace is in a block (the head drains once traces go idle).
 until [ "$(curl -s localhost:23200/metrics | awk '/^vivace_ingester_live_traces /{print $2}')" = "0" ] \
    && [ "$(ls "$DIR"/wal | wc -l)" -le 1 ]; do sleep 1; done
@@ -52,6 +62,7 @@ acked=$(sed 's/.*"spans_acked":\([0-9]*\).*/\1/' "$DIR/ingest.json")
 cpu2=$(cpu)
 "$LG" search --api http://127.0.0.1:23200 --repeat 5 --pid "$VP" --spans "$acked" | tee "$DIR/search.json"
 cpu3=$(cpu)
+"$LG" search --api http://127.0.0.1:23200 --repeat 3 --limit 20 --pid "$VP" | sed 's/^/blocks limit20 /'
 # Every query searches the whole set (pruned spans count, as in Tempo's figure).
 awk -v a="$cpu2" -v b="$cpu3" -v n="$acked" 'BEGIN { c = b - a; printf "{\"search_server_cpu_s\":%.2f,\"set_spans_per_cpu_s_all_queries\":%.0f}\n", c, n*6*5/c }'
 # Autocomplete: tag names and values, answered from per-block tag summaries.
@@ -73,7 +84,7 @@ storage:
     local: {path: $DIR/blocks}
 CFG
 in_bytes=$(find "$DIR/blocks" -name data.parquet -printf '%s\n' | awk '{s+=$1} END {print s}')
-target/release/vivace serve --target=compactor --config.file="$DIR/compact.yaml" 2> "$DIR/compactor.log" &
+"$BIN" serve --target=compactor --config.file="$DIR/compact.yaml" 2> "$DIR/compactor.log" &
 VP=$!
 # Inputs are merged up to four at a time; give up after two minutes (the figure then says how
 # many blocks were left).

@@ -33,6 +33,36 @@ fn encode(c: &mut Criterion) {
             BatchSize::LargeInput,
         )
     });
+    // The ingester's cut level (fast, blocks are compacted later) against the compactor's.
+    for level in [1, 3] {
+        let cfg = BlockConfig {
+            compression: vivace::block::BlockCompression::Zstd(level),
+            ..BlockConfig::default()
+        };
+        let size = encode_block(&tenant, uuid::Uuid::nil(), 0, traces.clone(), &cfg)
+            .expect("encode")
+            .data
+            .len();
+        eprintln!(
+            "zstd({level}): {:.1} bytes/span",
+            size as f64 / spans as f64
+        );
+        g.bench_function(format!("encode_zstd{level}"), |b| {
+            b.iter_batched(
+                || traces.clone(),
+                |t| encode_block(&tenant, uuid::Uuid::nil(), 0, t, &cfg).expect("encode"),
+                BatchSize::LargeInput,
+            )
+        });
+    }
+    let size = encode_block(&tenant, uuid::Uuid::nil(), 0, traces.clone(), &cfg)
+        .expect("encode")
+        .data
+        .len();
+    eprintln!(
+        "default zstd(6): {:.1} bytes/span",
+        size as f64 / spans as f64
+    );
     let mut sorted = traces.clone();
     sorted.sort_by_key(|t| t.id);
     sorted.dedup_by_key(|t| t.id);

@@ -73,13 +73,26 @@ async fn rate_limit_refusals_are_retryable_and_say_when() {
         .post_otlp(request_bytes(&rand_trace_id(), 150), &[PROTO])
         .await;
     assert_eq!(code, 413, "{}", String::from_utf8_lossy(&msg));
+    // The rate is taken before the body is decoded: bytes that do not even decode are
+    // refused as over the rate (429) or the burst (413), not inspected (400).
+    let garbage = vec![0xffu8; 3000];
+    let (code, msg) = server.post_otlp(garbage, &[PROTO]).await;
+    assert_eq!(code, 429, "{}", String::from_utf8_lossy(&msg));
+    let (code, msg) = server.post_otlp(vec![0xffu8; 9000], &[PROTO]).await;
+    assert_eq!(code, 413, "{}", String::from_utf8_lossy(&msg));
     let metrics = server.metrics_text().await;
-    assert!(
-        metrics.contains(
-            "vivace_distributor_spans_refused_total{reason=\"rate_limited\",tenant=\"single-tenant\"}"
-        ),
-        "{metrics}"
-    );
+    let refused: f64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "vivace_distributor_spans_refused_total{reason=\"rate_limited\",tenant=\"single-tenant\"} ",
+            )
+        })
+        .unwrap_or_else(|| panic!("no rate_limited refusals in {metrics}"))
+        .parse()
+        .unwrap();
+    // Counted from the wire before decoding: at least the 150 spans of the oversized request.
+    assert!(refused >= 150.0, "{refused} spans refused");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -179,6 +179,23 @@ impl Distributor {
             })
     }
 
+    /// Takes a protobuf request's size from the tenant's rate before it is decoded, so an
+    /// export over the rate costs no decode; `spans` counts what a refusal refuses (only
+    /// called then). Follow with [`Distributor::push_admitted`].
+    pub fn admit(
+        &self,
+        tenant: &TenantId,
+        size: u64,
+        spans: impl FnOnce() -> usize,
+    ) -> Result<(), PushError> {
+        let limits = self.overrides.limits(tenant);
+        self.check_rate(tenant, &limits, size).inspect_err(|_| {
+            self.metrics
+                .spans_refused
+                .add(tenant.as_str(), "rate_limited", spans() as u64);
+        })
+    }
+
     /// Pushes a decoded request. `raw` is its protobuf encoding when the caller has it (gRPC
     /// and OTLP/HTTP protobuf), so the WAL stores the bytes received without re-encoding.
     pub async fn push(
@@ -191,19 +208,25 @@ impl Distributor {
             Some(r) => r,
             None => Bytes::from(req.encode_to_vec()),
         };
-        let limits = self.overrides.limits(tenant);
-        if let Err(e) = self.check_rate(tenant, &limits, raw.len() as u64) {
-            let spans: usize = req
-                .resource_spans
+        let spans = || {
+            req.resource_spans
                 .iter()
                 .flat_map(|rs| &rs.scope_spans)
                 .map(|ss| ss.spans.len())
-                .sum();
-            self.metrics
-                .spans_refused
-                .add(tenant.as_str(), "rate_limited", spans as u64);
-            return Err(e);
-        }
+                .sum()
+        };
+        self.admit(tenant, raw.len() as u64, spans)?;
+        self.push_admitted(tenant, raw, req).await
+    }
+
+    /// Pushes a request whose size [`Distributor::admit`] already took from the rate.
+    pub async fn push_admitted(
+        &self,
+        tenant: &TenantId,
+        raw: Bytes,
+        req: ExportTraceServiceRequest,
+    ) -> Result<PushOutcome, PushError> {
+        let limits = self.overrides.limits(tenant);
         let mut grouped = group_by_trace(&req.resource_spans);
         // The request is kept (not copied) only for a tenant whose spans feed the generator.
         let generator = self

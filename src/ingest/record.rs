@@ -3,10 +3,9 @@
 //! every distributor must pick the same partition for a trace.
 
 use bytes::{Buf, BufMut, Bytes};
-use prost::Message;
 
 use crate::ingester::TraceBatch;
-use crate::model::{Fragments, TenantId, TraceId, TracesData};
+use crate::model::{Fragments, TenantId, TraceId};
 
 /// The only version written so far; readers refuse any other.
 pub const VERSION: u8 = 1;
@@ -103,15 +102,11 @@ impl Record {
                 return Err(RecordError::Truncated("trace data"));
             }
             let data = b.split_to(len);
-            TracesData::decode(data.as_ref()).map_err(|e| RecordError::Otlp {
+            let data = Fragments::from_encoded(data).map_err(|e| RecordError::Otlp {
                 trace: id,
                 reason: e.to_string(),
             })?;
-            traces.push(TraceBatch {
-                id,
-                data: Fragments::from_encoded(data),
-                spans,
-            });
+            traces.push(TraceBatch { id, data, spans });
         }
         if b.has_remaining() {
             return Err(RecordError::Trailing(b.remaining()));

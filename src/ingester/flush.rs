@@ -518,7 +518,7 @@ mod tests {
             &bad,
             vec![super::super::TraceBatch {
                 id: bad_id,
-                data: crate::model::Fragments::from_encoded(garbage.clone()),
+                data: crate::model::Fragments::from_encoded_unchecked(garbage.clone()),
                 spans: 1,
             }],
         )

@@ -182,7 +182,7 @@ fn carried_over_traces_are_split_into_bounded_records() {
     let traces: Vec<Fragments> = (1..=20u8)
         .map(|t| {
             let req = request(t, 0..5);
-            Fragments::from_encoded(req.encode_to_vec().into())
+            Fragments::from_encoded(req.encode_to_vec().into()).unwrap()
         })
         .collect();
     let one = traces[0].len();

@@ -12,20 +12,74 @@ use prost::Message;
 
 use super::{InstrumentationScope, Resource, ResourceSpans, Span, TracesData};
 
-#[derive(Clone, Default, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Fragments {
     chunks: Vec<Bytes>,
     len: usize,
+    /// Earliest span start and latest span end (unix ns) over every chunk, kept as spans
+    /// are pushed: search orders and prunes live traces by time without decoding them.
+    start: u64,
+    end: u64,
+}
+
+impl Default for Fragments {
+    fn default() -> Self {
+        Self {
+            chunks: Vec::new(),
+            len: 0,
+            start: u64::MAX,
+            end: 0,
+        }
+    }
 }
 
 impl Fragments {
-    /// One already-encoded group: a whole request in tests, a trace read back from the
-    /// ingest log (checked by the reader to decode as `TracesData`).
-    pub(crate) fn from_encoded(bytes: Bytes) -> Self {
+    /// One already-encoded group (a whole request in tests, a trace read back from the
+    /// ingest log); decoded once here to check it and learn its time range.
+    pub(crate) fn from_encoded(bytes: Bytes) -> Result<Self, prost::DecodeError> {
+        let data = TracesData::decode(bytes.as_ref())?;
+        let mut f = Self {
+            len: bytes.len(),
+            chunks: vec![bytes],
+            ..Self::default()
+        };
+        for s in data
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .flat_map(|s| &s.spans)
+        {
+            f.note_times(s);
+        }
+        Ok(f)
+    }
+
+    /// Bytes taken as they are, times unknown (`start() > end()`): for tests that need a
+    /// chunk that does not decode.
+    #[cfg(test)]
+    pub(crate) fn from_encoded_unchecked(bytes: Bytes) -> Self {
         Self {
             len: bytes.len(),
             chunks: vec![bytes],
+            ..Self::default()
         }
+    }
+
+    fn note_times(&mut self, s: &Span) {
+        self.start = self.start.min(s.start_time_unix_nano);
+        self.end = self
+            .end
+            .max(s.end_time_unix_nano.max(s.start_time_unix_nano));
+    }
+
+    /// Earliest span start (unix ns); `u64::MAX` when no span is known.
+    pub fn start(&self) -> u64 {
+        self.start
+    }
+
+    /// Latest span end (unix ns); 0 when no span is known.
+    pub fn end(&self) -> u64 {
+        self.end
     }
 
     /// Appends one resource/scope group holding `spans`, without copying them into structs.
@@ -69,6 +123,7 @@ impl Fragments {
         }
         for s in spans {
             message::encode(2, *s, buf);
+            self.note_times(s);
         }
         if !scope_schema_url.is_empty() {
             encode_key(3, WireType::LengthDelimited, buf);
@@ -87,6 +142,8 @@ impl Fragments {
     pub fn extend(&mut self, other: &Fragments) {
         self.chunks.extend(other.chunks.iter().cloned());
         self.len += other.len;
+        self.start = self.start.min(other.start);
+        self.end = self.end.max(other.end);
     }
 
     /// Encoded size in bytes.

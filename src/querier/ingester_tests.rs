@@ -184,3 +184,42 @@ async fn metrics_count_each_span_once_before_and_after_a_flush() {
         assert_eq!(n, want, "counted once while flush {k} ran");
     }
 }
+
+#[tokio::test]
+async fn a_limited_search_over_memory_stops_early_and_keeps_the_newest() {
+    let f = fixture();
+    // Trace t starts t seconds after the base: 100 live traces, all in memory.
+    for t in 1..=100u8 {
+        push(&f, request(t, t..t + 2)).await;
+    }
+    let search = |q: &str, limit: usize| {
+        let req = crate::querier::search::SearchRequest {
+            query: Arc::new(crate::traceql::parse(q).unwrap()),
+            limit,
+            spss: 3,
+            range: None,
+            min_duration_nanos: None,
+            max_duration_nanos: None,
+        };
+        let querier = &f.querier;
+        async move { querier.search(&TenantId::single(), &req).await.unwrap() }
+    };
+    let all = search("{ }", 1000).await;
+    assert_eq!(all.traces.len(), 100);
+    assert_eq!(all.metrics.inspected_traces, 100);
+    let few = search("{ }", 5).await;
+    assert_eq!(few.traces, all.traces[..5].to_vec());
+    let newest: Vec<u8> = few.traces.iter().map(|t| t.id.0[0]).collect();
+    assert_eq!(newest, vec![100, 99, 98, 97, 96]);
+    // One round of the newest traces answered it: the older ones were never decoded.
+    assert!(
+        few.metrics.inspected_traces < 50,
+        "{} traces inspected",
+        few.metrics.inspected_traces
+    );
+    // A selective query whose hits are all old still finds them, round after round.
+    let old = search("{ name = \"span-3\" || name = \"span-2\" }", 5).await;
+    let ids: Vec<u8> = old.traces.iter().map(|t| t.id.0[0]).collect();
+    assert_eq!(ids, vec![3, 2, 1]);
+    assert_eq!(old.metrics.inspected_traces, 100);
+}

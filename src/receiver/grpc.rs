@@ -19,10 +19,11 @@ use tracing::debug;
 use tonic_types::{ErrorDetails, StatusExt};
 
 use super::admission::{gunzip, Admission, AdmissionError, DecodeError, GunzipError, Reservation};
+use super::estimate::estimate_protobuf;
 use super::{refusal, response_for, Refusal};
 use crate::api::auth::{grpc_status, TenantResolver};
-use crate::distributor::Distributor;
-use crate::model::ExportTraceServiceResponse;
+use crate::distributor::{Distributor, PushError};
+use crate::model::{ExportTraceServiceResponse, TenantId};
 
 /// Exporters should not come back sooner than this after a rate-limit refusal.
 const MIN_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
@@ -234,6 +235,12 @@ impl UnaryService<Bytes> for Export {
             // Held until the push is done: what the receiver inflated (gzip), if anything.
             let _inflated = request.extensions().get::<Arc<Reservation>>().cloned();
             let raw = request.into_inner();
+            // The rate is taken before decoding: an export over it costs no decode.
+            if let Err(e) = svc.distributor.admit(&tenant, raw.len() as u64, || {
+                estimate_protobuf(&raw).map_or(0, |e| e.spans)
+            }) {
+                return Err(push_status(&tenant, &e));
+            }
             let mut reservation = svc
                 .admission
                 .budget
@@ -248,24 +255,27 @@ impl UnaryService<Bytes> for Export {
                         "cannot decode ExportTraceServiceRequest: {e}"
                     )),
                 })?;
-            match svc.distributor.push(&tenant, Some(raw), req).await {
+            match svc.distributor.push_admitted(&tenant, raw, req).await {
                 Ok(outcome) => Ok(Response::new(response_for(&outcome))),
-                Err(e) => {
-                    debug!(tenant = %tenant, error = %e, "export refused");
-                    Err(match refusal(&e) {
-                        // UNAVAILABLE is the code OTLP exporters always retry with backoff.
-                        Refusal::Unavailable => Status::new(Code::Unavailable, e.to_string()),
-                        // Exporters retry RESOURCE_EXHAUSTED only when it carries RetryInfo.
-                        Refusal::RateLimited(after) => Status::with_error_details(
-                            Code::ResourceExhausted,
-                            e.to_string(),
-                            ErrorDetails::with_retry_info(Some(after.max(MIN_RETRY))),
-                        ),
-                        Refusal::TooLarge => Status::new(Code::ResourceExhausted, e.to_string()),
-                    })
-                }
+                Err(e) => Err(push_status(&tenant, &e)),
             }
         })
+    }
+}
+
+/// The status an exporter expects for a refused push.
+fn push_status(tenant: &TenantId, e: &PushError) -> Status {
+    debug!(tenant = %tenant, error = %e, "export refused");
+    match refusal(e) {
+        // UNAVAILABLE is the code OTLP exporters always retry with backoff.
+        Refusal::Unavailable => Status::new(Code::Unavailable, e.to_string()),
+        // Exporters retry RESOURCE_EXHAUSTED only when it carries RetryInfo.
+        Refusal::RateLimited(after) => Status::with_error_details(
+            Code::ResourceExhausted,
+            e.to_string(),
+            ErrorDetails::with_retry_info(Some(after.max(MIN_RETRY))),
+        ),
+        Refusal::TooLarge => Status::new(Code::ResourceExhausted, e.to_string()),
     }
 }
 

@@ -15,9 +15,10 @@ use serde_json::json;
 use tracing::debug;
 
 use super::admission::{gunzip, Admission, AdmissionError, DecodeError, GunzipError, Reservation};
+use super::estimate::estimate_protobuf;
 use super::{refusal, response_for, Refusal};
 use crate::api::auth::{AuthError, TenantResolver, CHALLENGES};
-use crate::distributor::Distributor;
+use crate::distributor::{Distributor, PushError};
 
 #[derive(Clone)]
 pub struct HttpReceiverState {
@@ -192,6 +193,15 @@ async fn export(State(s): State<HttpReceiverState>, headers: HeaderMap, body: Bo
             )
         }
     };
+    // The rate is taken before decoding protobuf (JSON is rated on its protobuf size, known
+    // only once decoded): an export over the rate costs no decode.
+    if format == Format::Protobuf {
+        if let Err(e) = s.distributor.admit(&tenant, body.len() as u64, || {
+            estimate_protobuf(&body).map_or(0, |e| e.spans)
+        }) {
+            return push_refused(format, &e);
+        }
+    }
     let decoded = match format {
         Format::Protobuf => s
             .admission
@@ -218,7 +228,11 @@ async fn export(State(s): State<HttpReceiverState>, headers: HeaderMap, body: Bo
             );
         }
     };
-    match s.distributor.push(&tenant, raw, req).await {
+    let pushed = match raw {
+        Some(raw) => s.distributor.push_admitted(&tenant, raw, req).await,
+        None => s.distributor.push(&tenant, None, req).await,
+    };
+    match pushed {
         Ok(outcome) => {
             let resp = response_for(&outcome);
             match format {
@@ -239,33 +253,38 @@ async fn export(State(s): State<HttpReceiverState>, headers: HeaderMap, body: Bo
                 }
             }
         }
-        Err(e) => match refusal(&e) {
-            Refusal::Unavailable => error(
+        Err(e) => push_refused(format, &e),
+    }
+}
+
+/// The response an exporter expects for a refused push.
+fn push_refused(format: Format, e: &PushError) -> Response {
+    match refusal(e) {
+        Refusal::Unavailable => error(
+            format,
+            StatusCode::SERVICE_UNAVAILABLE,
+            UNAVAILABLE,
+            e.to_string(),
+        ),
+        Refusal::RateLimited(after) => {
+            let mut resp = error(
                 format,
-                StatusCode::SERVICE_UNAVAILABLE,
-                UNAVAILABLE,
-                e.to_string(),
-            ),
-            Refusal::RateLimited(after) => {
-                let mut resp = error(
-                    format,
-                    StatusCode::TOO_MANY_REQUESTS,
-                    RESOURCE_EXHAUSTED,
-                    e.to_string(),
-                );
-                // Whole seconds, rounded up: the header has no finer unit.
-                let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
-                resp.headers_mut()
-                    .insert(header::RETRY_AFTER, header::HeaderValue::from(secs.max(1)));
-                resp
-            }
-            Refusal::TooLarge => error(
-                format,
-                StatusCode::PAYLOAD_TOO_LARGE,
+                StatusCode::TOO_MANY_REQUESTS,
                 RESOURCE_EXHAUSTED,
                 e.to_string(),
-            ),
-        },
+            );
+            // Whole seconds, rounded up: the header has no finer unit.
+            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs.max(1)));
+            resp
+        }
+        Refusal::TooLarge => error(
+            format,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            RESOURCE_EXHAUSTED,
+            e.to_string(),
+        ),
     }
 }
 

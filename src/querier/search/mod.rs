@@ -6,6 +6,7 @@
 //! answer.
 
 mod evaluate;
+mod memory;
 mod merge;
 #[cfg(test)]
 mod querier_tests;
@@ -27,7 +28,7 @@ use tracing::warn;
 
 use crate::backend::BackendError;
 use crate::block::{self, BlockMeta};
-use crate::model::{ResourceSpans, TenantId, TraceId};
+use crate::model::{TenantId, TraceId};
 use crate::querier::{Querier, QueryError, TimeRange};
 use crate::traceql::{Query, Value};
 
@@ -144,7 +145,7 @@ struct Partial {
 }
 
 impl Querier {
-    /// Memory through the OTLP view; blocks through the columnar path
+    /// Memory newest first through the OTLP view (`memory.rs`); blocks through the columnar path
     /// ([`block::SearchColumns`]): newest blocks first, only the column chunks the query
     /// needs, one row group at a time, stopping early once `limit` hits are held and the
     /// remaining blocks all end before the oldest of them starts.
@@ -155,18 +156,10 @@ impl Querier {
     ) -> Result<SearchResults, QueryError> {
         let params = Arc::new(SearchParams::from(req));
         let mut partials = Vec::new();
-        let p = params.clone();
-        let memory = self
-            .scan_memory(
-                tenant,
-                Arc::new(move |id, batches: &[ResourceSpans], out: &mut Partial| {
-                    p.evaluate(id, batches, out)
-                }),
-            )
-            .await?;
-        if let Some(s) = memory {
-            let mut p = s.value;
-            p.metrics.inspected_bytes += s.inspected_bytes;
+        if let Some(p) = self
+            .search_memory(tenant, params.clone(), req.limit)
+            .await?
+        {
             partials.push(p);
         }
         let columns = Arc::new(
@@ -249,7 +242,6 @@ impl Querier {
         columns: Arc<block::SearchColumns>,
     ) -> Result<Option<Partial>, QueryError> {
         let bid = meta.block_id;
-        let be = |source| QueryError::Backend { block: bid, source };
         let ble = |source| QueryError::Block { block: bid, source };
         let data_key = block::data_key(tenant, bid);
         let Some(footer) = self.footer(&data_key, &meta).await? else {
@@ -259,48 +251,87 @@ impl Querier {
         let reads = columns
             .plan(&footer, |s, e| range.is_none_or(|r| r.overlaps_nanos(s, e)))
             .map_err(ble)?;
-        let mut out = Partial::default();
-        for read in reads {
-            let read = Arc::new(read);
-            let fetched = match self.backend.get_ranges(&data_key, &read.ranges).await {
-                Ok(f) => f,
-                Err(BackendError::NotFound(_)) => return Ok(None),
-                Err(e) => return Err(be(e)),
-            };
-            out.metrics.inspected_bytes += read.total_bytes();
-            let (md, p, c, r, size) = (
-                footer.clone(),
-                params.clone(),
-                columns.clone(),
-                read.clone(),
-                meta.size,
-            );
-            let (pending, part) = Self::blocking(move || {
-                let mut part = Partial::default();
-                let pending = p.filter_row_group(md, &c, &r, fetched, size, &mut part)?;
-                Ok::<_, block::BlockError>((pending, part))
+        // Row groups of one block are evaluated side by side: a search right after a cut
+        // often has one large block, which would otherwise keep one core busy.
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let (key, meta) = (&data_key, &meta);
+        let mut groups = futures::stream::iter(reads)
+            .map(|read| {
+                let (footer, params, columns) = (footer.clone(), params.clone(), columns.clone());
+                async move {
+                    self.search_row_group(key, meta, footer, params, columns, read)
+                        .await
+                }
             })
-            .await?
-            .map_err(ble)?;
+            .buffered(workers.clamp(1, 8));
+        let mut out = Partial::default();
+        while let Some(r) = groups.next().await {
+            let Some(part) = r? else {
+                return Ok(None);
+            };
             out.metrics.inspected_traces += part.metrics.inspected_traces;
             out.metrics.inspected_spans += part.metrics.inspected_spans;
-            if pending.matches.is_empty() {
-                continue;
-            }
-            // Only row groups with hits read the hit columns.
-            let late = match self.backend.get_ranges(&data_key, &read.late_ranges).await {
-                Ok(f) => f,
-                Err(BackendError::NotFound(_)) => return Ok(None),
-                Err(e) => return Err(be(e)),
-            };
-            out.metrics.inspected_bytes += read.late_bytes();
-            let (md, p, c, size) = (footer.clone(), params.clone(), columns.clone(), meta.size);
-            let hits =
-                Self::blocking(move || p.report_row_group(md, &c, &read, pending, late, size))
-                    .await?
-                    .map_err(ble)?;
-            out.hits.extend(hits);
+            out.metrics.inspected_bytes += part.metrics.inspected_bytes;
+            out.hits.extend(part.hits);
         }
+        Ok(Some(out))
+    }
+
+    /// One row group: filter columns first, hit columns only when it has hits. None when
+    /// the block vanished (compaction).
+    async fn search_row_group(
+        &self,
+        data_key: &str,
+        meta: &BlockMeta,
+        footer: Arc<parquet::file::metadata::ParquetMetaData>,
+        params: Arc<SearchParams>,
+        columns: Arc<block::SearchColumns>,
+        read: block::RowGroupRead,
+    ) -> Result<Option<Partial>, QueryError> {
+        let bid = meta.block_id;
+        let be = |source| QueryError::Backend { block: bid, source };
+        let ble = |source| QueryError::Block { block: bid, source };
+        let read = Arc::new(read);
+        let fetched = match self.backend.get_ranges(data_key, &read.ranges).await {
+            Ok(f) => f,
+            Err(BackendError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(be(e)),
+        };
+        let mut out = Partial::default();
+        out.metrics.inspected_bytes += read.total_bytes();
+        let (md, p, c, r, size) = (
+            footer.clone(),
+            params.clone(),
+            columns.clone(),
+            read.clone(),
+            meta.size,
+        );
+        let (pending, part) = Self::blocking(move || {
+            let mut part = Partial::default();
+            let pending = p.filter_row_group(md, &c, &r, fetched, size, &mut part)?;
+            Ok::<_, block::BlockError>((pending, part))
+        })
+        .await?
+        .map_err(ble)?;
+        out.metrics.inspected_traces += part.metrics.inspected_traces;
+        out.metrics.inspected_spans += part.metrics.inspected_spans;
+        if pending.matches.is_empty() {
+            return Ok(Some(out));
+        }
+        // Only row groups with hits read the hit columns.
+        let late = match self.backend.get_ranges(data_key, &read.late_ranges).await {
+            Ok(f) => f,
+            Err(BackendError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(be(e)),
+        };
+        out.metrics.inspected_bytes += read.late_bytes();
+        let size = meta.size;
+        let hits = Self::blocking(move || {
+            params.report_row_group(footer, &columns, &read, pending, late, size)
+        })
+        .await?
+        .map_err(ble)?;
+        out.hits.extend(hits);
         Ok(Some(out))
     }
 }

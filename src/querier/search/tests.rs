@@ -6,7 +6,7 @@ use super::tests_support::*;
 
 use super::*;
 use crate::block::{self, BlockConfig, TraceInput};
-use crate::model::{any_value, AnyValue, KeyValue, Resource, ScopeSpans, Span};
+use crate::model::{any_value, AnyValue, KeyValue, Resource, ResourceSpans, ScopeSpans, Span};
 use crate::traceql::engine_tests::{cases, dataset};
 
 fn kv(key: &str, v: any_value::Value) -> KeyValue {
