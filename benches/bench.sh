@@ -5,7 +5,8 @@
 #   benches/bench.sh [spans] [connections]
 # IDLE and BLOCK_DURATION set the ingester's trace_idle_period and max_block_duration
 # (default 2s and 15s: blocks are cut inside the window); IDLE=60s BLOCK_DURATION=60s keeps
-# every trace in memory for the fresh-data searches.
+# every trace in memory for the fresh-data searches (up to max_block_bytes, 256 MiB: about
+# 600k spans of the default traffic).
 set -euo pipefail
 SPANS=${1:-1000000}
 CONNS=${2:-16}
@@ -43,12 +44,17 @@ cpu0=$(cpu)
 cpu1=$(cpu)
 hwm_ingest=$(awk '/VmHWM/{print $2}' /proc/$VP/status)
 cat "$DIR/ingest.json"
+acked=$(sed 's/.*"spans_acked":\([0-9]*\).*/\1/' "$DIR/ingest.json")
+awk -v c0="$cpu0" -v c1="$cpu1" -v a="$acked" -v hi="$hwm_ingest" -v n="$(find "$DIR/blocks" -name data.parquet | wc -l)" 'BEGIN {
+  printf "{\"ingest_server_cpu_s\":%.2f,\"ingest_acked_spans_per_cpu_s\":%.0f,\"ingest_peak_rss_mib\":%.0f,\"blocks_cut_in_window\":%d}\n", c1-c0, a/(c1-c0), hi/1024, n }'
 "$LG" lookup --api http://127.0.0.1:23200 --manifest "$DIR/ids.txt" --requests 500 --concurrency 8 | sed 's/^/recent /'
 # Search right after ingest, as Grafana's default view does: most traces are still in memory
 # (the live-trace count says how many), the rest in the blocks cut so far.
 echo "{\"fresh_live_traces\":$(curl -s localhost:23200/metrics | awk '/^vivace_ingester_live_traces /{print $2}'),\"fresh_blocks\":$(find "$DIR/blocks" -name data.parquet | wc -l)}"
 "$LG" search --api http://127.0.0.1:23200 --repeat 3 --limit 20 --pid "$VP" | sed 's/^/fresh limit20 /'
 "$LG" search --api http://127.0.0.1:23200 --repeat 3 --pid "$VP" | sed 's/^/fresh full /'
+# FRESH_ONLY=1 stops here (the fresh-data figures alone, for before/after pairs).
+if [ -n "${FRESH_ONLY:-}" ]; then exit 0; fi
 # Wait until every trace is in a block (the head drains once traces go idle).
 until [ "$(curl -s localhost:23200/metrics | awk '/^vivace_ingester_live_traces /{print $2}')" = "0" ] \
    && [ "$(ls "$DIR"/wal | wc -l)" -le 1 ]; do sleep 1; done

@@ -511,6 +511,9 @@ pub fn group_by_trace(resource_spans: &[ResourceSpans]) -> Grouped {
 }
 
 #[cfg(test)]
+mod wire_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::{InstrumentationScope, Resource, ScopeSpans};

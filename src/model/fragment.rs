@@ -139,6 +139,42 @@ impl Fragments {
         self.chunks.push(Bytes::from(chunk));
     }
 
+    /// Appends one resource/scope group made of received bytes: `rs_fields` and
+    /// `ss_fields` are whole fields (key included) of the `ResourceSpans` and `ScopeSpans`
+    /// other than their lists, `spans` whole `spans` fields with their start and end times.
+    /// Decoding the result gives what decoding the request gave for these spans.
+    pub(crate) fn push_encoded<'a>(
+        &mut self,
+        rs_fields: &[&[u8]],
+        ss_fields: &[&[u8]],
+        spans: impl Iterator<Item = (&'a [u8], u64, u64)> + Clone,
+    ) {
+        let ss_len = ss_fields.iter().map(|f| f.len()).sum::<usize>()
+            + spans.clone().map(|(b, _, _)| b.len()).sum::<usize>();
+        let rs_len = rs_fields.iter().map(|f| f.len()).sum::<usize>()
+            + key_len(2)
+            + encoded_len_varint(ss_len as u64)
+            + ss_len;
+        let mut chunk = Vec::with_capacity(key_len(1) + encoded_len_varint(rs_len as u64) + rs_len);
+        encode_key(1, WireType::LengthDelimited, &mut chunk);
+        encode_varint(rs_len as u64, &mut chunk);
+        for f in rs_fields {
+            chunk.extend_from_slice(f);
+        }
+        encode_key(2, WireType::LengthDelimited, &mut chunk);
+        encode_varint(ss_len as u64, &mut chunk);
+        for f in ss_fields {
+            chunk.extend_from_slice(f);
+        }
+        for (b, start, end) in spans {
+            chunk.extend_from_slice(b);
+            self.start = self.start.min(start);
+            self.end = self.end.max(end.max(start));
+        }
+        self.len += chunk.len();
+        self.chunks.push(Bytes::from(chunk));
+    }
+
     pub fn extend(&mut self, other: &Fragments) {
         self.chunks.extend(other.chunks.iter().cloned());
         self.len += other.len;
