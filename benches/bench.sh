@@ -40,13 +40,17 @@ VP=$!
 until curl -sf localhost:23200/ready >/dev/null; do sleep 0.2; done
 cpu() { awk '{print ($14+$15)/100}' /proc/$VP/stat; }
 cpu0=$(cpu)
-"$LG" ingest --endpoint http://127.0.0.1:24317 --spans "$SPANS" --connections "$CONNS" --batch-spans 500 --manifest "$DIR/ids.txt" > "$DIR/ingest.json"
+# LOADGEN_ARGS adds ingest flags, e.g. "--replay /tmp/sdk.otlp" (benches/otel_sdk_traffic.py).
+# shellcheck disable=SC2086
+"$LG" ingest --endpoint http://127.0.0.1:24317 --spans "$SPANS" --connections "$CONNS" --batch-spans 500 --manifest "$DIR/ids.txt" ${LOADGEN_ARGS:-} > "$DIR/ingest.json"
 cpu1=$(cpu)
 hwm_ingest=$(awk '/VmHWM/{print $2}' /proc/$VP/status)
 cat "$DIR/ingest.json"
 acked=$(sed 's/.*"spans_acked":\([0-9]*\).*/\1/' "$DIR/ingest.json")
 awk -v c0="$cpu0" -v c1="$cpu1" -v a="$acked" -v hi="$hwm_ingest" -v n="$(find "$DIR/blocks" -name data.parquet | wc -l)" 'BEGIN {
   printf "{\"ingest_server_cpu_s\":%.2f,\"ingest_acked_spans_per_cpu_s\":%.0f,\"ingest_peak_rss_mib\":%.0f,\"blocks_cut_in_window\":%d}\n", c1-c0, a/(c1-c0), hi/1024, n }'
+# INGEST_ONLY=1 stops here (the ingest window's figures alone).
+if [ -n "${INGEST_ONLY:-}" ]; then exit 0; fi
 "$LG" lookup --api http://127.0.0.1:23200 --manifest "$DIR/ids.txt" --requests 500 --concurrency 8 | sed 's/^/recent /'
 # Search right after ingest, as Grafana's default view does: most traces are still in memory
 # (the live-trace count says how many), the rest in the blocks cut so far.

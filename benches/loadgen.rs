@@ -7,7 +7,8 @@
 //! cargo bench --bench loadgen -- lookup --api http://127.0.0.1:3200 --manifest /tmp/ids.txt \
 //!     --requests 500 --concurrency 8
 //! ```
-//! Each prints one JSON line of results. Traces come from `vivace::block::synth` (a dozen
+//! `--replay FILE` sends requests recorded from the OpenTelemetry SDK
+//! (`benches/otel_sdk_traffic.py`) instead. Each prints one JSON line of results. Traces come from `vivace::block::synth` (a dozen
 //! services, 5–60 spans per trace, semantic-convention attributes, ~2% errors, events and
 //! links), shifted so they start now.
 
@@ -96,6 +97,61 @@ fn build_requests(
     (requests, ids, total)
 }
 
+/// Requests recorded elsewhere (`benches/otel_sdk_traffic.py`: 4-byte big-endian length,
+/// then an `ExportTraceServiceRequest`), replayed until `spans` are sent. Each pass over the
+/// file gets fresh trace IDs (the pass number in the first four bytes), and times are moved
+/// so the newest span starts now.
+fn replay_requests(path: &str, spans: usize) -> (Vec<ExportTraceServiceRequest>, Vec<String>, usize) {
+    let data = std::fs::read(path).expect("read replay file");
+    let mut recorded = Vec::new();
+    let mut rest = &data[..];
+    while rest.len() >= 4 {
+        let len = u32::from_be_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+        recorded.push(ExportTraceServiceRequest::decode(&rest[4..4 + len]).expect("recorded request"));
+        rest = &rest[4 + len..];
+    }
+    let newest = recorded
+        .iter()
+        .flat_map(|r| &r.resource_spans)
+        .flat_map(|r| &r.scope_spans)
+        .flat_map(|s| &s.spans)
+        .map(|s| s.start_time_unix_nano)
+        .max()
+        .expect("recorded spans");
+    let shift = now_ns().saturating_sub(newest);
+    let (mut requests, mut ids, mut total) = (Vec::new(), Vec::new(), 0);
+    let mut seen = std::collections::HashSet::new();
+    'passes: for pass in 0u32.. {
+        for r in &recorded {
+            if total >= spans {
+                break 'passes;
+            }
+            let mut r = r.clone();
+            for s in r
+                .resource_spans
+                .iter_mut()
+                .flat_map(|r| &mut r.scope_spans)
+                .flat_map(|s| &mut s.spans)
+            {
+                for (b, p) in s.trace_id.iter_mut().zip(pass.to_be_bytes()) {
+                    *b ^= p;
+                }
+                s.start_time_unix_nano += shift;
+                s.end_time_unix_nano += shift;
+                for e in &mut s.events {
+                    e.time_unix_nano += shift;
+                }
+                if seen.insert(s.trace_id.clone()) {
+                    ids.push(hex::encode(&s.trace_id));
+                }
+                total += 1;
+            }
+            requests.push(r);
+        }
+    }
+    (requests, ids, total)
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -114,7 +170,10 @@ async fn ingest(kv: HashMap<String, String>) {
     let connections: usize = get(&kv, "connections", 16);
     let seed: u64 = get(&kv, "seed", 1);
     let gen_started = Instant::now();
-    let (requests, ids, total_spans) = build_requests(spans, batch_spans, seed);
+    let (requests, ids, total_spans) = match kv.get("replay") {
+        Some(path) => replay_requests(path, spans),
+        None => build_requests(spans, batch_spans, seed),
+    };
     let wire_bytes: usize = requests.iter().map(|r| r.encoded_len()).sum();
     eprintln!(
         "generated {} requests, {} traces, {} spans, {:.0} B/span protobuf in {:?}",
