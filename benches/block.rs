@@ -151,7 +151,7 @@ fn otlp(c: &mut Criterion) {
         })
     });
     g.bench_function("group_by_trace", |b| {
-        b.iter(|| vivace::distributor::group_by_trace(black_box(&req.resource_spans)))
+        b.iter(|| vivace::model::group_by_trace(black_box(&req.resource_spans)))
     });
     g.finish();
 }

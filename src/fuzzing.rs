@@ -13,8 +13,7 @@ use crate::block::{
     decode_footer, find_trace, find_trace_in_pages, plan_lookup, read_all_traces,
     row_group_byte_range, LookupPlan,
 };
-use crate::distributor::group_by_trace;
-use crate::model::{ExportTraceServiceRequest, ResourceSpans, TraceId};
+use crate::model::{group_by_trace, ExportTraceServiceRequest, ResourceSpans, TraceId};
 
 /// The system allocator with a ceiling on any single allocation: the fuzz targets install it
 /// so that a size taken from corrupt input (a length prefix, a row count) aborts the run
@@ -115,7 +114,7 @@ fn distribute(req: &ExportTraceServiceRequest) {
         "every span is accounted for"
     );
     let mut regrouped = 0;
-    for t in &g.traces {
+    for t in g.traces() {
         let batches = t
             .data
             .decode()

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use prost::Message;
 
 use crate::generator::Generator;
-use crate::ingester::{wal, IngestError, Ingester, TraceBatch};
+use crate::ingester::{IngestError, Ingester};
 
 /// Where accepted traces go instead of the ingester's WAL when an ingest log is configured
 /// (`src/ingest/` implements it on Kafka). Defined here so the distributor does not depend
@@ -30,9 +30,12 @@ pub trait TraceLog: Send + Sync + 'static {
 #[derive(Debug, thiserror::Error)]
 #[error("ingest log unavailable: {0}")]
 pub struct LogUnavailable(pub String);
+use crate::config::overrides::Limits;
 use crate::metrics::Metrics;
-use crate::model::{ExportTraceServiceRequest, Fragments, ResourceSpans, Span, TenantId, TraceId};
-use crate::overrides::{Limits, Overrides};
+use crate::model::{
+    group_by_trace, ExportTraceServiceRequest, Grouped, TenantId, TraceBatch, TraceId,
+};
+use crate::overrides::Overrides;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PushError {
@@ -265,11 +268,11 @@ impl Distributor {
             "invalid_span_id",
             grouped.bad_span_id as u64,
         );
-        if grouped.traces.is_empty() {
+        if grouped.traces().is_empty() {
             return Ok(outcome);
         }
         let kept: Option<HashSet<TraceId>> =
-            (too_large + over_live > 0).then(|| grouped.traces.iter().map(|t| t.id).collect());
+            (!grouped.is_whole()).then(|| grouped.traces().iter().map(|t| t.id).collect());
         let offer = |req: Option<ExportTraceServiceRequest>| {
             if let (Some(g), Some(req)) = (generator, req) {
                 g.offer(tenant, req, raw.len(), kept);
@@ -278,7 +281,7 @@ impl Distributor {
         if let Some(log) = &self.log {
             // Limits were applied above; what is left is acknowledged only once the log
             // has every record.
-            return match log.write(tenant, grouped.traces).await {
+            return match log.write(tenant, grouped.into_traces()).await {
                 Ok(()) => {
                     self.metrics.spans_received.add(outcome.accepted as u64);
                     self.metrics.bytes_received.add(raw.len() as u64);
@@ -308,18 +311,7 @@ impl Distributor {
             offer(for_generator);
             return Ok(outcome);
         };
-        // The WAL must hold exactly what was accepted, so a replay cannot bring back spans the
-        // exporter was told were rejected.
-        let payload = if too_large + over_live > 0 {
-            let mut kept = Fragments::default();
-            for t in &grouped.traces {
-                kept.extend(&t.data);
-            }
-            wal::encode_payload(tenant, &kept.concat())
-        } else {
-            wal::encode_payload(tenant, &raw)
-        };
-        match ingester.push(payload, tenant, grouped.traces).await {
+        match ingester.push(tenant, &raw, grouped).await {
             Ok(()) => {
                 self.metrics.spans_received.add(outcome.accepted as u64);
                 self.metrics.bytes_received.add(raw.len() as u64);
@@ -348,15 +340,7 @@ impl Distributor {
         let Some(ingester) = self.ingester.as_ref().filter(|_| max != 0) else {
             return 0;
         };
-        let mut refused = 0;
-        g.traces.retain(|t| {
-            let fits = ingester.live_trace_bytes(tenant, &t.id) + t.data.len() <= max;
-            if !fits {
-                refused += t.spans;
-            }
-            fits
-        });
-        refused
+        g.retain(|t| ingester.live_trace_bytes(tenant, &t.id) + t.data.len() <= max)
     }
 
     /// Removes traces that are not live yet once the tenant has `max_traces_per_user` live
@@ -372,15 +356,14 @@ impl Distributor {
         let Some(ingester) = self.ingester.as_ref().filter(|_| max != 0) else {
             return 0;
         };
-        if g.traces.is_empty() {
+        if g.traces().is_empty() {
             return 0;
         }
-        let ids: Vec<TraceId> = g.traces.iter().map(|t| t.id).collect();
+        let ids: Vec<TraceId> = g.traces().iter().map(|t| t.id).collect();
         let (live, is_live) = ingester.live_traces(tenant, &ids);
         let mut room = max.saturating_sub(live);
-        let mut refused = 0;
         let mut i = 0;
-        g.traces.retain(|t| {
+        g.retain(|_| {
             let known = is_live[i];
             i += 1;
             if known {
@@ -390,174 +373,7 @@ impl Distributor {
                 room -= 1;
                 return true;
             }
-            refused += t.spans;
             false
-        });
-        refused
-    }
-}
-
-/// Spans of a request regrouped by trace, with the refused ones counted.
-#[derive(Default)]
-pub struct Grouped {
-    pub traces: Vec<TraceBatch>,
-    pub accepted: usize,
-    pub rejected: usize,
-    pub bad_trace_id: usize,
-    pub bad_span_id: usize,
-}
-
-impl Grouped {
-    fn message(&self) -> String {
-        let mut parts = Vec::new();
-        if self.bad_trace_id > 0 {
-            parts.push(format!(
-                "{} spans with an invalid trace id (must be 16 bytes, not all zero)",
-                self.bad_trace_id
-            ));
-        }
-        if self.bad_span_id > 0 {
-            parts.push(format!(
-                "{} spans with an invalid span id (must be 8 bytes, not all zero)",
-                self.bad_span_id
-            ));
-        }
-        if parts.is_empty() {
-            String::new()
-        } else {
-            format!("rejected {}", parts.join(" and "))
-        }
-    }
-}
-
-fn valid_span_id(id: &[u8]) -> bool {
-    id.len() == 8 && id.iter().any(|&b| b != 0)
-}
-
-/// Splits OTLP resource spans into one encoded fragment per trace, keeping each span under
-/// its own resource and scope. Spans are encoded straight from the request: nothing is
-/// cloned into new structs.
-pub fn group_by_trace(resource_spans: &[ResourceSpans]) -> Grouped {
-    let mut g = Grouped::default();
-    let mut index: HashMap<TraceId, usize> = HashMap::new();
-    let mut per_trace: Vec<(usize, Vec<&Span>)> = Vec::new();
-    for rs in resource_spans {
-        for ss in &rs.scope_spans {
-            per_trace.clear();
-            for span in &ss.spans {
-                let id = match TraceId::from_bytes(&span.trace_id) {
-                    Ok(id) if span.trace_id.len() == 16 => id,
-                    _ => {
-                        g.bad_trace_id += 1;
-                        continue;
-                    }
-                };
-                if !valid_span_id(&span.span_id) {
-                    g.bad_span_id += 1;
-                    continue;
-                }
-                g.accepted += 1;
-                let t = *index.entry(id).or_insert_with(|| {
-                    g.traces.push(TraceBatch {
-                        id,
-                        data: Fragments::default(),
-                        spans: 0,
-                    });
-                    g.traces.len() - 1
-                });
-                // Requests usually carry few traces per scope: a short linear search wins.
-                match per_trace.iter_mut().find(|(i, _)| *i == t) {
-                    Some((_, v)) => v.push(span),
-                    None => per_trace.push((t, vec![span])),
-                }
-            }
-            for (t, spans) in &per_trace {
-                g.traces[*t].spans += spans.len();
-                g.traces[*t].data.push(
-                    rs.resource.as_ref(),
-                    &rs.schema_url,
-                    ss.scope.as_ref(),
-                    &ss.schema_url,
-                    spans,
-                );
-            }
-        }
-    }
-    g.rejected = g.bad_trace_id + g.bad_span_id;
-    g
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::{InstrumentationScope, Resource, ScopeSpans};
-
-    fn span(trace: u8, id: u8) -> Span {
-        Span {
-            trace_id: if trace == 0 {
-                vec![1, 2, 3]
-            } else {
-                vec![trace; 16]
-            },
-            span_id: vec![0, 0, 0, 0, 0, 0, 0, id],
-            name: format!("span-{id}"),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn groups_by_trace_and_counts_rejections() {
-        let req = vec![
-            ResourceSpans {
-                resource: Some(Resource::default()),
-                scope_spans: vec![
-                    ScopeSpans {
-                        scope: Some(InstrumentationScope {
-                            name: "a".into(),
-                            ..Default::default()
-                        }),
-                        spans: vec![span(1, 1), span(2, 2), span(1, 3), span(0, 4)],
-                        schema_url: String::new(),
-                    },
-                    ScopeSpans {
-                        scope: None,
-                        spans: vec![span(1, 5), span(1, 0)],
-                        schema_url: String::new(),
-                    },
-                ],
-                schema_url: String::new(),
-            },
-            ResourceSpans {
-                resource: None,
-                scope_spans: vec![ScopeSpans {
-                    scope: None,
-                    spans: vec![span(2, 6)],
-                    schema_url: String::new(),
-                }],
-                schema_url: String::new(),
-            },
-        ];
-        let g = group_by_trace(&req);
-        assert_eq!(g.accepted, 5);
-        assert_eq!(g.bad_trace_id, 1);
-        assert_eq!(g.bad_span_id, 1);
-        assert_eq!(g.traces.len(), 2);
-        let t1 = &g.traces[0];
-        assert_eq!(t1.id, TraceId([1; 16]));
-        // one fragment per resource/scope group: span 1+3 in scope a, span 5 unnamed
-        let b1 = t1.data.decode().unwrap();
-        assert_eq!(b1.len(), 2);
-        assert_eq!(b1[0].scope_spans[0].scope.as_ref().unwrap().name, "a");
-        let names: Vec<_> = b1[0].scope_spans[0]
-            .spans
-            .iter()
-            .map(|s| s.name.as_str())
-            .collect();
-        assert_eq!(names, ["span-1", "span-3"]);
-        assert_eq!(b1[1].scope_spans[0].spans[0].name, "span-5");
-        let b2 = g.traces[1].data.decode().unwrap();
-        assert_eq!(b2.len(), 2);
-        assert!(b2[1].resource.is_none());
-        assert!(g.message().contains("invalid trace id"));
+        })
     }
 }

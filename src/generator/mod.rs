@@ -27,9 +27,10 @@ use tracing::{info, warn};
 use crate::config::generator::{
     check_buckets, MetricsGeneratorConfig, ProcessorConfig, ProcessorOverrides,
 };
+use crate::config::overrides::{GeneratorLimits, GeneratorProcessor};
 use crate::metrics::Metrics;
 use crate::model::{ExportTraceServiceRequest, TenantId, TraceId};
-use crate::overrides::{GeneratorLimits, GeneratorProcessor, Overrides};
+use crate::overrides::Overrides;
 
 pub use filter::FilterError;
 use filter::SpanFilter;

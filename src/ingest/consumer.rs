@@ -12,8 +12,8 @@ use tracing::{info, warn};
 use super::client::{Fetched, Kafka, KafkaError};
 use super::log::{position, PartitionLog};
 use super::record::Record;
-use crate::ingester::{IngestError, Ingester, TraceBatch};
-use crate::model::TenantId;
+use crate::ingester::{IngestError, Ingester};
+use crate::model::{TenantId, TraceBatch};
 
 /// Bytes asked for per fetch.
 const FETCH_BYTES: i32 = 4 << 20;
@@ -168,7 +168,7 @@ impl Consumer {
                 .collect();
             match self
                 .ingester
-                .push(position(p, r.offset), &tenant, batch)
+                .push_logged(position(p, r.offset), &tenant, batch)
                 .await
             {
                 Ok(()) => return,

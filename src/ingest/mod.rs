@@ -22,8 +22,7 @@ pub use consumer::Consumer;
 pub use log::{block_id, PartitionLog, Ranges};
 
 use crate::distributor::{LogUnavailable, TraceLog};
-use crate::ingester::TraceBatch;
-use crate::model::TenantId;
+use crate::model::{TenantId, TraceBatch};
 
 /// The distributor's side: produces a request's traces, one record per partition they hash
 /// to, and returns once the broker acknowledged all of them.

@@ -5,8 +5,7 @@
 use bytes::{Buf, BufMut, Bytes};
 use prost::Message;
 
-use crate::ingester::TraceBatch;
-use crate::model::{Fragments, TenantId, TraceId, TracesData};
+use crate::model::{Fragments, TenantId, TraceBatch, TraceId, TracesData};
 
 /// The only version written so far; readers refuse any other.
 pub const VERSION: u8 = 1;

@@ -6,11 +6,13 @@
 
 mod combine;
 mod fragment;
+mod group;
 mod ids;
 mod nested_set;
 
 pub use combine::{combine, span_count, Combiner};
 pub use fragment::Fragments;
+pub use group::{group_by_trace, Grouped, TraceBatch};
 pub use ids::{IdError, TenantId, TenantIdError, TraceId, SINGLE_TENANT};
 pub use nested_set::{nested_sets, parent_indices, NestedSet};
 
