@@ -9,11 +9,12 @@ use clap::{Args, Subcommand, ValueEnum};
 
 use crate::api;
 use crate::backend::Backend;
+use crate::blocklist::{BlockList, PollConfig};
 use crate::config::Config;
 use crate::frontend::Frontend;
 use crate::metrics::Metrics;
 use crate::model::{TenantId, TraceId, SINGLE_TENANT};
-use crate::querier::{BlockList, PollConfig, Querier};
+use crate::querier::Querier;
 
 #[derive(Args, Debug)]
 pub struct BucketArgs {

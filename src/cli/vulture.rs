@@ -504,7 +504,7 @@ impl Vulture {
 
 /// Judges a search response: the trace must be listed, and its span set must have matched
 /// every span written.
-pub fn search_verdict(resp: &SearchResponseView, id: &TraceId, spans: usize) -> Verdict {
+pub(crate) fn search_verdict(resp: &SearchResponseView, id: &TraceId, spans: usize) -> Verdict {
     let Some(t) = resp
         .traces
         .iter()

@@ -44,20 +44,21 @@ use crate::model::TenantId;
 use crate::overrides::Overrides;
 use bucket::Sources;
 
-pub use merge::truncate as truncate_trace;
+#[cfg(test)]
+use merge::truncate as truncate_trace;
 
 /// In a compaction's output folder: the IDs of the blocks it replaces, written before its
 /// `meta.json`, so a restarted compactor can finish marking them compacted.
-pub const SOURCES_FILE: &str = "sources.json";
+pub(crate) const SOURCES_FILE: &str = "sources.json";
 /// Reason label of spans cut from traces over `max_bytes_per_trace` (Tempo's).
-pub const TRACE_TOO_LARGE: &str = "trace_too_large_to_compact";
+pub(crate) const TRACE_TOO_LARGE: &str = "trace_too_large_to_compact";
 
-pub fn sources_key(tenant: &TenantId, id: Uuid) -> String {
+pub(crate) fn sources_key(tenant: &TenantId, id: Uuid) -> String {
     format!("{}/{}/{}", tenant.as_str(), id, SOURCES_FILE)
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum CompactError {
+pub(crate) enum CompactError {
     #[error("storage: {0}")]
     Backend(#[from] BackendError),
     #[error("block: {0}")]
@@ -90,7 +91,7 @@ pub enum CompactError {
 
 /// The durable steps of one compaction, in order; a crash can happen after any of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CompactionStep {
+pub(crate) enum CompactionStep {
     /// data, tags.json, index, blooms and sources.json of the output are uploaded.
     OutputObjects,
     /// The output's meta.json is written: it is live.
@@ -108,7 +109,7 @@ pub enum CompactionStep {
 /// Why a block stopped being live (recorded in meta.compacted.json, used as metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum CompactedReason {
+pub(crate) enum CompactedReason {
     Compaction,
     Retention,
 }
@@ -139,16 +140,16 @@ const ORPHAN_MIN_AGE: Duration = Duration::from_secs(15 * 60);
 
 /// Totals of one cycle, for logs and tests.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct CycleReport {
-    pub compactions: usize,
-    pub blocks_compacted: usize,
-    pub marked_by_retention: usize,
-    pub recovered_inputs: usize,
-    pub deleted: usize,
-    pub orphans: usize,
+pub(crate) struct CycleReport {
+    pub(crate) compactions: usize,
+    pub(crate) blocks_compacted: usize,
+    pub(crate) marked_by_retention: usize,
+    pub(crate) recovered_inputs: usize,
+    pub(crate) deleted: usize,
+    pub(crate) orphans: usize,
 }
 
-pub struct Compactor {
+pub(crate) struct Compactor {
     backend: Backend,
     blocklist: Arc<BlockList>,
     cfg: CompactionConfig,
@@ -182,7 +183,7 @@ fn nanos(d: Duration) -> u64 {
 }
 
 impl Compactor {
-    pub fn new(
+    pub(crate) fn new(
         backend: Backend,
         blocklist: Arc<BlockList>,
         cfg: CompactionConfig,
@@ -223,14 +224,14 @@ impl Compactor {
     }
 
     /// Tests shorten the orphan age (the floor protects real uploads).
-    #[doc(hidden)]
-    pub fn set_orphan_age(&self, age: Duration) {
+    #[cfg(test)]
+    pub(crate) fn set_orphan_age(&self, age: Duration) {
         *self.orphan_age.lock() = Some(age);
     }
 
     /// Makes the next compaction stop after `step`, as if the process died there.
-    #[doc(hidden)]
-    pub fn stop_after(&self, step: Option<CompactionStep>) {
+    #[cfg(test)]
+    pub(crate) fn stop_after(&self, step: Option<CompactionStep>) {
         *self.stop_after.lock() = step;
     }
 
@@ -243,7 +244,7 @@ impl Compactor {
 
     /// Runs a cycle every `compaction_cycle` until the task is dropped. Stopping it at any
     /// await point is a crash the next cycle recovers from.
-    pub async fn run(self: Arc<Self>) {
+    pub(crate) async fn run(self: Arc<Self>) {
         let mut tick = tokio::time::interval(self.cfg.compaction_cycle);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The first cycle waits one period: start-up (WAL replay, first flushes) comes first.
@@ -279,7 +280,7 @@ impl Compactor {
     }
 
     /// One pass over every tenant in the bucket. Errors are logged per tenant.
-    pub async fn run_cycle(&self) -> CycleReport {
+    pub(crate) async fn run_cycle(&self) -> CycleReport {
         let mut total = CycleReport::default();
         let tenants = match self.backend.list_dirs(None).await {
             Ok(t) => t,
@@ -308,7 +309,10 @@ impl Compactor {
     }
 
     /// One tenant: finish interrupted work, retention, deletions, then compactions.
-    pub async fn cycle_tenant(&self, tenant: &TenantId) -> Result<CycleReport, CompactError> {
+    pub(crate) async fn cycle_tenant(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<CycleReport, CompactError> {
         let mut report = CycleReport::default();
         let listing = self.list_tenant(tenant).await?;
         let now = now_nanos();

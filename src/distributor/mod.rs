@@ -19,7 +19,7 @@ use crate::ingester::{IngestError, Ingester};
 /// (`src/ingest/` implements it on Kafka). Defined here so the distributor does not depend
 /// on the log's client.
 #[async_trait::async_trait]
-pub trait TraceLog: Send + Sync + 'static {
+pub(crate) trait TraceLog: Send + Sync + 'static {
     /// Returns once the log has acknowledged every trace (acks=all): only then may the
     /// export be acknowledged.
     async fn write(&self, tenant: &TenantId, traces: Vec<TraceBatch>)
@@ -29,7 +29,7 @@ pub trait TraceLog: Send + Sync + 'static {
 /// The ingest log refused or did not acknowledge in time: retryable, never an ack.
 #[derive(Debug, thiserror::Error)]
 #[error("ingest log unavailable: {0}")]
-pub struct LogUnavailable(pub String);
+pub(crate) struct LogUnavailable(pub(crate) String);
 use crate::config::overrides::Limits;
 use crate::metrics::Metrics;
 use crate::model::{
@@ -38,7 +38,7 @@ use crate::model::{
 use crate::overrides::Overrides;
 
 #[derive(Debug, thiserror::Error)]
-pub enum PushError {
+pub(crate) enum PushError {
     #[error(transparent)]
     Ingest(#[from] IngestError),
     #[error(transparent)]
@@ -60,14 +60,14 @@ pub enum PushError {
 
 /// What happened to a request's spans.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct PushOutcome {
-    pub accepted: usize,
-    pub rejected: usize,
+pub(crate) struct PushOutcome {
+    pub(crate) accepted: usize,
+    pub(crate) rejected: usize,
     /// Why spans were rejected; empty when none were.
-    pub message: String,
+    pub(crate) message: String,
 }
 
-pub struct Distributor {
+pub(crate) struct Distributor {
     /// The ingester of this process; `None` on a distributor-only node, which sends
     /// everything to the ingest log (the live-trace limits are then not checked here), and
     /// in a generator-only process (`-target=metrics-generator`), which stores nothing.
@@ -105,7 +105,7 @@ impl Bucket {
 }
 
 impl Distributor {
-    pub fn new(
+    pub(crate) fn new(
         ingester: Option<Arc<Ingester>>,
         metrics: Arc<Metrics>,
         overrides: Arc<Overrides>,
@@ -121,13 +121,13 @@ impl Distributor {
     }
 
     /// Sends accepted traces to `log` instead of the ingester's WAL.
-    pub fn with_log(mut self, log: Arc<dyn TraceLog>) -> Self {
+    pub(crate) fn with_log(mut self, log: Arc<dyn TraceLog>) -> Self {
         self.log = Some(log);
         self
     }
 
     /// A distributor with no ingester in its process: everything goes to `log`.
-    pub fn log_only(
+    pub(crate) fn log_only(
         log: Arc<dyn TraceLog>,
         metrics: Arc<Metrics>,
         overrides: Arc<Overrides>,
@@ -143,7 +143,7 @@ impl Distributor {
     }
 
     /// Feeds accepted requests of tenants with generator processors to `generator`.
-    pub fn with_generator(mut self, generator: Option<Arc<Generator>>) -> Self {
+    pub(crate) fn with_generator(mut self, generator: Option<Arc<Generator>>) -> Self {
         self.generator = generator;
         self
     }
@@ -184,7 +184,7 @@ impl Distributor {
 
     /// Pushes a decoded request. `raw` is its protobuf encoding when the caller has it (gRPC
     /// and OTLP/HTTP protobuf), so the WAL stores the bytes received without re-encoding.
-    pub async fn push(
+    pub(crate) async fn push(
         &self,
         tenant: &TenantId,
         raw: Option<Bytes>,

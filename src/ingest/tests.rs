@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 
-use super::log::position;
+use super::log::{block_id, position, Ranges};
 use super::*;
 use crate::backend::Backend;
 use crate::block::{self, BlockConfig, BlockMeta};

@@ -37,14 +37,14 @@ struct PartialLimits {
 }
 
 /// Current limits for every tenant; cheap to read on every request.
-pub struct Overrides {
+pub(crate) struct Overrides {
     defaults: Limits,
     per_tenant: RwLock<HashMap<String, Arc<Limits>>>,
     file: Option<PathBuf>,
 }
 
 impl Overrides {
-    pub fn new(cfg: &OverridesConfig) -> Result<Arc<Self>, ConfigError> {
+    pub(crate) fn new(cfg: &OverridesConfig) -> Result<Arc<Self>, ConfigError> {
         let o = Arc::new(Self {
             defaults: cfg.defaults.clone(),
             per_tenant: RwLock::new(HashMap::new()),
@@ -55,7 +55,7 @@ impl Overrides {
         Ok(o)
     }
 
-    pub fn limits(&self, tenant: &TenantId) -> Arc<Limits> {
+    pub(crate) fn limits(&self, tenant: &TenantId) -> Arc<Limits> {
         match self.per_tenant.read().get(tenant.as_str()) {
             Some(l) => l.clone(),
             None => Arc::new(self.defaults.clone()),
@@ -104,7 +104,7 @@ impl Overrides {
     }
 
     /// Re-reads the runtime file every `every` until the task is dropped.
-    pub async fn run_reloader(self: Arc<Self>, every: Duration) {
+    pub(crate) async fn run_reloader(self: Arc<Self>, every: Duration) {
         if self.file.is_none() || every.is_zero() {
             return;
         }

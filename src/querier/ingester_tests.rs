@@ -9,6 +9,7 @@ use prost::Message;
 
 use super::*;
 use crate::block::BlockConfig;
+use crate::blocklist::BlockList;
 use crate::config::IngesterConfig;
 use crate::ingester::wal::Wal;
 use crate::ingester::BlockCommitted;

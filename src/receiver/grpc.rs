@@ -30,7 +30,7 @@ const MIN_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
 #[derive(Clone)]
-pub struct OtlpGrpcService {
+pub(crate) struct OtlpGrpcService {
     distributor: Arc<Distributor>,
     tenants: TenantResolver,
     max_message_bytes: usize,
@@ -38,7 +38,7 @@ pub struct OtlpGrpcService {
 }
 
 impl OtlpGrpcService {
-    pub fn new(
+    pub(crate) fn new(
         distributor: Arc<Distributor>,
         tenants: TenantResolver,
         max_message_bytes: usize,

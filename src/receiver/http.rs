@@ -20,14 +20,14 @@ use crate::api::auth::{AuthError, TenantResolver, CHALLENGES};
 use crate::distributor::Distributor;
 
 #[derive(Clone)]
-pub struct HttpReceiverState {
-    pub distributor: Arc<Distributor>,
-    pub tenants: TenantResolver,
-    pub max_body_bytes: usize,
-    pub admission: Admission,
+pub(crate) struct HttpReceiverState {
+    pub(crate) distributor: Arc<Distributor>,
+    pub(crate) tenants: TenantResolver,
+    pub(crate) max_body_bytes: usize,
+    pub(crate) admission: Admission,
 }
 
-pub fn router(state: HttpReceiverState) -> Router {
+pub(crate) fn router(state: HttpReceiverState) -> Router {
     Router::new()
         .route("/v1/traces", post(export))
         .with_state(state)
