@@ -28,7 +28,7 @@ use crate::querier::Querier;
 use crate::receiver;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Component {
+pub(crate) enum Component {
     Distributor,
     Ingester,
     Querier,
@@ -43,7 +43,7 @@ use Component::*;
 /// (`ingest.enabled`), and is refused without it. `metrics-generator` receives OTLP itself
 /// and only derives metrics: its spans are not stored (send them to it as well as to the
 /// storing process).
-pub const TARGETS: &[(&str, &[Component])] = &[
+pub(crate) const TARGETS: &[(&str, &[Component])] = &[
     (
         "all",
         &[
@@ -85,7 +85,7 @@ pub enum AppError {
     Generator(#[from] crate::generator::GeneratorError),
 }
 
-pub fn components_for(target: &str) -> Result<&'static [Component], AppError> {
+pub(crate) fn components_for(target: &str) -> Result<&'static [Component], AppError> {
     TARGETS
         .iter()
         .find(|(name, _)| *name == target)
