@@ -181,7 +181,11 @@ fn otlp(c: &mut Criterion) {
         })
     });
     g.bench_function("group_by_trace", |b| {
-        b.iter(|| vivace::distributor::group_by_trace(black_box(&req.resource_spans)))
+        b.iter(|| vivace::model::group_by_trace(black_box(&req.resource_spans)))
+    });
+    // What the receivers do now, against decode_protobuf + group_by_trace above.
+    g.bench_function("group_encoded", |b| {
+        b.iter(|| vivace::model::group_encoded(black_box(&proto)).expect("valid"))
     });
     g.finish();
 }

@@ -101,13 +101,17 @@ fn build_requests(
 /// then an `ExportTraceServiceRequest`), replayed until `spans` are sent. Each pass over the
 /// file gets fresh trace IDs (the pass number in the first four bytes), and times are moved
 /// so the newest span starts now.
-fn replay_requests(path: &str, spans: usize) -> (Vec<ExportTraceServiceRequest>, Vec<String>, usize) {
+fn replay_requests(
+    path: &str,
+    spans: usize,
+) -> (Vec<ExportTraceServiceRequest>, Vec<String>, usize) {
     let data = std::fs::read(path).expect("read replay file");
     let mut recorded = Vec::new();
     let mut rest = &data[..];
     while rest.len() >= 4 {
         let len = u32::from_be_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
-        recorded.push(ExportTraceServiceRequest::decode(&rest[4..4 + len]).expect("recorded request"));
+        recorded
+            .push(ExportTraceServiceRequest::decode(&rest[4..4 + len]).expect("recorded request"));
         rest = &rest[4 + len..];
     }
     let newest = recorded

@@ -17,11 +17,12 @@ use std::time::Instant;
 
 use vivace::backend::Backend;
 use vivace::block::{self, synth::realistic_traces, BlockConfig};
+use vivace::blocklist::BlockList;
 use vivace::metrics::Metrics;
 use vivace::model::{span_count, TenantId};
 use vivace::querier::metrics::plan;
 use vivace::querier::search::SearchRequest;
-use vivace::querier::{BlockList, Querier};
+use vivace::querier::Querier;
 use vivace::traceql::metrics::{default_step, Buckets};
 
 const QUERIES: [(&str, f64); 6] = [

@@ -9,7 +9,7 @@
 
 use std::fs;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use opentelemetry::trace::{SpanKind, Status};
@@ -19,12 +19,12 @@ use opentelemetry_sdk::Resource;
 
 use crate::harness::*;
 use crate::ingest::{export, SpanSpec, Transport};
-use crate::s3_server::in_ci;
+use crate::process::{find_binary, in_ci, Process};
 
 const APT_HINT: &str = "apt-get install -y prometheus";
 
 struct Prometheus {
-    child: Option<Child>,
+    process: Process,
     dir: tempfile::TempDir,
     bin: PathBuf,
     port: u16,
@@ -32,18 +32,11 @@ struct Prometheus {
 }
 
 fn prometheus_binary() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("VIVACE_PROMETHEUS_BIN").filter(|p| !p.is_empty()) {
-        return Some(PathBuf::from(p));
-    }
-    let system = PathBuf::from("/usr/bin/prometheus");
-    if system.is_file() {
-        return Some(system);
-    }
-    std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|d| d.join("prometheus"))
-            .find(|p| p.is_file())
-    })
+    find_binary(
+        "VIVACE_PROMETHEUS_BIN",
+        &[PathBuf::from("/usr/bin/prometheus")],
+        "prometheus",
+    )
 }
 
 impl Prometheus {
@@ -70,7 +63,7 @@ impl Prometheus {
         )
         .unwrap();
         let mut p = Prometheus {
-            child: None,
+            process: Process::new("prometheus", dir.path().join("prometheus.log")),
             dir,
             bin,
             port: free_port(),
@@ -85,14 +78,8 @@ impl Prometheus {
 
     /// Starts the (stopped) server on the same port and tsdb directory.
     async fn start_again(&mut self) {
-        assert!(self.child.is_none(), "prometheus already running");
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("prometheus.log"))
-            .unwrap();
-        let child = Command::new(&self.bin)
-            .arg("--web.enable-remote-write-receiver")
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("--web.enable-remote-write-receiver")
             .arg(format!(
                 "--config.file={}",
                 self.dir.path().join("prometheus.yml").display()
@@ -102,40 +89,29 @@ impl Prometheus {
                 self.dir.path().join("tsdb").display()
             ))
             .arg(format!("--web.listen-address=127.0.0.1:{}", self.port))
-            .current_dir(self.dir.path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin.display()));
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                self.child = None;
-                panic!("prometheus exited with {st}\n{}", self.log_tail());
-            }
-            let ready = self
-                .client
-                .get(format!("http://127.0.0.1:{}/-/ready", self.port))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            if ready {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "prometheus not ready within 60 s\n{}",
-                self.log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            .current_dir(self.dir.path());
+        self.process.spawn(cmd);
+        let (client, url) = (
+            &self.client,
+            format!("http://127.0.0.1:{}/-/ready", self.port),
+        );
+        self.process
+            .wait_ready(Duration::from_secs(60), Duration::from_millis(100), || {
+                let url = url.clone();
+                async move {
+                    match client.get(url).send().await {
+                        Ok(r) if r.status().is_success() => Ok(()),
+                        Ok(r) => Err(format!("/-/ready answered {}", r.status())),
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+            })
+            .await;
     }
 
     /// SIGTERM (so the tsdb is closed cleanly) and wait for the exit.
     async fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
+        let Some(mut child) = self.process.take() else {
             return;
         };
         let st = Command::new("sh")
@@ -156,9 +132,7 @@ impl Prometheus {
     }
 
     fn log_tail(&self) -> String {
-        let text = fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+        self.process.log_tail(30)
     }
 
     fn write_url(&self) -> String {
@@ -212,15 +186,6 @@ impl Prometheus {
                 );
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
         }
     }
 }

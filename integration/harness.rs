@@ -421,6 +421,40 @@ ingester:
         tonic::client::Grpc::new(channel)
     }
 
+    /// Every message of one call to the streaming querier at `path` (e.g.
+    /// `/tempopb.StreamingQuerier/Search`), `metadata` sent along; an error from the call or
+    /// from any message is returned.
+    pub(crate) async fn stream_call<Req, Resp>(
+        &self,
+        path: &'static str,
+        req: Req,
+        metadata: &[(&'static str, &str)],
+    ) -> Result<Vec<Resp>, tonic::Status>
+    where
+        Req: prost::Message + Send + Sync + 'static,
+        Resp: prost::Message + Default + Send + Sync + 'static,
+    {
+        let mut grpc = self.streaming_client().await;
+        grpc.ready().await.unwrap();
+        let mut req = tonic::Request::new(req);
+        for (k, v) in metadata {
+            req.metadata_mut().insert(*k, v.parse().unwrap());
+        }
+        let mut stream = grpc
+            .server_streaming::<_, Resp, _>(
+                req,
+                http::uri::PathAndQuery::from_static(path),
+                tonic_prost::ProstCodec::default(),
+            )
+            .await?
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(m) = stream.message().await? {
+            out.push(m);
+        }
+        Ok(out)
+    }
+
     pub(crate) async fn assert_ready(&self) {
         let (status, body) = self.get("/ready").await;
         assert_eq!(status, 200, "/ready after bad input: {body}");
@@ -678,4 +712,17 @@ pub(crate) fn now_nanos() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos() as u64
+}
+
+/// Percent-encodes `s` for a URL query value (RFC 3986 unreserved characters kept).
+pub(crate) fn url_encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }

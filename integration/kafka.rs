@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use opentelemetry::KeyValue;
@@ -20,33 +20,22 @@ use prost::Message;
 
 use crate::harness::*;
 use crate::ingest::*;
+use crate::process::{find_binary, in_ci, Process};
 use crate::s3_server::{S3Server, ACCESS_KEY, SECRET_KEY};
 
 const INSTALL_HINT: &str = ".ci/install-kafka";
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
-}
-
 fn tansu_binary() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("VIVACE_TANSU_BIN").filter(|p| !p.is_empty()) {
-        return Some(PathBuf::from(p));
-    }
-    let cached = std::env::var_os("HOME")
-        .map(|h| PathBuf::from(h).join(".cache/vivace-ci/tansu-0.6.0/bin/tansu"));
-    if let Some(p) = cached.filter(|p| p.is_file()) {
-        return Some(p);
-    }
-    std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|d| d.join("tansu"))
-            .find(|p| p.is_file())
-    })
+    let cached: Vec<PathBuf> = std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".cache/vivace-ci/tansu-0.6.0/bin/tansu"))
+        .into_iter()
+        .collect();
+    find_binary("VIVACE_TANSU_BIN", &cached, "tansu")
 }
 
 /// A tansu broker on a free loopback port, its log in the S3 bucket; killed on drop.
 pub(crate) struct Broker {
-    child: Option<Child>,
+    process: Process,
     bin: PathBuf,
     dir: tempfile::TempDir,
     s3_endpoint: String,
@@ -67,13 +56,14 @@ impl Broker {
             eprintln!("NOTICE: skipping ingest-log test: tansu not found; run `{INSTALL_HINT}`");
             return None;
         };
+        let dir = tempfile::Builder::new()
+            .prefix("vivace-tansu-")
+            .tempdir()
+            .unwrap();
         let mut b = Broker {
-            child: None,
+            process: Process::new("tansu", dir.path().join("tansu.log")),
             bin,
-            dir: tempfile::Builder::new()
-                .prefix("vivace-tansu-")
-                .tempdir()
-                .unwrap(),
+            dir,
             s3_endpoint: format!("http://{}", s3.endpoint()),
             bucket: s3.bucket.clone(),
             port: free_port(),
@@ -87,15 +77,9 @@ impl Broker {
     }
 
     pub(crate) async fn start_again(&mut self) {
-        assert!(self.child.is_none(), "broker already running");
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("tansu.log"))
-            .unwrap();
         let url = format!("tcp://127.0.0.1:{}", self.port);
-        let child = Command::new(&self.bin)
-            .arg("broker")
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("broker")
             .arg(format!("--listener-url={url}"))
             .arg(format!("--advertised-listener-url={url}"))
             .arg(format!("--storage-engine=s3://{}/", self.bucket))
@@ -106,49 +90,29 @@ impl Broker {
             .env("AWS_ENDPOINT", &self.s3_endpoint)
             .env("AWS_ENDPOINT_URL", &self.s3_endpoint)
             .env("AWS_ALLOW_HTTP", "true")
-            .current_dir(self.dir.path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin.display()));
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                self.child = None;
-                panic!("tansu exited with {st}\n{}", self.log_tail());
-            }
-            if tokio::net::TcpStream::connect(self.address()).await.is_ok() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "tansu did not listen within 30 s\n{}",
-                self.log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            .current_dir(self.dir.path());
+        self.process.spawn(cmd);
+        let address = self.address();
+        self.process
+            .wait_ready(Duration::from_secs(30), Duration::from_millis(50), || {
+                let address = address.clone();
+                async move {
+                    tokio::net::TcpStream::connect(address)
+                        .await
+                        .map(drop)
+                        .map_err(|e| e.to_string())
+                }
+            })
+            .await;
     }
 
     /// SIGKILL and reap.
     pub(crate) fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.process.kill();
     }
 
     pub(crate) fn log_tail(&self) -> String {
-        let text = fs::read_to_string(self.dir.path().join("tansu.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.stop();
+        self.process.log_tail(30)
     }
 }
 
@@ -196,15 +160,8 @@ async fn span_ids(server: &Server, trace: &str) -> Vec<String> {
 /// Trace IDs a TraceQL search for the service finds.
 async fn search_service(server: &Server, service: &str) -> HashSet<String> {
     let q = format!("{{resource.service.name=\"{service}\"}}");
-    let enc: String = q
-        .bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
     let (code, body) = server
-        .get(&format!("/api/search?q={enc}&limit=100000"))
+        .get(&format!("/api/search?q={}&limit=100000", url_encode(&q)))
         .await;
     assert_eq!(code, 200, "search: {body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();

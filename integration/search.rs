@@ -13,18 +13,6 @@ use crate::ingest::*;
 
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn enc(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// A two-span trace of `service`: an erroring server root and a postgres client child.
 struct Shop {
     service: String,
@@ -72,7 +60,9 @@ async fn send_shop(server: &Server) -> (Shop, Instant) {
 }
 
 async fn search(server: &Server, q: &str) -> J {
-    let (code, body) = server.get(&format!("/api/search?q={}", enc(q))).await;
+    let (code, body) = server
+        .get(&format!("/api/search?q={}", url_encode(q)))
+        .await;
     assert_eq!(code, 200, "search {q}: {body}");
     serde_json::from_str(&body).unwrap()
 }
@@ -206,7 +196,7 @@ async fn structural_pipeline_and_legacy_tags() {
     let (code, body) = server
         .get(&format!(
             "/api/search?tags={}",
-            enc(&format!("service.name={svc}"))
+            url_encode(&format!("service.name={svc}"))
         ))
         .await;
     assert_eq!(code, 200, "{body}");
@@ -220,7 +210,7 @@ async fn structural_pipeline_and_legacy_tags() {
     let (code, body) = server
         .get(&format!(
             "/api/search?spss=1&q={}",
-            enc(&format!("{{ resource.service.name = \"{svc}\" }}"))
+            url_encode(&format!("{{ resource.service.name = \"{svc}\" }}"))
         ))
         .await;
     assert_eq!(code, 200);
@@ -316,7 +306,7 @@ async fn tag_names_and_values_v1_v2() {
     let (code, body) = server
         .get(&format!(
             "/api/v2/search/tag/{}/values",
-            enc(&enc("resource.service.name"))
+            url_encode(&url_encode("resource.service.name"))
         ))
         .await;
     assert_eq!(code, 200, "{body}");
@@ -353,7 +343,7 @@ async fn tag_names_and_values_v1_v2() {
     let (_, body) = server
         .get(&format!(
             "/api/v2/search/tag/name/values?q={}",
-            enc("{ span.db.system = \"postgres\" }")
+            url_encode("{ span.db.system = \"postgres\" }")
         ))
         .await;
     let names: J = serde_json::from_str(&body).unwrap();
@@ -365,7 +355,7 @@ async fn tag_names_and_values_v1_v2() {
     let (code, body) = server
         .get(&format!(
             "/api/v2/search/tag/name/values?q={}",
-            enc("{ span.db.system = ")
+            url_encode("{ span.db.system = ")
         ))
         .await;
     assert_eq!(code, 200, "{body}");
@@ -392,26 +382,19 @@ async fn streaming_search_over_grpc_on_the_http_port() {
 
     let server = Server::start().await;
     let (shop, _) = send_shop(&server).await;
-    let mut grpc = server.streaming_client().await;
-    grpc.ready().await.unwrap();
     let req = SearchRequest {
         query: format!("{{ resource.service.name = \"{}\" }}", shop.service),
         limit: 20,
         spans_per_span_set: 1,
         ..Default::default()
     };
-    let mut stream = grpc
-        .server_streaming::<_, SearchResponse, _>(
-            tonic::Request::new(req),
-            http::uri::PathAndQuery::from_static("/tempopb.StreamingQuerier/Search"),
-            tonic_prost::ProstCodec::default(),
-        )
+    let msgs: Vec<SearchResponse> = server
+        .stream_call("/tempopb.StreamingQuerier/Search", req, &[])
         .await
-        .expect("search call")
-        .into_inner();
+        .expect("search call");
     let mut traces = Vec::new();
     let mut last_metrics = None;
-    while let Some(msg) = stream.message().await.expect("stream message") {
+    for msg in msgs {
         traces.extend(msg.traces);
         last_metrics = msg.metrics;
     }
@@ -426,7 +409,8 @@ async fn streaming_search_over_grpc_on_the_http_port() {
     assert_eq!(t.service_stats[&shop.service].error_count, 1);
     assert!(last_metrics.expect("metrics").inspected_traces >= 1);
 
-    // A bad query is a gRPC error, not a broken stream.
+    // A bad query is a gRPC error, not a broken stream: the same connection serves on.
+    let mut grpc = server.streaming_client().await;
     grpc.ready().await.unwrap();
     let err = grpc
         .server_streaming::<_, SearchResponse, _>(

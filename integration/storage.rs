@@ -101,18 +101,6 @@ async fn s3_requests_retry_while_the_server_restarts() {
     );
 }
 
-fn enc(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// vivace flushes blocks to S3; a fresh vivace with an empty WAL dir, pointed at the same
 /// bucket, serves the trace by ID and through search.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -193,7 +181,9 @@ async fn s3_bucket_is_the_source_of_truth() {
     );
 
     let q = format!("{{ resource.service.name = \"{service}\" && kind = server }}");
-    let (code, body) = second.get(&format!("/api/search?q={}", enc(&q))).await;
+    let (code, body) = second
+        .get(&format!("/api/search?q={}", url_encode(&q)))
+        .await;
     assert_eq!(code, 200, "{body}");
     let resp: J = serde_json::from_str(&body).unwrap();
     let hit = resp["traces"]

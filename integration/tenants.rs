@@ -21,6 +21,31 @@ async fn get(server: &Server, path: &str, tenant: Option<&str>) -> (u16, String)
     )
 }
 
+/// Checks one answer to a read of [`read_matrix`] made with the right credential: v1 of
+/// another tenant's trace is a plain 404, as for any unknown trace; every other read answers
+/// 200 with what the reader must see (trace JSON carries the service name inside, search
+/// the trace IDs) and without what it must never see.
+pub(crate) fn check_read(
+    tenant: &str,
+    path: &str,
+    code: u16,
+    body: &str,
+    must: Option<&str>,
+    must_not: Option<&str>,
+) {
+    if path.starts_with("/api/traces/") && must.is_none() {
+        assert_eq!(code, 404, "{tenant} {path}: {body}");
+        return;
+    }
+    assert_eq!(code, 200, "{tenant} {path}: {body}");
+    if let Some(m) = must {
+        assert!(body.contains(m), "{tenant} {path} lacks {m}: {body}");
+    }
+    if let Some(n) = must_not {
+        assert!(!body.contains(n), "{tenant} {path} leaks {n}: {body}");
+    }
+}
+
 /// Every read endpoint as (path, what the reader must see, what it must never see), for a
 /// reader whose trace is `own` (service `own_svc`) and another tenant's `other`.
 pub(crate) fn read_matrix(
@@ -76,28 +101,18 @@ pub(crate) async fn stream_search(
     metadata: &[(&'static str, &str)],
 ) -> Result<Vec<String>, tonic::Status> {
     use vivace::api::tempopb::{SearchRequest, SearchResponse};
-    let mut grpc = server.streaming_client().await;
-    grpc.ready().await.unwrap();
-    let mut req = tonic::Request::new(SearchRequest {
+    let req = SearchRequest {
         query: "{}".into(),
         limit: 100,
         ..Default::default()
-    });
-    for (k, v) in metadata {
-        req.metadata_mut().insert(*k, v.parse().unwrap());
-    }
-    let mut stream = grpc
-        .server_streaming::<_, SearchResponse, _>(
-            req,
-            http::uri::PathAndQuery::from_static("/tempopb.StreamingQuerier/Search"),
-            tonic_prost::ProstCodec::default(),
-        )
-        .await?
-        .into_inner();
-    let mut ids = Vec::new();
-    while let Some(m) = stream.message().await? {
-        ids.extend(m.traces.into_iter().map(|t| t.trace_id));
-    }
+    };
+    let msgs: Vec<SearchResponse> = server
+        .stream_call("/tempopb.StreamingQuerier/Search", req, metadata)
+        .await?;
+    let ids = msgs
+        .into_iter()
+        .flat_map(|m| m.traces.into_iter().map(|t| t.trace_id))
+        .collect();
     Ok(ids)
 }
 
@@ -171,25 +186,14 @@ async fn tenants_are_isolated_on_every_endpoint() {
     ] {
         for (path, must, must_not) in reads(own, other, own_svc, other_svc) {
             let (code, body) = get(&server, &path, Some(tenant)).await;
-            // v1 of another tenant's trace is a plain 404, as for any unknown trace.
-            if path.starts_with("/api/traces/") && must.is_none() {
-                assert_eq!(code, 404, "{tenant} {path}: {body}");
-                continue;
-            }
-            assert_eq!(code, 200, "{tenant} {path}: {body}");
-            // Trace JSON carries the service name inside; search carries trace IDs.
-            if let Some(m) = &must {
-                assert!(
-                    body.contains(m.as_str()),
-                    "{tenant} {path} lacks {m}: {body}"
-                );
-            }
-            if let Some(n) = &must_not {
-                assert!(
-                    !body.contains(n.as_str()),
-                    "{tenant} {path} leaks {n}: {body}"
-                );
-            }
+            check_read(
+                tenant,
+                &path,
+                code,
+                &body,
+                must.as_deref(),
+                must_not.as_deref(),
+            );
         }
         // Without the header every read is refused.
         for (path, _, _) in reads(own, other, own_svc, other_svc) {

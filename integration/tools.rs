@@ -226,9 +226,10 @@ async fn put_block(
 async fn trace_lookup_requests_on_s3() {
     use std::sync::Arc;
     use vivace::block::synth;
+    use vivace::blocklist::BlockList;
     use vivace::metrics::Metrics;
     use vivace::model::TenantId;
-    use vivace::querier::{BlockList, Querier};
+    use vivace::querier::Querier;
 
     let Some(s3) = crate::s3_server::S3Server::start("lookup-requests").await else {
         return;

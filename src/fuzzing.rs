@@ -13,8 +13,7 @@ use crate::block::{
     decode_footer, find_trace, find_trace_in_pages, plan_lookup, read_all_traces,
     row_group_byte_range, LookupPlan,
 };
-use crate::distributor::group_by_trace;
-use crate::model::{ExportTraceServiceRequest, ResourceSpans, TraceId};
+use crate::model::{group_by_trace, ExportTraceServiceRequest, ResourceSpans, TraceId};
 
 /// The system allocator with a ceiling on any single allocation: the fuzz targets install it
 /// so that a size taken from corrupt input (a length prefix, a row count) aborts the run
@@ -80,13 +79,30 @@ pub const TARGETS: &[(&str, Target)] = &[
 /// An OTLP/HTTP or gRPC protobuf body, decoded as the receivers decode it, then regrouped
 /// by trace as the distributor does.
 pub fn otlp_protobuf(data: &[u8]) {
-    if let Ok(req) = ExportTraceServiceRequest::decode(data) {
-        // The receivers' pre-decode estimate accepts what prost accepts and counts the
-        // same spans, so its limits apply to exactly the spans that would be decoded.
-        let est = crate::receiver::admission::estimate_protobuf(data)
-            .expect("the estimate accepts what prost decodes");
-        assert_eq!(est.spans, spans_in(&req.resource_spans), "estimated spans");
-        distribute(&req);
+    let raw = bytes::Bytes::copy_from_slice(data);
+    // The receivers group protobuf exports from their bytes: whatever that accepts must
+    // decode (or a cut would fail on an acknowledged span), into the same grouping.
+    let wire = crate::model::group_encoded(&raw);
+    match ExportTraceServiceRequest::decode(data) {
+        Ok(req) => {
+            // The receivers' pre-decode estimate accepts what prost accepts and counts the
+            // same spans, so its limits apply to exactly the spans that would be decoded.
+            let est = crate::receiver::admission::estimate_protobuf(data)
+                .expect("the estimate accepts what prost decodes");
+            assert_eq!(est.spans, spans_in(&req.resource_spans), "estimated spans");
+            if let Ok(w) = wire {
+                let g = group_by_trace(&req.resource_spans);
+                assert_eq!(w.accepted, g.accepted, "accepted spans");
+                assert_eq!(w.rejected, g.rejected, "rejected spans");
+                assert_eq!(w.traces().len(), g.traces().len(), "traces");
+                for (a, b) in w.traces().iter().zip(g.traces()) {
+                    assert_eq!(a.id, b.id);
+                    assert_eq!(a.data.decode().ok(), b.data.decode().ok(), "fragments");
+                }
+            }
+            distribute(&req);
+        }
+        Err(e) => assert!(wire.is_err(), "grouped bytes prost refuses: {e}"),
     }
 }
 
@@ -115,7 +131,7 @@ fn distribute(req: &ExportTraceServiceRequest) {
         "every span is accounted for"
     );
     let mut regrouped = 0;
-    for t in &g.traces {
+    for t in g.traces() {
         let batches = t
             .data
             .decode()

@@ -1,6 +1,12 @@
 //! vivace: a distributed tracing backend that speaks Grafana Tempo's API.
 //!
 //! See ARCHITECTURE.md for the code map and the rules on which module may know what.
+//!
+//! Public modules are what the binary (`src/main.rs`), the integration tests, the benches
+//! and the fuzz targets use; the rest is private to the crate, so rustc reports what nothing
+//! uses.
+
+#![deny(rustdoc::broken_intra_doc_links)]
 
 pub mod api;
 pub mod app;
@@ -8,20 +14,20 @@ pub mod backend;
 pub mod block;
 pub mod blocklist;
 pub mod cli;
-pub mod compactor;
+mod compactor;
 pub mod config;
-pub mod distributor;
-pub mod frontend;
+mod distributor;
+mod frontend;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod generator;
-pub mod ingest;
+mod generator;
+mod ingest;
 pub mod ingester;
 pub mod metrics;
 pub mod model;
-pub mod overrides;
+mod overrides;
 pub mod querier;
-pub mod receiver;
+mod receiver;
 pub mod traceql;
 
 #[cfg(test)]

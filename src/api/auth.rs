@@ -21,11 +21,11 @@ use crate::model::TenantId;
 
 use super::TENANT_HEADER;
 
-pub use crate::config::auth::{AuthConfig, CredentialConfig};
+pub(crate) use crate::config::auth::{AuthConfig, CredentialConfig};
 
 /// Why a request has no tenant.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AuthError {
+pub(crate) enum AuthError {
     /// Multitenancy without built-in auth, and no `X-Scope-OrgID`.
     #[error("no org id: the {TENANT_HEADER} header is required")]
     NoOrgId,
@@ -42,13 +42,13 @@ pub enum AuthError {
 
 impl AuthError {
     /// Whether a 401 should carry `WWW-Authenticate` (only for built-in auth failures).
-    pub fn challenge(&self) -> bool {
+    pub(crate) fn challenge(&self) -> bool {
         matches!(self, AuthError::Unauthenticated(_))
     }
 }
 
 /// An auth failure as gRPC: UNAUTHENTICATED, PERMISSION_DENIED or INVALID_ARGUMENT.
-pub fn grpc_status(e: &AuthError) -> tonic::Status {
+pub(crate) fn grpc_status(e: &AuthError) -> tonic::Status {
     match e {
         AuthError::NoOrgId | AuthError::Unauthenticated(_) => {
             tonic::Status::unauthenticated(e.to_string())
@@ -59,7 +59,7 @@ pub fn grpc_status(e: &AuthError) -> tonic::Status {
 }
 
 /// The `WWW-Authenticate` challenges sent with a 401 when built-in auth is on.
-pub const CHALLENGES: [&str; 2] = ["Bearer realm=\"vivace\"", "Basic realm=\"vivace\""];
+pub(crate) const CHALLENGES: [&str; 2] = ["Bearer realm=\"vivace\"", "Basic realm=\"vivace\""];
 
 /// A credential ready for checking: only hashes are kept.
 struct Credential {
@@ -71,7 +71,7 @@ struct Credential {
 }
 
 /// Checks credentials. Built once at start-up from [`AuthConfig`].
-pub struct Authenticator {
+pub(crate) struct Authenticator {
     credentials: Vec<Credential>,
 }
 
@@ -88,7 +88,7 @@ fn invalid(i: usize, msg: impl std::fmt::Display) -> ConfigError {
 impl Authenticator {
     /// Resolves every secret (reading files and environment variables now, once) and
     /// validates the tenants. `None` when auth is off.
-    pub fn from_config(cfg: &AuthConfig) -> Result<Option<Arc<Self>>, ConfigError> {
+    pub(crate) fn from_config(cfg: &AuthConfig) -> Result<Option<Arc<Self>>, ConfigError> {
         if !cfg.enabled {
             return Ok(None);
         }
@@ -246,7 +246,7 @@ impl Authenticator {
 }
 
 /// Constant-time equality of byte strings; the length itself is not secret.
-pub fn ct_eq(a: &[u8], b: &[u8]) -> Choice {
+pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> Choice {
     if a.len() != b.len() {
         return Choice::from(0);
     }
@@ -260,24 +260,24 @@ fn strip_scheme<'a>(value: &'a [u8], scheme: &[u8]) -> Option<&'a [u8]> {
 
 /// Decides a request's tenants from its headers (or gRPC metadata turned into headers).
 #[derive(Clone)]
-pub struct TenantResolver {
-    pub multitenancy: bool,
-    pub auth: Option<Arc<Authenticator>>,
+pub(crate) struct TenantResolver {
+    pub(crate) multitenancy: bool,
+    pub(crate) auth: Option<Arc<Authenticator>>,
 }
 
 impl TenantResolver {
-    pub fn new(multitenancy: bool, auth: Option<Arc<Authenticator>>) -> Self {
+    pub(crate) fn new(multitenancy: bool, auth: Option<Arc<Authenticator>>) -> Self {
         Self { multitenancy, auth }
     }
 
     /// The one tenant a write (or a single-tenant read) acts as.
-    pub fn resolve_one(&self, headers: &HeaderMap) -> Result<TenantId, AuthError> {
+    pub(crate) fn resolve_one(&self, headers: &HeaderMap) -> Result<TenantId, AuthError> {
         let mut tenants = self.resolve(headers, false)?;
         Ok(tenants.swap_remove(0))
     }
 
     /// The tenants a read covers (`a|b` names several).
-    pub fn resolve_many(&self, headers: &HeaderMap) -> Result<Vec<TenantId>, AuthError> {
+    pub(crate) fn resolve_many(&self, headers: &HeaderMap) -> Result<Vec<TenantId>, AuthError> {
         self.resolve(headers, true)
     }
 
@@ -288,7 +288,11 @@ impl TenantResolver {
     ///   a header naming any tenant the credential does not grant → [`AuthError::Forbidden`].
     ///
     /// Never empty on success; sorted and deduplicated when several.
-    pub fn resolve(&self, headers: &HeaderMap, many: bool) -> Result<Vec<TenantId>, AuthError> {
+    pub(crate) fn resolve(
+        &self,
+        headers: &HeaderMap,
+        many: bool,
+    ) -> Result<Vec<TenantId>, AuthError> {
         let granted = match &self.auth {
             Some(auth) => Some(auth.authenticate(headers.get(header::AUTHORIZATION))?),
             None => None,

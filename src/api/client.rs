@@ -5,31 +5,31 @@ use serde::Deserialize;
 
 /// The parts of a `GET /api/search` response a client checks.
 #[derive(Debug, Default, Deserialize)]
-pub struct SearchResponseView {
+pub(crate) struct SearchResponseView {
     #[serde(default)]
-    pub traces: Vec<TraceHitView>,
+    pub(crate) traces: Vec<TraceHitView>,
 }
 
 /// One trace of a search response.
 #[derive(Debug, Deserialize)]
-pub struct TraceHitView {
+pub(crate) struct TraceHitView {
     #[serde(rename = "traceID")]
-    pub trace_id: String,
+    pub(crate) trace_id: String,
     /// Tempo's deprecated copy of the first span set, still emitted.
     #[serde(rename = "spanSet", default)]
-    pub span_set: Option<SpanSetView>,
+    pub(crate) span_set: Option<SpanSetView>,
 }
 
 /// A matched span set: `matched` counts every span that matched, not only those listed.
 #[derive(Debug, Default, Deserialize)]
-pub struct SpanSetView {
+pub(crate) struct SpanSetView {
     #[serde(default)]
-    pub matched: u64,
+    pub(crate) matched: u64,
 }
 
 impl SearchResponseView {
     /// Parses a search response body.
-    pub fn parse(body: &[u8]) -> Result<Self, serde_json::Error> {
+    pub(crate) fn parse(body: &[u8]) -> Result<Self, serde_json::Error> {
         serde_json::from_slice(body)
     }
 }

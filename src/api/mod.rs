@@ -1,8 +1,8 @@
 //! The HTTP API: the only module that knows HTTP routes and JSON shapes. Paths, parameters
 //! and response shapes are Tempo's, so Grafana's Tempo datasource works unchanged.
 
-pub mod auth;
-pub mod client;
+pub(crate) mod auth;
+pub(crate) mod client;
 mod json;
 mod metrics;
 mod search;
@@ -31,28 +31,28 @@ use crate::querier::{QueryError, TimeRange};
 
 /// The Tempo API level vivace serves; Grafana turns features on by comparing it with semver
 /// (streaming search needs 2.2.0, metrics streaming 2.7.0).
-pub const TEMPO_API_VERSION: &str = "2.9.0";
-pub const TENANT_HEADER: &str = "X-Scope-OrgID";
+pub(crate) const TEMPO_API_VERSION: &str = "2.9.0";
+pub(crate) const TENANT_HEADER: &str = "X-Scope-OrgID";
 
 #[derive(Clone)]
-pub struct ApiState {
-    pub frontend: Option<Arc<Frontend>>,
-    pub metrics: Arc<Metrics>,
-    pub ready: Arc<AtomicBool>,
+pub(crate) struct ApiState {
+    pub(crate) frontend: Option<Arc<Frontend>>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) ready: Arc<AtomicBool>,
     /// Decides each request's tenant(s): header, or credential when built-in auth is on.
-    pub tenants: auth::TenantResolver,
+    pub(crate) tenants: auth::TenantResolver,
     /// Per-tenant read limits; `None` where this process runs no distributor's overrides.
-    pub overrides: Option<Arc<Overrides>>,
+    pub(crate) overrides: Option<Arc<Overrides>>,
     /// `query_frontend.metrics`: TraceQL metrics limits.
-    pub query_limits: QueryLimits,
+    pub(crate) query_limits: QueryLimits,
 }
 
 /// The frontend's TraceQL metrics limits (`query_frontend.metrics`).
 #[derive(Clone, Debug)]
-pub struct QueryLimits {
-    pub max_duration: std::time::Duration,
-    pub max_exemplars: usize,
-    pub max_series: usize,
+pub(crate) struct QueryLimits {
+    pub(crate) max_duration: std::time::Duration,
+    pub(crate) max_exemplars: usize,
+    pub(crate) max_series: usize,
 }
 
 impl From<&crate::config::MetricsQueryConfig> for QueryLimits {
@@ -65,7 +65,7 @@ impl From<&crate::config::MetricsQueryConfig> for QueryLimits {
     }
 }
 
-pub fn router(state: ApiState) -> Router {
+pub(crate) fn router(state: ApiState) -> Router {
     let streaming = streaming::StreamingQuerier {
         state: state.clone(),
     };
@@ -90,7 +90,7 @@ pub fn router(state: ApiState) -> Router {
 
 /// Every way a request can fail, mapped to a status code in one place.
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     #[error("{0}")]
     BadRequest(String),
     #[error(transparent)]
@@ -167,7 +167,7 @@ async fn metrics(State(s): State<ApiState>) -> Response {
 
 /// An auth failure as HTTP: 401 (with `WWW-Authenticate` when built-in auth refused the
 /// credential), 403 for a tenant the credential does not grant, 400 for a malformed header.
-pub fn auth_response(e: &auth::AuthError) -> Response {
+pub(crate) fn auth_response(e: &auth::AuthError) -> Response {
     use auth::AuthError;
     let code = match e {
         AuthError::NoOrgId | AuthError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
@@ -253,13 +253,13 @@ async fn lookup(
 }
 
 /// A trace as Tempo's v1 JSON (`{"batches": [...]}`), for the command line.
-pub fn trace_v1_json(batches: &[crate::model::ResourceSpans]) -> String {
+pub(crate) fn trace_v1_json(batches: &[crate::model::ResourceSpans]) -> String {
     serde_json::to_string_pretty(&json!({ "batches": json::resource_spans(batches) }))
         .unwrap_or_default()
 }
 
 /// A search request from a TraceQL query and a limit, checked as /api/search checks it.
-pub fn search_request(
+pub(crate) fn search_request(
     q: &str,
     limit: u32,
 ) -> Result<crate::querier::search::SearchRequest, ApiError> {
@@ -267,7 +267,7 @@ pub fn search_request(
 }
 
 /// Search results as /api/search's JSON.
-pub fn search_response_json(r: &crate::querier::search::SearchResults) -> String {
+pub(crate) fn search_response_json(r: &crate::querier::search::SearchResults) -> String {
     serde_json::to_string_pretty(&search::ResponseJson(r, &[])).unwrap_or_default()
 }
 

@@ -267,7 +267,7 @@ pub(super) fn apply_read_limits(
     let Some(overrides) = &s.overrides else {
         return Ok(());
     };
-    let strictest = |f: &dyn Fn(&crate::overrides::ReadLimits) -> u64| {
+    let strictest = |f: &dyn Fn(&crate::config::overrides::ReadLimits) -> u64| {
         tenants
             .iter()
             .map(|t| f(&overrides.limits(t).read))

@@ -14,6 +14,7 @@ use tracing::{info, warn};
 use crate::api::{self, ApiState};
 use crate::backend::Backend;
 use crate::block::BlockConfig;
+use crate::blocklist::BlockList;
 use crate::config::{parse_listen_addr, Config, ConfigError};
 use crate::distributor::Distributor;
 use crate::frontend::Frontend;
@@ -23,11 +24,11 @@ use crate::ingester::{BlockCommitted, Ingester};
 use crate::metrics::Metrics;
 use crate::model::TenantId;
 use crate::overrides::Overrides;
-use crate::querier::{BlockList, Querier};
+use crate::querier::Querier;
 use crate::receiver;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Component {
+pub(crate) enum Component {
     Distributor,
     Ingester,
     Querier,
@@ -42,7 +43,7 @@ use Component::*;
 /// (`ingest.enabled`), and is refused without it. `metrics-generator` receives OTLP itself
 /// and only derives metrics: its spans are not stored (send them to it as well as to the
 /// storing process).
-pub const TARGETS: &[(&str, &[Component])] = &[
+pub(crate) const TARGETS: &[(&str, &[Component])] = &[
     (
         "all",
         &[
@@ -84,7 +85,7 @@ pub enum AppError {
     Generator(#[from] crate::generator::GeneratorError),
 }
 
-pub fn components_for(target: &str) -> Result<&'static [Component], AppError> {
+pub(crate) fn components_for(target: &str) -> Result<&'static [Component], AppError> {
     TARGETS
         .iter()
         .find(|(name, _)| *name == target)
@@ -199,7 +200,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
                 metrics.clone(),
                 cfg.querier.concurrent_blocks,
             )
-            .with_poll_config(crate::querier::PollConfig::from_config(&cfg.storage.trace))
+            .with_poll_config(crate::blocklist::PollConfig::from_config(
+                &cfg.storage.trace,
+            ))
             .with_tag_scan_bytes(cfg.querier.max_tag_scan_bytes),
         );
         if let Err(e) = q.poll_blocklist().await {

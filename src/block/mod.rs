@@ -11,6 +11,7 @@
 //! their original order. [`normalize_dedicated`] applies the same reordering to a trace so
 //! it can be compared with what a block returns.
 
+mod arrow_cols;
 mod bloom;
 mod index;
 mod levels;

@@ -283,8 +283,9 @@ mod tests {
 
     use super::*;
     use crate::block::{synth, BlockConfig, EncodedBlock, TraceInput};
+    use crate::blocklist::{BlockList, PollConfig};
     use crate::metrics::Metrics;
-    use crate::querier::{BlockList, PollConfig, Querier};
+    use crate::querier::Querier;
 
     async fn put_block(backend: &Backend, tenant: &TenantId, traces: Vec<TraceInput>) -> BlockMeta {
         let t = tenant.clone();

@@ -9,28 +9,29 @@ use clap::{Args, Subcommand, ValueEnum};
 
 use crate::api;
 use crate::backend::Backend;
+use crate::blocklist::{BlockList, PollConfig};
 use crate::config::Config;
 use crate::frontend::Frontend;
 use crate::metrics::Metrics;
 use crate::model::{TenantId, TraceId, SINGLE_TENANT};
-use crate::querier::{BlockList, PollConfig, Querier};
+use crate::querier::Querier;
 
 #[derive(Args, Debug)]
 pub struct BucketArgs {
     /// The server's config file: its storage.trace section says where the bucket is.
     #[arg(long = "config.file", env = "VIVACE_CONFIG_FILE")]
-    pub config_file: Option<PathBuf>,
+    pub(crate) config_file: Option<PathBuf>,
     /// Overrides storage.trace.local.path (with the default local backend).
     #[arg(long = "storage.trace.local.path")]
-    pub local_path: Option<PathBuf>,
+    pub(crate) local_path: Option<PathBuf>,
     #[arg(long, default_value = SINGLE_TENANT)]
-    pub tenant: String,
+    pub(crate) tenant: String,
     #[arg(long, value_enum, default_value_t = Output::Table)]
-    pub output: Output,
+    pub(crate) output: Output,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
-pub enum Output {
+pub(crate) enum Output {
     Table,
     Json,
 }

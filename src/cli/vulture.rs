@@ -28,40 +28,40 @@ pub struct VultureArgs {
         long = "otlp-endpoint",
         default_value = "http://127.0.0.1:4318/v1/traces"
     )]
-    pub otlp_endpoint: String,
+    pub(crate) otlp_endpoint: String,
     /// Base URL of the query API to read from.
     #[arg(long = "api-endpoint", default_value = "http://127.0.0.1:3200")]
-    pub api_endpoint: String,
+    pub(crate) api_endpoint: String,
     /// Tenant sent as X-Scope-OrgID on writes and reads; none when unset.
     #[arg(long = "tenant")]
-    pub tenant: Option<String>,
+    pub(crate) tenant: Option<String>,
     /// How often a trace is written.
     #[arg(long = "write-interval", default_value = "1s", value_parser = humantime::parse_duration)]
-    pub write_interval: Duration,
+    pub(crate) write_interval: Duration,
     /// Spans in each written trace.
     #[arg(long = "spans-per-trace", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub spans_per_trace: u32,
+    pub(crate) spans_per_trace: u32,
     /// How long after writing a trace it is first read back.
     #[arg(long = "read-delay", default_value = "5s", value_parser = humantime::parse_duration)]
-    pub read_delay: Duration,
+    pub(crate) read_delay: Duration,
     /// How long after the first read a trace that is not (fully) readable is retried before
     /// it counts as missing or incomplete.
     #[arg(long = "retry-for", default_value = "30s", value_parser = humantime::parse_duration)]
-    pub retry_for: Duration,
+    pub(crate) retry_for: Duration,
     /// Serve `/metrics` on this port (all interfaces); 0 serves none.
     #[arg(long = "metrics-port", default_value_t = 8080)]
-    pub metrics_port: u16,
+    pub(crate) metrics_port: u16,
     /// Stop writing after this long, verify what is outstanding, then exit. Runs until
     /// interrupted when unset.
     #[arg(long = "duration", value_parser = humantime::parse_duration)]
-    pub duration: Option<Duration>,
+    pub(crate) duration: Option<Duration>,
     /// Exit with status 1 when any trace was missing, incomplete or wrong.
     #[arg(long = "fail-on-error")]
-    pub fail_on_error: bool,
+    pub(crate) fail_on_error: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum VultureError {
+pub(crate) enum VultureError {
     #[error("cannot build http client: {0}")]
     Client(reqwest_client::Error),
     #[error("cannot serve metrics on port {port}: {source}")]
@@ -70,7 +70,7 @@ pub enum VultureError {
 
 /// What a read-back found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     Ok,
     Missing,
     Incomplete,
@@ -78,14 +78,14 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    pub const ALL: [Verdict; 4] = [
+    pub(crate) const ALL: [Verdict; 4] = [
         Verdict::Ok,
         Verdict::Missing,
         Verdict::Incomplete,
         Verdict::Wrong,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Verdict::Ok => "ok",
             Verdict::Missing => "missing",
@@ -101,16 +101,16 @@ impl Verdict {
 
 /// The vulture's counters, rendered as Prometheus text.
 #[derive(Default, Debug)]
-pub struct VultureMetrics {
-    pub written: Counter,
-    pub write_errors: Counter,
-    pub read_errors: Counter,
-    pub by_id: [Counter; 4],
-    pub search: [Counter; 4],
+pub(crate) struct VultureMetrics {
+    pub(crate) written: Counter,
+    pub(crate) write_errors: Counter,
+    pub(crate) read_errors: Counter,
+    pub(crate) by_id: [Counter; 4],
+    pub(crate) search: [Counter; 4],
 }
 
 impl VultureMetrics {
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = String::new();
         let mut counter = |name: &str, help: &str, samples: &[(&str, u64)]| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
@@ -159,7 +159,7 @@ impl VultureMetrics {
     }
 
     /// Traces (by ID or by search) that came back other than ok.
-    pub fn failures(&self) -> u64 {
+    pub(crate) fn failures(&self) -> u64 {
         Verdict::ALL
             .iter()
             .filter(|v| **v != Verdict::Ok)
@@ -224,7 +224,7 @@ async fn shutdown() {
 
 /// Writes and verifies until `--duration` has passed (then verifies what is outstanding) or
 /// `stop` resolves; returns the final counts.
-pub async fn run(
+pub(crate) async fn run(
     args: VultureArgs,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<Arc<VultureMetrics>, VultureError> {
@@ -504,7 +504,7 @@ impl Vulture {
 
 /// Judges a search response: the trace must be listed, and its span set must have matched
 /// every span written.
-pub fn search_verdict(resp: &SearchResponseView, id: &TraceId, spans: usize) -> Verdict {
+pub(crate) fn search_verdict(resp: &SearchResponseView, id: &TraceId, spans: usize) -> Verdict {
     let Some(t) = resp
         .traces
         .iter()
@@ -523,7 +523,7 @@ pub fn search_verdict(resp: &SearchResponseView, id: &TraceId, spans: usize) -> 
 /// Compares what was written with what was read back: `Missing` when nothing came back,
 /// `Incomplete` when some spans are absent and the rest intact, `Wrong` when a span is
 /// altered, foreign or duplicated.
-pub fn compare(sent: &[ResourceSpans], found: &[ResourceSpans]) -> Verdict {
+pub(crate) fn compare(sent: &[ResourceSpans], found: &[ResourceSpans]) -> Verdict {
     let expected: BTreeMap<&[u8], SpanKey> = spans_of(sent).collect();
     let mut seen: BTreeMap<&[u8], ()> = BTreeMap::new();
     for (sid, key) in spans_of(found) {
@@ -620,7 +620,7 @@ fn new_span_id() -> Vec<u8> {
 
 /// One trace of `n` spans in a binary tree under a root, each carrying `vulture.id` so a
 /// search can find every span of it.
-pub fn make_trace(id: &TraceId, n: usize, now: u64) -> Vec<ResourceSpans> {
+pub(crate) fn make_trace(id: &TraceId, n: usize, now: u64) -> Vec<ResourceSpans> {
     let hex = id.to_hex();
     let ids: Vec<Vec<u8>> = (0..n).map(|_| new_span_id()).collect();
     let spans = (0..n)

@@ -9,12 +9,12 @@ use prost::Message;
 
 use super::*;
 use crate::backend::faulty::{FaultAction, FaultOp, FaultRule, Faults};
+use crate::config::overrides::OverridesConfig;
 use crate::config::{CompactionConfig, IngesterConfig};
-use crate::distributor::group_by_trace;
-use crate::ingester::wal::{self, Wal};
+use crate::ingester::wal::Wal;
 use crate::ingester::{BlockCommitted, Ingester};
+use crate::model::group_by_trace;
 use crate::model::{ExportTraceServiceRequest, ResourceSpans, ScopeSpans, Span};
-use crate::overrides::OverridesConfig;
 
 fn request(trace: u8) -> ExportTraceServiceRequest {
     let now = block::unix_nanos_now();
@@ -64,13 +64,7 @@ async fn slow_upload_outliving_the_orphan_age_commits_intact() {
     for t in 1..=2u8 {
         let req = request(t);
         let g = group_by_trace(&req.resource_spans);
-        ing.push(
-            wal::encode_payload(&tenant, &req.encode_to_vec()),
-            &tenant,
-            g.traces,
-        )
-        .await
-        .unwrap();
+        ing.push(&tenant, &req.encode_to_vec(), g).await.unwrap();
     }
     // data.parquet goes up at once; the index then takes far longer than the orphan age,
     // as a long multipart upload or a stalled writer would.

@@ -21,10 +21,10 @@ const BATCH_ROWS: usize = 256;
 /// What a merge produced besides the block.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct MergeStats {
-    pub spans_written: u64,
-    pub spans_discarded: u64,
-    pub duplicate_spans: u64,
-    pub input_bytes: u64,
+    pub(crate) spans_written: u64,
+    pub(crate) spans_discarded: u64,
+    pub(crate) duplicate_spans: u64,
+    pub(crate) input_bytes: u64,
 }
 
 /// One input block read row group by row group.
@@ -211,7 +211,7 @@ impl Merger {
 
 /// Keeps spans, in order, while the trace stays within `max_bytes` (protobuf-encoded, as the
 /// distributor measures traces); returns how many spans were dropped.
-pub fn truncate(batches: &mut Vec<ResourceSpans>, max_bytes: usize) -> u64 {
+pub(crate) fn truncate(batches: &mut Vec<ResourceSpans>, max_bytes: usize) -> u64 {
     let total: usize = batches.iter().map(Message::encoded_len).sum();
     if total <= max_bytes {
         return 0;

@@ -16,6 +16,8 @@
 //!    `sources.json`. The bucket listing, not the block list, drives every decision, so a
 //!    restarted compactor picks up where the old one stopped. One compactor per bucket.
 
+mod bucket;
+mod job;
 #[cfg(test)]
 mod lease_tests;
 mod merge;
@@ -28,34 +30,35 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::backend::{Backend, BackendError};
-use crate::block::{self, BlockConfig, BlockError, BlockMeta, BlockParts, CompactedBlockMeta};
+use crate::block::{self, BlockConfig, BlockError, BlockMeta};
 use crate::blocklist::BlockList;
 use crate::config::CompactionConfig;
 use crate::metrics::Metrics;
 use crate::model::TenantId;
 use crate::overrides::Overrides;
+use bucket::Sources;
 
-pub use merge::truncate as truncate_trace;
+#[cfg(test)]
+use merge::truncate as truncate_trace;
 
 /// In a compaction's output folder: the IDs of the blocks it replaces, written before its
 /// `meta.json`, so a restarted compactor can finish marking them compacted.
-pub const SOURCES_FILE: &str = "sources.json";
+pub(crate) const SOURCES_FILE: &str = "sources.json";
 /// Reason label of spans cut from traces over `max_bytes_per_trace` (Tempo's).
-pub const TRACE_TOO_LARGE: &str = "trace_too_large_to_compact";
+pub(crate) const TRACE_TOO_LARGE: &str = "trace_too_large_to_compact";
 
-pub fn sources_key(tenant: &TenantId, id: Uuid) -> String {
+pub(crate) fn sources_key(tenant: &TenantId, id: Uuid) -> String {
     format!("{}/{}/{}", tenant.as_str(), id, SOURCES_FILE)
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum CompactError {
+pub(crate) enum CompactError {
     #[error("storage: {0}")]
     Backend(#[from] BackendError),
     #[error("block: {0}")]
@@ -88,7 +91,7 @@ pub enum CompactError {
 
 /// The durable steps of one compaction, in order; a crash can happen after any of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CompactionStep {
+pub(crate) enum CompactionStep {
     /// data, tags.json, index, blooms and sources.json of the output are uploaded.
     OutputObjects,
     /// The output's meta.json is written: it is live.
@@ -106,7 +109,7 @@ pub enum CompactionStep {
 /// Why a block stopped being live (recorded in meta.compacted.json, used as metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum CompactedReason {
+pub(crate) enum CompactedReason {
     Compaction,
     Retention,
 }
@@ -128,43 +131,25 @@ impl CompactedReason {
     }
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Sources {
-    inputs: Vec<Uuid>,
-}
-
-/// What one listing of a tenant's folder found for one block.
-#[derive(Debug, Default)]
-struct Listed {
-    keys: Vec<String>,
-    meta: bool,
-    compacted: bool,
-    sources: bool,
-    /// Every object's key and version fingerprint, sorted: any write changes it.
-    fingerprint: Vec<(String, String)>,
-}
-
 /// A block folder without any meta file is an upload that died, or one still running. Both
 /// writers (flush and compaction) hold a lease object in the folder that they refresh while
 /// uploading, so a folder none of whose objects changed for this long, as this process's
 /// own clock measures between two of its listings, is abandoned. Never less than this floor, whatever
 /// `compacted_block_retention` says.
-/// Longest pause between two refreshes of a compaction output's lease.
-const LEASE_REFRESH_MAX: Duration = Duration::from_secs(60);
 const ORPHAN_MIN_AGE: Duration = Duration::from_secs(15 * 60);
 
 /// Totals of one cycle, for logs and tests.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct CycleReport {
-    pub compactions: usize,
-    pub blocks_compacted: usize,
-    pub marked_by_retention: usize,
-    pub recovered_inputs: usize,
-    pub deleted: usize,
-    pub orphans: usize,
+pub(crate) struct CycleReport {
+    pub(crate) compactions: usize,
+    pub(crate) blocks_compacted: usize,
+    pub(crate) marked_by_retention: usize,
+    pub(crate) recovered_inputs: usize,
+    pub(crate) deleted: usize,
+    pub(crate) orphans: usize,
 }
 
-pub struct Compactor {
+pub(crate) struct Compactor {
     backend: Backend,
     blocklist: Arc<BlockList>,
     cfg: CompactionConfig,
@@ -198,7 +183,7 @@ fn nanos(d: Duration) -> u64 {
 }
 
 impl Compactor {
-    pub fn new(
+    pub(crate) fn new(
         backend: Backend,
         blocklist: Arc<BlockList>,
         cfg: CompactionConfig,
@@ -239,14 +224,14 @@ impl Compactor {
     }
 
     /// Tests shorten the orphan age (the floor protects real uploads).
-    #[doc(hidden)]
-    pub fn set_orphan_age(&self, age: Duration) {
+    #[cfg(test)]
+    pub(crate) fn set_orphan_age(&self, age: Duration) {
         *self.orphan_age.lock() = Some(age);
     }
 
     /// Makes the next compaction stop after `step`, as if the process died there.
-    #[doc(hidden)]
-    pub fn stop_after(&self, step: Option<CompactionStep>) {
+    #[cfg(test)]
+    pub(crate) fn stop_after(&self, step: Option<CompactionStep>) {
         *self.stop_after.lock() = step;
     }
 
@@ -259,7 +244,7 @@ impl Compactor {
 
     /// Runs a cycle every `compaction_cycle` until the task is dropped. Stopping it at any
     /// await point is a crash the next cycle recovers from.
-    pub async fn run(self: Arc<Self>) {
+    pub(crate) async fn run(self: Arc<Self>) {
         let mut tick = tokio::time::interval(self.cfg.compaction_cycle);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The first cycle waits one period: start-up (WAL replay, first flushes) comes first.
@@ -295,7 +280,7 @@ impl Compactor {
     }
 
     /// One pass over every tenant in the bucket. Errors are logged per tenant.
-    pub async fn run_cycle(&self) -> CycleReport {
+    pub(crate) async fn run_cycle(&self) -> CycleReport {
         let mut total = CycleReport::default();
         let tenants = match self.backend.list_dirs(None).await {
             Ok(t) => t,
@@ -324,7 +309,10 @@ impl Compactor {
     }
 
     /// One tenant: finish interrupted work, retention, deletions, then compactions.
-    pub async fn cycle_tenant(&self, tenant: &TenantId) -> Result<CycleReport, CompactError> {
+    pub(crate) async fn cycle_tenant(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<CycleReport, CompactError> {
         let mut report = CycleReport::default();
         let listing = self.list_tenant(tenant).await?;
         let now = now_nanos();
@@ -470,346 +458,5 @@ impl Compactor {
             }
         }
         Ok(report)
-    }
-
-    /// How long a folder without meta has looked exactly like `fingerprint` to this
-    /// process (zero on first sight or after any change).
-    fn unchanged_for(&self, id: Uuid, fingerprint: &[(String, String)]) -> Duration {
-        use std::hash::{Hash, Hasher};
-        let mut sorted = fingerprint.to_vec();
-        sorted.sort();
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        sorted.hash(&mut h);
-        let fp = h.finish();
-        let mut seen = self.orphans_seen.lock();
-        let entry = seen.entry(id).or_insert((fp, Instant::now()));
-        if entry.0 != fp {
-            *entry = (fp, Instant::now());
-        }
-        entry.1.elapsed()
-    }
-
-    /// Every block folder of a tenant and what it holds, from one listing.
-    async fn list_tenant(&self, tenant: &TenantId) -> Result<BTreeMap<Uuid, Listed>, CompactError> {
-        let mut out: BTreeMap<Uuid, Listed> = BTreeMap::new();
-        let prefix = format!("{}/", tenant.as_str());
-        let listed = self.backend.list_fingerprints(tenant.as_str()).await?;
-        for crate::backend::lease::Listed {
-            key, fingerprint, ..
-        } in listed
-        {
-            let Some((dir, file)) = key.strip_prefix(&prefix).and_then(|r| r.split_once('/'))
-            else {
-                continue; // the tenant index and other tenant-level objects
-            };
-            let Ok(id) = Uuid::parse_str(dir) else {
-                continue;
-            };
-            let l = out.entry(id).or_default();
-            match file {
-                block::META_FILE => l.meta = true,
-                block::COMPACTED_META_FILE => l.compacted = true,
-                SOURCES_FILE => l.sources = true,
-                _ => {}
-            }
-            l.fingerprint.push((key.clone(), fingerprint));
-            l.keys.push(key);
-        }
-        Ok(out)
-    }
-
-    async fn load_meta(
-        &self,
-        tenant: &TenantId,
-        id: Uuid,
-    ) -> Result<Option<Arc<BlockMeta>>, CompactError> {
-        if let Some(m) = self.metas.lock().get(&id) {
-            return Ok(Some(m.clone()));
-        }
-        let bytes = match self.backend.get(&block::meta_key(tenant, id)).await {
-            Ok(b) => b,
-            // Compacted or deleted since the listing.
-            Err(BackendError::NotFound(_)) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        match BlockMeta::from_bytes(&bytes) {
-            Ok(m) => {
-                let m = Arc::new(m);
-                self.metas.lock().insert(id, m.clone());
-                Ok(Some(m))
-            }
-            Err(e) => {
-                // Left alone: deleting data on a parse error would be worse than keeping it.
-                warn!(tenant = %tenant, block = %id, error = %e, "unreadable meta.json, block skipped");
-                Ok(None)
-            }
-        }
-    }
-
-    async fn compacted_time(
-        &self,
-        tenant: &TenantId,
-        id: Uuid,
-    ) -> Result<Option<(u64, Option<CompactedReason>)>, CompactError> {
-        if let Some(t) = self.compacted.lock().get(&id) {
-            return Ok(Some(*t));
-        }
-        let key = block::compacted_meta_key(tenant, id);
-        let bytes = match self.backend.get(&key).await {
-            Ok(b) => b,
-            Err(BackendError::NotFound(_)) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        // The same type the tenant index reads, so both agree on every marker.
-        let marker = match CompactedBlockMeta::from_bytes(&bytes) {
-            Ok(m) if m.compacted_time > 0 => m,
-            Ok(_) => {
-                warn!(tenant = %tenant, block = %id, "meta.compacted.json has no compactedTime, block kept");
-                return Ok(None);
-            }
-            Err(e) => {
-                warn!(tenant = %tenant, block = %id, error = %e, "unreadable meta.compacted.json, block kept");
-                return Ok(None);
-            }
-        };
-        let reason = marker
-            .compacted_reason
-            .as_deref()
-            .and_then(CompactedReason::parse);
-        let v = (marker.compacted_time, reason);
-        self.compacted.lock().insert(id, v);
-        Ok(Some(v))
-    }
-
-    /// Writes meta.compacted.json (the meta plus `compactedTime`), then deletes meta.json.
-    async fn mark_compacted(
-        &self,
-        tenant: &TenantId,
-        meta: &BlockMeta,
-        reason: CompactedReason,
-    ) -> Result<(), CompactError> {
-        self.write_marker(tenant, meta, reason).await?;
-        self.backend
-            .delete(&block::meta_key(tenant, meta.block_id))
-            .await?;
-        Ok(())
-    }
-
-    async fn write_marker(
-        &self,
-        tenant: &TenantId,
-        meta: &BlockMeta,
-        reason: CompactedReason,
-    ) -> Result<(), CompactError> {
-        let marker = CompactedBlockMeta {
-            meta: meta.clone(),
-            compacted_time: now_nanos(),
-            compacted_reason: Some(reason.as_str().to_owned()),
-        };
-        self.backend
-            .put(
-                &block::compacted_meta_key(tenant, meta.block_id),
-                marker.to_bytes().into(),
-            )
-            .await?;
-        self.compacted
-            .lock()
-            .insert(meta.block_id, (marker.compacted_time, Some(reason)));
-        self.metas.lock().remove(&meta.block_id);
-        Ok(())
-    }
-
-    /// Deletes every object of a block, meta.compacted.json last so a crash midway leaves a
-    /// folder the next cycle still recognises and finishes.
-    async fn delete_block(
-        &self,
-        tenant: &TenantId,
-        id: Uuid,
-        keys: Vec<String>,
-    ) -> Result<(), CompactError> {
-        let marker = block::compacted_meta_key(tenant, id);
-        futures::future::try_join_all(
-            keys.iter()
-                .filter(|k| **k != marker)
-                .map(|k| self.backend.delete(k)),
-        )
-        .await?;
-        self.backend.delete(&marker).await?;
-        self.compacted.lock().remove(&id);
-        info!(tenant = %tenant, block = %id, "compacted block deleted");
-        Ok(())
-    }
-
-    /// Merges `inputs` into one block and commits it (see the module docs).
-    async fn compact(
-        &self,
-        tenant: &TenantId,
-        inputs: &[Arc<BlockMeta>],
-    ) -> Result<(), CompactError> {
-        let output_id = Uuid::new_v4();
-        let scratch = scratch::ScratchFile::new(&self.scratch_dir(), output_id);
-        let r = self.compact_via(tenant, inputs, output_id, &scratch).await;
-        // Unlinking a large file can take a while: not on the executor. (If this future is
-        // dropped instead, the guard deletes the file where it is dropped.)
-        if let Err(e) = tokio::task::spawn_blocking(move || drop(scratch)).await {
-            warn!(output = %output_id, error = %e, "scratch file clean-up failed");
-        }
-        r
-    }
-
-    /// [`Self::compact`] with the output's data.parquet written to `scratch`.
-    async fn compact_via(
-        &self,
-        tenant: &TenantId,
-        inputs: &[Arc<BlockMeta>],
-        output_id: Uuid,
-        scratch: &scratch::ScratchFile,
-    ) -> Result<(), CompactError> {
-        let started = Instant::now();
-        let level = inputs
-            .iter()
-            .map(|m| m.compaction_level)
-            .max()
-            .unwrap_or(0)
-            .saturating_add(1);
-        let max_bytes = self.overrides.limits(tenant).global.max_bytes_per_trace;
-        let max_bytes = usize::try_from(max_bytes).unwrap_or(usize::MAX);
-        let (backend, handle, t, ins, cfg, path) = (
-            self.backend.clone(),
-            tokio::runtime::Handle::current(),
-            tenant.clone(),
-            inputs.to_vec(),
-            self.block_cfg.clone(),
-            scratch.path().to_owned(),
-        );
-        // Decoding and encoding are CPU-bound: the whole merge runs on a blocking thread,
-        // which waits on the runtime for its (one row group at a time) fetches and streams
-        // the output to the scratch file.
-        let (encoded, tags, stats) = tokio::task::spawn_blocking(move || {
-            let mut sink = scratch::ScratchFile::create(&path)?;
-            let r = merge::merge_blocks(
-                &backend, &handle, &t, &ins, output_id, level, max_bytes, &cfg, &mut sink,
-            )?;
-            std::io::Write::flush(&mut sink)
-                .map_err(|source| CompactError::Scratch { path, source })?;
-            Ok::<_, CompactError>(r)
-        })
-        .await??;
-        // The inputs' times were clamped to when their spans were ingested; the output keeps
-        // those bounds rather than the client-supplied span times it would compute.
-        let mut encoded = encoded;
-        if let (Some(start), Some(end)) = (
-            inputs.iter().map(|m| m.start_time).min(),
-            inputs.iter().map(|m| m.end_time).max(),
-        ) {
-            encoded.meta.start_time = start;
-            encoded.meta.end_time = end;
-        }
-        let sources = Sources {
-            inputs: inputs.iter().map(|m| m.block_id).collect(),
-        };
-        // Refreshed well within the orphan age every compactor of the bucket uses.
-        let every = (self.orphan_age() / 4).min(LEASE_REFRESH_MAX);
-        let lease = self
-            .backend
-            .hold_lease(&block::writing_key(tenant, output_id), every)
-            .await?;
-        self.upload_objects(
-            tenant,
-            &encoded,
-            scratch.path(),
-            tags.to_bytes().into(),
-            &sources,
-        )
-        .await?;
-        self.step(CompactionStep::OutputObjects)?;
-        lease.check().await?;
-        self.backend
-            .put(
-                &block::meta_key(tenant, output_id),
-                encoded.meta.to_bytes().into(),
-            )
-            .await?;
-        lease.release().await;
-        self.step(CompactionStep::OutputCommitted)?;
-        self.metas
-            .lock()
-            .insert(output_id, Arc::new(encoded.meta.clone()));
-        self.blocklist.add(tenant.clone(), encoded.meta.clone());
-        self.step(CompactionStep::BlockListUpdated)?;
-        for (i, m) in inputs.iter().enumerate() {
-            self.write_marker(tenant, m, CompactedReason::Compaction)
-                .await?;
-            self.step(CompactionStep::InputMarked(i))?;
-            self.backend
-                .delete(&block::meta_key(tenant, m.block_id))
-                .await?;
-            self.step(CompactionStep::InputMetaDeleted(i))?;
-        }
-        // Only now: if marking failed midway, the next cycle finishes it from sources.json.
-        self.sources_done.lock().insert(output_id);
-        let ids: Vec<Uuid> = inputs.iter().map(|m| m.block_id).collect();
-        self.blocklist.remove(tenant, &ids);
-        self.step(CompactionStep::InputsForgotten)?;
-
-        if stats.spans_discarded > 0 {
-            self.metrics
-                .compactor_spans_discarded
-                .add(TRACE_TOO_LARGE, stats.spans_discarded);
-            warn!(tenant = %tenant, output = %output_id, spans = stats.spans_discarded, "spans of traces over max_bytes_per_trace discarded");
-        }
-        self.metrics
-            .compactor_blocks_compacted
-            .add(inputs.len() as u64);
-        self.metrics.compactor_bytes_written.add(encoded.meta.size);
-        self.metrics
-            .compactor_spans_written
-            .add(stats.spans_written);
-        let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
-        info!(
-            tenant = %tenant,
-            inputs = %ids.join(","),
-            output = %output_id,
-            level,
-            traces = encoded.meta.total_objects,
-            spans = stats.spans_written,
-            duplicate_spans = stats.duplicate_spans,
-            input_bytes = stats.input_bytes,
-            bytes = encoded.meta.size,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "blocks compacted"
-        );
-        Ok(())
-    }
-
-    /// Every object of the output but meta.json, in the flusher's order; data.parquet from
-    /// the scratch file at `data`.
-    async fn upload_objects(
-        &self,
-        tenant: &TenantId,
-        b: &BlockParts,
-        data: &std::path::Path,
-        tags: Bytes,
-        sources: &Sources,
-    ) -> Result<(), CompactError> {
-        let id = b.meta.block_id;
-        let sources = serde_json::to_vec(sources).unwrap_or_default();
-        let mut puts = Vec::with_capacity(b.blooms.len() + 3);
-        puts.push((block::tags_key(tenant, id), tags));
-        puts.push((block::index_key(tenant, id), b.index.clone()));
-        for (i, bloom) in b.blooms.iter().enumerate() {
-            puts.push((block::bloom_key(tenant, id, i as u32), bloom.clone()));
-        }
-        puts.push((sources_key(tenant, id), sources.into()));
-        let data_key = block::data_key(tenant, id);
-        futures::future::try_join(
-            self.backend.put_file(&data_key, data),
-            futures::future::try_join_all(
-                puts.into_iter()
-                    .map(|(key, data)| async move { self.backend.put(&key, data).await }),
-            ),
-        )
-        .await?;
-        Ok(())
     }
 }

@@ -8,9 +8,9 @@ use prost::Message;
 
 use super::*;
 use crate::block::{normalize_dedicated, synth, TraceInput};
+use crate::config::overrides::{Limits, OverridesConfig};
 use crate::config::CompactionConfig;
 use crate::model::{combine, span_count, ResourceSpans, TraceId};
-use crate::overrides::{Limits, OverridesConfig};
 use crate::querier::search::SearchRequest;
 use crate::querier::Querier;
 

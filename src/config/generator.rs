@@ -444,8 +444,8 @@ fn valid_label_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::overrides::GeneratorProcessor;
     use crate::config::Config;
-    use crate::overrides::GeneratorProcessor;
 
     #[test]
     fn tempo_shaped_generator_config_parses() {
@@ -522,7 +522,7 @@ overrides:
         assert_eq!(g.registry.collection_interval, Duration::from_secs(15));
         assert_eq!(g.registry.stale_duration, Duration::from_secs(900));
         assert!(g.storage.remote_write_add_org_id_header);
-        assert!(crate::overrides::Limits::default()
+        assert!(crate::config::overrides::Limits::default()
             .metrics_generator
             .processors
             .is_empty());

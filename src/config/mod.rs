@@ -14,6 +14,7 @@ mod duration;
 pub mod faults;
 pub mod generator;
 mod ingest;
+pub mod overrides;
 
 pub use ingest::{IngestConfig, KafkaConfig};
 
@@ -45,7 +46,7 @@ pub struct Config {
     pub storage: StorageConfig,
     /// The metrics-generator (span metrics, service graphs, remote write).
     pub metrics_generator: generator::MetricsGeneratorConfig,
-    pub overrides: crate::overrides::OverridesConfig,
+    pub overrides: overrides::OverridesConfig,
     /// Built-in authentication (off by default); see `api::auth`.
     pub auth: auth::AuthConfig,
     /// The Kafka-protocol ingest log (Tempo 3's `ingest:`); off by default.

@@ -13,13 +13,13 @@ use bytes::Bytes;
 use prost::Message;
 
 use crate::generator::Generator;
-use crate::ingester::{wal, IngestError, Ingester, TraceBatch};
+use crate::ingester::{IngestError, Ingester};
 
 /// Where accepted traces go instead of the ingester's WAL when an ingest log is configured
 /// (`src/ingest/` implements it on Kafka). Defined here so the distributor does not depend
 /// on the log's client.
 #[async_trait::async_trait]
-pub trait TraceLog: Send + Sync + 'static {
+pub(crate) trait TraceLog: Send + Sync + 'static {
     /// Returns once the log has acknowledged every trace (acks=all): only then may the
     /// export be acknowledged.
     async fn write(&self, tenant: &TenantId, traces: Vec<TraceBatch>)
@@ -29,13 +29,16 @@ pub trait TraceLog: Send + Sync + 'static {
 /// The ingest log refused or did not acknowledge in time: retryable, never an ack.
 #[derive(Debug, thiserror::Error)]
 #[error("ingest log unavailable: {0}")]
-pub struct LogUnavailable(pub String);
+pub(crate) struct LogUnavailable(pub(crate) String);
+use crate::config::overrides::Limits;
 use crate::metrics::Metrics;
-use crate::model::{ExportTraceServiceRequest, Fragments, ResourceSpans, Span, TenantId, TraceId};
-use crate::overrides::{Limits, Overrides};
+use crate::model::{
+    group_by_trace, ExportTraceServiceRequest, Grouped, TenantId, TraceBatch, TraceId,
+};
+use crate::overrides::Overrides;
 
 #[derive(Debug, thiserror::Error)]
-pub enum PushError {
+pub(crate) enum PushError {
     #[error(transparent)]
     Ingest(#[from] IngestError),
     #[error(transparent)]
@@ -57,14 +60,14 @@ pub enum PushError {
 
 /// What happened to a request's spans.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct PushOutcome {
-    pub accepted: usize,
-    pub rejected: usize,
+pub(crate) struct PushOutcome {
+    pub(crate) accepted: usize,
+    pub(crate) rejected: usize,
     /// Why spans were rejected; empty when none were.
-    pub message: String,
+    pub(crate) message: String,
 }
 
-pub struct Distributor {
+pub(crate) struct Distributor {
     /// The ingester of this process; `None` on a distributor-only node, which sends
     /// everything to the ingest log (the live-trace limits are then not checked here), and
     /// in a generator-only process (`-target=metrics-generator`), which stores nothing.
@@ -102,7 +105,7 @@ impl Bucket {
 }
 
 impl Distributor {
-    pub fn new(
+    pub(crate) fn new(
         ingester: Option<Arc<Ingester>>,
         metrics: Arc<Metrics>,
         overrides: Arc<Overrides>,
@@ -118,13 +121,13 @@ impl Distributor {
     }
 
     /// Sends accepted traces to `log` instead of the ingester's WAL.
-    pub fn with_log(mut self, log: Arc<dyn TraceLog>) -> Self {
+    pub(crate) fn with_log(mut self, log: Arc<dyn TraceLog>) -> Self {
         self.log = Some(log);
         self
     }
 
     /// A distributor with no ingester in its process: everything goes to `log`.
-    pub fn log_only(
+    pub(crate) fn log_only(
         log: Arc<dyn TraceLog>,
         metrics: Arc<Metrics>,
         overrides: Arc<Overrides>,
@@ -140,7 +143,7 @@ impl Distributor {
     }
 
     /// Feeds accepted requests of tenants with generator processors to `generator`.
-    pub fn with_generator(mut self, generator: Option<Arc<Generator>>) -> Self {
+    pub(crate) fn with_generator(mut self, generator: Option<Arc<Generator>>) -> Self {
         self.generator = generator;
         self
     }
@@ -182,7 +185,7 @@ impl Distributor {
     /// Takes a protobuf request's size from the tenant's rate before it is decoded, so an
     /// export over the rate costs no decode; `spans` counts what a refusal refuses (only
     /// called then). Follow with [`Distributor::push_admitted`].
-    pub fn admit(
+    pub(crate) fn admit(
         &self,
         tenant: &TenantId,
         size: u64,
@@ -198,7 +201,7 @@ impl Distributor {
 
     /// Pushes a decoded request. `raw` is its protobuf encoding when the caller has it (gRPC
     /// and OTLP/HTTP protobuf), so the WAL stores the bytes received without re-encoding.
-    pub async fn push(
+    pub(crate) async fn push(
         &self,
         tenant: &TenantId,
         raw: Option<Bytes>,
@@ -219,26 +222,37 @@ impl Distributor {
         self.push_admitted(tenant, raw, req).await
     }
 
-    /// Pushes a request whose size [`Distributor::admit`] already took from the rate.
-    pub async fn push_admitted(
+    /// Pushes a decoded request whose size [`Distributor::admit`] already took from the rate.
+    pub(crate) async fn push_admitted(
         &self,
         tenant: &TenantId,
         raw: Bytes,
         req: ExportTraceServiceRequest,
     ) -> Result<PushOutcome, PushError> {
+        let grouped = group_by_trace(&req.resource_spans);
+        self.push_grouped(tenant, raw, grouped, Some(req)).await
+    }
+
+    /// Pushes a request already grouped by trace, admitted by [`Distributor::admit`]. The
+    /// receivers group protobuf exports from their bytes ([`crate::model::group_encoded`])
+    /// and pass no `req`: it is decoded here only for a tenant whose spans feed the
+    /// generator.
+    pub(crate) async fn push_grouped(
+        &self,
+        tenant: &TenantId,
+        raw: Bytes,
+        mut grouped: Grouped,
+        req: Option<ExportTraceServiceRequest>,
+    ) -> Result<PushOutcome, PushError> {
         let limits = self.overrides.limits(tenant);
-        let mut grouped = group_by_trace(&req.resource_spans);
-        // The request is kept (not copied) only for a tenant whose spans feed the generator.
         let generator = self
             .generator
             .as_ref()
             .filter(|_| !limits.metrics_generator.processors.is_empty());
+        // Grouping checked the bytes as prost does, so this decode does not fail.
         let for_generator = match generator {
-            Some(_) => Some(req),
-            None => {
-                drop(req);
-                None
-            }
+            Some(_) => req.or_else(|| ExportTraceServiceRequest::decode(raw.clone()).ok()),
+            None => None,
         };
         let too_large = self.drop_oversized_traces(tenant, &limits, &mut grouped);
         let over_live = self.drop_new_traces_over_limit(tenant, &limits, &mut grouped);
@@ -288,11 +302,11 @@ impl Distributor {
             "invalid_span_id",
             grouped.bad_span_id as u64,
         );
-        if grouped.traces.is_empty() {
+        if grouped.traces().is_empty() {
             return Ok(outcome);
         }
         let kept: Option<HashSet<TraceId>> =
-            (too_large + over_live > 0).then(|| grouped.traces.iter().map(|t| t.id).collect());
+            (!grouped.is_whole()).then(|| grouped.traces().iter().map(|t| t.id).collect());
         let offer = |req: Option<ExportTraceServiceRequest>| {
             if let (Some(g), Some(req)) = (generator, req) {
                 g.offer(tenant, req, raw.len(), kept);
@@ -301,7 +315,7 @@ impl Distributor {
         if let Some(log) = &self.log {
             // Limits were applied above; what is left is acknowledged only once the log
             // has every record.
-            return match log.write(tenant, grouped.traces).await {
+            return match log.write(tenant, grouped.into_traces()).await {
                 Ok(()) => {
                     self.metrics.spans_received.add(outcome.accepted as u64);
                     self.metrics.bytes_received.add(raw.len() as u64);
@@ -331,18 +345,7 @@ impl Distributor {
             offer(for_generator);
             return Ok(outcome);
         };
-        // The WAL must hold exactly what was accepted, so a replay cannot bring back spans the
-        // exporter was told were rejected.
-        let payload = if too_large + over_live > 0 {
-            let mut kept = Fragments::default();
-            for t in &grouped.traces {
-                kept.extend(&t.data);
-            }
-            wal::encode_payload(tenant, &kept.concat())
-        } else {
-            wal::encode_payload(tenant, &raw)
-        };
-        match ingester.push(payload, tenant, grouped.traces).await {
+        match ingester.push(tenant, &raw, grouped).await {
             Ok(()) => {
                 self.metrics.spans_received.add(outcome.accepted as u64);
                 self.metrics.bytes_received.add(raw.len() as u64);
@@ -371,15 +374,7 @@ impl Distributor {
         let Some(ingester) = self.ingester.as_ref().filter(|_| max != 0) else {
             return 0;
         };
-        let mut refused = 0;
-        g.traces.retain(|t| {
-            let fits = ingester.live_trace_bytes(tenant, &t.id) + t.data.len() <= max;
-            if !fits {
-                refused += t.spans;
-            }
-            fits
-        });
-        refused
+        g.retain(|t| ingester.live_trace_bytes(tenant, &t.id) + t.data.len() <= max)
     }
 
     /// Removes traces that are not live yet once the tenant has `max_traces_per_user` live
@@ -395,15 +390,14 @@ impl Distributor {
         let Some(ingester) = self.ingester.as_ref().filter(|_| max != 0) else {
             return 0;
         };
-        if g.traces.is_empty() {
+        if g.traces().is_empty() {
             return 0;
         }
-        let ids: Vec<TraceId> = g.traces.iter().map(|t| t.id).collect();
+        let ids: Vec<TraceId> = g.traces().iter().map(|t| t.id).collect();
         let (live, is_live) = ingester.live_traces(tenant, &ids);
         let mut room = max.saturating_sub(live);
-        let mut refused = 0;
         let mut i = 0;
-        g.traces.retain(|t| {
+        g.retain(|_| {
             let known = is_live[i];
             i += 1;
             if known {
@@ -413,177 +407,10 @@ impl Distributor {
                 room -= 1;
                 return true;
             }
-            refused += t.spans;
             false
-        });
-        refused
+        })
     }
-}
-
-/// Spans of a request regrouped by trace, with the refused ones counted.
-#[derive(Default)]
-pub struct Grouped {
-    pub traces: Vec<TraceBatch>,
-    pub accepted: usize,
-    pub rejected: usize,
-    pub bad_trace_id: usize,
-    pub bad_span_id: usize,
-}
-
-impl Grouped {
-    fn message(&self) -> String {
-        let mut parts = Vec::new();
-        if self.bad_trace_id > 0 {
-            parts.push(format!(
-                "{} spans with an invalid trace id (must be 16 bytes, not all zero)",
-                self.bad_trace_id
-            ));
-        }
-        if self.bad_span_id > 0 {
-            parts.push(format!(
-                "{} spans with an invalid span id (must be 8 bytes, not all zero)",
-                self.bad_span_id
-            ));
-        }
-        if parts.is_empty() {
-            String::new()
-        } else {
-            format!("rejected {}", parts.join(" and "))
-        }
-    }
-}
-
-fn valid_span_id(id: &[u8]) -> bool {
-    id.len() == 8 && id.iter().any(|&b| b != 0)
-}
-
-/// Splits OTLP resource spans into one encoded fragment per trace, keeping each span under
-/// its own resource and scope. Spans are encoded straight from the request: nothing is
-/// cloned into new structs.
-pub fn group_by_trace(resource_spans: &[ResourceSpans]) -> Grouped {
-    let mut g = Grouped::default();
-    let mut index: HashMap<TraceId, usize> = HashMap::new();
-    let mut per_trace: Vec<(usize, Vec<&Span>)> = Vec::new();
-    for rs in resource_spans {
-        for ss in &rs.scope_spans {
-            per_trace.clear();
-            for span in &ss.spans {
-                let id = match TraceId::from_bytes(&span.trace_id) {
-                    Ok(id) if span.trace_id.len() == 16 => id,
-                    _ => {
-                        g.bad_trace_id += 1;
-                        continue;
-                    }
-                };
-                if !valid_span_id(&span.span_id) {
-                    g.bad_span_id += 1;
-                    continue;
-                }
-                g.accepted += 1;
-                let t = *index.entry(id).or_insert_with(|| {
-                    g.traces.push(TraceBatch {
-                        id,
-                        data: Fragments::default(),
-                        spans: 0,
-                    });
-                    g.traces.len() - 1
-                });
-                // Requests usually carry few traces per scope: a short linear search wins.
-                match per_trace.iter_mut().find(|(i, _)| *i == t) {
-                    Some((_, v)) => v.push(span),
-                    None => per_trace.push((t, vec![span])),
-                }
-            }
-            for (t, spans) in &per_trace {
-                g.traces[*t].spans += spans.len();
-                g.traces[*t].data.push(
-                    rs.resource.as_ref(),
-                    &rs.schema_url,
-                    ss.scope.as_ref(),
-                    &ss.schema_url,
-                    spans,
-                );
-            }
-        }
-    }
-    g.rejected = g.bad_trace_id + g.bad_span_id;
-    g
 }
 
 #[cfg(test)]
 mod wire_tests;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::{InstrumentationScope, Resource, ScopeSpans};
-
-    fn span(trace: u8, id: u8) -> Span {
-        Span {
-            trace_id: if trace == 0 {
-                vec![1, 2, 3]
-            } else {
-                vec![trace; 16]
-            },
-            span_id: vec![0, 0, 0, 0, 0, 0, 0, id],
-            name: format!("span-{id}"),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn groups_by_trace_and_counts_rejections() {
-        let req = vec![
-            ResourceSpans {
-                resource: Some(Resource::default()),
-                scope_spans: vec![
-                    ScopeSpans {
-                        scope: Some(InstrumentationScope {
-                            name: "a".into(),
-                            ..Default::default()
-                        }),
-                        spans: vec![span(1, 1), span(2, 2), span(1, 3), span(0, 4)],
-                        schema_url: String::new(),
-                    },
-                    ScopeSpans {
-                        scope: None,
-                        spans: vec![span(1, 5), span(1, 0)],
-                        schema_url: String::new(),
-                    },
-                ],
-                schema_url: String::new(),
-            },
-            ResourceSpans {
-                resource: None,
-                scope_spans: vec![ScopeSpans {
-                    scope: None,
-                    spans: vec![span(2, 6)],
-                    schema_url: String::new(),
-                }],
-                schema_url: String::new(),
-            },
-        ];
-        let g = group_by_trace(&req);
-        assert_eq!(g.accepted, 5);
-        assert_eq!(g.bad_trace_id, 1);
-        assert_eq!(g.bad_span_id, 1);
-        assert_eq!(g.traces.len(), 2);
-        let t1 = &g.traces[0];
-        assert_eq!(t1.id, TraceId([1; 16]));
-        // one fragment per resource/scope group: span 1+3 in scope a, span 5 unnamed
-        let b1 = t1.data.decode().unwrap();
-        assert_eq!(b1.len(), 2);
-        assert_eq!(b1[0].scope_spans[0].scope.as_ref().unwrap().name, "a");
-        let names: Vec<_> = b1[0].scope_spans[0]
-            .spans
-            .iter()
-            .map(|s| s.name.as_str())
-            .collect();
-        assert_eq!(names, ["span-1", "span-3"]);
-        assert_eq!(b1[1].scope_spans[0].spans[0].name, "span-5");
-        let b2 = g.traces[1].data.decode().unwrap();
-        assert_eq!(b2.len(), 2);
-        assert!(b2[1].resource.is_none());
-        assert!(g.message().contains("invalid trace id"));
-    }
-}

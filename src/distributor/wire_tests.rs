@@ -6,11 +6,10 @@ use bytes::Bytes;
 use prost::Message;
 use rand::{Rng, SeedableRng};
 
-use super::group_by_trace;
 use crate::block::synth;
 use crate::model::{
-    any_value, group_encoded, AnyValue, ExportTraceServiceRequest, KeyValue, ResourceSpans,
-    ScopeSpans, Span,
+    any_value, group_by_trace, group_encoded, AnyValue, ExportTraceServiceRequest, KeyValue,
+    ResourceSpans, ScopeSpans, Span,
 };
 
 fn request(seed: u64) -> ExportTraceServiceRequest {
@@ -36,12 +35,15 @@ fn assert_same(req: &ExportTraceServiceRequest, raw: &Bytes) {
     assert_eq!(got.accepted, want.accepted);
     assert_eq!(got.bad_trace_id, want.bad_trace_id);
     assert_eq!(got.bad_span_id, want.bad_span_id);
-    assert_eq!(got.traces.len(), want.traces.len());
-    for (g, w) in got.traces.iter().zip(&want.traces) {
+    assert_eq!(got.traces().len(), want.traces().len());
+    for (g, w) in got.traces().iter().zip(want.traces()) {
         assert_eq!(g.id, w.id);
         assert_eq!(g.spans, w.spans);
         assert_eq!(g.data.decode().unwrap(), w.data.decode().unwrap());
-        assert_eq!((g.data.start(), g.data.end()), (w.data.start(), w.data.end()));
+        assert_eq!(
+            (g.data.start(), g.data.end()),
+            (w.data.start(), w.data.end())
+        );
     }
 }
 
@@ -118,7 +120,7 @@ fn invalid_utf8_deep_in_an_attribute_is_refused_like_prost_refuses_it() {
 fn damaged_requests_accepted_here_decode_and_group_the_same() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let base = sized_request(3, 2, 1).encode_to_vec();
-    let (mut accepted, mut refused_both, mut refused_only_here) = (0, 0, 0);
+    let (mut accepted, mut refused_both) = (0, 0);
     for _ in 0..2_000 {
         let mut m = base.clone();
         for _ in 0..rng.random_range(1..4) {
@@ -149,12 +151,11 @@ fn damaged_requests_accepted_here_decode_and_group_the_same() {
                 accepted += 1;
             }
             (Err(_), Err(_)) => refused_both += 1,
-            (Err(e), Ok(_)) => {
-                refused_only_here += 1;
-                panic!("refused bytes prost decodes: {e}");
-            }
+            (Err(e), Ok(_)) => panic!("refused bytes prost decodes: {e}"),
         }
     }
-    assert!(accepted > 100 && refused_both > 100, "{accepted} {refused_both}");
-    assert_eq!(refused_only_here, 0);
+    assert!(
+        accepted > 100 && refused_both > 100,
+        "{accepted} {refused_both}"
+    );
 }

@@ -15,27 +15,27 @@ use crate::querier::tags::{TagNames, TagTarget, TagValue, TagsRequest};
 use crate::querier::{Querier, QueryError, TimeRange};
 use crate::traceql::metrics::MetricsEvaluator;
 
-pub struct TraceByIdResult {
-    pub batches: Vec<ResourceSpans>,
-    pub inspected_bytes: u64,
+pub(crate) struct TraceByIdResult {
+    pub(crate) batches: Vec<ResourceSpans>,
+    pub(crate) inspected_bytes: u64,
 }
 
 /// The resource attribute a cross-tenant trace by ID adds to every batch: the tenant it was
 /// found in (vivace's addition; namespaced so it cannot be mistaken for the sender's own).
-pub const TENANT_ATTRIBUTE: &str = "vivace.tenant";
+pub(crate) const TENANT_ATTRIBUTE: &str = "vivace.tenant";
 
-pub struct Frontend {
+pub(crate) struct Frontend {
     querier: Arc<Querier>,
     metrics: Arc<Metrics>,
 }
 
 impl Frontend {
-    pub fn new(querier: Arc<Querier>, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(querier: Arc<Querier>, metrics: Arc<Metrics>) -> Self {
         Self { querier, metrics }
     }
 
     /// `None` when no span of the trace is known.
-    pub async fn trace_by_id(
+    pub(crate) async fn trace_by_id(
         &self,
         tenant: &TenantId,
         id: &TraceId,
@@ -55,7 +55,7 @@ impl Frontend {
         }))
     }
 
-    pub async fn search(
+    pub(crate) async fn search(
         &self,
         tenant: &TenantId,
         req: &SearchRequest,
@@ -63,7 +63,7 @@ impl Frontend {
         self.timed("search", self.querier.search(tenant, req)).await
     }
 
-    pub async fn tag_names(
+    pub(crate) async fn tag_names(
         &self,
         tenant: &TenantId,
         req: &TagsRequest,
@@ -72,7 +72,7 @@ impl Frontend {
             .await
     }
 
-    pub async fn tag_values(
+    pub(crate) async fn tag_values(
         &self,
         tenant: &TenantId,
         target: TagTarget,
@@ -87,7 +87,7 @@ impl Frontend {
 
     /// A TraceQL metrics query over one or several tenants (Tempo's `a|b`): each tenant's
     /// spans go into the same series, and job counts add up.
-    pub async fn metrics(
+    pub(crate) async fn metrics(
         &self,
         tenants: &[TenantId],
         template: MetricsEvaluator,
@@ -126,7 +126,7 @@ impl Frontend {
 
     /// Trace by ID across several tenants (Tempo's `a|b`): the fragments of every tenant,
     /// each resource marked with its tenant ([`TENANT_ATTRIBUTE`]), combined into one trace.
-    pub async fn trace_by_id_in(
+    pub(crate) async fn trace_by_id_in(
         &self,
         tenants: &[TenantId],
         id: &TraceId,
@@ -167,7 +167,7 @@ impl Frontend {
     /// to the limit. The second value names each hit's tenant (parallel to the traces).
     /// Metrics add up, so completedJobs < totalJobs survives the merge, and each tenant's
     /// partial-result reason is kept.
-    pub async fn search_in(
+    pub(crate) async fn search_in(
         &self,
         tenants: &[TenantId],
         req: &SearchRequest,
@@ -219,7 +219,7 @@ mod tests {
     use super::*;
     use crate::backend::Backend;
     use crate::block::{self, BlockConfig, TraceInput};
-    use crate::querier::BlockList;
+    use crate::blocklist::BlockList;
     use crate::traceql::engine_tests::dataset;
 
     /// A cross-tenant search over a tenant with an unreadable block stays partial: the

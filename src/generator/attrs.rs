@@ -7,7 +7,7 @@ use std::fmt::Write;
 use crate::model::{any_value, AnyValue, KeyValue};
 
 /// The value of the first attribute named `key` in `lists`, as a label value.
-pub fn find<'a>(key: &str, lists: &[&'a [KeyValue]]) -> Option<Cow<'a, str>> {
+pub(crate) fn find<'a>(key: &str, lists: &[&'a [KeyValue]]) -> Option<Cow<'a, str>> {
     lists
         .iter()
         .flat_map(|l| l.iter())
@@ -17,7 +17,7 @@ pub fn find<'a>(key: &str, lists: &[&'a [KeyValue]]) -> Option<Cow<'a, str>> {
 
 /// Tempo's rendering of an attribute value: strings as they are, numbers in plain decimal,
 /// arrays as `[ab]` and maps as `{k:v}` with nothing between items.
-pub fn stringify(v: Option<&AnyValue>) -> Cow<'_, str> {
+pub(crate) fn stringify(v: Option<&AnyValue>) -> Cow<'_, str> {
     match v.and_then(|v| v.value.as_ref()) {
         Some(any_value::Value::StringValue(s)) => Cow::Borrowed(s),
         Some(other) => {

@@ -40,14 +40,14 @@ struct Condition {
 
 /// A compiled `filter_policies` list.
 #[derive(Default, Clone)]
-pub struct SpanFilter {
+pub(crate) struct SpanFilter {
     include: Vec<Vec<Condition>>,
     include_any: Vec<Vec<Condition>>,
     exclude: Vec<Vec<Condition>>,
 }
 
 impl SpanFilter {
-    pub fn new(policies: &[FilterPolicy]) -> Result<Self, FilterError> {
+    pub(crate) fn new(policies: &[FilterPolicy]) -> Result<Self, FilterError> {
         let mut f = SpanFilter::default();
         for p in policies {
             if p.include.is_none() && p.include_any.is_none() && p.exclude.is_none() {
@@ -66,11 +66,11 @@ impl SpanFilter {
         Ok(f)
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.include.is_empty() && self.include_any.is_empty() && self.exclude.is_empty()
     }
 
-    pub fn keep(&self, resource: &[KeyValue], s: &Span) -> bool {
+    pub(crate) fn keep(&self, resource: &[KeyValue], s: &Span) -> bool {
         if self.is_empty() {
             return true;
         }
@@ -150,11 +150,11 @@ fn status_code(s: &str) -> Option<i32> {
 }
 
 /// The OTLP enum names Tempo matches kinds and statuses against.
-pub fn kind_str(kind: i32) -> &'static str {
+pub(crate) fn kind_str(kind: i32) -> &'static str {
     span::SpanKind::try_from(kind).map_or("SPAN_KIND_UNSPECIFIED", |k| k.as_str_name())
 }
 
-pub fn status_str(s: &Span) -> &'static str {
+pub(crate) fn status_str(s: &Span) -> &'static str {
     let code = s.status.as_ref().map_or(0, |st| st.code);
     status::StatusCode::try_from(code).map_or("STATUS_CODE_UNSET", |c| c.as_str_name())
 }

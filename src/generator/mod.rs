@@ -7,12 +7,12 @@
 //! `collection_interval` encodes all series into compressed remote-write batches. One async
 //! task per endpoint sends them (see `remote_write`).
 
-pub mod attrs;
-pub mod filter;
-pub mod registry;
-pub mod remote_write;
-pub mod servicegraphs;
-pub mod spanmetrics;
+pub(crate) mod attrs;
+pub(crate) mod filter;
+pub(crate) mod registry;
+pub(crate) mod remote_write;
+pub(crate) mod servicegraphs;
+pub(crate) mod spanmetrics;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -27,11 +27,12 @@ use tracing::{info, warn};
 use crate::config::generator::{
     check_buckets, MetricsGeneratorConfig, ProcessorConfig, ProcessorOverrides,
 };
+use crate::config::overrides::{GeneratorLimits, GeneratorProcessor};
 use crate::metrics::Metrics;
 use crate::model::{ExportTraceServiceRequest, TenantId, TraceId};
-use crate::overrides::{GeneratorLimits, GeneratorProcessor, Overrides};
+use crate::overrides::Overrides;
 
-pub use filter::FilterError;
+pub(crate) use filter::FilterError;
 use filter::SpanFilter;
 use registry::{Emitter, SeriesBudget};
 use remote_write::Endpoint;
@@ -62,7 +63,7 @@ struct Job {
     kept: Option<HashSet<TraceId>>,
 }
 
-pub struct Generator {
+pub(crate) struct Generator {
     tx: SyncSender<Job>,
     queued: Arc<AtomicUsize>,
     max_queued: usize,
@@ -76,7 +77,7 @@ pub struct Generator {
 impl Generator {
     /// Starts the generator thread and one sender task per endpoint (call inside a tokio
     /// runtime).
-    pub fn start(
+    pub(crate) fn start(
         cfg: &MetricsGeneratorConfig,
         overrides: Arc<Overrides>,
         metrics: Arc<Metrics>,
@@ -155,7 +156,7 @@ impl Generator {
 
     /// Hands an accepted request over. `bytes` is its encoded size; `kept`, when some of its
     /// traces were refused, names the traces that were accepted.
-    pub fn offer(
+    pub(crate) fn offer(
         &self,
         tenant: &TenantId,
         req: ExportTraceServiceRequest,
@@ -195,7 +196,7 @@ impl Generator {
 
     /// Stops the generator: one last collection, then up to `deadline` for the endpoints to
     /// take what is queued.
-    pub async fn shutdown(&self, deadline: Duration) {
+    pub(crate) async fn shutdown(&self, deadline: Duration) {
         self.stop.store(true, Ordering::Release);
         let worker = self.worker.lock().take();
         if let Some(w) = worker {

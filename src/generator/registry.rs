@@ -11,26 +11,26 @@ use super::remote_write::{Exemplar, Label, Sample, TimeSeries};
 /// Label values packed into one byte string (each value length-prefixed), so a series is
 /// found with one hash lookup and no allocation when it already exists.
 #[derive(Default)]
-pub struct KeyBuf(Vec<u8>);
+pub(crate) struct KeyBuf(Vec<u8>);
 
 impl KeyBuf {
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.0.clear();
     }
 
-    pub fn push(&mut self, value: &str, max_len: usize) {
+    pub(crate) fn push(&mut self, value: &str, max_len: usize) {
         let v = truncate(value, max_len);
         self.0.extend_from_slice(&(v.len() as u32).to_le_bytes());
         self.0.extend_from_slice(v.as_bytes());
     }
 
-    pub fn as_bytes(&self) -> &[u8] {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
         &self.0
     }
 }
 
 /// The label values packed by `KeyBuf::push`, in order.
-pub fn key_values(key: &[u8]) -> Vec<&str> {
+pub(crate) fn key_values(key: &[u8]) -> Vec<&str> {
     let mut out = Vec::new();
     let mut rest = key;
     while rest.len() >= 4 {
@@ -57,7 +57,7 @@ fn truncate(s: &str, max: usize) -> &str {
 /// A classic histogram: per-bucket counts (not cumulative), sum, count, and per bucket the
 /// last trace seen since the previous collection (the exemplar).
 #[derive(Clone, Debug)]
-pub struct Hist {
+pub(crate) struct Hist {
     counts: Vec<u64>,
     sum: f64,
     count: u64,
@@ -66,7 +66,7 @@ pub struct Hist {
 
 impl Hist {
     /// A histogram over `bounds` (upper bounds, increasing) plus `+Inf`.
-    pub fn new(bounds: &[f64]) -> Self {
+    pub(crate) fn new(bounds: &[f64]) -> Self {
         Self {
             counts: vec![0; bounds.len() + 1],
             sum: 0.0,
@@ -75,7 +75,7 @@ impl Hist {
         }
     }
 
-    pub fn observe(&mut self, bounds: &[f64], v: f64, trace_id: Option<[u8; 16]>) {
+    pub(crate) fn observe(&mut self, bounds: &[f64], v: f64, trace_id: Option<[u8; 16]>) {
         // Prometheus buckets are `le`: a value equal to a bound belongs to that bucket.
         let i = bounds.partition_point(|b| *b < v);
         self.counts[i] += 1;
@@ -86,32 +86,32 @@ impl Hist {
         }
     }
 
-    pub fn count(&self) -> u64 {
+    pub(crate) fn count(&self) -> u64 {
         self.count
     }
 
-    pub fn sum(&self) -> f64 {
+    pub(crate) fn sum(&self) -> f64 {
         self.sum
     }
 
     /// Cumulative count of bucket `i` (`le` = `bounds[i]`, or `+Inf` past the last bound).
-    pub fn cumulative(&self, i: usize) -> u64 {
+    pub(crate) fn cumulative(&self, i: usize) -> u64 {
         self.counts[..=i].iter().sum()
     }
 }
 
 /// A tenant's `max_active_series`: new series are admitted while the tenant holds fewer.
 #[derive(Default, Debug)]
-pub struct SeriesBudget {
+pub(crate) struct SeriesBudget {
     /// Zero: no limit.
-    pub max: usize,
-    pub active: usize,
-    pub refused: u64,
+    pub(crate) max: usize,
+    pub(crate) active: usize,
+    pub(crate) refused: u64,
 }
 
 impl SeriesBudget {
     /// Admits a new entry worth `weight` series, or counts the refusal.
-    pub fn admit(&mut self, weight: usize) -> bool {
+    pub(crate) fn admit(&mut self, weight: usize) -> bool {
         if self.max != 0 && self.active + weight > self.max {
             self.refused += 1;
             return false;
@@ -123,7 +123,7 @@ impl SeriesBudget {
 
 /// Prometheus' label-name rule: anything but `[a-zA-Z0-9_]` becomes `_`, and a name may not
 /// start with a digit.
-pub fn sanitize_label_name(name: &str) -> String {
+pub(crate) fn sanitize_label_name(name: &str) -> String {
     let mut out: String = name
         .chars()
         .map(|c| {
@@ -141,12 +141,12 @@ pub fn sanitize_label_name(name: &str) -> String {
 }
 
 /// Series count of one histogram: each bucket, `+Inf`, `_sum` and `_count`.
-pub fn hist_series(bounds: &[f64]) -> usize {
+pub(crate) fn hist_series(bounds: &[f64]) -> usize {
     bounds.len() + 3
 }
 
 /// Turns one collection into time series, all stamped with the same time.
-pub struct Emitter<'a> {
+pub(crate) struct Emitter<'a> {
     external: &'a BTreeMap<String, String>,
     ts_ms: i64,
     /// Where the zero sample of a new series goes: the end of the previous minute (Tempo's
@@ -155,11 +155,11 @@ pub struct Emitter<'a> {
     /// process sent a moment ago, so its zeros go just before the first value: Prometheus
     /// refuses a whole request for one sample older than its series' last.
     zero_ms: i64,
-    pub out: Vec<TimeSeries>,
+    pub(crate) out: Vec<TimeSeries>,
 }
 
 impl<'a> Emitter<'a> {
-    pub fn new(external: &'a BTreeMap<String, String>, ts_ms: i64, prev_ms: i64) -> Self {
+    pub(crate) fn new(external: &'a BTreeMap<String, String>, ts_ms: i64, prev_ms: i64) -> Self {
         let end_of_last_minute = ts_ms - ts_ms.rem_euclid(60_000) - 1000;
         let zero_ms = if prev_ms <= 0 {
             ts_ms - 1
@@ -174,7 +174,8 @@ impl<'a> Emitter<'a> {
         }
     }
 
-    pub fn samples(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn samples(&self) -> usize {
         self.out.iter().map(|t| t.samples.len()).sum()
     }
 
@@ -230,13 +231,13 @@ impl<'a> Emitter<'a> {
         });
     }
 
-    pub fn counter(&mut self, name: &str, labels: &[(&str, &str)], value: f64, new: bool) {
+    pub(crate) fn counter(&mut self, name: &str, labels: &[(&str, &str)], value: f64, new: bool) {
         let l = self.labels(name, labels, None);
         self.push(l, value, new, None);
     }
 
     /// Emits `<name>_bucket{le}`, `_sum` and `_count`, and takes the exemplars.
-    pub fn histogram(
+    pub(crate) fn histogram(
         &mut self,
         name: &str,
         labels: &[(&str, &str)],

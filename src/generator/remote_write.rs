@@ -22,60 +22,64 @@ use crate::config::generator::RemoteWriteConfig;
 use crate::metrics::Metrics;
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct WriteRequest {
+pub(crate) struct WriteRequest {
     #[prost(message, repeated, tag = "1")]
-    pub timeseries: Vec<TimeSeries>,
+    pub(crate) timeseries: Vec<TimeSeries>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct TimeSeries {
+pub(crate) struct TimeSeries {
     /// Sorted by name, `__name__` among them.
     #[prost(message, repeated, tag = "1")]
-    pub labels: Vec<Label>,
+    pub(crate) labels: Vec<Label>,
     #[prost(message, repeated, tag = "2")]
-    pub samples: Vec<Sample>,
+    pub(crate) samples: Vec<Sample>,
     #[prost(message, repeated, tag = "3")]
-    pub exemplars: Vec<Exemplar>,
+    pub(crate) exemplars: Vec<Exemplar>,
 }
 
 #[derive(Clone, PartialEq, Eq, prost::Message)]
-pub struct Label {
+pub(crate) struct Label {
     #[prost(string, tag = "1")]
-    pub name: String,
+    pub(crate) name: String,
     #[prost(string, tag = "2")]
-    pub value: String,
+    pub(crate) value: String,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct Sample {
+pub(crate) struct Sample {
     #[prost(double, tag = "1")]
-    pub value: f64,
+    pub(crate) value: f64,
     /// Milliseconds since the epoch.
     #[prost(int64, tag = "2")]
-    pub timestamp: i64,
+    pub(crate) timestamp: i64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct Exemplar {
+pub(crate) struct Exemplar {
     #[prost(message, repeated, tag = "1")]
-    pub labels: Vec<Label>,
+    pub(crate) labels: Vec<Label>,
     #[prost(double, tag = "2")]
-    pub value: f64,
+    pub(crate) value: f64,
     #[prost(int64, tag = "3")]
-    pub timestamp: i64,
+    pub(crate) timestamp: i64,
 }
 
 /// One encoded, compressed request body, shared by every endpoint's queue.
 #[derive(Clone, Debug)]
-pub struct Batch {
-    pub tenant: String,
-    pub body: Bytes,
-    pub samples: usize,
+pub(crate) struct Batch {
+    pub(crate) tenant: String,
+    pub(crate) body: Bytes,
+    pub(crate) samples: usize,
 }
 
 /// Splits series into requests of at most `max_samples` samples each, encoded and
 /// snappy-compressed (block format, as remote write requires).
-pub fn encode_batches(tenant: &str, series: Vec<TimeSeries>, max_samples: usize) -> Vec<Batch> {
+pub(crate) fn encode_batches(
+    tenant: &str,
+    series: Vec<TimeSeries>,
+    max_samples: usize,
+) -> Vec<Batch> {
     let mut out = Vec::new();
     let mut current = Vec::new();
     let mut samples = 0;
@@ -118,7 +122,7 @@ struct Queue {
 }
 
 /// One remote-write endpoint: its queue and what its sender needs.
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     cfg: RemoteWriteConfig,
     add_org_id: bool,
     queue: Mutex<Queue>,
@@ -131,7 +135,7 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    pub fn new(
+    pub(crate) fn new(
         cfg: RemoteWriteConfig,
         add_org_id: bool,
         metrics: Arc<Metrics>,
@@ -151,12 +155,12 @@ impl Endpoint {
         })
     }
 
-    pub fn max_samples_per_send(&self) -> usize {
+    pub(crate) fn max_samples_per_send(&self) -> usize {
         self.cfg.queue_config.max_samples_per_send
     }
 
     /// Samples queued or being sent.
-    pub fn pending(&self) -> u64 {
+    pub(crate) fn pending(&self) -> u64 {
         self.pending.load(Ordering::Acquire)
     }
 
@@ -174,7 +178,7 @@ impl Endpoint {
 
     /// Queues a batch; when the queue is over capacity the oldest batches go (counted), so
     /// what is kept is the most recent stretch of every series.
-    pub fn push(&self, batch: Batch) {
+    pub(crate) fn push(&self, batch: Batch) {
         let n = batch.samples;
         let mut dropped = 0;
         {
@@ -205,7 +209,7 @@ impl Endpoint {
     }
 
     /// Sends queued batches in order until the task is dropped.
-    pub async fn run(self: Arc<Self>, client: reqwest_client::Client) {
+    pub(crate) async fn run(self: Arc<Self>, client: reqwest_client::Client) {
         loop {
             let Some(batch) = self.pop() else {
                 self.wake.notified().await;
@@ -300,7 +304,7 @@ enum Outcome {
 }
 
 /// The HTTP client every endpoint shares.
-pub fn client() -> Result<reqwest_client::Client, String> {
+pub(crate) fn client() -> Result<reqwest_client::Client, String> {
     reqwest_client::Client::builder()
         .connect_timeout(Duration::from_secs(5))
         .build()

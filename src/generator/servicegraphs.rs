@@ -20,11 +20,11 @@ use super::registry::{
     hist_series, key_values, sanitize_label_name, Emitter, Hist, KeyBuf, SeriesBudget,
 };
 
-pub const REQUEST_TOTAL: &str = "traces_service_graph_request_total";
-pub const REQUEST_FAILED_TOTAL: &str = "traces_service_graph_request_failed_total";
-pub const SERVER_SECONDS: &str = "traces_service_graph_request_server_seconds";
-pub const CLIENT_SECONDS: &str = "traces_service_graph_request_client_seconds";
-pub const MESSAGING_SECONDS: &str = "traces_service_graph_request_messaging_system_seconds";
+pub(crate) const REQUEST_TOTAL: &str = "traces_service_graph_request_total";
+pub(crate) const REQUEST_FAILED_TOTAL: &str = "traces_service_graph_request_failed_total";
+pub(crate) const SERVER_SECONDS: &str = "traces_service_graph_request_server_seconds";
+pub(crate) const CLIENT_SECONDS: &str = "traces_service_graph_request_client_seconds";
+pub(crate) const MESSAGING_SECONDS: &str = "traces_service_graph_request_messaging_system_seconds";
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Connection {
@@ -79,7 +79,7 @@ struct EdgeSeries {
     new: bool,
 }
 
-pub struct ServiceGraphs {
+pub(crate) struct ServiceGraphs {
     wait: Duration,
     max_items: usize,
     buckets: Vec<f64>,
@@ -102,8 +102,8 @@ pub struct ServiceGraphs {
     dropped_sides: HashMap<(EdgeKey, bool), Instant>,
     series: HashMap<Box<[u8]>, EdgeSeries>,
     key: KeyBuf,
-    pub expired: u64,
-    pub dropped: u64,
+    pub(crate) expired: u64,
+    pub(crate) dropped: u64,
 }
 
 fn is_client(kind: i32) -> bool {
@@ -125,7 +125,7 @@ fn failed(s: &Span) -> bool {
 }
 
 impl ServiceGraphs {
-    pub fn new(cfg: &ServiceGraphsConfig, filter: SpanFilter, max_value_len: usize) -> Self {
+    pub(crate) fn new(cfg: &ServiceGraphsConfig, filter: SpanFilter, max_value_len: usize) -> Self {
         let mut label_names: Vec<String> = ["client", "server", "connection_type"]
             .map(String::from)
             .to_vec();
@@ -168,17 +168,18 @@ impl ServiceGraphs {
         2 + (2 + usize::from(self.messaging_histogram)) * hist_series(&self.buckets)
     }
 
-    pub fn series_count(&self) -> usize {
+    pub(crate) fn series_count(&self) -> usize {
         self.series.len() * self.weight()
     }
 
     /// Edges waiting for their other half.
-    pub fn waiting(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn waiting(&self) -> usize {
         self.edges.len()
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub fn push(
+    pub(crate) fn push(
         &mut self,
         resource: &[KeyValue],
         service: Option<&str>,
@@ -327,7 +328,7 @@ impl ServiceGraphs {
     }
 
     /// Expires edges that waited `wait`, turning those that name a peer into edges.
-    pub fn expire(&mut self, now: Instant, now_ms: i64, budget: &mut SeriesBudget) {
+    pub(crate) fn expire(&mut self, now: Instant, now_ms: i64, budget: &mut SeriesBudget) {
         self.dropped_sides.retain(|_, until| *until > now);
         while let Some((key, seq)) = self.expiry.front().copied() {
             let live = self.edges.get(&key).filter(|e| e.seq == seq);
@@ -429,7 +430,7 @@ impl ServiceGraphs {
         self.series.insert(k.as_bytes().into(), s);
     }
 
-    pub fn collect(&mut self, e: &mut Emitter, stale_before_ms: i64) {
+    pub(crate) fn collect(&mut self, e: &mut Emitter, stale_before_ms: i64) {
         self.series.retain(|_, s| s.updated_ms >= stale_before_ms);
         for (key, s) in &mut self.series {
             let labels: Vec<(&str, &str)> = self

@@ -13,9 +13,9 @@ use super::registry::{
     hist_series, key_values, sanitize_label_name, Emitter, Hist, KeyBuf, SeriesBudget,
 };
 
-pub const CALLS: &str = "traces_spanmetrics_calls_total";
-pub const LATENCY: &str = "traces_spanmetrics_latency";
-pub const SIZE: &str = "traces_spanmetrics_size_total";
+pub(crate) const CALLS: &str = "traces_spanmetrics_calls_total";
+pub(crate) const LATENCY: &str = "traces_spanmetrics_latency";
+pub(crate) const SIZE: &str = "traces_spanmetrics_size_total";
 
 /// Tempo's intrinsic label names; a configured dimension that sanitizes to one of them gets
 /// a `__` prefix.
@@ -35,7 +35,7 @@ struct SpanSeries {
     new: bool,
 }
 
-pub struct SpanMetrics {
+pub(crate) struct SpanMetrics {
     intrinsic: [bool; 5],
     dimensions: Vec<String>,
     /// Label names in key order: the enabled intrinsics, then the dimensions.
@@ -45,11 +45,11 @@ pub struct SpanMetrics {
     max_value_len: usize,
     series: HashMap<Box<[u8]>, SpanSeries>,
     key: KeyBuf,
-    pub filtered: u64,
+    pub(crate) filtered: u64,
 }
 
 impl SpanMetrics {
-    pub fn new(cfg: &SpanMetricsConfig, filter: SpanFilter, max_value_len: usize) -> Self {
+    pub(crate) fn new(cfg: &SpanMetricsConfig, filter: SpanFilter, max_value_len: usize) -> Self {
         let i = &cfg.intrinsic_dimensions;
         let intrinsic = [
             i.service,
@@ -90,11 +90,11 @@ impl SpanMetrics {
         2 + hist_series(&self.buckets)
     }
 
-    pub fn series_count(&self) -> usize {
+    pub(crate) fn series_count(&self) -> usize {
         self.series.len() * self.weight()
     }
 
-    pub fn push(
+    pub(crate) fn push(
         &mut self,
         resource: &[KeyValue],
         service: &str,
@@ -158,7 +158,7 @@ impl SpanMetrics {
     }
 
     /// Emits every series and forgets those not updated since `stale_before_ms`.
-    pub fn collect(&mut self, e: &mut Emitter, stale_before_ms: i64) {
+    pub(crate) fn collect(&mut self, e: &mut Emitter, stale_before_ms: i64) {
         self.series.retain(|_, s| s.updated_ms >= stale_before_ms);
         for (key, s) in &mut self.series {
             let values = key_values(key);

@@ -1,8 +1,8 @@
 //! The generator's queueing and per-tenant settings, driven without a server.
 
 use super::*;
+use crate::config::overrides::{Limits, OverridesConfig};
 use crate::model::{ResourceSpans, ScopeSpans, Span};
-use crate::overrides::{Limits, OverridesConfig};
 
 fn request(spans: usize) -> ExportTraceServiceRequest {
     let now = unix_ns();

@@ -40,7 +40,7 @@ pub(crate) struct Fetched {
 }
 
 /// A connection to the cluster and the topic's partition clients, made once and shared.
-pub struct Kafka {
+pub(crate) struct Kafka {
     client: Client,
     topic: String,
     partitions: u32,
@@ -50,7 +50,7 @@ pub struct Kafka {
 
 impl Kafka {
     /// Connects, creates the topic when allowed and missing, and learns its partition count.
-    pub async fn connect(cfg: &KafkaConfig) -> Result<Arc<Kafka>, KafkaError> {
+    pub(crate) async fn connect(cfg: &KafkaConfig) -> Result<Arc<Kafka>, KafkaError> {
         let mut builder = ClientBuilder::new(vec![cfg.address.clone()])
             .client_id(cfg.client_id.as_str())
             // Without a deadline the client retries forever; the caller's timeouts decide.
@@ -87,12 +87,8 @@ impl Kafka {
         }))
     }
 
-    pub fn partitions(&self) -> u32 {
+    pub(crate) fn partitions(&self) -> u32 {
         self.partitions
-    }
-
-    pub fn topic(&self) -> &str {
-        &self.topic
     }
 
     async fn partition(&self, p: i32) -> Result<Arc<PartitionClient>, KafkaError> {
@@ -128,7 +124,7 @@ impl Kafka {
 
     /// Produces `values` to partition `p` and returns once the broker has acknowledged all
     /// of them (rskafka always asks for acks=all), or fails within `write_timeout`.
-    pub async fn produce(
+    pub(crate) async fn produce(
         &self,
         p: i32,
         key: &[u8],
@@ -197,7 +193,7 @@ impl Kafka {
     }
 
     /// The first offset the broker still keeps in partition `p`.
-    pub async fn earliest(&self, p: i32) -> Result<i64, KafkaError> {
+    pub(crate) async fn earliest(&self, p: i32) -> Result<i64, KafkaError> {
         let client = self.partition(p).await?;
         self.timed("list offsets", client.get_offset(OffsetAt::Earliest))
             .await

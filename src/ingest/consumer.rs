@@ -12,22 +12,22 @@ use tracing::{info, warn};
 use super::client::{Fetched, Kafka, KafkaError};
 use super::log::{position, PartitionLog};
 use super::record::Record;
-use crate::ingester::{IngestError, Ingester, TraceBatch};
-use crate::model::TenantId;
+use crate::ingester::{IngestError, Ingester};
+use crate::model::{TenantId, TraceBatch};
 
 /// Bytes asked for per fetch.
 const FETCH_BYTES: i32 = 4 << 20;
 /// How long a fetch waits on the broker for new records.
 const FETCH_WAIT: Duration = Duration::from_millis(200);
 
-pub struct Consumer {
+pub(crate) struct Consumer {
     kafka: Arc<Kafka>,
     ingester: Arc<Ingester>,
     log: Arc<PartitionLog>,
 }
 
 impl Consumer {
-    pub fn new(kafka: Arc<Kafka>, ingester: Arc<Ingester>, log: Arc<PartitionLog>) -> Self {
+    pub(crate) fn new(kafka: Arc<Kafka>, ingester: Arc<Ingester>, log: Arc<PartitionLog>) -> Self {
         Self {
             kafka,
             ingester,
@@ -38,7 +38,7 @@ impl Consumer {
     /// Redoes a pending cut (consumes exactly its ranges, then writes its blocks), then
     /// starts one reader per partition. Call before the ingester's flush loop starts, so
     /// no other cut interleaves with the redo.
-    pub async fn start(self) -> Result<Vec<JoinHandle<()>>, KafkaError> {
+    pub(crate) async fn start(self) -> Result<Vec<JoinHandle<()>>, KafkaError> {
         let mut starts = Vec::new();
         if let Some(cut) = self.log.pending_cut().cloned() {
             info!(cut = ?cut, "redoing the cut that was not committed before the last stop");
@@ -168,7 +168,7 @@ impl Consumer {
                 .collect();
             match self
                 .ingester
-                .push(position(p, r.offset), &tenant, batch)
+                .push_logged(position(p, r.offset), &tenant, batch)
                 .await
             {
                 Ok(()) => return,

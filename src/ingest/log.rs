@@ -29,7 +29,7 @@ const POSITION: u8 = 0xB1;
 const STATE_VERSION: u32 = 1;
 
 /// Per partition, a half-open offset range `[start, end)`.
-pub type Ranges = BTreeMap<i32, (i64, i64)>;
+pub(crate) type Ranges = BTreeMap<i32, (i64, i64)>;
 
 /// The mark the consumer passes as the "WAL record" of a consumed record.
 pub(crate) fn position(partition: i32, offset: i64) -> Bytes {
@@ -93,7 +93,7 @@ struct State {
     tainted: bool,
 }
 
-pub struct PartitionLog {
+pub(crate) struct PartitionLog {
     backend: Backend,
     offsets_key: String,
     cut_key: String,
@@ -128,7 +128,7 @@ async fn load<T: serde::de::DeserializeOwned + Versioned>(
 
 impl PartitionLog {
     /// Loads the group's committed offsets and pending cut from the bucket.
-    pub async fn open(
+    pub(crate) async fn open(
         backend: Backend,
         group: &str,
         topic: &str,
@@ -169,12 +169,12 @@ impl PartitionLog {
     }
 
     /// The next offset to consume for `partition`, if one was committed.
-    pub fn committed(&self, partition: i32) -> Option<i64> {
+    pub(crate) fn committed(&self, partition: i32) -> Option<i64> {
         self.state.lock().committed.get(&partition).copied()
     }
 
     /// The cut to consume again before anything else (see the module docs).
-    pub fn pending_cut(&self) -> Option<&Ranges> {
+    pub(crate) fn pending_cut(&self) -> Option<&Ranges> {
         self.pending.as_ref()
     }
 
@@ -189,7 +189,7 @@ impl PartitionLog {
 
 /// A block ID from the tenant and the cut's ranges: SHA-256 of a canonical encoding, shaped
 /// as a version-8 (custom) UUID.
-pub fn block_id(topic: &str, tenant: &TenantId, ranges: &Ranges) -> Uuid {
+pub(crate) fn block_id(topic: &str, tenant: &TenantId, ranges: &Ranges) -> Uuid {
     let mut buf = Vec::new();
     buf.extend_from_slice(b"vivace-ingest-block-v1\0");
     buf.extend_from_slice(topic.as_bytes());

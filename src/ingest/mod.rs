@@ -10,30 +10,29 @@
 mod client;
 mod consumer;
 mod log;
-pub mod record;
+pub(crate) mod record;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use tracing::warn;
 
-pub use client::{Kafka, KafkaError};
-pub use consumer::Consumer;
-pub use log::{block_id, PartitionLog, Ranges};
+pub(crate) use client::{Kafka, KafkaError};
+pub(crate) use consumer::Consumer;
+pub(crate) use log::PartitionLog;
 
 use crate::distributor::{LogUnavailable, TraceLog};
-use crate::ingester::TraceBatch;
-use crate::model::TenantId;
+use crate::model::{TenantId, TraceBatch};
 
 /// The distributor's side: produces a request's traces, one record per partition they hash
 /// to, and returns once the broker acknowledged all of them.
-pub struct Producer {
+pub(crate) struct Producer {
     kafka: Arc<Kafka>,
     max_record_bytes: usize,
 }
 
 impl Producer {
-    pub fn new(kafka: Arc<Kafka>, max_record_bytes: usize) -> Self {
+    pub(crate) fn new(kafka: Arc<Kafka>, max_record_bytes: usize) -> Self {
         Self {
             kafka,
             max_record_bytes,

@@ -4,17 +4,16 @@
 
 use bytes::{Buf, BufMut, Bytes};
 
-use crate::ingester::TraceBatch;
-use crate::model::{Fragments, TenantId, TraceId};
+use crate::model::{Fragments, TenantId, TraceBatch, TraceId};
 
 /// The only version written so far; readers refuse any other.
-pub const VERSION: u8 = 1;
+pub(crate) const VERSION: u8 = 1;
 
 /// A tenant id is at most 150 bytes (`TenantId`), so its length fits one byte.
 const MAX_TENANT: usize = 150;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum RecordError {
+pub(crate) enum RecordError {
     #[error("ingest record is truncated: {0}")]
     Truncated(&'static str),
     #[error("ingest record version {0} is not supported (this build reads version {VERSION})")]
@@ -28,14 +27,14 @@ pub enum RecordError {
 }
 
 /// One tenant's traces bound for one partition.
-pub struct Record {
-    pub tenant: TenantId,
-    pub traces: Vec<TraceBatch>,
+pub(crate) struct Record {
+    pub(crate) tenant: TenantId,
+    pub(crate) traces: Vec<TraceBatch>,
 }
 
 impl Record {
     /// Bytes the encoding will take.
-    pub fn encoded_len(&self) -> usize {
+    pub(crate) fn encoded_len(&self) -> usize {
         2 + self.tenant.as_str().len()
             + 4
             + self
@@ -45,7 +44,7 @@ impl Record {
                 .sum::<usize>()
     }
 
-    pub fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(self.encoded_len());
         let tenant = self.tenant.as_str().as_bytes();
         b.put_u8(VERSION);
@@ -64,7 +63,7 @@ impl Record {
 
     /// Decodes and checks a record: every trace's bytes must parse as OTLP, so a corrupt
     /// record is refused whole instead of poisoning a block later.
-    pub fn decode(mut b: Bytes) -> Result<Record, RecordError> {
+    pub(crate) fn decode(mut b: Bytes) -> Result<Record, RecordError> {
         if b.remaining() < 2 {
             return Err(RecordError::Truncated("header"));
         }
@@ -123,7 +122,7 @@ fn trace_entry_len(data: &Fragments) -> usize {
 /// ID, modulo the partition count. Written out here rather than taken from a hasher crate
 /// so its output can never change under a dependency update: every distributor, of every
 /// version, must send a trace to the same partition.
-pub fn partition_for(tenant: &TenantId, trace: &TraceId, partitions: u32) -> u32 {
+pub(crate) fn partition_for(tenant: &TenantId, trace: &TraceId, partitions: u32) -> u32 {
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;
     let mut h = OFFSET;
@@ -142,7 +141,7 @@ pub fn partition_for(tenant: &TenantId, trace: &TraceId, partitions: u32) -> u32
 
 /// Groups a request's traces into records: one per partition, split further so no record
 /// passes `max_bytes` (a single trace larger than that gets a record of its own).
-pub fn records_by_partition(
+pub(crate) fn records_by_partition(
     tenant: &TenantId,
     traces: Vec<TraceBatch>,
     partitions: u32,

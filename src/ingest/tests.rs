@@ -8,14 +8,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 
-use super::log::position;
+use super::log::{block_id, position, Ranges};
 use super::*;
 use crate::backend::Backend;
 use crate::block::{self, BlockConfig, BlockMeta};
 use crate::config::IngesterConfig;
-use crate::distributor::{group_by_trace, Distributor, PushError};
+use crate::distributor::{Distributor, PushError};
 use crate::ingester::{BlockCommitted, Ingester};
 use crate::metrics::Metrics;
+use crate::model::group_by_trace;
 use crate::model::{ExportTraceServiceRequest, ResourceSpans, ScopeSpans, Span};
 use crate::overrides::Overrides;
 
@@ -78,7 +79,9 @@ async fn blocks_are_named_by_offset_ranges_and_offsets_commit_after_meta() {
     let (ing, committed) = ingester(&backend, log.clone());
     for (p, off, trace) in [(0, 0, 1u8), (1, 0, 2), (0, 1, 3)] {
         let g = group_by_trace(&request(trace, 2).resource_spans);
-        ing.push(position(p, off), &tenant, g.traces).await.unwrap();
+        ing.push_logged(position(p, off), &tenant, g.into_traces())
+            .await
+            .unwrap();
     }
     assert_eq!(ing.flush(false).await, 1, "the whole head is cut");
     let metas = committed.lock().clone();
@@ -95,7 +98,9 @@ async fn blocks_are_named_by_offset_ranges_and_offsets_commit_after_meta() {
 
     // The next cut starts where this one ended.
     let g = group_by_trace(&request(4, 1).resource_spans);
-    ing.push(position(0, 2), &tenant, g.traces).await.unwrap();
+    ing.push_logged(position(0, 2), &tenant, g.into_traces())
+        .await
+        .unwrap();
     assert_eq!(ing.flush(false).await, 1);
     let next = committed.lock()[1].block_id;
     assert_eq!(
@@ -111,7 +116,7 @@ async fn a_redone_cut_skips_blocks_already_committed_or_compacted() {
     let push_all = |ing: Arc<Ingester>| async move {
         for (off, trace) in [(0, 1u8), (1, 2)] {
             let g = group_by_trace(&request(trace, 2).resource_spans);
-            ing.push(position(0, off), &TenantId::single(), g.traces)
+            ing.push_logged(position(0, off), &TenantId::single(), g.into_traces())
                 .await
                 .unwrap();
         }

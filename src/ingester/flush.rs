@@ -344,31 +344,12 @@ mod tests {
     use crate::backend::Backend;
     use crate::block::{BlockConfig, BlockMeta};
     use crate::config::IngesterConfig;
-    use crate::distributor::group_by_trace;
     use crate::metrics::Metrics;
-    use crate::model::{ExportTraceServiceRequest, ResourceSpans, ScopeSpans, Span, TenantId};
+    use crate::model::{group_by_trace, ExportTraceServiceRequest, TenantId};
 
+    /// A request of `spans` spans of one trace (the ingester tests' builder).
     fn request(trace: u8, spans: u8) -> ExportTraceServiceRequest {
-        ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                resource: None,
-                scope_spans: vec![ScopeSpans {
-                    scope: None,
-                    spans: (0..spans)
-                        .map(|i| Span {
-                            trace_id: vec![trace; 16],
-                            span_id: vec![2, 2, 2, 2, 2, 2, 2, i],
-                            name: format!("op-{i}"),
-                            start_time_unix_nano: 1_700_000_000_000_000_000 + u64::from(i),
-                            end_time_unix_nano: 1_700_000_000_100_000_000,
-                            ..Default::default()
-                        })
-                        .collect(),
-                    schema_url: String::new(),
-                }],
-                schema_url: String::new(),
-            }],
-        }
+        super::super::tests::request(trace, 0..spans)
     }
 
     /// Records WAL truncations into the same log as the bucket's puts and fsyncs.
@@ -425,13 +406,7 @@ mod tests {
         for t in 1..=3u8 {
             let req = request(t, 4);
             let g = group_by_trace(&req.resource_spans);
-            ing.push(
-                wal::encode_payload(&tenant, &req.encode_to_vec()),
-                &tenant,
-                g.traces,
-            )
-            .await
-            .unwrap();
+            ing.push(&tenant, &req.encode_to_vec(), g).await.unwrap();
         }
         assert_eq!(ing.flush(true).await, 1);
 
@@ -503,20 +478,15 @@ mod tests {
         let good = TenantId::new("good").unwrap();
         let req = request(1, 4);
         let g = group_by_trace(&req.resource_spans);
-        ing.push(
-            wal::encode_payload(&good, &req.encode_to_vec()),
-            &good,
-            g.traces,
-        )
-        .await
-        .unwrap();
+        ing.push(&good, &req.encode_to_vec(), g).await.unwrap();
         let bad = TenantId::new("bad").unwrap();
         let garbage = bytes::Bytes::from_static(b"\xff\xff\xff\xff");
         let bad_id = crate::model::TraceId([9; 16]);
-        ing.push(
+        // A record that decodes to nothing, as a corrupt export would leave behind.
+        ing.push_logged(
             wal::encode_payload(&bad, &garbage),
             &bad,
-            vec![super::super::TraceBatch {
+            vec![crate::model::TraceBatch {
                 id: bad_id,
                 data: crate::model::Fragments::from_encoded_unchecked(garbage.clone()),
                 spans: 1,
@@ -571,13 +541,7 @@ mod tests {
         for t in 1..=3u8 {
             let req = request(t, 4);
             let g = group_by_trace(&req.resource_spans);
-            ing.push(
-                wal::encode_payload(&tenant, &req.encode_to_vec()),
-                &tenant,
-                g.traces,
-            )
-            .await
-            .unwrap();
+            ing.push(&tenant, &req.encode_to_vec(), g).await.unwrap();
         }
         faults.add(FaultRule::new(FaultOp::Put, "", FaultAction::Error).times(2));
         faults.add(
@@ -656,13 +620,7 @@ mod tests {
             shifted(2, before + 365 * 86_400 * S),
         ] {
             let g = group_by_trace(&req.resource_spans);
-            ing.push(
-                wal::encode_payload(&tenant, &req.encode_to_vec()),
-                &tenant,
-                g.traces,
-            )
-            .await
-            .unwrap();
+            ing.push(&tenant, &req.encode_to_vec(), g).await.unwrap();
         }
         assert_eq!(ing.flush(true).await, 1);
         let after = crate::block::unix_nanos_now();

@@ -27,7 +27,10 @@ use crate::backend::Backend;
 use crate::block::BlockConfig;
 use crate::config::IngesterConfig;
 use crate::metrics::Metrics;
-use crate::model::{ExportTraceServiceRequest, Fragments, ResourceSpans, TenantId, TraceId};
+use crate::model::{
+    group_by_trace, ExportTraceServiceRequest, Fragments, Grouped, ResourceSpans, TenantId,
+    TraceBatch, TraceId,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -35,14 +38,6 @@ pub enum IngestError {
     LiveBytesExceeded { live_bytes: u64, limit: u64 },
     #[error("write-ahead log unavailable: {0}")]
     Wal(#[from] wal::WalError),
-}
-
-/// Spans of one trace from one request, regrouped and encoded by the distributor.
-pub struct TraceBatch {
-    pub id: TraceId,
-    pub data: Fragments,
-    /// Spans in `data`, for accounting when the batch is refused.
-    pub spans: usize,
 }
 
 struct LiveTrace {
@@ -132,9 +127,10 @@ fn replay_record(head: &mut Head, r: &wal::ReplayedRecord, now: Instant) -> (usi
             return (0, 1);
         }
     };
-    let grouped = crate::distributor::group_by_trace(&req.resource_spans);
-    head.insert(&tenant, grouped.traces, now);
-    (grouped.accepted, 0)
+    let grouped = group_by_trace(&req.resource_spans);
+    let accepted = grouped.accepted;
+    head.insert(&tenant, grouped.into_traces(), now);
+    (accepted, 0)
 }
 
 /// Traces cut from the head and on their way into blocks; still served to queries.
@@ -200,14 +196,43 @@ impl Ingester {
         })
     }
 
-    /// Makes a request durable, then visible. `wal_payload` is the encoded WAL record for the
-    /// whole request; `traces` are its spans grouped by trace.
+    /// Makes a request durable, then visible. `request` is the OTLP encoding `grouped` was
+    /// grouped from: while nothing was removed from `grouped` it is the WAL record as
+    /// received (no re-encoding); otherwise the record holds only the traces kept, so a
+    /// replay cannot bring back spans the exporter was told were refused.
     pub async fn push(
         &self,
-        wal_payload: Bytes,
+        tenant: &TenantId,
+        request: &[u8],
+        grouped: Grouped,
+    ) -> Result<(), IngestError> {
+        self.check_room(grouped.traces())?;
+        let record = if grouped.is_whole() {
+            wal::encode_payload(tenant, request)
+        } else {
+            let mut kept = Fragments::default();
+            for t in grouped.traces() {
+                kept.extend(&t.data);
+            }
+            wal::encode_payload(tenant, &kept.concat())
+        };
+        self.append(record, tenant, grouped.into_traces()).await
+    }
+
+    /// Makes visible traces already durable in the ingest log; `position` is the record's
+    /// place there, which the log standing in for the WAL (`src/ingest/`) keeps.
+    pub async fn push_logged(
+        &self,
+        position: Bytes,
         tenant: &TenantId,
         traces: Vec<TraceBatch>,
     ) -> Result<(), IngestError> {
+        self.check_room(&traces)?;
+        self.append(position, tenant, traces).await
+    }
+
+    /// Refuses traces that would take the live traces past `max_live_bytes`.
+    fn check_room(&self, traces: &[TraceBatch]) -> Result<(), IngestError> {
         let incoming: u64 = traces.iter().map(|t| t.data.len() as u64).sum();
         let live = self.metrics.live_bytes.get();
         if live + incoming > self.cfg.max_live_bytes {
@@ -216,8 +241,17 @@ impl Ingester {
                 limit: self.cfg.max_live_bytes,
             });
         }
+        Ok(())
+    }
+
+    async fn append(
+        &self,
+        record: Bytes,
+        tenant: &TenantId,
+        traces: Vec<TraceBatch>,
+    ) -> Result<(), IngestError> {
         let _shared = self.gate.read().await;
-        self.log.append(wal_payload).await?;
+        self.log.append(record).await?;
         let mut head = self.head.lock();
         head.insert(tenant, traces, Instant::now());
         self.update_gauges(&head);

@@ -9,10 +9,10 @@ use prost::Message;
 use super::wal::Wal;
 use super::*;
 use crate::block::BlockMeta;
-use crate::distributor::group_by_trace;
-use crate::model::{combine, span_count, ScopeSpans, Span};
+use crate::model::{combine, group_by_trace, span_count, ScopeSpans, Span};
 
-fn request(trace: u8, span_ids: std::ops::Range<u8>) -> ExportTraceServiceRequest {
+/// A request holding spans `span_ids` of one trace.
+pub(super) fn request(trace: u8, span_ids: std::ops::Range<u8>) -> ExportTraceServiceRequest {
     ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
             resource: None,
@@ -73,9 +73,7 @@ async fn push(ing: &Ingester, req: ExportTraceServiceRequest) {
     let tenant = TenantId::single();
     let raw = req.encode_to_vec();
     let g = group_by_trace(&req.resource_spans);
-    ing.push(wal::encode_payload(&tenant, &raw), &tenant, g.traces)
-        .await
-        .unwrap();
+    ing.push(&tenant, &raw, g).await.unwrap();
 }
 
 /// Spans of a trace the ingester still holds in memory.
@@ -131,10 +129,7 @@ async fn refuses_instead_of_dropping_when_memory_is_full() {
         Arc::new(Metrics::default()),
         Arc::new(|_| {}),
     );
-    let err = ing
-        .push(wal::encode_payload(&tenant, &raw), &tenant, g.traces)
-        .await
-        .unwrap_err();
+    let err = ing.push(&tenant, &raw, g).await.unwrap_err();
     assert!(
         matches!(err, IngestError::LiveBytesExceeded { .. }),
         "{err}"
@@ -149,7 +144,7 @@ async fn memory_pressure_cuts_every_live_trace() {
     let req = request(5, 1..40);
     let raw = req.encode_to_vec();
     let g = group_by_trace(&req.resource_spans);
-    let bytes: u64 = g.traces.iter().map(|t| t.data.len() as u64).sum();
+    let bytes: u64 = g.traces().iter().map(|t| t.data.len() as u64).sum();
     let ing = Ingester::new(
         IngesterConfig {
             trace_idle_period: Duration::from_secs(3600),
@@ -164,9 +159,7 @@ async fn memory_pressure_cuts_every_live_trace() {
         Arc::new(|_| {}),
     );
     assert_eq!(ing.cut_due(Instant::now()), CutDue::No);
-    ing.push(wal::encode_payload(&tenant, &raw), &tenant, g.traces)
-        .await
-        .unwrap();
+    ing.push(&tenant, &raw, g).await.unwrap();
     assert_eq!(ing.cut_due(Instant::now()), CutDue::Pressure);
     // The trace is far from idle, yet a pressure cut writes it and frees the memory.
     assert_eq!(ing.flush(true).await, 1);

@@ -6,15 +6,17 @@
 
 mod combine;
 mod fragment;
+mod group;
 mod ids;
 mod nested_set;
 mod wire;
 
 pub use combine::{combine, span_count, Combiner};
 pub use fragment::Fragments;
+pub use group::{group_by_trace, Grouped, TraceBatch};
 pub use ids::{IdError, TenantId, TenantIdError, TraceId, SINGLE_TENANT};
 pub use nested_set::{nested_sets, parent_indices, NestedSet};
-pub use wire::{group_encoded, WireError, WireGrouped, WireTrace};
+pub use wire::{group_encoded, WireError};
 
 pub use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,

@@ -12,28 +12,12 @@
 
 use bytes::Bytes;
 
-use super::{Fragments, TraceId};
+use super::{Fragments, Grouped, TraceBatch, TraceId};
 
 /// Why a request is not a valid `ExportTraceServiceRequest`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid protobuf: {0}")]
 pub struct WireError(&'static str);
-
-/// One trace of a request: its spans, re-framed under their resource and scope.
-pub struct WireTrace {
-    pub id: TraceId,
-    pub data: Fragments,
-    pub spans: usize,
-}
-
-/// A request grouped by trace, with the spans refused for bad IDs.
-#[derive(Default)]
-pub struct WireGrouped {
-    pub traces: Vec<WireTrace>,
-    pub accepted: usize,
-    pub bad_trace_id: usize,
-    pub bad_span_id: usize,
-}
 
 /// Below prost's recursion limit (100), so nothing accepted here fails to decode there.
 const MAX_DEPTH: usize = 64;
@@ -206,7 +190,7 @@ fn check(body: &[u8], msg: Msg, depth: usize) -> Result<(), WireError> {
 }
 
 /// Skips the fields of an unknown group up to its end tag, as prost does.
-fn skip_group<'a>(mut data: &'a [u8], number: u64, depth: usize) -> Result<&'a [u8], WireError> {
+fn skip_group(mut data: &[u8], number: u64, depth: usize) -> Result<&[u8], WireError> {
     if depth > MAX_DEPTH {
         return Err(WireError("messages nest too deeply"));
     }
@@ -226,8 +210,8 @@ fn skip_group<'a>(mut data: &'a [u8], number: u64, depth: usize) -> Result<&'a [
                 take(&mut data, 4)?;
             }
             2 => {
-                let len =
-                    usize::try_from(varint(&mut data)?).map_err(|_| WireError("length overflows"))?;
+                let len = usize::try_from(varint(&mut data)?)
+                    .map_err(|_| WireError("length overflows"))?;
                 take(&mut data, len)?;
             }
             3 => data = skip_group(data, key >> 3, depth + 1)?,
@@ -240,9 +224,7 @@ fn skip_group<'a>(mut data: &'a [u8], number: u64, depth: usize) -> Result<&'a [
 fn varint(data: &mut &[u8]) -> Result<u64, WireError> {
     let mut v = 0u64;
     for i in 0..10 {
-        let (&b, rest) = data
-            .split_first()
-            .ok_or(WireError("truncated varint"))?;
+        let (&b, rest) = data.split_first().ok_or(WireError("truncated varint"))?;
         *data = rest;
         // The tenth byte may only carry the top bit of a u64, as prost requires.
         if i == 9 && b > 1 {
@@ -302,8 +284,9 @@ fn valid_span_id(id: &[u8]) -> bool {
 
 /// Checks `req` and groups its spans by trace. Spans with a trace ID that is not 16 bytes
 /// or all zero, or a span ID that is not 8 bytes or all zero, are counted and left out.
-pub fn group_encoded(req: &Bytes) -> Result<WireGrouped, WireError> {
-    let mut g = WireGrouped::default();
+pub fn group_encoded(req: &Bytes) -> Result<Grouped, WireError> {
+    let mut traces: Vec<TraceBatch> = Vec::new();
+    let (mut accepted, mut bad_trace_id, mut bad_span_id) = (0, 0, 0);
     let mut index: std::collections::HashMap<TraceId, usize> = Default::default();
     // Per scope group: (trace index, its spans), reused across groups.
     let mut per_trace: Vec<(usize, Vec<SpanRef<'_>>)> = Vec::new();
@@ -340,22 +323,22 @@ pub fn group_encoded(req: &Bytes) -> Result<WireGrouped, WireError> {
                 let id = match TraceId::from_bytes(span.trace_id) {
                     Ok(id) if span.trace_id.len() == 16 => id,
                     _ => {
-                        g.bad_trace_id += 1;
+                        bad_trace_id += 1;
                         continue;
                     }
                 };
                 if !valid_span_id(span.span_id) {
-                    g.bad_span_id += 1;
+                    bad_span_id += 1;
                     continue;
                 }
-                g.accepted += 1;
+                accepted += 1;
                 let t = *index.entry(id).or_insert_with(|| {
-                    g.traces.push(WireTrace {
+                    traces.push(TraceBatch {
                         id,
                         data: Fragments::default(),
                         spans: 0,
                     });
-                    g.traces.len() - 1
+                    traces.len() - 1
                 });
                 // Requests usually carry few traces per scope: a short linear search wins.
                 match per_trace.iter_mut().find(|(i, _)| *i == t) {
@@ -364,7 +347,7 @@ pub fn group_encoded(req: &Bytes) -> Result<WireGrouped, WireError> {
                 }
             }
             for (t, spans) in &per_trace {
-                let trace = &mut g.traces[*t];
+                let trace = &mut traces[*t];
                 trace.spans += spans.len();
                 trace.data.push_encoded(
                     &rs_other,
@@ -374,5 +357,10 @@ pub fn group_encoded(req: &Bytes) -> Result<WireGrouped, WireError> {
             }
         }
     }
-    Ok(g)
+    Ok(Grouped::from_parts(
+        traces,
+        accepted,
+        bad_trace_id,
+        bad_span_id,
+    ))
 }

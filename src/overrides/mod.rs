@@ -11,127 +11,12 @@ use parking_lot::RwLock;
 use serde::Deserialize;
 use tracing::{info, warn};
 
+use crate::config::overrides::{
+    CompactionLimits, GeneratorLimits, GlobalLimits, IngestionLimits, Limits, OverridesConfig,
+    ReadLimits,
+};
 use crate::config::ConfigError;
 use crate::model::TenantId;
-
-/// The limits of one tenant. Zero means "no limit".
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct Limits {
-    pub ingestion: IngestionLimits,
-    pub global: GlobalLimits,
-    pub read: ReadLimits,
-    pub compaction: CompactionLimits,
-    pub metrics_generator: GeneratorLimits,
-}
-
-/// Which metrics-generator processors run for a tenant (none by default, as in Tempo).
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct GeneratorLimits {
-    pub processors: Vec<GeneratorProcessor>,
-    /// Series the tenant's generator may hold at once; new ones past it are not created
-    /// (zero: no limit).
-    pub max_active_series: u64,
-    /// The tenant's own span-metrics and service-graphs settings.
-    pub processor: crate::config::generator::ProcessorOverrides,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-pub enum GeneratorProcessor {
-    #[serde(rename = "span-metrics")]
-    SpanMetrics,
-    #[serde(rename = "service-graphs")]
-    ServiceGraphs,
-}
-
-impl GeneratorLimits {
-    pub fn has(&self, p: GeneratorProcessor) -> bool {
-        self.processors.contains(&p)
-    }
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct ReadLimits {
-    /// Longest `end - start` a search may ask for (zero: no limit).
-    #[serde(deserialize_with = "crate::config::deserialize_duration")]
-    pub max_search_duration: Duration,
-    /// Largest `limit` a search may ask for; larger ones are cut to it (zero: no limit).
-    pub max_result_limit: u32,
-    /// Longest range a TraceQL metrics query may cover (zero: the frontend's
-    /// `query_frontend.metrics.max_duration`).
-    #[serde(deserialize_with = "crate::config::deserialize_duration")]
-    pub max_metrics_duration: Duration,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct CompactionLimits {
-    /// Blocks whose newest span is older than this are deleted (zero: the compactor's
-    /// `block_retention`).
-    #[serde(deserialize_with = "crate::config::deserialize_duration")]
-    pub block_retention: Duration,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct IngestionLimits {
-    /// Sustained ingest rate per tenant, in bytes of OTLP per second.
-    pub rate_limit_bytes: u64,
-    /// How far above the rate a tenant may burst.
-    pub burst_size_bytes: u64,
-    /// Live (not yet flushed) traces a tenant may have at once; spans of new traces past it
-    /// are refused (zero: no limit besides the ingester's memory bound).
-    pub max_traces_per_user: u64,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct GlobalLimits {
-    /// Spans that would grow a live trace past this are refused (partial success).
-    pub max_bytes_per_trace: u64,
-}
-
-impl Default for IngestionLimits {
-    fn default() -> Self {
-        // Tempo's defaults.
-        Self {
-            rate_limit_bytes: 30_000_000,
-            burst_size_bytes: 30_000_000,
-            max_traces_per_user: 0,
-        }
-    }
-}
-
-impl Default for GlobalLimits {
-    fn default() -> Self {
-        Self {
-            max_bytes_per_trace: 5_000_000,
-        }
-    }
-}
-
-/// The `overrides` section of the main config.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct OverridesConfig {
-    pub defaults: Limits,
-    /// YAML file `overrides: {<tenant>: <limits>}`, re-read every `per_tenant_override_period`.
-    pub per_tenant_override_config: Option<PathBuf>,
-    #[serde(deserialize_with = "crate::config::deserialize_duration")]
-    pub per_tenant_override_period: Duration,
-}
-
-impl Default for OverridesConfig {
-    fn default() -> Self {
-        Self {
-            defaults: Limits::default(),
-            per_tenant_override_config: None,
-            per_tenant_override_period: Duration::from_secs(10),
-        }
-    }
-}
 
 /// The runtime file's shape. A tenant's entry replaces the defaults for the sections it
 /// names; unnamed sections keep the defaults.
@@ -152,14 +37,14 @@ struct PartialLimits {
 }
 
 /// Current limits for every tenant; cheap to read on every request.
-pub struct Overrides {
+pub(crate) struct Overrides {
     defaults: Limits,
     per_tenant: RwLock<HashMap<String, Arc<Limits>>>,
     file: Option<PathBuf>,
 }
 
 impl Overrides {
-    pub fn new(cfg: &OverridesConfig) -> Result<Arc<Self>, ConfigError> {
+    pub(crate) fn new(cfg: &OverridesConfig) -> Result<Arc<Self>, ConfigError> {
         let o = Arc::new(Self {
             defaults: cfg.defaults.clone(),
             per_tenant: RwLock::new(HashMap::new()),
@@ -170,7 +55,7 @@ impl Overrides {
         Ok(o)
     }
 
-    pub fn limits(&self, tenant: &TenantId) -> Arc<Limits> {
+    pub(crate) fn limits(&self, tenant: &TenantId) -> Arc<Limits> {
         match self.per_tenant.read().get(tenant.as_str()) {
             Some(l) => l.clone(),
             None => Arc::new(self.defaults.clone()),
@@ -219,7 +104,7 @@ impl Overrides {
     }
 
     /// Re-reads the runtime file every `every` until the task is dropped.
-    pub async fn run_reloader(self: Arc<Self>, every: Duration) {
+    pub(crate) async fn run_reloader(self: Arc<Self>, every: Duration) {
         if self.file.is_none() || every.is_zero() {
             return;
         }
@@ -240,6 +125,7 @@ impl Overrides {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::overrides::GeneratorProcessor;
 
     #[test]
     fn defaults_and_runtime_file() {

@@ -9,10 +9,11 @@ use prost::Message;
 
 use super::*;
 use crate::block::BlockConfig;
+use crate::blocklist::BlockList;
 use crate::config::IngesterConfig;
-use crate::distributor::group_by_trace;
-use crate::ingester::wal::{self, Wal};
+use crate::ingester::wal::Wal;
 use crate::ingester::BlockCommitted;
+use crate::model::group_by_trace;
 use crate::model::{combine, span_count, ExportTraceServiceRequest, ScopeSpans, Span};
 use crate::traceql::metrics::Buckets;
 
@@ -97,10 +98,7 @@ async fn push(f: &Fixture, req: ExportTraceServiceRequest) {
     let tenant = TenantId::single();
     let raw = req.encode_to_vec();
     let g = group_by_trace(&req.resource_spans);
-    f.ingester
-        .push(wal::encode_payload(&tenant, &raw), &tenant, g.traces)
-        .await
-        .unwrap();
+    f.ingester.push(&tenant, &raw, g).await.unwrap();
 }
 
 async fn spans_of(f: &Fixture, trace: u8) -> usize {

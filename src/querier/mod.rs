@@ -21,13 +21,11 @@ use parquet::file::metadata::ParquetMetaData;
 use tracing::{debug, warn};
 use uuid::Uuid;
 
-use crate::blocklist::index_builder;
-pub use crate::blocklist::{build_tenant_index, write_all_tenant_indexes, IndexError};
-pub use crate::blocklist::{BlockList, PollConfig};
 use cache::Cache;
 
 use crate::backend::{Backend, BackendError};
 use crate::block::{self, BlockError, BlockMeta, BloomShard, RowGroupIndex, TagSummary};
+use crate::blocklist::{index_builder, BlockList, PollConfig};
 use crate::config::QuerierConfig;
 use crate::ingester::Ingester;
 use crate::metrics::Metrics;

@@ -10,12 +10,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-pub use super::estimate::{estimate_json, estimate_protobuf, Estimate};
+pub(crate) use super::estimate::{estimate_json, estimate_protobuf, Estimate};
 use crate::model::ExportTraceServiceRequest;
 
 /// Why an export is refused before it is decoded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum AdmissionError {
+pub(crate) enum AdmissionError {
     #[error("request holds {spans} spans, more than the {limit} spans allowed per request: send smaller batches")]
     TooManySpans { spans: usize, limit: usize },
     #[error("request would take about {bytes} bytes decoded, more than the {limit} bytes allowed per request: send smaller batches")]
@@ -29,14 +29,14 @@ pub enum AdmissionError {
 impl AdmissionError {
     /// Whether waiting can help (429 / RESOURCE_EXHAUSTED with RetryInfo) or the request
     /// itself is too large (413 / RESOURCE_EXHAUSTED without it).
-    pub fn retryable(&self) -> bool {
+    pub(crate) fn retryable(&self) -> bool {
         matches!(self, AdmissionError::Busy { .. })
     }
 }
 
 /// Inflates a gzip body of one or more members (RFC 1952 allows several, concatenated;
 /// a single-member decoder silently stops after the first), at most `limit` bytes.
-pub fn gunzip(data: &[u8], limit: usize) -> Result<Bytes, GunzipError> {
+pub(crate) fn gunzip(data: &[u8], limit: usize) -> Result<Bytes, GunzipError> {
     let mut out = Vec::with_capacity(data.len().saturating_mul(4).min(limit));
     let mut dec = flate2::read::MultiGzDecoder::new(data).take(limit as u64 + 1);
     dec.read_to_end(&mut out).map_err(GunzipError::Corrupt)?;
@@ -47,7 +47,7 @@ pub fn gunzip(data: &[u8], limit: usize) -> Result<Bytes, GunzipError> {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum GunzipError {
+pub(crate) enum GunzipError {
     #[error("cannot decompress gzip body: {0}")]
     Corrupt(std::io::Error),
     #[error("request body inflates past the {limit} byte limit")]
@@ -56,36 +56,40 @@ pub enum GunzipError {
 
 /// Bytes of all exports being decoded and pushed, shared by both receivers.
 #[derive(Debug)]
-pub struct InflightBudget {
+pub(crate) struct InflightBudget {
     used: AtomicUsize,
     limit: usize,
 }
 
 /// Bytes taken from an [`InflightBudget`]; given back when dropped.
 #[derive(Debug)]
-pub struct Reservation {
+pub(crate) struct Reservation {
     budget: Arc<InflightBudget>,
     bytes: usize,
 }
 
 impl InflightBudget {
-    pub fn new(limit: usize) -> Arc<Self> {
+    pub(crate) fn new(limit: usize) -> Arc<Self> {
         Arc::new(Self {
             used: AtomicUsize::new(0),
             limit,
         })
     }
 
-    pub fn limit(&self) -> usize {
+    pub(crate) fn limit(&self) -> usize {
         self.limit
     }
 
-    pub fn in_use(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn in_use(&self) -> usize {
         self.used.load(Ordering::Relaxed)
     }
 
     /// Takes `bytes`, or refuses without waiting when they are not free.
-    pub fn try_reserve(self: &Arc<Self>, bytes: usize) -> Result<Reservation, AdmissionError> {
+    pub(crate) fn try_reserve(
+        self: &Arc<Self>,
+        bytes: usize,
+    ) -> Result<Reservation, AdmissionError> {
         let mut r = Reservation {
             budget: self.clone(),
             bytes: 0,
@@ -97,7 +101,7 @@ impl InflightBudget {
 
 impl Reservation {
     /// Makes this reservation `bytes` large (it never shrinks).
-    pub fn grow_to(&mut self, bytes: usize) -> Result<(), AdmissionError> {
+    pub(crate) fn grow_to(&mut self, bytes: usize) -> Result<(), AdmissionError> {
         let Some(extra) = bytes.checked_sub(self.bytes).filter(|e| *e > 0) else {
             return Ok(());
         };
@@ -127,35 +131,36 @@ impl Drop for Reservation {
 
 /// The bounds both receivers apply before and while decoding an export.
 #[derive(Debug, Clone)]
-pub struct Admission {
-    pub budget: Arc<InflightBudget>,
-    pub limits: RequestLimits,
+pub(crate) struct Admission {
+    pub(crate) budget: Arc<InflightBudget>,
+    pub(crate) limits: RequestLimits,
 }
 
 impl Admission {
-    pub fn new(limits: RequestLimits, inflight_bytes: usize) -> Self {
+    pub(crate) fn new(limits: RequestLimits, inflight_bytes: usize) -> Self {
         Self {
             budget: InflightBudget::new(inflight_bytes),
             limits,
         }
     }
 
-    /// Decodes a protobuf request once its estimated decoded size is within the limits
-    /// and reserved in `res` (which already holds what was received).
-    pub fn decode_protobuf(
+    /// Checks a protobuf request's estimate against the limits and reserves what grouping it
+    /// holds (the body and one copy of its spans) without decoding it: the receivers group
+    /// protobuf exports from their bytes ([`crate::model::group_encoded`]).
+    pub(crate) fn admit_protobuf(
         &self,
         res: &mut Reservation,
-        body: Bytes,
+        body: &[u8],
         held: usize,
-    ) -> Result<ExportTraceServiceRequest, DecodeError> {
-        let est = estimate_protobuf(&body)?;
+    ) -> Result<(), DecodeError> {
+        let est = estimate_protobuf(body)?;
         self.limits.check(&est)?;
-        res.grow_to(held.saturating_add(est.bytes))?;
-        prost::Message::decode(body).map_err(|e| DecodeError::Invalid(e.to_string()))
+        res.grow_to(held.saturating_add(body.len()))?;
+        Ok(())
     }
 
     /// Decodes a JSON request the same way; its spans are counted once decoded.
-    pub fn decode_json(
+    pub(crate) fn decode_json(
         &self,
         res: &mut Reservation,
         body: &[u8],
@@ -179,7 +184,7 @@ impl Admission {
 
 /// Why a request body did not become a request.
 #[derive(Debug, thiserror::Error)]
-pub enum DecodeError {
+pub(crate) enum DecodeError {
     #[error(transparent)]
     Refused(AdmissionError),
     #[error("{0}")]
@@ -197,14 +202,14 @@ impl From<AdmissionError> for DecodeError {
 
 /// Per-request bounds, from `distributor.*` in the config.
 #[derive(Debug, Clone, Copy)]
-pub struct RequestLimits {
-    pub max_spans: usize,
-    pub max_decoded_bytes: usize,
+pub(crate) struct RequestLimits {
+    pub(crate) max_spans: usize,
+    pub(crate) max_decoded_bytes: usize,
 }
 
 impl RequestLimits {
     /// Refuses a request whose estimate is over a per-request bound.
-    pub fn check(&self, e: &Estimate) -> Result<(), AdmissionError> {
+    pub(crate) fn check(&self, e: &Estimate) -> Result<(), AdmissionError> {
         if e.spans > self.max_spans {
             return Err(AdmissionError::TooManySpans {
                 spans: e.spans,
@@ -283,37 +288,44 @@ mod tests {
     }
 
     #[test]
-    fn decoding_waits_for_the_budget_and_never_fits_past_it() {
+    fn admitting_waits_for_the_budget_and_never_fits_past_it() {
         let wire = Bytes::from(empty_spans(100));
-        let est = estimate_protobuf(&wire).unwrap();
-        let admission = Admission::new(
-            RequestLimits {
-                max_spans: 1000,
-                max_decoded_bytes: usize::MAX,
-            },
-            est.bytes + wire.len(),
-        );
-        // Another export holds most of the budget: retry later (429).
-        let other = admission.budget.try_reserve(est.bytes).unwrap();
+        let limits = RequestLimits {
+            max_spans: 1000,
+            max_decoded_bytes: usize::MAX,
+        };
+        // Room for the body and its grouped copy, no more.
+        let admission = Admission::new(limits, 2 * wire.len());
+        // Another export holds half the budget: retry later (429).
+        let other = admission.budget.try_reserve(wire.len()).unwrap();
         let mut res = admission.budget.try_reserve(wire.len()).unwrap();
-        match admission.decode_protobuf(&mut res, wire.clone(), wire.len()) {
+        match admission.admit_protobuf(&mut res, &wire, wire.len()) {
             Err(DecodeError::Refused(e)) => assert!(e.retryable(), "{e}"),
             other => panic!("{other:?}"),
         }
         drop(other);
-        let req = admission
-            .decode_protobuf(&mut res, wire.clone(), wire.len())
+        admission
+            .admit_protobuf(&mut res, &wire, wire.len())
             .unwrap();
-        assert_eq!(req.resource_spans[0].scope_spans[0].spans.len(), 100);
-        assert_eq!(admission.budget.in_use(), est.bytes + wire.len());
+        assert_eq!(admission.budget.in_use(), 2 * wire.len());
         drop(res);
         // Larger than the whole budget: too large (413), not retryable.
-        let small = Admission::new(admission.limits, 100);
+        let small = Admission::new(limits, 100);
         let mut res = small.budget.try_reserve(10).unwrap();
-        match small.decode_protobuf(&mut res, wire.clone(), wire.len()) {
+        match small.admit_protobuf(&mut res, &wire, wire.len()) {
             Err(DecodeError::Refused(e)) => assert!(!e.retryable(), "{e}"),
             other => panic!("{other:?}"),
         }
+        // Over the span limit: refused before anything is reserved.
+        let few = Admission::new(
+            RequestLimits {
+                max_spans: 10,
+                max_decoded_bytes: usize::MAX,
+            },
+            1 << 20,
+        );
+        let mut res = few.budget.try_reserve(wire.len()).unwrap();
+        assert!(few.admit_protobuf(&mut res, &wire, wire.len()).is_err());
     }
 
     #[test]

@@ -8,12 +8,12 @@ use super::admission::AdmissionError;
 
 /// What decoding a request would allocate, estimated from its encoding.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Estimate {
+pub(crate) struct Estimate {
     /// Spans, when known before decoding (protobuf); JSON counts them after.
-    pub spans: usize,
+    pub(crate) spans: usize,
     /// Decoded structs (twice: vectors grow by doubling), strings, and the encoded bytes,
     /// which stay in memory until the WAL has them.
-    pub bytes: usize,
+    pub(crate) bytes: usize,
 }
 
 /// The OTLP trace messages, as far as decoding allocates them.
@@ -89,7 +89,7 @@ const MAX_DEPTH: usize = 128;
 
 /// Walks an `ExportTraceServiceRequest` in protobuf wire format and estimates what
 /// decoding it would allocate, without allocating.
-pub fn estimate_protobuf(data: &[u8]) -> Result<Estimate, AdmissionError> {
+pub(crate) fn estimate_protobuf(data: &[u8]) -> Result<Estimate, AdmissionError> {
     let mut est = Estimate::default();
     let mut structs = 0usize;
     let mut strings = 0usize;
@@ -227,7 +227,7 @@ fn largest_struct() -> usize {
 /// Bounds what decoding an OTLP/JSON request allocates: each decoded struct comes from one
 /// JSON object, so objects (counted outside strings) times the largest struct, plus the
 /// text itself, is an upper bound. Spans are counted after decoding.
-pub fn estimate_json(data: &[u8]) -> Estimate {
+pub(crate) fn estimate_json(data: &[u8]) -> Estimate {
     let (mut objects, mut in_string, mut escaped) = (0usize, false, false);
     for &b in data {
         if in_string {

@@ -23,7 +23,7 @@ use super::estimate::estimate_protobuf;
 use super::{refusal, response_for, Refusal};
 use crate::api::auth::{grpc_status, TenantResolver};
 use crate::distributor::{Distributor, PushError};
-use crate::model::{ExportTraceServiceResponse, TenantId};
+use crate::model::{group_encoded, ExportTraceServiceResponse, TenantId};
 
 /// Exporters should not come back sooner than this after a rate-limit refusal.
 const MIN_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
@@ -31,7 +31,7 @@ const MIN_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
 #[derive(Clone)]
-pub struct OtlpGrpcService {
+pub(crate) struct OtlpGrpcService {
     distributor: Arc<Distributor>,
     tenants: TenantResolver,
     max_message_bytes: usize,
@@ -39,7 +39,7 @@ pub struct OtlpGrpcService {
 }
 
 impl OtlpGrpcService {
-    pub fn new(
+    pub(crate) fn new(
         distributor: Arc<Distributor>,
         tenants: TenantResolver,
         max_message_bytes: usize,
@@ -246,16 +246,22 @@ impl UnaryService<Bytes> for Export {
                 .budget
                 .try_reserve(raw.len())
                 .map_err(|e| refused(&e))?;
-            let req = svc
-                .admission
-                .decode_protobuf(&mut reservation, raw.clone(), raw.len())
+            let invalid = |e: &dyn std::fmt::Display| {
+                Status::invalid_argument(format!("cannot decode ExportTraceServiceRequest: {e}"))
+            };
+            svc.admission
+                .admit_protobuf(&mut reservation, &raw, raw.len())
                 .map_err(|e| match e {
                     DecodeError::Refused(e) => refused(&e),
-                    DecodeError::Invalid(e) => Status::invalid_argument(format!(
-                        "cannot decode ExportTraceServiceRequest: {e}"
-                    )),
+                    DecodeError::Invalid(e) => invalid(&e),
                 })?;
-            match svc.distributor.push_admitted(&tenant, raw, req).await {
+            // Grouped from the received bytes: nothing is decoded into structs.
+            let grouped = group_encoded(&raw).map_err(|e| invalid(&e))?;
+            match svc
+                .distributor
+                .push_grouped(&tenant, raw, grouped, None)
+                .await
+            {
                 Ok(outcome) => Ok(Response::new(response_for(&outcome))),
                 Err(e) => Err(push_status(&tenant, &e)),
             }

@@ -19,16 +19,17 @@ use super::estimate::estimate_protobuf;
 use super::{refusal, response_for, Refusal};
 use crate::api::auth::{AuthError, TenantResolver, CHALLENGES};
 use crate::distributor::{Distributor, PushError};
+use crate::model::group_encoded;
 
 #[derive(Clone)]
-pub struct HttpReceiverState {
-    pub distributor: Arc<Distributor>,
-    pub tenants: TenantResolver,
-    pub max_body_bytes: usize,
-    pub admission: Admission,
+pub(crate) struct HttpReceiverState {
+    pub(crate) distributor: Arc<Distributor>,
+    pub(crate) tenants: TenantResolver,
+    pub(crate) max_body_bytes: usize,
+    pub(crate) admission: Admission,
 }
 
-pub fn router(state: HttpReceiverState) -> Router {
+pub(crate) fn router(state: HttpReceiverState) -> Router {
     Router::new()
         .route("/v1/traces", post(export))
         .with_state(state)
@@ -202,35 +203,38 @@ async fn export(State(s): State<HttpReceiverState>, headers: HeaderMap, body: Bo
             return push_refused(format, &e);
         }
     }
-    let decoded = match format {
-        Format::Protobuf => s
-            .admission
-            .decode_protobuf(&mut reservation, body.clone(), held)
-            .map(|r| (r, Some(body))),
-        Format::Json => s
-            .admission
-            .decode_json(&mut reservation, &body, held)
-            .map(|r| (r, None)),
+    let invalid = |what: &str, e: &dyn std::fmt::Display| {
+        error(
+            format,
+            StatusCode::BAD_REQUEST,
+            INVALID_ARGUMENT,
+            format!("cannot decode {what} ExportTraceServiceRequest: {e}"),
+        )
     };
-    let (req, raw) = match decoded {
-        Ok(d) => d,
-        Err(DecodeError::Refused(e)) => return refused(format, &e),
-        Err(DecodeError::Invalid(e)) => {
-            let what = match format {
-                Format::Protobuf => "protobuf",
-                Format::Json => "json",
+    let pushed = match format {
+        // Grouped from the received bytes: nothing is decoded into structs.
+        Format::Protobuf => {
+            match s.admission.admit_protobuf(&mut reservation, &body, held) {
+                Ok(()) => {}
+                Err(DecodeError::Refused(e)) => return refused(format, &e),
+                Err(DecodeError::Invalid(e)) => return invalid("protobuf", &e),
+            }
+            let grouped = match group_encoded(&body) {
+                Ok(g) => g,
+                Err(e) => return invalid("protobuf", &e),
             };
-            return error(
-                format,
-                StatusCode::BAD_REQUEST,
-                INVALID_ARGUMENT,
-                format!("cannot decode {what} ExportTraceServiceRequest: {e}"),
-            );
+            s.distributor
+                .push_grouped(&tenant, body, grouped, None)
+                .await
         }
-    };
-    let pushed = match raw {
-        Some(raw) => s.distributor.push_admitted(&tenant, raw, req).await,
-        None => s.distributor.push(&tenant, None, req).await,
+        Format::Json => {
+            let req = match s.admission.decode_json(&mut reservation, &body, held) {
+                Ok(r) => r,
+                Err(DecodeError::Refused(e)) => return refused(format, &e),
+                Err(DecodeError::Invalid(e)) => return invalid("json", &e),
+            };
+            s.distributor.push(&tenant, None, req).await
+        }
     };
     match pushed {
         Ok(outcome) => {

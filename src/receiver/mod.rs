@@ -1,10 +1,10 @@
 //! OTLP receivers: gRPC `TraceService/Export` and OTLP/HTTP `POST /v1/traces`. They decode
 //! and map outcomes to the status codes exporters act on; the distributor does the rest.
 
-pub mod admission;
-pub mod estimate;
-pub mod grpc;
-pub mod http;
+pub(crate) mod admission;
+pub(crate) mod estimate;
+pub(crate) mod grpc;
+pub(crate) mod http;
 
 use std::time::Duration;
 

@@ -44,6 +44,33 @@ impl SparseChunk {
         })
     }
 
+    /// The ranges a read plan named, `fetched[i]` holding the bytes of `ranges[i]`; errors
+    /// if a range is missing or has the wrong length.
+    pub fn from_fetched(
+        ranges: &[Range<u64>],
+        fetched: Vec<Bytes>,
+        file_len: u64,
+    ) -> Result<Self, BlockError> {
+        if fetched.len() != ranges.len() {
+            return Err(BlockError::Corrupt(format!(
+                "{} ranges fetched for {} planned",
+                fetched.len(),
+                ranges.len()
+            )));
+        }
+        let mut parts = Vec::with_capacity(fetched.len());
+        for (r, b) in ranges.iter().zip(fetched) {
+            if b.len() as u64 != r.end - r.start {
+                return Err(BlockError::Corrupt(format!(
+                    "fetched {} bytes for range {r:?}",
+                    b.len()
+                )));
+            }
+            parts.push((r.start, b));
+        }
+        Self::from_parts(parts, file_len)
+    }
+
     /// Whether the fetched ranges cover `range` of the file.
     pub(crate) fn holds(&self, range: Range<u64>) -> bool {
         usize::try_from(range.end.saturating_sub(range.start))

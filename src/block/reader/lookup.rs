@@ -29,6 +29,17 @@ pub fn find_trace(
     rg_start: u64,
     id: &TraceId,
 ) -> Result<Option<Vec<ResourceSpans>>, BlockError> {
+    let rows = row_count(&md, rg)?;
+    if rows == 0 {
+        return Ok(None);
+    }
+    let file_len = rg_start.saturating_add(rg_bytes.len() as u64);
+    let chunk = SparseChunk::new(rg_start, rg_bytes, file_len);
+    lookup(md, rg, chunk, 0..rows, id, Leaves::All)
+}
+
+/// Rows of row group `rg`; an error when the footer has no such row group.
+fn row_count(md: &ParquetMetaData, rg: usize) -> Result<usize, BlockError> {
     let rows = md
         .row_groups()
         .get(rg)
@@ -37,56 +48,8 @@ pub fn find_trace(
             count: md.num_row_groups(),
         })?
         .num_rows();
-    let rows = usize::try_from(rows)
-        .map_err(|_| BlockError::Corrupt(format!("row group {rg} has {rows} rows")))?;
-    if rows == 0 {
-        return Ok(None);
-    }
-    let file_len = rg_start.saturating_add(rg_bytes.len() as u64);
-    let chunk = SparseChunk::new(rg_start, rg_bytes, file_len);
-    guarded(|| {
-        let meta = ArrowReaderMetadata::try_new(md.clone(), reader_options(&md)?)?;
-        let ids = ParquetRecordBatchReaderBuilder::new_with_metadata(chunk.clone(), meta.clone());
-        let mask = ProjectionMask::roots(ids.parquet_schema(), [0]);
-        let ids = ids
-            .with_projection(mask)
-            .with_row_groups(vec![rg])
-            .with_batch_size(rows)
-            .build()?;
-        let mut pos = None;
-        let mut base = 0usize;
-        for batch in ids {
-            let batch = batch?;
-            let col = batch
-                .column(0)
-                .as_any()
-                .downcast_ref::<FixedSizeBinaryArray>()
-                .ok_or_else(|| BlockError::Corrupt("trace_id column has the wrong type".into()))?;
-            if let Some(i) = (0..col.len()).find(|&i| col.value(i) == id.as_bytes()) {
-                pos = Some(base + i);
-                break;
-            }
-            base += col.len();
-        }
-        let Some(pos) = pos else {
-            return Ok(None);
-        };
-        // Skipping to the row must not spin on a corrupt page (see `levels`).
-        let leaves = md.file_metadata().schema_descr().num_columns();
-        crate::block::levels::check_rep_levels(&md, rg, &chunk, 0..leaves, pos)?;
-        let selection = RowSelection::from(vec![RowSelector::skip(pos), RowSelector::select(1)]);
-        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(chunk, meta)
-            .with_row_groups(vec![rg])
-            .with_row_selection(selection)
-            .with_batch_size(1)
-            .build()?;
-        for batch in reader {
-            if let Some(t) = batch_to_traces(&batch?, &md)?.into_iter().next() {
-                return Ok(Some(t.batches));
-            }
-        }
-        Ok(None)
-    })
+    usize::try_from(rows)
+        .map_err(|_| BlockError::Corrupt(format!("row group {rg} has {rows} rows")))
 }
 
 /// Ranges closer than this are fetched as one (the gap is read and thrown away): fewer
@@ -275,57 +238,53 @@ pub fn find_trace_in_pages(
     file_len: u64,
     id: &TraceId,
 ) -> Result<Option<Vec<ResourceSpans>>, BlockError> {
-    if fetched.len() != plan.ranges.len() {
-        return Err(BlockError::Corrupt(format!(
-            "{} ranges fetched for {} planned",
-            fetched.len(),
-            plan.ranges.len()
-        )));
-    }
-    let mut parts = Vec::with_capacity(fetched.len());
-    for (r, b) in plan.ranges.iter().zip(fetched) {
-        if b.len() as u64 != r.end - r.start {
-            return Err(BlockError::Corrupt(format!(
-                "fetched {} bytes for range {r:?}",
-                b.len()
-            )));
-        }
-        parts.push((r.start, b));
-    }
-    let chunk = SparseChunk::from_parts(parts, file_len)?;
+    let chunk = SparseChunk::from_fetched(&plan.ranges, fetched, file_len)?;
     let rg = plan.rg;
-    let num_rows = md
-        .row_groups()
-        .get(rg)
-        .ok_or(BlockError::RowGroupOutOfRange {
-            rg,
-            count: md.num_row_groups(),
-        })?
-        .num_rows();
-    if plan.rows.start >= plan.rows.end
-        || plan.rows.end as u64 > u64::try_from(num_rows).unwrap_or(0)
-    {
+    if plan.rows.start >= plan.rows.end || plan.rows.end > row_count(&md, rg)? {
         return Err(BlockError::Corrupt(format!(
             "rows {:?} outside row group {rg}",
             plan.rows
         )));
     }
+    lookup(md, rg, chunk, plan.rows.clone(), id, Leaves::ForTraces)
+}
+
+/// Which leaf columns a lookup checks and decodes for the matching row.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Leaves {
+    /// Every leaf: the whole row group was fetched.
+    All,
+    /// Those [`needed_for_traces`]: only their pages were fetched.
+    ForTraces,
+}
+
+/// The one trace lookup: finds `id` among `rows` of row group `rg` in `chunk` (the whole
+/// row group, or the pages of those rows). Decodes the trace IDs of `rows`, then only the
+/// matching row's `leaves`. Synchronous CPU work.
+fn lookup(
+    md: Arc<ParquetMetaData>,
+    rg: usize,
+    chunk: SparseChunk,
+    rows: Range<usize>,
+    id: &TraceId,
+    leaves: Leaves,
+) -> Result<Option<Vec<ResourceSpans>>, BlockError> {
     guarded(|| {
         let meta = ArrowReaderMetadata::try_new(md.clone(), reader_options(&md)?)?;
         let ids = ParquetRecordBatchReaderBuilder::new_with_metadata(chunk.clone(), meta.clone());
         let mask = ProjectionMask::leaves(ids.parquet_schema(), [0]);
         let selection = RowSelection::from(vec![
-            RowSelector::skip(plan.rows.start),
-            RowSelector::select(plan.rows.len()),
+            RowSelector::skip(rows.start),
+            RowSelector::select(rows.len()),
         ]);
         let ids = ids
             .with_projection(mask)
             .with_row_groups(vec![rg])
             .with_row_selection(selection)
-            .with_batch_size(plan.rows.len())
+            .with_batch_size(rows.len())
             .build()?;
         let mut pos = None;
-        let mut base = plan.rows.start;
+        let mut base = rows.start;
         for batch in ids {
             let batch = batch?;
             let col = batch
@@ -346,7 +305,9 @@ pub fn find_trace_in_pages(
         let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(chunk.clone(), meta);
         let descr = reader.parquet_schema();
         let leaves: Vec<usize> = (0..descr.num_columns())
-            .filter(|&i| needed_for_traces(&descr.column(i).path().string()))
+            .filter(|&i| {
+                leaves == Leaves::All || needed_for_traces(&descr.column(i).path().string())
+            })
             .collect();
         // Skipping to the row must not spin on a corrupt page (see `levels`).
         crate::block::levels::check_rep_levels(&md, rg, &chunk, leaves.iter().copied(), pos)?;

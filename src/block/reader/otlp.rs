@@ -14,15 +14,14 @@ use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 use prost::Message;
 
 use crate::block::schema::value_type;
-use crate::block::{
-    BlockError, Dedicated, DedicatedType, TraceInput, DEDICATED_RESOURCE, DEDICATED_SPAN,
-};
+use crate::block::{BlockError, TraceInput, DEDICATED_RESOURCE, DEDICATED_SPAN};
 use crate::model::{
     any_value, span, AnyValue, InstrumentationScope, KeyValue, Resource, ResourceSpans, ScopeSpans,
     Span, Status, TraceId,
 };
 
 use super::*;
+use crate::block::arrow_cols::{corrupt, ded_cols, get, opt, DedCol};
 
 /// Footer key-value metadata: with value [`SPAN_START_RELATIVE`], span
 /// `start_time_unix_nano` holds the span start minus the trace's `start_time_unix_nano`
@@ -162,32 +161,6 @@ pub fn batch_to_traces(
     (0..root.len()).map(|row| cols.trace(row)).collect()
 }
 
-pub(super) fn corrupt(msg: impl Into<String>) -> BlockError {
-    BlockError::Corrupt(msg.into())
-}
-
-/// Like [`get`], for a column a projection may leave out.
-pub(super) fn opt<'a, T: Array + 'static>(
-    s: &'a StructArray,
-    name: &str,
-) -> Result<Option<&'a T>, BlockError> {
-    match s.column_by_name(name) {
-        None => Ok(None),
-        Some(_) => get(s, name).map(Some),
-    }
-}
-
-pub(super) fn get<'a, T: Array + 'static>(
-    s: &'a StructArray,
-    name: &str,
-) -> Result<&'a T, BlockError> {
-    s.column_by_name(name)
-        .ok_or_else(|| corrupt(format!("missing column {name}")))?
-        .as_any()
-        .downcast_ref::<T>()
-        .ok_or_else(|| corrupt(format!("column {name} has the wrong type")))
-}
-
 /// A list column: its offsets and its element struct.
 pub(super) struct ListCols<'a> {
     offsets: &'a [i32],
@@ -312,33 +285,18 @@ impl<'a> AttrCols<'a> {
     }
 }
 
-pub(super) enum DedRead<'a> {
-    Str(&'static str, &'a StringArray),
-    Int(&'static str, &'a Int64Array),
-}
-
-pub(super) fn ded_cols<'a>(
-    s: &'a StructArray,
-    spec: &'static [Dedicated],
-) -> Result<Vec<DedRead<'a>>, BlockError> {
-    spec.iter()
-        .map(|(key, col, ty)| {
-            Ok(match ty {
-                DedicatedType::String => DedRead::Str(key, get(s, col)?),
-                DedicatedType::Int => DedRead::Int(key, get(s, col)?),
-            })
-        })
-        .collect()
-}
-
-pub(super) fn read_dedicated(cols: &[DedRead<'_>], row: usize, out: &mut Vec<KeyValue>) {
+pub(super) fn read_dedicated(
+    cols: &[(&'static str, DedCol<'_>)],
+    row: usize,
+    out: &mut Vec<KeyValue>,
+) {
     use any_value::Value;
     for c in cols {
         let (key, value) = match c {
-            DedRead::Str(k, a) if a.is_valid(row) => {
+            (k, DedCol::Str(a)) if a.is_valid(row) => {
                 (k, Value::StringValue(a.value(row).to_string()))
             }
-            DedRead::Int(k, a) if a.is_valid(row) => (k, Value::IntValue(a.value(row))),
+            (k, DedCol::Int(a)) if a.is_valid(row) => (k, Value::IntValue(a.value(row))),
             _ => continue,
         };
         out.push(KeyValue {
@@ -357,7 +315,7 @@ pub(super) struct TraceCols<'a> {
     res_attrs: AttrCols<'a>,
     res_dropped: &'a UInt32Array,
     res_entity_refs: &'a BinaryArray,
-    res_ded: Vec<DedRead<'a>>,
+    res_ded: Vec<(&'static str, DedCol<'a>)>,
     rs_schema_url: &'a StringArray,
     ss: ListCols<'a>,
     scope: &'a StructArray,
@@ -384,7 +342,7 @@ pub(super) struct TraceCols<'a> {
     status_message: &'a StringArray,
     span_attrs: AttrCols<'a>,
     span_dropped_attrs: &'a UInt32Array,
-    span_ded: Vec<DedRead<'a>>,
+    span_ded: Vec<(&'static str, DedCol<'a>)>,
     events: ListCols<'a>,
     ev_time: &'a Int64Array,
     ev_name: &'a StringArray,
@@ -423,7 +381,7 @@ impl<'a> TraceCols<'a> {
             res_attrs: AttrCols::new(res)?,
             res_dropped: get(res, "dropped_attributes_count")?,
             res_entity_refs: get(res, "entity_refs")?,
-            res_ded: ded_cols(res, &DEDICATED_RESOURCE)?,
+            res_ded: ded_cols(res, &DEDICATED_RESOURCE, false)?,
             res,
             rs_schema_url: get(rs.values, "schema_url")?,
             rs,
@@ -450,7 +408,7 @@ impl<'a> TraceCols<'a> {
             status,
             span_attrs: AttrCols::new(sp)?,
             span_dropped_attrs: get(sp, "dropped_attributes_count")?,
-            span_ded: ded_cols(sp, &DEDICATED_SPAN)?,
+            span_ded: ded_cols(sp, &DEDICATED_SPAN, false)?,
             dropped_events: get(sp, "dropped_events_count")?,
             dropped_links: get(sp, "dropped_links_count")?,
             spans,

@@ -9,39 +9,11 @@ use arrow_array::{
 };
 use prost::Message;
 
+pub(super) use crate::block::arrow_cols::{corrupt, ded_cols, get, opt, DedCol};
 use crate::block::schema::value_type;
-use crate::block::{BlockError, Dedicated, DedicatedType, DEDICATED_RESOURCE, DEDICATED_SPAN};
+use crate::block::{BlockError, DEDICATED_RESOURCE, DEDICATED_SPAN};
 use crate::model::{any_value, AnyValue};
 use crate::traceql::{Value, ValueRef};
-
-// ---------------------------------------------------------------------------------------------
-// Columns of a decoded row group
-
-pub(super) fn corrupt(msg: impl Into<String>) -> BlockError {
-    BlockError::Corrupt(msg.into())
-}
-
-pub(super) fn get<'a, T: Array + 'static>(
-    s: &'a StructArray,
-    name: &str,
-) -> Result<&'a T, BlockError> {
-    opt(s, name)?.ok_or_else(|| corrupt(format!("missing column {name}")))
-}
-
-/// A column that may not be projected.
-pub(super) fn opt<'a, T: Array + 'static>(
-    s: &'a StructArray,
-    name: &str,
-) -> Result<Option<&'a T>, BlockError> {
-    match s.column_by_name(name) {
-        None => Ok(None),
-        Some(c) => c
-            .as_any()
-            .downcast_ref::<T>()
-            .map(Some)
-            .ok_or_else(|| corrupt(format!("column {name} has the wrong type"))),
-    }
-}
 
 /// A list column's offsets and element struct.
 pub(super) fn list<'a>(
@@ -173,42 +145,16 @@ pub(super) fn to_value(value: &AnyValue) -> Option<Value> {
     })
 }
 
-pub(super) enum Ded<'a> {
-    Str(&'a StringArray),
-    Int(&'a Int64Array),
-}
-
-impl<'a> Ded<'a> {
+impl<'a> DedCol<'a> {
+    /// Row `i`'s value, as the engine reads it.
     pub(super) fn get(&self, i: usize) -> Option<ValueRef<'a>> {
         match *self {
-            Ded::Str(a) => a.is_valid(i).then(|| ValueRef::Str(a.value(i))),
-            Ded::Int(a) => a
+            DedCol::Str(a) => a.is_valid(i).then(|| ValueRef::Str(a.value(i))),
+            DedCol::Int(a) => a
                 .is_valid(i)
                 .then(|| ValueRef::Owned(Value::Int(a.value(i)))),
         }
     }
-}
-
-pub(super) fn ded_cols<'a>(
-    s: &'a StructArray,
-    spec: &[Dedicated],
-) -> Result<Vec<(&'static str, Ded<'a>)>, BlockError> {
-    let mut out = Vec::new();
-    for (key, col, ty) in spec {
-        match ty {
-            DedicatedType::String => {
-                if let Some(a) = opt(s, col)? {
-                    out.push((*key, Ded::Str(a)));
-                }
-            }
-            DedicatedType::Int => {
-                if let Some(a) = opt(s, col)? {
-                    out.push((*key, Ded::Int(a)));
-                }
-            }
-        }
-    }
-    Ok(out)
 }
 
 pub(super) struct Events<'a> {
@@ -243,7 +189,7 @@ pub struct ColumnarBlock<'a> {
     pub(super) res: Option<&'a StructArray>,
     pub(super) res_service: Option<&'a StringArray>,
     pub(super) res_attrs: Option<Attrs<'a>>,
-    pub(super) res_ded: Vec<(&'static str, Ded<'a>)>,
+    pub(super) res_ded: Vec<(&'static str, DedCol<'a>)>,
     pub(super) ss_offsets: &'a [i32],
     pub(super) scope: Option<&'a StructArray>,
     pub(super) scope_name: Option<&'a StringArray>,
@@ -259,7 +205,7 @@ pub struct ColumnarBlock<'a> {
     pub(super) duration: Option<&'a UInt64Array>,
     pub(super) status: Option<(&'a StructArray, &'a Int32Array, &'a StringArray)>,
     pub(super) span_attrs: Option<Attrs<'a>>,
-    pub(super) span_ded: Vec<(&'static str, Ded<'a>)>,
+    pub(super) span_ded: Vec<(&'static str, DedCol<'a>)>,
     /// Nested sets (left, right, parent), when the query reads the tree.
     pub(super) nested: Option<(&'a Int32Array, &'a Int32Array, &'a Int32Array)>,
     pub(super) events: Option<Events<'a>>,
@@ -326,7 +272,7 @@ impl<'a> ColumnarBlock<'a> {
                 None => None,
             },
             res_ded: match res {
-                Some(r) => ded_cols(r, &DEDICATED_RESOURCE)?,
+                Some(r) => ded_cols(r, &DEDICATED_RESOURCE, true)?,
                 None => Vec::new(),
             },
             res,
@@ -354,7 +300,7 @@ impl<'a> ColumnarBlock<'a> {
             duration: opt(sp, "duration_nano")?,
             status,
             span_attrs: Attrs::new(sp)?,
-            span_ded: ded_cols(sp, &DEDICATED_SPAN)?,
+            span_ded: ded_cols(sp, &DEDICATED_SPAN, true)?,
             nested: match (
                 opt(sp, "nested_set_left")?,
                 opt(sp, "nested_set_right")?,
@@ -428,7 +374,7 @@ impl<'a> ColumnarBlock<'a> {
         let Some(col) = self.res_ded.iter().find(|(k, _)| *k == key) else {
             return true;
         };
-        let Ded::Str(a) = col.1 else { return true };
+        let DedCol::Str(a) = col.1 else { return true };
         range(self.rs_offsets, row).any(|r| a.is_valid(r) && a.value(r) == value)
     }
 }

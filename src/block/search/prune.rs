@@ -160,24 +160,7 @@ pub fn decode_row_group(
         Phase::Filter => &columns.leaves,
         Phase::Report => &columns.late,
     };
-    if fetched.len() != ranges.len() {
-        return Err(BlockError::Corrupt(format!(
-            "{} ranges fetched for {} planned",
-            fetched.len(),
-            ranges.len()
-        )));
-    }
-    let mut parts = Vec::with_capacity(fetched.len());
-    for (r, b) in ranges.iter().zip(fetched) {
-        if b.len() as u64 != r.end - r.start {
-            return Err(BlockError::Corrupt(format!(
-                "fetched {} bytes for range {r:?}",
-                b.len()
-            )));
-        }
-        parts.push((r.start, b));
-    }
-    let chunk = SparseChunk::from_parts(parts, file_len)?;
+    let chunk = SparseChunk::from_fetched(ranges, fetched, file_len)?;
     guarded(|| {
         // Generic attribute lists that cannot hold a name the query looks up are not
         // decoded: for dedicated attributes they usually hold none.

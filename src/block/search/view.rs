@@ -320,7 +320,7 @@ impl<'a> Core<'a> {
 impl SpanView for Core<'_> {
     fn each_attribute(&self, f: &mut dyn FnMut(Scope, &str, Value)) {
         let c = self.c;
-        let mut side = |scope, ded: &[(&'static str, Ded<'_>)], attrs: Option<&Attrs<'_>>, i| {
+        let mut side = |scope, ded: &[(&'static str, DedCol<'_>)], attrs: Option<&Attrs<'_>>, i| {
             for (k, d) in ded {
                 if let Some(v) = d.get(i) {
                     f(scope, k, owned(v));

@@ -6,8 +6,8 @@ use super::tests_support::params;
 use super::*;
 use crate::backend::Backend;
 use crate::block::{self, BlockConfig, TraceInput};
+use crate::blocklist::BlockList;
 use crate::metrics::Metrics;
-use crate::querier::BlockList;
 use crate::traceql::engine_tests::dataset;
 
 const HOUR: u64 = 3_600_000_000_000;

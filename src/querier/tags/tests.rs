@@ -3,8 +3,8 @@
 use super::*;
 use crate::backend::Backend;
 use crate::block::{synth, BlockConfig};
+use crate::blocklist::BlockList;
 use crate::metrics::Metrics;
-use crate::querier::BlockList;
 
 /// Blocks of many small row groups, without tag summaries, so tag requests scan them.
 async fn querier(budget: u64) -> (Querier, TenantId, u64) {
