@@ -18,7 +18,7 @@ use super::{Partial, SearchParams};
 /// The first round's size in traces (at least); each later round doubles it, so a selective
 /// query reaches the whole set in a few rounds while a broad one stops after the first.
 /// Small under test, so a test with tens of traces sees several rounds.
-const FIRST_ROUND: usize = if cfg!(test) { 16 } else { 256 };
+const FIRST_ROUND: usize = if cfg!(test) { 16 } else { 64 };
 
 impl Querier {
     pub(super) async fn search_memory(
@@ -44,7 +44,7 @@ impl Querier {
         let mut round = if limit == 0 {
             live.len()
         } else {
-            FIRST_ROUND.max(limit * 4)
+            FIRST_ROUND.max(limit * 2)
         };
         while done < live.len() {
             let end = (done + round).min(live.len());
