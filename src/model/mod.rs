@@ -9,7 +9,7 @@ mod fragment;
 mod group;
 mod ids;
 mod nested_set;
-mod wire;
+pub(crate) mod wire;
 
 pub use combine::{combine, span_count, Combiner};
 pub use fragment::Fragments;

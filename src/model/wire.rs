@@ -17,13 +17,15 @@ use super::{Fragments, Grouped, TraceBatch, TraceId};
 /// Why a request is not a valid `ExportTraceServiceRequest`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid protobuf: {0}")]
-pub struct WireError(&'static str);
+pub struct WireError(pub(crate) &'static str);
 
 /// Below prost's recursion limit (100), so nothing accepted here fails to decode there.
 const MAX_DEPTH: usize = 64;
 
+/// The OTLP trace messages. Shared with the receivers' pre-decode estimate
+/// (`receiver/estimate.rs`), so the two walks read one table of the protos.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Msg {
+pub(crate) enum Msg {
     Request,
     ResourceSpans,
     Resource,
@@ -42,7 +44,7 @@ enum Msg {
 
 /// What a known field holds, as the OTLP protos (opentelemetry-proto 0.33) declare it.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(crate) enum Kind {
     Varint,
     Fixed64,
     Fixed32,
@@ -52,7 +54,7 @@ enum Kind {
     Unknown,
 }
 
-fn kind(msg: Msg, field: u64) -> Kind {
+pub(crate) fn kind(msg: Msg, field: u64) -> Kind {
     use Kind::*;
     use Msg as M;
     match (msg, field) {
@@ -190,7 +192,7 @@ fn check(body: &[u8], msg: Msg, depth: usize) -> Result<(), WireError> {
 }
 
 /// Skips the fields of an unknown group up to its end tag, as prost does.
-fn skip_group(mut data: &[u8], number: u64, depth: usize) -> Result<&[u8], WireError> {
+pub(crate) fn skip_group(mut data: &[u8], number: u64, depth: usize) -> Result<&[u8], WireError> {
     if depth > MAX_DEPTH {
         return Err(WireError("messages nest too deeply"));
     }
@@ -221,7 +223,7 @@ fn skip_group(mut data: &[u8], number: u64, depth: usize) -> Result<&[u8], WireE
     }
 }
 
-fn varint(data: &mut &[u8]) -> Result<u64, WireError> {
+pub(crate) fn varint(data: &mut &[u8]) -> Result<u64, WireError> {
     let mut v = 0u64;
     for i in 0..10 {
         let (&b, rest) = data.split_first().ok_or(WireError("truncated varint"))?;
@@ -238,7 +240,7 @@ fn varint(data: &mut &[u8]) -> Result<u64, WireError> {
     Err(WireError("varint longer than 10 bytes"))
 }
 
-fn take<'a>(data: &mut &'a [u8], n: usize) -> Result<&'a [u8], WireError> {
+pub(crate) fn take<'a>(data: &mut &'a [u8], n: usize) -> Result<&'a [u8], WireError> {
     if n > data.len() {
         return Err(WireError("length past the end of the buffer"));
     }

@@ -5,6 +5,13 @@
 use std::mem::size_of;
 
 use super::admission::AdmissionError;
+use crate::model::wire::{self, Kind, Msg, WireError};
+
+impl From<WireError> for AdmissionError {
+    fn from(e: WireError) -> Self {
+        AdmissionError::Malformed(e.0)
+    }
+}
 
 /// What decoding a request would allocate, estimated from its encoding.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -16,70 +23,25 @@ pub(crate) struct Estimate {
     pub(crate) bytes: usize,
 }
 
-/// The OTLP trace messages, as far as decoding allocates them.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Msg {
-    Request,
-    ResourceSpans,
-    Resource,
-    ScopeSpans,
-    Scope,
-    Span,
-    Event,
-    Link,
-    Status,
-    KeyValue,
-    AnyValue,
-    ArrayValue,
-    KvList,
-}
-
-impl Msg {
-    /// The message type of field `field`, when it is a message.
-    fn child(self, field: u64) -> Option<Msg> {
-        use Msg::*;
-        Some(match (self, field) {
-            (Request, 1) => ResourceSpans,
-            (ResourceSpans, 1) => Resource,
-            (ResourceSpans, 2) => ScopeSpans,
-            (Resource, 1) => KeyValue,
-            (ScopeSpans, 1) => Scope,
-            (ScopeSpans, 2) => Span,
-            (Scope, 3) => KeyValue,
-            (Span, 9) => KeyValue,
-            (Span, 11) => Event,
-            (Span, 13) => Link,
-            (Span, 15) => Status,
-            (Event, 3) => KeyValue,
-            (Link, 4) => KeyValue,
-            (KeyValue, 2) => AnyValue,
-            (AnyValue, 5) => ArrayValue,
-            (AnyValue, 6) => KvList,
-            (ArrayValue, 1) => AnyValue,
-            (KvList, 1) => KeyValue,
-            _ => return None,
-        })
-    }
-
-    /// The size of the struct decoding creates for this message (its heap data is
-    /// counted separately, as strings or children).
-    fn size(self) -> usize {
-        use crate::model as m;
-        match self {
-            Msg::Request => 0,
-            Msg::ResourceSpans => size_of::<m::ResourceSpans>(),
-            Msg::Resource => size_of::<m::Resource>(),
-            Msg::ScopeSpans => size_of::<m::ScopeSpans>(),
-            Msg::Scope => size_of::<m::InstrumentationScope>(),
-            Msg::Span => size_of::<m::Span>(),
-            Msg::Event => size_of::<m::span::Event>(),
-            Msg::Link => size_of::<m::span::Link>(),
-            Msg::Status => size_of::<m::Status>(),
-            Msg::KeyValue => size_of::<m::KeyValue>(),
-            Msg::AnyValue => size_of::<m::AnyValue>(),
-            Msg::ArrayValue => size_of::<m::ArrayValue>(),
-            Msg::KvList => size_of::<m::KeyValueList>(),
-        }
+/// The size of the struct decoding creates for a message (its heap data is counted
+/// separately, as strings or children).
+fn size(msg: Msg) -> usize {
+    use crate::model as m;
+    match msg {
+        Msg::Request => 0,
+        Msg::ResourceSpans => size_of::<m::ResourceSpans>(),
+        Msg::Resource => size_of::<m::Resource>(),
+        Msg::EntityRef => size_of::<opentelemetry_proto::tonic::common::v1::EntityRef>(),
+        Msg::ScopeSpans => size_of::<m::ScopeSpans>(),
+        Msg::Scope => size_of::<m::InstrumentationScope>(),
+        Msg::Span => size_of::<m::Span>(),
+        Msg::Event => size_of::<m::span::Event>(),
+        Msg::Link => size_of::<m::span::Link>(),
+        Msg::Status => size_of::<m::Status>(),
+        Msg::KeyValue => size_of::<m::KeyValue>(),
+        Msg::AnyValue => size_of::<m::AnyValue>(),
+        Msg::ArrayValue => size_of::<m::ArrayValue>(),
+        Msg::KvList => size_of::<m::KeyValueList>(),
     }
 }
 
@@ -120,86 +82,39 @@ fn walk(
         return Err(AdmissionError::Malformed("messages nest too deeply"));
     }
     while !data.is_empty() {
-        let key = varint(&mut data)?;
+        let key = wire::varint(&mut data)?;
         let field = key >> 3;
         match key & 7 {
             0 => {
-                varint(&mut data)?;
+                wire::varint(&mut data)?;
             }
-            1 => data = skip(data, 8)?,
-            5 => data = skip(data, 4)?,
+            1 => {
+                wire::take(&mut data, 8)?;
+            }
+            5 => {
+                wire::take(&mut data, 4)?;
+            }
             2 => {
-                let len = usize::try_from(varint(&mut data)?)
+                let len = usize::try_from(wire::varint(&mut data)?)
                     .map_err(|_| AdmissionError::Malformed("length overflows"))?;
-                if len > data.len() {
-                    return Err(AdmissionError::Malformed(
-                        "length past the end of the buffer",
-                    ));
-                }
-                let (body, rest) = data.split_at(len);
-                data = rest;
-                match msg.child(field) {
-                    Some(child) => {
-                        *structs = structs.saturating_add(child.size());
+                let body = wire::take(&mut data, len)?;
+                match wire::kind(msg, field) {
+                    Kind::Message(child) => {
+                        *structs = structs.saturating_add(size(child));
                         if child == Msg::Span {
                             *spans += 1;
                         }
                         walk(body, child, depth + 1, spans, structs, strings)?;
                     }
-                    None => *strings = strings.saturating_add(len),
+                    _ => *strings = strings.saturating_add(len),
                 }
             }
             // A group: only ever an unknown field here, skipped as prost skips it.
-            3 => data = skip_group(data, field, depth + 1)?,
+            3 => data = wire::skip_group(data, field, depth + 1)?,
             _ => return Err(AdmissionError::Malformed("unsupported wire type")),
         }
     }
     Ok(())
-}
-
-/// Skips the fields of a group up to its end tag; returns what follows.
-fn skip_group(mut data: &[u8], field: u64, depth: usize) -> Result<&[u8], AdmissionError> {
-    if depth > MAX_DEPTH {
-        return Err(AdmissionError::Malformed("messages nest too deeply"));
-    }
-    loop {
-        let key = varint(&mut data)?;
-        match key & 7 {
-            0 => {
-                varint(&mut data)?;
-            }
-            1 => data = skip(data, 8)?,
-            5 => data = skip(data, 4)?,
-            2 => {
-                let len = usize::try_from(varint(&mut data)?)
-                    .map_err(|_| AdmissionError::Malformed("length overflows"))?;
-                data = skip(data, len)?;
-            }
-            3 => data = skip_group(data, key >> 3, depth + 1)?,
-            4 if key >> 3 == field => return Ok(data),
-            _ => return Err(AdmissionError::Malformed("unmatched group end")),
-        }
-    }
-}
-
-fn varint(data: &mut &[u8]) -> Result<u64, AdmissionError> {
-    let mut v = 0u64;
-    for i in 0..10 {
-        let (&b, rest) = data
-            .split_first()
-            .ok_or(AdmissionError::Malformed("truncated varint"))?;
-        *data = rest;
-        v |= u64::from(b & 0x7f) << (7 * i);
-        if b < 0x80 {
-            return Ok(v);
-        }
-    }
-    Err(AdmissionError::Malformed("varint longer than 10 bytes"))
-}
-
-fn skip(data: &[u8], n: usize) -> Result<&[u8], AdmissionError> {
-    data.get(n..)
-        .ok_or(AdmissionError::Malformed("truncated field"))
 }
 
 /// The largest struct a JSON object in an OTLP request can decode into.
@@ -219,7 +134,7 @@ fn largest_struct() -> usize {
         Msg::KvList,
     ]
     .iter()
-    .map(|m| m.size())
+    .map(|m| size(*m))
     .max()
     .unwrap_or(0)
 }
