@@ -17,6 +17,7 @@ mod limits;
 mod metrics;
 mod model;
 mod s3_server;
+mod scale;
 mod search;
 mod service;
 mod storage;

@@ -10,6 +10,8 @@
 mod client;
 mod consumer;
 mod log;
+pub mod ownership;
+pub mod peers;
 pub mod record;
 
 use std::sync::Arc;

@@ -156,9 +156,13 @@ impl Querier {
         let params = Arc::new(SearchParams::from(req));
         let mut partials = Vec::new();
         let p = params.clone();
+        let remote = self.remote_live(tenant, None).await;
+        let remote_partial = remote.partial();
+        let (asked, unreachable) = (remote.asked as u64, remote.unreachable.len() as u64);
         let memory = self
             .scan_memory(
                 tenant,
+                remote.part.traces,
                 Arc::new(move |id, batches: &[ResourceSpans], out: &mut Partial| {
                     p.evaluate(id, batches, out)
                 }),
@@ -229,13 +233,15 @@ impl Querier {
         }
         let mut out = merge(partials, req.limit);
         out.metrics.total_blocks = total;
-        out.metrics.total_jobs = total + 1;
-        out.metrics.completed_jobs = completed + 1;
+        // Each other node asked for its live traces is a job too.
+        out.metrics.total_jobs = total + 1 + asked;
+        out.metrics.completed_jobs = completed + 1 + asked - unreachable;
+        out.partial = remote_partial;
         if let Some(first) = failed.first() {
-            out.partial = Some(format!(
+            out.partial = out.partial.or(Some(format!(
                 "partial results: {} of {total} blocks could not be read ({first})",
                 failed.len()
-            ));
+            )));
         }
         Ok(out)
     }
