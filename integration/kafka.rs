@@ -323,6 +323,8 @@ pub(crate) async fn offsets_settled(s3: &S3Server) -> bool {
         return false;
     }
     for k in cuts {
+        // Listings return `~` percent-encoded.
+        let k = k.replace("%7E", "~");
         let Some(cut) = json(k.strip_prefix("vivace/").unwrap_or(&k).to_owned()).await else {
             return false;
         };
