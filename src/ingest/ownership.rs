@@ -326,6 +326,10 @@ impl Ownership {
     /// One round: renew membership, see who is live, renew, take or release leases.
     pub async fn tick(&self) {
         let mut st = self.state.lock().await;
+        // First, before any request: after a pause (a stopped process, a slow bucket)
+        // leases past their local validity stop their readers at once.
+        self.expire(&mut st);
+        self.publish(&st);
         let now = Instant::now();
         let timeout = self.cfg.timeout;
         st.seq += 1;
@@ -378,17 +382,22 @@ impl Ownership {
             let mine = assigned.get(&p) == Some(&self.cfg.instance);
             self.tick_partition(&mut st, p, mine, now).await;
         }
-        // A lease not renewed in time is given up even if nobody has taken it yet.
+        self.expire(&mut st);
+        self.publish(&st);
+    }
+
+    /// Gives up every lease not renewed in time, even if nobody has taken it yet.
+    fn expire(&self, st: &mut State) {
+        let now = Instant::now();
         let expired: Vec<i32> = st
             .mine
             .iter()
-            .filter(|(_, (_, m))| Instant::now() > m.valid_until)
+            .filter(|(_, (_, m))| now > m.valid_until)
             .map(|(p, _)| *p)
             .collect();
         for p in expired {
-            self.lose(&mut st, p, "not renewed in time");
+            self.lose(st, p, "not renewed in time");
         }
-        self.publish(&st);
     }
 
     async fn tick_partition(&self, st: &mut State, p: i32, assigned: bool, now: Instant) {
