@@ -27,7 +27,8 @@ fn node_opts(s3: &S3Server, broker: &Broker, name: &str) -> Opts {
              auto_create_topic_enabled: true\n    auto_create_topic_default_partitions: {PARTITIONS}\n",
             broker.address()
         ),
-        blocklist_poll: "2s".into(),
+        // The default 5m: blocks reach other nodes as their writer's recent blocks, or by
+        // the poll each partition move triggers, never by waiting for a poll.
         ..Opts::fast_flush()
     }
 }

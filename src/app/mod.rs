@@ -418,6 +418,21 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
             q.clone().run_poller(cfg.storage.trace.blocklist_poll),
         ));
     }
+    if let (Some(q), Some(o)) = (&querier, &ownership) {
+        // A partition that changed hands may have left blocks its last holder committed
+        // and no longer offers as recent (it may be dead): list the bucket now rather than
+        // at the next poll.
+        let (q, mut moves) = (q.clone(), o.moves());
+        background.push(tokio::spawn(async move {
+            while moves.changed().await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                moves.borrow_and_update();
+                if let Err(e) = q.poll_blocklist().await {
+                    warn!(error = %e, "block list poll after a partition move failed");
+                }
+            }
+        }));
+    }
 
     if has(Compactor) {
         // Outputs get the ingester's block shape; the compactor lists the bucket itself and

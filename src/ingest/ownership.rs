@@ -110,6 +110,8 @@ pub struct Ownership {
     state: Mutex<State>,
     held: watch::Sender<BTreeMap<i32, Held>>,
     owners: parking_lot::RwLock<BTreeMap<i32, Owner>>,
+    /// Bumped whenever a partition's holder changes, as seen here.
+    moves: watch::Sender<u64>,
 }
 
 /// Bounded-load rendezvous: each partition goes to the member ranking it highest that
@@ -156,6 +158,7 @@ impl Ownership {
             state: Mutex::new(State::default()),
             held: watch::channel(BTreeMap::new()).0,
             owners: parking_lot::RwLock::new(BTreeMap::new()),
+            moves: watch::channel(0).0,
         })
     }
 
@@ -170,6 +173,30 @@ impl Ownership {
     /// The partitions this node holds, updated as leases are gained and lost.
     pub fn subscribe(&self) -> watch::Receiver<BTreeMap<i32, Held>> {
         self.held.subscribe()
+    }
+
+    /// Changes whenever a partition changes hands: the blocks its last holder committed
+    /// are then worth listing at once (they left that holder's memory).
+    pub fn moves(&self) -> watch::Receiver<u64> {
+        self.moves.subscribe()
+    }
+
+    /// Records `p`'s holder as seen; `None`: unheld.
+    fn set_owner(&self, p: i32, owner: Option<Owner>) {
+        let mut owners = self.owners.write();
+        let before = owners.get(&p).map(|o| o.instance.clone());
+        match owner {
+            Some(o) => {
+                let moved = before.as_deref() != Some(o.instance.as_str());
+                owners.insert(p, o);
+                if moved {
+                    self.moves.send_modify(|n| *n += 1);
+                }
+            }
+            None => {
+                owners.remove(&p);
+            }
+        }
     }
 
     /// The holder of `p` as last seen (this node included); `None` while unheld.
@@ -285,7 +312,7 @@ impl Ownership {
                 "partition lease lost: stopped consuming it"
             );
             self.metrics.ingest_partitions_lost.inc();
-            self.owners.write().remove(&p);
+            self.set_owner(p, None);
         }
     }
 
@@ -437,17 +464,11 @@ impl Ownership {
             }
         };
         let age = Self::observe(st, &key, version.fingerprint(), now);
-        if body.holder.is_empty() {
-            self.owners.write().remove(&p);
-        } else {
-            self.owners.write().insert(
-                p,
-                Owner {
-                    instance: body.holder.clone(),
-                    address: body.address.clone(),
-                },
-            );
-        }
+        let seen = (!body.holder.is_empty()).then(|| Owner {
+            instance: body.holder.clone(),
+            address: body.address.clone(),
+        });
+        self.set_owner(p, seen);
         let held_version = st.mine.get(&p).map(|(_, m)| m.version.clone());
         if held_version.as_ref() == Some(&version) {
             if !assigned {
@@ -507,12 +528,12 @@ impl Ownership {
                         "took over a stale partition lease"
                     );
                 }
-                self.owners.write().insert(
+                self.set_owner(
                     p,
-                    Owner {
+                    Some(Owner {
                         instance: self.cfg.instance.clone(),
                         address: self.cfg.address.clone(),
-                    },
+                    }),
                 );
                 self.gain(st, p, v, fresh, started);
             }
