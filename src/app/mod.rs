@@ -102,7 +102,11 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
         .map_err(|source| AppError::Listen { addr, source })
 }
 
-/// This node's name in the ingest partition leases: `ingest.instance_id`, else the host
+/// How long a compactor's tenant lease may go unrenewed before another compactor takes the
+/// tenant over (a crashed compactor's tenants wait this long).
+const COMPACTION_LEASE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// This node's name in the ingest partition leases and compaction leases: `ingest.instance_id`, else the host
 /// name and HTTP port (stable across restarts, so a restarted node reclaims its leases).
 fn instance_id(cfg: &Config) -> Result<String, AppError> {
     if !cfg.ingest.instance_id.is_empty() {
@@ -443,14 +447,18 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
             bloom_shard_size_bytes: cfg.storage.trace.block.bloom_filter_shard_size_bytes,
             ..BlockConfig::default()
         };
-        let compactor = Arc::new(crate::compactor::Compactor::new(
-            backend.clone(),
-            blocklist.clone(),
-            cfg.compactor.compaction.clone(),
-            block_cfg,
-            overrides.clone(),
-            metrics.clone(),
-        ));
+        let compactor = Arc::new(
+            crate::compactor::Compactor::new(
+                backend.clone(),
+                blocklist.clone(),
+                cfg.compactor.compaction.clone(),
+                block_cfg,
+                overrides.clone(),
+                metrics.clone(),
+            )
+            // Any number of compactors may share the bucket: one per tenant at a time.
+            .with_tenant_leases(instance_id(&cfg)?, COMPACTION_LEASE_TIMEOUT),
+        );
         background.push(tokio::spawn(compactor.run()));
     }
 
