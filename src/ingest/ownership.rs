@@ -406,6 +406,9 @@ impl Ownership {
         live.dedup();
         let assigned = assign(self.cfg.partitions, &live);
         for p in 0..self.cfg.partitions as i32 {
+            // A slow bucket makes a round long: leases past validity stop between requests.
+            self.expire(&mut st);
+            self.publish(&st);
             let mine = assigned.get(&p) == Some(&self.cfg.instance);
             self.tick_partition(&mut st, p, mine, now).await;
         }
