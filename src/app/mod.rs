@@ -183,6 +183,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     };
     let mut consumers = Vec::new();
     let mut ownership = None;
+    let caught_up = Arc::new(crate::ingest::CaughtUp::default());
     // Blocks this node committed, offered to other nodes' queries until their block-list
     // poll has surely seen them.
     let recent = Arc::new(crate::querier::remote::RecentBlocks::new(
@@ -241,6 +242,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
                 on_commit,
             );
             consumers = crate::ingest::Consumer::new(kafka.clone(), ing.clone(), log)
+                .with_caught_up(caught_up.clone())
                 .start(Some(owners))
                 .await?;
             Some(ing)
@@ -278,9 +280,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
                 .ingest
                 .partition_lease_timeout
                 .min(Duration::from_secs(10));
-            let peers =
-                crate::ingest::peers::Peers::new(o.clone(), timeout).map_err(AppError::Serve)?;
-            q = q.with_remote(Arc::new(peers), recent.clone());
+            let peers = crate::ingest::peers::Peers::new(o.clone(), caught_up.clone(), timeout)
+                .map_err(AppError::Serve)?;
+            q = q.with_remote(Arc::new(peers), recent.clone(), caught_up.clone());
         }
         let q = Arc::new(q);
         if let Err(e) = q.poll_blocklist().await {

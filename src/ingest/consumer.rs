@@ -50,10 +50,47 @@ impl Drop for Guard {
     }
 }
 
+/// The partitions this node consumes and whether each has caught up: read up to the high
+/// watermark of one fetch since it was gained. Until then its live traces lack what the
+/// previous owner held, and answers relying on them say so.
+#[derive(Default)]
+pub struct CaughtUp(parking_lot::Mutex<BTreeMap<i32, bool>>);
+
+impl CaughtUp {
+    fn set(&self, p: i32, ready: Option<bool>) {
+        let mut m = self.0.lock();
+        match ready {
+            Some(r) => {
+                m.insert(p, r);
+            }
+            None => {
+                m.remove(&p);
+            }
+        }
+    }
+
+    /// Held partitions that have caught up.
+    pub fn ready(&self) -> Vec<i32> {
+        self.0
+            .lock()
+            .iter()
+            .filter(|(_, r)| **r)
+            .map(|(p, _)| *p)
+            .collect()
+    }
+}
+
+impl crate::querier::remote::LocalPartitions for CaughtUp {
+    fn ready(&self) -> Vec<i32> {
+        CaughtUp::ready(self)
+    }
+}
+
 pub struct Consumer {
     kafka: Arc<Kafka>,
     ingester: Arc<Ingester>,
     log: Arc<PartitionLog>,
+    caught_up: Arc<CaughtUp>,
 }
 
 impl Consumer {
@@ -62,7 +99,14 @@ impl Consumer {
             kafka,
             ingester,
             log,
+            caught_up: Arc::default(),
         }
+    }
+
+    /// Reports into `caught_up` which partitions are read up to date.
+    pub fn with_caught_up(mut self, caught_up: Arc<CaughtUp>) -> Self {
+        self.caught_up = caught_up;
+        self
     }
 
     /// Redoes a pending cut (consumes exactly its ranges, then writes its blocks), then
@@ -183,6 +227,7 @@ impl Consumer {
                     continue;
                 };
                 reader.stop().await;
+                self.caught_up.set(p, None);
                 self.log.lose(p);
                 let dropped = self
                     .ingester
@@ -237,10 +282,11 @@ impl Consumer {
 
     async fn run_partition(self: Arc<Self>, p: i32, mut next: i64) {
         info!(partition = p, offset = next, "consuming ingest partition");
+        self.caught_up.set(p, Some(false));
         let mut backoff = Duration::from_millis(100);
         loop {
             match self.kafka.fetch(p, next, FETCH_BYTES, FETCH_WAIT).await {
-                Ok((records, _high)) => {
+                Ok((records, high)) => {
                     backoff = Duration::from_millis(100);
                     for r in records {
                         // A fetch may start at the batch holding `next`: skip what was read.
@@ -249,6 +295,9 @@ impl Consumer {
                         }
                         next = r.offset + 1;
                         self.apply(p, r).await;
+                    }
+                    if next >= high {
+                        self.caught_up.set(p, Some(true));
                     }
                 }
                 Err(KafkaError::OutOfRange { .. }) => {

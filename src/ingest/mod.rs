@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use tracing::warn;
 
 pub use client::{Kafka, KafkaError};
-pub use consumer::Consumer;
+pub use consumer::{CaughtUp, Consumer};
 pub use log::{block_id, PartitionLog, Ranges};
 
 use crate::distributor::{LogUnavailable, TraceLog};

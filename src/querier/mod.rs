@@ -88,6 +88,8 @@ pub struct Querier {
     remote: Option<Arc<dyn remote::RemoteLive>>,
     /// Blocks this node committed lately, offered to other nodes with its live traces.
     recent: Option<Arc<remote::RecentBlocks>>,
+    /// The ingest partitions whose live traces this node answers for.
+    partitions: Option<Arc<dyn remote::LocalPartitions>>,
 }
 
 impl Querier {
@@ -112,18 +114,21 @@ impl Querier {
             tag_scan_bytes: QuerierConfig::default().max_tag_scan_bytes,
             remote: None,
             recent: None,
+            partitions: None,
         }
     }
 
     /// Reads other nodes' live traces through `remote`, and offers this node's own with
-    /// the blocks in `recent`.
+    /// the blocks in `recent` and the caught-up `partitions` they cover.
     pub fn with_remote(
         mut self,
         remote: Arc<dyn remote::RemoteLive>,
         recent: Arc<remote::RecentBlocks>,
+        partitions: Arc<dyn remote::LocalPartitions>,
     ) -> Self {
         self.remote = Some(remote);
         self.recent = Some(recent);
+        self.partitions = Some(partitions);
         self
     }
 

@@ -27,6 +27,14 @@ pub struct LivePart {
     pub traces: Vec<(TraceId, Fragments)>,
     pub blocks: Vec<BlockMeta>,
     pub skip_blocks: Vec<Uuid>,
+    /// The partitions the answering node holds and has read up to date: the only ones
+    /// an asker may count as answered.
+    pub partitions: Vec<i32>,
+}
+
+/// The ingest partitions this node consumes and has caught up on.
+pub trait LocalPartitions: Send + Sync {
+    fn ready(&self) -> Vec<i32>;
 }
 
 /// The live parts of every other owner, and the owners that did not answer.
@@ -101,6 +109,8 @@ impl RecentBlocks {
 struct Header {
     blocks: Vec<BlockMeta>,
     skip_blocks: Vec<Uuid>,
+    #[serde(default)]
+    partitions: Vec<i32>,
 }
 
 /// The wire form: a length-prefixed JSON header, then `[trace ID][u32 length][OTLP]`.
@@ -108,6 +118,7 @@ pub fn encode_part(part: &LivePart) -> Vec<u8> {
     let header = serde_json::to_vec(&Header {
         blocks: part.blocks.clone(),
         skip_blocks: part.skip_blocks.clone(),
+        partitions: part.partitions.clone(),
     })
     .unwrap_or_default();
     let mut out = Vec::with_capacity(4 + header.len());
@@ -153,6 +164,7 @@ pub fn decode_part(mut b: Bytes) -> Result<LivePart, PartError> {
         traces,
         blocks: header.blocks,
         skip_blocks: header.skip_blocks,
+        partitions: header.partitions,
     })
 }
 
@@ -176,6 +188,11 @@ impl Querier {
             traces,
             blocks,
             skip_blocks: flushing.into_iter().collect(),
+            partitions: self
+                .partitions
+                .as_ref()
+                .map(|p| p.ready())
+                .unwrap_or_default(),
         }
     }
 
@@ -211,6 +228,7 @@ mod tests {
             )],
             blocks: vec![BlockMeta::default()],
             skip_blocks: vec![Uuid::from_u128(5)],
+            partitions: vec![2, 3],
         };
         let bytes = encode_part(&part);
         let back = decode_part(Bytes::from(bytes.clone())).unwrap();
@@ -219,6 +237,7 @@ mod tests {
         assert_eq!(back.traces[0].1.concat(), b"\x0a\x00");
         assert_eq!(back.skip_blocks, vec![Uuid::from_u128(5)]);
         assert_eq!(back.blocks.len(), 1);
+        assert_eq!(back.partitions, vec![2, 3]);
         for cut in [0, 3, bytes.len() - 1] {
             assert!(decode_part(Bytes::copy_from_slice(&bytes[..cut])).is_err());
         }
