@@ -119,3 +119,68 @@ async fn a_restarted_instance_reclaims_its_leases_at_once_and_release_hands_over
     }
     assert_eq!(b.subscribe().borrow()[&1].offset, Some(7));
 }
+
+async fn lease_offset(backend: &Backend, p: i32) -> Option<i64> {
+    let (bytes, _) = backend
+        .get_versioned(&format!("~ingest/g/t/leases/{p}.json"))
+        .await
+        .unwrap()?;
+    serde_json::from_slice::<LeaseBody>(&bytes).unwrap().offset
+}
+
+#[tokio::test]
+async fn a_fenced_log_commits_only_what_it_consumed_under_a_lease_it_holds() {
+    use crate::ingest::log::position;
+    use crate::ingest::PartitionLog;
+    use crate::ingester::IngestLog;
+
+    let backend = Backend::memory();
+    let a = node(&backend, "a", 2);
+    a.tick().await;
+    let log = PartitionLog::open_fenced(backend.clone(), "g", "t", a.clone())
+        .await
+        .unwrap();
+    assert_eq!((log.gain(0, None), log.gain(1, None)), (None, None));
+    for (p, o) in [(0, 0), (0, 1), (1, 0)] {
+        log.append(position(p, o)).await.unwrap();
+    }
+    let b1 = log.rotate().await.unwrap();
+    // Partition 1 moves away before the cut's commit: only partition 0 commits.
+    log.lose(1);
+    log.truncate_before(b1).await.unwrap();
+    assert_eq!(lease_offset(&backend, 0).await, Some(2));
+    assert_eq!(lease_offset(&backend, 1).await, None);
+    // Regained: what was consumed under the old lease never commits, new ranges do.
+    assert_eq!(log.gain(1, None), None);
+    log.append(position(1, 1)).await.unwrap();
+    let b2 = log.rotate().await.unwrap();
+    log.truncate_before(b2).await.unwrap();
+    assert_eq!(lease_offset(&backend, 1).await, Some(2));
+    // Another node takes partition 0 over: this log's commits for it are refused.
+    let mut body: LeaseBody = serde_json::from_slice(
+        &backend
+            .get_versioned("~ingest/g/t/leases/0.json")
+            .await
+            .unwrap()
+            .unwrap()
+            .0,
+    )
+    .unwrap();
+    body.holder = "b".into();
+    backend
+        .put(
+            "~ingest/g/t/leases/0.json",
+            serde_json::to_vec(&body).unwrap().into(),
+        )
+        .await
+        .unwrap();
+    log.append(position(0, 2)).await.unwrap();
+    let b3 = log.rotate().await.unwrap();
+    log.truncate_before(b3).await.unwrap();
+    assert_eq!(
+        lease_offset(&backend, 0).await,
+        Some(2),
+        "a fenced commit landed"
+    );
+    assert!(!held(&a).contains(&0));
+}
