@@ -51,6 +51,8 @@ pub(crate) struct Opts {
     pub(crate) extra_yaml: String,
     /// Extra lines of the `ingester:` section, each indented by two spaces.
     pub(crate) ingester_yaml: String,
+    /// `storage.trace.blocklist_poll`.
+    pub(crate) blocklist_poll: String,
 }
 
 impl Default for Opts {
@@ -67,6 +69,7 @@ impl Default for Opts {
             multitenancy: false,
             extra_yaml: String::new(),
             ingester_yaml: String::new(),
+            blocklist_poll: "5m".into(),
         }
     }
 }
@@ -146,13 +149,14 @@ ingester:
   flush_check_period: {check}
 {ingester_extra}storage:
   trace:
-    blocklist_poll: 5m
+    blocklist_poll: {poll}
     wal:
       path: {wal}
 {backend}{extra}"#,
             mt = o.multitenancy,
             extra = o.extra_yaml,
             ingester_extra = o.ingester_yaml,
+            poll = o.blocklist_poll,
             http = self.http_port,
             grpc = self.grpc_port,
             otlp_http = self.otlp_http_port,

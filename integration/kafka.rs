@@ -14,6 +14,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use opentelemetry::KeyValue;
+use opentelemetry_proto::tonic::trace::v1::TracesData;
 use opentelemetry_sdk::trace::SpanExporter as _;
 use opentelemetry_sdk::Resource;
 use prost::Message;
@@ -25,7 +26,7 @@ use crate::s3_server::{S3Server, ACCESS_KEY, SECRET_KEY};
 
 const INSTALL_HINT: &str = ".ci/install-kafka";
 
-fn tansu_binary() -> Option<PathBuf> {
+pub(crate) fn tansu_binary() -> Option<PathBuf> {
     let cached: Vec<PathBuf> = std::env::var_os("HOME")
         .map(|h| PathBuf::from(h).join(".cache/vivace-ci/tansu-0.6.0/bin/tansu"))
         .into_iter()
@@ -129,11 +130,12 @@ fn ingest_yaml(broker: &Broker, topic: &str, write_timeout: &str) -> String {
 
 fn opts(s3: &S3Server, broker: &Broker, write_timeout: &str) -> Opts {
     Opts {
-        // The commit of offsets hangs while the file `hang-commit` exists in the server's
-        // directory: a crash between a cut's meta.json and its commit, on demand.
+        // The commit of offsets (a write of the partition leases) hangs while the file
+        // `hang-commit` exists in the server's directory: a crash between a cut's
+        // meta.json and its commit, on demand.
         storage: Some(format!(
             "{}fault_injection:\n  for_testing_only: true\n  rules:\n    - op: put\n      \
-             key_contains: offsets.json\n      action: hang\n      while_file_exists: hang-commit\n",
+             key_contains: /leases/\n      action: hang\n      while_file_exists: hang-commit\n",
             s3.storage_yaml("vivace")
         )),
         extra_yaml: ingest_yaml(broker, "vivace-traces", write_timeout),
@@ -141,24 +143,33 @@ fn opts(s3: &S3Server, broker: &Broker, write_timeout: &str) -> Opts {
     }
 }
 
-/// Spans (hex IDs) of a trace as the API returns them, duplicates kept.
-async fn span_ids(server: &Server, trace: &str) -> Vec<String> {
-    server
-        .trace_v1_proto(trace)
-        .await
-        .map(|t| {
-            t.resource_spans
-                .iter()
-                .flat_map(|r| &r.scope_spans)
-                .flat_map(|s| &s.spans)
-                .map(|s| hex::encode(&s.span_id))
-                .collect()
-        })
-        .unwrap_or_default()
+/// Spans (hex IDs) of a trace as the API returns them, duplicates kept; none while the
+/// node answers 5xx because a partition's reader has not caught up yet (it must say so
+/// rather than answer "not found").
+pub(crate) async fn span_ids(server: &Server, trace: &str) -> Vec<String> {
+    let path = format!("/api/traces/{trace}");
+    let (status, _, body) = server.get_accept(&path, "application/protobuf").await;
+    match status {
+        200 => TracesData::decode(&body[..])
+            .expect("protobuf trace")
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .flat_map(|s| &s.spans)
+            .map(|s| hex::encode(&s.span_id))
+            .collect(),
+        404 => Vec::new(),
+        s if s >= 500 && String::from_utf8_lossy(&body).contains("partial results") => Vec::new(),
+        s => panic!(
+            "GET {path}: unexpected status {s}: {}\n{}",
+            String::from_utf8_lossy(&body),
+            server.log_tail(30)
+        ),
+    }
 }
 
 /// Trace IDs a TraceQL search for the service finds.
-async fn search_service(server: &Server, service: &str) -> HashSet<String> {
+pub(crate) async fn search_service(server: &Server, service: &str) -> HashSet<String> {
     let q = format!("{{resource.service.name=\"{service}\"}}");
     let (code, body) = server
         .get(&format!("/api/search?q={}&limit=100000", url_encode(&q)))
@@ -177,12 +188,16 @@ async fn search_service(server: &Server, service: &str) -> HashSet<String> {
 
 /// Sends `n` traces of 3 spans each through the SDK's gRPC exporter, one request per 5
 /// traces; returns trace → span IDs of the acknowledged ones.
-async fn send(server: &Server, service: &str, n: usize) -> BTreeMap<String, Vec<String>> {
+pub(crate) async fn send(
+    server: &Server,
+    service: &str,
+    n: usize,
+) -> BTreeMap<String, Vec<String>> {
     send_timed(server, service, n).await.0
 }
 
 /// [`send`], also returning how long each export took to be acknowledged.
-async fn send_timed(
+pub(crate) async fn send_timed(
     server: &Server,
     service: &str,
     n: usize,
@@ -229,7 +244,11 @@ async fn send_timed(
 
 /// Every acknowledged span is readable by ID exactly once (the API merges duplicates, so
 /// also checked per span ID), within `timeout`.
-async fn assert_all_readable(server: &Server, acked: &BTreeMap<String, Vec<String>>, what: &str) {
+pub(crate) async fn assert_all_readable(
+    server: &Server,
+    acked: &BTreeMap<String, Vec<String>>,
+    what: &str,
+) {
     let deadline = Instant::now() + Duration::from_secs(60);
     for (trace, spans) in acked {
         let got = loop {
@@ -252,26 +271,41 @@ async fn assert_all_readable(server: &Server, acked: &BTreeMap<String, Vec<Strin
     }
 }
 
-/// Whether the latest cut is committed: `offsets.json` holds every end of `cut.json`.
-async fn offsets_settled(s3: &S3Server) -> bool {
+/// Whether the latest cut of every instance is committed: each partition lease holds the
+/// end of each cut's range as its offset.
+pub(crate) async fn offsets_settled(s3: &S3Server) -> bool {
     let b = s3.backend("vivace");
-    let json = |k: &'static str| {
+    let dir = "~ingest/it/vivace-traces";
+    let json = |k: String| {
         let b = b.clone();
         async move {
-            b.get(&format!("~ingest/it/vivace-traces/{k}"))
+            b.get(&k)
                 .await
                 .ok()
                 .and_then(|v| serde_json::from_slice::<serde_json::Value>(&v).ok())
         }
     };
-    let (Some(offsets), Some(cut)) = (json("offsets.json").await, json("cut.json").await) else {
+    let cuts = b.list(&format!("{dir}/cuts/")).await.unwrap_or_default();
+    if cuts.is_empty() {
         return false;
-    };
-    cut["ranges"].as_object().is_some_and(|ranges| {
-        ranges
-            .iter()
-            .all(|(p, r)| offsets["committed"][p.as_str()] == r[1])
-    })
+    }
+    for k in cuts {
+        // Listings return `~` percent-encoded.
+        let k = k.replace("%7E", "~");
+        let Some(cut) = json(k.strip_prefix("vivace/").unwrap_or(&k).to_owned()).await else {
+            return false;
+        };
+        let Some(ranges) = cut["ranges"].as_object() else {
+            return false;
+        };
+        for (p, r) in ranges {
+            let lease = json(format!("{dir}/leases/{p}.json")).await;
+            if lease.is_none_or(|l| l["offset"] != r[1]) {
+                return false;
+            }
+        }
+    }
+    true
 }
 
 /// Waits until every acknowledged span is in a committed block and the offsets are
@@ -298,7 +332,7 @@ async fn assert_stored_once(s3: &S3Server, server: &Server, acked: &BTreeMap<Str
 }
 
 /// Spans stored in committed blocks (meta.json present), summed over the tenant's blocks.
-async fn spans_in_blocks(s3: &S3Server) -> (usize, u64) {
+pub(crate) async fn spans_in_blocks(s3: &S3Server) -> (usize, u64) {
     let b = s3.backend("vivace");
     let keys = b.list("single-tenant/").await.unwrap_or_default();
     let mut blocks = 0;

@@ -18,6 +18,7 @@ mod metrics;
 mod model;
 mod process;
 mod s3_server;
+mod scale;
 mod search;
 mod service;
 mod storage;

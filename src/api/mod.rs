@@ -79,6 +79,7 @@ pub(crate) fn router(state: ApiState) -> Router {
         .route("/api/traces/{id}", get(trace_v1))
         .route("/api/v2/traces/{id}", get(trace_v2))
         .route("/api/search", get(search::search))
+        .route("/internal/live", get(internal_live))
         .route("/api/metrics/query_range", get(metrics::query_range))
         .route("/api/metrics/query", get(metrics::query_instant))
         .route("/api/search/tags", get(tags::tags_v1))
@@ -182,6 +183,31 @@ pub(crate) fn auth_response(e: &auth::AuthError) -> Response {
         }
     }
     resp
+}
+
+#[derive(Deserialize)]
+struct LiveParams {
+    trace: Option<String>,
+}
+
+/// This node's live traces for a query on another node sharing the ingest log (the
+/// encoding is `querier::remote`'s): the traces of one ID, or all of the tenant's.
+async fn internal_live(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Query(q): Query<LiveParams>,
+) -> Result<Response, ApiError> {
+    let tenant = tenant(&s, &headers)?;
+    let trace = q.trace.as_deref().map(TraceId::parse_hex).transpose()?;
+    let frontend = s
+        .frontend
+        .as_ref()
+        .ok_or_else(|| ApiError::Unavailable("this process runs no query frontend".into()))?;
+    let part = frontend.live_part(&tenant, trace.as_ref());
+    let body = tokio::task::spawn_blocking(move || crate::querier::remote::encode_part(&part))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response())
 }
 
 fn tenant(s: &ApiState, headers: &HeaderMap) -> Result<TenantId, ApiError> {

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -102,6 +103,46 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
         .map_err(|source| AppError::Listen { addr, source })
 }
 
+/// How long a compactor's tenant lease may go unrenewed before another compactor takes the
+/// tenant over (a crashed compactor's tenants wait this long).
+const COMPACTION_LEASE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// This node's name in the ingest partition leases and compaction leases: `ingest.instance_id`, else the host
+/// name and HTTP port (stable across restarts, so a restarted node reclaims its leases).
+fn instance_id(cfg: &Config) -> Result<String, AppError> {
+    if !cfg.ingest.instance_id.is_empty() {
+        return Ok(cfg.ingest.instance_id.clone());
+    }
+    let host: String = hostname()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "-_.".contains(*c))
+        .collect();
+    Ok(format!("{host}-{}", cfg.server.http_addr()?.port()))
+}
+
+/// Where other nodes reach this one's HTTP API: `ingest.advertise_address`, else the HTTP
+/// listen address (the host name when it listens on every interface).
+fn advertise_address(cfg: &Config) -> Result<String, AppError> {
+    if !cfg.ingest.advertise_address.is_empty() {
+        return Ok(cfg.ingest.advertise_address.clone());
+    }
+    let addr = cfg.server.http_addr()?;
+    if addr.ip().is_unspecified() {
+        return Ok(format!("http://{}:{}", hostname(), addr.port()));
+    }
+    Ok(format!("http://{addr}"))
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
 /// Resolves once shutdown is signalled.
 async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
@@ -142,11 +183,22 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         None
     };
     let mut consumers = Vec::new();
+    let mut ownership = None;
+    let caught_up = Arc::new(crate::ingest::CaughtUp::default());
+    // Blocks this node committed, offered to other nodes' queries until their block-list
+    // poll has surely seen them.
+    let recent = Arc::new(crate::querier::remote::RecentBlocks::new(
+        cfg.storage.trace.blocklist_poll * 2 + Duration::from_secs(10),
+    ));
     let ingester = if has(Ingester) {
         let bl = blocklist.clone();
+        let rb = recent.clone();
         let on_commit: BlockCommitted =
             Arc::new(move |meta| match TenantId::new(&meta.tenant_id) {
-                Ok(t) => bl.add(t, meta),
+                Ok(t) => {
+                    rb.add(meta.clone());
+                    bl.add(t, meta)
+                }
                 Err(e) => warn!(error = %e, "committed block has a bad tenant id"),
             });
         let block_cfg = BlockConfig {
@@ -157,9 +209,30 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         };
         if let Some(kafka) = &kafka {
             let k = &cfg.ingest.kafka;
+            let owners = crate::ingest::ownership::Ownership::new(
+                backend.clone(),
+                crate::ingest::ownership::OwnershipConfig {
+                    instance: instance_id(&cfg)?,
+                    address: advertise_address(&cfg)?,
+                    timeout: cfg.ingest.partition_lease_timeout,
+                    partitions: kafka.partitions(),
+                    dir: crate::ingest::PartitionLog::dir(&k.consumer_group, &k.topic),
+                },
+                metrics.clone(),
+            );
+            info!(
+                instance = owners.instance(),
+                "sharing ingest partitions through bucket leases"
+            );
+            ownership = Some(owners.clone());
             let log = Arc::new(
-                crate::ingest::PartitionLog::open(backend.clone(), &k.consumer_group, &k.topic)
-                    .await?,
+                crate::ingest::PartitionLog::open_fenced(
+                    backend.clone(),
+                    &k.consumer_group,
+                    &k.topic,
+                    owners.clone(),
+                )
+                .await?,
             );
             let ing = Ingester::new(
                 cfg.ingester.clone(),
@@ -170,7 +243,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
                 on_commit,
             );
             consumers = crate::ingest::Consumer::new(kafka.clone(), ing.clone(), log)
-                .start()
+                .with_caught_up(caught_up.clone())
+                .start(Some(owners))
                 .await?;
             Some(ing)
         } else {
@@ -192,19 +266,28 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     };
 
     let querier = if has(Querier) {
-        let q = Arc::new(
-            Querier::new(
-                backend.clone(),
-                ingester.clone(),
-                blocklist.clone(),
-                metrics.clone(),
-                cfg.querier.concurrent_blocks,
-            )
-            .with_poll_config(crate::blocklist::PollConfig::from_config(
-                &cfg.storage.trace,
-            ))
-            .with_tag_scan_bytes(cfg.querier.max_tag_scan_bytes),
-        );
+        let mut q = Querier::new(
+            backend.clone(),
+            ingester.clone(),
+            blocklist.clone(),
+            metrics.clone(),
+            cfg.querier.concurrent_blocks,
+        )
+        .with_poll_config(crate::blocklist::PollConfig::from_config(
+            &cfg.storage.trace,
+        ))
+        .with_tag_scan_bytes(cfg.querier.max_tag_scan_bytes);
+        if let Some(o) = &ownership {
+            // An owner that does not answer within a lease period is treated as gone.
+            let timeout = cfg
+                .ingest
+                .partition_lease_timeout
+                .min(Duration::from_secs(10));
+            let peers = crate::ingest::peers::Peers::new(o.clone(), caught_up.clone(), timeout)
+                .map_err(AppError::Serve)?;
+            q = q.with_remote(Arc::new(peers), recent.clone(), caught_up.clone());
+        }
+        let q = Arc::new(q);
         if let Err(e) = q.poll_blocklist().await {
             warn!(error = %e, "first blocklist poll failed, serving without blocks until the next one");
         }
@@ -344,6 +427,21 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
             q.clone().run_poller(cfg.storage.trace.blocklist_poll),
         ));
     }
+    if let (Some(q), Some(o)) = (&querier, &ownership) {
+        // A partition that changed hands may have left blocks its last holder committed
+        // and no longer offers as recent (it may be dead): list the bucket now rather than
+        // at the next poll.
+        let (q, mut moves) = (q.clone(), o.moves());
+        background.push(tokio::spawn(async move {
+            while moves.changed().await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                moves.borrow_and_update();
+                if let Err(e) = q.poll_blocklist().await {
+                    warn!(error = %e, "block list poll after a partition move failed");
+                }
+            }
+        }));
+    }
 
     if has(Compactor) {
         // Outputs get the ingester's block shape; the compactor lists the bucket itself and
@@ -354,14 +452,18 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
             bloom_shard_size_bytes: cfg.storage.trace.block.bloom_filter_shard_size_bytes,
             ..BlockConfig::default()
         };
-        let compactor = Arc::new(crate::compactor::Compactor::new(
-            backend.clone(),
-            blocklist.clone(),
-            cfg.compactor.compaction.clone(),
-            block_cfg,
-            overrides.clone(),
-            metrics.clone(),
-        ));
+        let compactor = Arc::new(
+            crate::compactor::Compactor::new(
+                backend.clone(),
+                blocklist.clone(),
+                cfg.compactor.compaction.clone(),
+                block_cfg,
+                overrides.clone(),
+                metrics.clone(),
+            )
+            // Any number of compactors may share the bucket: one per tenant at a time.
+            .with_tenant_leases(instance_id(&cfg)?, COMPACTION_LEASE_TIMEOUT),
+        );
         background.push(tokio::spawn(compactor.run()));
     }
 
@@ -403,6 +505,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     for b in background {
         b.abort();
         let _ = b.await;
+    }
+    // Readers are stopped: hand the partitions over now rather than after the lease timeout.
+    if let Some(o) = &ownership {
+        o.release_all().await;
     }
     drop(ingester);
     info!("vivace stopped");

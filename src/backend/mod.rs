@@ -11,6 +11,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 
+pub mod cas;
 mod cloud;
 /// The storage conformance suite; public so the integration tests run it on real S3.
 #[doc(hidden)]

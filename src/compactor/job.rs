@@ -105,6 +105,13 @@ impl Compactor {
         .await?;
         self.step(CompactionStep::OutputObjects)?;
         lease.check().await?;
+        let fence = self.fence.lock().clone();
+        if fence.is_some_and(|f| !f.held()) {
+            // Another compactor may own this tenant now: committing could merge twice.
+            return Err(
+                crate::backend::lease::LeaseLost(format!("~compactor/{tenant}.json")).into(),
+            );
+        }
         self.backend
             .put(
                 &block::meta_key(tenant, output_id),

@@ -23,6 +23,7 @@ mod lease_tests;
 mod merge;
 mod scratch;
 mod select;
+mod tenant_lease;
 #[cfg(test)]
 mod tests;
 
@@ -171,6 +172,10 @@ pub(crate) struct Compactor {
     /// Inputs of failed jobs and when they failed: left out of selection for a while, so
     /// one corrupt block does not stop the rest of its window from being compacted.
     failed_inputs: Mutex<HashMap<Uuid, Instant>>,
+    /// With several compactors on the bucket: one per tenant at a time.
+    tenant_leases: Option<tenant_lease::TenantLeases>,
+    /// The lease of the tenant whose cycle is running, checked before each commit.
+    fence: Mutex<Option<tenant_lease::Fence>>,
 }
 
 /// Cycles a failed job's inputs sit out before they are tried again.
@@ -205,7 +210,21 @@ impl Compactor {
             orphan_age: Mutex::new(None),
             orphans_seen: Mutex::new(HashMap::new()),
             failed_inputs: Mutex::new(HashMap::new()),
+            tenant_leases: None,
+            fence: Mutex::new(None),
         }
+    }
+
+    /// Shares the bucket with other compactors: each tenant's cycle runs under a lease
+    /// held as `holder` (stable across restarts), taken over from a holder whose lease
+    /// went unchanged for `timeout`.
+    pub(crate) fn with_tenant_leases(mut self, holder: String, timeout: Duration) -> Self {
+        self.tenant_leases = Some(tenant_lease::TenantLeases::new(
+            self.backend.clone(),
+            holder,
+            timeout,
+        ));
+        self
     }
 
     /// Where compactions write their output before uploading it.
@@ -293,7 +312,27 @@ impl Compactor {
             let Ok(tenant) = TenantId::new(&t) else {
                 continue;
             };
-            match self.cycle_tenant(&tenant).await {
+            let lease = match &self.tenant_leases {
+                None => None,
+                Some(leases) => match leases.acquire(&tenant).await {
+                    Ok(Some(l)) => Some(l),
+                    Ok(None) => {
+                        debug!(tenant = %tenant, "another compactor holds this tenant");
+                        continue;
+                    }
+                    Err(e) => {
+                        warn!(tenant = %tenant, error = %e, "cannot take the tenant's compaction lease");
+                        continue;
+                    }
+                },
+            };
+            *self.fence.lock() = lease.as_ref().map(|l| l.fence());
+            let result = self.cycle_tenant(&tenant).await;
+            *self.fence.lock() = None;
+            if let Some(l) = lease {
+                l.release().await;
+            }
+            match result {
                 Ok(r) => {
                     total.compactions += r.compactions;
                     total.blocks_compacted += r.blocks_compacted;

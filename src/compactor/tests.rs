@@ -729,3 +729,21 @@ async fn unusable_scratch_dir_fails_the_job_and_marks_nothing() {
     assert_eq!(census(&backend).await, (2, 0, 0));
     assert_eq!(c.metrics.compactor_blocks_compacted.get(), 0);
 }
+
+/// Two compactors on one bucket, cycling at once: the tenant's blocks are merged once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_compactors_on_one_bucket_merge_each_input_once() {
+    let backend = Backend::memory();
+    let want = overlapping_blocks(&backend, 200).await;
+    let a = compactor(&backend, compaction_cfg(), no_trace_limit())
+        .with_tenant_leases("a".into(), Duration::from_secs(30));
+    let b = compactor(&backend, compaction_cfg(), no_trace_limit())
+        .with_tenant_leases("b".into(), Duration::from_secs(30));
+    let (ra, rb) = tokio::join!(a.run_cycle(), b.run_cycle());
+    assert_eq!(ra.compactions + rb.compactions, 1, "{ra:?} {rb:?}");
+    assert_eq!(census(&backend).await, (1, 4, 0));
+    // Whoever did not compact finds nothing left to do once the lease is released.
+    let (ra, rb) = tokio::join!(a.run_cycle(), b.run_cycle());
+    assert_eq!(ra.compactions + rb.compactions, 0);
+    assert_eq!(read_back(&backend, want.keys().copied()).await, want);
+}

@@ -7,11 +7,33 @@ use serde::Deserialize;
 
 use super::{duration, ConfigError, Secret};
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IngestConfig {
     pub enabled: bool,
     pub kafka: KafkaConfig,
+    /// This consuming node's name in the partition leases; empty: hostname and HTTP port.
+    /// Must be stable across restarts so a restarted node reclaims its own leases at once.
+    pub instance_id: String,
+    /// The HTTP address other nodes reach this one at for its live traces
+    /// (`http://host:port`); empty: derived from `server.http_listen_*`.
+    pub advertise_address: String,
+    /// A partition lease not renewed for this long (as seen by the node that takes it
+    /// over, on its own clock) moves to another node: the bound on takeover after a crash.
+    #[serde(with = "duration")]
+    pub partition_lease_timeout: Duration,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            kafka: KafkaConfig::default(),
+            instance_id: String::new(),
+            advertise_address: String::new(),
+            partition_lease_timeout: Duration::from_secs(15),
+        }
+    }
 }
 
 /// `ingest.kafka`. SASL PLAIN credentials are passed to the client when set; TLS is not
@@ -84,6 +106,20 @@ impl IngestConfig {
         }
         if k.write_timeout.is_zero() || k.dial_timeout.is_zero() {
             return invalid("dial_timeout and write_timeout must be greater than zero");
+        }
+        if self.partition_lease_timeout < Duration::from_millis(500) {
+            return Err(ConfigError::Invalid(
+                "ingest.partition_lease_timeout must be at least 500ms".into(),
+            ));
+        }
+        if self
+            .instance_id
+            .chars()
+            .any(|c| !(c.is_ascii_alphanumeric() || "-_.:".contains(c)))
+        {
+            return Err(ConfigError::Invalid(
+                "ingest.instance_id must be letters, digits, '-', '_', '.' or ':'".into(),
+            ));
         }
         if k.producer_max_record_size_bytes < 1024 {
             return invalid("producer_max_record_size_bytes must be at least 1024");

@@ -55,6 +55,15 @@ impl Frontend {
         }))
     }
 
+    /// This node's live traces (and recent blocks) for another node's query.
+    pub(crate) fn live_part(
+        &self,
+        tenant: &TenantId,
+        trace: Option<&TraceId>,
+    ) -> crate::querier::remote::LivePart {
+        self.querier.local_live(tenant, trace)
+    }
+
     pub(crate) async fn search(
         &self,
         tenant: &TenantId,

@@ -2,6 +2,7 @@
 //! ingester's live traces (so fresh data is searchable and readable by ID), passing each
 //! record's position as its log record so cuts know which offsets their blocks hold.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,8 +11,9 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use super::client::{Fetched, Kafka, KafkaError};
-use super::log::{position, PartitionLog};
-use super::record::Record;
+use super::log::{position, PartitionLog, Ranges};
+use super::ownership::Ownership;
+use super::record::{partition_for, Record};
 use crate::ingester::{IngestError, Ingester};
 use crate::model::{TenantId, TraceBatch};
 
@@ -20,10 +22,75 @@ const FETCH_BYTES: i32 = 4 << 20;
 /// How long a fetch waits on the broker for new records.
 const FETCH_WAIT: Duration = Duration::from_millis(200);
 
+/// A task aborted when dropped, so stopping the lease follower stops its readers.
+struct Guard(Option<JoinHandle<()>>);
+
+impl Guard {
+    fn spawn(f: impl std::future::Future<Output = ()> + Send + 'static) -> Guard {
+        Guard(Some(tokio::spawn(f)))
+    }
+
+    async fn stop(mut self) {
+        if let Some(h) = self.0.take() {
+            h.abort();
+            let _ = h.await;
+        }
+    }
+
+    fn detach(mut self) -> Option<JoinHandle<()>> {
+        self.0.take()
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(h) = &self.0 {
+            h.abort();
+        }
+    }
+}
+
+/// The partitions this node consumes and whether each has caught up: read up to the high
+/// watermark of one fetch since it was gained. Until then its live traces lack what the
+/// previous owner held, and answers relying on them say so.
+#[derive(Default)]
+pub(crate) struct CaughtUp(parking_lot::Mutex<BTreeMap<i32, bool>>);
+
+impl CaughtUp {
+    fn set(&self, p: i32, ready: Option<bool>) {
+        let mut m = self.0.lock();
+        match ready {
+            Some(r) => {
+                m.insert(p, r);
+            }
+            None => {
+                m.remove(&p);
+            }
+        }
+    }
+
+    /// Held partitions that have caught up.
+    pub(crate) fn ready(&self) -> Vec<i32> {
+        self.0
+            .lock()
+            .iter()
+            .filter(|(_, r)| **r)
+            .map(|(p, _)| *p)
+            .collect()
+    }
+}
+
+impl crate::querier::remote::LocalPartitions for CaughtUp {
+    fn ready(&self) -> Vec<i32> {
+        CaughtUp::ready(self)
+    }
+}
+
 pub(crate) struct Consumer {
     kafka: Arc<Kafka>,
     ingester: Arc<Ingester>,
     log: Arc<PartitionLog>,
+    caught_up: Arc<CaughtUp>,
 }
 
 impl Consumer {
@@ -32,60 +99,168 @@ impl Consumer {
             kafka,
             ingester,
             log,
+            caught_up: Arc::default(),
         }
+    }
+
+    /// Reports into `caught_up` which partitions are read up to date.
+    pub(crate) fn with_caught_up(mut self, caught_up: Arc<CaughtUp>) -> Self {
+        self.caught_up = caught_up;
+        self
     }
 
     /// Redoes a pending cut (consumes exactly its ranges, then writes its blocks), then
     /// starts one reader per partition. Call before the ingester's flush loop starts, so
     /// no other cut interleaves with the redo.
-    pub(crate) async fn start(self) -> Result<Vec<JoinHandle<()>>, KafkaError> {
-        let mut starts = Vec::new();
-        if let Some(cut) = self.log.pending_cut().cloned() {
-            info!(cut = ?cut, "redoing the cut that was not committed before the last stop");
-            for (p, (start, end)) in &cut {
-                let mut next = *start;
-                while next < *end {
-                    let (records, high) = self.fetch_retrying(*p, next).await?;
-                    if records.is_empty() && high <= next {
-                        // The log ends before the cut did (it was truncated): redo what
-                        // is there; the block IDs then differ, which is still no loss.
-                        warn!(
-                            partition = p,
-                            offset = next,
-                            end,
-                            "ingest log ends inside the pending cut"
-                        );
-                        break;
-                    }
-                    for r in records {
-                        if r.offset < next || r.offset >= *end {
-                            continue;
-                        }
-                        next = r.offset + 1;
-                        self.apply(*p, r).await;
-                    }
+    ///
+    /// With `ownership`, only the partitions whose lease this node holds are read: a first
+    /// lease round runs here (reclaiming this instance's own leases at once), and a task
+    /// follows the leases afterwards, starting a reader for each partition gained and, for
+    /// each one lost, stopping its reader and dropping its live traces.
+    pub(crate) async fn start(
+        self,
+        ownership: Option<Arc<Ownership>>,
+    ) -> Result<Vec<JoinHandle<()>>, KafkaError> {
+        let mut starts: BTreeMap<i32, Option<i64>> = BTreeMap::new();
+        let mut epochs: BTreeMap<i32, u64> = BTreeMap::new();
+        let mut runner = None;
+        match &ownership {
+            Some(o) => {
+                o.tick().await;
+                // Renewals go on during the redo, which may outlast a lease period.
+                runner = Some(Guard::spawn(o.clone().run()));
+                let held = o.subscribe().borrow().clone();
+                for (p, h) in held {
+                    starts.insert(p, self.log.gain(p, h.offset));
+                    epochs.insert(p, h.epoch);
+                }
+                let known: BTreeMap<i32, i64> = starts
+                    .iter()
+                    .filter_map(|(p, s)| s.map(|s| (*p, s)))
+                    .collect();
+                self.log.resolve_pending(&known);
+            }
+            None => {
+                for p in 0..self.kafka.partitions() as i32 {
+                    starts.insert(p, self.log.committed(p));
                 }
             }
-            let blocks = self.ingester.flush(true).await;
-            info!(blocks, "pending cut redone");
         }
-        for p in 0..self.kafka.partitions() as i32 {
-            let from = match self.log.committed(p) {
-                Some(o) => o,
-                None => self.kafka.earliest(p).await?,
-            };
-            let from = self
-                .log
-                .pending_cut()
-                .and_then(|c| c.get(&p))
-                .map_or(from, |(_, end)| (*end).max(from));
-            starts.push((p, from));
+        if let Some(cut) = self.log.pending_cut() {
+            info!(cut = ?cut, "redoing the cut that was not committed before the last stop");
+            self.redo(&cut).await?;
+            for (p, (_, end)) in &cut {
+                if let Some(s) = starts.get_mut(p) {
+                    *s = Some(s.map_or(*end, |s| s.max(*end)));
+                }
+            }
         }
         let me = Arc::new(self);
-        Ok(starts
-            .into_iter()
-            .map(|(p, from)| tokio::spawn(me.clone().run_partition(p, from)))
-            .collect())
+        let mut readers: BTreeMap<i32, (u64, Guard)> = BTreeMap::new();
+        for (p, from) in starts {
+            let from = match from {
+                Some(o) => o,
+                None => me.kafka.earliest(p).await?,
+            };
+            let epoch = epochs.get(&p).copied().unwrap_or(0);
+            readers.insert(p, (epoch, Guard::spawn(me.clone().run_partition(p, from))));
+        }
+        let Some(o) = ownership else {
+            return Ok(readers
+                .into_values()
+                .filter_map(|(_, g)| g.detach())
+                .collect());
+        };
+        let runner = runner.and_then(Guard::detach);
+        let follow = tokio::spawn(me.follow(o, readers));
+        Ok(std::iter::once(follow).chain(runner).collect())
+    }
+
+    /// Consumes exactly the ranges of a cut not committed before the last stop, then cuts.
+    async fn redo(&self, cut: &Ranges) -> Result<(), KafkaError> {
+        for (p, (start, end)) in cut {
+            let mut next = *start;
+            while next < *end {
+                let (records, high) = self.fetch_retrying(*p, next).await?;
+                if records.is_empty() && high <= next {
+                    // The log ends before the cut did (it was truncated): redo what
+                    // is there; the block IDs then differ, which is still no loss.
+                    warn!(
+                        partition = p,
+                        offset = next,
+                        end,
+                        "ingest log ends inside the pending cut"
+                    );
+                    break;
+                }
+                for r in records {
+                    if r.offset < next || r.offset >= *end {
+                        continue;
+                    }
+                    next = r.offset + 1;
+                    self.apply(*p, r).await;
+                }
+            }
+        }
+        let blocks = self.ingester.flush(true).await;
+        info!(blocks, "pending cut redone");
+        Ok(())
+    }
+
+    /// Starts and stops readers as partition leases come and go.
+    async fn follow(
+        self: Arc<Self>,
+        ownership: Arc<Ownership>,
+        mut readers: BTreeMap<i32, (u64, Guard)>,
+    ) {
+        let mut held = ownership.subscribe();
+        let partitions = ownership.partitions();
+        loop {
+            let now = held.borrow_and_update().clone();
+            let gone: Vec<i32> = readers
+                .iter()
+                .filter(|(p, (epoch, _))| now.get(p).is_none_or(|h| h.epoch != *epoch))
+                .map(|(p, _)| *p)
+                .collect();
+            for p in gone {
+                let Some((_, reader)) = readers.remove(&p) else {
+                    continue;
+                };
+                reader.stop().await;
+                self.caught_up.set(p, None);
+                self.log.lose(p);
+                let dropped = self
+                    .ingester
+                    .drop_live(|tenant, id| partition_for(tenant, id, partitions) as i32 == p);
+                info!(
+                    partition = p,
+                    dropped_traces = dropped,
+                    "stopped consuming partition"
+                );
+            }
+            for (p, h) in now {
+                if readers.contains_key(&p) {
+                    continue;
+                }
+                let from = match self.log.gain(p, h.offset) {
+                    Some(o) => o,
+                    None => loop {
+                        match self.kafka.earliest(p).await {
+                            Ok(o) => break o,
+                            Err(e) => {
+                                warn!(partition = p, error = %e, "cannot list offsets, retrying");
+                                tokio::time::sleep(Duration::from_millis(500)).await;
+                            }
+                        }
+                    },
+                };
+                let reader = Guard::spawn(self.clone().run_partition(p, from));
+                readers.insert(p, (h.epoch, reader));
+            }
+            if held.changed().await.is_err() {
+                return;
+            }
+        }
     }
 
     /// Fetches until a fetch succeeds, for the redo (which must not skip anything).
@@ -107,10 +282,11 @@ impl Consumer {
 
     async fn run_partition(self: Arc<Self>, p: i32, mut next: i64) {
         info!(partition = p, offset = next, "consuming ingest partition");
+        self.caught_up.set(p, Some(false));
         let mut backoff = Duration::from_millis(100);
         loop {
             match self.kafka.fetch(p, next, FETCH_BYTES, FETCH_WAIT).await {
-                Ok((records, _high)) => {
+                Ok((records, high)) => {
                     backoff = Duration::from_millis(100);
                     for r in records {
                         // A fetch may start at the batch holding `next`: skip what was read.
@@ -119,6 +295,9 @@ impl Consumer {
                         }
                         next = r.offset + 1;
                         self.apply(p, r).await;
+                    }
+                    if next >= high {
+                        self.caught_up.set(p, Some(true));
                     }
                 }
                 Err(KafkaError::OutOfRange { .. }) => {

@@ -11,14 +11,16 @@
 //! left half-written; never a second copy.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::{Buf, BufMut, Bytes};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 use uuid::Uuid;
 
+use super::ownership::Ownership;
 use crate::backend::{Backend, BackendError};
 use crate::ingester::wal::WalError;
 use crate::ingester::IngestLog;
@@ -91,6 +93,9 @@ struct State {
     closed: BTreeMap<u64, Ranges>,
     /// A carry-over record was appended: data only in memory, so nothing may be committed.
     tainted: bool,
+    /// The segment in which each partition was last (re)gained: ranges of cuts closed
+    /// before it were consumed under an earlier lease and are never committed now.
+    gained_at: BTreeMap<i32, u64>,
 }
 
 pub(crate) struct PartitionLog {
@@ -100,7 +105,9 @@ pub(crate) struct PartitionLog {
     topic: String,
     state: Mutex<State>,
     /// The cut found pending at start, to be consumed again exactly.
-    pending: Option<Ranges>,
+    pending: Mutex<Option<Ranges>>,
+    /// With partition leases, every offset commit is an If-Match write on the lease.
+    fence: Option<Arc<Ownership>>,
 }
 
 fn backend_err(e: BackendError) -> WalError {
@@ -127,17 +134,49 @@ async fn load<T: serde::de::DeserializeOwned + Versioned>(
 }
 
 impl PartitionLog {
+    /// The folder of a group and topic in the bucket. `~` is not allowed in a tenant ID,
+    /// so the block list and the compactor, which treat top-level folders as tenants, skip
+    /// this one.
+    pub(crate) fn dir(group: &str, topic: &str) -> String {
+        format!("~ingest/{group}/{topic}")
+    }
+
     /// Loads the group's committed offsets and pending cut from the bucket.
+    #[cfg(test)]
     pub(crate) async fn open(
         backend: Backend,
         group: &str,
         topic: &str,
     ) -> Result<PartitionLog, WalError> {
-        // `~` is not allowed in a tenant ID, so the block list and the compactor, which
-        // treat top-level folders as tenants, skip this one.
-        let dir = format!("~ingest/{group}/{topic}");
+        Self::open_inner(backend, group, topic, None).await
+    }
+
+    /// [`PartitionLog::open`] for a node sharing the topic: offsets are committed in the
+    /// partition leases of `ownership` (fenced), the pending cut is this instance's own, and
+    /// it is redone only over partitions still held from the committed offset
+    /// ([`PartitionLog::resolve_pending`]). `offsets.json` is still read, for partitions
+    /// whose lease never held an offset.
+    pub(crate) async fn open_fenced(
+        backend: Backend,
+        group: &str,
+        topic: &str,
+        ownership: Arc<Ownership>,
+    ) -> Result<PartitionLog, WalError> {
+        Self::open_inner(backend, group, topic, Some(ownership)).await
+    }
+
+    async fn open_inner(
+        backend: Backend,
+        group: &str,
+        topic: &str,
+        fence: Option<Arc<Ownership>>,
+    ) -> Result<PartitionLog, WalError> {
+        let dir = Self::dir(group, topic);
         let offsets_key = format!("{dir}/offsets.json");
-        let cut_key = format!("{dir}/cut.json");
+        let cut_key = match &fence {
+            Some(o) => format!("{dir}/cuts/{}.json", o.instance()),
+            None => format!("{dir}/cut.json"),
+        };
         let committed = load::<Committed>(&backend, &offsets_key)
             .await?
             .unwrap_or_default()
@@ -154,18 +193,75 @@ impl PartitionLog {
                         .all(|(p, (s, e))| committed.get(p).copied().unwrap_or(*s) == *s && e > s)
             });
         info!(key = %offsets_key, committed = ?committed, pending = ?pending, "ingest offsets loaded");
+        let raw = match &fence {
+            // Judged against the leases once they are taken.
+            Some(_) => load::<Cut>(&backend, &cut_key).await?.map(|c| c.ranges),
+            None => pending,
+        };
         Ok(PartitionLog {
             backend,
             offsets_key,
             cut_key,
             topic: topic.to_owned(),
             state: Mutex::new(State {
-                next_start: committed.clone(),
+                next_start: if fence.is_some() {
+                    BTreeMap::new()
+                } else {
+                    committed.clone()
+                },
                 committed,
                 ..State::default()
             }),
-            pending,
+            pending: Mutex::new(raw),
+            fence,
         })
+    }
+
+    /// Keeps the pending cut only if every partition of it is held (`starts`: where each
+    /// held partition's consumption starts) and starts where its commit would have left
+    /// off; otherwise its partitions moved on and the cut is dropped.
+    pub(crate) fn resolve_pending(&self, starts: &BTreeMap<i32, i64>) -> Option<Ranges> {
+        let mut pending = self.pending.lock();
+        let keep = pending.as_ref().is_some_and(|r| {
+            !r.is_empty()
+                && r.iter()
+                    .all(|(p, (s, e))| starts.get(p) == Some(s) && e > s)
+        });
+        if !keep {
+            if let Some(r) = pending.take() {
+                info!(cut = ?r, "the last cut of this instance is committed or its partitions moved: not redone");
+            }
+        }
+        pending.clone()
+    }
+
+    /// Starts tracking `p` under a new lease whose committed offset is `lease_offset`;
+    /// returns where to consume from (`None`: nothing was ever committed).
+    pub(crate) fn gain(&self, p: i32, lease_offset: Option<i64>) -> Option<i64> {
+        let mut st = self.state.lock();
+        let start = match (lease_offset, st.committed.get(&p).copied()) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(s) = start {
+            st.committed.insert(p, s);
+            st.next_start.insert(p, s);
+        } else {
+            st.next_start.remove(&p);
+        }
+        st.current.remove(&p);
+        let segment = st.segment;
+        st.gained_at.insert(p, segment);
+        start
+    }
+
+    /// Stops tracking `p` (its lease is gone): nothing consumed under it is committed.
+    pub(crate) fn lose(&self, p: i32) {
+        let mut st = self.state.lock();
+        st.current.remove(&p);
+        st.next_start.remove(&p);
+        // Cuts closed so far never commit `p`, and neither do later ones until regained.
+        st.gained_at.insert(p, u64::MAX);
     }
 
     /// The next offset to consume for `partition`, if one was committed.
@@ -174,8 +270,8 @@ impl PartitionLog {
     }
 
     /// The cut to consume again before anything else (see the module docs).
-    pub(crate) fn pending_cut(&self) -> Option<&Ranges> {
-        self.pending.as_ref()
+    pub(crate) fn pending_cut(&self) -> Option<Ranges> {
+        self.pending.lock().clone()
     }
 
     async fn store(&self, key: &str, value: &impl Serialize) -> Result<(), WalError> {
@@ -260,32 +356,57 @@ impl IngestLog for PartitionLog {
     }
 
     async fn truncate_before(&self, boundary: u64) -> Result<(), WalError> {
-        let committed = {
+        let (committed, changed) = {
             let mut st = self.state.lock();
             if st.tainted {
                 return Ok(());
             }
             let mut committed = st.committed.clone();
-            for ranges in st.closed.range(..=boundary).map(|(_, r)| r) {
+            for (b, ranges) in st.closed.range(..=boundary) {
                 for (p, (_, end)) in ranges {
+                    if st.gained_at.get(p).is_some_and(|g| *b <= *g) {
+                        continue;
+                    }
                     let c = committed.entry(*p).or_insert(*end);
                     *c = (*c).max(*end);
                 }
             }
-            if committed == st.committed {
+            let changed: Vec<(i32, i64)> = committed
+                .iter()
+                .filter(|(p, c)| st.committed.get(p) != Some(c))
+                .map(|(p, c)| (*p, *c))
+                .collect();
+            if changed.is_empty() {
                 st.closed.retain(|b, _| *b > boundary);
                 return Ok(());
             }
-            committed
+            (committed, changed)
         };
-        let value = Committed {
-            version: STATE_VERSION,
-            committed: committed.clone(),
-        };
-        self.store(&self.offsets_key, &value).await?;
-        let mut st = self.state.lock();
-        st.closed.retain(|b, _| *b > boundary);
-        st.committed = committed;
+        match &self.fence {
+            Some(ownership) => {
+                // One fenced write per partition: a partition whose lease is gone is not
+                // committed (its new holder consumes it again), the others are.
+                for (p, offset) in changed {
+                    match ownership.commit(p, offset).await {
+                        Ok(()) => {
+                            self.state.lock().committed.insert(p, offset);
+                        }
+                        Err(e) => {
+                            warn!(partition = p, offset, error = %e, "offset not committed");
+                        }
+                    }
+                }
+            }
+            None => {
+                let value = Committed {
+                    version: STATE_VERSION,
+                    committed: committed.clone(),
+                };
+                self.store(&self.offsets_key, &value).await?;
+                self.state.lock().committed = committed;
+            }
+        }
+        self.state.lock().closed.retain(|b, _| *b > boundary);
         Ok(())
     }
 
@@ -322,7 +443,7 @@ mod tests {
         let id = log.block_id(&tenant("a"), b).unwrap();
         // Crash here: blocks may be written, offsets not committed.
         let again = PartitionLog::open(backend.clone(), "g", "t").await.unwrap();
-        let pending = again.pending_cut().cloned().unwrap();
+        let pending = again.pending_cut().unwrap();
         assert_eq!(pending, Ranges::from([(0, (5, 8)), (1, (0, 1))]));
         assert_eq!(again.committed(0), None);
         // The redo consumes the same records and gets the same block ID.

@@ -10,6 +10,8 @@
 mod client;
 mod consumer;
 mod log;
+pub(crate) mod ownership;
+pub(crate) mod peers;
 pub(crate) mod record;
 
 use std::sync::Arc;
@@ -18,7 +20,7 @@ use async_trait::async_trait;
 use tracing::warn;
 
 pub(crate) use client::{Kafka, KafkaError};
-pub(crate) use consumer::Consumer;
+pub(crate) use consumer::{CaughtUp, Consumer};
 pub(crate) use log::PartitionLog;
 
 use crate::distributor::{LogUnavailable, TraceLog};

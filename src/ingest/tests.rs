@@ -136,7 +136,7 @@ async fn a_redone_cut_skips_blocks_already_committed_or_compacted() {
         .await
         .unwrap();
     let log = Arc::new(PartitionLog::open(backend.clone(), "g", "t").await.unwrap());
-    assert_eq!(log.pending_cut(), Some(&Ranges::from([(0, (0, 2))])));
+    assert_eq!(log.pending_cut(), Some(Ranges::from([(0, (0, 2))])));
     let (ing, committed) = ingester(&backend, log.clone());
     push_all(ing.clone()).await;
     assert_eq!(ing.flush(false).await, 0, "nothing rewritten");

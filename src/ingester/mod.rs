@@ -503,6 +503,34 @@ impl Ingester {
         })
     }
 
+    /// Drops the live (head) traces for which `drop` is true, e.g. those of an ingest
+    /// partition this node no longer owns: its new owner consumes them again from the
+    /// committed offset. Traces already cut into a block being written stay.
+    pub fn drop_live(&self, drop: impl Fn(&TenantId, &TraceId) -> bool) -> usize {
+        let mut head = self.head.lock();
+        let mut dropped = 0;
+        let (mut bytes, mut traces) = (0u64, 0u64);
+        for (tenant, map) in head.tenants.iter_mut() {
+            map.retain(|id, live| {
+                let gone = drop(tenant, id);
+                if gone {
+                    dropped += 1;
+                    bytes += live.data.len() as u64;
+                    traces += 1;
+                }
+                !gone
+            });
+        }
+        head.tenants.retain(|_, m| !m.is_empty());
+        head.bytes = head.bytes.saturating_sub(bytes);
+        head.traces = head.traces.saturating_sub(traces);
+        if head.traces == 0 {
+            head.started = None;
+        }
+        self.update_gauges(&head);
+        dropped
+    }
+
     fn ready(&self, live: &LiveTrace, now: Instant) -> bool {
         now.duration_since(live.last_seen) >= self.cfg.trace_idle_period
             || now.duration_since(live.first_seen) >= self.cfg.max_trace_live

@@ -148,6 +148,12 @@ pub struct Metrics {
     /// Shared with the process's `Backend` (see `Backend::counting_into`).
     pub backend_requests: std::sync::Arc<BackendRequests>,
     pub generator: GeneratorMetrics,
+    /// Ingest partitions whose lease this node holds (`ingest:` only).
+    pub ingest_partitions_owned: Gauge,
+    /// Leases this node took over from another holder (stale or released).
+    pub ingest_partition_takeovers: Counter,
+    /// Leases this node lost (not renewed in time, or taken by another node).
+    pub ingest_partitions_lost: Counter,
 }
 
 /// The metrics-generator's own health: what it processed, skipped and sent.
@@ -283,6 +289,24 @@ impl Metrics {
             "vivace_wal_bytes_total",
             "WAL bytes written.",
             self.wal_bytes.get(),
+        );
+        gauge(
+            &mut s,
+            "vivace_ingest_partitions_owned",
+            "Ingest partitions whose lease this node holds.",
+            self.ingest_partitions_owned.get(),
+        );
+        counter(
+            &mut s,
+            "vivace_ingest_partition_takeovers_total",
+            "Ingest partition leases taken over from another holder.",
+            self.ingest_partition_takeovers.get(),
+        );
+        counter(
+            &mut s,
+            "vivace_ingest_partitions_lost_total",
+            "Ingest partition leases this node lost.",
+            self.ingest_partitions_lost.get(),
         );
         gauge(
             &mut s,

@@ -62,16 +62,23 @@ impl Querier {
         };
         let template = Arc::new(template.empty_like());
         let mut stats = SearchMetrics::default();
-        let (snapshot, flushing_block) = match &self.ingester {
+        let (mut snapshot, flushing_block) = match &self.ingester {
             Some(ing) => ing.snapshot_with_block(tenant),
             None => (Vec::new(), None),
         };
+        let remote = self.remote_live(tenant, None).await;
+        let remote_partial = remote.partial();
+        let skip: HashSet<uuid::Uuid> = flushing_block
+            .into_iter()
+            .chain(remote.part.skip_blocks.iter().copied())
+            .collect();
+        snapshot.extend(remote.part.traces);
         // Listed after the memory snapshot: a block committed since then holds traces the
         // snapshot had in `flushing`, and is skipped.
         let blocks: Vec<Arc<BlockMeta>> = self
             .blocks_in_range(tenant, Some(range))
             .into_iter()
-            .filter(|m| Some(m.block_id) != flushing_block)
+            .filter(|m| !skip.contains(&m.block_id))
             .collect();
         // Traces in memory that blocks may also hold: evaluated whole when the query needs
         // whole traces, and skipped in the blocks.
@@ -144,6 +151,9 @@ impl Querier {
                 failed.len()
             )
         });
+        if partial.is_none() {
+            partial = remote_partial;
+        }
         if too_many && partial.is_none() {
             partial = Some(format!(
                 "partial results: more than {MAX_SPLIT_TRACES} traces are split between memory and blocks; the rest were evaluated a piece at a time"

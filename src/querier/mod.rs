@@ -7,6 +7,7 @@
 
 mod cache;
 pub mod metrics;
+pub mod remote;
 mod scan;
 pub mod search;
 pub mod tags;
@@ -81,6 +82,12 @@ pub struct Querier {
     poll: PollConfig,
     /// Bytes one tag request may scan (`querier.max_tag_scan_bytes`; zero: no limit).
     tag_scan_bytes: u64,
+    /// Other nodes' live traces (the shared ingest log); `None` on a lone node.
+    remote: Option<Arc<dyn remote::RemoteLive>>,
+    /// Blocks this node committed lately, offered to other nodes with its live traces.
+    recent: Option<Arc<remote::RecentBlocks>>,
+    /// The ingest partitions whose live traces this node answers for.
+    partitions: Option<Arc<dyn remote::LocalPartitions>>,
 }
 
 impl Querier {
@@ -103,7 +110,24 @@ impl Querier {
             tag_summaries: Cache::new(4_096),
             poll: PollConfig::default(),
             tag_scan_bytes: QuerierConfig::default().max_tag_scan_bytes,
+            remote: None,
+            recent: None,
+            partitions: None,
         }
+    }
+
+    /// Reads other nodes' live traces through `remote`, and offers this node's own with
+    /// the blocks in `recent` and the caught-up `partitions` they cover.
+    pub fn with_remote(
+        mut self,
+        remote: Arc<dyn remote::RemoteLive>,
+        recent: Arc<remote::RecentBlocks>,
+        partitions: Arc<dyn remote::LocalPartitions>,
+    ) -> Self {
+        self.remote = Some(remote);
+        self.recent = Some(recent);
+        self.partitions = Some(partitions);
+        self
     }
 
     /// Sets how many bytes of blocks one tag request may scan (zero: no limit).
@@ -133,6 +157,14 @@ impl Querier {
         if let Some(ing) = &self.ingester {
             found.batches.extend(ing.find_trace(tenant, id));
         }
+        // Before listing blocks: the owner's recent blocks join the list.
+        let remote = self.remote_live(tenant, Some(id)).await;
+        for (_, data) in &remote.part.traces {
+            match data.decode() {
+                Ok(b) => found.batches.extend(b),
+                Err(e) => warn!(trace = %id.to_hex(), error = %e, "undecodable remote live trace"),
+            }
+        }
         let blocks = self.blocks_in_range(tenant, range);
         found.blocks_searched = blocks.len();
         let requests = AtomicU64::new(0);
@@ -157,6 +189,13 @@ impl Querier {
             }
         }
         drop(results);
+        if let Some(why) = remote.partial() {
+            // Found elsewhere, it is answered; not found, nobody can say it does not exist.
+            if found.batches.is_empty() {
+                return Err(QueryError::Task(why));
+            }
+            warn!(trace = %id.to_hex(), reason = %why, "trace answered without an unreachable owner");
+        }
         found.requests = requests.load(Ordering::Relaxed);
         debug!(
             tenant = %tenant,

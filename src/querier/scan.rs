@@ -15,7 +15,7 @@ use futures::stream::{self, StreamExt};
 use super::{Querier, QueryError, TimeRange};
 use crate::backend::BackendError;
 use crate::block::{self, BlockError, BlockMeta, TraceInput};
-use crate::model::{ResourceSpans, TenantId, TraceId};
+use crate::model::{Fragments, ResourceSpans, TenantId, TraceId};
 use tracing::warn;
 
 /// What one source (memory or one block) produced.
@@ -119,7 +119,12 @@ impl Querier {
         let visit = Arc::new(visit);
         let budget = Arc::new(ScanBudget::new(self.tag_scan_bytes));
         let mut sources = Vec::new();
-        if let Some(r) = self.scan_memory(tenant, visit.clone()).await? {
+        let remote = self.remote_live(tenant, None).await;
+        let unreachable = remote.partial();
+        if let Some(r) = self
+            .scan_memory(tenant, remote.part.traces, visit.clone())
+            .await?
+        {
             sources.push(r);
         }
         let mut results = stream::iter(blocks)
@@ -132,8 +137,11 @@ impl Querier {
                 sources.push(r);
             }
         }
-        let partial = budget.exhausted();
-        if partial {
+        let partial = budget.exhausted() || unreachable.is_some();
+        if let Some(why) = &unreachable {
+            warn!(tenant = %tenant, reason = %why, "tag query is partial");
+        }
+        if budget.exhausted() {
             warn!(
                 tenant = %tenant,
                 budget_bytes = self.tag_scan_bytes,
@@ -143,20 +151,32 @@ impl Querier {
         Ok(Scan { sources, partial })
     }
 
-    /// Visits every trace in the ingester's memory (None without an ingester).
+    /// Visits every trace in the ingester's memory and `remote` (other nodes' live traces);
+    /// None when there is neither.
     pub(crate) async fn scan_memory<T, F>(
         &self,
         tenant: &TenantId,
+        remote: Vec<(TraceId, Fragments)>,
         visit: Arc<F>,
     ) -> Result<Option<SourceResult<T>>, QueryError>
     where
         T: Default + Send + 'static,
         F: Fn(TraceId, &[ResourceSpans], &mut T) + Send + Sync + 'static,
     {
-        let Some(ing) = &self.ingester else {
-            return Ok(None);
+        let mut snapshot = match &self.ingester {
+            Some(ing) => ing.snapshot(tenant),
+            None if remote.is_empty() => return Ok(None),
+            None => Vec::new(),
         };
-        let snapshot = ing.snapshot(tenant);
+        // A trace both here and remote (a partition just moved) is visited once, merged.
+        if !remote.is_empty() {
+            let mut by_id: std::collections::HashMap<TraceId, Fragments> =
+                snapshot.drain(..).collect();
+            for (id, f) in remote {
+                by_id.entry(id).or_default().extend(&f);
+            }
+            snapshot = by_id.into_iter().collect();
+        }
         tokio::task::spawn_blocking(move || {
             let mut out = SourceResult {
                 value: T::default(),

@@ -1,4 +1,5 @@
-//! Search over the ingester's live traces: newest first, so a `limit` stops the work.
+//! Search over the live traces (this node's, and those other nodes own): newest first, so
+//! a `limit` stops the work.
 //!
 //! Every live trace knows its earliest span start without being decoded
 //! ([`crate::model::Fragments::start`]), so the snapshot is pruned by the request's range
@@ -24,13 +25,24 @@ impl Querier {
     pub(super) async fn search_memory(
         &self,
         tenant: &TenantId,
+        remote: Vec<(TraceId, Fragments)>,
         params: Arc<SearchParams>,
         limit: usize,
     ) -> Result<Option<Partial>, QueryError> {
-        let Some(ing) = &self.ingester else {
-            return Ok(None);
+        let mut live = match &self.ingester {
+            Some(ing) => ing.snapshot(tenant),
+            None if remote.is_empty() => return Ok(None),
+            None => Vec::new(),
         };
-        let mut live = ing.snapshot(tenant);
+        // Other nodes' live traces (their partitions); a trace both here and there (its
+        // partition just moved) is evaluated once, merged.
+        if !remote.is_empty() {
+            let mut by_id: std::collections::HashMap<TraceId, Fragments> = live.drain(..).collect();
+            for (id, f) in remote {
+                by_id.entry(id).or_default().extend(&f);
+            }
+            live = by_id.into_iter().collect();
+        }
         if let Some(r) = params.range {
             // Unknown times (start > end) are kept and judged once decoded.
             live.retain(|(_, f)| f.start() > f.end() || r.overlaps_nanos(f.start(), f.end()));

@@ -156,8 +156,11 @@ impl Querier {
     ) -> Result<SearchResults, QueryError> {
         let params = Arc::new(SearchParams::from(req));
         let mut partials = Vec::new();
+        let remote = self.remote_live(tenant, None).await;
+        let remote_partial = remote.partial();
+        let (asked, unreachable) = (remote.asked as u64, remote.unreachable.len() as u64);
         if let Some(p) = self
-            .search_memory(tenant, params.clone(), req.limit)
+            .search_memory(tenant, remote.part.traces, params.clone(), req.limit)
             .await?
         {
             partials.push(p);
@@ -222,13 +225,15 @@ impl Querier {
         }
         let mut out = merge(partials, req.limit);
         out.metrics.total_blocks = total;
-        out.metrics.total_jobs = total + 1;
-        out.metrics.completed_jobs = completed + 1;
+        // Each other node asked for its live traces is a job too.
+        out.metrics.total_jobs = total + 1 + asked;
+        out.metrics.completed_jobs = completed + 1 + asked - unreachable;
+        out.partial = remote_partial;
         if let Some(first) = failed.first() {
-            out.partial = Some(format!(
+            out.partial = out.partial.or(Some(format!(
                 "partial results: {} of {total} blocks could not be read ({first})",
                 failed.len()
-            ));
+            )));
         }
         Ok(out)
     }
