@@ -15,7 +15,7 @@ use crate::model::{combine, TenantId};
 
 /// Called with the meta of every block the ingester commits, so queriers in this process
 /// see it at once instead of at the next blocklist poll.
-pub type BlockCommitted = Arc<dyn Fn(BlockMeta) + Send + Sync>;
+pub(crate) type BlockCommitted = Arc<dyn Fn(BlockMeta) + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 enum FlushError {
@@ -37,7 +37,7 @@ impl Ingester {
     /// Checks every `flush_check_period` whether a block is due and flushes it. Runs until
     /// the task is dropped; stopping it at any await point loses nothing, because WAL
     /// segments are only deleted after their data is committed.
-    pub async fn run_flush_loop(self: Arc<Self>) {
+    pub(crate) async fn run_flush_loop(self: Arc<Self>) {
         let mut tick = tokio::time::interval(self.cfg.flush_check_period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -57,7 +57,7 @@ impl Ingester {
 
     /// Cuts the head (everything when `force`), writes a block per tenant, and then deletes
     /// the WAL segments those blocks made redundant. Returns the number of blocks written.
-    pub async fn flush(&self, force: bool) -> usize {
+    pub(crate) async fn flush(&self, force: bool) -> usize {
         self.flush_inner(force, true).await
     }
 
