@@ -219,6 +219,18 @@ impl Ingester {
         self.append(record, tenant, grouped.into_traces()).await
     }
 
+    /// Pushes `req` as the distributor does when no limit removes anything (tests).
+    #[cfg(test)]
+    pub(crate) async fn push_request(
+        &self,
+        tenant: &TenantId,
+        req: &ExportTraceServiceRequest,
+    ) -> Result<(), IngestError> {
+        let raw = req.encode_to_vec();
+        self.push(tenant, &raw, group_by_trace(&req.resource_spans))
+            .await
+    }
+
     /// Makes visible traces already durable in the ingest log; `position` is the record's
     /// place there, which the log standing in for the WAL (`src/ingest/`) keeps.
     pub(crate) async fn push_logged(
