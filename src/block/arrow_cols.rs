@@ -2,8 +2,12 @@
 //! back to OTLP) and the search path: a missing or mistyped column is a corrupt block, never
 //! a panic.
 
-use arrow_array::{Array, Int64Array, StringArray, StructArray};
+use arrow_array::{
+    Array, BinaryArray, BooleanArray, Float64Array, Int32Array, Int64Array, StringArray,
+    StructArray,
+};
 
+use super::schema::value_type;
 use super::{BlockError, Dedicated, DedicatedType};
 
 pub(super) fn corrupt(msg: impl Into<String>) -> BlockError {
@@ -29,6 +33,48 @@ pub(super) fn opt<'a, T: Array + 'static>(
             .downcast_ref::<T>()
             .map(Some)
             .ok_or_else(|| corrupt(format!("column {name} has the wrong type"))),
+    }
+}
+
+/// The element columns of an attribute list: key, value type and one column per kind of
+/// value.
+pub(super) struct AttrValues<'a> {
+    pub(super) key: &'a StringArray,
+    pub(super) ty: &'a Int32Array,
+    pub(super) str: &'a StringArray,
+    pub(super) int: &'a Int64Array,
+    pub(super) dbl: &'a Float64Array,
+    pub(super) bool: &'a BooleanArray,
+    pub(super) bytes: &'a BinaryArray,
+}
+
+impl<'a> AttrValues<'a> {
+    /// The columns of `v`, the element struct of an `attrs` list.
+    pub(super) fn new(v: &'a StructArray) -> Result<Self, BlockError> {
+        Ok(Self {
+            key: get(v, "key")?,
+            ty: get(v, "type")?,
+            str: get(v, "str")?,
+            int: get(v, "int")?,
+            dbl: get(v, "dbl")?,
+            bool: get(v, "bool")?,
+            bytes: get(v, "bytes")?,
+        })
+    }
+
+    /// Element `j`'s value type: the stored one, else the one its non-null column implies
+    /// (`None` when none does).
+    pub(super) fn value_type(&self, j: usize) -> Option<i32> {
+        if self.ty.is_valid(j) {
+            return Some(self.ty.value(j));
+        }
+        value_type::implied(
+            self.str.is_valid(j),
+            self.int.is_valid(j),
+            self.dbl.is_valid(j),
+            self.bool.is_valid(j),
+            self.bytes.is_valid(j),
+        )
     }
 }
 

@@ -20,7 +20,7 @@ use crate::model::TenantId;
 const META_CONCURRENCY: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
-pub enum IndexError {
+pub(crate) enum IndexError {
     #[error("tenant {tenant}: {source}")]
     Backend {
         tenant: String,
@@ -35,8 +35,8 @@ pub enum IndexError {
 /// What a recursive listing of a tenant says about each block folder.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct Markers {
-    pub meta: bool,
-    pub compacted: bool,
+    pub(crate) meta: bool,
+    pub(crate) compacted: bool,
 }
 
 /// One listing of `<tenant>/`: which block folders hold `meta.json` and
@@ -130,7 +130,7 @@ pub(crate) async fn list_live_blocks(
 }
 
 /// Reads a tenant's index; `Ok(None)` when there is none.
-pub async fn read_tenant_index(
+pub(crate) async fn read_tenant_index(
     backend: &Backend,
     tenant: &TenantId,
 ) -> Result<Option<TenantIndex>, IndexError> {
@@ -155,7 +155,7 @@ pub async fn read_tenant_index(
 /// Lists a tenant's blocks (live and compacted) and writes `<tenant>/index.json.gz`.
 /// Metas already in the previous index are reused, so a rebuild costs one listing plus
 /// one read per block that is new (or newly compacted) since then.
-pub async fn build_tenant_index(
+pub(crate) async fn build_tenant_index(
     backend: &Backend,
     tenant: &TenantId,
 ) -> Result<TenantIndex, IndexError> {
@@ -248,7 +248,7 @@ pub async fn build_tenant_index(
 
 /// Rebuilds the index of every tenant folder in the bucket; returns how many were written.
 /// A tenant that fails does not stop the others; the first error is returned at the end.
-pub async fn write_all_tenant_indexes(backend: &Backend) -> Result<usize, IndexError> {
+pub(crate) async fn write_all_tenant_indexes(backend: &Backend) -> Result<usize, IndexError> {
     let dirs = backend
         .list_dirs(None)
         .await

@@ -11,17 +11,17 @@ use uuid::Uuid;
 use crate::block::BlockMeta;
 use crate::model::TenantId;
 
-pub mod index_builder;
+pub(crate) mod index_builder;
 
-pub use index_builder::{build_tenant_index, write_all_tenant_indexes, IndexError};
+pub(crate) use index_builder::write_all_tenant_indexes;
 
 /// How the block list is kept fresh.
 #[derive(Debug, Clone, Copy)]
 pub struct PollConfig {
     /// `storage.trace.blocklist_poll`.
-    pub every: Duration,
+    pub(crate) every: Duration,
     /// `storage.trace.blocklist_poll_stale_tenant_index`; zero means 3 × `every`.
-    pub stale_tenant_index: Duration,
+    pub(crate) stale_tenant_index: Duration,
 }
 
 impl Default for PollConfig {
@@ -34,7 +34,7 @@ impl Default for PollConfig {
 }
 
 impl PollConfig {
-    pub fn from_config(cfg: &crate::config::TraceStorageConfig) -> Self {
+    pub(crate) fn from_config(cfg: &crate::config::TraceStorageConfig) -> Self {
         Self {
             every: cfg.blocklist_poll,
             stale_tenant_index: cfg.blocklist_poll_stale_tenant_index,
@@ -42,7 +42,7 @@ impl PollConfig {
     }
 
     /// The age past which a tenant index is not trusted.
-    pub fn stale_after(&self) -> Duration {
+    pub(crate) fn stale_after(&self) -> Duration {
         if self.stale_tenant_index.is_zero() {
             self.every.saturating_mul(3)
         } else {
@@ -91,7 +91,7 @@ impl BlockList {
     /// `as_of` and found `found`: blocks it did not report are dropped unless they were
     /// added after `as_of` (a source can miss a block committed since), and blocks removed
     /// in this process are not re-added.
-    pub fn apply_poll(&self, tenant: &TenantId, found: Vec<BlockMeta>, as_of: Instant) {
+    pub(crate) fn apply_poll(&self, tenant: &TenantId, found: Vec<BlockMeta>, as_of: Instant) {
         let mut t = self.tenants.write();
         let t = t.entry(tenant.clone()).or_default();
         let found_ids: HashSet<Uuid> = found.iter().map(|m| m.block_id).collect();
@@ -115,7 +115,7 @@ impl BlockList {
 
     /// Forgets blocks at once (compacted or deleted in this process), instead of at the
     /// next poll, and keeps polls that started earlier from re-adding them.
-    pub fn remove(&self, tenant: &TenantId, ids: &[Uuid]) {
+    pub(crate) fn remove(&self, tenant: &TenantId, ids: &[Uuid]) {
         let now = Instant::now();
         let mut t = self.tenants.write();
         let t = t.entry(tenant.clone()).or_default();
@@ -125,7 +125,7 @@ impl BlockList {
         }
     }
 
-    pub fn contains(&self, tenant: &TenantId, id: &Uuid) -> bool {
+    pub(crate) fn contains(&self, tenant: &TenantId, id: &Uuid) -> bool {
         self.tenants
             .read()
             .get(tenant)
@@ -140,12 +140,8 @@ impl BlockList {
             .unwrap_or_default()
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.tenants.read().values().map(|t| t.live.len()).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     #[cfg(test)]

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use prost::Message;
 
 use super::*;
 use crate::backend::faulty::{FaultAction, FaultOp, FaultRule, Faults};
@@ -13,7 +12,6 @@ use crate::config::overrides::OverridesConfig;
 use crate::config::{CompactionConfig, IngesterConfig};
 use crate::ingester::wal::Wal;
 use crate::ingester::{BlockCommitted, Ingester};
-use crate::model::group_by_trace;
 use crate::model::{ExportTraceServiceRequest, ResourceSpans, ScopeSpans, Span};
 
 fn request(trace: u8) -> ExportTraceServiceRequest {
@@ -63,8 +61,7 @@ async fn slow_upload_outliving_the_orphan_age_commits_intact() {
     let tenant = TenantId::single();
     for t in 1..=2u8 {
         let req = request(t);
-        let g = group_by_trace(&req.resource_spans);
-        ing.push(&tenant, &req.encode_to_vec(), g).await.unwrap();
+        ing.push_request(&tenant, &req).await.unwrap();
     }
     // data.parquet goes up at once; the index then takes far longer than the orphan age,
     // as a long multipart upload or a stalled writer would.

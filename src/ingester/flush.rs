@@ -15,7 +15,7 @@ use crate::model::{combine, TenantId};
 
 /// Called with the meta of every block the ingester commits, so queriers in this process
 /// see it at once instead of at the next blocklist poll.
-pub type BlockCommitted = Arc<dyn Fn(BlockMeta) + Send + Sync>;
+pub(crate) type BlockCommitted = Arc<dyn Fn(BlockMeta) + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 enum FlushError {
@@ -37,7 +37,7 @@ impl Ingester {
     /// Checks every `flush_check_period` whether a block is due and flushes it. Runs until
     /// the task is dropped; stopping it at any await point loses nothing, because WAL
     /// segments are only deleted after their data is committed.
-    pub async fn run_flush_loop(self: Arc<Self>) {
+    pub(crate) async fn run_flush_loop(self: Arc<Self>) {
         let mut tick = tokio::time::interval(self.cfg.flush_check_period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -57,7 +57,7 @@ impl Ingester {
 
     /// Cuts the head (everything when `force`), writes a block per tenant, and then deletes
     /// the WAL segments those blocks made redundant. Returns the number of blocks written.
-    pub async fn flush(&self, force: bool) -> usize {
+    pub(crate) async fn flush(&self, force: bool) -> usize {
         self.flush_inner(force, true).await
     }
 
@@ -336,7 +336,6 @@ mod tests {
     use std::time::Duration;
 
     use parking_lot::Mutex;
-    use prost::Message;
 
     use super::super::wal::{self, Wal};
     use super::super::{BlockCommitted, IngestLog, Ingester};
@@ -345,7 +344,7 @@ mod tests {
     use crate::block::{BlockConfig, BlockMeta};
     use crate::config::IngesterConfig;
     use crate::metrics::Metrics;
-    use crate::model::{group_by_trace, ExportTraceServiceRequest, TenantId};
+    use crate::model::{ExportTraceServiceRequest, TenantId};
 
     /// A request of `spans` spans of one trace (the ingester tests' builder).
     fn request(trace: u8, spans: u8) -> ExportTraceServiceRequest {
@@ -405,8 +404,7 @@ mod tests {
         let tenant = TenantId::single();
         for t in 1..=3u8 {
             let req = request(t, 4);
-            let g = group_by_trace(&req.resource_spans);
-            ing.push(&tenant, &req.encode_to_vec(), g).await.unwrap();
+            ing.push_request(&tenant, &req).await.unwrap();
         }
         assert_eq!(ing.flush(true).await, 1);
 
@@ -477,8 +475,7 @@ mod tests {
         );
         let good = TenantId::new("good").unwrap();
         let req = request(1, 4);
-        let g = group_by_trace(&req.resource_spans);
-        ing.push(&good, &req.encode_to_vec(), g).await.unwrap();
+        ing.push_request(&good, &req).await.unwrap();
         let bad = TenantId::new("bad").unwrap();
         let garbage = bytes::Bytes::from_static(b"\xff\xff\xff\xff");
         let bad_id = crate::model::TraceId([9; 16]);
@@ -540,8 +537,7 @@ mod tests {
         let tenant = TenantId::single();
         for t in 1..=3u8 {
             let req = request(t, 4);
-            let g = group_by_trace(&req.resource_spans);
-            ing.push(&tenant, &req.encode_to_vec(), g).await.unwrap();
+            ing.push_request(&tenant, &req).await.unwrap();
         }
         faults.add(FaultRule::new(FaultOp::Put, "", FaultAction::Error).times(2));
         faults.add(
@@ -619,8 +615,7 @@ mod tests {
             shifted(1, before - 7 * 86_400 * S),
             shifted(2, before + 365 * 86_400 * S),
         ] {
-            let g = group_by_trace(&req.resource_spans);
-            ing.push(&tenant, &req.encode_to_vec(), g).await.unwrap();
+            ing.push_request(&tenant, &req).await.unwrap();
         }
         assert_eq!(ing.flush(true).await, 1);
         let after = crate::block::unix_nanos_now();

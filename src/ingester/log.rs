@@ -11,7 +11,7 @@ use crate::model::TenantId;
 /// Where the ingester makes data durable before acknowledging it. The local WAL implements
 /// it; a replicated log (NATS JetStream, Kafka) can implement it for scale-out.
 #[async_trait]
-pub trait IngestLog: Send + Sync + 'static {
+pub(crate) trait IngestLog: Send + Sync + 'static {
     /// Returns once the record is durable, with the segment it belongs to.
     async fn append(&self, record: Bytes) -> Result<u64, WalError>;
     /// Starts a new segment; every record appended before lives in an older one.

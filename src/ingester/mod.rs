@@ -20,8 +20,8 @@ use tokio::sync::RwLock as AsyncRwLock;
 use tracing::{info, warn};
 use uuid::Uuid;
 
-pub use flush::BlockCommitted;
-pub use log::IngestLog;
+pub(crate) use flush::BlockCommitted;
+pub(crate) use log::IngestLog;
 
 use crate::backend::Backend;
 use crate::block::BlockConfig;
@@ -33,7 +33,7 @@ use crate::model::{
 };
 
 #[derive(Debug, thiserror::Error)]
-pub enum IngestError {
+pub(crate) enum IngestError {
     #[error("ingester memory is full ({live_bytes} bytes of traces waiting to be flushed, limit {limit}): retry later")]
     LiveBytesExceeded { live_bytes: u64, limit: u64 },
     #[error("write-ahead log unavailable: {0}")]
@@ -174,7 +174,7 @@ pub(crate) enum CutDue {
 }
 
 impl Ingester {
-    pub fn new(
+    pub(crate) fn new(
         cfg: IngesterConfig,
         log: Arc<dyn IngestLog>,
         backend: Backend,
@@ -200,7 +200,7 @@ impl Ingester {
     /// grouped from: while nothing was removed from `grouped` it is the WAL record as
     /// received (no re-encoding); otherwise the record holds only the traces kept, so a
     /// replay cannot bring back spans the exporter was told were refused.
-    pub async fn push(
+    pub(crate) async fn push(
         &self,
         tenant: &TenantId,
         request: &[u8],
@@ -219,9 +219,21 @@ impl Ingester {
         self.append(record, tenant, grouped.into_traces()).await
     }
 
+    /// Pushes `req` as the distributor does when no limit removes anything (tests).
+    #[cfg(test)]
+    pub(crate) async fn push_request(
+        &self,
+        tenant: &TenantId,
+        req: &ExportTraceServiceRequest,
+    ) -> Result<(), IngestError> {
+        let raw = req.encode_to_vec();
+        self.push(tenant, &raw, group_by_trace(&req.resource_spans))
+            .await
+    }
+
     /// Makes visible traces already durable in the ingest log; `position` is the record's
     /// place there, which the log standing in for the WAL (`src/ingest/`) keeps.
-    pub async fn push_logged(
+    pub(crate) async fn push_logged(
         &self,
         position: Bytes,
         tenant: &TenantId,
@@ -258,32 +270,11 @@ impl Ingester {
         Ok(())
     }
 
-    /// Rebuilds the head from WAL records read at start-up, all at once (for tests and small
-    /// WALs; `app` uses [`Ingester::replay_wal`]).
-    pub fn replay(&self, records: Vec<wal::ReplayedRecord>) {
-        let now = Instant::now();
-        let mut head = self.head.lock();
-        let (mut spans, mut bad) = (0, 0);
-        for r in &records {
-            let (s, b) = replay_record(&mut head, r, now);
-            spans += s;
-            bad += b;
-        }
-        self.update_gauges(&head);
-        info!(
-            records = records.len(),
-            spans,
-            skipped = bad,
-            traces = head.traces,
-            "wal replayed"
-        );
-    }
-
     /// Rebuilds the head from the WAL one segment at a time. Whenever the head nears
     /// `max_live_bytes` it is written into blocks before replay goes on, so a WAL larger
     /// than memory still replays. Those flushes delete no segment: the ones not read yet are
     /// still needed, and the first flush after replay truncates them all.
-    pub async fn replay_wal(&self, mut replay: wal::Replay) -> Result<(), wal::WalError> {
+    pub(crate) async fn replay_wal(&self, mut replay: wal::Replay) -> Result<(), wal::WalError> {
         let (mut records, mut spans, mut bad, mut blocks) = (0usize, 0usize, 0usize, 0usize);
         let dir = replay.dir().to_owned();
         loop {
@@ -336,7 +327,7 @@ impl Ingester {
     }
 
     /// Every fragment of a trace still held by the ingester (head and blocks being flushed).
-    pub fn find_trace(&self, tenant: &TenantId, id: &TraceId) -> Vec<ResourceSpans> {
+    pub(crate) fn find_trace(&self, tenant: &TenantId, id: &TraceId) -> Vec<ResourceSpans> {
         let mut data = Fragments::default();
         {
             // Head first, then flushing, under the head lock: a cut moves traces between
@@ -360,14 +351,14 @@ impl Ingester {
 
     /// Every trace the ingester holds for a tenant, as shared encoded chunks: cheap to take,
     /// and decoded by the caller outside any lock.
-    pub fn snapshot(&self, tenant: &TenantId) -> Vec<(TraceId, Fragments)> {
+    pub(crate) fn snapshot(&self, tenant: &TenantId) -> Vec<(TraceId, Fragments)> {
         self.snapshot_with_block(tenant).0
     }
 
     /// [`Ingester::snapshot`], and the ID of the block its flushing traces are being written
     /// to: a reader that lists blocks after taking the snapshot skips that one, so every
     /// trace is seen exactly once (in memory or in a block) across a flush.
-    pub fn snapshot_with_block(
+    pub(crate) fn snapshot_with_block(
         &self,
         tenant: &TenantId,
     ) -> (Vec<(TraceId, Fragments)>, Option<Uuid>) {
@@ -392,7 +383,7 @@ impl Ingester {
     }
 
     /// Encoded bytes of a live trace, for the per-trace size limit.
-    pub fn live_trace_bytes(&self, tenant: &TenantId, id: &TraceId) -> usize {
+    pub(crate) fn live_trace_bytes(&self, tenant: &TenantId, id: &TraceId) -> usize {
         let head = self.head.lock();
         head.tenants
             .get(tenant)
@@ -402,7 +393,7 @@ impl Ingester {
 
     /// How many live traces a tenant has, and which of `ids` are already live: for the
     /// per-tenant `max_traces_per_user` limit (spans of live traces are always accepted).
-    pub fn live_traces(&self, tenant: &TenantId, ids: &[TraceId]) -> (usize, Vec<bool>) {
+    pub(crate) fn live_traces(&self, tenant: &TenantId, ids: &[TraceId]) -> (usize, Vec<bool>) {
         let head = self.head.lock();
         match head.tenants.get(tenant) {
             Some(m) => (m.len(), ids.iter().map(|id| m.contains_key(id)).collect()),

@@ -71,9 +71,7 @@ fn fixture(idle: Duration) -> Fixture {
 
 async fn push(ing: &Ingester, req: ExportTraceServiceRequest) {
     let tenant = TenantId::single();
-    let raw = req.encode_to_vec();
-    let g = group_by_trace(&req.resource_spans);
-    ing.push(&tenant, &raw, g).await.unwrap();
+    ing.push_request(&tenant, &req).await.unwrap();
 }
 
 /// Spans of a trace the ingester still holds in memory.

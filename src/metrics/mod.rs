@@ -8,41 +8,42 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::Mutex;
 
 #[derive(Default, Debug)]
-pub struct Counter(AtomicU64);
+pub(crate) struct Counter(AtomicU64);
 
 impl Counter {
-    pub fn inc(&self) {
+    pub(crate) fn inc(&self) {
         self.add(1);
     }
-    pub fn add(&self, n: u64) {
+    pub(crate) fn add(&self, n: u64) {
         self.0.fetch_add(n, Ordering::Relaxed);
     }
-    pub fn get(&self) -> u64 {
+    pub(crate) fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
 }
 
 #[derive(Default, Debug)]
-pub struct Gauge(AtomicU64);
+pub(crate) struct Gauge(AtomicU64);
 
 impl Gauge {
-    pub fn set(&self, v: u64) {
+    pub(crate) fn set(&self, v: u64) {
         self.0.store(v, Ordering::Relaxed);
     }
-    pub fn get(&self) -> u64 {
+    pub(crate) fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
 }
 
 /// Counters keyed by one label value (a refusal reason, a route).
 #[derive(Default, Debug)]
-pub struct LabeledCounter(Mutex<BTreeMap<String, u64>>);
+pub(crate) struct LabeledCounter(Mutex<BTreeMap<String, u64>>);
 
 impl LabeledCounter {
-    pub fn add(&self, label: &str, n: u64) {
+    pub(crate) fn add(&self, label: &str, n: u64) {
         *self.0.lock().entry(label.to_owned()).or_default() += n;
     }
-    pub fn get(&self, label: &str) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn get(&self, label: &str) -> u64 {
         self.0.lock().get(label).copied().unwrap_or(0)
     }
 }
@@ -51,16 +52,16 @@ impl LabeledCounter {
 /// shares one set) and rendered as `vivace_backend_requests_total{operation=...}`.
 #[derive(Default, Debug)]
 pub struct BackendRequests {
-    pub get: Counter,
-    pub get_range: Counter,
-    pub put: Counter,
-    pub list: Counter,
-    pub delete: Counter,
+    pub(crate) get: Counter,
+    pub(crate) get_range: Counter,
+    pub(crate) put: Counter,
+    pub(crate) list: Counter,
+    pub(crate) delete: Counter,
 }
 
 impl BackendRequests {
     /// (operation label, count), in a fixed order.
-    pub fn by_operation(&self) -> [(&'static str, u64); 5] {
+    pub(crate) fn by_operation(&self) -> [(&'static str, u64); 5] {
         [
             ("get", self.get.get()),
             ("get_range", self.get_range.get()),
@@ -70,6 +71,7 @@ impl BackendRequests {
         ]
     }
 
+    /// Requests of every operation.
     pub fn total(&self) -> u64 {
         self.by_operation().iter().map(|(_, n)| n).sum()
     }
@@ -77,10 +79,10 @@ impl BackendRequests {
 
 /// Refused spans keyed by (tenant, reason): who was refused, and why.
 #[derive(Default, Debug)]
-pub struct RefusedSpans(Mutex<BTreeMap<(String, String), u64>>);
+pub(crate) struct RefusedSpans(Mutex<BTreeMap<(String, String), u64>>);
 
 impl RefusedSpans {
-    pub fn add(&self, tenant: &str, reason: &str, n: u64) {
+    pub(crate) fn add(&self, tenant: &str, reason: &str, n: u64) {
         if n > 0 {
             *self
                 .0
@@ -88,10 +90,6 @@ impl RefusedSpans {
                 .entry((tenant.to_owned(), reason.to_owned()))
                 .or_default() += n;
         }
-    }
-    pub fn get(&self, tenant: &str, reason: &str) -> u64 {
-        let key = (tenant.to_owned(), reason.to_owned());
-        self.0.lock().get(&key).copied().unwrap_or(0)
     }
 }
 
@@ -108,10 +106,10 @@ struct Hist {
 
 /// Latency histograms keyed by one label value.
 #[derive(Default, Debug)]
-pub struct LabeledHistogram(Mutex<BTreeMap<String, Hist>>);
+pub(crate) struct LabeledHistogram(Mutex<BTreeMap<String, Hist>>);
 
 impl LabeledHistogram {
-    pub fn observe(&self, label: &str, secs: f64) {
+    pub(crate) fn observe(&self, label: &str, secs: f64) {
         let mut m = self.0.lock();
         let h = m.entry(label.to_owned()).or_default();
         for (i, b) in BUCKETS.iter().enumerate() {
@@ -126,53 +124,53 @@ impl LabeledHistogram {
 
 #[derive(Default, Debug)]
 pub struct Metrics {
-    pub spans_received: Counter,
-    pub bytes_received: Counter,
-    pub spans_refused: RefusedSpans,
-    pub wal_fsyncs: Counter,
-    pub wal_records: Counter,
-    pub wal_bytes: Counter,
-    pub live_traces: Gauge,
-    pub live_bytes: Gauge,
-    pub blocks_flushed: Counter,
-    pub pressure_cuts: Counter,
-    pub traces_flushed: Counter,
-    pub flush_failures: Counter,
-    pub blocklist_length: Gauge,
-    pub query_duration: LabeledHistogram,
-    pub compactor_blocks_compacted: Counter,
-    pub compactor_bytes_written: Counter,
-    pub compactor_spans_written: Counter,
-    pub compactor_spans_discarded: LabeledCounter,
-    pub compactor_blocks_deleted: LabeledCounter,
+    pub(crate) spans_received: Counter,
+    pub(crate) bytes_received: Counter,
+    pub(crate) spans_refused: RefusedSpans,
+    pub(crate) wal_fsyncs: Counter,
+    pub(crate) wal_records: Counter,
+    pub(crate) wal_bytes: Counter,
+    pub(crate) live_traces: Gauge,
+    pub(crate) live_bytes: Gauge,
+    pub(crate) blocks_flushed: Counter,
+    pub(crate) pressure_cuts: Counter,
+    pub(crate) traces_flushed: Counter,
+    pub(crate) flush_failures: Counter,
+    pub(crate) blocklist_length: Gauge,
+    pub(crate) query_duration: LabeledHistogram,
+    pub(crate) compactor_blocks_compacted: Counter,
+    pub(crate) compactor_bytes_written: Counter,
+    pub(crate) compactor_spans_written: Counter,
+    pub(crate) compactor_spans_discarded: LabeledCounter,
+    pub(crate) compactor_blocks_deleted: LabeledCounter,
     /// Shared with the process's `Backend` (see `Backend::counting_into`).
-    pub backend_requests: std::sync::Arc<BackendRequests>,
-    pub generator: GeneratorMetrics,
+    pub(crate) backend_requests: std::sync::Arc<BackendRequests>,
+    pub(crate) generator: GeneratorMetrics,
     /// Ingest partitions whose lease this node holds (`ingest:` only).
-    pub ingest_partitions_owned: Gauge,
+    pub(crate) ingest_partitions_owned: Gauge,
     /// Leases this node took over from another holder (stale or released).
-    pub ingest_partition_takeovers: Counter,
+    pub(crate) ingest_partition_takeovers: Counter,
     /// Leases this node lost (not renewed in time, or taken by another node).
-    pub ingest_partitions_lost: Counter,
+    pub(crate) ingest_partitions_lost: Counter,
 }
 
 /// The metrics-generator's own health: what it processed, skipped and sent.
 #[derive(Default, Debug)]
-pub struct GeneratorMetrics {
-    pub spans_received: Counter,
+pub(crate) struct GeneratorMetrics {
+    pub(crate) spans_received: Counter,
     /// Spans not turned into metrics, by reason (`queue_full`, `outside_slack`, ...).
-    pub spans_discarded: LabeledCounter,
-    pub active_series: Gauge,
-    pub series_refused: Counter,
-    pub edges_expired: Counter,
-    pub edges_dropped: Counter,
-    pub samples_sent: Counter,
+    pub(crate) spans_discarded: LabeledCounter,
+    pub(crate) active_series: Gauge,
+    pub(crate) series_refused: Counter,
+    pub(crate) edges_expired: Counter,
+    pub(crate) edges_dropped: Counter,
+    pub(crate) samples_sent: Counter,
     /// Samples the endpoint refused for good (a 4xx other than 429).
-    pub samples_failed: Counter,
+    pub(crate) samples_failed: Counter,
     /// Samples dropped because an endpoint's queue was full.
-    pub samples_dropped: Counter,
-    pub samples_queued: Gauge,
-    pub send_retries: Counter,
+    pub(crate) samples_dropped: Counter,
+    pub(crate) samples_queued: Gauge,
+    pub(crate) send_retries: Counter,
 }
 
 impl GeneratorMetrics {
@@ -247,7 +245,7 @@ impl GeneratorMetrics {
 }
 
 impl Metrics {
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut s = String::with_capacity(4096);
         counter(
             &mut s,

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use prost::Message;
 
 use super::*;
 use crate::block::BlockConfig;
@@ -13,7 +12,6 @@ use crate::blocklist::BlockList;
 use crate::config::IngesterConfig;
 use crate::ingester::wal::Wal;
 use crate::ingester::BlockCommitted;
-use crate::model::group_by_trace;
 use crate::model::{combine, span_count, ExportTraceServiceRequest, ScopeSpans, Span};
 use crate::traceql::metrics::Buckets;
 
@@ -96,9 +94,7 @@ fn fixture() -> Fixture {
 
 async fn push(f: &Fixture, req: ExportTraceServiceRequest) {
     let tenant = TenantId::single();
-    let raw = req.encode_to_vec();
-    let g = group_by_trace(&req.resource_spans);
-    f.ingester.push(&tenant, &raw, g).await.unwrap();
+    f.ingester.push_request(&tenant, &req).await.unwrap();
 }
 
 async fn spans_of(f: &Fixture, trace: u8) -> usize {

@@ -10,7 +10,7 @@ pub mod metrics;
 pub mod remote;
 mod scan;
 pub mod search;
-pub mod tags;
+pub(crate) mod tags;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -131,7 +131,7 @@ impl Querier {
     }
 
     /// Sets how many bytes of blocks one tag request may scan (zero: no limit).
-    pub fn with_tag_scan_bytes(mut self, bytes: u64) -> Self {
+    pub(crate) fn with_tag_scan_bytes(mut self, bytes: u64) -> Self {
         self.tag_scan_bytes = bytes;
         self
     }
@@ -402,7 +402,7 @@ impl Querier {
 
     /// Brings the block list up to date: per tenant from its index (`index.json.gz`)
     /// when that is fresher than the staleness bound, else by listing the bucket.
-    pub async fn poll_blocklist(&self) -> Result<(), BackendError> {
+    pub(crate) async fn poll_blocklist(&self) -> Result<(), BackendError> {
         let started = Instant::now();
         let tenants = self.backend.list_dirs(None).await?;
         let (mut from_index, mut listed) = (0usize, 0usize);
@@ -523,7 +523,7 @@ impl Querier {
     }
 
     /// Polls the bucket every `every` until the task is dropped.
-    pub async fn run_poller(self: Arc<Self>, every: Duration) {
+    pub(crate) async fn run_poller(self: Arc<Self>, every: Duration) {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await; // the first poll ran at start-up

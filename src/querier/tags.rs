@@ -18,11 +18,12 @@ use crate::traceql::otlp::OtlpTrace;
 use crate::traceql::{Intrinsic, Query, Scope};
 
 /// Scopes as the tag endpoints name them.
-pub const ATTRIBUTE_SCOPES: [&str; 5] = ["resource", "span", "event", "link", "instrumentation"];
+pub(crate) const ATTRIBUTE_SCOPES: [&str; 5] =
+    ["resource", "span", "event", "link", "instrumentation"];
 
 /// Intrinsics offered for autocomplete: Tempo's list (legacy and scoped forms), plus the
 /// ID intrinsics vivace has always offered.
-pub const INTRINSIC_TAGS: [&str; 25] = [
+pub(crate) const INTRINSIC_TAGS: [&str; 25] = [
     "duration",
     "event:name",
     "event:timeSinceStart",
@@ -52,32 +53,32 @@ pub const INTRINSIC_TAGS: [&str; 25] = [
 
 /// What to list values of.
 #[derive(Debug, Clone, PartialEq)]
-pub enum TagTarget {
+pub(crate) enum TagTarget {
     Attribute { scope: Scope, name: String },
     Intrinsic(Intrinsic),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct TagValue {
+pub(crate) struct TagValue {
     /// `string`, `int`, `float`, `bool`, `keyword` or `duration`, as Tempo types them.
-    pub kind: &'static str,
-    pub value: String,
+    pub(crate) kind: &'static str,
+    pub(crate) value: String,
 }
 
 /// Tag names per scope (`resource`, `span`, ...).
 #[derive(Default, Debug)]
-pub struct TagNames(pub BTreeMap<&'static str, BTreeSet<String>>);
+pub(crate) struct TagNames(pub BTreeMap<&'static str, BTreeSet<String>>);
 
-pub struct TagsRequest {
-    pub range: Option<TimeRange>,
+pub(crate) struct TagsRequest {
+    pub(crate) range: Option<TimeRange>,
     /// Only tags of spans matching this filter (lenient: callers drop a bad `q`).
-    pub filter: Option<Arc<Query>>,
+    pub(crate) filter: Option<Arc<Query>>,
     /// Most distinct entries collected per scope or target.
-    pub limit: usize,
+    pub(crate) limit: usize,
 }
 
 impl Querier {
-    pub async fn tag_names(
+    pub(crate) async fn tag_names(
         &self,
         tenant: &TenantId,
         req: &TagsRequest,
@@ -87,7 +88,7 @@ impl Querier {
 
     /// [`Self::tag_names`], and whether the answer is partial (the scan reached
     /// `querier.max_tag_scan_bytes`).
-    pub async fn tag_names_partial(
+    pub(crate) async fn tag_names_partial(
         &self,
         tenant: &TenantId,
         req: &TagsRequest,
@@ -215,7 +216,7 @@ impl Querier {
         }
     }
 
-    pub async fn tag_values(
+    pub(crate) async fn tag_values(
         &self,
         tenant: &TenantId,
         target: TagTarget,
@@ -226,7 +227,7 @@ impl Querier {
 
     /// [`Self::tag_values`], and whether the answer is partial (the scan reached
     /// `querier.max_tag_scan_bytes`).
-    pub async fn tag_values_partial(
+    pub(crate) async fn tag_values_partial(
         &self,
         tenant: &TenantId,
         target: TagTarget,

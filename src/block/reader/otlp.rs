@@ -5,8 +5,8 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use arrow_array::{
-    Array, ArrayRef, BinaryArray, BooleanArray, FixedSizeBinaryArray, Float64Array, Int32Array,
-    Int64Array, ListArray, RecordBatch, StringArray, StructArray, UInt32Array, UInt64Array,
+    Array, ArrayRef, BinaryArray, FixedSizeBinaryArray, Int32Array, Int64Array, ListArray,
+    RecordBatch, StringArray, StructArray, UInt32Array, UInt64Array,
 };
 use bytes::Bytes;
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ParquetRecordBatchReaderBuilder};
@@ -21,7 +21,7 @@ use crate::model::{
 };
 
 use super::*;
-use crate::block::arrow_cols::{corrupt, ded_cols, get, opt, DedCol};
+use crate::block::arrow_cols::{corrupt, ded_cols, get, opt, AttrValues, DedCol};
 
 /// Footer key-value metadata: with value [`SPAN_START_RELATIVE`], span
 /// `start_time_unix_nano` holds the span start minus the trace's `start_time_unix_nano`
@@ -195,69 +195,43 @@ impl<'a> ListCols<'a> {
 
 pub(super) struct AttrCols<'a> {
     list: ListCols<'a>,
-    key: &'a StringArray,
-    ty: &'a Int32Array,
-    str: &'a StringArray,
-    int: &'a Int64Array,
-    dbl: &'a Float64Array,
-    bool: &'a BooleanArray,
-    bytes: &'a BinaryArray,
+    v: AttrValues<'a>,
 }
 
 impl<'a> AttrCols<'a> {
     fn new(s: &'a StructArray) -> Result<Self, BlockError> {
         let list = ListCols::new(s, "attrs")?;
-        let v = list.values;
-        Ok(Self {
-            key: get(v, "key")?,
-            ty: get(v, "type")?,
-            str: get(v, "str")?,
-            int: get(v, "int")?,
-            dbl: get(v, "dbl")?,
-            bool: get(v, "bool")?,
-            bytes: get(v, "bytes")?,
-            list,
-        })
+        let v = AttrValues::new(list.values)?;
+        Ok(Self { list, v })
     }
 
     fn read_into(&self, row: usize, out: &mut Vec<KeyValue>) -> Result<(), BlockError> {
         use any_value::Value;
         for j in self.list.range(row)? {
-            let missing = || corrupt(format!("attribute {} has no value", self.key.value(j)));
-            let ty = if self.ty.is_valid(j) {
-                self.ty.value(j)
-            } else {
-                value_type::implied(
-                    self.str.is_valid(j),
-                    self.int.is_valid(j),
-                    self.dbl.is_valid(j),
-                    self.bool.is_valid(j),
-                    self.bytes.is_valid(j),
-                )
-                .ok_or_else(missing)?
-            };
+            let missing = || corrupt(format!("attribute {} has no value", self.v.key.value(j)));
+            let ty = self.v.value_type(j).ok_or_else(missing)?;
             let value = match ty {
                 value_type::NONE => None,
                 value_type::EMPTY => Some(AnyValue { value: None }),
-                value_type::STRING if self.str.is_valid(j) => Some(AnyValue {
-                    value: Some(Value::StringValue(self.str.value(j).to_string())),
+                value_type::STRING if self.v.str.is_valid(j) => Some(AnyValue {
+                    value: Some(Value::StringValue(self.v.str.value(j).to_string())),
                 }),
-                value_type::BOOL if self.bool.is_valid(j) => Some(AnyValue {
-                    value: Some(Value::BoolValue(self.bool.value(j))),
+                value_type::BOOL if self.v.bool.is_valid(j) => Some(AnyValue {
+                    value: Some(Value::BoolValue(self.v.bool.value(j))),
                 }),
-                value_type::INT if self.int.is_valid(j) => Some(AnyValue {
-                    value: Some(Value::IntValue(self.int.value(j))),
+                value_type::INT if self.v.int.is_valid(j) => Some(AnyValue {
+                    value: Some(Value::IntValue(self.v.int.value(j))),
                 }),
-                value_type::DOUBLE if self.dbl.is_valid(j) => Some(AnyValue {
-                    value: Some(Value::DoubleValue(self.dbl.value(j))),
+                value_type::DOUBLE if self.v.dbl.is_valid(j) => Some(AnyValue {
+                    value: Some(Value::DoubleValue(self.v.dbl.value(j))),
                 }),
-                value_type::BYTES if self.bytes.is_valid(j) => Some(AnyValue {
-                    value: Some(Value::BytesValue(self.bytes.value(j).to_vec())),
+                value_type::BYTES if self.v.bytes.is_valid(j) => Some(AnyValue {
+                    value: Some(Value::BytesValue(self.v.bytes.value(j).to_vec())),
                 }),
                 value_type::ARRAY | value_type::KVLIST | value_type::ENCODED
-                    if self.bytes.is_valid(j) =>
+                    if self.v.bytes.is_valid(j) =>
                 {
-                    Some(AnyValue::decode(self.bytes.value(j))?)
+                    Some(AnyValue::decode(self.v.bytes.value(j))?)
                 }
                 value_type::STRING
                 | value_type::BOOL
@@ -270,7 +244,7 @@ impl<'a> AttrCols<'a> {
                 other => return Err(corrupt(format!("unknown attribute value type {other}"))),
             };
             out.push(KeyValue {
-                key: self.key.value(j).to_string(),
+                key: self.v.key.value(j).to_string(),
                 key_strindex: 0,
                 value,
             });

@@ -4,12 +4,12 @@
 use std::ops::Range;
 
 use arrow_array::{
-    Array, BinaryArray, BooleanArray, FixedSizeBinaryArray, Float64Array, Int32Array, Int64Array,
-    ListArray, StringArray, StructArray, UInt32Array, UInt64Array,
+    Array, BinaryArray, FixedSizeBinaryArray, Int32Array, Int64Array, ListArray, StringArray,
+    StructArray, UInt32Array, UInt64Array,
 };
 use prost::Message;
 
-pub(super) use crate::block::arrow_cols::{corrupt, ded_cols, get, opt, DedCol};
+pub(super) use crate::block::arrow_cols::{corrupt, ded_cols, get, opt, AttrValues, DedCol};
 use crate::block::schema::value_type;
 use crate::block::{BlockError, DEDICATED_RESOURCE, DEDICATED_SPAN};
 use crate::model::{any_value, AnyValue};
@@ -53,13 +53,7 @@ pub(super) fn range(offsets: &[i32], i: usize) -> Range<usize> {
 
 pub(super) struct Attrs<'a> {
     pub(super) offsets: &'a [i32],
-    pub(super) key: &'a StringArray,
-    pub(super) ty: &'a Int32Array,
-    pub(super) str: &'a StringArray,
-    pub(super) int: &'a Int64Array,
-    pub(super) dbl: &'a Float64Array,
-    pub(super) bool: &'a BooleanArray,
-    pub(super) bytes: &'a BinaryArray,
+    pub(super) v: AttrValues<'a>,
 }
 
 impl<'a> Attrs<'a> {
@@ -69,13 +63,7 @@ impl<'a> Attrs<'a> {
         };
         Ok(Some(Self {
             offsets,
-            key: get(v, "key")?,
-            ty: get(v, "type")?,
-            str: get(v, "str")?,
-            int: get(v, "int")?,
-            dbl: get(v, "dbl")?,
-            bool: get(v, "bool")?,
-            bytes: get(v, "bytes")?,
+            v: AttrValues::new(v)?,
         }))
     }
 
@@ -85,37 +73,29 @@ impl<'a> Attrs<'a> {
     }
 
     pub(super) fn find_ref(&self, owner: usize, name: &str) -> Option<ValueRef<'a>> {
-        let j = range(self.offsets, owner).find(|&j| self.key.value(j) == name)?;
+        let j = range(self.offsets, owner).find(|&j| self.v.key.value(j) == name)?;
         self.value(j)
     }
 
     pub(super) fn value(&self, j: usize) -> Option<ValueRef<'a>> {
-        let ty = if self.ty.is_valid(j) {
-            self.ty.value(j)
-        } else {
-            value_type::implied(
-                self.str.is_valid(j),
-                self.int.is_valid(j),
-                self.dbl.is_valid(j),
-                self.bool.is_valid(j),
-                self.bytes.is_valid(j),
-            )?
-        };
+        let ty = self.v.value_type(j)?;
         match ty {
-            value_type::STRING if self.str.is_valid(j) => Some(ValueRef::Str(self.str.value(j))),
-            value_type::BOOL if self.bool.is_valid(j) => {
-                Some(ValueRef::Owned(Value::Bool(self.bool.value(j))))
+            value_type::STRING if self.v.str.is_valid(j) => {
+                Some(ValueRef::Str(self.v.str.value(j)))
             }
-            value_type::INT if self.int.is_valid(j) => {
-                Some(ValueRef::Owned(Value::Int(self.int.value(j))))
+            value_type::BOOL if self.v.bool.is_valid(j) => {
+                Some(ValueRef::Owned(Value::Bool(self.v.bool.value(j))))
             }
-            value_type::DOUBLE if self.dbl.is_valid(j) => {
-                Some(ValueRef::Owned(Value::Float(self.dbl.value(j))))
+            value_type::INT if self.v.int.is_valid(j) => {
+                Some(ValueRef::Owned(Value::Int(self.v.int.value(j))))
+            }
+            value_type::DOUBLE if self.v.dbl.is_valid(j) => {
+                Some(ValueRef::Owned(Value::Float(self.v.dbl.value(j))))
             }
             value_type::ARRAY | value_type::KVLIST | value_type::ENCODED
-                if self.bytes.is_valid(j) =>
+                if self.v.bytes.is_valid(j) =>
             {
-                to_value(&AnyValue::decode(self.bytes.value(j)).ok()?).map(ValueRef::Owned)
+                to_value(&AnyValue::decode(self.v.bytes.value(j)).ok()?).map(ValueRef::Owned)
             }
             _ => None,
         }

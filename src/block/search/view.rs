@@ -329,7 +329,7 @@ impl SpanView for Core<'_> {
             if let Some(a) = attrs {
                 for j in range(a.offsets, i) {
                     if let Some(v) = a.value(j) {
-                        f(scope, a.key.value(j), owned(v));
+                        f(scope, a.v.key.value(j), owned(v));
                     }
                 }
             }

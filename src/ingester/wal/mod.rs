@@ -39,8 +39,13 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-pub use record::{decode_payload, encode_payload, RecordError, HEADER_LEN};
-pub use replay::{read_only, Replay, ReplayStats, ReplayedRecord};
+#[cfg(test)]
+pub(crate) use record::HEADER_LEN;
+pub(crate) use record::{decode_payload, encode_payload};
+#[cfg(test)]
+pub(crate) use replay::read_only;
+pub(crate) use replay::Replay;
+pub use replay::{ReplayStats, ReplayedRecord};
 
 use crate::metrics::Metrics;
 
@@ -67,7 +72,7 @@ pub(super) fn io_err(path: &Path, source: io::Error) -> WalError {
 }
 
 /// Largest record accepted; also the bound replay trusts a length header up to.
-pub const MAX_RECORD: usize = 1 << 30;
+pub(crate) const MAX_RECORD: usize = 1 << 30;
 
 /// Name of the test-only fault hook's marker file (see the module docs).
 pub const FAULT_MARKER: &str = "FAULT_INJECTION_FOR_TESTING";
@@ -89,7 +94,6 @@ enum Cmd {
 /// Handle to the WAL; cheap to clone.
 #[derive(Clone)]
 pub struct Wal {
-    dir: PathBuf,
     tx: mpsc::Sender<Cmd>,
     stats: ReplayStats,
     /// Holds the directory lock for as long as any handle lives.
@@ -125,7 +129,10 @@ impl Wal {
 
     /// [`Wal::open_lazy`] on a blocking thread: opening creates, locks and fsyncs the
     /// directory, which must not stall the async executor.
-    pub async fn open_async(dir: &Path, metrics: Arc<Metrics>) -> Result<(Self, Replay), WalError> {
+    pub(crate) async fn open_async(
+        dir: &Path,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Self, Replay), WalError> {
         let d = dir.to_owned();
         tokio::task::spawn_blocking(move || Self::open_lazy(&d, metrics))
             .await
@@ -135,7 +142,7 @@ impl Wal {
     /// Locks the WAL directory and starts a fresh segment after the newest one; the
     /// returned [`Replay`] reads the older segments back one at a time (cutting torn tails),
     /// so replay never holds the whole WAL in memory.
-    pub fn open_lazy(dir: &Path, metrics: Arc<Metrics>) -> Result<(Self, Replay), WalError> {
+    pub(crate) fn open_lazy(dir: &Path, metrics: Arc<Metrics>) -> Result<(Self, Replay), WalError> {
         fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
         let lock = lock_dir(dir)?;
         let segments = list_segments(dir)?;
@@ -163,7 +170,6 @@ impl Wal {
         let replay = Replay::new(dir.to_owned(), segments);
         Ok((
             Self {
-                dir: dir.to_owned(),
                 tx,
                 stats,
                 _lock: Arc::new(lock),
@@ -191,7 +197,7 @@ impl Wal {
 
     /// Closes the current segment and starts a new one; returns the new segment's number.
     /// Every append acknowledged before this call is in an older segment.
-    pub async fn rotate(&self) -> Result<u64, WalError> {
+    pub(crate) async fn rotate(&self) -> Result<u64, WalError> {
         let (done, rx) = oneshot::channel();
         self.tx
             .send(Cmd::Rotate { done })
@@ -201,20 +207,16 @@ impl Wal {
 
     /// Deletes every segment numbered below `seq` (their data is safe in the backend or
     /// carried over). Unlinks and the directory fsync run on the writer thread.
-    pub async fn delete_segments_before(&self, seq: u64) -> Result<usize, WalError> {
+    pub(crate) async fn delete_segments_before(&self, seq: u64) -> Result<usize, WalError> {
         let (done, rx) = oneshot::channel();
         self.tx
             .send(Cmd::DeleteBefore { seq, done })
             .map_err(|_| WalError::Closed)?;
         rx.await.map_err(|_| WalError::Closed)?
     }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
 }
 
-pub fn segment_path(dir: &Path, seq: u64) -> PathBuf {
+pub(crate) fn segment_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{seq:020}.wal"))
 }
 

@@ -7,7 +7,7 @@ use bytes::{BufMut, Bytes};
 use super::MAX_RECORD;
 use crate::model::TenantId;
 
-pub const HEADER_LEN: usize = 8;
+pub(crate) const HEADER_LEN: usize = 8;
 
 pub(super) fn encode_into(buf: &mut Vec<u8>, payload: &[u8]) {
     buf.reserve(HEADER_LEN + payload.len());
@@ -20,13 +20,13 @@ pub(super) fn encode_into(buf: &mut Vec<u8>, payload: &[u8]) {
 /// one, and what had to be skipped to find them.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(super) struct Parsed {
-    pub records: Vec<Range<usize>>,
+    pub(crate) records: Vec<Range<usize>>,
     /// End of the last intact record: anything after it is a torn or corrupt tail.
-    pub good_len: usize,
+    pub(crate) good_len: usize,
     /// Corrupt stretches between intact records that were stepped over.
-    pub skipped_regions: usize,
+    pub(crate) skipped_regions: usize,
     /// Bytes in those stretches (not counting the tail).
-    pub skipped_bytes: usize,
+    pub(crate) skipped_bytes: usize,
 }
 
 /// Reads the record starting at `pos`, if one is intact there.
@@ -85,7 +85,7 @@ pub(super) fn parse_segment(data: &[u8]) -> Parsed {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum RecordError {
+pub(crate) enum RecordError {
     #[error("wal record too short")]
     Short,
     #[error("wal record has unknown kind {0}")]
@@ -97,7 +97,7 @@ pub enum RecordError {
 const KIND_OTLP_TRACES: u8 = 1;
 
 /// A payload is `[kind u8][tenant len u8][tenant][OTLP ExportTraceServiceRequest protobuf]`.
-pub fn encode_payload(tenant: &TenantId, otlp: &[u8]) -> Bytes {
+pub(crate) fn encode_payload(tenant: &TenantId, otlp: &[u8]) -> Bytes {
     let t = tenant.as_str().as_bytes();
     let mut b = Vec::with_capacity(2 + t.len() + otlp.len());
     b.push(KIND_OTLP_TRACES);
@@ -107,7 +107,7 @@ pub fn encode_payload(tenant: &TenantId, otlp: &[u8]) -> Bytes {
     Bytes::from(b)
 }
 
-pub fn decode_payload(p: &Bytes) -> Result<(TenantId, Bytes), RecordError> {
+pub(crate) fn decode_payload(p: &Bytes) -> Result<(TenantId, Bytes), RecordError> {
     if p.len() < 2 {
         return Err(RecordError::Short);
     }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use tracing::warn;
 
-use super::{io_err, list_segments, record, segment_path, WalError};
+use super::{io_err, record, segment_path, WalError};
 
 /// A record read back at start-up, with the segment it came from.
 pub struct ReplayedRecord {
@@ -27,7 +27,7 @@ pub struct ReplayStats {
 }
 
 /// The segments that existed when the WAL was opened, read back in order.
-pub struct Replay {
+pub(crate) struct Replay {
     dir: PathBuf,
     segments: std::vec::IntoIter<u64>,
     stats: ReplayStats,
@@ -43,7 +43,7 @@ impl Replay {
     }
 
     /// The intact records of the next segment, or `None` once every segment was read.
-    pub fn next_segment(&mut self) -> Result<Option<Vec<ReplayedRecord>>, WalError> {
+    pub(crate) fn next_segment(&mut self) -> Result<Option<Vec<ReplayedRecord>>, WalError> {
         let Some(seq) = self.segments.next() else {
             return Ok(None);
         };
@@ -90,22 +90,23 @@ impl Replay {
         ))
     }
 
-    pub fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         &self.dir
     }
 
     /// What was skipped or cut so far.
-    pub fn stats(&self) -> ReplayStats {
+    pub(crate) fn stats(&self) -> ReplayStats {
         self.stats
     }
 }
 
 /// Reads every intact record of a WAL directory without locking or changing it: for tools
 /// and tests that look at a WAL another handle owns.
-pub fn read_only(dir: &Path) -> Result<(Vec<ReplayedRecord>, ReplayStats), WalError> {
+#[cfg(test)]
+pub(crate) fn read_only(dir: &Path) -> Result<(Vec<ReplayedRecord>, ReplayStats), WalError> {
     let mut out = Vec::new();
     let mut stats = ReplayStats::default();
-    for seq in list_segments(dir)? {
+    for seq in super::list_segments(dir)? {
         let path = segment_path(dir, seq);
         let data = Bytes::from(fs::read(&path).map_err(|e| io_err(&path, e))?);
         let parsed = record::parse_segment(&data);

@@ -45,13 +45,13 @@ pub struct SearchRequest {
 /// A span ID held inline (8 bytes in valid data): a search returns tens of thousands of
 /// spans, and a heap copy per ID was a measurable share of building and freeing them.
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub enum SpanIdBytes {
+pub(crate) enum SpanIdBytes {
     Inline { len: u8, bytes: [u8; 16] },
     Heap(Box<[u8]>),
 }
 
 impl SpanIdBytes {
-    pub fn new(id: &[u8]) -> Self {
+    pub(crate) fn new(id: &[u8]) -> Self {
         match u8::try_from(id.len()) {
             Ok(len) if id.len() <= 16 => {
                 let mut bytes = [0u8; 16];
@@ -87,36 +87,36 @@ impl std::fmt::Debug for SpanIdBytes {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct HitSpan {
-    pub span_id: SpanIdBytes,
-    pub name: String,
-    pub start_unix_nano: u64,
-    pub duration_nanos: u64,
-    pub attributes: Vec<(String, Value)>,
+pub(crate) struct HitSpan {
+    pub(crate) span_id: SpanIdBytes,
+    pub(crate) name: String,
+    pub(crate) start_unix_nano: u64,
+    pub(crate) duration_nanos: u64,
+    pub(crate) attributes: Vec<(String, Value)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct HitSpanset {
-    pub spans: Vec<HitSpan>,
-    pub matched: usize,
-    pub attributes: Vec<(String, Value)>,
+pub(crate) struct HitSpanset {
+    pub(crate) spans: Vec<HitSpan>,
+    pub(crate) matched: usize,
+    pub(crate) attributes: Vec<(String, Value)>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ServiceStats {
-    pub span_count: u32,
-    pub error_count: u32,
+pub(crate) struct ServiceStats {
+    pub(crate) span_count: u32,
+    pub(crate) error_count: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TraceHit {
-    pub id: TraceId,
-    pub root_service_name: Option<String>,
-    pub root_span_name: Option<String>,
-    pub start_unix_nano: u64,
-    pub end_unix_nano: u64,
-    pub spansets: Vec<HitSpanset>,
-    pub service_stats: BTreeMap<String, ServiceStats>,
+    pub(crate) id: TraceId,
+    pub(crate) root_service_name: Option<String>,
+    pub(crate) root_span_name: Option<String>,
+    pub(crate) start_unix_nano: u64,
+    pub(crate) end_unix_nano: u64,
+    pub(crate) spansets: Vec<HitSpanset>,
+    pub(crate) service_stats: BTreeMap<String, ServiceStats>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
