@@ -113,7 +113,7 @@ fn lock_dir(dir: &Path) -> Result<File, WalError> {
 
 impl Wal {
     /// Opens the WAL directory and reads back every intact record at once (see
-    /// [`Wal::open_lazy`] to read one segment at a time).
+    /// `Wal::open_lazy`, which the ingester uses, to read one segment at a time).
     pub fn open(
         dir: &Path,
         metrics: Arc<Metrics>,
