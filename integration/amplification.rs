@@ -196,15 +196,22 @@ async fn bytes_in_flight_are_bounded_across_requests() {
     slow.write_all(head.as_bytes()).await.unwrap();
     slow.write_all(&vec![0u8; 150_000]).await.unwrap();
     slow.flush().await.unwrap();
-    // Another export no longer fits: refused as retryable, with Retry-After.
+    // Another export no longer fits: refused as retryable, with Retry-After. Exports are
+    // grouped from their bytes, so one holds its body and a copy of its spans: this body
+    // fits the 50 kB left, body and copy do not.
     let (req, _) = {
         let tid = rand_trace_id();
-        let spans = (0..200)
+        let spans = (0..600)
             .map(|i| pb_span(&tid, &rand_span_id(), &format!("s{i}"), now_nanos() - 1_000))
             .collect();
         (pb_request("inflight", spans), hex::encode(tid))
     };
     let body = req.encode_to_vec();
+    assert!(
+        (26_000..50_000).contains(&body.len()),
+        "{} bytes",
+        body.len()
+    );
     let mut refused = None;
     for _ in 0..50 {
         let resp = server
