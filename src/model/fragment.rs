@@ -35,23 +35,16 @@ impl Default for Fragments {
 
 impl Fragments {
     /// One already-encoded group (a whole request in tests, a trace read back from the
-    /// ingest log); decoded once here to check it and learn its time range.
-    pub(crate) fn from_encoded(bytes: Bytes) -> Result<Self, prost::DecodeError> {
-        let data = TracesData::decode(bytes.as_ref())?;
-        let mut f = Self {
+    /// ingest log or another node), checked once as decoding would check it, without
+    /// decoding it, and its time range learnt on the way.
+    pub(crate) fn from_encoded(bytes: Bytes) -> Result<Self, super::WireError> {
+        let (start, end) = super::wire::span_times(&bytes)?;
+        Ok(Self {
             len: bytes.len(),
             chunks: vec![bytes],
-            ..Self::default()
-        };
-        for s in data
-            .resource_spans
-            .iter()
-            .flat_map(|r| &r.scope_spans)
-            .flat_map(|s| &s.spans)
-        {
-            f.note_times(s);
-        }
-        Ok(f)
+            start,
+            end,
+        })
     }
 
     /// Bytes taken as they are, times unknown (`start() > end()`): for tests that need a

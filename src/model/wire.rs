@@ -366,3 +366,32 @@ pub fn group_encoded(req: &Bytes) -> Result<Grouped, WireError> {
         bad_span_id,
     ))
 }
+
+/// Checks an encoded `TracesData` (or request: both are `resource_spans` at field 1) as
+/// decoding would, and returns its spans' earliest start and latest end (`u64::MAX`, 0
+/// when it holds none): what a trace read back from the ingest log or another node needs,
+/// without building its structs.
+pub(crate) fn span_times(data: &[u8]) -> Result<(u64, u64), WireError> {
+    let (mut start, mut end) = (u64::MAX, 0);
+    let mut top = Fields::new(data);
+    while let Some(rs) = top.next(Msg::Request, 0)? {
+        if rs.number != 1 {
+            continue;
+        }
+        let mut fields = Fields::new(rs.payload);
+        while let Some(ss) = fields.next(Msg::ResourceSpans, 1)? {
+            if ss.number != 2 {
+                continue;
+            }
+            let mut spans = Fields::new(ss.payload);
+            while let Some(f) = spans.next(Msg::ScopeSpans, 2)? {
+                if f.number == 2 {
+                    let s = span_ref(f.whole, f.payload, 3)?;
+                    start = start.min(s.start);
+                    end = end.max(s.end.max(s.start));
+                }
+            }
+        }
+    }
+    Ok((start, end))
+}
