@@ -44,11 +44,17 @@ cpu0=$(cpu)
 # shellcheck disable=SC2086
 "$LG" ingest --endpoint http://127.0.0.1:24317 --spans "$SPANS" --connections "$CONNS" --batch-spans 500 --manifest "$DIR/ids.txt" ${LOADGEN_ARGS:-} > "$DIR/ingest.json"
 cpu1=$(cpu)
+stages1=$(curl -s localhost:23200/metrics | awk -F'[="} ]+' '/^vivace_stage_cpu_seconds_total/ {printf "%s %s\n", $2, $3}')
 hwm_ingest=$(awk '/VmHWM/{print $2}' /proc/$VP/status)
 cat "$DIR/ingest.json"
 acked=$(sed 's/.*"spans_acked":\([0-9]*\).*/\1/' "$DIR/ingest.json")
 awk -v c0="$cpu0" -v c1="$cpu1" -v a="$acked" -v hi="$hwm_ingest" -v n="$(find "$DIR/blocks" -name data.parquet | wc -l)" 'BEGIN {
   printf "{\"ingest_server_cpu_s\":%.2f,\"ingest_acked_spans_per_cpu_s\":%.0f,\"ingest_peak_rss_mib\":%.0f,\"blocks_cut_in_window\":%d}\n", c1-c0, a/(c1-c0), hi/1024, n }'
+# Where the window's CPU went (thread CPU of each stage, vivace_stage_cpu_seconds_total); the
+# rest (gRPC/HTTP stack, runtime, allocator purges off those threads) is "other".
+echo "$stages1" | awk -v total="$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN{print b-a}')" '
+  NF == 2 { printf "%s\"%s\":%.2f", (n++ ? "," : "{\"stage_cpu_s\":{"), $1, $2; sum += $2 }
+  END { printf ",\"other\":%.2f}}\n", total - sum }'
 # INGEST_ONLY=1 stops here (the ingest window's figures alone).
 if [ -n "${INGEST_ONLY:-}" ]; then exit 0; fi
 "$LG" lookup --api http://127.0.0.1:23200 --manifest "$DIR/ids.txt" --requests 500 --concurrency 8 | sed 's/^/recent /'

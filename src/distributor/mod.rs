@@ -233,6 +233,11 @@ impl Distributor {
         self.push_grouped(tenant, raw, grouped, Some(req)).await
     }
 
+    /// Where the receivers charge the CPU of their stages (inflate, group).
+    pub(crate) fn stage_cpu(&self) -> &crate::metrics::StageCpu {
+        &self.metrics.stage_cpu
+    }
+
     /// Pushes a request already grouped by trace, admitted by [`Distributor::admit`]. The
     /// receivers group protobuf exports from their bytes ([`crate::model::group_encoded`])
     /// and pass no `req`: it is decoded here only for a tenant whose spans feed the

@@ -11,6 +11,7 @@ use uuid::Uuid;
 use super::{Cut, Flushing, Ingester};
 use crate::backend::BackendError;
 use crate::block::{self, BlockError, BlockMeta, EncodedBlock, TagSummary, TraceInput};
+use crate::metrics::Stage;
 use crate::model::{combine, TenantId};
 
 /// Called with the meta of every block the ingester commits, so queriers in this process
@@ -205,29 +206,33 @@ impl Ingester {
         let started = Instant::now();
         let cfg = self.block_cfg.clone();
         let t = tenant.clone();
+        let metrics = self.metrics.clone();
         // Parquet encoding is CPU-bound: keep it off the async executor.
         let encoded = task::spawn_blocking(move || {
-            // Traces are decoded one at a time as the encoder pulls them, in ID order, so
-            // only the row group being built is held decoded.
-            let traces = taken.get(&t);
-            let mut ids: Vec<_> = traces.into_iter().flat_map(|m| m.keys()).collect();
-            ids.sort_unstable();
-            // The tag summary is collected from the same decoded traces, in one pass.
-            let mut tags = TagSummary::default();
-            let inputs = ids.into_iter().filter_map(|id| {
-                let data = traces?.get(id)?;
-                Some(
-                    data.decode()
-                        .map(|batches| {
-                            let batches = combine(batches);
-                            tags.add_trace(&batches);
-                            TraceInput { id: *id, batches }
-                        })
-                        .map_err(|e| BlockError::Input(format!("trace {id}: {e}"))),
-                )
-            });
-            let encoded = block::encode_block_sorted(&t, block_id, 0, inputs, &cfg)?;
-            Ok::<_, BlockError>((encoded, tags))
+            let cpu = &metrics.stage_cpu;
+            cpu.time(Stage::BlockEncode, || {
+                // Traces are decoded one at a time as the encoder pulls them, in ID order, so
+                // only the row group being built is held decoded.
+                let traces = taken.get(&t);
+                let mut ids: Vec<_> = traces.into_iter().flat_map(|m| m.keys()).collect();
+                ids.sort_unstable();
+                // The tag summary is collected from the same decoded traces, in one pass.
+                let mut tags = TagSummary::default();
+                let inputs = ids.into_iter().filter_map(|id| {
+                    let data = traces?.get(id)?;
+                    Some(
+                        data.decode()
+                            .map(|batches| {
+                                let batches = combine(batches);
+                                tags.add_trace(&batches);
+                                TraceInput { id: *id, batches }
+                            })
+                            .map_err(|e| BlockError::Input(format!("trace {id}: {e}"))),
+                    )
+                });
+                let encoded = block::encode_block_sorted(&t, block_id, 0, inputs, &cfg)?;
+                Ok::<_, BlockError>((encoded, tags))
+            })
         })
         .await??;
         let (mut encoded, tags) = encoded;

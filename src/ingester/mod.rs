@@ -26,7 +26,7 @@ pub(crate) use log::IngestLog;
 use crate::backend::Backend;
 use crate::block::BlockConfig;
 use crate::config::IngesterConfig;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Stage};
 use crate::model::{
     group_by_trace, ExportTraceServiceRequest, Fragments, Grouped, ResourceSpans, TenantId,
     TraceBatch, TraceId,
@@ -264,9 +264,11 @@ impl Ingester {
     ) -> Result<(), IngestError> {
         let _shared = self.gate.read().await;
         self.log.append(record).await?;
-        let mut head = self.head.lock();
-        head.insert(tenant, traces, Instant::now());
-        self.update_gauges(&head);
+        self.metrics.stage_cpu.time(Stage::Head, || {
+            let mut head = self.head.lock();
+            head.insert(tenant, traces, Instant::now());
+            self.update_gauges(&head);
+        });
         Ok(())
     }
 

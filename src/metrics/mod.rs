@@ -7,6 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
+mod stage;
+pub(crate) use stage::{thread_cpu_nanos, Stage, StageCpu};
+
 #[derive(Default, Debug)]
 pub(crate) struct Counter(AtomicU64);
 
@@ -152,6 +155,8 @@ pub struct Metrics {
     pub(crate) ingest_partition_takeovers: Counter,
     /// Leases this node lost (not renewed in time, or taken by another node).
     pub(crate) ingest_partitions_lost: Counter,
+    /// CPU time by ingest stage (`vivace_stage_cpu_seconds_total`).
+    pub(crate) stage_cpu: StageCpu,
 }
 
 /// The metrics-generator's own health: what it processed, skipped and sent.
@@ -404,6 +409,7 @@ impl Metrics {
             );
         }
         self.generator.render(&mut s);
+        self.stage_cpu.render(&mut s);
         s
     }
 }

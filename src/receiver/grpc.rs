@@ -23,6 +23,7 @@ use super::estimate::estimate_protobuf;
 use super::{refusal, response_for, Refusal};
 use crate::api::auth::{grpc_status, TenantResolver};
 use crate::distributor::{Distributor, PushError};
+use crate::metrics::Stage;
 use crate::model::{group_encoded, ExportTraceServiceResponse, TenantId};
 
 /// Exporters should not come back sooner than this after a rate-limit refusal.
@@ -179,7 +180,11 @@ where
                     Err(status) => return Ok(status.into_http()),
                 };
             let compressed = body.len();
-            let body = match inflate_gzip_frames(body, max) {
+            let inflated = this
+                .distributor
+                .stage_cpu()
+                .time(Stage::Inflate, || inflate_gzip_frames(body, max));
+            let body = match inflated {
                 Ok(b) => b,
                 Err(status) => return Ok(status.into_http()),
             };
@@ -235,6 +240,7 @@ impl UnaryService<Bytes> for Export {
             // Held until the push is done: what the receiver inflated (gzip), if anything.
             let _inflated = request.extensions().get::<Arc<Reservation>>().cloned();
             let raw = request.into_inner();
+            let group_cpu = svc.distributor.stage_cpu().start(Stage::Group);
             // The rate is taken before decoding: an export over it costs no decode.
             if let Err(e) = svc.distributor.admit(&tenant, raw.len() as u64, || {
                 estimate_protobuf(&raw).map_or(0, |e| e.spans)
@@ -257,6 +263,7 @@ impl UnaryService<Bytes> for Export {
                 })?;
             // Grouped from the received bytes: nothing is decoded into structs.
             let grouped = group_encoded(&raw).map_err(|e| invalid(&e))?;
+            drop(group_cpu);
             match svc
                 .distributor
                 .push_grouped(&tenant, raw, grouped, None)

@@ -19,6 +19,7 @@ use super::estimate::estimate_protobuf;
 use super::{refusal, response_for, Refusal};
 use crate::api::auth::{AuthError, TenantResolver, CHALLENGES};
 use crate::distributor::{Distributor, PushError};
+use crate::metrics::Stage;
 use crate::model::group_encoded;
 
 #[derive(Clone)]
@@ -167,7 +168,11 @@ async fn export(State(s): State<HttpReceiverState>, headers: HeaderMap, body: Bo
         .to_ascii_lowercase();
     let (body, held) = match encoding.as_str() {
         "" | "identity" => (body.clone(), body.len()),
-        "gzip" => match gunzip(&body, limit) {
+        "gzip" => match s
+            .distributor
+            .stage_cpu()
+            .time(Stage::Inflate, || gunzip(&body, limit))
+        {
             Ok(b) => {
                 let held = body.len() + b.len();
                 if let Err(e) = reservation.grow_to(held) {
@@ -196,6 +201,7 @@ async fn export(State(s): State<HttpReceiverState>, headers: HeaderMap, body: Bo
     };
     // The rate is taken before decoding protobuf (JSON is rated on its protobuf size, known
     // only once decoded): an export over the rate costs no decode.
+    let group_cpu = s.distributor.stage_cpu().start(Stage::Group);
     if format == Format::Protobuf {
         if let Err(e) = s.distributor.admit(&tenant, body.len() as u64, || {
             estimate_protobuf(&body).map_or(0, |e| e.spans)
@@ -223,6 +229,7 @@ async fn export(State(s): State<HttpReceiverState>, headers: HeaderMap, body: Bo
                 Ok(g) => g,
                 Err(e) => return invalid("protobuf", &e),
             };
+            drop(group_cpu);
             s.distributor
                 .push_grouped(&tenant, body, grouped, None)
                 .await
@@ -233,6 +240,7 @@ async fn export(State(s): State<HttpReceiverState>, headers: HeaderMap, body: Bo
                 Err(DecodeError::Refused(e)) => return refused(format, &e),
                 Err(DecodeError::Invalid(e)) => return invalid("json", &e),
             };
+            drop(group_cpu);
             s.distributor.push(&tenant, None, req).await
         }
     };

@@ -47,7 +47,7 @@ pub(crate) use replay::read_only;
 pub(crate) use replay::Replay;
 pub use replay::{ReplayStats, ReplayedRecord};
 
-use crate::metrics::Metrics;
+use crate::metrics::{thread_cpu_nanos, Metrics, Stage};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {
@@ -279,6 +279,8 @@ impl Writer {
 
     fn run(mut self, rx: mpsc::Receiver<Cmd>) {
         let mut waiting: Vec<oneshot::Sender<Result<u64, WalError>>> = Vec::new();
+        // This thread does nothing but the WAL: all its CPU is the WAL stage's.
+        let mut charged = thread_cpu_nanos();
         // Block for the first command, then take everything already queued: that is the group.
         while let Ok(first) = rx.recv() {
             let mut next = Some(first);
@@ -305,6 +307,11 @@ impl Writer {
                 }
             }
             self.commit(&mut waiting);
+            let now = thread_cpu_nanos();
+            self.metrics
+                .stage_cpu
+                .add_nanos(Stage::Wal, now.saturating_sub(charged));
+            charged = now;
         }
         // Channel closed: every sender is gone, so nothing waits on us.
         let _ = self.file.sync_data();
