@@ -39,6 +39,8 @@ CFG
 VP=$!
 until curl -sf localhost:23200/ready >/dev/null; do sleep 0.2; done
 cpu() { awk '{print ($14+$15)/100}' /proc/$VP/stat; }
+# Searches carry start/end around the data, as Grafana's do.
+start=$(($(date +%s) - 120))
 cpu0=$(cpu)
 # LOADGEN_ARGS adds ingest flags, e.g. "--replay /tmp/sdk.otlp" (benches/otel_sdk_traffic.py).
 # shellcheck disable=SC2086
@@ -57,12 +59,13 @@ echo "$stages1" | awk -v total="$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN{print b-a
   END { printf ",\"other\":%.2f}}\n", total - sum }'
 # INGEST_ONLY=1 stops here (the ingest window's figures alone).
 if [ -n "${INGEST_ONLY:-}" ]; then exit 0; fi
+end=$(($(date +%s) + 120))
 "$LG" lookup --api http://127.0.0.1:23200 --manifest "$DIR/ids.txt" --requests 500 --concurrency 8 | sed 's/^/recent /'
 # Search right after ingest, as Grafana's default view does: most traces are still in memory
 # (the live-trace count says how many), the rest in the blocks cut so far.
 echo "{\"fresh_live_traces\":$(curl -s localhost:23200/metrics | awk '/^vivace_ingester_live_traces /{print $2}'),\"fresh_blocks\":$(find "$DIR/blocks" -name data.parquet | wc -l)}"
-"$LG" search --api http://127.0.0.1:23200 --repeat 3 --limit 20 --pid "$VP" | sed 's/^/fresh limit20 /'
-"$LG" search --api http://127.0.0.1:23200 --repeat 3 --pid "$VP" | sed 's/^/fresh full /'
+"$LG" search --api http://127.0.0.1:23200 --repeat 3 --limit 20 --pid "$VP" --start "$start" --end "$end" | sed 's/^/fresh limit20 /'
+"$LG" search --api http://127.0.0.1:23200 --repeat 3 --pid "$VP" --start "$start" --end "$end" | sed 's/^/fresh full /'
 # FRESH_ONLY=1 stops here (the fresh-data figures alone, for before/after pairs).
 if [ -n "${FRESH_ONLY:-}" ]; then exit 0; fi
 # Wait until every trace is in a block (the head drains once traces go idle).
@@ -76,9 +79,9 @@ acked=$(sed 's/.*"spans_acked":\([0-9]*\).*/\1/' "$DIR/ingest.json")
 "$LG" lookup --api http://127.0.0.1:23200 --manifest "$DIR/ids.txt" --requests 500 --concurrency 1 | sed 's/^/blocks /'
 "$LG" lookup --api http://127.0.0.1:23200 --manifest "$DIR/ids.txt" --requests 500 --concurrency 8 | sed 's/^/blocks /'
 cpu2=$(cpu)
-"$LG" search --api http://127.0.0.1:23200 --repeat 5 --pid "$VP" --spans "$acked" | tee "$DIR/search.json"
+"$LG" search --api http://127.0.0.1:23200 --repeat 5 --pid "$VP" --start "$start" --end "$end" --spans "$acked" | tee "$DIR/search.json"
 cpu3=$(cpu)
-"$LG" search --api http://127.0.0.1:23200 --repeat 3 --limit 20 --pid "$VP" | sed 's/^/blocks limit20 /'
+"$LG" search --api http://127.0.0.1:23200 --repeat 3 --limit 20 --pid "$VP" --start "$start" --end "$end" | sed 's/^/blocks limit20 /'
 # Every query searches the whole set (pruned spans count, as in Tempo's figure).
 awk -v a="$cpu2" -v b="$cpu3" -v n="$acked" 'BEGIN { c = b - a; printf "{\"search_server_cpu_s\":%.2f,\"set_spans_per_cpu_s_all_queries\":%.0f}\n", c, n*6*5/c }'
 # Autocomplete: tag names and values, answered from per-block tag summaries.

@@ -363,6 +363,12 @@ async fn search(kv: HashMap<String, String>) {
     let pid: u32 = get(&kv, "pid", 0);
     // Spans in the searched set, for spans per CPU-second as Tempo's figure counts them.
     let set_spans: u64 = get(&kv, "spans", 0);
+    // `--start`/`--end` (unix seconds) bound the search as Grafana does; Tempo answers a
+    // search without them from its recent data only.
+    let range: Vec<(&str, String)> = ["start", "end"]
+        .into_iter()
+        .filter_map(|k| kv.get(k).map(|v| (k, v.clone())))
+        .collect();
     let client = reqwest::Client::new();
     for q in SEARCH_QUERIES {
         let mut lat = Vec::new();
@@ -375,6 +381,7 @@ async fn search(kv: HashMap<String, String>) {
             let resp: serde_json::Value = client
                 .get(format!("{api}/api/search"))
                 .query(&[("q", q), ("limit", &limit.to_string()), ("spss", "3")])
+                .query(&range)
                 .send()
                 .await
                 .expect("search request")

@@ -296,6 +296,7 @@ mod tests {
             row_group_size_bytes: 4_000,
             data_page_size_bytes: 512,
             data_page_rows: 2,
+            data_page_spans: 0,
             trace_id_page_rows: 2,
             compression: BlockCompression::None,
             ..BlockConfig::default()

@@ -89,6 +89,12 @@ pub struct BlockConfig {
     /// Rows (traces) at most per data page in every column. Data page sizes do not count
     /// repetition and definition levels, so sparse nested columns need this bound.
     pub data_page_rows: usize,
+    /// Spans a data page may hold before `data_page_rows` caps it: a block of small traces
+    /// gets up to `data_page_spans / spans per trace` rows per page (from its first row
+    /// group), so its pages are as full as those of large traces. 128-row pages of 3–10
+    /// span traces made a third of the block page headers, levels that compress poorly in
+    /// small frames, and page-index entries. 0 keeps `data_page_rows` as is.
+    pub data_page_spans: usize,
     /// Rows (traces) per page of the trace_id column. A lookup decodes the trace IDs of
     /// one such page to find the row; the pages of the other columns are cut by size.
     pub trace_id_page_rows: usize,
@@ -104,6 +110,7 @@ impl Default for BlockConfig {
             string_dictionary: true,
             data_page_size_bytes: 8 << 10,
             data_page_rows: 128,
+            data_page_spans: 4096,
             trace_id_page_rows: 16,
         }
     }

@@ -564,26 +564,34 @@ fn footer_of(block: &EncodedBlock) -> Arc<parquet::file::metadata::ParquetMetaDa
 #[test]
 #[ignore]
 fn measure_lookup() {
-    let input = realistic_traces(9_300, 21);
+    // MEASURE_BLOCK=path/data.parquet measures on a block's traces (data vivace's generator
+    // did not make, e.g. benches/otel_sdk_traffic.py's) instead of the synthetic ones.
+    let input = match std::env::var("MEASURE_BLOCK") {
+        Ok(path) => read_all_traces(Bytes::from(std::fs::read(path).expect("read block")))
+            .expect("decode block"),
+        Err(_) => realistic_traces(9_300, 21),
+    };
     let spans: usize = input
         .iter()
         .map(|t| crate::model::span_count(&t.batches))
         .sum();
     println!("{} traces, {spans} spans", input.len());
     let ids: Vec<TraceId> = input.iter().map(|t| t.id).collect();
-    let pages: Vec<(usize, usize, usize)> = std::env::var("PAGES")
-        .unwrap_or("1048576:20000:20000,8192:128:16,8192:64:16,16384:64:16,8192:256:16".into())
+    // page bytes:rows:trace_id rows[:spans per page (data_page_spans, 0 by default)]
+    let pages: Vec<(usize, usize, usize, usize)> = std::env::var("PAGES")
+        .unwrap_or("8192:128:16,8192:128:16:4096,8192:256:16,8192:1024:64".into())
         .split(',')
         .map(|p| {
             let v: Vec<usize> = p.split(':').map(|x| x.parse().expect("num")).collect();
-            (v[0], v[1], v[2])
+            (v[0], v[1], v[2], v.get(3).copied().unwrap_or(0))
         })
         .collect();
-    for (page, rows, id_rows) in pages {
+    for (page, rows, id_rows, page_spans) in pages {
         let cfg = BlockConfig {
             data_page_size_bytes: page,
             data_page_rows: rows,
             trace_id_page_rows: id_rows,
+            data_page_spans: page_spans,
             ..BlockConfig::default()
         };
         let t = std::time::Instant::now();
@@ -606,7 +614,7 @@ fn measure_lookup() {
         times.sort_by(f64::total_cmp);
         bytes.sort();
         println!(
-            "page {page:8} rows {rows:5} id_rows {id_rows:5}: {:.1} B/span, footer+index {} B, encode {:.0} spans/s, {} rgs; lookup bytes p50 {} p99 {}, ms p50 {:.2} p99 {:.2}",
+            "page {page:8} rows {rows:5} id_rows {id_rows:5} spans {page_spans:5}: {:.1} B/span, footer+index {} B, encode {:.0} spans/s, {} rgs; lookup bytes p50 {} p99 {}, ms p50 {:.2} p99 {:.2}",
             block.data.len() as f64 / spans as f64,
             block.meta.footer_size + block.meta.page_index_size,
             spans as f64 / enc,
@@ -625,6 +633,7 @@ fn paged_cfg() -> BlockConfig {
         row_group_size_bytes: 300_000,
         data_page_size_bytes: 2048,
         data_page_rows: 4,
+        data_page_spans: 0,
         trace_id_page_rows: 2,
         ..BlockConfig::default()
     }
@@ -957,4 +966,61 @@ fn reads_blocks_of_older_writers() {
         .key_value_metadata()
         .is_some());
     assert_eq!(read_all_traces(block.data).expect("read"), want);
+}
+
+/// Traces of one or two spans: with `data_page_spans` their pages hold as many spans as
+/// those of large traces (more rows than `data_page_rows`), and lookups still find each.
+#[test]
+fn small_traces_get_fuller_pages_and_stay_found() {
+    let mut input = realistic_traces(3_000, 31);
+    for t in &mut input {
+        t.batches.truncate(1);
+        t.batches[0].scope_spans.truncate(1);
+        t.batches[0].scope_spans[0].spans.truncate(2);
+    }
+    input.sort_by_key(|t| t.id);
+    let want = expected(&input);
+    let pages_of = |cfg: &BlockConfig| {
+        let block =
+            encode_block(&tenant(), uuid::Uuid::nil(), 0, input.clone(), cfg).expect("encode");
+        let md = footer_of(&block);
+        let index = RowGroupIndex::from_bytes(&block.index).expect("index");
+        for w in want.iter().step_by(97) {
+            let (got, _) = lookup(&block, &md, &index, &w.id).expect("lookup");
+            assert_eq!(got.as_ref(), Some(&w.batches), "trace {}", w.id);
+        }
+        let name = md
+            .file_metadata()
+            .schema_descr()
+            .columns()
+            .iter()
+            .position(|c| c.path().string() == format!("{}name", paths::SPAN))
+            .expect("span name column");
+        let pi = md.page_index().expect("page index");
+        let pages: usize = (0..md.num_row_groups())
+            .map(|rg| {
+                pi.offset_index(rg, name)
+                    .expect("offsets")
+                    .page_locations()
+                    .len()
+            })
+            .sum();
+        (pages, block.data.len())
+    };
+    let fixed = BlockConfig {
+        data_page_spans: 0,
+        ..BlockConfig::default()
+    };
+    let (fixed_pages, fixed_bytes) = pages_of(&fixed);
+    let (pages, bytes) = pages_of(&BlockConfig::default());
+    // 3,000 rows: at least 24 pages of 128 rows, against a few of up to 2,048.
+    assert!(
+        fixed_pages >= 3_000 / 128,
+        "{fixed_pages} pages at 128 rows"
+    );
+    assert!(
+        pages * 4 <= fixed_pages,
+        "{pages} pages against {fixed_pages}"
+    );
+    assert!(bytes < fixed_bytes, "{bytes} bytes against {fixed_bytes}");
 }

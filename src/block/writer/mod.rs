@@ -15,7 +15,7 @@ mod row_group;
 #[cfg(test)]
 mod sink_tests;
 
-use properties::writer_properties;
+use properties::{page_rows, writer_properties};
 use row_group::RowGroupBuilder;
 
 use std::io::Write;
@@ -148,15 +148,29 @@ where
     } else {
         (parquet_schema()?, arrow_schema()?)
     };
-    let options = ArrowWriterOptions::new()
-        .with_properties(writer_properties(cfg, &descr)?)
-        .with_skip_arrow_metadata(true)
-        .with_parquet_schema((*descr).clone());
-    let mut writer =
-        ArrowWriter::try_new_with_options(TailWriter::new(sink), schema.clone(), options)?;
+    // Made at the first row group's flush: its traces' size sets the page row limit.
+    let mut sink = Some(TailWriter::new(sink));
+    let mut writer = None;
+    let mut flush = |rg: &mut RowGroupBuilder, rows: usize, spans: u64| {
+        if writer.is_none() {
+            let rows = page_rows(cfg, spans as f64 / rows.max(1) as f64);
+            let options = ArrowWriterOptions::new()
+                .with_properties(writer_properties(cfg, &descr, rows)?)
+                .with_skip_arrow_metadata(true)
+                .with_parquet_schema((*descr).clone());
+            let tail = sink.take().expect("the writer is made once");
+            writer = Some(ArrowWriter::try_new_with_options(
+                tail,
+                schema.clone(),
+                options,
+            )?);
+        }
+        flush_row_group(writer.as_mut().expect("made above"), rg, &schema)
+    };
 
     let mut rg = RowGroupBuilder::new();
     let mut rg_rows = 0usize;
+    let mut rg_spans = 0u64;
     let mut max_ids = Vec::new();
     let mut ids: Vec<TraceId> = Vec::new();
     let (mut start, mut end, mut total_spans) = (u64::MAX, 0u64, 0u64);
@@ -179,20 +193,23 @@ where
             end = end.max(s.end);
         }
         total_spans += s.spans;
+        rg_spans += s.spans;
         if rg.est_bytes >= cfg.row_group_size_bytes {
-            flush_row_group(&mut writer, &mut rg, &schema)?;
+            flush(&mut rg, rg_rows, rg_spans)?;
             max_ids.extend(ids.last().copied());
             rg_rows = 0;
+            rg_spans = 0;
         }
     }
     if ids.is_empty() {
         return Err(BlockError::Empty);
     }
     if rg_rows > 0 {
-        flush_row_group(&mut writer, &mut rg, &schema)?;
+        flush(&mut rg, rg_rows, rg_spans)?;
         max_ids.extend(ids.last().copied());
     }
     drop(rg);
+    let mut writer = writer.expect("a block with traces flushed a row group");
     // Writes the page indexes and the footer; the metadata it returns has the page-index
     // offsets filled in.
     let md = writer.finish()?;

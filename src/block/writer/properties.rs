@@ -9,9 +9,24 @@ use parquet::schema::types::{ColumnPath, SchemaDescriptor};
 use super::legacy;
 use crate::block::{BlockCompression, BlockConfig, BlockError};
 
+/// Rows per data page for traces of `spans_per_trace` spans on average (see
+/// [`BlockConfig::data_page_spans`]).
+pub(super) fn page_rows(cfg: &BlockConfig, spans_per_trace: f64) -> usize {
+    if cfg.data_page_spans == 0 || spans_per_trace <= 0.0 {
+        return cfg.data_page_rows;
+    }
+    let by_spans = (cfg.data_page_spans as f64 / spans_per_trace) as usize;
+    by_spans.clamp(
+        cfg.data_page_rows,
+        cfg.data_page_spans.max(cfg.data_page_rows),
+    )
+}
+
+/// `page_rows`: rows per data page, from [`page_rows`].
 pub(super) fn writer_properties(
     cfg: &BlockConfig,
     descr: &SchemaDescriptor,
+    page_rows: usize,
 ) -> Result<WriterProperties, BlockError> {
     let compression = match cfg.compression {
         BlockCompression::None => Compression::UNCOMPRESSED,
@@ -29,7 +44,7 @@ pub(super) fn writer_properties(
         .set_column_statistics_enabled(trace_id.clone(), EnabledStatistics::Page)
         .set_offset_index_disabled(false)
         .set_data_page_size_limit(cfg.data_page_size_bytes)
-        .set_data_page_row_count_limit(cfg.data_page_rows)
+        .set_data_page_row_count_limit(page_rows)
         .set_column_data_page_row_count_limit(trace_id, cfg.trace_id_page_rows)
         // Page limits are only checked between write batches (a batch is extended to a
         // record boundary in nested columns), so this bounds the rows of a trace_id page.
