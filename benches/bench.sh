@@ -37,7 +37,10 @@ storage:
 CFG
 "$BIN" serve --config.file="$DIR/cfg.yaml" 2> "$DIR/vivace.log" &
 VP=$!
-until curl -sf localhost:23200/ready >/dev/null; do sleep 0.2; done
+until curl -sf localhost:23200/ready >/dev/null; do
+  kill -0 $VP 2>/dev/null || { tail -3 "$DIR/vivace.log"; exit 1; }
+  sleep 0.2
+done
 cpu() { awk '{print ($14+$15)/100}' /proc/$VP/stat; }
 # Searches carry start/end around the data, as Grafana's do.
 start=$(($(date +%s) - 120))

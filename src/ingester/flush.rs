@@ -149,6 +149,7 @@ impl Ingester {
                 self.update_gauges(&head);
             }
             *self.flushing.write() = Arc::new(HashMap::new());
+            self.metrics.flushing_bytes.set(0);
             *self.flushing_blocks.write() = Arc::new(HashMap::new());
         }
         // A tenant whose block cannot be written is carried over like a live trace, so its
@@ -343,7 +344,7 @@ mod tests {
     use parking_lot::Mutex;
 
     use super::super::wal::{self, Wal};
-    use super::super::{BlockCommitted, IngestLog, Ingester};
+    use super::super::{BlockCommitted, IngestError, IngestLog, Ingester};
     use crate::backend::faulty::{FaultAction, FaultOp, FaultRule, Faults};
     use crate::backend::Backend;
     use crate::block::{BlockConfig, BlockMeta};
@@ -582,6 +583,57 @@ mod tests {
             "retries wrote one block"
         );
         assert_eq!(wal_files(), 1, "old segment deleted after the commit");
+    }
+
+    /// Traces being written into a block still count against `max_live_bytes` until
+    /// committed: memory stays near the budget that names it.
+    #[tokio::test]
+    async fn traces_being_flushed_count_against_the_live_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let (log, _) = Wal::open(dir.path(), metrics.clone()).unwrap();
+        let faults = Faults::new();
+        let backend = Backend::memory().with_faults(faults.clone());
+        let tenant = TenantId::single();
+        let one = |t: u8| {
+            let req = request(t, 20);
+            let g = crate::model::group_by_trace(&req.resource_spans);
+            (prost::Message::encode_to_vec(&req), g)
+        };
+        let (raw1, g1) = one(1);
+        let size: u64 = g1.traces().iter().map(|t| t.data.len() as u64).sum();
+        let ing = Ingester::new(
+            IngesterConfig {
+                // One trace fits, two do not.
+                max_live_bytes: size * 3 / 2,
+                ..IngesterConfig::default()
+            },
+            Arc::new(log),
+            backend,
+            BlockConfig::default(),
+            metrics.clone(),
+            Arc::new(|_| {}),
+        );
+        ing.push(&tenant, &raw1, g1).await.unwrap();
+        // The upload fails twice, so the flush holds the trace for a while.
+        faults.add(FaultRule::new(FaultOp::Put, "", FaultAction::Error).times(2));
+        let flushing = {
+            let ing = ing.clone();
+            tokio::spawn(async move { ing.flush(true).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(metrics.live_bytes.get(), 0, "the cut emptied the head");
+        assert_eq!(metrics.flushing_bytes.get(), size);
+        let (raw2, g2) = one(2);
+        let err = ing.push(&tenant, &raw2, g2).await.unwrap_err();
+        assert!(
+            matches!(err, IngestError::LiveBytesExceeded { .. }),
+            "{err}"
+        );
+        assert_eq!(flushing.await.unwrap(), 1);
+        assert_eq!(metrics.flushing_bytes.get(), 0);
+        let (raw2, g2) = one(2);
+        ing.push(&tenant, &raw2, g2).await.unwrap();
     }
 
     /// A backfilled trace (a week old) and a far-future one: the committed block's times

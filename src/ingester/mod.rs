@@ -243,10 +243,11 @@ impl Ingester {
         self.append(position, tenant, traces).await
     }
 
-    /// Refuses traces that would take the live traces past `max_live_bytes`.
+    /// Refuses traces that would take the live traces past `max_live_bytes`, counting the
+    /// ones a cut is writing into blocks: they stay in memory until committed.
     fn check_room(&self, traces: &[TraceBatch]) -> Result<(), IngestError> {
         let incoming: u64 = traces.iter().map(|t| t.data.len() as u64).sum();
-        let live = self.metrics.live_bytes.get();
+        let live = self.metrics.live_bytes.get() + self.metrics.flushing_bytes.get();
         if live + incoming > self.cfg.max_live_bytes {
             return Err(IngestError::LiveBytesExceeded {
                 live_bytes: live,
@@ -487,6 +488,11 @@ impl Ingester {
                     .collect(),
             );
             *self.flushing.write() = taken.clone();
+            let bytes = taken
+                .values()
+                .flat_map(|m| m.values())
+                .map(|d| d.len() as u64);
+            self.metrics.flushing_bytes.set(bytes.sum());
         }
         drop(head);
         Ok(Cut {

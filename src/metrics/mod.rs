@@ -135,6 +135,8 @@ pub struct Metrics {
     pub(crate) wal_bytes: Counter,
     pub(crate) live_traces: Gauge,
     pub(crate) live_bytes: Gauge,
+    /// Bytes of the traces a cut took, held until their blocks are committed.
+    pub(crate) flushing_bytes: Gauge,
     pub(crate) blocks_flushed: Counter,
     pub(crate) pressure_cuts: Counter,
     pub(crate) traces_flushed: Counter,
@@ -322,6 +324,12 @@ impl Metrics {
             "vivace_ingester_live_bytes",
             "Bytes of traces held in memory.",
             self.live_bytes.get(),
+        );
+        gauge(
+            &mut s,
+            "vivace_ingester_flushing_bytes",
+            "Bytes of traces being written into blocks; with live bytes, what max_live_bytes bounds.",
+            self.flushing_bytes.get(),
         );
         counter(
             &mut s,
