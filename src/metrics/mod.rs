@@ -152,6 +152,8 @@ pub struct Metrics {
     pub(crate) ingest_partition_takeovers: Counter,
     /// Leases this node lost (not renewed in time, or taken by another node).
     pub(crate) ingest_partitions_lost: Counter,
+    /// Distributors sharing `global` tenant rates, this one included (`ingest:` only).
+    pub(crate) distributors_healthy: Gauge,
 }
 
 /// The metrics-generator's own health: what it processed, skipped and sent.
@@ -305,6 +307,12 @@ impl Metrics {
             "vivace_ingest_partitions_lost_total",
             "Ingest partition leases this node lost.",
             self.ingest_partitions_lost.get(),
+        );
+        gauge(
+            &mut s,
+            "vivace_distributors_healthy",
+            "Distributors sharing global tenant rates, this one included.",
+            self.distributors_healthy.get(),
         );
         gauge(
             &mut s,
