@@ -13,6 +13,7 @@ mod generator;
 mod harness;
 mod ingest;
 mod kafka;
+mod kafka_outage;
 mod limits;
 mod metrics;
 mod model;
