@@ -128,7 +128,7 @@ fn ingest_yaml(broker: &Broker, topic: &str, write_timeout: &str) -> String {
     )
 }
 
-fn opts(s3: &S3Server, broker: &Broker, write_timeout: &str) -> Opts {
+pub(crate) fn opts(s3: &S3Server, broker: &Broker, write_timeout: &str) -> Opts {
     Opts {
         // The commit of offsets (a write of the partition leases) hangs while the file
         // `hang-commit` exists in the server's directory: a crash between a cut's

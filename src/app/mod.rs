@@ -344,6 +344,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     };
 
     // The receivers.
+    let mut distributor_members = None;
     if has(Distributor) {
         let log: Option<Arc<dyn crate::distributor::TraceLog>> = match &kafka {
             Some(_) => {
@@ -372,7 +373,26 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
             }
             None => Distributor::new(ingester.clone(), metrics.clone(), overrides.clone()),
         };
-        let distributor = Arc::new(distributor.with_generator(generator.clone()));
+        let mut distributor = distributor.with_generator(generator.clone());
+        if kafka.is_some() {
+            // Nodes on one topic count each other, so a `global` tenant rate is shared.
+            let healthy = Arc::new(crate::distributor::HealthyDistributors::default());
+            let k = &cfg.ingest.kafka;
+            let members = crate::ingest::distributors::DistributorMembers::new(
+                backend.clone(),
+                &crate::ingest::PartitionLog::dir(&k.consumer_group, &k.topic),
+                instance_id(&cfg)?,
+                cfg.ingest.partition_lease_timeout,
+                healthy.clone(),
+                metrics.clone(),
+            );
+            let n = members.tick().await;
+            info!(healthy = n, "counting distributors through the bucket");
+            background.push(tokio::spawn(members.clone().run()));
+            distributor_members = Some(members);
+            distributor = distributor.with_healthy(healthy);
+        }
+        let distributor = Arc::new(distributor);
         let protocols = &cfg.distributor.receivers.otlp.protocols;
         // One in-flight budget for both receivers: memory is shared, so is the bound.
         let admission = receiver::admission::Admission::new(
@@ -505,6 +525,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     for b in background {
         b.abort();
         let _ = b.await;
+    }
+    if let Some(m) = &distributor_members {
+        m.leave().await;
     }
     // Readers are stopped: hand the partitions over now rather than after the lease timeout.
     if let Some(o) = &ownership {

@@ -745,6 +745,18 @@ storage:
     }
 
     #[test]
+    fn scale_demo_config_is_valid() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docker/scale/vivace.yaml");
+        let cfg = Config::from_file(&path, false).unwrap();
+        assert!(cfg.ingest.enabled);
+        assert_eq!(
+            cfg.overrides.defaults.ingestion.rate_strategy,
+            crate::config::overrides::RateStrategy::Global
+        );
+    }
+
+    #[test]
     fn unknown_keys_are_named() {
         let err = Config::from_yaml("server:\n  nope: 1\n")
             .unwrap_err()

@@ -72,11 +72,39 @@ pub struct CompactionLimits {
 pub struct IngestionLimits {
     /// Sustained ingest rate per tenant, in bytes of OTLP per second.
     pub rate_limit_bytes: u64,
-    /// How far above the rate a tenant may burst.
+    /// How far above the rate a tenant may burst. Always per distributor, whatever the
+    /// strategy (as in Tempo): a tenant's largest request must fit it on every node.
     pub burst_size_bytes: u64,
+    /// `local`: every distributor allows the whole rate. `global`: the rate is the tenant's
+    /// across the cluster, each healthy distributor allowing its share (`ingest:` nodes
+    /// count each other; a single node's share is the whole rate).
+    pub rate_strategy: RateStrategy,
     /// Live (not yet flushed) traces a tenant may have at once; spans of new traces past it
     /// are refused (zero: no limit besides the ingester's memory bound).
     pub max_traces_per_user: u64,
+}
+
+/// Tempo's `ingestion.rate_strategy` (`ingestion_rate_strategy` in its legacy layout).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RateStrategy {
+    #[default]
+    Local,
+    Global,
+}
+
+impl IngestionLimits {
+    /// The rate and burst one distributor enforces when `healthy` distributors (at least
+    /// one: this one) share the tenant: the rate divided among them under `global`, the
+    /// burst never, and never below the rate it is a burst of.
+    pub fn per_distributor(&self, healthy: usize) -> (u64, u64) {
+        let rate = match self.rate_strategy {
+            RateStrategy::Local => self.rate_limit_bytes,
+            // Rounded up, so a limit never becomes 0 ("no limit") by division.
+            RateStrategy::Global => self.rate_limit_bytes.div_ceil(healthy.max(1) as u64),
+        };
+        (rate, self.burst_size_bytes.max(rate))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -92,6 +120,7 @@ impl Default for IngestionLimits {
         Self {
             rate_limit_bytes: 30_000_000,
             burst_size_bytes: 30_000_000,
+            rate_strategy: RateStrategy::Local,
             max_traces_per_user: 0,
         }
     }
@@ -123,5 +152,47 @@ impl Default for OverridesConfig {
             per_tenant_override_config: None,
             per_tenant_override_period: Duration::from_secs(10),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(yaml: &str) -> IngestionLimits {
+        serde_yaml_ng::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn local_strategy_keeps_the_whole_rate_on_every_distributor() {
+        let l = limits("rate_limit_bytes: 1000\nburst_size_bytes: 4000\n");
+        assert_eq!(l.rate_strategy, RateStrategy::Local, "Tempo's default");
+        assert_eq!(l.per_distributor(1), (1000, 4000));
+        assert_eq!(l.per_distributor(3), (1000, 4000));
+    }
+
+    #[test]
+    fn global_strategy_shares_the_rate_but_not_the_burst() {
+        let l = limits("rate_limit_bytes: 1000\nburst_size_bytes: 4000\nrate_strategy: global\n");
+        assert_eq!(l.per_distributor(1), (1000, 4000));
+        assert_eq!(l.per_distributor(2), (500, 4000));
+        // Rounded up: three shares never add up to less than the tenant's rate.
+        assert_eq!(l.per_distributor(3), (334, 4000));
+        // Nobody counted (not even this node, before its first round): the whole rate.
+        assert_eq!(l.per_distributor(0), (1000, 4000));
+    }
+
+    #[test]
+    fn global_strategy_edge_cases() {
+        // A burst below the share is raised to it, as for a local rate.
+        let l = limits("rate_limit_bytes: 1000\nburst_size_bytes: 10\nrate_strategy: global\n");
+        assert_eq!(l.per_distributor(2), (500, 500));
+        // No limit stays no limit; a tiny one never divides down to "no limit".
+        let none = limits("rate_limit_bytes: 0\nrate_strategy: global\n");
+        assert_eq!(none.per_distributor(4).0, 0);
+        let tiny = limits("rate_limit_bytes: 1\nburst_size_bytes: 1\nrate_strategy: global\n");
+        assert_eq!(tiny.per_distributor(4), (1, 1));
+        let bad = serde_yaml_ng::from_str::<IngestionLimits>("rate_strategy: shared\n");
+        assert!(bad.is_err(), "unknown strategies are refused");
     }
 }

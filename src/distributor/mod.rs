@@ -4,6 +4,7 @@
 //! `partial_success`), never silently dropped.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -79,6 +80,31 @@ pub(crate) struct Distributor {
     /// With `ingest.enabled`, the log accepted traces are produced to (the ingester then
     /// reads them back from it); `None` keeps the embedded WAL.
     log: Option<Arc<dyn TraceLog>>,
+    /// Distributors sharing each tenant's rate under `rate_strategy: global`.
+    healthy: Arc<HealthyDistributors>,
+}
+
+/// How many distributors are healthy, this one included: with `ingest:` the nodes count
+/// each other through the bucket (`ingest::distributors`); otherwise it stays 1, so a
+/// `global` rate is the whole rate, as `local`. Defined here so the distributor does not
+/// depend on the ingest log.
+#[derive(Debug)]
+pub(crate) struct HealthyDistributors(AtomicUsize);
+
+impl Default for HealthyDistributors {
+    fn default() -> Self {
+        Self(AtomicUsize::new(1))
+    }
+}
+
+impl HealthyDistributors {
+    pub(crate) fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set(&self, n: usize) {
+        self.0.store(n.max(1), Ordering::Relaxed);
+    }
 }
 
 /// A token bucket of bytes per tenant.
@@ -117,6 +143,7 @@ impl Distributor {
             overrides,
             buckets: Mutex::new(HashMap::new()),
             log: None,
+            healthy: Arc::default(),
         }
     }
 
@@ -139,7 +166,14 @@ impl Distributor {
             overrides,
             buckets: Mutex::new(HashMap::new()),
             log: Some(log),
+            healthy: Arc::default(),
         }
+    }
+
+    /// Shares `global` tenant rates among the distributors `healthy` counts.
+    pub(crate) fn with_healthy(mut self, healthy: Arc<HealthyDistributors>) -> Self {
+        self.healthy = healthy;
+        self
     }
 
     /// Feeds accepted requests of tenants with generator processors to `generator`.
@@ -149,13 +183,7 @@ impl Distributor {
     }
 
     fn check_rate(&self, tenant: &TenantId, limits: &Limits, size: u64) -> Result<(), PushError> {
-        let (rate, burst) = (
-            limits.ingestion.rate_limit_bytes,
-            limits
-                .ingestion
-                .burst_size_bytes
-                .max(limits.ingestion.rate_limit_bytes),
-        );
+        let (rate, burst) = limits.ingestion.per_distributor(self.healthy.get());
         if rate == 0 {
             return Ok(());
         }
@@ -419,3 +447,71 @@ impl Distributor {
 
 #[cfg(test)]
 mod wire_tests;
+
+#[cfg(test)]
+mod rate_tests {
+    use super::*;
+    use crate::config::overrides::{OverridesConfig, RateStrategy};
+
+    fn distributor(strategy: RateStrategy, healthy: &Arc<HealthyDistributors>) -> Distributor {
+        let mut cfg = OverridesConfig::default();
+        cfg.defaults.ingestion.rate_limit_bytes = 1000;
+        cfg.defaults.ingestion.burst_size_bytes = 1000;
+        cfg.defaults.ingestion.rate_strategy = strategy;
+        let overrides = Overrides::new(&cfg).unwrap();
+        Distributor::new(None, Arc::new(Metrics::default()), overrides)
+            .with_healthy(healthy.clone())
+    }
+
+    /// Bytes admitted in 100-byte requests before the first refusal, from a full bucket.
+    fn admitted(d: &Distributor, tenant: &TenantId) -> u64 {
+        let mut n = 0;
+        while d.admit(tenant, 100, || 1).is_ok() {
+            n += 100;
+            assert!(n < 100_000, "never refused");
+        }
+        n
+    }
+
+    #[test]
+    fn global_rate_is_shared_by_healthy_distributors() {
+        let tenant = TenantId::new("t").unwrap();
+        let healthy = Arc::new(HealthyDistributors::default());
+        healthy.set(2);
+        let d = distributor(RateStrategy::Global, &healthy);
+        // The burst is the distributor's own: the first second's allowance is unchanged.
+        assert_eq!(admitted(&d, &tenant), 1000);
+        match d.admit(&tenant, 100, || 1) {
+            Err(PushError::RateLimited {
+                rate, retry_after, ..
+            }) => {
+                assert_eq!(rate, 500, "half the tenant's rate on each of 2");
+                // 100 bytes at 500 B/s, less what refilled since the bucket emptied.
+                assert!(retry_after <= Duration::from_millis(200));
+                assert!(retry_after > Duration::from_millis(150), "{retry_after:?}");
+            }
+            other => panic!("expected a rate refusal, got {other:?}"),
+        }
+        // A distributor leaving gives the survivor the whole rate back.
+        healthy.set(1);
+        match d.admit(&tenant, 100, || 1) {
+            Err(PushError::RateLimited { rate, .. }) => assert_eq!(rate, 1000),
+            other => panic!("expected a rate refusal, got {other:?}"),
+        }
+        healthy.set(0);
+        assert_eq!(healthy.get(), 1, "this distributor always counts itself");
+    }
+
+    #[test]
+    fn local_rate_ignores_other_distributors() {
+        let tenant = TenantId::new("t").unwrap();
+        let healthy = Arc::new(HealthyDistributors::default());
+        healthy.set(4);
+        let d = distributor(RateStrategy::Local, &healthy);
+        assert_eq!(admitted(&d, &tenant), 1000);
+        match d.admit(&tenant, 100, || 1) {
+            Err(PushError::RateLimited { rate, .. }) => assert_eq!(rate, 1000),
+            other => panic!("expected a rate refusal, got {other:?}"),
+        }
+    }
+}

@@ -5,10 +5,12 @@
 //!
 //! `client.rs` is the one file that knows the Kafka client; `record.rs` is the record
 //! format (`schema/ingest-record.md`) and the partitioning; `consumer.rs` feeds the
-//! ingester.
+//! ingester; `distributors.rs` counts the healthy distributors that share a `global`
+//! tenant rate.
 
 mod client;
 mod consumer;
+pub(crate) mod distributors;
 mod log;
 pub(crate) mod ownership;
 pub(crate) mod peers;

@@ -159,6 +159,8 @@ pub struct Metrics {
     pub(crate) ingest_partitions_lost: Counter,
     /// CPU time by ingest stage (`vivace_stage_cpu_seconds_total`).
     pub(crate) stage_cpu: StageCpu,
+    /// Distributors sharing `global` tenant rates, this one included (`ingest:` only).
+    pub(crate) distributors_healthy: Gauge,
 }
 
 /// The metrics-generator's own health: what it processed, skipped and sent.
@@ -312,6 +314,12 @@ impl Metrics {
             "vivace_ingest_partitions_lost_total",
             "Ingest partition leases this node lost.",
             self.ingest_partitions_lost.get(),
+        );
+        gauge(
+            &mut s,
+            "vivace_distributors_healthy",
+            "Distributors sharing global tenant rates, this one included.",
+            self.distributors_healthy.get(),
         );
         gauge(
             &mut s,
