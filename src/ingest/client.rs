@@ -198,6 +198,14 @@ impl Kafka {
         self.timed("list offsets", client.get_offset(OffsetAt::Earliest))
             .await
     }
+
+    /// The high watermark of partition `p`: the offset the next record will get, so every
+    /// record acknowledged so far lies below it (ListOffsets, latest).
+    pub(crate) async fn latest(&self, p: i32) -> Result<i64, KafkaError> {
+        let client = self.partition(p).await?;
+        self.timed("list offsets", client.get_offset(OffsetAt::Latest))
+            .await
+    }
 }
 
 async fn ensure_topic(client: &Client, cfg: &KafkaConfig) -> Result<u32, KafkaError> {

@@ -7,6 +7,7 @@
 //! format (`schema/ingest-record.md`) and the partitioning; `consumer.rs` feeds the
 //! ingester.
 
+mod caught_up;
 mod client;
 mod consumer;
 mod log;
@@ -20,7 +21,8 @@ use async_trait::async_trait;
 use tracing::warn;
 
 pub(crate) use client::{Kafka, KafkaError};
-pub(crate) use consumer::{CaughtUp, Consumer};
+pub(crate) use caught_up::CaughtUp;
+pub(crate) use consumer::Consumer;
 pub(crate) use log::PartitionLog;
 
 use crate::distributor::{LogUnavailable, TraceLog};
