@@ -296,12 +296,12 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         if let (Some(kafka), None) = (&kafka, &ownership) {
             // A node consuming nothing still finds the owners: it reads their leases.
             let o = ingest_ownership(&cfg, &backend, kafka, &metrics)?;
-            o.observe().await;
+            o.read_owners().await;
             info!(
                 instance = o.instance(),
                 "reading ingest partition leases to find live-trace owners"
             );
-            background_early.push(tokio::spawn(o.clone().run_observer()));
+            background_early.push(tokio::spawn(o.clone().run_owner_reader()));
             ownership = Some(o);
         }
         if let (Some(o), Some(kafka)) = (&ownership, &kafka) {

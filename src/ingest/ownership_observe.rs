@@ -11,7 +11,7 @@ use super::{LeaseBody, Owner, Ownership};
 impl Ownership {
     /// Reads every partition's lease once and records its holder; a lease that cannot be
     /// read keeps the holder seen last.
-    pub(crate) async fn observe(&self) {
+    pub(crate) async fn read_owners(&self) {
         for p in 0..self.cfg.partitions as i32 {
             let key = self.lease_key(p);
             let got = self
@@ -34,12 +34,12 @@ impl Ownership {
 
     /// Observes the leases every quarter of the lease timeout until aborted: as often as
     /// holders renew them, so a move is seen within one period.
-    pub(crate) async fn run_observer(self: Arc<Self>) {
+    pub(crate) async fn run_owner_reader(self: Arc<Self>) {
         let mut every = tokio::time::interval(self.cfg.timeout / 4);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             every.tick().await;
-            self.observe().await;
+            self.read_owners().await;
         }
     }
 }

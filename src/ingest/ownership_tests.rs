@@ -200,7 +200,7 @@ async fn an_observer_sees_the_holders_without_writing_anything() {
         .collect();
     let q = node(&backend, "q", 4);
     assert!(q.owner(0).is_none(), "knows an owner before reading");
-    q.observe().await;
+    q.read_owners().await;
     for p in 0..4 {
         let holder = if held(&a).contains(&p) { "a" } else { "b" };
         let seen = q.owner(p).expect("owner seen");
@@ -218,7 +218,7 @@ async fn an_observer_sees_the_holders_without_writing_anything() {
     assert_eq!(before, after, "observing wrote to the bucket");
     // A released lease is seen as unheld.
     a.release_all().await;
-    q.observe().await;
+    q.read_owners().await;
     for p in held(&b) {
         assert!(q.owner(p).is_some());
     }
