@@ -19,6 +19,7 @@ mod model;
 mod process;
 mod s3_server;
 mod scale;
+mod scale_visibility;
 mod search;
 mod service;
 mod storage;

@@ -17,7 +17,7 @@ use crate::s3_server::S3Server;
 const PARTITIONS: u32 = 6;
 const LEASE_TIMEOUT_S: u64 = 3;
 
-fn node_opts(s3: &S3Server, broker: &Broker, name: &str) -> Opts {
+pub(crate) fn node_opts(s3: &S3Server, broker: &Broker, name: &str) -> Opts {
     Opts {
         storage: Some(s3.storage_yaml("vivace")),
         extra_yaml: format!(
@@ -89,7 +89,7 @@ async fn all_readable(
 }
 
 /// A gauge or counter of a node's `/metrics`, 0 when absent.
-async fn metric(server: &Server, name: &str) -> u64 {
+pub(crate) async fn metric(server: &Server, name: &str) -> u64 {
     let (code, body) = server.get("/metrics").await;
     if code != 200 {
         return 0;
@@ -109,7 +109,7 @@ async fn owned(nodes: &[&Server]) -> Vec<u64> {
 }
 
 /// Waits until `nodes` together own every partition, each at least one; returns how long.
-async fn wait_shared(nodes: &[&Server], within: Duration) -> Duration {
+pub(crate) async fn wait_shared(nodes: &[&Server], within: Duration) -> Duration {
     let t0 = Instant::now();
     loop {
         let o = owned(nodes).await;

@@ -13,23 +13,31 @@ impl Ownership {
     /// read keeps the holder seen last.
     pub(crate) async fn read_owners(&self) {
         for p in 0..self.cfg.partitions as i32 {
-            let key = self.lease_key(p);
-            let got = self
-                .bounded(async { Ok(self.backend.get_versioned(&key).await?) })
-                .await;
-            match got {
-                Ok(Some((bytes, _))) => {
-                    let body: LeaseBody = serde_json::from_slice(&bytes).unwrap_or_default();
-                    let holder = (!body.holder.is_empty()).then(|| Owner {
-                        instance: body.holder,
-                        address: body.address,
-                    });
-                    self.set_owner(p, holder);
-                }
-                Ok(None) => self.set_owner(p, None),
-                Err(e) => warn!(partition = p, error = %e, "cannot read partition lease"),
-            }
+            self.read_owner(p).await;
         }
+    }
+
+    /// Reads the lease of `p` now and returns its holder: for a query that finds no holder
+    /// known, as right after a move, when the next periodic read is up to a quarter
+    /// timeout away.
+    pub(crate) async fn read_owner(&self, p: i32) -> Option<Owner> {
+        let key = self.lease_key(p);
+        let got = self
+            .bounded(async { Ok(self.backend.get_versioned(&key).await?) })
+            .await;
+        match got {
+            Ok(Some((bytes, _))) => {
+                let body: LeaseBody = serde_json::from_slice(&bytes).unwrap_or_default();
+                let holder = (!body.holder.is_empty()).then(|| Owner {
+                    instance: body.holder,
+                    address: body.address,
+                });
+                self.set_owner(p, holder);
+            }
+            Ok(None) => self.set_owner(p, None),
+            Err(e) => warn!(partition = p, error = %e, "cannot read partition lease"),
+        }
+        self.owner(p)
     }
 
     /// Observes the leases every quarter of the lease timeout until aborted: as often as

@@ -149,7 +149,12 @@ impl RemoteLive for Peers {
                 local_wanted.insert(*p, offset);
                 continue;
             }
-            if let Some(o) = self.ownership.owner(*p).filter(|o| o.instance != me) {
+            let known = match self.ownership.owner(*p) {
+                Some(o) if o.instance != me => Some(o),
+                // Unknown, or this node's though it no longer reads it: just moved.
+                _ => self.ownership.read_owner(*p).await,
+            };
+            if let Some(o) = known.filter(|o| o.instance != me) {
                 owners
                     .entry(o.instance)
                     .or_insert_with(|| (o.address, BTreeMap::new()))
@@ -168,7 +173,8 @@ impl RemoteLive for Peers {
             .collect();
         let local = async {
             match &wanted {
-                Some(_) => self.local.reach(&local_wanted).await,
+                Some(_) if !local_wanted.is_empty() => self.local.reach(&local_wanted).await,
+                Some(_) => Default::default(),
                 None => crate::querier::remote::Reached {
                     covered: self.local.ready(),
                     lagging: Vec::new(),
