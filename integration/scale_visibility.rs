@@ -86,7 +86,11 @@ async fn scale_spans_acked_on_one_node_are_found_on_the_others_by_the_first_quer
     let mut queries = 0u32;
     for round in 0..6 {
         // Alternate the node that acknowledges; read from the other and the querier.
-        let (writer, reader) = if round % 2 == 0 { (&n0, &n1) } else { (&n1, &n0) };
+        let (writer, reader) = if round % 2 == 0 {
+            (&n0, &n1)
+        } else {
+            (&n1, &n0)
+        };
         let service = format!("vis-{round}");
         let acked = send(writer, &service, 10).await;
         traces += acked.len();
@@ -116,7 +120,10 @@ async fn scale_spans_acked_on_one_node_are_found_on_the_others_by_the_first_quer
             queries += 1;
             let want: HashSet<String> = acked.keys().cloned().collect();
             assert_eq!(found, want, "round {round}: search right after the ack");
-            assert_eq!(completed, total, "round {round}: search partial with all up");
+            assert_eq!(
+                completed, total,
+                "round {round}: search partial with all up"
+            );
         }
     }
     let mut summary = Vec::new();
@@ -206,7 +213,12 @@ async fn scale_a_lagging_owner_makes_answers_partial_never_silently_missing() {
         completed < total,
         "search with a lagging owner not marked partial: {completed} of {total} jobs"
     );
-    assert_eq!(ids.len(), found, "search found {} of the {found} readable traces", ids.len());
+    assert_eq!(
+        ids.len(),
+        found,
+        "search found {} of the {found} readable traces",
+        ids.len()
+    );
     let w = waits(&n1).await;
     assert!(w["lagging"].1 > 0, "node-1 reported no lagging wait: {w:?}");
     eprintln!(

@@ -208,7 +208,9 @@ async fn internal_live(
     let wanted = match q.wait.as_deref() {
         None => Default::default(),
         Some(w) => crate::querier::remote::decode_wanted(w).ok_or_else(|| {
-            ApiError::BadRequest(format!("wait must be partition:offset pairs separated by commas, got {w:?}"))
+            ApiError::BadRequest(format!(
+                "wait must be partition:offset pairs separated by commas, got {w:?}"
+            ))
         })?,
     };
     let part = frontend.live_part(&tenant, trace.as_ref(), &wanted).await;

@@ -203,7 +203,11 @@ mod tests {
         let t0 = Instant::now();
         // Partition 3 is not held here: neither covered nor lagging.
         let r = c.reach(&BTreeMap::from([(0, 10), (2, 7), (3, 99)])).await;
-        assert!(t0.elapsed() < Duration::from_secs(1), "waited {:?}", t0.elapsed());
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "waited {:?}",
+            t0.elapsed()
+        );
         assert_eq!(r.covered, vec![0, 2]);
         assert!(r.lagging.is_empty());
         let text = c.metrics.render();
@@ -232,7 +236,10 @@ mod tests {
         applier.await.unwrap();
         assert_eq!(r.covered, vec![4]);
         assert!(r.lagging.is_empty());
-        assert!(took >= Duration::from_millis(100), "returned before record 8 was applied: {took:?}");
+        assert!(
+            took >= Duration::from_millis(100),
+            "returned before record 8 was applied: {took:?}"
+        );
         assert!(took < Duration::from_secs(4), "{took:?}");
         assert!(c
             .metrics
@@ -259,7 +266,10 @@ mod tests {
                 wanted: 6
             }]
         );
-        assert!(took >= Duration::from_millis(150), "gave up early: {took:?}");
+        assert!(
+            took >= Duration::from_millis(150),
+            "gave up early: {took:?}"
+        );
         assert!(took < Duration::from_secs(2), "not bounded: {took:?}");
         assert!(c
             .metrics

@@ -20,8 +20,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tracing::warn;
 
-pub(crate) use client::{Kafka, KafkaError};
 pub(crate) use caught_up::CaughtUp;
+pub(crate) use client::{Kafka, KafkaError};
 pub(crate) use consumer::Consumer;
 pub(crate) use log::PartitionLog;
 

@@ -28,7 +28,7 @@ impl Ownership {
         match got {
             Ok(Some((bytes, _))) => {
                 let body: LeaseBody = serde_json::from_slice(&bytes).unwrap_or_default();
-                let holder = (!body.holder.is_empty()).then(|| Owner {
+                let holder = (!body.holder.is_empty()).then_some(Owner {
                     instance: body.holder,
                     address: body.address,
                 });

@@ -71,9 +71,11 @@ impl Peers {
         if self.wait.is_zero() {
             return None;
         }
-        let asks = futures::future::join_all(needed.iter().map(|p| async move {
-            self.kafka.latest(*p).await.map(|o| (*p, o))
-        }));
+        let asks = futures::future::join_all(
+            needed
+                .iter()
+                .map(|p| async move { self.kafka.latest(*p).await.map(|o| (*p, o)) }),
+        );
         match tokio::time::timeout(self.wait, asks).await {
             Ok(all) => match all.into_iter().collect::<Result<BTreeMap<_, _>, _>>() {
                 Ok(m) => Some(m),
@@ -167,7 +169,11 @@ impl RemoteLive for Peers {
             .map(|(instance, (address, ps))| {
                 let asked: Vec<i32> = ps.keys().copied().collect();
                 // Without watermarks, today's rule: the owner's caught-up partitions count.
-                let ps = if wanted.is_some() { ps } else { BTreeMap::new() };
+                let ps = if wanted.is_some() {
+                    ps
+                } else {
+                    BTreeMap::new()
+                };
                 (Owner { instance, address }, ps, asked)
             })
             .collect();

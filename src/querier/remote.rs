@@ -235,7 +235,12 @@ impl Querier {
                 let r = local.reach(wanted).await;
                 // Partitions the asker did not name count as before: caught up.
                 let mut covered = r.covered;
-                covered.extend(local.ready().into_iter().filter(|p| !wanted.contains_key(p)));
+                covered.extend(
+                    local
+                        .ready()
+                        .into_iter()
+                        .filter(|p| !wanted.contains_key(p)),
+                );
                 (covered, r.lagging)
             }
         };
