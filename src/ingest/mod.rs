@@ -5,7 +5,8 @@
 //!
 //! `client.rs` is the one file that knows the Kafka client; `record.rs` is the record
 //! format (`schema/ingest-record.md`) and the partitioning; `consumer.rs` feeds the
-//! ingester.
+//! ingester and reports how far each partition is applied to `caught_up.rs`, where queries
+//! wait for the high watermark they learned (`peers.rs`).
 
 mod caught_up;
 mod client;
