@@ -188,6 +188,8 @@ pub(crate) fn auth_response(e: &auth::AuthError) -> Response {
 #[derive(Deserialize)]
 struct LiveParams {
     trace: Option<String>,
+    /// `p:offset,...`: answer for those partitions once applied up to their offsets.
+    wait: Option<String>,
 }
 
 /// This node's live traces for a query on another node sharing the ingest log (the
@@ -203,7 +205,15 @@ async fn internal_live(
         .frontend
         .as_ref()
         .ok_or_else(|| ApiError::Unavailable("this process runs no query frontend".into()))?;
-    let part = frontend.live_part(&tenant, trace.as_ref());
+    let wanted = match q.wait.as_deref() {
+        None => Default::default(),
+        Some(w) => crate::querier::remote::decode_wanted(w).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "wait must be partition:offset pairs separated by commas, got {w:?}"
+            ))
+        })?,
+    };
+    let part = frontend.live_part(&tenant, trace.as_ref(), &wanted).await;
     let body = tokio::task::spawn_blocking(move || crate::querier::remote::encode_part(&part))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;

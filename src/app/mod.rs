@@ -162,6 +162,27 @@ fn serve_http(
     })
 }
 
+/// The partition leases of this node's consumer group and topic in the bucket.
+fn ingest_ownership(
+    cfg: &Config,
+    backend: &Backend,
+    kafka: &crate::ingest::Kafka,
+    metrics: &Arc<Metrics>,
+) -> Result<Arc<crate::ingest::ownership::Ownership>, AppError> {
+    let k = &cfg.ingest.kafka;
+    Ok(crate::ingest::ownership::Ownership::new(
+        backend.clone(),
+        crate::ingest::ownership::OwnershipConfig {
+            instance: instance_id(cfg)?,
+            address: advertise_address(cfg)?,
+            timeout: cfg.ingest.partition_lease_timeout,
+            partitions: kafka.partitions(),
+            dir: crate::ingest::PartitionLog::dir(&k.consumer_group, &k.topic),
+        },
+        metrics.clone(),
+    ))
+}
+
 /// Runs the configured components until `shutdown` resolves, then stops them in order:
 /// stop accepting, finish in-flight requests (their acknowledgements included), stop
 /// background work. The WAL keeps whatever was not yet in a block.
@@ -183,8 +204,13 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         None
     };
     let mut consumers = Vec::new();
+    // Tasks started before the servers (stopped with the other background work).
+    let mut background_early: Vec<JoinHandle<()>> = Vec::new();
     let mut ownership = None;
-    let caught_up = Arc::new(crate::ingest::CaughtUp::default());
+    let caught_up = Arc::new(crate::ingest::CaughtUp::new(
+        cfg.ingest.query_wait_timeout,
+        metrics.clone(),
+    ));
     // Blocks this node committed, offered to other nodes' queries until their block-list
     // poll has surely seen them.
     let recent = Arc::new(crate::querier::remote::RecentBlocks::new(
@@ -209,17 +235,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         };
         if let Some(kafka) = &kafka {
             let k = &cfg.ingest.kafka;
-            let owners = crate::ingest::ownership::Ownership::new(
-                backend.clone(),
-                crate::ingest::ownership::OwnershipConfig {
-                    instance: instance_id(&cfg)?,
-                    address: advertise_address(&cfg)?,
-                    timeout: cfg.ingest.partition_lease_timeout,
-                    partitions: kafka.partitions(),
-                    dir: crate::ingest::PartitionLog::dir(&k.consumer_group, &k.topic),
-                },
-                metrics.clone(),
-            );
+            let owners = ingest_ownership(&cfg, &backend, kafka, &metrics)?;
             info!(
                 instance = owners.instance(),
                 "sharing ingest partitions through bucket leases"
@@ -277,14 +293,38 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
             &cfg.storage.trace,
         ))
         .with_tag_scan_bytes(cfg.querier.max_tag_scan_bytes);
-        if let Some(o) = &ownership {
-            // An owner that does not answer within a lease period is treated as gone.
+        if let (Some(kafka), None) = (&kafka, &ownership) {
+            // A node consuming nothing still finds the owners: it reads their leases.
+            let o = ingest_ownership(&cfg, &backend, kafka, &metrics)?;
+            o.read_owners().await;
+            info!(
+                instance = o.instance(),
+                "reading ingest partition leases to find live-trace owners"
+            );
+            background_early.push(tokio::spawn(o.clone().run_owner_reader()));
+            ownership = Some(o);
+        }
+        if let (Some(o), Some(kafka)) = (&ownership, &kafka) {
+            // An owner that does not answer within a lease period (beyond its bounded
+            // wait for the high watermark) is treated as gone.
             let timeout = cfg
                 .ingest
                 .partition_lease_timeout
                 .min(Duration::from_secs(10));
-            let peers = crate::ingest::peers::Peers::new(o.clone(), caught_up.clone(), timeout)
-                .map_err(AppError::Serve)?;
+            // The consumer long-polls on `kafka`: watermarks get a connection of their own.
+            let watermarks = if ingester.is_some() {
+                crate::ingest::Kafka::connect(&cfg.ingest.kafka).await?
+            } else {
+                kafka.clone()
+            };
+            let peers = crate::ingest::peers::Peers::new(
+                o.clone(),
+                caught_up.clone(),
+                watermarks,
+                cfg.ingest.query_wait_timeout,
+                timeout,
+            )
+            .map_err(AppError::Serve)?;
             q = q.with_remote(Arc::new(peers), recent.clone(), caught_up.clone());
         }
         let q = Arc::new(q);
@@ -326,6 +366,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     servers.push(serve_http(api_listener, api_router, stop_rx.clone()));
 
     let mut background: Vec<JoinHandle<()>> = consumers;
+    background.append(&mut background_early);
     // Every role reads limits (ingest, search, retention): one reloader per process.
     background.push(tokio::spawn(
         overrides

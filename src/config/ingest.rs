@@ -22,6 +22,13 @@ pub struct IngestConfig {
     /// over, on its own clock) moves to another node: the bound on takeover after a crash.
     #[serde(with = "duration")]
     pub partition_lease_timeout: Duration,
+    /// How long a query waits for the nodes holding the partitions it reads to apply
+    /// every record below the high watermark it learned from the broker at its start
+    /// (learning the watermarks is bounded by it too). A partition not there in time makes
+    /// the answer partial. Zero: no watermark is asked for, and a partition counts as
+    /// covered once its holder has caught up after gaining it.
+    #[serde(with = "duration")]
+    pub query_wait_timeout: Duration,
 }
 
 impl Default for IngestConfig {
@@ -32,6 +39,7 @@ impl Default for IngestConfig {
             instance_id: String::new(),
             advertise_address: String::new(),
             partition_lease_timeout: Duration::from_secs(15),
+            query_wait_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -112,6 +120,11 @@ impl IngestConfig {
                 "ingest.partition_lease_timeout must be at least 500ms".into(),
             ));
         }
+        if self.query_wait_timeout > Duration::from_secs(60) {
+            return Err(ConfigError::Invalid(
+                "ingest.query_wait_timeout must be at most 1m".into(),
+            ));
+        }
         if self
             .instance_id
             .chars()
@@ -153,6 +166,24 @@ mod tests {
         assert_eq!(k.write_timeout.as_secs(), 1);
         assert!(!k.auto_create_topic_enabled);
         assert_eq!(k.auto_create_topic_default_partitions, 8);
+        assert_eq!(cfg.ingest.query_wait_timeout.as_secs(), 2, "default");
+    }
+
+    #[test]
+    fn query_wait_timeout_is_read_and_bounded() {
+        let base = "ingest:\n  enabled: true\n  kafka:\n    topic: t\n";
+        let cfg = Config::from_yaml(&format!("{base}  query_wait_timeout: 500ms\n")).unwrap();
+        assert_eq!(cfg.ingest.query_wait_timeout.as_millis(), 500);
+        let cfg = Config::from_yaml(&format!("{base}  query_wait_timeout: 0s\n")).unwrap();
+        assert!(cfg.ingest.query_wait_timeout.is_zero());
+        let err = Config::from_yaml(&format!("{base}  query_wait_timeout: 2m\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("query_wait_timeout"), "{err}");
+        let err = Config::from_yaml("ingest:\n  query_wait: 1s\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("query_wait"), "{err}");
     }
 
     #[test]

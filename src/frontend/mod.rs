@@ -55,13 +55,15 @@ impl Frontend {
         }))
     }
 
-    /// This node's live traces (and recent blocks) for another node's query.
-    pub(crate) fn live_part(
+    /// This node's live traces (and recent blocks) for another node's query, once its
+    /// partitions in `wanted` are applied up to their offsets (bounded wait).
+    pub(crate) async fn live_part(
         &self,
         tenant: &TenantId,
         trace: Option<&TraceId>,
+        wanted: &std::collections::BTreeMap<i32, i64>,
     ) -> crate::querier::remote::LivePart {
-        self.querier.local_live(tenant, trace)
+        self.querier.local_live(tenant, trace, wanted).await
     }
 
     pub(crate) async fn search(

@@ -198,6 +198,26 @@ impl Kafka {
         self.timed("list offsets", client.get_offset(OffsetAt::Earliest))
             .await
     }
+
+    /// The high watermark of partition `p`: the offset the next record will get, so every
+    /// record acknowledged so far lies below it. ListOffsets (latest) alone is not trusted:
+    /// tansu 0.6 on object storage answers it from the batch object modified last, at the
+    /// store's one-second resolution, so it can name an older batch. A fetch from that
+    /// offset (one batch at most, no wait) carries the broker's own high watermark.
+    pub(crate) async fn latest(&self, p: i32) -> Result<i64, KafkaError> {
+        let client = self.partition(p).await?;
+        let listed = self
+            .timed("list offsets", client.get_offset(OffsetAt::Latest))
+            .await?;
+        let from = match self.fetch(p, listed, 1, Duration::ZERO).await {
+            Ok((_, high)) => return Ok(high.max(listed)),
+            // Retention removed everything below `listed`'s batch: ask from the start.
+            Err(KafkaError::OutOfRange { .. }) => self.earliest(p).await?,
+            Err(e) => return Err(e),
+        };
+        let (_, high) = self.fetch(p, from, 1, Duration::ZERO).await?;
+        Ok(high.max(listed))
+    }
 }
 
 async fn ensure_topic(client: &Client, cfg: &KafkaConfig) -> Result<u32, KafkaError> {

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use super::caught_up::CaughtUp;
 use super::client::{Fetched, Kafka, KafkaError};
 use super::log::{position, PartitionLog, Ranges};
 use super::ownership::Ownership;
@@ -50,42 +51,6 @@ impl Drop for Guard {
     }
 }
 
-/// The partitions this node consumes and whether each has caught up: read up to the high
-/// watermark of one fetch since it was gained. Until then its live traces lack what the
-/// previous owner held, and answers relying on them say so.
-#[derive(Default)]
-pub(crate) struct CaughtUp(parking_lot::Mutex<BTreeMap<i32, bool>>);
-
-impl CaughtUp {
-    fn set(&self, p: i32, ready: Option<bool>) {
-        let mut m = self.0.lock();
-        match ready {
-            Some(r) => {
-                m.insert(p, r);
-            }
-            None => {
-                m.remove(&p);
-            }
-        }
-    }
-
-    /// Held partitions that have caught up.
-    pub(crate) fn ready(&self) -> Vec<i32> {
-        self.0
-            .lock()
-            .iter()
-            .filter(|(_, r)| **r)
-            .map(|(p, _)| *p)
-            .collect()
-    }
-}
-
-impl crate::querier::remote::LocalPartitions for CaughtUp {
-    fn ready(&self) -> Vec<i32> {
-        CaughtUp::ready(self)
-    }
-}
-
 pub(crate) struct Consumer {
     kafka: Arc<Kafka>,
     ingester: Arc<Ingester>,
@@ -103,7 +68,7 @@ impl Consumer {
         }
     }
 
-    /// Reports into `caught_up` which partitions are read up to date.
+    /// Reports into `caught_up` how far each partition is applied.
     pub(crate) fn with_caught_up(mut self, caught_up: Arc<CaughtUp>) -> Self {
         self.caught_up = caught_up;
         self
@@ -227,7 +192,7 @@ impl Consumer {
                     continue;
                 };
                 reader.stop().await;
-                self.caught_up.set(p, None);
+                self.caught_up.stop(p);
                 self.log.lose(p);
                 let dropped = self
                     .ingester
@@ -282,7 +247,7 @@ impl Consumer {
 
     async fn run_partition(self: Arc<Self>, p: i32, mut next: i64) {
         info!(partition = p, offset = next, "consuming ingest partition");
-        self.caught_up.set(p, Some(false));
+        self.caught_up.start(p, next);
         let mut backoff = Duration::from_millis(100);
         loop {
             match self.kafka.fetch(p, next, FETCH_BYTES, FETCH_WAIT).await {
@@ -295,10 +260,9 @@ impl Consumer {
                         }
                         next = r.offset + 1;
                         self.apply(p, r).await;
+                        self.caught_up.applied(p, next);
                     }
-                    if next >= high {
-                        self.caught_up.set(p, Some(true));
-                    }
+                    self.caught_up.fetched(p, high);
                 }
                 Err(KafkaError::OutOfRange { .. }) => {
                     // Retention removed records never consumed: they are gone from the log,
@@ -312,6 +276,7 @@ impl Consumer {
                                 "ingest records expired before they were consumed"
                             );
                             next = first;
+                            self.caught_up.applied(p, next);
                         }
                         Ok(_) | Err(_) => tokio::time::sleep(backoff).await,
                     }

@@ -5,9 +5,11 @@
 //!
 //! `client.rs` is the one file that knows the Kafka client; `record.rs` is the record
 //! format (`schema/ingest-record.md`) and the partitioning; `consumer.rs` feeds the
-//! ingester; `distributors.rs` counts the healthy distributors that share a `global`
-//! tenant rate.
+//! ingester and reports how far each partition is applied to `caught_up.rs`, where queries
+//! wait for the high watermark they learned (`peers.rs`); `distributors.rs` counts the
+//! healthy distributors that share a `global` tenant rate.
 
+mod caught_up;
 mod client;
 mod consumer;
 pub(crate) mod distributors;
@@ -21,8 +23,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tracing::warn;
 
+pub(crate) use caught_up::CaughtUp;
 pub(crate) use client::{Kafka, KafkaError};
-pub(crate) use consumer::{CaughtUp, Consumer};
+pub(crate) use consumer::Consumer;
 pub(crate) use log::PartitionLog;
 
 use crate::distributor::{LogUnavailable, TraceLog};

@@ -584,6 +584,9 @@ impl Ownership {
     }
 }
 
+#[path = "ownership_observe.rs"]
+mod observe;
+
 #[cfg(test)]
 #[path = "ownership_tests.rs"]
 mod tests;

@@ -184,3 +184,44 @@ async fn a_fenced_log_commits_only_what_it_consumed_under_a_lease_it_holds() {
     );
     assert!(!held(&a).contains(&0));
 }
+
+#[tokio::test]
+async fn an_observer_sees_the_holders_without_writing_anything() {
+    let backend = Backend::memory();
+    let a = node(&backend, "a", 4);
+    let b = node(&backend, "b", 4);
+    tick_all(&[&a, &b], 3).await;
+    let before: Vec<String> = backend
+        .list_fingerprints("~ingest/g/t/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| format!("{} {}", m.key, m.fingerprint))
+        .collect();
+    let q = node(&backend, "q", 4);
+    assert!(q.owner(0).is_none(), "knows an owner before reading");
+    q.read_owners().await;
+    for p in 0..4 {
+        let holder = if held(&a).contains(&p) { "a" } else { "b" };
+        let seen = q.owner(p).expect("owner seen");
+        assert_eq!(seen.instance, holder, "partition {p}");
+        assert_eq!(seen.address, format!("http://{holder}"));
+    }
+    assert!(held(&q).is_empty(), "the observer holds a partition");
+    let after: Vec<String> = backend
+        .list_fingerprints("~ingest/g/t/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| format!("{} {}", m.key, m.fingerprint))
+        .collect();
+    assert_eq!(before, after, "observing wrote to the bucket");
+    // A released lease is seen as unheld.
+    a.release_all().await;
+    q.read_owners().await;
+    for p in held(&b) {
+        assert!(q.owner(p).is_some());
+    }
+    let released: Vec<i32> = (0..4).filter(|p| q.owner(*p).is_none()).collect();
+    assert_eq!(released.len(), 4 - held(&b).len(), "{released:?}");
+}

@@ -161,6 +161,8 @@ pub struct Metrics {
     pub(crate) stage_cpu: StageCpu,
     /// Distributors sharing `global` tenant rates, this one included (`ingest:` only).
     pub(crate) distributors_healthy: Gauge,
+    /// Waits of queries for held partitions to reach a high watermark, by outcome.
+    pub(crate) ingest_query_wait: LabeledHistogram,
 }
 
 /// The metrics-generator's own health: what it processed, skipped and sent.
@@ -406,27 +408,41 @@ impl Metrics {
             "Blocks deleted from the bucket, by reason.",
             &self.compactor_blocks_deleted,
         );
-        let _ = writeln!(
-            s,
-            "# HELP vivace_query_duration_seconds Query latency by route.\n# TYPE vivace_query_duration_seconds histogram"
+        histogram(
+            &mut s,
+            "vivace_query_duration_seconds",
+            "Query latency by route.",
+            "route",
+            &self.query_duration,
         );
-        for (route, h) in self.query_duration.0.lock().iter() {
-            for (i, b) in BUCKETS.iter().enumerate() {
-                let _ = writeln!(
-                    s,
-                    "vivace_query_duration_seconds_bucket{{route=\"{route}\",le=\"{b}\"}} {}",
-                    h.counts[i]
-                );
-            }
-            let _ = writeln!(
-                s,
-                "vivace_query_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {}\nvivace_query_duration_seconds_sum{{route=\"{route}\"}} {}\nvivace_query_duration_seconds_count{{route=\"{route}\"}} {}",
-                h.count, h.sum, h.count
-            );
-        }
+        histogram(
+            &mut s,
+            "vivace_ingest_query_wait_seconds",
+            "Time queries waited for held ingest partitions to apply records up to the high watermark, by outcome (immediate, reached, lagging).",
+            "outcome",
+            &self.ingest_query_wait,
+        );
         self.generator.render(&mut s);
         self.stage_cpu.render(&mut s);
         s
+    }
+}
+
+fn histogram(s: &mut String, name: &str, help: &str, label: &str, h: &LabeledHistogram) {
+    let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} histogram");
+    for (value, h) in h.0.lock().iter() {
+        for (i, b) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "{name}_bucket{{{label}=\"{value}\",le=\"{b}\"}} {}",
+                h.counts[i]
+            );
+        }
+        let _ = writeln!(
+            s,
+            "{name}_bucket{{{label}=\"{value}\",le=\"+Inf\"}} {}\n{name}_sum{{{label}=\"{value}\"}} {}\n{name}_count{{{label}=\"{value}\"}} {}",
+            h.count, h.sum, h.count
+        );
     }
 }
 

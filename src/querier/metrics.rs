@@ -62,11 +62,13 @@ impl Querier {
         };
         let template = Arc::new(template.empty_like());
         let mut stats = SearchMetrics::default();
+        // Before the snapshot: it waits for this node's partitions to apply what was
+        // acknowledged before the query began.
+        let remote = self.remote_live(tenant, None).await;
         let (mut snapshot, flushing_block) = match &self.ingester {
             Some(ing) => ing.snapshot_with_block(tenant),
             None => (Vec::new(), None),
         };
-        let remote = self.remote_live(tenant, None).await;
         let remote_partial = remote.partial();
         let skip: HashSet<uuid::Uuid> = flushing_block
             .into_iter()

@@ -154,11 +154,12 @@ impl Querier {
         range: Option<TimeRange>,
     ) -> Result<Found, QueryError> {
         let mut found = Found::default();
+        // First: it waits for this node's partition to apply what was acknowledged before
+        // the query began; and before listing blocks: the owner's recent blocks join the list.
+        let remote = self.remote_live(tenant, Some(id)).await;
         if let Some(ing) = &self.ingester {
             found.batches.extend(ing.find_trace(tenant, id));
         }
-        // Before listing blocks: the owner's recent blocks join the list.
-        let remote = self.remote_live(tenant, Some(id)).await;
         for (_, data) in &remote.part.traces {
             match data.decode() {
                 Ok(b) => found.batches.extend(b),

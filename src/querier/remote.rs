@@ -8,7 +8,7 @@
 //! miss traces just flushed) and the block it is writing now (its traces are in the
 //! answer, so metrics skip that block). Duplicates between sources are merged as always.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -27,14 +27,38 @@ pub struct LivePart {
     pub traces: Vec<(TraceId, Fragments)>,
     pub blocks: Vec<BlockMeta>,
     pub skip_blocks: Vec<Uuid>,
-    /// The partitions the answering node holds and has read up to date: the only ones
-    /// an asker may count as answered.
+    /// The partitions the answering node holds and has read up to date (up to the
+    /// offsets the asker wanted, when it named some): the only ones an asker may count
+    /// as answered.
     pub partitions: Vec<i32>,
+    /// Partitions the answering node holds that did not reach the wanted offset in time.
+    pub lagging: Vec<Lag>,
 }
 
-/// The ingest partitions this node consumes and has caught up on.
+/// A held partition short of the offset a query wanted when its wait ran out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lag {
+    pub partition: i32,
+    /// Every record below this offset is applied.
+    pub applied: i64,
+    pub wanted: i64,
+}
+
+/// Held partitions that reached the wanted offsets, and those that did not in time.
+#[derive(Debug, Default)]
+pub struct Reached {
+    pub covered: Vec<i32>,
+    pub lagging: Vec<Lag>,
+}
+
+/// The ingest partitions this node consumes: which have caught up, and a bounded wait
+/// for them to apply every record below given offsets.
+#[async_trait]
 pub trait LocalPartitions: Send + Sync {
     fn ready(&self) -> Vec<i32>;
+    /// Waits (bounded by `ingest.query_wait_timeout`) until each held partition of
+    /// `wanted` has applied every record below its offset; unheld ones are in no list.
+    async fn reach(&self, wanted: &BTreeMap<i32, i64>) -> Reached;
 }
 
 /// The live parts of every other owner, and the owners that did not answer.
@@ -111,6 +135,8 @@ struct Header {
     skip_blocks: Vec<Uuid>,
     #[serde(default)]
     partitions: Vec<i32>,
+    #[serde(default)]
+    lagging: Vec<Lag>,
 }
 
 /// The wire form: a length-prefixed JSON header, then `[trace ID][u32 length][OTLP]`.
@@ -119,6 +145,7 @@ pub fn encode_part(part: &LivePart) -> Vec<u8> {
         blocks: part.blocks.clone(),
         skip_blocks: part.skip_blocks.clone(),
         partitions: part.partitions.clone(),
+        lagging: part.lagging.clone(),
     })
     .unwrap_or_default();
     let mut out = Vec::with_capacity(4 + header.len());
@@ -167,14 +194,55 @@ pub fn decode_part(mut b: Bytes) -> Result<LivePart, PartError> {
         blocks: header.blocks,
         skip_blocks: header.skip_blocks,
         partitions: header.partitions,
+        lagging: header.lagging,
     })
 }
 
+/// `p:offset,p:offset`, the `wait` parameter of `/internal/live`.
+pub fn encode_wanted(wanted: &BTreeMap<i32, i64>) -> String {
+    let parts: Vec<String> = wanted.iter().map(|(p, o)| format!("{p}:{o}")).collect();
+    parts.join(",")
+}
+
+/// The inverse of [`encode_wanted`]; `None` for anything else.
+pub fn decode_wanted(s: &str) -> Option<BTreeMap<i32, i64>> {
+    s.split(',')
+        .filter(|x| !x.is_empty())
+        .map(|x| {
+            let (p, o) = x.split_once(':')?;
+            Some((p.parse().ok()?, o.parse().ok()?))
+        })
+        .collect()
+}
+
 impl Querier {
-    /// This node's own live part, for another node's query.
-    pub fn local_live(&self, tenant: &TenantId, trace: Option<&TraceId>) -> LivePart {
+    /// This node's own live part, for another node's query. With `wanted` (partition →
+    /// the high watermark the asker learned), the partitions named are answered for only
+    /// once applied up to their offset, after a bounded wait; the snapshot follows it.
+    pub async fn local_live(
+        &self,
+        tenant: &TenantId,
+        trace: Option<&TraceId>,
+        wanted: &BTreeMap<i32, i64>,
+    ) -> LivePart {
         let Some(ing) = &self.ingester else {
             return LivePart::default();
+        };
+        let (partitions, lagging) = match &self.partitions {
+            None => (Vec::new(), Vec::new()),
+            Some(local) if wanted.is_empty() => (local.ready(), Vec::new()),
+            Some(local) => {
+                let r = local.reach(wanted).await;
+                // Partitions the asker did not name count as before: caught up.
+                let mut covered = r.covered;
+                covered.extend(
+                    local
+                        .ready()
+                        .into_iter()
+                        .filter(|p| !wanted.contains_key(p)),
+                );
+                (covered, r.lagging)
+            }
         };
         let (mut traces, flushing) = ing.snapshot_with_block(tenant);
         if let Some(id) = trace {
@@ -190,11 +258,8 @@ impl Querier {
             traces,
             blocks,
             skip_blocks: flushing.into_iter().collect(),
-            partitions: self
-                .partitions
-                .as_ref()
-                .map(|p| p.ready())
-                .unwrap_or_default(),
+            partitions,
+            lagging,
         }
     }
 
@@ -231,6 +296,11 @@ mod tests {
             blocks: vec![BlockMeta::default()],
             skip_blocks: vec![Uuid::from_u128(5)],
             partitions: vec![2, 3],
+            lagging: vec![Lag {
+                partition: 4,
+                applied: 10,
+                wanted: 12,
+            }],
         };
         let bytes = encode_part(&part);
         let back = decode_part(Bytes::from(bytes.clone())).unwrap();
@@ -240,8 +310,21 @@ mod tests {
         assert_eq!(back.skip_blocks, vec![Uuid::from_u128(5)]);
         assert_eq!(back.blocks.len(), 1);
         assert_eq!(back.partitions, vec![2, 3]);
+        assert_eq!(back.lagging, part.lagging);
         for cut in [0, 3, bytes.len() - 1] {
             assert!(decode_part(Bytes::copy_from_slice(&bytes[..cut])).is_err());
+        }
+    }
+
+    #[test]
+    fn wanted_offsets_round_trip_and_garbage_is_refused() {
+        let w = BTreeMap::from([(0, 12), (5, 0), (11, 9_000_000_000)]);
+        let s = encode_wanted(&w);
+        assert_eq!(s, "0:12,5:0,11:9000000000");
+        assert_eq!(decode_wanted(&s), Some(w));
+        assert_eq!(decode_wanted(""), Some(BTreeMap::new()));
+        for bad in ["0", "0:x", "a:1", "0:1,2"] {
+            assert_eq!(decode_wanted(bad), None, "{bad}");
         }
     }
 }
