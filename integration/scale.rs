@@ -100,6 +100,40 @@ pub(crate) async fn metric(server: &Server, name: &str) -> u64 {
         .map_or(0, |v| v as u64)
 }
 
+/// Kills `dead` with SIGKILL `after_ms` into `survivors` each sending `traces` traces of
+/// `service`, then waits until the survivors hold every partition: what they acknowledged
+/// and how long after the kill the takeover was complete.
+pub(crate) async fn kill9_mid_ingest(
+    survivors: [&Server; 2],
+    dead: &mut Server,
+    service: &str,
+    traces: usize,
+    after_ms: u64,
+) -> (BTreeMap<String, Vec<String>>, Duration) {
+    let (mut acked, a1, killed_at) = tokio::join!(
+        send(survivors[0], service, traces),
+        send(survivors[1], service, traces),
+        async {
+            tokio::time::sleep(Duration::from_millis(after_ms)).await;
+            dead.kill9();
+            Instant::now()
+        }
+    );
+    acked.extend(a1);
+    loop {
+        let o = owned(&survivors).await;
+        if o.iter().sum::<u64>() == u64::from(PARTITIONS) {
+            return (acked, killed_at.elapsed());
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(LEASE_TIMEOUT_S * 4),
+            "the dead node's partitions not taken over: owned {o:?}\n{}",
+            survivors[0].log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub(crate) async fn owned(nodes: &[&Server]) -> Vec<u64> {
     let mut out = Vec::new();
     for n in nodes {
@@ -152,25 +186,8 @@ async fn scale_three_nodes_survive_kill9_of_one_with_every_span_once() {
         all_readable(&n1, &acked, "from node-1, all up", Duration::from_secs(20)).await;
 
     // Kill -9 node-2 while the other two keep ingesting.
-    let (a0, a1, killed_at) = tokio::join!(send(&n0, "scale", 60), send(&n1, "scale", 60), async {
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        n2.kill9();
-        Instant::now()
-    });
-    acked.extend(a0);
-    acked.extend(a1);
-    let takeover = loop {
-        let o = owned(&[&n0, &n1]).await;
-        if o.iter().sum::<u64>() == u64::from(PARTITIONS) {
-            break killed_at.elapsed();
-        }
-        assert!(
-            killed_at.elapsed() < Duration::from_secs(LEASE_TIMEOUT_S * 4),
-            "node-2's partitions not taken over: owned {o:?}\n{}",
-            n0.log_tail(30)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (a, takeover) = kill9_mid_ingest([&n0, &n1], &mut n2, "scale", 60, 400).await;
+    acked.extend(a);
     let takeovers = metric(&n0, "vivace_ingest_partition_takeovers_total").await
         + metric(&n1, "vivace_ingest_partition_takeovers_total").await;
     eprintln!("scale: node-2's partitions taken over {takeover:?} after kill -9 ({takeovers} stale leases taken)");

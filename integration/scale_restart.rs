@@ -29,26 +29,8 @@ async fn scale_kill9_and_restart_a_node_takes_its_partitions_back_every_span_onc
     acked.extend(send(&n0, "restart", 15).await);
 
     // Kill -9 node-2 while the others keep ingesting.
-    let (a0, a1, killed_at) =
-        tokio::join!(send(&n0, "restart", 40), send(&n1, "restart", 40), async {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            n2.kill9();
-            Instant::now()
-        });
-    acked.extend(a0);
-    acked.extend(a1);
-    let takeover = loop {
-        let o = owned(&[&n0, &n1]).await;
-        if o.iter().sum::<u64>() == u64::from(PARTITIONS) {
-            break killed_at.elapsed();
-        }
-        assert!(
-            killed_at.elapsed() < Duration::from_secs(LEASE_TIMEOUT_S * 4),
-            "node-2's partitions not taken over: owned {o:?}\n{}",
-            n0.log_tail(30)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (a, takeover) = kill9_mid_ingest([&n0, &n1], &mut n2, "restart", 40, 300).await;
+    acked.extend(a);
     assert!(
         takeover <= Duration::from_secs(LEASE_TIMEOUT_S * 2),
         "takeover took {takeover:?}"
