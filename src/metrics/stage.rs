@@ -77,6 +77,16 @@ pub(crate) struct StageTimer<'a> {
     start: u64,
 }
 
+impl StageTimer<'_> {
+    /// Charges what was spent so far, so a long section shows up while it runs.
+    pub(crate) fn charge(&mut self) {
+        let now = thread_cpu_nanos();
+        self.cpu
+            .add_nanos(self.stage, now.saturating_sub(self.start));
+        self.start = now;
+    }
+}
+
 impl Drop for StageTimer<'_> {
     fn drop(&mut self) {
         self.cpu
@@ -120,6 +130,18 @@ mod tests {
         });
         assert!(cpu.seconds(Stage::BlockEncode) >= 0.02, "{cpu:?}");
         assert!(cpu.seconds(Stage::Wal) < 0.01, "{cpu:?}");
+        // A running timer shows what it spent at each charge, and the rest when dropped.
+        let before = cpu.seconds(Stage::Group);
+        let mut timer = cpu.start(Stage::Group);
+        let t = thread_cpu_nanos();
+        while thread_cpu_nanos() - t < 5_000_000 {
+            std::hint::black_box(t);
+        }
+        timer.charge();
+        let charged = cpu.seconds(Stage::Group);
+        assert!(charged - before >= 0.005, "{cpu:?}");
+        drop(timer);
+        assert!(cpu.seconds(Stage::Group) >= charged);
         let mut s = String::new();
         cpu.render(&mut s);
         assert!(s.contains("vivace_stage_cpu_seconds_total{stage=\"block_encode\"} 0.0"));
