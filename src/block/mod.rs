@@ -47,7 +47,7 @@ pub use search::{
     decode_row_group, merge_columns, ColumnarBlock, ColumnarTrace, Phase, RowGroupRead,
     SearchColumns,
 };
-pub use tags::{tags_key, TagSummary, TagValues, MAX_VALUES_PER_TAG, TAGS_FILE};
+pub use tags::{tags_key, TagCollector, TagSummary, TagValues, MAX_VALUES_PER_TAG, TAGS_FILE};
 pub use tenant_index::{CompactedBlockMeta, TenantIndex};
 pub use writer::{encode_block, encode_block_sorted, encode_block_sorted_into, BlockParts};
 

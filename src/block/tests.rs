@@ -883,11 +883,11 @@ fn measure_columns() {
         .iter()
         .map(|t| crate::model::span_count(&t.batches))
         .sum();
-    let mut tags = TagSummary::default();
+    let mut tags = TagCollector::default();
     for t in &input {
         tags.add_trace(&t.batches);
     }
-    let tags_len = tags.to_bytes().len();
+    let tags_len = tags.finish().to_bytes().len();
     let t = std::time::Instant::now();
     let cfg = BlockConfig::default();
     let block = encode_block(&tenant(), uuid::Uuid::nil(), 0, input.clone(), &cfg).expect("encode");

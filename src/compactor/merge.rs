@@ -12,7 +12,9 @@ use tokio::runtime::Handle;
 
 use super::CompactError;
 use crate::backend::Backend;
-use crate::block::{self, BlockConfig, BlockMeta, BlockParts, TagSummary, TraceInput};
+use crate::block::{
+    self, BlockConfig, BlockMeta, BlockParts, TagCollector, TagSummary, TraceInput,
+};
 use crate::model::{Combiner, ResourceSpans, TenantId, TraceId};
 
 /// Traces decoded at once from one row group.
@@ -125,7 +127,7 @@ struct Merger {
     pending: Vec<Option<TraceInput>>,
     max_bytes_per_trace: usize,
     stats: MergeStats,
-    tags: TagSummary,
+    tags: TagCollector,
 }
 
 impl Merger {
@@ -145,7 +147,7 @@ impl Merger {
             pending,
             max_bytes_per_trace,
             stats: MergeStats::default(),
-            tags: TagSummary::default(),
+            tags: TagCollector::default(),
         })
     }
 
@@ -282,5 +284,5 @@ pub(crate) fn merge_blocks<W: std::io::Write + Send>(
     let encoded = encoded?;
     let mut stats = merger.stats;
     stats.input_bytes = merger.cursors.iter().map(|c| c.fetched).sum();
-    Ok((encoded, merger.tags, stats))
+    Ok((encoded, merger.tags.finish(), stats))
 }

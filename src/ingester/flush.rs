@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::{Cut, Flushing, Ingester};
 use crate::backend::BackendError;
-use crate::block::{self, BlockError, BlockMeta, EncodedBlock, TagSummary, TraceInput};
+use crate::block::{self, BlockError, BlockMeta, EncodedBlock, TagCollector, TraceInput};
 use crate::metrics::Stage;
 use crate::model::{combine, TenantId};
 
@@ -219,7 +219,7 @@ impl Ingester {
                 let mut ids: Vec<_> = traces.into_iter().flat_map(|m| m.keys()).collect();
                 ids.sort_unstable();
                 // The tag summary is collected from the same decoded traces, in one pass.
-                let mut tags = TagSummary::default();
+                let mut tags = TagCollector::default();
                 let inputs = ids.into_iter().enumerate().filter_map(|(i, id)| {
                     if i % 1024 == 1023 {
                         cpu.charge();
@@ -236,7 +236,7 @@ impl Ingester {
                     )
                 });
                 let encoded = block::encode_block_sorted(&t, block_id, 0, inputs, &cfg)?;
-                Ok::<_, BlockError>((encoded, tags))
+                Ok::<_, BlockError>((encoded, tags.finish()))
             }
         })
         .await??;
