@@ -25,7 +25,7 @@ mkdir -p "$DIR/s3"
 cat > "$DIR/s3.json" <<JSON
 {"identities":[{"name":"vivace","credentials":[{"accessKey":"$KEY","secretKey":"$SECRET"}],"actions":["Admin","Read","Write","List","Tagging"]}]}
 JSON
-(cd "$DIR" && "$WEED" mini -dir="$DIR/s3" -ip=127.0.0.1 -ip.bind=127.0.0.1 -s3.config="$DIR/s3.json" \
+(cd "$DIR" && exec "$WEED" mini -dir="$DIR/s3" -ip=127.0.0.1 -ip.bind=127.0.0.1 -s3.config="$DIR/s3.json" \
   -bucket=$BUCKET -s3.port=28333 -webdav=false -admin.ui=false -s3.port.iceberg=0 -s3.port.lance=0 \
   -master.telemetry=false -s3.port.grpc=28334 -master.port=28335 -master.port.grpc=28336 \
   -volume.port=28337 -volume.port.grpc=28338 -filer.port=28339 -filer.port.grpc=28340 \
@@ -35,7 +35,7 @@ until curl -s -o /dev/null "http://$S3/"; do kill -0 "$WP" || { tail "$DIR/weed.
 sleep 2
 (cd "$DIR" && AWS_ACCESS_KEY_ID=$KEY AWS_SECRET_ACCESS_KEY=$SECRET AWS_DEFAULT_REGION=us-east-1 \
   AWS_REGION=us-east-1 AWS_ENDPOINT=http://$S3 AWS_ENDPOINT_URL=http://$S3 AWS_ALLOW_HTTP=true \
-  "$TANSU" broker --listener-url=tcp://127.0.0.1:29092 --advertised-listener-url=tcp://127.0.0.1:29092 \
+  exec "$TANSU" broker --listener-url=tcp://127.0.0.1:29092 --advertised-listener-url=tcp://127.0.0.1:29092 \
   --storage-engine=s3://$BUCKET/ > "$DIR/tansu.log" 2>&1) &
 TP=$!; pids+=("$TP")
 until (exec 3<>/dev/tcp/127.0.0.1/29092) 2>/dev/null; do kill -0 "$TP" || { tail "$DIR/tansu.log"; exit 1; }; sleep 0.3; done
@@ -73,13 +73,10 @@ until curl -sf localhost:23200/ready >/dev/null; do
   sleep 0.2
 done
 cpu() { awk '{print ($14+$15)/100}' "/proc/$1/stat"; }
-# The broker and the bucket run as children of the subshells started above.
-child() { pgrep -P "$1" | head -1; }
-TB=$(child "$TP"); WB=$(child "$WP")
-v0=$(cpu $VP); t0=$(cpu "$TB"); w0=$(cpu "$WB")
+v0=$(cpu $VP); t0=$(cpu $TP); w0=$(cpu $WP)
 # shellcheck disable=SC2086
 "$LG" ingest --endpoint http://127.0.0.1:24317 --spans "$SPANS" --connections "$CONNS" --batch-spans 500 --manifest "$DIR/ids.txt" ${LOADGEN_ARGS:-} > "$DIR/ingest.json"
-v1=$(cpu $VP); t1=$(cpu "$TB"); w1=$(cpu "$WB")
+v1=$(cpu $VP); t1=$(cpu $TP); w1=$(cpu $WP)
 cat "$DIR/ingest.json"
 acked=$(sed 's/.*"spans_acked":\([0-9]*\).*/\1/' "$DIR/ingest.json")
 awk -v a="$acked" -v v0="$v0" -v v1="$v1" -v t0="$t0" -v t1="$t1" -v w0="$w0" -v w1="$w1" \
