@@ -217,3 +217,46 @@ async fn a_limited_search_over_memory_stops_early_and_keeps_the_newest() {
     assert_eq!(ids, vec![3, 2, 1]);
     assert_eq!(old.metrics.inspected_traces, 100);
 }
+
+/// Live traces shorter than a query's span-duration bound are skipped without decoding;
+/// a trace with a long enough span is still found.
+#[tokio::test]
+async fn live_traces_too_short_for_a_duration_bound_are_not_decoded() {
+    let f = fixture();
+    // 1 s envelopes of 5 ns spans.
+    for t in 1..=50u8 {
+        push(&f, request(t, t..t + 2)).await;
+    }
+    // A 4 s envelope, still of 5 ns spans.
+    push(&f, request(60, 40..45)).await;
+    // One 3 s span.
+    let mut long = request(70, 30..31);
+    let span = &mut long.resource_spans[0].scope_spans[0].spans[0];
+    span.end_time_unix_nano = span.start_time_unix_nano + 3_000_000_000;
+    push(&f, long).await;
+    let search = |q: &str| {
+        let req = crate::querier::search::SearchRequest {
+            query: Arc::new(crate::traceql::parse(q).unwrap()),
+            limit: 20,
+            spss: 3,
+            range: None,
+            min_duration_nanos: None,
+            max_duration_nanos: None,
+        };
+        let querier = &f.querier;
+        async move { querier.search(&TenantId::single(), &req).await.unwrap() }
+    };
+    let two = search("{ duration > 2s }").await;
+    let ids: Vec<u8> = two.traces.iter().map(|t| t.id.0[0]).collect();
+    assert_eq!(ids, vec![70]);
+    // Only the 4 s and 3 s envelopes could hold such a span.
+    assert_eq!(two.metrics.inspected_traces, 2);
+    let none = search("{ 5s <= duration }").await;
+    assert!(none.traces.is_empty());
+    assert_eq!(none.metrics.inspected_traces, 0);
+    // Nothing to judge from the envelope: every trace is decoded.
+    let either = search("{ duration > 2s || name = \"span-1\" }").await;
+    assert_eq!(either.metrics.inspected_traces, 52);
+    let ids: Vec<u8> = either.traces.iter().map(|t| t.id.0[0]).collect();
+    assert_eq!(ids.len(), 2, "traces 1 and 70: {ids:?}");
+}

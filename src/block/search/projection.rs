@@ -417,6 +417,13 @@ pub(super) fn leaf_indices(wanted: &[String]) -> Result<Vec<usize>, BlockError> 
 }
 
 impl SearchColumns {
+    /// Whether a trace whose spans lie within `[start, end]` (unix ns) may match, judged
+    /// from span durations alone (a span lasts at most the trace's envelope). True when
+    /// the times are unknown (`start > end`) or nothing is known.
+    pub fn envelope_possible(&self, start: u64, end: u64) -> bool {
+        start > end || pre_possible_within(&self.precheck, end - start)
+    }
+
     /// The columns needed to evaluate `query` and report its hits.
     pub fn for_query(query: &Query) -> Result<Self, BlockError> {
         let mut needs = Needs::default();

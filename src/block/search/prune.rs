@@ -31,6 +31,66 @@ pub(super) fn pre_possible(pre: &Pre, rgm: &parquet::file::metadata::RowGroupMet
     }
 }
 
+/// A comparison of an intrinsic with a constant, intrinsic on the left: `500ms < duration`
+/// is `duration > 500ms`. `None` for anything else.
+fn intrinsic_compare<'a>(
+    op: crate::traceql::CompareOp,
+    lhs: &'a FieldExpr,
+    rhs: &'a FieldExpr,
+) -> Option<(crate::traceql::CompareOp, Intrinsic, &'a Static)> {
+    use crate::traceql::CompareOp as C;
+    match (lhs, rhs) {
+        (FieldExpr::Intrinsic(i), FieldExpr::Static(v)) => Some((op, *i, v)),
+        (FieldExpr::Static(v), FieldExpr::Intrinsic(i)) => {
+            let flipped = match op {
+                C::Lt => C::Gt,
+                C::Lte => C::Gte,
+                C::Gt => C::Lt,
+                C::Gte => C::Lte,
+                other => other,
+            };
+            Some((flipped, *i, v))
+        }
+        _ => None,
+    }
+}
+
+/// Whether some span of a trace none of whose spans lasts longer than `max_duration` (ns)
+/// may meet `pre`: a live trace knows its time envelope before it is decoded, so
+/// `{ duration > 500ms }` skips the traces shorter than that undecoded. True when unsure.
+pub(super) fn pre_possible_within(pre: &Pre, max_duration: u64) -> bool {
+    match pre {
+        Pre::True | Pre::Any(None) => true,
+        Pre::All(ps) => ps.iter().all(|p| pre_possible_within(p, max_duration)),
+        Pre::AnyOf(ps) => ps.iter().any(|p| pre_possible_within(p, max_duration)),
+        Pre::Any(Some(e)) => duration_possible(e, max_duration),
+    }
+}
+
+fn duration_possible(e: &FieldExpr, max: u64) -> bool {
+    use crate::traceql::{CompareOp as C, LogicOp};
+    match e {
+        FieldExpr::Logic { op, lhs, rhs } => match op {
+            LogicOp::And => duration_possible(lhs, max) && duration_possible(rhs, max),
+            LogicOp::Or => duration_possible(lhs, max) || duration_possible(rhs, max),
+        },
+        FieldExpr::Compare { op, lhs, rhs } => match intrinsic_compare(*op, lhs, rhs) {
+            Some((op, Intrinsic::Duration, Static::Duration(x))) => {
+                let Ok(x) = u64::try_from(*x) else {
+                    return true;
+                };
+                match op {
+                    C::Gt => max > x,
+                    C::Gte | C::Eq => max >= x,
+                    _ => true,
+                }
+            }
+            _ => true,
+        },
+        _ => true,
+    }
+}
+
 /// See [`pre_possible`]: can a span of the row group satisfy `e`?
 pub(super) fn expr_possible(
     e: &FieldExpr,
@@ -50,20 +110,8 @@ pub(super) fn expr_possible(
             LogicOp::Or => expr_possible(lhs, rgm) || expr_possible(rhs, rgm),
         },
         FieldExpr::Compare { op, lhs, rhs } => {
-            // Intrinsic on the left; `500ms < duration` is `duration > 500ms`.
-            let (op, field, value) = match (&**lhs, &**rhs) {
-                (FieldExpr::Intrinsic(i), FieldExpr::Static(v)) => (*op, *i, v),
-                (FieldExpr::Static(v), FieldExpr::Intrinsic(i)) => {
-                    let flipped = match op {
-                        C::Lt => C::Gt,
-                        C::Lte => C::Gte,
-                        C::Gt => C::Lt,
-                        C::Gte => C::Lte,
-                        other => *other,
-                    };
-                    (flipped, *i, v)
-                }
-                _ => return true,
+            let Some((op, field, value)) = intrinsic_compare(*op, lhs, rhs) else {
+                return true;
             };
             match (field, value) {
                 // A span's duration is at most its stored duration_nano (the end is

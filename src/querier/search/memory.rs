@@ -11,6 +11,7 @@
 
 use std::sync::Arc;
 
+use crate::block;
 use crate::model::{Fragments, TenantId, TraceId};
 use crate::querier::{Querier, QueryError};
 
@@ -27,6 +28,7 @@ impl Querier {
         tenant: &TenantId,
         remote: Vec<(TraceId, Fragments)>,
         params: Arc<SearchParams>,
+        columns: &block::SearchColumns,
         limit: usize,
     ) -> Result<Option<Partial>, QueryError> {
         let mut live = match &self.ingester {
@@ -47,6 +49,8 @@ impl Querier {
             // Unknown times (start > end) are kept and judged once decoded.
             live.retain(|(_, f)| f.start() > f.end() || r.overlaps_nanos(f.start(), f.end()));
         }
+        // A trace too short for the query's span-duration bound cannot match: not decoded.
+        live.retain(|(_, f)| columns.envelope_possible(f.start(), f.end()));
         let live = Arc::new(newest_first(live));
         let workers = std::thread::available_parallelism()
             .map_or(2, |n| n.get())

@@ -159,16 +159,22 @@ impl Querier {
         let remote = self.remote_live(tenant, None).await;
         let remote_partial = remote.partial();
         let (asked, unreachable) = (remote.asked as u64, remote.unreachable.len() as u64);
-        if let Some(p) = self
-            .search_memory(tenant, remote.part.traces, params.clone(), req.limit)
-            .await?
-        {
-            partials.push(p);
-        }
         let columns = Arc::new(
             block::SearchColumns::for_query(&req.query)
                 .map_err(|e| QueryError::Task(format!("planning search columns: {e}")))?,
         );
+        if let Some(p) = self
+            .search_memory(
+                tenant,
+                remote.part.traces,
+                params.clone(),
+                &columns,
+                req.limit,
+            )
+            .await?
+        {
+            partials.push(p);
+        }
         let mut blocks = self.blocks_in_range(tenant, req.range);
         blocks.sort_by(|a, b| {
             b.end_time
