@@ -179,6 +179,19 @@ async fn metrics_count_each_span_once_before_and_after_a_flush() {
     }
 }
 
+/// Searches `q` (no time range) with `limit`, as the API does.
+async fn search_live(f: &Fixture, q: &str, limit: usize) -> crate::querier::search::SearchResults {
+    let req = crate::querier::search::SearchRequest {
+        query: Arc::new(crate::traceql::parse(q).unwrap()),
+        limit,
+        spss: 3,
+        range: None,
+        min_duration_nanos: None,
+        max_duration_nanos: None,
+    };
+    f.querier.search(&TenantId::single(), &req).await.unwrap()
+}
+
 #[tokio::test]
 async fn a_limited_search_over_memory_stops_early_and_keeps_the_newest() {
     let f = fixture();
@@ -186,18 +199,7 @@ async fn a_limited_search_over_memory_stops_early_and_keeps_the_newest() {
     for t in 1..=100u8 {
         push(&f, request(t, t..t + 2)).await;
     }
-    let search = |q: &str, limit: usize| {
-        let req = crate::querier::search::SearchRequest {
-            query: Arc::new(crate::traceql::parse(q).unwrap()),
-            limit,
-            spss: 3,
-            range: None,
-            min_duration_nanos: None,
-            max_duration_nanos: None,
-        };
-        let querier = &f.querier;
-        async move { querier.search(&TenantId::single(), &req).await.unwrap() }
-    };
+    let search = |q: &'static str, limit: usize| search_live(&f, q, limit);
     let all = search("{ }", 1000).await;
     assert_eq!(all.traces.len(), 100);
     assert_eq!(all.metrics.inspected_traces, 100);
@@ -234,18 +236,7 @@ async fn live_traces_too_short_for_a_duration_bound_are_not_decoded() {
     let span = &mut long.resource_spans[0].scope_spans[0].spans[0];
     span.end_time_unix_nano = span.start_time_unix_nano + 3_000_000_000;
     push(&f, long).await;
-    let search = |q: &str| {
-        let req = crate::querier::search::SearchRequest {
-            query: Arc::new(crate::traceql::parse(q).unwrap()),
-            limit: 20,
-            spss: 3,
-            range: None,
-            min_duration_nanos: None,
-            max_duration_nanos: None,
-        };
-        let querier = &f.querier;
-        async move { querier.search(&TenantId::single(), &req).await.unwrap() }
-    };
+    let search = |q: &'static str| search_live(&f, q, 20);
     let two = search("{ duration > 2s }").await;
     let ids: Vec<u8> = two.traces.iter().map(|t| t.id.0[0]).collect();
     assert_eq!(ids, vec![70]);

@@ -67,8 +67,21 @@ pub(super) fn pre_possible_within(pre: &Pre, max_duration: u64) -> bool {
     }
 }
 
+/// Can a span lasting at most `max` ns meet `duration <op> x`? Only lower bounds prune.
+fn duration_within_possible(op: crate::traceql::CompareOp, x: i64, max: u64) -> bool {
+    use crate::traceql::CompareOp as C;
+    let Ok(x) = u64::try_from(x) else {
+        return true;
+    };
+    match op {
+        C::Gt => max > x,
+        C::Gte | C::Eq => max >= x,
+        _ => true,
+    }
+}
+
 fn duration_possible(e: &FieldExpr, max: u64) -> bool {
-    use crate::traceql::{CompareOp as C, LogicOp};
+    use crate::traceql::LogicOp;
     match e {
         FieldExpr::Logic { op, lhs, rhs } => match op {
             LogicOp::And => duration_possible(lhs, max) && duration_possible(rhs, max),
@@ -76,14 +89,7 @@ fn duration_possible(e: &FieldExpr, max: u64) -> bool {
         },
         FieldExpr::Compare { op, lhs, rhs } => match intrinsic_compare(*op, lhs, rhs) {
             Some((op, Intrinsic::Duration, Static::Duration(x))) => {
-                let Ok(x) = u64::try_from(*x) else {
-                    return true;
-                };
-                match op {
-                    C::Gt => max > x,
-                    C::Gte | C::Eq => max >= x,
-                    _ => true,
-                }
+                duration_within_possible(op, *x, max)
             }
             _ => true,
         },
@@ -122,15 +128,7 @@ pub(super) fn expr_possible(
                     };
                     let Some(&max) = s.max_opt() else { return true };
                     // Unsigned values stored in int64.
-                    let max = max as u64;
-                    let Ok(x) = u64::try_from(*x) else {
-                        return true;
-                    };
-                    match op {
-                        C::Gt => max > x,
-                        C::Gte | C::Eq => max >= x,
-                        _ => true,
-                    }
+                    duration_within_possible(op, *x, max as u64)
                 }
                 // Unset is also a missing status: only ok and error prune.
                 (Intrinsic::Status, Static::Status(st)) if op == C::Eq => {
