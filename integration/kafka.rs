@@ -118,6 +118,14 @@ impl Broker {
 }
 
 /// The `ingest:` section for `broker`.
+/// A SeaweedFS bucket and a tansu broker keeping its log there, as every ingest-log test
+/// starts them; `None` (after a notice) when either is missing outside CI.
+pub(crate) async fn bucket_and_broker(bucket: &str) -> Option<(S3Server, Broker)> {
+    let s3 = S3Server::start(bucket).await?;
+    let broker = Broker::start(&s3).await?;
+    Some((s3, broker))
+}
+
 fn ingest_yaml(broker: &Broker, topic: &str, write_timeout: &str) -> String {
     format!(
         "ingest:\n  enabled: true\n  kafka:\n    address: {}\n    topic: {topic}\n    \
@@ -348,10 +356,7 @@ pub(crate) async fn spans_in_blocks(s3: &S3Server) -> (usize, u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_acked_spans_survive_kill9_once_each() {
-    let Some(s3) = S3Server::start("vivace-kafka").await else {
-        return;
-    };
-    let Some(broker) = Broker::start(&s3).await else {
+    let Some((s3, broker)) = bucket_and_broker("vivace-kafka").await else {
         return;
     };
     let mut server = Server::start_with(opts(&s3, &broker, "5s")).await;
@@ -476,10 +481,7 @@ async fn kafka_broker_down_refuses_exports_retryably() {
 /// writes nothing twice, so every span is stored once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_crash_between_meta_and_commit_stores_each_span_once() {
-    let Some(s3) = S3Server::start("vivace-kafka-redo").await else {
-        return;
-    };
-    let Some(broker) = Broker::start(&s3).await else {
+    let Some((s3, broker)) = bucket_and_broker("vivace-kafka-redo").await else {
         return;
     };
     let mut server = Server::start_with(opts(&s3, &broker, "5s")).await;
@@ -531,10 +533,7 @@ async fn kafka_crash_between_meta_and_commit_stores_each_span_once() {
 /// `all` node by ID and by search.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_distributor_only_node_feeds_the_ingester_node() {
-    let Some(s3) = S3Server::start("vivace-kafka-split").await else {
-        return;
-    };
-    let Some(broker) = Broker::start(&s3).await else {
+    let Some((s3, broker)) = bucket_and_broker("vivace-kafka-split").await else {
         return;
     };
     let reader = Server::start_with(opts(&s3, &broker, "5s")).await;

@@ -162,10 +162,7 @@ pub(crate) async fn wait_shared(nodes: &[&Server], within: Duration) -> Duration
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_three_nodes_survive_kill9_of_one_with_every_span_once() {
     let started = Instant::now();
-    let Some(s3) = S3Server::start("vivace-scale").await else {
-        return;
-    };
-    let Some(broker) = Broker::start(&s3).await else {
+    let Some((s3, broker)) = bucket_and_broker("vivace-scale").await else {
         return;
     };
     let n0 = Server::start_with(node_opts(&s3, &broker, "node-0")).await;
@@ -288,10 +285,7 @@ fn signal(server: &Server, sig: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_a_frozen_node_loses_its_partitions_and_commits_nothing_stale() {
     let started = Instant::now();
-    let Some(s3) = S3Server::start("vivace-scale-stop").await else {
-        return;
-    };
-    let Some(broker) = Broker::start(&s3).await else {
+    let Some((s3, broker)) = bucket_and_broker("vivace-scale-stop").await else {
         return;
     };
     let n0 = Server::start_with(node_opts(&s3, &broker, "node-0")).await;

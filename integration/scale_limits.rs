@@ -9,7 +9,7 @@ use prost::Message;
 
 use crate::harness::*;
 use crate::ingest::{pb_request, pb_span};
-use crate::kafka::Broker;
+use crate::kafka::{bucket_and_broker, Broker};
 use crate::s3_server::S3Server;
 use crate::scale::node_opts;
 
@@ -112,10 +112,7 @@ async fn wait_healthy(server: &Server, want: f64, within: Duration) -> Duration 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_global_rate_limit_is_shared_by_healthy_distributors() {
-    let Some(s3) = S3Server::start("vivace-scale-rate").await else {
-        return;
-    };
-    let Some(broker) = Broker::start(&s3).await else {
+    let Some((s3, broker)) = bucket_and_broker("vivace-scale-rate").await else {
         return;
     };
     let n0 = Server::start_with(limited_opts(&s3, &broker, "node-0")).await;

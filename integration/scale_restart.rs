@@ -9,16 +9,12 @@ use std::time::{Duration, Instant};
 
 use crate::harness::*;
 use crate::kafka::*;
-use crate::s3_server::S3Server;
 use crate::scale::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_kill9_and_restart_a_node_takes_its_partitions_back_every_span_once() {
     let started = Instant::now();
-    let Some(s3) = S3Server::start("vivace-scale-restart").await else {
-        return;
-    };
-    let Some(broker) = Broker::start(&s3).await else {
+    let Some((s3, broker)) = bucket_and_broker("vivace-scale-restart").await else {
         return;
     };
     let n0 = Server::start_with(node_opts(&s3, &broker, "node-0")).await;

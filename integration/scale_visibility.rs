@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use crate::harness::*;
 use crate::kafka::*;
-use crate::s3_server::S3Server;
 use crate::scale::{metric, node_opts, wait_shared};
 
 /// A search for the service: trace IDs found, completed and total jobs.
@@ -64,10 +63,7 @@ fn with_wait(mut o: Opts, wait: &str) -> Opts {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_spans_acked_on_one_node_are_found_on_the_others_by_the_first_query() {
     let started = Instant::now();
-    let Some(s3) = S3Server::start("vivace-scale-vis").await else {
-        return;
-    };
-    let Some(broker) = Broker::start(&s3).await else {
+    let Some((s3, broker)) = bucket_and_broker("vivace-scale-vis").await else {
         return;
     };
     let n0 = Server::start_with(with_wait(node_opts(&s3, &broker, "node-0"), "5s")).await;
@@ -162,10 +158,7 @@ async fn scale_spans_acked_on_one_node_are_found_on_the_others_by_the_first_quer
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_a_lagging_owner_makes_answers_partial_never_silently_missing() {
     let started = Instant::now();
-    let Some(s3) = S3Server::start("vivace-scale-lag").await else {
-        return;
-    };
-    let Some(broker) = Broker::start(&s3).await else {
+    let Some((s3, broker)) = bucket_and_broker("vivace-scale-lag").await else {
         return;
     };
     let n0 = Server::start_with(node_opts(&s3, &broker, "node-0")).await;
