@@ -22,6 +22,7 @@ mod s3_server;
 mod scale;
 mod scale_limits;
 mod scale_restart;
+mod scale_takeover;
 mod scale_visibility;
 mod search;
 mod service;

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use super::adopt::Adopted;
 use super::caught_up::CaughtUp;
 use super::client::{Fetched, Kafka, KafkaError};
 use super::log::{position, PartitionLog, Ranges};
@@ -88,6 +89,7 @@ impl Consumer {
     ) -> Result<Vec<JoinHandle<()>>, KafkaError> {
         let mut starts: BTreeMap<i32, Option<i64>> = BTreeMap::new();
         let mut epochs: BTreeMap<i32, u64> = BTreeMap::new();
+        let mut adopted: BTreeMap<i32, Adopted> = BTreeMap::new();
         let mut runner = None;
         match &ownership {
             Some(o) => {
@@ -96,7 +98,13 @@ impl Consumer {
                 runner = Some(Guard::spawn(o.clone().run()));
                 let held = o.subscribe().borrow().clone();
                 for (p, h) in held {
-                    starts.insert(p, self.log.gain(p, h.offset));
+                    let from = match self.log.gain(p, h.offset) {
+                        Some(o) => o,
+                        None => self.kafka.earliest(p).await?,
+                    };
+                    let a = self.log.adopt(p, from).await;
+                    starts.insert(p, Some(a.start));
+                    adopted.insert(p, a);
                     epochs.insert(p, h.epoch);
                 }
                 let known: BTreeMap<i32, i64> = starts
@@ -128,7 +136,9 @@ impl Consumer {
                 None => me.kafka.earliest(p).await?,
             };
             let epoch = epochs.get(&p).copied().unwrap_or(0);
-            readers.insert(p, (epoch, Guard::spawn(me.clone().run_partition(p, from))));
+            let skip = adopted.remove(&p).unwrap_or_default();
+            let reader = Guard::spawn(me.clone().run_partition(p, from, skip));
+            readers.insert(p, (epoch, reader));
         }
         let Some(o) = ownership else {
             return Ok(readers
@@ -163,7 +173,7 @@ impl Consumer {
                         continue;
                     }
                     next = r.offset + 1;
-                    self.apply(*p, r).await;
+                    self.apply(*p, r, &Adopted::default()).await;
                 }
             }
         }
@@ -219,7 +229,8 @@ impl Consumer {
                         }
                     },
                 };
-                let reader = Guard::spawn(self.clone().run_partition(p, from));
+                let skip = self.log.adopt(p, from).await;
+                let reader = Guard::spawn(self.clone().run_partition(p, skip.start, skip));
                 readers.insert(p, (h.epoch, reader));
             }
             if held.changed().await.is_err() {
@@ -245,7 +256,8 @@ impl Consumer {
         }
     }
 
-    async fn run_partition(self: Arc<Self>, p: i32, mut next: i64) {
+    /// Reads `p` from `next` on; `skip` names records stored already by an earlier holder.
+    async fn run_partition(self: Arc<Self>, p: i32, mut next: i64, skip: Adopted) {
         info!(partition = p, offset = next, "consuming ingest partition");
         self.caught_up.start(p, next);
         let mut backoff = Duration::from_millis(100);
@@ -259,7 +271,7 @@ impl Consumer {
                             continue;
                         }
                         next = r.offset + 1;
-                        self.apply(p, r).await;
+                        self.apply(p, r, &skip).await;
                         self.caught_up.applied(p, next);
                     }
                     self.caught_up.fetched(p, high);
@@ -291,8 +303,10 @@ impl Consumer {
     }
 
     /// Puts one record into the live traces, waiting while the ingester's memory is full.
-    async fn apply(&self, p: i32, r: Fetched) {
+    /// A record `skip` names is only marked consumed: its spans are in a block already.
+    async fn apply(&self, p: i32, r: Fetched, skip: &Adopted) {
         let (tenant, traces) = match Record::decode(Bytes::from(r.value)) {
+            Ok(rec) if skip.skips(r.offset, &rec.tenant) => (rec.tenant, Vec::new()),
             Ok(rec) => (rec.tenant, rec.traces),
             Err(e) => {
                 // Still recorded as consumed: a record that cannot decode never will.

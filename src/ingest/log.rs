@@ -60,12 +60,17 @@ struct Committed {
 /// `cut.json`: the ranges of the latest cut, written before its first block. Still pending
 /// while its starts equal the committed offsets (its commit did not land).
 #[derive(Debug, Default, Serialize, Deserialize)]
-struct Cut {
+pub(super) struct Cut {
     version: u32,
-    ranges: Ranges,
+    pub(super) ranges: Ranges,
+    /// The tenants the cut writes a block for (one each), so a later holder of its
+    /// partitions can tell whether all of them landed ([`PartitionLog::adopt`]). Empty in
+    /// cuts written before this field existed (`None`): those are never adopted.
+    #[serde(default)]
+    pub(super) tenants: Option<Vec<String>>,
 }
 
-trait Versioned {
+pub(super) trait Versioned {
     fn version(&self) -> u32;
 }
 
@@ -99,23 +104,25 @@ struct State {
 }
 
 pub(crate) struct PartitionLog {
-    backend: Backend,
+    pub(super) backend: Backend,
+    /// `~ingest/<group>/<topic>`: see [`PartitionLog::dir`].
+    pub(super) dir: String,
     offsets_key: String,
     cut_key: String,
-    topic: String,
+    pub(super) topic: String,
     state: Mutex<State>,
     /// The cut found pending at start, to be consumed again exactly.
     pending: Mutex<Option<Ranges>>,
     /// With partition leases, every offset commit is an If-Match write on the lease.
-    fence: Option<Arc<Ownership>>,
+    pub(super) fence: Option<Arc<Ownership>>,
 }
 
-fn backend_err(e: BackendError) -> WalError {
+pub(super) fn backend_err(e: BackendError) -> WalError {
     WalError::Log(e.to_string())
 }
 
 /// Reads a versioned JSON object; `None` when it does not exist.
-async fn load<T: serde::de::DeserializeOwned + Versioned>(
+pub(super) async fn load<T: serde::de::DeserializeOwned + Versioned>(
     backend: &Backend,
     key: &str,
 ) -> Result<Option<T>, WalError> {
@@ -200,6 +207,7 @@ impl PartitionLog {
         };
         Ok(PartitionLog {
             backend,
+            dir,
             offsets_key,
             cut_key,
             topic: topic.to_owned(),
@@ -253,6 +261,14 @@ impl PartitionLog {
         let segment = st.segment;
         st.gained_at.insert(p, segment);
         start
+    }
+
+    /// Moves where `p` is consumed from to `to`: the records before it are in blocks an
+    /// earlier holder wrote ([`PartitionLog::adopt`]).
+    pub(crate) fn advance(&self, p: i32, to: i64) {
+        let mut st = self.state.lock();
+        st.committed.insert(p, to);
+        st.next_start.insert(p, to);
     }
 
     /// Stops tracking `p` (its lease is gone): nothing consumed under it is committed.
@@ -325,7 +341,7 @@ impl IngestLog for PartitionLog {
         Ok(st.segment)
     }
 
-    async fn rotate(&self) -> Result<u64, WalError> {
+    async fn rotate(&self, tenants: &[TenantId]) -> Result<u64, WalError> {
         let ranges: Ranges = {
             let st = self.state.lock();
             st.current
@@ -341,6 +357,7 @@ impl IngestLog for PartitionLog {
             let cut = Cut {
                 version: STATE_VERSION,
                 ranges: ranges.clone(),
+                tenants: Some(tenants.iter().map(|t| t.as_str().to_owned()).collect()),
             };
             self.store(&self.cut_key, &cut).await?;
         }
@@ -439,7 +456,7 @@ mod tests {
         for (p, o) in [(0, 5), (0, 6), (1, 0), (0, 7)] {
             log.append(position(p, o)).await.unwrap();
         }
-        let b = log.rotate().await.unwrap();
+        let b = log.rotate(&[]).await.unwrap();
         let id = log.block_id(&tenant("a"), b).unwrap();
         // Crash here: blocks may be written, offsets not committed.
         let again = PartitionLog::open(backend.clone(), "g", "t").await.unwrap();
@@ -450,7 +467,7 @@ mod tests {
         for (p, o) in [(0, 5), (1, 0), (0, 6), (0, 7)] {
             again.append(position(p, o)).await.unwrap();
         }
-        let b2 = again.rotate().await.unwrap();
+        let b2 = again.rotate(&[]).await.unwrap();
         assert_eq!(again.block_id(&tenant("a"), b2), Some(id));
         assert_ne!(again.block_id(&tenant("b"), b2), Some(id));
         again.truncate_before(b2).await.unwrap();
@@ -464,10 +481,10 @@ mod tests {
         let backend = Backend::memory();
         let log = PartitionLog::open(backend.clone(), "g", "t").await.unwrap();
         log.append(position(2, 10)).await.unwrap();
-        let b1 = log.rotate().await.unwrap();
+        let b1 = log.rotate(&[]).await.unwrap();
         log.append(position(2, 11)).await.unwrap();
         log.append(position(2, 12)).await.unwrap();
-        let b2 = log.rotate().await.unwrap();
+        let b2 = log.rotate(&[]).await.unwrap();
         let ids = (
             log.block_id(&tenant("a"), b1).unwrap(),
             log.block_id(&tenant("a"), b2).unwrap(),
@@ -480,14 +497,14 @@ mod tests {
         log.truncate_before(b2).await.unwrap();
         assert_eq!(log.committed(2), Some(13));
         // An empty cut has no deterministic ID and commits nothing new.
-        let b3 = log.rotate().await.unwrap();
+        let b3 = log.rotate(&[]).await.unwrap();
         assert_eq!(log.block_id(&tenant("a"), b3), None);
         // A carried-over (non-position) record keeps offsets where they are.
         log.append(position(2, 13)).await.unwrap();
         log.append(Bytes::from_static(b"\x01wal payload"))
             .await
             .unwrap();
-        let b4 = log.rotate().await.unwrap();
+        let b4 = log.rotate(&[]).await.unwrap();
         log.truncate_before(b4).await.unwrap();
         let reopened = PartitionLog::open(backend, "g", "t").await.unwrap();
         assert_eq!(reopened.committed(2), Some(13));

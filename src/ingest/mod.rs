@@ -9,6 +9,7 @@
 //! wait for the high watermark they learned (`peers.rs`); `distributors.rs` counts the
 //! healthy distributors that share a `global` tenant rate.
 
+mod adopt;
 mod caught_up;
 mod client;
 mod consumer;

@@ -144,7 +144,7 @@ async fn a_fenced_log_commits_only_what_it_consumed_under_a_lease_it_holds() {
     for (p, o) in [(0, 0), (0, 1), (1, 0)] {
         log.append(position(p, o)).await.unwrap();
     }
-    let b1 = log.rotate().await.unwrap();
+    let b1 = log.rotate(&[]).await.unwrap();
     // Partition 1 moves away before the cut's commit: only partition 0 commits.
     log.lose(1);
     log.truncate_before(b1).await.unwrap();
@@ -153,7 +153,7 @@ async fn a_fenced_log_commits_only_what_it_consumed_under_a_lease_it_holds() {
     // Regained: what was consumed under the old lease never commits, new ranges do.
     assert_eq!(log.gain(1, None), None);
     log.append(position(1, 1)).await.unwrap();
-    let b2 = log.rotate().await.unwrap();
+    let b2 = log.rotate(&[]).await.unwrap();
     log.truncate_before(b2).await.unwrap();
     assert_eq!(lease_offset(&backend, 1).await, Some(2));
     // Another node takes partition 0 over: this log's commits for it are refused.
@@ -175,7 +175,7 @@ async fn a_fenced_log_commits_only_what_it_consumed_under_a_lease_it_holds() {
         .await
         .unwrap();
     log.append(position(0, 2)).await.unwrap();
-    let b3 = log.rotate().await.unwrap();
+    let b3 = log.rotate(&[]).await.unwrap();
     log.truncate_before(b3).await.unwrap();
     assert_eq!(
         lease_offset(&backend, 0).await,

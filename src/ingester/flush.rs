@@ -372,7 +372,7 @@ mod tests {
         async fn append(&self, record: bytes::Bytes) -> Result<u64, wal::WalError> {
             self.wal.append(record).await
         }
-        async fn rotate(&self) -> Result<u64, wal::WalError> {
+        async fn rotate(&self, _tenants: &[TenantId]) -> Result<u64, wal::WalError> {
             self.wal.rotate().await
         }
         async fn truncate_before(&self, segment: u64) -> Result<(), wal::WalError> {

@@ -15,7 +15,9 @@ pub(crate) trait IngestLog: Send + Sync + 'static {
     /// Returns once the record is durable, with the segment it belongs to.
     async fn append(&self, record: Bytes) -> Result<u64, WalError>;
     /// Starts a new segment; every record appended before lives in an older one.
-    async fn rotate(&self) -> Result<u64, WalError>;
+    /// `tenants`: those the cut taking the older segments writes a block for (the ingest
+    /// log records them so a later holder can check the cut landed; the WAL needs not).
+    async fn rotate(&self, tenants: &[TenantId]) -> Result<u64, WalError>;
     /// Forgets every segment before `segment`: their data is in the backend or newer segments.
     async fn truncate_before(&self, segment: u64) -> Result<(), WalError>;
     /// Whether live traces may be re-appended to a newer segment at a cut. A log that
@@ -37,7 +39,7 @@ impl IngestLog for Wal {
     async fn append(&self, record: Bytes) -> Result<u64, WalError> {
         Wal::append(self, record).await
     }
-    async fn rotate(&self) -> Result<u64, WalError> {
+    async fn rotate(&self, _tenants: &[TenantId]) -> Result<u64, WalError> {
         Wal::rotate(self).await
     }
     async fn truncate_before(&self, segment: u64) -> Result<(), WalError> {

@@ -446,7 +446,17 @@ impl Ingester {
                 carry: Vec::new(),
             });
         }
-        let boundary = self.log.rotate().await?;
+        // Under the exclusive gate nothing enters the head: these are the tenants whose
+        // traces the cut takes (all of them, without carry-over).
+        let tenants: Vec<TenantId> = self
+            .head
+            .lock()
+            .tenants
+            .iter()
+            .filter(|(_, traces)| !traces.is_empty())
+            .map(|(t, _)| t.clone())
+            .collect();
+        let boundary = self.log.rotate(&tenants).await?;
         let mut head = self.head.lock();
         let old = std::mem::take(&mut *head);
         let mut taken: Flushing = HashMap::new();
