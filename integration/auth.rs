@@ -21,7 +21,7 @@ const TOKEN_B: &str = "token-for-team-b-4c2e";
 const OPS_PASSWORD: &str = "ops-password-77d0";
 const OPS_ENV: &str = "VIVACE_IT_AUTH_OPS_PASSWORD";
 
-fn sha256_hex(s: &str) -> String {
+pub(crate) fn sha256_hex(s: &str) -> String {
     hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, s.as_bytes()).as_ref())
 }
 
@@ -81,7 +81,11 @@ fn headers(c: Cred, token: &str, other_tenant: &str) -> Vec<(&'static str, Strin
     }
 }
 
-async fn get(server: &Server, path: &str, hs: &[(&str, String)]) -> (u16, String, usize) {
+pub(crate) async fn get(
+    server: &Server,
+    path: &str,
+    hs: &[(&str, String)],
+) -> (u16, String, usize) {
     let mut req = reqwest::Client::new().get(server.http_url(path));
     for (k, v) in hs {
         req = req.header(*k, v);
@@ -107,7 +111,7 @@ fn exporter_http(server: &Server, hs: &[(&str, String)]) -> opentelemetry_otlp::
         .expect("http exporter")
 }
 
-fn exporter_grpc(
+pub(crate) fn exporter_grpc(
     server: &Server,
     hs: &[(&'static str, String)],
 ) -> opentelemetry_otlp::SpanExporter {
@@ -123,7 +127,7 @@ fn exporter_grpc(
         .expect("grpc exporter")
 }
 
-async fn export(
+pub(crate) async fn export(
     mut exporter: opentelemetry_otlp::SpanExporter,
     service: &'static str,
     trace: [u8; 16],

@@ -20,6 +20,7 @@ mod model;
 mod process;
 mod s3_server;
 mod scale;
+mod scale_auth;
 mod scale_limits;
 mod scale_restart;
 mod scale_takeover;

@@ -75,7 +75,7 @@ pub(crate) struct Authenticator {
     credentials: Vec<Credential>,
 }
 
-fn sha256(data: &[u8]) -> [u8; 32] {
+pub(crate) fn sha256(data: &[u8]) -> [u8; 32] {
     let mut out = [0u8; 32];
     out.copy_from_slice(digest(&SHA256, data).as_ref());
     out
@@ -253,7 +253,7 @@ pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> Choice {
     a.ct_eq(b)
 }
 
-fn strip_scheme<'a>(value: &'a [u8], scheme: &[u8]) -> Option<&'a [u8]> {
+pub(crate) fn strip_scheme<'a>(value: &'a [u8], scheme: &[u8]) -> Option<&'a [u8]> {
     (value.len() >= scheme.len() && value[..scheme.len()].eq_ignore_ascii_case(scheme))
         .then(|| &value[scheme.len()..])
 }
@@ -319,7 +319,7 @@ impl TenantResolver {
     }
 }
 
-fn parse_org_id(v: &HeaderValue, many: bool) -> Result<Vec<TenantId>, AuthError> {
+pub(crate) fn parse_org_id(v: &HeaderValue, many: bool) -> Result<Vec<TenantId>, AuthError> {
     let text = v
         .to_str()
         .map_err(|_| AuthError::BadTenant(format!("{TENANT_HEADER} is not valid text")))?;

@@ -5,6 +5,7 @@ pub(crate) mod auth;
 pub(crate) mod client;
 mod json;
 mod metrics;
+pub(crate) mod peer;
 mod search;
 mod streaming;
 mod tags;
@@ -45,6 +46,8 @@ pub(crate) struct ApiState {
     pub(crate) overrides: Option<Arc<Overrides>>,
     /// `query_frontend.metrics`: TraceQL metrics limits.
     pub(crate) query_limits: QueryLimits,
+    /// Set: `/internal/live` answers only nodes presenting it (see `peer.rs`).
+    pub(crate) peer: Option<Arc<peer::PeerToken>>,
 }
 
 /// The frontend's TraceQL metrics limits (`query_frontend.metrics`).
@@ -199,7 +202,10 @@ async fn internal_live(
     headers: HeaderMap,
     Query(q): Query<LiveParams>,
 ) -> Result<Response, ApiError> {
-    let tenant = tenant(&s, &headers)?;
+    let tenant = match &s.peer {
+        Some(p) => p.tenant(&headers)?,
+        None => tenant(&s, &headers)?,
+    };
     let trace = q.trace.as_deref().map(TraceId::parse_hex).transpose()?;
     let frontend = s
         .frontend

@@ -195,6 +195,12 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         Backend::from_config(&cfg.storage.trace)?.counting_into(metrics.backend_requests.clone());
     let blocklist = Arc::new(BlockList::default());
     let ready = Arc::new(AtomicBool::new(false));
+    // Read once: the secret nodes present to each other on `/internal/live`.
+    let peer_token = if cfg.ingest.enabled {
+        cfg.ingest.peer_token()?
+    } else {
+        None
+    };
     info!(target = %target, backend = backend.description(), "starting vivace");
 
     // With `ingest`, the Kafka-protocol log replaces the WAL as the durability point.
@@ -323,6 +329,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
                 watermarks,
                 cfg.ingest.query_wait_timeout,
                 timeout,
+                peer_token.clone(),
             )
             .map_err(AppError::Serve)?;
             q = q.with_remote(Arc::new(peers), recent.clone(), caught_up.clone());
@@ -362,6 +369,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         tenants: tenants.clone(),
         overrides: Some(overrides.clone()),
         query_limits: (&cfg.query_frontend.metrics).into(),
+        peer: peer_token
+            .as_ref()
+            .map(|t| Arc::new(api::peer::PeerToken::new(t.expose()))),
     });
     servers.push(serve_http(api_listener, api_router, stop_rx.clone()));
 

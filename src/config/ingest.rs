@@ -1,6 +1,7 @@
 //! The `ingest` section: Tempo 3's key names for the Kafka-protocol ingest log. Absent or
 //! `enabled: false`, vivace keeps its embedded WAL and nothing else changes.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -29,6 +30,12 @@ pub struct IngestConfig {
     /// covered once its holder has caught up after gaining it.
     #[serde(with = "duration")]
     pub query_wait_timeout: Duration,
+    /// The secret nodes present to each other on `/internal/live` (live traces of any
+    /// tenant), read at start-up from the first line of this file, or from the variable
+    /// `peer_token_env` names. Set, that endpoint answers only requests carrying it as a
+    /// bearer token; required when built-in auth is on.
+    pub peer_token_file: Option<PathBuf>,
+    pub peer_token_env: Option<String>,
 }
 
 impl Default for IngestConfig {
@@ -40,6 +47,8 @@ impl Default for IngestConfig {
             advertise_address: String::new(),
             partition_lease_timeout: Duration::from_secs(15),
             query_wait_timeout: Duration::from_secs(2),
+            peer_token_file: None,
+            peer_token_env: None,
         }
     }
 }
@@ -88,6 +97,39 @@ impl Default for KafkaConfig {
 }
 
 impl IngestConfig {
+    /// The peer token from its file or variable; `None` when neither is set. Read once,
+    /// at start-up: a missing or empty source is an error naming the key.
+    pub fn peer_token(&self) -> Result<Option<Secret>, ConfigError> {
+        let secret = if let Some(path) = &self.peer_token_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::Invalid(format!(
+                    "ingest.peer_token_file: cannot read {}: {e}",
+                    path.display()
+                ))
+            })?;
+            // A trailing newline is an editor's, not part of the secret.
+            text.lines()
+                .next()
+                .unwrap_or("")
+                .trim_end_matches('\r')
+                .to_owned()
+        } else if let Some(name) = &self.peer_token_env {
+            std::env::var(name).map_err(|_| {
+                ConfigError::Invalid(format!(
+                    "ingest.peer_token_env: environment variable {name} is not set"
+                ))
+            })?
+        } else {
+            return Ok(None);
+        };
+        if secret.is_empty() {
+            return Err(ConfigError::Invalid(
+                "ingest: the peer token is empty".into(),
+            ));
+        }
+        Ok(Some(Secret(secret)))
+    }
+
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         if !self.enabled {
             return Ok(());
@@ -132,6 +174,11 @@ impl IngestConfig {
         {
             return Err(ConfigError::Invalid(
                 "ingest.instance_id must be letters, digits, '-', '_', '.' or ':'".into(),
+            ));
+        }
+        if self.peer_token_file.is_some() && self.peer_token_env.is_some() {
+            return Err(ConfigError::Invalid(
+                "ingest: give one of peer_token_file and peer_token_env, not both".into(),
             ));
         }
         if k.producer_max_record_size_bytes < 1024 {
@@ -184,6 +231,48 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("query_wait"), "{err}");
+    }
+
+    #[test]
+    fn peer_token_is_required_under_auth_and_read_from_one_source() {
+        let base = "ingest:\n  enabled: true\n  kafka:\n    topic: t\n";
+        let auth = "auth:\n  enabled: true\n  credentials:\n    - tenants: [a]\n      token_sha256: 0000000000000000000000000000000000000000000000000000000000000000\n";
+        let err = Config::from_yaml(&format!("{base}{auth}"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("peer_token_file"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("peer");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let cfg = Config::from_yaml(&format!(
+            "{base}  peer_token_file: {}\n{auth}",
+            file.display()
+        ))
+        .unwrap();
+        assert_eq!(cfg.ingest.peer_token().unwrap().unwrap().expose(), "s3cret");
+        let both = format!(
+            "{base}  peer_token_file: {}\n  peer_token_env: X\n",
+            file.display()
+        );
+        let err = Config::from_yaml(&both).unwrap_err().to_string();
+        assert!(err.contains("not both"), "{err}");
+        let cfg = Config::from_yaml(&format!(
+            "{base}  peer_token_env: VIVACE_SURELY_UNSET_PEER_3e\n"
+        ))
+        .unwrap();
+        let err = cfg.ingest.peer_token().unwrap_err().to_string();
+        assert!(err.contains("VIVACE_SURELY_UNSET_PEER_3e"), "{err}");
+        std::fs::write(&file, "\n").unwrap();
+        let cfg =
+            Config::from_yaml(&format!("{base}  peer_token_file: {}\n", file.display())).unwrap();
+        assert!(cfg.ingest.peer_token().is_err(), "an empty token");
+        // Without auth the endpoint may stay open (behind a gateway, as Tempo's is).
+        assert!(Config::from_yaml(base)
+            .unwrap()
+            .ingest
+            .peer_token()
+            .unwrap()
+            .is_none());
     }
 
     #[test]

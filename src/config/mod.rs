@@ -603,6 +603,17 @@ impl Config {
         }
         self.server.http_addr()?;
         self.ingest.validate()?;
+        // Nodes read each other's live traces of every tenant: with credentials deciding
+        // tenants, that door needs a key of its own.
+        if self.ingest.enabled
+            && self.auth.enabled
+            && self.ingest.peer_token_file.is_none()
+            && self.ingest.peer_token_env.is_none()
+        {
+            return Err(ConfigError::Invalid(
+                "ingest.peer_token_file or ingest.peer_token_env must be set when auth is enabled: nodes read each other's live traces through /internal/live".into(),
+            ));
+        }
         self.metrics_generator.validate()?;
         let p = self
             .overrides

@@ -21,6 +21,7 @@ use super::caught_up::CaughtUp;
 use super::client::Kafka;
 use super::ownership::{Owner, Ownership};
 use super::record::partition_for;
+use crate::config::Secret;
 use crate::model::{TenantId, TraceId};
 use crate::querier::remote::{
     decode_part, encode_wanted, Lag, LivePart, RemoteLive, RemoteLiveResult,
@@ -39,6 +40,8 @@ pub(crate) struct Peers {
     /// `ingest.query_wait_timeout`; zero: no watermarks, caught-up partitions count.
     wait: Duration,
     timeout: Duration,
+    /// `Authorization` for `/internal/live` when a peer token is set.
+    authorization: Option<String>,
 }
 
 impl Peers {
@@ -50,6 +53,7 @@ impl Peers {
         kafka: Arc<Kafka>,
         wait: Duration,
         timeout: Duration,
+        token: Option<Secret>,
     ) -> Result<Self, String> {
         let client = reqwest_client::Client::builder()
             .connect_timeout(timeout)
@@ -62,6 +66,7 @@ impl Peers {
             kafka,
             wait,
             timeout,
+            authorization: token.map(|t| format!("Bearer {}", t.expose())),
         })
     }
 
@@ -113,15 +118,16 @@ impl Peers {
         if !query.is_empty() {
             url = format!("{url}?{}", query.join("&"));
         }
-        let resp = self
+        let mut req = self
             .client
             .get(&url)
             // The owner may wait up to its bound before it answers.
             .timeout(self.timeout + self.wait)
-            .header("X-Scope-OrgID", tenant.as_str())
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
+            .header("X-Scope-OrgID", tenant.as_str());
+        if let Some(a) = &self.authorization {
+            req = req.header("Authorization", a);
+        }
+        let resp = req.send().await.map_err(|e| e.to_string())?;
         if !resp.status().is_success() {
             return Err(format!("status {}", resp.status()));
         }
