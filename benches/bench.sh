@@ -6,7 +6,8 @@
 # IDLE and BLOCK_DURATION set the ingester's trace_idle_period and max_block_duration
 # (default 2s and 15s: blocks are cut inside the window); IDLE=60s BLOCK_DURATION=60s keeps
 # every trace in memory for the fresh-data searches (up to max_block_bytes, 256 MiB: about
-# 600k spans of the default traffic).
+# 600k spans of the default traffic). MAX_LIVE and ROW_GROUP set max_live_bytes and
+# row_group_size_bytes (bytes) for memory experiments.
 set -euo pipefail
 SPANS=${1:-1000000}
 CONNS=${2:-16}
@@ -25,7 +26,7 @@ distributor:
       protocols:
         grpc: {endpoint: "127.0.0.1:24317"}
         http: {endpoint: "127.0.0.1:24318"}
-ingester: {trace_idle_period: ${IDLE:-2s}, max_block_duration: ${BLOCK_DURATION:-15s}, flush_check_period: 1s}
+ingester: {trace_idle_period: ${IDLE:-2s}, max_block_duration: ${BLOCK_DURATION:-15s}, flush_check_period: 1s${MAX_LIVE:+, max_live_bytes: $MAX_LIVE}${ROW_GROUP:+, row_group_size_bytes: $ROW_GROUP}}
 # No compaction while measuring: every figure is taken on the blocks the ingester cut.
 compactor: {compaction: {compaction_cycle: 24h}}
 # Limits lifted, as for Tempo's figures: the default 30 MB/s per tenant would refuse this load.

@@ -11,7 +11,20 @@ use vivace::cli::{normalize_args, Cli, Command};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Opts the process out of transparent huge pages. mimalloc asks for them on its arenas,
+/// and a 2 MiB page stays resident while any byte of it is live: under sustained ingest
+/// (traces freed a cut at a time) peak RSS was 1.44–1.48 GiB with them, 1.22–1.26 GiB
+/// without, for the same CPU per span.
+fn no_huge_pages() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: PR_SET_THP_DISABLE takes plain integers and touches no memory of ours.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}
+
 fn main() -> std::process::ExitCode {
+    no_huge_pages();
     let cli = Cli::parse_from(normalize_args(std::env::args()));
     match cli.command {
         Command::Serve(args) => {

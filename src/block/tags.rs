@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
+use ahash::RandomState;
 use serde::{Deserialize, Serialize};
 
 use super::BlockError;
@@ -60,7 +61,7 @@ const KEYWORD: usize = 4;
 /// are) costs one hash lookup and no allocation.
 #[derive(Default)]
 struct Collected {
-    values: [HashSet<String>; KINDS.len()],
+    values: [HashSet<String, RandomState>; KINDS.len()],
     count: usize,
     truncated: bool,
 }
@@ -71,7 +72,7 @@ struct Collected {
 /// insert attempt: about a sixth of ingest CPU, by perf, before this).
 #[derive(Default)]
 pub struct TagCollector {
-    scopes: HashMap<&'static str, HashMap<String, Collected>>,
+    scopes: HashMap<&'static str, HashMap<String, Collected, RandomState>, RandomState>,
     /// Ints and floats are formatted here before the lookup.
     buf: String,
 }

@@ -122,7 +122,7 @@ impl Ingester {
             }
         }
         let all_committed = failed.is_empty();
-        let mut failed_carry = Vec::new();
+        let mut failed_carry = super::Carry::default();
         {
             // Under the head lock, like every move between head and flushing: committed
             // traces are in the block list already, failed ones go back into the head (to
@@ -186,9 +186,9 @@ impl Ingester {
 
     /// Re-appends records of traces that stay in memory to the current WAL segment,
     /// retrying until the WAL takes them: the old segments are deleted only after.
-    async fn carry_over(&self, records: Vec<bytes::Bytes>) {
+    async fn carry_over(&self, carry: super::Carry) {
         let mut backoff = Duration::from_millis(200);
-        for rec in records {
+        for rec in carry.records() {
             while let Err(e) = self.log.append(rec.clone()).await {
                 self.metrics.flush_failures.inc();
                 warn!(error = %e, "cannot carry live traces over to the new wal segment, retrying");

@@ -94,21 +94,54 @@ fn carry_records<'a>(
     tenant: &TenantId,
     traces: impl IntoIterator<Item = &'a Fragments>,
     max: usize,
-) -> Vec<Bytes> {
-    let mut out = Vec::new();
-    // Fragments concatenate into a valid ExportTraceServiceRequest.
-    let mut cur = Fragments::default();
-    for f in traces {
-        if !cur.is_empty() && cur.len() + f.len() > max {
-            out.push(wal::encode_payload(tenant, &cur.concat()));
-            cur = Fragments::default();
-        }
-        cur.extend(f);
-    }
-    if !cur.is_empty() {
-        out.push(wal::encode_payload(tenant, &cur.concat()));
-    }
+) -> Carry {
+    let mut out = Carry::default();
+    out.add(tenant, traces, max);
     out
+}
+
+/// Traces to re-append to the WAL, grouped into records of about `max` bytes but encoded
+/// one record at a time as they are appended: a cut keeping hundreds of MiB in memory
+/// then holds one record's copy, not a copy of everything it keeps.
+#[derive(Default)]
+pub(crate) struct Carry {
+    records: Vec<(TenantId, Vec<Fragments>)>,
+}
+
+impl Carry {
+    fn add<'a>(
+        &mut self,
+        tenant: &TenantId,
+        traces: impl IntoIterator<Item = &'a Fragments>,
+        max: usize,
+    ) {
+        // Fragments concatenate into a valid ExportTraceServiceRequest.
+        let mut cur: Vec<Fragments> = Vec::new();
+        let mut len = 0;
+        for f in traces {
+            if len > 0 && len + f.len() > max {
+                self.records
+                    .push((tenant.clone(), std::mem::take(&mut cur)));
+                len = 0;
+            }
+            len += f.len();
+            cur.push(f.clone());
+        }
+        if len > 0 {
+            self.records.push((tenant.clone(), cur));
+        }
+    }
+
+    fn extend(&mut self, other: Carry) {
+        self.records.extend(other.records);
+    }
+
+    /// The WAL records, each encoded only when the iterator reaches it.
+    pub(crate) fn records(self) -> impl Iterator<Item = Bytes> {
+        self.records
+            .into_iter()
+            .map(|(tenant, traces)| wal::encode_payload_parts(&tenant, &traces))
+    }
 }
 
 /// Inserts one replayed WAL record into the head; returns (spans, unreadable records).
@@ -142,7 +175,7 @@ struct Cut {
     /// nothing and did not rotate.
     boundary: Option<u64>,
     /// WAL records re-appending the traces kept in memory.
-    carry: Vec<Bytes>,
+    carry: Carry,
 }
 
 pub struct Ingester {
@@ -443,7 +476,7 @@ impl Ingester {
             return Ok(Cut {
                 taken: Arc::new(HashMap::new()),
                 boundary: None,
-                carry: Vec::new(),
+                carry: Carry::default(),
             });
         }
         // Under the exclusive gate nothing enters the head: these are the tenants whose
@@ -460,7 +493,7 @@ impl Ingester {
         let mut head = self.head.lock();
         let old = std::mem::take(&mut *head);
         let mut taken: Flushing = HashMap::new();
-        let mut carry = Vec::new();
+        let mut carry = Carry::default();
         for (tenant, traces) in old.tenants {
             let mut kept = Vec::new();
             for (id, live) in traces {

@@ -177,7 +177,7 @@ fn carried_over_traces_are_split_into_bounded_records() {
         })
         .collect();
     let one = traces[0].len();
-    let records = carry_records(&tenant, &traces, one * 3);
+    let records: Vec<_> = carry_records(&tenant, &traces, one * 3).records().collect();
     assert!(records.len() >= 7, "{} records", records.len());
     let mut spans = 0;
     for r in &records {

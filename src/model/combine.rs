@@ -3,6 +3,8 @@
 
 use std::collections::{HashMap, HashSet};
 
+use ahash::RandomState;
+
 use prost::Message;
 
 use super::{ResourceSpans, ScopeSpans};
@@ -14,10 +16,10 @@ use super::{ResourceSpans, ScopeSpans};
 pub struct Combiner {
     resources: Vec<ResourceSpans>,
     // encoded (resource, schema_url) -> index into `resources`
-    resource_index: HashMap<Vec<u8>, usize>,
+    resource_index: HashMap<Vec<u8>, usize, RandomState>,
     // (resource index, encoded scope + schema_url) -> index into that resource's scope_spans
-    scope_index: HashMap<(usize, Vec<u8>), usize>,
-    seen: HashSet<([u8; 8], i32)>,
+    scope_index: HashMap<(usize, Vec<u8>), usize, RandomState>,
+    seen: HashSet<([u8; 8], i32), RandomState>,
     duplicates: usize,
 }
 

@@ -184,6 +184,13 @@ impl Fragments {
         self.len == 0
     }
 
+    /// Appends the chunks to `out`: [`Fragments::concat`] into a buffer of the caller's.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        for c in &self.chunks {
+            out.extend_from_slice(c);
+        }
+    }
+
     /// One contiguous encoding (a valid `TracesData` / `ExportTraceServiceRequest`).
     pub fn concat(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.len);

@@ -5,7 +5,7 @@ use std::ops::Range;
 use bytes::{BufMut, Bytes};
 
 use super::MAX_RECORD;
-use crate::model::TenantId;
+use crate::model::{Fragments, TenantId};
 
 pub(crate) const HEADER_LEN: usize = 8;
 
@@ -104,6 +104,21 @@ pub(crate) fn encode_payload(tenant: &TenantId, otlp: &[u8]) -> Bytes {
     b.push(t.len() as u8);
     b.extend_from_slice(t);
     b.extend_from_slice(otlp);
+    Bytes::from(b)
+}
+
+/// [`encode_payload`] of the concatenation of `parts` (each a valid OTLP encoding), copied
+/// once.
+pub(crate) fn encode_payload_parts(tenant: &TenantId, parts: &[Fragments]) -> Bytes {
+    let t = tenant.as_str().as_bytes();
+    let len: usize = parts.iter().map(Fragments::len).sum();
+    let mut b = Vec::with_capacity(2 + t.len() + len);
+    b.push(KIND_OTLP_TRACES);
+    b.push(t.len() as u8);
+    b.extend_from_slice(t);
+    for p in parts {
+        p.write_to(&mut b);
+    }
     Bytes::from(b)
 }
 
