@@ -1,8 +1,10 @@
-//! Kill -9 a node between writing a cut's block and committing its offsets, with another
-//! node alive to take its partitions over (issue #10: "kill the block-builder between
-//! upload and offset commit: exactly one block per offset range after"). The survivor must
-//! find the dead node's landed cut and start past it, so each acknowledged span is stored
-//! in exactly one block, not rebuilt under a second ID.
+//! A partition changing hands with a cut of its last holder in flight (issue #10: "exactly
+//! one block per offset range", "a node cut off and brought back"). Killed between a
+//! cut's block and its offset commit, the holder leaves a landed cut: the survivor finds
+//! it and starts past it rather than rebuilding it. Cut off from the bucket, the holder
+//! cannot upload its cut and loses its leases: back on the network it must drop that cut
+//! (its partitions' new holder read those records again) rather than upload it late. Either
+//! way each acknowledged span is stored in exactly one block.
 
 use std::collections::HashSet;
 use std::fs;
@@ -19,16 +21,23 @@ const TIMEOUT_S: u64 = 8;
 const DIR: &str = "~ingest/it/vivace-traces";
 
 fn takeover_opts(s3: &S3Server, broker: &Broker, name: &str) -> Opts {
+    with_rule(
+        s3,
+        broker,
+        name,
+        "    - op: put\n      key_contains: /leases/\n      action: hang\n      while_file_exists: hang-commit\n",
+    )
+}
+
+/// A node whose bucket requests all match `rule` (a fault-injection rule in YAML).
+fn with_rule(s3: &S3Server, broker: &Broker, name: &str, rule: &str) -> Opts {
     let mut o = node_opts(s3, broker, name);
     o.extra_yaml = o.extra_yaml.replace(
         &format!("partition_lease_timeout: {LEASE_TIMEOUT_S}s"),
         &format!("partition_lease_timeout: {TIMEOUT_S}s"),
     );
-    // Lease writes (renewals and offset commits) hang while `hang-commit` exists in the
-    // node's directory.
     o.storage = Some(format!(
-        "{}fault_injection:\n  for_testing_only: true\n  rules:\n    - op: put\n      \
-         key_contains: /leases/\n      action: hang\n      while_file_exists: hang-commit\n",
+        "{}fault_injection:\n  for_testing_only: true\n  rules:\n{rule}",
         s3.storage_yaml("vivace")
     ));
     o
@@ -52,6 +61,8 @@ async fn cut_committed(s3: &S3Server, instance: &str) -> Option<bool> {
     Some(true)
 }
 
+/// Lease writes (renewals and offset commits) hang while `hang-commit` exists in node-1's
+/// directory: its cut lands, its commit never does, and it is killed there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_kill9_between_block_and_commit_the_survivor_stores_nothing_twice() {
     let started = Instant::now();
@@ -129,5 +140,125 @@ async fn scale_kill9_between_block_and_commit_the_survivor_stores_nothing_twice(
     assert_all_readable(&n0, &acked, "after the takeover").await;
     let want: HashSet<String> = acked.keys().cloned().collect();
     assert_eq!(search_service(&n0, "takeover").await, want, "search");
+    drop(broker);
+}
+
+/// node-1 is cut off from the bucket while a block of its is on the way: its uploads and
+/// lease renewals time out while `cut-off` exists in its directory; the broker stays
+/// reachable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_a_node_cut_off_from_the_bucket_drops_its_late_cut_and_comes_back() {
+    let started = Instant::now();
+    let Some((s3, broker)) = bucket_and_broker("vivace-scale-cutoff").await else {
+        return;
+    };
+    // From the moment the marker exists: lease and membership writes, and block uploads,
+    // time out (the cut's own record, `cuts/node-1.json`, still lands: the cut-off comes
+    // while its block is on the way).
+    let cut_off: String = ["/leases/", "/members/", "data.parquet"]
+        .iter()
+        .map(|k| {
+            format!(
+                "    - op: any\n      key_contains: \"{k}\"\n      action: timeout\n      \
+                 delay: 1s\n      while_file_exists: cut-off\n"
+            )
+        })
+        .collect();
+    let n0 = Server::start_with(with_rule(&s3, &broker, "node-0", &cut_off)).await;
+    let n1 = Server::start_with(with_rule(&s3, &broker, "node-1", &cut_off)).await;
+    wait_shared(&[&n0, &n1], Duration::from_secs(30)).await;
+    let mut acked = send(&n0, "cutoff", 20).await;
+    acked.extend(send(&n1, "cutoff", 20).await);
+
+    // Cut off: node-1 keeps consuming its partitions until its leases lapse, so it cuts
+    // a block it cannot upload.
+    let marker = n1.dir.path().join("cut-off");
+    fs::write(&marker, b"").unwrap();
+    let cut_at = Instant::now();
+    acked.extend(send(&n0, "cutoff", 40).await);
+    while metric(&n1, "vivace_ingester_flush_failures_total").await == 0 {
+        assert!(
+            cut_at.elapsed() < Duration::from_secs(TIMEOUT_S),
+            "node-1 took no cut while cut off\n{}",
+            n1.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    loop {
+        if metric(&n0, "vivace_ingest_partitions_owned").await == u64::from(PARTITIONS) {
+            break;
+        }
+        assert!(
+            cut_at.elapsed() < Duration::from_secs(TIMEOUT_S * 3),
+            "node-1's partitions not taken over\n{}",
+            n0.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let takeover = cut_at.elapsed();
+    acked.extend(send(&n0, "cutoff", 20).await);
+    // node-0 rebuilds what node-1 could not upload.
+    let spans: usize = acked.values().map(Vec::len).sum();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (spans_in_blocks(&s3).await.1 as usize) < spans {
+        assert!(
+            Instant::now() < deadline,
+            "node-0 did not store every span\n{}",
+            n0.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let before = lease_offsets(&s3).await;
+
+    // Back on the network: the late cut must be dropped, not uploaded.
+    fs::remove_file(&marker).unwrap();
+    let back = Instant::now();
+    while metric(&n1, "vivace_ingester_blocks_abandoned_total").await == 0 {
+        assert!(
+            back.elapsed() < Duration::from_secs(60),
+            "node-1 did not drop its late cut\n{}",
+            n1.current_log()
+                .lines()
+                .filter(|l| !l.contains("fault injected") && !l.contains("rskafka"))
+                .filter(|l| ["flush", "block", "lost", "lease", "cut"]
+                    .iter()
+                    .any(|w| l.contains(w)))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rejoined = wait_shared(&[&n0, &n1], Duration::from_secs(TIMEOUT_S * 6)).await;
+    let after = lease_offsets(&s3).await;
+    for (p, o) in &before {
+        let now = after.get(p).copied().unwrap_or(0);
+        assert!(
+            now >= *o,
+            "partition {p}: committed offset went back {o} -> {now}"
+        );
+    }
+    acked.extend(send(&n1, "cutoff", 20).await);
+    acked.extend(send(&n0, "cutoff", 20).await);
+
+    let spans: usize = acked.values().map(Vec::len).sum();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (spans_in_blocks(&s3).await.1 as usize) < spans && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // A little longer: a late or second copy would show up now.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (blocks, stored) = spans_in_blocks(&s3).await;
+    eprintln!(
+        "cut-off: node-1 cut off from the bucket; its partitions taken over {takeover:?} after; \
+         back on the network it dropped its late cut and shared again {rejoined:?} after; \
+         no committed offset went back; {} traces / {spans} spans acknowledged, {blocks} \
+         blocks store {stored}; test took {:?}",
+        acked.len(),
+        started.elapsed()
+    );
+    assert_eq!(stored as usize, spans, "spans stored vs acknowledged");
+    assert_all_readable(&n1, &acked, "from node-1 after the cut-off").await;
+    let want: HashSet<String> = acked.keys().cloned().collect();
+    assert_eq!(search_service(&n0, "cutoff").await, want, "search");
     drop(broker);
 }

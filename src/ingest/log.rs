@@ -431,6 +431,17 @@ impl IngestLog for PartitionLog {
         false
     }
 
+    fn abandoned(&self, boundary: u64) -> bool {
+        let st = self.state.lock();
+        // Lost (or lost and regained) since the cut: its holder consumes it again from the
+        // committed offset, at or before this cut's start.
+        st.closed.get(&boundary).is_some_and(|r| {
+            !r.is_empty()
+                && r.keys()
+                    .all(|p| st.gained_at.get(p).is_some_and(|g| boundary <= *g))
+        })
+    }
+
     fn block_id(&self, tenant: &TenantId, boundary: u64) -> Option<Uuid> {
         let st = self.state.lock();
         st.closed

@@ -30,6 +30,8 @@ enum FlushError {
     Join(#[from] task::JoinError),
     #[error(transparent)]
     LeaseLost(#[from] crate::backend::lease::LeaseLost),
+    #[error("every partition of the cut moved to another node while it was written")]
+    Abandoned,
 }
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -109,10 +111,19 @@ impl Ingester {
                     None => {}
                 }
             }
-            match self.write_block_with_retry(tenant, id, taken.clone()).await {
+            match self
+                .write_block_with_retry(tenant, id, boundary, taken.clone())
+                .await
+            {
                 Ok(meta) => {
                     blocks += 1;
                     (self.on_commit)(meta);
+                }
+                Err(FlushError::Abandoned) => {
+                    // Their new holders read these records again from the committed
+                    // offsets: writing them now would store them twice.
+                    info!(tenant = %tenant, block = %id, "block of a cut whose partitions moved away dropped");
+                    self.metrics.blocks_abandoned.inc();
                 }
                 Err(e) => {
                     // Not retryable (a bug or corrupt data): keep the WAL so nothing is lost.
@@ -202,8 +213,12 @@ impl Ingester {
         &self,
         tenant: &TenantId,
         block_id: Uuid,
+        boundary: u64,
         taken: Arc<Flushing>,
     ) -> Result<BlockMeta, FlushError> {
+        if self.log.abandoned(boundary) {
+            return Err(FlushError::Abandoned);
+        }
         let started = Instant::now();
         let cfg = self.block_cfg.clone();
         let t = tenant.clone();
@@ -245,6 +260,11 @@ impl Ingester {
         let tags = bytes::Bytes::from(tags.to_bytes());
         let mut backoff = Duration::from_millis(200);
         loop {
+            // Checked before every attempt: a node cut off from the bucket retries here
+            // until it is back, by when its partitions may have moved.
+            if self.log.abandoned(boundary) {
+                return Err(FlushError::Abandoned);
+            }
             match self.upload(tenant, &encoded, &tags).await {
                 Ok(()) => break,
                 Err(e) => {

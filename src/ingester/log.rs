@@ -32,6 +32,13 @@ pub(crate) trait IngestLog: Send + Sync + 'static {
     fn block_id(&self, _tenant: &TenantId, _boundary: u64) -> Option<Uuid> {
         None
     }
+    /// Whether the cut ending at `boundary` is no longer this node's to write: every
+    /// record in it belongs to partitions other nodes now consume again from before it
+    /// (the ingest log after a node was cut off). Its blocks are then dropped, not written
+    /// late as second copies.
+    fn abandoned(&self, _boundary: u64) -> bool {
+        false
+    }
 }
 
 #[async_trait]

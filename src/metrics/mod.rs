@@ -141,6 +141,8 @@ pub struct Metrics {
     pub(crate) pressure_cuts: Counter,
     pub(crate) traces_flushed: Counter,
     pub(crate) flush_failures: Counter,
+    /// Blocks of cuts whose partitions all moved to other nodes before the upload.
+    pub(crate) blocks_abandoned: Counter,
     pub(crate) blocklist_length: Gauge,
     pub(crate) query_duration: LabeledHistogram,
     pub(crate) compactor_blocks_compacted: Counter,
@@ -364,6 +366,12 @@ impl Metrics {
             "vivace_ingester_flush_failures_total",
             "Block flushes that failed and will be retried.",
             self.flush_failures.get(),
+        );
+        counter(
+            &mut s,
+            "vivace_ingester_blocks_abandoned_total",
+            "Blocks not written because every ingest partition of their cut moved to another node (its new holder reads those records again).",
+            self.blocks_abandoned.get(),
         );
         gauge(
             &mut s,
