@@ -21,6 +21,7 @@ mod process;
 mod s3_server;
 mod scale;
 mod scale_auth;
+mod scale_compactors;
 mod scale_limits;
 mod scale_restart;
 mod scale_takeover;
