@@ -61,6 +61,20 @@ async fn cut_committed(s3: &S3Server, instance: &str) -> Option<bool> {
     Some(true)
 }
 
+/// Waits until `n` holds every partition (the other node's taken over); how long after
+/// `since` that was.
+async fn owns_all(n: &Server, since: Instant) -> Duration {
+    while metric(n, "vivace_ingest_partitions_owned").await != u64::from(PARTITIONS) {
+        assert!(
+            since.elapsed() < Duration::from_secs(TIMEOUT_S * 3),
+            "the other node's partitions not taken over\n{}",
+            n.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    since.elapsed()
+}
+
 /// Lease writes (renewals and offset commits) hang while `hang-commit` exists in node-1's
 /// directory: its cut lands, its commit never does, and it is killed there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,19 +107,7 @@ async fn scale_kill9_between_block_and_commit_the_survivor_stores_nothing_twice(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     n1.kill9();
-    let killed = Instant::now();
-    loop {
-        if metric(&n0, "vivace_ingest_partitions_owned").await == u64::from(PARTITIONS) {
-            break;
-        }
-        assert!(
-            killed.elapsed() < Duration::from_secs(TIMEOUT_S * 3),
-            "node-1's partitions not taken over\n{}",
-            n0.log_tail(30)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let takeover = killed.elapsed();
+    let takeover = owns_all(&n0, Instant::now()).await;
 
     // More traffic into every partition, node-0 alone now.
     acked.extend(send(&n0, "takeover", 30).await);
@@ -184,18 +186,7 @@ async fn scale_a_node_cut_off_from_the_bucket_drops_its_late_cut_and_comes_back(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    loop {
-        if metric(&n0, "vivace_ingest_partitions_owned").await == u64::from(PARTITIONS) {
-            break;
-        }
-        assert!(
-            cut_at.elapsed() < Duration::from_secs(TIMEOUT_S * 3),
-            "node-1's partitions not taken over\n{}",
-            n0.log_tail(30)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let takeover = cut_at.elapsed();
+    let takeover = owns_all(&n0, cut_at).await;
     acked.extend(send(&n0, "cutoff", 20).await);
     // node-0 rebuilds what node-1 could not upload.
     let spans: usize = acked.values().map(Vec::len).sum();
