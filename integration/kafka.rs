@@ -183,7 +183,11 @@ pub(crate) async fn search_service(server: &Server, service: &str) -> HashSet<St
         .get(&format!("/api/search?q={}&limit=100000", url_encode(&q)))
         .await;
     assert_eq!(code, 200, "search: {body}");
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    search_trace_ids(&serde_json::from_str(&body).unwrap())
+}
+
+/// The trace IDs of a search response.
+pub(crate) fn search_trace_ids(v: &serde_json::Value) -> HashSet<String> {
     v["traces"]
         .as_array()
         .map(|a| {

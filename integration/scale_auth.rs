@@ -4,7 +4,6 @@
 //! token (`ingest.peer_token_file`) opens it, never a user's credential, and with it the
 //! user's reads on any node see every span acknowledged on any other.
 
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use crate::auth::{export, exporter_grpc, get, sha256_hex};
@@ -70,12 +69,7 @@ async fn scale_nodes_read_each_others_live_traces_with_the_peer_token_only() {
     let (code, body, _) = get(&n1, &format!("/api/search?q={q}&limit=1000"), &user).await;
     assert_eq!(code, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let found: HashSet<String> = v["traces"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|t| t["traceID"].as_str().map(str::to_owned))
-        .collect();
+    let found = search_trace_ids(&v);
     let m = &v["metrics"];
     assert_eq!(found.len(), traces.len(), "search from node-1: {body}");
     assert_eq!(m["completedJobs"], m["totalJobs"], "partial search: {body}");

@@ -20,14 +20,7 @@ async fn search_jobs(server: &Server, service: &str) -> (HashSet<String>, u64, u
         .await;
     assert_eq!(code, 200, "search: {body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let ids = v["traces"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|t| t["traceID"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
+    let ids = search_trace_ids(&v);
     let m = &v["metrics"];
     let n = |k: &str| m[k].as_u64().unwrap_or(0);
     (ids, n("completedJobs"), n("totalJobs"))

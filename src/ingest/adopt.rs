@@ -9,7 +9,7 @@
 //! A cut whose blocks cannot all be seen is never adopted: the worst outcome of a doubt is
 //! a span stored twice (merged by readers and the compactor), never one lost.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use tracing::{info, warn};
 use uuid::Uuid;
@@ -38,74 +38,93 @@ impl Adopted {
 }
 
 impl PartitionLog {
-    /// Adopts what earlier holders of `p` wrote but never committed, for a holder about to
-    /// consume `p` from `start` (the lease's committed offset). Only with partition leases;
-    /// call before the partition's reader starts.
-    pub(crate) async fn adopt(&self, p: i32, start: i64) -> Adopted {
-        let mut out = Adopted {
-            start,
-            ..Adopted::default()
-        };
+    /// Adopts what earlier holders wrote but never committed, for partitions about to be
+    /// consumed from `from` (each lease's committed offset). The cuts are listed, and each
+    /// cut's blocks looked up, once for the whole batch. Only with partition leases; call
+    /// before the partitions' readers start.
+    pub(crate) async fn adopt(&self, from: &BTreeMap<i32, i64>) -> BTreeMap<i32, Adopted> {
+        let mut out: BTreeMap<i32, Adopted> = from
+            .iter()
+            .map(|(p, s)| {
+                let a = Adopted {
+                    start: *s,
+                    ..Adopted::default()
+                };
+                (*p, a)
+            })
+            .collect();
         let Some(fence) = &self.fence else {
             return out;
         };
+        if from.is_empty() {
+            return out;
+        }
         let cuts = match self.cuts().await {
             Ok(c) => c,
             Err(e) => {
-                warn!(partition = p, error = %e, "cannot list earlier cuts: consuming from the committed offset");
+                warn!(error = %e, "cannot list earlier cuts: consuming from the committed offsets");
                 return out;
             }
         };
-        // Chains: a holder that adopted and then died mid-flush itself left a cut starting
-        // where the adopted one ended. Each step moves `start` forward, so this ends.
-        loop {
-            let mut complete: Option<i64> = None;
-            let mut partial: Option<(i64, HashSet<TenantId>)> = None;
-            for cut in cuts.iter() {
-                let (Some(&(s, end)), Some(tenants)) = (cut.ranges.get(&p), &cut.tenants) else {
-                    continue;
-                };
-                if s != out.start || end <= s {
-                    continue;
+        // Which tenants' blocks landed, per cut, looked up the first time a cut is needed.
+        let mut landed: Vec<Option<HashSet<TenantId>>> = vec![None; cuts.len()];
+        for (p, a) in out.iter_mut() {
+            let p = *p;
+            // Chains: a holder that adopted and then died mid-flush itself left a cut
+            // starting where the adopted one ended. Each step moves `start` forward.
+            loop {
+                let mut complete: Option<i64> = None;
+                let mut partial: Option<(i64, HashSet<TenantId>)> = None;
+                for (i, cut) in cuts.iter().enumerate() {
+                    let (Some(&(s, end)), Some(tenants)) = (cut.ranges.get(&p), &cut.tenants)
+                    else {
+                        continue;
+                    };
+                    if s != a.start || end <= s {
+                        continue;
+                    }
+                    if landed[i].is_none() {
+                        landed[i] = Some(self.landed(tenants, &cut.ranges).await);
+                    }
+                    let got = landed[i].as_ref().expect("looked up above");
+                    if got.len() == tenants.len() {
+                        complete = Some(complete.map_or(end, |e| e.max(end)));
+                    } else if !got.is_empty() && partial.is_none() {
+                        partial = Some((end, got.clone()));
+                    }
                 }
-                let landed = self.landed(tenants, &cut.ranges).await;
-                if landed.len() == tenants.len() {
-                    complete = Some(complete.map_or(end, |e| e.max(end)));
-                } else if !landed.is_empty() && partial.is_none() {
-                    partial = Some((end, landed));
+                match (complete, partial) {
+                    (Some(end), _) => {
+                        info!(
+                            partition = p,
+                            from = a.start,
+                            to = end,
+                            "an earlier holder's cut is in the bucket: not consumed again"
+                        );
+                        a.start = end;
+                    }
+                    (None, Some((end, got))) => {
+                        info!(
+                            partition = p,
+                            from = a.start,
+                            to = end,
+                            tenants = got.len(),
+                            "an earlier holder's cut landed in part: its tenants' records are skipped"
+                        );
+                        a.skip_below = end;
+                        a.skip = got;
+                        break;
+                    }
+                    (None, None) => break,
                 }
             }
-            match (complete, partial) {
-                (Some(end), _) => {
-                    info!(
-                        partition = p,
-                        from = out.start,
-                        to = end,
-                        "an earlier holder's cut is in the bucket: not consumed again"
-                    );
-                    out.start = end;
+            if a.start > from[&p] {
+                self.advance(p, a.start);
+                // The ranges' blocks all have their meta.json: committing their end keeps
+                // the invariant, and spares the next holder this search.
+                if let Err(e) = fence.commit(p, a.start).await {
+                    warn!(partition = p, offset = a.start, error = %e, "adopted offset not committed");
                 }
-                (None, Some((end, landed))) => {
-                    info!(
-                        partition = p,
-                        from = out.start,
-                        to = end,
-                        tenants = landed.len(),
-                        "an earlier holder's cut landed in part: its tenants' records are skipped"
-                    );
-                    out.skip_below = end;
-                    out.skip = landed;
-                    break;
-                }
-                (None, None) => break,
-            }
-        }
-        if out.start > start {
-            self.advance(p, out.start);
-            // The ranges' blocks all have their meta.json: committing their end keeps the
-            // invariant, and spares the next holder this search.
-            if let Err(e) = fence.commit(p, out.start).await {
-                warn!(partition = p, offset = out.start, error = %e, "adopted offset not committed");
             }
         }
         out
@@ -237,7 +256,11 @@ mod tests {
             .unwrap();
 
         // Only x's block landed: consume from 0, skipping x's records below 3.
-        let got = log_b.adopt(0, 0).await;
+        let got = log_b
+            .adopt(&BTreeMap::from([(0, 0)]))
+            .await
+            .remove(&0)
+            .unwrap();
         assert_eq!((got.start, got.skip_below), (0, 3));
         assert!(got.skips(2, &tenant("x")));
         assert!(!got.skips(2, &tenant("y")) && !got.skips(3, &tenant("x")));
@@ -249,7 +272,11 @@ mod tests {
 
         // Both landed: start past the cut, and the lease says so.
         mark_stored(&backend, "y", &ranges).await;
-        let got = log_b.adopt(1, 0).await;
+        let got = log_b
+            .adopt(&BTreeMap::from([(1, 0)]))
+            .await
+            .remove(&1)
+            .unwrap();
         assert_eq!(
             got,
             Adopted {
@@ -276,7 +303,11 @@ mod tests {
             r#"{"version":1,"ranges":{"0":[5,9]}}"#,
         )
         .await;
-        let got = log_b.adopt(0, 0).await;
+        let got = log_b
+            .adopt(&BTreeMap::from([(0, 0)]))
+            .await
+            .remove(&0)
+            .unwrap();
         assert_eq!(
             got,
             Adopted {
@@ -292,7 +323,7 @@ mod tests {
         let backend = Backend::memory();
         let log = PartitionLog::open(backend, "g", "t").await.unwrap();
         assert_eq!(
-            log.adopt(0, 7).await,
+            log.adopt(&BTreeMap::from([(0, 7)])).await[&0],
             Adopted {
                 start: 7,
                 ..Adopted::default()

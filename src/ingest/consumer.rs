@@ -97,16 +97,17 @@ impl Consumer {
                 // Renewals go on during the redo, which may outlast a lease period.
                 runner = Some(Guard::spawn(o.clone().run()));
                 let held = o.subscribe().borrow().clone();
+                let mut from = BTreeMap::new();
                 for (p, h) in held {
-                    let from = match self.log.gain(p, h.offset) {
+                    let f = match self.log.gain(p, h.offset) {
                         Some(o) => o,
                         None => self.kafka.earliest(p).await?,
                     };
-                    let a = self.log.adopt(p, from).await;
-                    starts.insert(p, Some(a.start));
-                    adopted.insert(p, a);
+                    from.insert(p, f);
                     epochs.insert(p, h.epoch);
                 }
+                adopted = self.log.adopt(&from).await;
+                starts.extend(adopted.iter().map(|(p, a)| (*p, Some(a.start))));
                 let known: BTreeMap<i32, i64> = starts
                     .iter()
                     .filter_map(|(p, s)| s.map(|s| (*p, s)))
@@ -213,10 +214,12 @@ impl Consumer {
                     "stopped consuming partition"
                 );
             }
-            for (p, h) in now {
-                if readers.contains_key(&p) {
+            let mut gained = BTreeMap::new();
+            for (p, h) in &now {
+                if readers.contains_key(p) {
                     continue;
                 }
+                let p = *p;
                 let from = match self.log.gain(p, h.offset) {
                     Some(o) => o,
                     None => loop {
@@ -229,9 +232,11 @@ impl Consumer {
                         }
                     },
                 };
-                let skip = self.log.adopt(p, from).await;
+                gained.insert(p, from);
+            }
+            for (p, skip) in self.log.adopt(&gained).await {
                 let reader = Guard::spawn(self.clone().run_partition(p, skip.start, skip));
-                readers.insert(p, (h.epoch, reader));
+                readers.insert(p, (now[&p].epoch, reader));
             }
             if held.changed().await.is_err() {
                 return;
