@@ -51,9 +51,19 @@ async fn scale_two_compactors_on_one_bucket_merge_each_input_once() {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    // A few more cycles: a second merge of the same inputs would show up now.
+    // A few more cycles: a second merge of the same inputs would show up now. Read until
+    // two readings agree, so a compaction renaming its inputs mid-listing is not counted.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (blocks_after, stored_after) = spans_in_blocks(&s3).await;
+    let mut reading = spans_in_blocks(&s3).await;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let next = spans_in_blocks(&s3).await;
+        if next == reading {
+            break;
+        }
+        reading = next;
+    }
+    let (blocks_after, stored_after) = reading;
     let per_node = (
         metric(&n0, "vivace_compactor_blocks_compacted_total").await,
         metric(&n1, "vivace_compactor_blocks_compacted_total").await,
