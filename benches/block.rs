@@ -131,7 +131,7 @@ fn find(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 7919) % ids.len();
             let id = &ids[i];
-            let rg = index.row_group_for(id).expect("rg");
+            let rg = index.row_groups_for(id)[0];
             let r = row_group_byte_range(&md, rg).expect("range");
             let bytes: Bytes = data.slice(r.start as usize..r.end as usize);
             find_trace(md.clone(), rg, bytes, r.start, id)
@@ -143,7 +143,7 @@ fn find(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 7919) % ids.len();
             let id = &ids[i];
-            let rg = index.row_group_for(id).expect("rg");
+            let rg = index.row_groups_for(id)[0];
             let LookupPlan::Pages(plan) = plan_lookup(&md_pages, rg, id).expect("plan") else {
                 panic!("no page index");
             };

@@ -20,6 +20,7 @@ mod project;
 mod reader;
 mod schema;
 pub mod search;
+mod slices;
 #[doc(hidden)]
 pub mod synth;
 mod tags;
@@ -39,17 +40,21 @@ pub use meta::{unix_nanos_now, writing_key, BlockMeta, DedicatedColumn, FORMAT, 
 pub use project::row_group_traces_projected;
 pub use reader::{
     batch_to_traces, decode_footer, find_trace, find_trace_in_pages, footer_fetch_range,
-    page_index_start, plan_lookup, read_all_traces, row_group_byte_range, row_group_traces,
-    LookupPlan, PageRead, RowGroupTraces, SparseChunk,
+    page_index_start, plan_id_probe, plan_lookup, probe_id_in_pages, read_all_traces,
+    row_group_byte_range, row_group_traces, LookupPlan, PageRead, RowGroupTraces, SparseChunk,
 };
 pub use schema::{arrow_schema, parquet_schema, paths, projection, value_type, SCHEMA_TEXT};
 pub use search::{
     decode_row_group, merge_columns, ColumnarBlock, ColumnarTrace, Phase, RowGroupRead,
     SearchColumns,
 };
+pub use slices::SlicePlan;
 pub use tags::{tags_key, TagCollector, TagSummary, TagValues, MAX_VALUES_PER_TAG, TAGS_FILE};
 pub use tenant_index::{CompactedBlockMeta, TenantIndex};
-pub use writer::{encode_block, encode_block_sorted, encode_block_sorted_into, BlockParts};
+pub use writer::{
+    encode_block, encode_block_sliced, encode_block_sliced_into, encode_block_sorted,
+    encode_block_sorted_into, BlockParts, SlicedTrace,
+};
 
 pub const META_FILE: &str = "meta.json";
 /// Replaces `meta.json` once a block has been compacted into another (Tempo's name): the
@@ -98,6 +103,11 @@ pub struct BlockConfig {
     /// Rows (traces) per page of the trace_id column. A lookup decodes the trace IDs of
     /// one such page to find the row; the pages of the other columns are cut by size.
     pub trace_id_page_rows: usize,
+    /// Time slices at most per block (see [`SlicePlan`]): a newest-first search with a
+    /// limit reads the newest slice first and can stop there, and a lookup probes one
+    /// row group per slice. A block gets about one slice per `row_group_size_bytes` of
+    /// data, up to this many.
+    pub max_time_slices: usize,
 }
 
 impl Default for BlockConfig {
@@ -112,6 +122,7 @@ impl Default for BlockConfig {
             data_page_rows: 128,
             data_page_spans: 4096,
             trace_id_page_rows: 16,
+            max_time_slices: 16,
         }
     }
 }

@@ -93,7 +93,7 @@ fn round_trip_by_id() {
     assert_eq!(index.len(), md.num_row_groups());
     assert_eq!(index.len(), block.meta.total_records as usize);
     let fetch = |id: &TraceId| {
-        let rg = index.row_group_for(id)?;
+        let rg = index.row_groups_for(id).first().copied()?;
         let r = row_group_byte_range(&md, rg).expect("range");
         let bytes = data.slice(r.start as usize..r.end as usize);
         find_trace(md.clone(), rg, bytes, r.start, id).expect("find")
@@ -291,11 +291,26 @@ fn index_lookup() {
     let index = RowGroupIndex::new(ids.to_vec()).expect("index");
     let round = RowGroupIndex::from_bytes(&index.to_bytes()).expect("parse");
     assert_eq!(round, index);
-    assert_eq!(index.row_group_for(&TraceId([0; 16])), Some(0));
-    assert_eq!(index.row_group_for(&TraceId([1; 16])), Some(0));
-    assert_eq!(index.row_group_for(&TraceId([2; 16])), Some(1));
-    assert_eq!(index.row_group_for(&TraceId([9; 16])), Some(2));
-    assert_eq!(index.row_group_for(&TraceId([10; 16])), None);
+    assert_eq!(
+        index.row_groups_for(&TraceId([0; 16])).first().copied(),
+        Some(0)
+    );
+    assert_eq!(
+        index.row_groups_for(&TraceId([1; 16])).first().copied(),
+        Some(0)
+    );
+    assert_eq!(
+        index.row_groups_for(&TraceId([2; 16])).first().copied(),
+        Some(1)
+    );
+    assert_eq!(
+        index.row_groups_for(&TraceId([9; 16])).first().copied(),
+        Some(2)
+    );
+    assert_eq!(
+        index.row_groups_for(&TraceId([10; 16])).first().copied(),
+        None
+    );
     assert!(String::from_utf8(index.to_bytes())
         .expect("utf8")
         .starts_with("{\"rowGroups\":[\"0101"));
@@ -525,7 +540,7 @@ fn lookup(
     id: &TraceId,
 ) -> Result<(Option<Vec<crate::model::ResourceSpans>>, u64), BlockError> {
     let data = &block.data;
-    let Some(rg) = index.row_group_for(id) else {
+    let Some(rg) = index.row_groups_for(id).first().copied() else {
         return Ok((None, 0));
     };
     match plan_lookup(md, rg, id)? {
@@ -663,7 +678,7 @@ fn round_trip_by_page_index() {
             );
         }
         for w in &want {
-            let rg = index.row_group_for(&w.id).expect("rg");
+            let rg = index.row_groups_for(&w.id).first().copied().expect("rg");
             let LookupPlan::Pages(plan) = plan_lookup(&md, rg, &w.id).expect("plan") else {
                 panic!("trace {} not planned through the page index", w.id);
             };
@@ -707,7 +722,7 @@ fn block_without_page_index_size_is_readable() {
     // Without the page index: the whole-row-group path still finds everything.
     assert!(md.page_index().is_none());
     for w in want.iter().take(10) {
-        let rg = index.row_group_for(&w.id).expect("rg");
+        let rg = index.row_groups_for(&w.id).first().copied().expect("rg");
         assert!(matches!(
             plan_lookup(&md, rg, &w.id).expect("plan"),
             LookupPlan::RowGroup(_)
@@ -729,7 +744,7 @@ fn block_without_page_index_size_is_readable() {
     let md = decode_footer(block.data.slice(start as usize..), len).expect("footer");
     assert!(md.page_index().is_some());
     for w in &want {
-        let rg = index.row_group_for(&w.id).expect("rg");
+        let rg = index.row_groups_for(&w.id).first().copied().expect("rg");
         assert!(matches!(
             plan_lookup(&md, rg, &w.id).expect("plan"),
             LookupPlan::Pages(_)
@@ -806,7 +821,7 @@ fn corrupt_page_index_and_ranges_are_errors() {
     let md = footer_of(&block);
     let index = RowGroupIndex::from_bytes(&block.index).expect("index");
     let id = want[7].id;
-    let rg = index.row_group_for(&id).expect("rg");
+    let rg = index.row_groups_for(&id).first().copied().expect("rg");
     let LookupPlan::Pages(plan) = plan_lookup(&md, rg, &id).expect("plan") else {
         panic!("no page plan");
     };

@@ -536,10 +536,26 @@ fn check_data(
     if spans != meta.total_spans {
         problems.push(format!("{spans} spans, meta says {}", meta.total_spans));
     }
-    if let Some(w) = traces.windows(2).find(|w| w[0].id >= w[1].id) {
+    // Rows ascend by ID within each row group; a block in time slices restarts the order
+    // at each slice, so across row groups the IDs need only be unique.
+    let mut at = 0usize;
+    for rg in footer.row_groups() {
+        let rows = usize::try_from(rg.num_rows()).unwrap_or(0);
+        let group = traces.get(at..(at + rows).min(traces.len())).unwrap_or(&[]);
+        if let Some(w) = group.windows(2).find(|w| w[0].id >= w[1].id) {
+            problems.push(format!(
+                "trace IDs not strictly ascending: {} then {}",
+                w[0].id, w[1].id
+            ));
+            break;
+        }
+        at += rows;
+    }
+    let unique: std::collections::HashSet<TraceId> = traces.iter().map(|t| t.id).collect();
+    if unique.len() != traces.len() {
         problems.push(format!(
-            "trace IDs not strictly ascending: {} then {}",
-            w[0].id, w[1].id
+            "{} trace IDs appear more than once",
+            traces.len() - unique.len()
         ));
     }
     if blooms.iter().all(Option::is_some) {
@@ -558,11 +574,18 @@ fn check_data(
         }
     }
     if let Some(index) = index {
-        let mut maxima = Vec::with_capacity(row_groups);
+        let (mut minima, mut maxima) = (Vec::new(), Vec::with_capacity(row_groups));
         let mut at = 0usize;
         for rg in footer.row_groups() {
+            minima.push(traces.get(at).map(|t| t.id));
             at += usize::try_from(rg.num_rows()).unwrap_or(0);
             maxima.push(traces.get(at.wrapping_sub(1)).map(|t| t.id));
+        }
+        if let Some(min) = index.min_ids() {
+            let listed: Vec<Option<TraceId>> = min.iter().copied().map(Some).collect();
+            if listed != minima {
+                problems.push("index lists row-group minima that do not match the data".into());
+            }
         }
         let expected: Vec<Option<TraceId>> = index.max_ids().iter().copied().map(Some).collect();
         if expected != maxima {

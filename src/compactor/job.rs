@@ -69,7 +69,7 @@ impl Compactor {
         let (encoded, tags, stats) = tokio::task::spawn_blocking(move || {
             let mut sink = scratch::ScratchFile::create(&path)?;
             let r = merge::merge_blocks(
-                &backend, &handle, &t, &ins, output_id, level, max_bytes, &cfg, &mut sink,
+                &backend, &handle, &t, &ins, output_id, level, max_bytes, &cfg, &mut sink, &path,
             )?;
             std::io::Write::flush(&mut sink)
                 .map_err(|source| CompactError::Scratch { path, source })?;

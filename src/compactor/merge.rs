@@ -1,19 +1,25 @@
 //! The streaming merge: every input block is read one row group at a time (one ranged GET),
 //! decoded a few hundred traces at a time, and merged on trace ID into the output block.
+//! A sliced input is read as one cursor per time slice (each is sorted by ID); a large
+//! output is written in time slices through spill files (`spill`).
 //! Runs on a blocking thread; fetches go through the runtime handle.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
 
+use std::path::Path;
+
 use parquet::file::metadata::ParquetMetaData;
+use parquet::file::statistics::Statistics;
 use prost::Message;
 use tokio::runtime::Handle;
 
+use super::spill::Spill;
 use super::CompactError;
 use crate::backend::Backend;
 use crate::block::{
-    self, BlockConfig, BlockMeta, BlockParts, TagCollector, TagSummary, TraceInput,
+    self, BlockConfig, BlockMeta, BlockParts, SlicePlan, TagCollector, TagSummary, TraceInput,
 };
 use crate::model::{Combiner, ResourceSpans, TenantId, TraceId};
 
@@ -29,7 +35,8 @@ pub(crate) struct MergeStats {
     pub(crate) input_bytes: u64,
 }
 
-/// One input block read row group by row group.
+/// One run of an input block's row groups (sorted by ID throughout: the whole block, or one
+/// time slice of a sliced block), read row group by row group.
 struct Cursor {
     block: uuid::Uuid,
     backend: Backend,
@@ -37,19 +44,21 @@ struct Cursor {
     data_key: String,
     size: u64,
     md: Arc<ParquetMetaData>,
-    next_rg: usize,
+    rgs: Vec<usize>,
+    next: usize,
     current: Option<block::RowGroupTraces>,
     fetched: u64,
 }
 
 impl Cursor {
-    /// Errors name the input, so the compactor can set that block aside.
+    /// One cursor per run of the input. Errors name the input, so the compactor can set
+    /// that block aside.
     fn open(
         backend: &Backend,
         handle: &Handle,
         tenant: &TenantId,
         meta: &BlockMeta,
-    ) -> Result<Self, CompactError> {
+    ) -> Result<Vec<Self>, CompactError> {
         Self::open_inner(backend, handle, tenant, meta).map_err(|e| CompactError::Input {
             block: meta.block_id,
             source: Box::new(e),
@@ -61,23 +70,30 @@ impl Cursor {
         handle: &Handle,
         tenant: &TenantId,
         meta: &BlockMeta,
-    ) -> Result<Self, CompactError> {
+    ) -> Result<Vec<Self>, CompactError> {
         let data_key = block::data_key(tenant, meta.block_id);
         let range = block::footer_fetch_range(meta);
         let tail = handle.block_on(backend.get_range(&data_key, range.clone()))?;
         let fetched = tail.len() as u64;
         let md = block::decode_footer(tail, meta.size)?;
-        Ok(Self {
-            block: meta.block_id,
-            backend: backend.clone(),
-            handle: handle.clone(),
-            data_key,
-            size: meta.size,
-            md,
-            next_rg: 0,
-            current: None,
-            fetched,
-        })
+        let runs = id_runs(&md);
+        Ok(runs
+            .into_iter()
+            .enumerate()
+            .map(|(i, rgs)| Self {
+                block: meta.block_id,
+                backend: backend.clone(),
+                handle: handle.clone(),
+                data_key: data_key.clone(),
+                size: meta.size,
+                md: md.clone(),
+                rgs,
+                next: 0,
+                current: None,
+                // The footer is counted once per input.
+                fetched: if i == 0 { fetched } else { 0 },
+            })
+            .collect())
     }
 
     fn next_trace(&mut self) -> Result<Option<TraceInput>, CompactError> {
@@ -96,11 +112,10 @@ impl Cursor {
                     None => self.current = None,
                 }
             }
-            if self.next_rg >= self.md.num_row_groups() {
+            let Some(&rg) = self.rgs.get(self.next) else {
                 return Ok(None);
-            }
-            let rg = self.next_rg;
-            self.next_rg += 1;
+            };
+            self.next += 1;
             let range = block::row_group_byte_range(&self.md, rg)?;
             let bytes = self
                 .handle
@@ -242,6 +257,100 @@ pub(crate) fn truncate(batches: &mut Vec<ResourceSpans>, max_bytes: usize) -> u6
     dropped
 }
 
+/// The merger's next trace for the encoder; an error is kept in `failed` and ends the
+/// stream.
+fn pull(
+    merger: &mut Merger,
+    failed: &mut Option<CompactError>,
+) -> Option<Result<TraceInput, block::BlockError>> {
+    if failed.is_some() {
+        return None;
+    }
+    match merger.next_trace() {
+        Ok(Some(t)) => Some(Ok(t)),
+        Ok(None) => None,
+        Err(e) => {
+            let msg = e.to_string();
+            *failed = Some(e);
+            Some(Err(block::BlockError::Input(msg)))
+        }
+    }
+}
+
+/// The row-group runs of a block that are sorted by ID throughout: the whole block when
+/// it is, else one per time slice (a row group that does not start above the previous
+/// one's largest ID starts a run). Without trace_id statistics, the whole block.
+fn id_runs(md: &ParquetMetaData) -> Vec<Vec<usize>> {
+    let n = md.num_row_groups();
+    let bounds = (0..n)
+        .map(|rg| match md.row_group(rg).column(0).statistics()? {
+            Statistics::FixedLenByteArray(s) => {
+                Some((s.min_opt()?.data().to_vec(), s.max_opt()?.data().to_vec()))
+            }
+            _ => None,
+        })
+        .collect::<Option<Vec<_>>>();
+    let Some(bounds) = bounds else {
+        return vec![(0..n).collect()];
+    };
+    let mut runs: Vec<Vec<usize>> = Vec::new();
+    for rg in 0..n {
+        match runs.last_mut() {
+            Some(run) if bounds[rg].0 > bounds[run[run.len() - 1]].1 => run.push(rg),
+            _ => runs.push(vec![rg]),
+        }
+    }
+    runs
+}
+
+/// Where the output's time slices go: weighted quantiles of the inputs' trace starts,
+/// taken from each row group's start-time statistics (its bytes spread evenly between its
+/// earliest and latest trace start), about one slice per `row_group_size_bytes` of input.
+fn slice_plan(cursors: &[Cursor], cfg: &BlockConfig) -> SlicePlan {
+    const POINTS: u64 = 8;
+    let mut samples = Vec::new();
+    let mut bytes = 0u64;
+    let mut seen = std::collections::HashSet::new();
+    for c in cursors {
+        if !seen.insert(c.block) {
+            continue;
+        }
+        for rgm in c.md.row_groups() {
+            let weight = u64::try_from(rgm.total_byte_size()).unwrap_or(0);
+            bytes += weight;
+            let stats = rgm
+                .columns()
+                .iter()
+                .find(|col| col.column_path().string() == block::paths::START_TIME)
+                .and_then(|col| col.statistics());
+            let Some(Statistics::Int64(s)) = stats else {
+                continue;
+            };
+            let (Some(&lo), Some(&hi)) = (s.min_opt(), s.max_opt()) else {
+                continue;
+            };
+            let (lo, hi) = (lo as u64, (hi as u64).max(lo as u64));
+            for p in 0..POINTS {
+                let at = lo + ((u128::from(hi - lo) * u128::from(p)) / u128::from(POINTS)) as u64;
+                samples.push((at, weight / POINTS + 1));
+            }
+        }
+    }
+    let slices = SlicePlan::count(bytes, cfg.row_group_size_bytes, cfg.max_time_slices);
+    SlicePlan::from_samples(&mut samples, slices)
+}
+
+/// A trace's earliest span start (unix ns); `u64::MAX` with no spans.
+fn trace_start(batches: &[ResourceSpans]) -> u64 {
+    batches
+        .iter()
+        .flat_map(|rs| &rs.scope_spans)
+        .flat_map(|ss| &ss.spans)
+        .map(|s| s.start_time_unix_nano)
+        .min()
+        .unwrap_or(u64::MAX)
+}
+
 /// Merges `inputs` into one block at `level`, its data.parquet written to `sink`, with the
 /// tag summary of what it wrote. Blocking: call on a blocking thread.
 #[allow(clippy::too_many_arguments)]
@@ -255,29 +364,28 @@ pub(crate) fn merge_blocks<W: std::io::Write + Send>(
     max_bytes_per_trace: usize,
     cfg: &BlockConfig,
     sink: &mut W,
+    spill_base: &Path,
 ) -> Result<(BlockParts, TagSummary, MergeStats), CompactError> {
-    let cursors = inputs
-        .iter()
-        .map(|m| Cursor::open(backend, handle, tenant, m))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut cursors = Vec::new();
+    for m in inputs {
+        cursors.extend(Cursor::open(backend, handle, tenant, m)?);
+    }
+    let plan = slice_plan(&cursors, cfg);
     let mut merger = Merger::new(cursors, max_bytes_per_trace)?;
     // The encoder pulls traces; an I/O error is kept aside so its kind survives.
     let mut failed: Option<CompactError> = None;
-    let traces = std::iter::from_fn(|| {
-        if failed.is_some() {
-            return None;
+    let encoded = if plan.len() <= 1 {
+        let traces = std::iter::from_fn(|| pull(&mut merger, &mut failed));
+        block::encode_block_sorted_into(tenant, output_id, level, traces, cfg, sink)
+    } else {
+        let mut spill = Spill::create(spill_base, plan.len())?;
+        while let Some(t) = merger.next_trace()? {
+            let slice = plan.slice_of(trace_start(&t.batches));
+            spill.push(slice, t)?;
         }
-        match merger.next_trace() {
-            Ok(Some(t)) => Some(Ok(t)),
-            Ok(None) => None,
-            Err(e) => {
-                let msg = e.to_string();
-                failed = Some(e);
-                Some(Err(block::BlockError::Input(msg)))
-            }
-        }
-    });
-    let encoded = block::encode_block_sorted_into(tenant, output_id, level, traces, cfg, sink);
+        let traces = spill.into_reader()?;
+        block::encode_block_sliced_into(tenant, output_id, level, traces, cfg, sink)
+    };
     if let Some(e) = failed {
         return Err(e);
     }

@@ -23,6 +23,7 @@ mod lease_tests;
 mod merge;
 mod scratch;
 mod select;
+mod spill;
 mod tenant_lease;
 #[cfg(test)]
 mod tests;

@@ -230,6 +230,13 @@ async fn four_overlapping_blocks_become_one_deduplicated_block() {
         .map(|t| (t.id, canon(&t.batches)))
         .collect();
     assert_eq!(got, want);
+    // Several row groups of input: the output is laid out in time slices.
+    let index = backend
+        .get(&block::index_key(&tenant(), meta.block_id))
+        .await
+        .unwrap();
+    let index = block::RowGroupIndex::from_bytes(&index).unwrap();
+    assert!(index.is_sliced(), "{} row groups", index.len());
     assert_eq!(read_back(&backend, want.keys().copied()).await, want);
     assert_eq!(c.metrics.compactor_blocks_compacted.get(), 4);
     assert_eq!(c.metrics.compactor_spans_written.get(), want_spans as u64);
@@ -244,6 +251,59 @@ async fn four_overlapping_blocks_become_one_deduplicated_block() {
     // Nothing more to do.
     let again = c.cycle_tenant(&tenant()).await.unwrap();
     assert_eq!(again.compactions, 0);
+}
+
+/// A block in time slices is merged again: each slice is its own sorted run, and traces
+/// whose fragments sit in the sliced block and in new blocks come out whole, once.
+#[tokio::test]
+async fn a_sliced_block_compacts_again_with_new_fragments() {
+    let backend = Backend::memory();
+    let mut want = overlapping_blocks(&backend, 300).await;
+    let c = compactor(&backend, compaction_cfg(), no_trace_limit());
+    assert_eq!(c.cycle_tenant(&tenant()).await.unwrap().compactions, 1);
+    let first = c.blocklist.blocks(&tenant());
+    assert_eq!(first.len(), 1);
+    // New spans for every third trace, in two more blocks, plus new traces.
+    let extra = synth::realistic_traces(120, 7);
+    let mut late = vec![Vec::new(), Vec::new()];
+    for (i, (id, _)) in want.clone().iter().enumerate().filter(|(i, _)| i % 3 == 0) {
+        let mut batches = extra[i % extra.len()].batches.clone();
+        for rs in &mut batches {
+            for ss in &mut rs.scope_spans {
+                for sp in &mut ss.spans {
+                    sp.trace_id = id.as_bytes().to_vec();
+                    sp.span_id[0] ^= 0xa5;
+                }
+            }
+        }
+        let merged = want.get_mut(id).unwrap();
+        merged.extend(canon(&batches));
+        merged.sort();
+        late[i % 2].push(TraceInput { id: *id, batches });
+    }
+    for t in extra.iter().skip(100) {
+        want.insert(t.id, canon(&t.batches));
+        late[1].push(t.clone());
+    }
+    for traces in late {
+        upload(&backend, traces, 0).await;
+    }
+    let r = c.cycle_tenant(&tenant()).await.unwrap();
+    assert_eq!((r.compactions, r.blocks_compacted), (1, 3));
+    let out = c.blocklist.blocks(&tenant());
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].total_objects, want.len() as u64);
+    let data = backend
+        .get(&block::data_key(&tenant(), out[0].block_id))
+        .await
+        .unwrap();
+    let got: BTreeMap<TraceId, Canon> = block::read_all_traces(data)
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.id, canon(&t.batches)))
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(read_back(&backend, want.keys().copied()).await, want);
 }
 
 fn all_steps() -> Vec<CompactionStep> {

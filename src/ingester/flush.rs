@@ -10,9 +10,12 @@ use uuid::Uuid;
 
 use super::{Cut, Flushing, Ingester};
 use crate::backend::BackendError;
-use crate::block::{self, BlockError, BlockMeta, EncodedBlock, TagCollector, TraceInput};
+use crate::block::{
+    self, BlockConfig, BlockError, BlockMeta, EncodedBlock, SlicePlan, SlicedTrace, TagCollector,
+    TraceInput,
+};
 use crate::metrics::Stage;
-use crate::model::{combine, TenantId};
+use crate::model::{combine, Fragments, TenantId, TraceId};
 
 /// Called with the meta of every block the ingester commits, so queriers in this process
 /// see it at once instead of at the next blocklist poll.
@@ -231,11 +234,10 @@ impl Ingester {
                 // Traces are decoded one at a time as the encoder pulls them, in ID order, so
                 // only the row group being built is held decoded.
                 let traces = taken.get(&t);
-                let mut ids: Vec<_> = traces.into_iter().flat_map(|m| m.keys()).collect();
-                ids.sort_unstable();
+                let ids = sliced_ids(traces, &cfg);
                 // The tag summary is collected from the same decoded traces, in one pass.
                 let mut tags = TagCollector::default();
-                let inputs = ids.into_iter().enumerate().filter_map(|(i, id)| {
+                let inputs = ids.into_iter().enumerate().filter_map(|(i, (slice, id))| {
                     if i % 1024 == 1023 {
                         cpu.charge();
                     }
@@ -245,12 +247,15 @@ impl Ingester {
                             .map(|batches| {
                                 let batches = combine(batches);
                                 tags.add_trace(&batches);
-                                TraceInput { id: *id, batches }
+                                SlicedTrace {
+                                    slice,
+                                    trace: TraceInput { id: *id, batches },
+                                }
                             })
                             .map_err(|e| BlockError::Input(format!("trace {id}: {e}"))),
                     )
                 });
-                let encoded = block::encode_block_sorted(&t, block_id, 0, inputs, &cfg)?;
+                let encoded = block::encode_block_sliced(&t, block_id, 0, inputs, &cfg)?;
                 Ok::<_, BlockError>((encoded, tags.finish()))
             }
         })
@@ -718,5 +723,88 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(BlockMeta::from_bytes(&stored).unwrap(), meta);
+    }
+}
+
+/// The IDs of a cut's traces in block order: by time slice of their earliest span (about
+/// one slice per row group of data), by ID within a slice. The fragments' byte sizes weigh
+/// the slices, so no trace is decoded to plan them.
+fn sliced_ids<'a>(
+    traces: Option<&'a HashMap<TraceId, Fragments>>,
+    cfg: &BlockConfig,
+) -> Vec<(u32, &'a TraceId)> {
+    let Some(traces) = traces else {
+        return Vec::new();
+    };
+    let bytes: u64 = traces.values().map(|f| f.len() as u64).sum();
+    let slices = SlicePlan::count(bytes, cfg.row_group_size_bytes, cfg.max_time_slices);
+    let plan = if slices > 1 {
+        let mut samples: Vec<(u64, u64)> = traces
+            .values()
+            .map(|f| (f.start(), f.len() as u64))
+            .collect();
+        SlicePlan::from_samples(&mut samples, slices)
+    } else {
+        SlicePlan::single()
+    };
+    let mut ids: Vec<(u32, &TraceId)> = traces
+        .iter()
+        .map(|(id, f)| (plan.slice_of(f.start()), id))
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+#[cfg(test)]
+mod slice_tests {
+    use std::collections::HashMap;
+
+    use crate::block::BlockConfig;
+    use crate::model::{Fragments, Span, TraceId};
+
+    fn fragment(start: u64) -> Fragments {
+        let span = Span {
+            trace_id: vec![1; 16],
+            span_id: vec![2; 8],
+            start_time_unix_nano: start,
+            end_time_unix_nano: start + 10,
+            name: "x".repeat(200),
+            ..Span::default()
+        };
+        let mut f = Fragments::default();
+        f.push(None, "", None, "", &[&span]);
+        f
+    }
+
+    /// A cut over many row groups of data goes in time slices: by start, ID order inside.
+    #[test]
+    fn a_large_cut_is_ordered_by_time_slice_then_id() {
+        let traces: HashMap<TraceId, Fragments> = (0..400u32)
+            .map(|i| {
+                let mut id = [0u8; 16];
+                id[..4].copy_from_slice(&(i.wrapping_mul(2_654_435_761)).to_be_bytes());
+                (TraceId(id), fragment(1_000 + u64::from(i) * 1_000))
+            })
+            .collect();
+        let bytes: usize = traces.values().map(Fragments::len).sum();
+        let cfg = BlockConfig {
+            row_group_size_bytes: bytes / 4 + 1,
+            ..BlockConfig::default()
+        };
+        let ids = super::sliced_ids(Some(&traces), &cfg);
+        assert_eq!(ids.len(), 400);
+        let slices: std::collections::BTreeSet<u32> = ids.iter().map(|(s, _)| *s).collect();
+        assert_eq!(slices.len(), 4);
+        for w in ids.windows(2) {
+            assert!(w[0] < w[1], "not (slice, id) ascending");
+            // A later slice never holds an earlier start.
+            if w[0].0 < w[1].0 {
+                assert!(traces[w[0].1].start() < traces[w[1].1].start());
+            }
+        }
+        // Small cuts stay one slice, sorted by ID.
+        let one = super::sliced_ids(Some(&traces), &BlockConfig::default());
+        assert!(one.iter().all(|(s, _)| *s == 0));
+        assert!(one.windows(2).all(|w| w[0].1 < w[1].1));
     }
 }

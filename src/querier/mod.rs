@@ -237,9 +237,10 @@ impl Querier {
                 i
             }
         };
-        let Some(rg) = index.row_group_for(id) else {
+        let candidates = index.row_groups_for(id);
+        if candidates.is_empty() {
             return Ok((Vec::new(), 0));
-        };
+        }
         let data_key = block::data_key(tenant, bid);
         let footer = match self.footers.get(&bid) {
             Some(f) => f,
@@ -249,6 +250,100 @@ impl Querier {
                 f
             }
         };
+        let (rgs, mut inspected) = if candidates.len() == 1 {
+            (candidates, 0)
+        } else {
+            self.probe_row_groups(&data_key, meta, &footer, candidates, id, requests)
+                .await?
+        };
+        let mut batches = Vec::new();
+        for rg in rgs {
+            let (found, bytes) = self
+                .find_in_row_group(&data_key, meta, &footer, rg, id, requests)
+                .await?;
+            inspected += bytes;
+            batches.extend(found);
+        }
+        Ok((batches, inspected))
+    }
+
+    /// Of a sliced block's candidate row groups (one per slice whose ID range holds `id`),
+    /// those whose trace_id page holds it: one read of a small page per candidate, so the
+    /// full read that follows touches one row group.
+    async fn probe_row_groups(
+        &self,
+        data_key: &str,
+        meta: &BlockMeta,
+        footer: &Arc<parquet::file::metadata::ParquetMetaData>,
+        candidates: Vec<usize>,
+        id: &TraceId,
+        requests: &AtomicU64,
+    ) -> Result<(Vec<usize>, u64), QueryError> {
+        let bid = meta.block_id;
+        let be = |source| QueryError::Backend { block: bid, source };
+        let ble = |source| QueryError::Block { block: bid, source };
+        let mut plans = Vec::new();
+        let mut whole = Vec::new();
+        for rg in candidates {
+            match block::plan_id_probe(footer, rg, id).map_err(ble)? {
+                block::LookupPlan::Absent => {}
+                block::LookupPlan::Pages(p) => plans.push(p),
+                // No page index: that row group is read whole anyway.
+                block::LookupPlan::RowGroup(_) => whole.push(rg),
+            }
+        }
+        let ranges: Vec<_> = plans.iter().flat_map(|p| p.ranges.clone()).collect();
+        if ranges.is_empty() {
+            return Ok((whole, 0));
+        }
+        requests.fetch_add(self.backend.requests_for_ranges(&ranges), Ordering::Relaxed);
+        let mut fetched = self
+            .backend
+            .get_ranges(data_key, &ranges)
+            .await
+            .map_err(be)?
+            .into_iter();
+        let inspected = plans.iter().map(block::PageRead::total_bytes).sum();
+        let (footer, size, id) = (footer.clone(), meta.size, *id);
+        let per_plan: Vec<(block::PageRead, Vec<bytes::Bytes>)> = plans
+            .into_iter()
+            .map(|p| {
+                let f = fetched.by_ref().take(p.ranges.len()).collect();
+                (p, f)
+            })
+            .collect();
+        let holding = Self::blocking(move || {
+            let mut out = Vec::new();
+            for (plan, f) in per_plan {
+                if block::probe_id_in_pages(footer.clone(), &plan, f, size, &id)? {
+                    out.push(plan.rg);
+                }
+            }
+            Ok::<_, block::BlockError>(out)
+        })
+        .await?
+        .map_err(ble)?;
+        whole.extend(holding);
+        whole.sort_unstable();
+        Ok((whole, inspected))
+    }
+
+    /// The trace's row in one row group: the pages of that row, or the whole row group for
+    /// blocks without a trace_id page index.
+    async fn find_in_row_group(
+        &self,
+        data_key: &str,
+        meta: &BlockMeta,
+        footer: &Arc<parquet::file::metadata::ParquetMetaData>,
+        rg: usize,
+        id: &TraceId,
+        requests: &AtomicU64,
+    ) -> Result<(Vec<ResourceSpans>, u64), QueryError> {
+        let count = |n: u64| requests.fetch_add(n, Ordering::Relaxed);
+        let bid = meta.block_id;
+        let be = |source| QueryError::Backend { block: bid, source };
+        let ble = |source| QueryError::Block { block: bid, source };
+        let footer = footer.clone();
         let id = *id;
         match block::plan_lookup(&footer, rg, &id).map_err(ble)? {
             block::LookupPlan::Absent => Ok((Vec::new(), 0)),
@@ -256,7 +351,7 @@ impl Querier {
                 count(self.backend.requests_for_ranges(&plan.ranges));
                 let pages = self
                     .backend
-                    .get_ranges(&data_key, &plan.ranges)
+                    .get_ranges(data_key, &plan.ranges)
                     .await
                     .map_err(be)?;
                 let inspected = plan.total_bytes();
@@ -274,7 +369,7 @@ impl Querier {
                 count(1);
                 let bytes = self
                     .backend
-                    .get_range(&data_key, range.clone())
+                    .get_range(data_key, range.clone())
                     .await
                     .map_err(be)?;
                 let inspected = bytes.len() as u64;

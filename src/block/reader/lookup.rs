@@ -95,6 +95,26 @@ pub fn plan_lookup(
     rg: usize,
     id: &TraceId,
 ) -> Result<LookupPlan, BlockError> {
+    plan_pages(md, rg, id, false)
+}
+
+/// Plans a probe of row group `rg` for `id`: only the trace_id page that can hold it (a few
+/// hundred bytes), for [`probe_id_in_pages`]. A sliced block has one candidate row group
+/// per slice; probing them all first keeps a lookup to one full read.
+pub fn plan_id_probe(
+    md: &ParquetMetaData,
+    rg: usize,
+    id: &TraceId,
+) -> Result<LookupPlan, BlockError> {
+    plan_pages(md, rg, id, true)
+}
+
+fn plan_pages(
+    md: &ParquetMetaData,
+    rg: usize,
+    id: &TraceId,
+    ids_only: bool,
+) -> Result<LookupPlan, BlockError> {
     let rgm = md
         .row_groups()
         .get(rg)
@@ -139,7 +159,7 @@ pub fn plan_lookup(
     };
     let mut ranges = Vec::new();
     for (ci, c) in rgm.columns().iter().enumerate() {
-        if !needed_for_traces(&c.column_path().string()) {
+        if (ids_only && ci != 0) || !needed_for_traces(&c.column_path().string()) {
             continue;
         }
         let Some(oi) = pi.offset_index(rg, ci) else {
@@ -271,34 +291,7 @@ fn lookup(
 ) -> Result<Option<Vec<ResourceSpans>>, BlockError> {
     guarded(|| {
         let meta = ArrowReaderMetadata::try_new(md.clone(), reader_options(&md)?)?;
-        let ids = ParquetRecordBatchReaderBuilder::new_with_metadata(chunk.clone(), meta.clone());
-        let mask = ProjectionMask::leaves(ids.parquet_schema(), [0]);
-        let selection = RowSelection::from(vec![
-            RowSelector::skip(rows.start),
-            RowSelector::select(rows.len()),
-        ]);
-        let ids = ids
-            .with_projection(mask)
-            .with_row_groups(vec![rg])
-            .with_row_selection(selection)
-            .with_batch_size(rows.len())
-            .build()?;
-        let mut pos = None;
-        let mut base = rows.start;
-        for batch in ids {
-            let batch = batch?;
-            let col = batch
-                .column(0)
-                .as_any()
-                .downcast_ref::<FixedSizeBinaryArray>()
-                .ok_or_else(|| BlockError::Corrupt("trace_id column has the wrong type".into()))?;
-            if let Some(i) = (0..col.len()).find(|&i| col.value(i) == id.as_bytes()) {
-                pos = Some(base + i);
-                break;
-            }
-            base += col.len();
-        }
-        let Some(pos) = pos else {
+        let Some(pos) = find_row(&meta, rg, &chunk, rows, id)? else {
             return Ok(None);
         };
         let selection = RowSelection::from(vec![RowSelector::skip(pos), RowSelector::select(1)]);
@@ -327,5 +320,67 @@ fn lookup(
             }
         }
         Ok(None)
+    })
+}
+
+/// The row of `rows` in row group `rg` whose trace ID is `id`, decoding the trace_id
+/// column only.
+fn find_row(
+    meta: &ArrowReaderMetadata,
+    rg: usize,
+    chunk: &SparseChunk,
+    rows: Range<usize>,
+    id: &TraceId,
+) -> Result<Option<usize>, BlockError> {
+    let ids = ParquetRecordBatchReaderBuilder::new_with_metadata(chunk.clone(), meta.clone());
+    let mask = ProjectionMask::leaves(ids.parquet_schema(), [0]);
+    let selection = RowSelection::from(vec![
+        RowSelector::skip(rows.start),
+        RowSelector::select(rows.len()),
+    ]);
+    let ids = ids
+        .with_projection(mask)
+        .with_row_groups(vec![rg])
+        .with_row_selection(selection)
+        .with_batch_size(rows.len())
+        .build()?;
+    let mut pos = None;
+    let mut base = rows.start;
+    for batch in ids {
+        let batch = batch?;
+        let col = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<FixedSizeBinaryArray>()
+            .ok_or_else(|| BlockError::Corrupt("trace_id column has the wrong type".into()))?;
+        if let Some(i) = (0..col.len()).find(|&i| col.value(i) == id.as_bytes()) {
+            pos = Some(base + i);
+            break;
+        }
+        base += col.len();
+    }
+    Ok(pos)
+}
+
+/// Whether the trace_id page fetched for a probe ([`plan_id_probe`]) holds `id`.
+/// Synchronous CPU work.
+pub fn probe_id_in_pages(
+    md: Arc<ParquetMetaData>,
+    plan: &PageRead,
+    fetched: Vec<Bytes>,
+    file_len: u64,
+    id: &TraceId,
+) -> Result<bool, BlockError> {
+    let chunk = SparseChunk::from_fetched(&plan.ranges, fetched, file_len)?;
+    let rg = plan.rg;
+    if plan.rows.start >= plan.rows.end || plan.rows.end > row_count(&md, rg)? {
+        return Err(BlockError::Corrupt(format!(
+            "rows {:?} outside row group {rg}",
+            plan.rows
+        )));
+    }
+    guarded(|| {
+        let meta = ArrowReaderMetadata::try_new(md.clone(), reader_options(&md)?)?;
+        Ok(find_row(&meta, rg, &chunk, plan.rows.clone(), id)?.is_some())
     })
 }

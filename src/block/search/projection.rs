@@ -562,10 +562,9 @@ impl SearchColumns {
                 }
                 _ => None,
             };
-            if let (Some(min_start), Some(max_end)) = (
-                int_stat(paths::START_TIME, false),
-                int_stat(paths::END_TIME, true),
-            ) {
+            let max_end = int_stat(paths::END_TIME, true);
+            if let (Some(min_start), Some(max_end)) = (int_stat(paths::START_TIME, false), max_end)
+            {
                 if !overlaps(min_start, max_end) {
                     continue;
                 }
@@ -602,6 +601,7 @@ impl SearchColumns {
             out.push(RowGroupRead {
                 rg,
                 rows,
+                max_end: max_end.unwrap_or(u64::MAX),
                 ranges: chunks(&self.leaves)?,
                 late_ranges: chunks(&self.late)?,
             });

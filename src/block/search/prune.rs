@@ -159,6 +159,10 @@ pub(super) fn expr_possible(
 pub struct RowGroupRead {
     pub rg: usize,
     pub rows: usize,
+    /// The latest span end in the row group (footer statistics); `u64::MAX` when unknown.
+    /// Newest-first search reads row groups in this order and skips those that end before
+    /// the traces it already holds start.
+    pub max_end: u64,
     /// Sorted, disjoint byte ranges of data.parquet: the column chunks filtering reads.
     pub ranges: Vec<Range<u64>>,
     /// The column chunks only hits need ([`Phase::Report`]).

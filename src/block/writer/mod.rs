@@ -116,6 +116,29 @@ where
     })
 }
 
+/// [`encode_block_sorted`] for traces tagged with time slices (see
+/// [`encode_block_sliced_into`]), the Parquet bytes kept in memory.
+pub fn encode_block_sliced<I>(
+    tenant: &TenantId,
+    block_id: uuid::Uuid,
+    compaction_level: u32,
+    traces: I,
+    cfg: &BlockConfig,
+) -> Result<EncodedBlock, BlockError>
+where
+    I: IntoIterator<Item = Result<SlicedTrace, BlockError>>,
+{
+    let mut data = Vec::new();
+    let parts =
+        encode_block_sliced_into(tenant, block_id, compaction_level, traces, cfg, &mut data)?;
+    Ok(EncodedBlock {
+        meta: parts.meta,
+        data: Bytes::from(data),
+        blooms: parts.blooms,
+        index: parts.index,
+    })
+}
+
 /// What [`encode_block_sorted_into`] produced besides `data.parquet`, which went to the
 /// sink: `meta.size` is the number of bytes written there.
 #[derive(Debug, Clone)]
@@ -140,6 +163,36 @@ pub fn encode_block_sorted_into<I, W>(
 ) -> Result<BlockParts, BlockError>
 where
     I: IntoIterator<Item = Result<TraceInput, BlockError>>,
+    W: Write + Send,
+{
+    let sliced = traces
+        .into_iter()
+        .map(|t| t.map(|trace| SlicedTrace { slice: 0, trace }));
+    encode_block_sliced_into(tenant, block_id, compaction_level, sliced, cfg, sink)
+}
+
+/// One trace for [`encode_block_sliced_into`], tagged with the time slice it belongs to.
+pub struct SlicedTrace {
+    pub slice: u32,
+    pub trace: TraceInput,
+}
+
+/// [`encode_block_sorted_into`] for a block laid out in time slices: traces come slice by
+/// slice (a slice is a run of equal `slice` tags), IDs strictly ascending within a slice,
+/// and a slice never shares a row group with another. Newest-first search then reads the
+/// row groups of the newest slice and stops; a lookup checks one row group per slice (the
+/// index lists each row group's smallest and largest ID). A trace must appear in one slice
+/// only; callers combine fragments before slicing.
+pub fn encode_block_sliced_into<I, W>(
+    tenant: &TenantId,
+    block_id: uuid::Uuid,
+    compaction_level: u32,
+    traces: I,
+    cfg: &BlockConfig,
+    sink: &mut W,
+) -> Result<BlockParts, BlockError>
+where
+    I: IntoIterator<Item = Result<SlicedTrace, BlockError>>,
     W: Write + Send,
 {
     check_config(cfg)?;
@@ -171,12 +224,22 @@ where
     let mut rg = RowGroupBuilder::new();
     let mut rg_rows = 0usize;
     let mut rg_spans = 0u64;
-    let mut max_ids = Vec::new();
+    let (mut min_ids, mut max_ids) = (Vec::new(), Vec::new());
     let mut ids: Vec<TraceId> = Vec::new();
     let (mut start, mut end, mut total_spans) = (u64::MAX, 0u64, 0u64);
+    let mut slice = None;
     for t in traces {
-        let t = t?;
-        if let Some(prev) = ids.last() {
+        let SlicedTrace { slice: s, trace: t } = t?;
+        if slice != Some(s) {
+            if rg_rows > 0 {
+                flush(&mut rg, rg_rows, rg_spans)?;
+                min_ids.push(ids[ids.len() - rg_rows]);
+                max_ids.extend(ids.last().copied());
+                rg_rows = 0;
+                rg_spans = 0;
+            }
+            slice = Some(s);
+        } else if let Some(prev) = ids.last() {
             if *prev >= t.id {
                 return Err(BlockError::NotSorted {
                     prev: *prev,
@@ -196,6 +259,7 @@ where
         rg_spans += s.spans;
         if rg.est_bytes >= cfg.row_group_size_bytes {
             flush(&mut rg, rg_rows, rg_spans)?;
+            min_ids.push(ids[ids.len() - rg_rows]);
             max_ids.extend(ids.last().copied());
             rg_rows = 0;
             rg_spans = 0;
@@ -206,6 +270,7 @@ where
     }
     if rg_rows > 0 {
         flush(&mut rg, rg_rows, rg_spans)?;
+        min_ids.push(ids[ids.len() - rg_rows]);
         max_ids.extend(ids.last().copied());
     }
     drop(rg);
@@ -221,7 +286,7 @@ where
     let page_index_size = page_index_size(&md, size, footer_size)?;
 
     let blooms = bloom::build_blooms(&ids, cfg.bloom_false_positive, cfg.bloom_shard_size_bytes)?;
-    let index = RowGroupIndex::new(max_ids)?;
+    let index = RowGroupIndex::with_min_ids(min_ids, max_ids)?;
 
     let meta = BlockMeta {
         format: FORMAT.to_string(),

@@ -195,18 +195,23 @@ impl Querier {
         loop {
             while running.len() < self.concurrent_blocks {
                 let Some(next) = pending.peek() else { break };
-                if req.limit > 0 && held.len() >= req.limit {
-                    let mut starts: Vec<u64> = held.values().copied().collect();
-                    let kth = req.limit - 1;
-                    let (_, oldest_held, _) = starts.select_nth_unstable_by(kth, |a, b| b.cmp(a));
-                    if next.end_time < *oldest_held {
-                        // Blocks are sorted by end time: none of the rest can do better.
-                        pending = Vec::new().into_iter().peekable();
-                        break;
-                    }
+                if kth_newest(&held, req.limit).is_some_and(|oldest| next.end_time < oldest) {
+                    // Blocks are sorted by end time: none of the rest can do better.
+                    pending = Vec::new().into_iter().peekable();
+                    break;
                 }
                 let meta = pending.next().expect("peeked");
-                running.push(self.search_block(tenant, meta, params.clone(), columns.clone()));
+                let seed = newest(&held, req.limit);
+                running.push(self.search_block(
+                    tenant,
+                    meta,
+                    params.clone(),
+                    columns.clone(),
+                    Held {
+                        limit: req.limit,
+                        starts: seed,
+                    },
+                ));
             }
             let Some(r) = running.next().await else { break };
             match r {
@@ -244,13 +249,17 @@ impl Querier {
         Ok(out)
     }
 
-    /// One block through the columnar path. None when the block vanished (compaction).
+    /// One block through the columnar path, row groups newest first (by their latest span
+    /// end), skipping the rest once `held` has `limit` traces that start after they end: a
+    /// block laid out in time slices is then read one slice deep. None when the block
+    /// vanished (compaction).
     async fn search_block(
         &self,
         tenant: &TenantId,
         meta: Arc<BlockMeta>,
         params: Arc<SearchParams>,
         columns: Arc<block::SearchColumns>,
+        mut held: Held,
     ) -> Result<Option<Partial>, QueryError> {
         let bid = meta.block_id;
         let ble = |source| QueryError::Block { block: bid, source };
@@ -259,27 +268,46 @@ impl Querier {
             return Ok(None);
         };
         let range = params.range;
-        let reads = columns
+        let mut reads = columns
             .plan(&footer, |s, e| range.is_none_or(|r| r.overlaps_nanos(s, e)))
             .map_err(ble)?;
+        reads.sort_by(|a, b| b.max_end.cmp(&a.max_end).then(a.rg.cmp(&b.rg)));
         // Row groups of one block are evaluated side by side: a search right after a cut
         // often has one large block, which would otherwise keep one core busy.
-        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let workers = std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .clamp(1, 8);
         let (key, meta) = (&data_key, &meta);
-        let mut groups = futures::stream::iter(reads)
-            .map(|read| {
+        let mut pending = reads.into_iter().peekable();
+        let mut running = FuturesUnordered::new();
+        let mut out = Partial::default();
+        // With a limit the newest row group goes alone, and the width doubles as row groups
+        // finish: in a block of time slices the newest slice is often enough.
+        let mut width = if held.limit > 0 { 1 } else { workers };
+        loop {
+            while running.len() < width {
+                let Some(next) = pending.peek() else { break };
+                if kth_newest(&held.starts, held.limit).is_some_and(|oldest| next.max_end < oldest)
+                {
+                    // Sorted by end: every row group left ends before the held traces start.
+                    pending = Vec::new().into_iter().peekable();
+                    break;
+                }
+                let read = pending.next().expect("peeked");
                 let (footer, params, columns) = (footer.clone(), params.clone(), columns.clone());
-                async move {
+                running.push(async move {
                     self.search_row_group(key, meta, footer, params, columns, read)
                         .await
-                }
-            })
-            .buffered(workers.clamp(1, 8));
-        let mut out = Partial::default();
-        while let Some(r) = groups.next().await {
+                });
+            }
+            let Some(r) = running.next().await else { break };
             let Some(part) = r? else {
                 return Ok(None);
             };
+            width = (width * 2).min(workers);
+            if held.limit > 0 {
+                hold(&mut held.starts, &part);
+            }
             out.metrics.inspected_traces += part.metrics.inspected_traces;
             out.metrics.inspected_spans += part.metrics.inspected_spans;
             out.metrics.inspected_bytes += part.metrics.inspected_bytes;
@@ -345,6 +373,37 @@ impl Querier {
         out.hits.extend(hits);
         Ok(Some(out))
     }
+}
+
+/// What a block's search starts from for its early stop: the newest traces found so far
+/// (at most `limit`, earliest start per trace). A subset of all held traces only makes the
+/// stop later, never wrong.
+struct Held {
+    limit: usize,
+    starts: HashMap<TraceId, u64>,
+}
+
+/// The start of the `limit`-th newest held trace, once `limit` are held (0: no limit).
+fn kth_newest(held: &HashMap<TraceId, u64>, limit: usize) -> Option<u64> {
+    if limit == 0 || held.len() < limit {
+        return None;
+    }
+    let mut starts: Vec<u64> = held.values().copied().collect();
+    let (_, kth, _) = starts.select_nth_unstable_by(limit - 1, |a, b| b.cmp(a));
+    Some(*kth)
+}
+
+/// The `limit` newest of `held` (none without a limit).
+fn newest(held: &HashMap<TraceId, u64>, limit: usize) -> HashMap<TraceId, u64> {
+    if limit == 0 {
+        return HashMap::new();
+    }
+    let mut all: Vec<(u64, TraceId)> = held.iter().map(|(id, s)| (*s, *id)).collect();
+    if all.len() > limit {
+        all.select_nth_unstable_by(limit - 1, |a, b| b.cmp(a));
+        all.truncate(limit);
+    }
+    all.into_iter().map(|(s, id)| (id, s)).collect()
 }
 
 /// Records the hits of `p` for the early stop: the earliest start per trace.
