@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Bytes per span in the bucket at the cut and after compaction: ingest, wait until every trace is in
-# a block, restart with a 3 s compaction cycle and wait until the block set is stable.
+# a block, restart with a 3 s compaction cycle and wait until the block set is stable. Then
+# lookups and searches (limit 20 and unlimited) over the compacted blocks.
 #   benches/compact.sh [spans]   (LOADGEN_ARGS="--replay /tmp/sdk.otlp" for the SDK recording)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +20,7 @@ distributor:
         grpc: {endpoint: "127.0.0.1:24417"}
         http: {endpoint: "127.0.0.1:24418"}
 ingester: {trace_idle_period: 2s, max_block_duration: 15s, flush_check_period: 1s}
-compactor: {compaction: {compaction_cycle: ${CYCLE:-24h}, compacted_block_retention: 1s}}
+compactor: {compaction: {compaction_cycle: ${CYCLE:-24h}, compacted_block_retention: 1s, scratch_dir: $DIR/scratch}}
 overrides: {defaults: {ingestion: {rate_limit_bytes: 0}}}
 storage:
   trace:
@@ -46,8 +47,15 @@ PY
 "$BIN" serve --config.file="$DIR/cfg.yaml" 2> "$DIR/vivace.log" &
 VP=$!
 until curl -sf localhost:23300/ready >/dev/null; do sleep 0.2; done
-# shellcheck disable=SC2086
-"$LG" ingest --endpoint http://127.0.0.1:24417 --spans "$SPANS" --connections 16 --batch-spans 500 ${LOADGEN_ARGS:-} | tail -1
+start=$(($(date +%s) - 120))
+# ROUNDS=N sends the spans in N loadgen runs of different seeds: the generator holds its
+# requests in memory (about 1.9 GB per million synthetic spans).
+ROUNDS=${ROUNDS:-1}
+for r in $(seq 1 "$ROUNDS"); do
+  # shellcheck disable=SC2086
+  "$LG" ingest --endpoint http://127.0.0.1:24417 --spans $((SPANS / ROUNDS)) --seed $((r * 1000000)) --connections 16 --batch-spans 500 --manifest "$DIR/ids-$r.txt" ${LOADGEN_ARGS:-} | tail -1
+done
+cat "$DIR"/ids-*.txt > "$DIR/ids.txt"
 # every acked trace in a block
 until [ "$(curl -s localhost:23300/metrics | awk '/^vivace_ingester_live_bytes /{l=$2} /^vivace_ingester_flushing_bytes /{f=$2} END{print l+f}')" = "0" ]; do sleep 1; done
 sleep 2
@@ -61,7 +69,12 @@ until curl -sf localhost:23300/ready >/dev/null; do sleep 0.2; done
 prev=""; stable=0
 while [ $stable -lt ${STABLE:-12} ]; do
   sleep 5; now=$(sizes)
-  if [ "$now" = "$prev" ]; then stable=$((stable+1)); else stable=0; fi
+  # A compaction in progress writes its output under scratch_dir: not stable yet.
+  if [ "$now" = "$prev" ] && [ -z "$(ls -A "$DIR/scratch" 2>/dev/null)" ]; then stable=$((stable+1)); else stable=0; fi
   prev=$now
 done
 echo "after compaction: $prev"
+end=$(($(date +%s) + 120))
+"$LG" lookup --api http://127.0.0.1:23300 --manifest "$DIR/ids.txt" --requests 300 --concurrency 1 | sed 's/^/compacted /'
+"$LG" search --api http://127.0.0.1:23300 --repeat 3 --limit 20 --pid "$VP" --start "$start" --end "$end" | sed 's/^/compacted limit20 /'
+"$LG" search --api http://127.0.0.1:23300 --repeat 3 --pid "$VP" --start "$start" --end "$end" | sed 's/^/compacted full /'

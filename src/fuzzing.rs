@@ -10,7 +10,8 @@ use bytes::Bytes;
 use prost::Message;
 
 use crate::block::{
-    decode_footer, find_trace, find_trace_in_pages, plan_lookup, read_all_traces,
+    decode_footer, find_trace, find_trace_in_pages, plan_id_probe, plan_lookup, probe_id_in_pages,
+    read_all_traces,
     row_group_byte_range, LookupPlan,
 };
 use crate::model::{group_by_trace, ExportTraceServiceRequest, ResourceSpans, TraceId};
@@ -252,6 +253,18 @@ pub fn block(data: &[u8]) {
                 .collect();
             if let Some(fetched) = fetched {
                 let _ = find_trace_in_pages(md.clone(), &plan, fetched, file_len, &id);
+            }
+        }
+        // A sliced block's lookup probes the trace_id page of each candidate first.
+        if let Ok(LookupPlan::Pages(plan)) = plan_id_probe(&md, rg, &id) {
+            let fetched: Option<Vec<Bytes>> = plan
+                .ranges
+                .iter()
+                .map(|r| file.get(r.start as usize..r.end as usize))
+                .map(|b| b.map(Bytes::copy_from_slice))
+                .collect();
+            if let Some(fetched) = fetched {
+                let _ = probe_id_in_pages(md.clone(), &plan, fetched, file_len, &id);
             }
         }
     }
