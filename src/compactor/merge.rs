@@ -26,6 +26,10 @@ use crate::model::{Combiner, ResourceSpans, TenantId, TraceId};
 /// Traces decoded at once from one row group.
 const BATCH_ROWS: usize = 256;
 
+/// Traces held decoded across all cursors: sliced inputs bring one cursor per slice, and
+/// 64 cursors of 256 decoded traces each held most of a gigabyte.
+const DECODED_TRACES: usize = 1024;
+
 /// What a merge produced besides the block.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct MergeStats {
@@ -46,6 +50,7 @@ struct Cursor {
     md: Arc<ParquetMetaData>,
     rgs: Vec<usize>,
     next: usize,
+    batch_rows: usize,
     current: Option<block::RowGroupTraces>,
     fetched: u64,
 }
@@ -89,6 +94,7 @@ impl Cursor {
                 md: md.clone(),
                 rgs,
                 next: 0,
+                batch_rows: BATCH_ROWS,
                 current: None,
                 // The footer is counted once per input.
                 fetched: if i == 0 { fetched } else { 0 },
@@ -127,7 +133,7 @@ impl Cursor {
                 bytes,
                 range.start,
                 self.size,
-                BATCH_ROWS,
+                self.batch_rows,
             )?);
         }
     }
@@ -369,6 +375,10 @@ pub(crate) fn merge_blocks<W: std::io::Write + Send>(
     let mut cursors = Vec::new();
     for m in inputs {
         cursors.extend(Cursor::open(backend, handle, tenant, m)?);
+    }
+    let per_cursor = (DECODED_TRACES / cursors.len().max(1)).clamp(16, BATCH_ROWS);
+    for c in &mut cursors {
+        c.batch_rows = per_cursor;
     }
     let plan = slice_plan(&cursors, cfg);
     let mut merger = Merger::new(cursors, max_bytes_per_trace)?;
