@@ -11,8 +11,7 @@ use prost::Message;
 
 use crate::block::{
     decode_footer, find_trace, find_trace_in_pages, plan_id_probe, plan_lookup, probe_id_in_pages,
-    read_all_traces,
-    row_group_byte_range, LookupPlan,
+    read_all_traces, row_group_byte_range, LookupPlan,
 };
 use crate::model::{group_by_trace, ExportTraceServiceRequest, ResourceSpans, TraceId};
 
