@@ -243,26 +243,21 @@ pub fn block(data: &[u8]) {
                 }
             }
         }
-        if let Ok(LookupPlan::Pages(plan)) = plan_lookup(&md, rg, &id) {
-            let fetched: Option<Vec<Bytes>> = plan
-                .ranges
+        let pages = |plan: &crate::block::PageRead| -> Option<Vec<Bytes>> {
+            plan.ranges
                 .iter()
                 .map(|r| file.get(r.start as usize..r.end as usize))
                 .map(|b| b.map(Bytes::copy_from_slice))
-                .collect();
-            if let Some(fetched) = fetched {
+                .collect()
+        };
+        if let Ok(LookupPlan::Pages(plan)) = plan_lookup(&md, rg, &id) {
+            if let Some(fetched) = pages(&plan) {
                 let _ = find_trace_in_pages(md.clone(), &plan, fetched, file_len, &id);
             }
         }
         // A sliced block's lookup probes the trace_id page of each candidate first.
         if let Ok(LookupPlan::Pages(plan)) = plan_id_probe(&md, rg, &id) {
-            let fetched: Option<Vec<Bytes>> = plan
-                .ranges
-                .iter()
-                .map(|r| file.get(r.start as usize..r.end as usize))
-                .map(|b| b.map(Bytes::copy_from_slice))
-                .collect();
-            if let Some(fetched) = fetched {
+            if let Some(fetched) = pages(&plan) {
                 let _ = probe_id_in_pages(md.clone(), &plan, fetched, file_len, &id);
             }
         }

@@ -184,6 +184,19 @@ async fn read_back(
     out
 }
 
+/// Every trace of one block, read straight from its data.parquet.
+async fn stored(backend: &Backend, meta: &BlockMeta) -> BTreeMap<TraceId, Canon> {
+    let data = backend
+        .get(&block::data_key(&tenant(), meta.block_id))
+        .await
+        .unwrap();
+    block::read_all_traces(data)
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.id, canon(&t.batches)))
+        .collect()
+}
+
 /// (live blocks, blocks marked compacted, folders with neither) in the bucket.
 async fn census(backend: &Backend) -> (usize, usize, usize) {
     let keys = backend.list("t1").await.unwrap();
@@ -220,16 +233,7 @@ async fn four_overlapping_blocks_become_one_deduplicated_block() {
     assert_eq!(meta.total_objects, want.len() as u64);
     let want_spans: usize = want.values().map(Vec::len).sum();
     assert_eq!(meta.total_spans, want_spans as u64);
-    let data = backend
-        .get(&block::data_key(&tenant(), meta.block_id))
-        .await
-        .unwrap();
-    let got: BTreeMap<TraceId, Canon> = block::read_all_traces(data)
-        .unwrap()
-        .into_iter()
-        .map(|t| (t.id, canon(&t.batches)))
-        .collect();
-    assert_eq!(got, want);
+    assert_eq!(stored(&backend, meta).await, want);
     // Several row groups of input: the output is laid out in time slices.
     let index = backend
         .get(&block::index_key(&tenant(), meta.block_id))
@@ -293,16 +297,7 @@ async fn a_sliced_block_compacts_again_with_new_fragments() {
     let out = c.blocklist.blocks(&tenant());
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].total_objects, want.len() as u64);
-    let data = backend
-        .get(&block::data_key(&tenant(), out[0].block_id))
-        .await
-        .unwrap();
-    let got: BTreeMap<TraceId, Canon> = block::read_all_traces(data)
-        .unwrap()
-        .into_iter()
-        .map(|t| (t.id, canon(&t.batches)))
-        .collect();
-    assert_eq!(got, want);
+    assert_eq!(stored(&backend, &out[0]).await, want);
     assert_eq!(read_back(&backend, want.keys().copied()).await, want);
 }
 

@@ -105,15 +105,17 @@ pub fn encode_block_sorted<I>(
 where
     I: IntoIterator<Item = Result<TraceInput, BlockError>>,
 {
-    let mut data = Vec::new();
-    let parts =
-        encode_block_sorted_into(tenant, block_id, compaction_level, traces, cfg, &mut data)?;
-    Ok(EncodedBlock {
-        meta: parts.meta,
-        data: Bytes::from(data),
-        blooms: parts.blooms,
-        index: parts.index,
-    })
+    encode_block_sliced(tenant, block_id, compaction_level, one_slice(traces), cfg)
+}
+
+/// Every trace in slice 0: a block sorted by ID throughout.
+fn one_slice<I>(traces: I) -> impl Iterator<Item = Result<SlicedTrace, BlockError>>
+where
+    I: IntoIterator<Item = Result<TraceInput, BlockError>>,
+{
+    traces
+        .into_iter()
+        .map(|t| t.map(|trace| SlicedTrace { slice: 0, trace }))
 }
 
 /// [`encode_block_sorted`] for traces tagged with time slices (see
@@ -165,10 +167,14 @@ where
     I: IntoIterator<Item = Result<TraceInput, BlockError>>,
     W: Write + Send,
 {
-    let sliced = traces
-        .into_iter()
-        .map(|t| t.map(|trace| SlicedTrace { slice: 0, trace }));
-    encode_block_sliced_into(tenant, block_id, compaction_level, sliced, cfg, sink)
+    encode_block_sliced_into(
+        tenant,
+        block_id,
+        compaction_level,
+        one_slice(traces),
+        cfg,
+        sink,
+    )
 }
 
 /// One trace for [`encode_block_sliced_into`], tagged with the time slice it belongs to.
