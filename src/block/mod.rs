@@ -39,7 +39,7 @@ pub use index::RowGroupIndex;
 pub use meta::{unix_nanos_now, writing_key, BlockMeta, DedicatedColumn, FORMAT, WRITING_FILE};
 pub use project::row_group_traces_projected;
 pub use reader::{
-    batch_to_traces, decode_footer, find_trace, find_trace_in_pages, footer_fetch_range,
+    batch_to_traces, decode_footer, find_trace, find_trace_in_pages, footer_fetch_range, int_stats,
     page_index_start, plan_id_probe, plan_lookup, probe_id_in_pages, read_all_traces,
     row_group_byte_range, row_group_traces, LookupPlan, PageRead, RowGroupTraces, SparseChunk,
 };

@@ -312,34 +312,20 @@ fn id_runs(md: &ParquetMetaData) -> Vec<Vec<usize>> {
 /// Where the output's time slices go: weighted quantiles of the inputs' trace starts,
 /// taken from each row group's start-time statistics (its bytes spread evenly between its
 /// earliest and latest trace start), about one slice per `row_group_size_bytes` of input.
-fn slice_plan(cursors: &[Cursor], cfg: &BlockConfig) -> SlicePlan {
+fn slice_plan(inputs: &[Arc<ParquetMetaData>], cfg: &BlockConfig) -> SlicePlan {
     const POINTS: u64 = 8;
     let mut samples = Vec::new();
     let mut bytes = 0u64;
-    let mut seen = std::collections::HashSet::new();
-    for c in cursors {
-        if !seen.insert(c.block) {
+    for rgm in inputs.iter().flat_map(|md| md.row_groups()) {
+        let weight = u64::try_from(rgm.total_byte_size()).unwrap_or(0);
+        bytes += weight;
+        let (Some(lo), Some(hi)) = block::int_stats(rgm, block::paths::START_TIME) else {
             continue;
-        }
-        for rgm in c.md.row_groups() {
-            let weight = u64::try_from(rgm.total_byte_size()).unwrap_or(0);
-            bytes += weight;
-            let stats = rgm
-                .columns()
-                .iter()
-                .find(|col| col.column_path().string() == block::paths::START_TIME)
-                .and_then(|col| col.statistics());
-            let Some(Statistics::Int64(s)) = stats else {
-                continue;
-            };
-            let (Some(&lo), Some(&hi)) = (s.min_opt(), s.max_opt()) else {
-                continue;
-            };
-            let (lo, hi) = (lo as u64, (hi as u64).max(lo as u64));
-            for p in 0..POINTS {
-                let at = lo + ((u128::from(hi - lo) * u128::from(p)) / u128::from(POINTS)) as u64;
-                samples.push((at, weight / POINTS + 1));
-            }
+        };
+        let hi = hi.max(lo);
+        for p in 0..POINTS {
+            let at = lo + ((u128::from(hi - lo) * u128::from(p)) / u128::from(POINTS)) as u64;
+            samples.push((at, weight / POINTS + 1));
         }
     }
     let slices = SlicePlan::count(bytes, cfg.row_group_size_bytes, cfg.max_time_slices);
@@ -372,15 +358,17 @@ pub(crate) fn merge_blocks<W: std::io::Write + Send>(
     sink: &mut W,
     spill_base: &Path,
 ) -> Result<(BlockParts, TagSummary, MergeStats), CompactError> {
-    let mut cursors = Vec::new();
+    let (mut cursors, mut footers) = (Vec::new(), Vec::new());
     for m in inputs {
-        cursors.extend(Cursor::open(backend, handle, tenant, m)?);
+        let runs = Cursor::open(backend, handle, tenant, m)?;
+        footers.extend(runs.first().map(|c| c.md.clone()));
+        cursors.extend(runs);
     }
     let per_cursor = (DECODED_TRACES / cursors.len().max(1)).clamp(16, BATCH_ROWS);
     for c in &mut cursors {
         c.batch_rows = per_cursor;
     }
-    let plan = slice_plan(&cursors, cfg);
+    let plan = slice_plan(&footers, cfg);
     let mut merger = Merger::new(cursors, max_bytes_per_trace)?;
     // The encoder pulls traces; an I/O error is kept aside so its kind survives.
     let mut failed: Option<CompactError> = None;

@@ -189,3 +189,23 @@ pub fn row_group_byte_range(md: &ParquetMetaData, rg: usize) -> Result<Range<u64
 pub(crate) fn reader_options(md: &ParquetMetaData) -> Result<ArrowReaderOptions, BlockError> {
     Ok(ArrowReaderOptions::new().with_schema(arrow_schema_for(md.file_metadata().schema_descr())?))
 }
+
+/// The chunk statistics of an Int64 column of one row group, by leaf path: (min, max) as
+/// unsigned (times and durations), each `None` when absent.
+pub fn int_stats(
+    rgm: &parquet::file::metadata::RowGroupMetaData,
+    path: &str,
+) -> (Option<u64>, Option<u64>) {
+    let stats = rgm
+        .columns()
+        .iter()
+        .find(|c| c.column_path().string() == path)
+        .and_then(|c| c.statistics());
+    match stats {
+        Some(parquet::file::statistics::Statistics::Int64(s)) => (
+            s.min_opt().map(|v| *v as u64),
+            s.max_opt().map(|v| *v as u64),
+        ),
+        _ => (None, None),
+    }
+}

@@ -7,7 +7,7 @@ use parquet::file::metadata::ParquetMetaData;
 use parquet::file::statistics::Statistics;
 
 use super::prune::*;
-use crate::block::reader::{chunk_range, coalesce};
+use crate::block::reader::{chunk_range, coalesce, int_stats};
 use crate::block::schema::{parquet_schema, paths};
 use crate::block::{BlockError, Dedicated, DedicatedType, DEDICATED_RESOURCE, DEDICATED_SPAN};
 use crate::traceql::{
@@ -555,16 +555,9 @@ impl SearchColumns {
                     .iter()
                     .find(|c| c.column_path().string() == path)
             };
-            let int_stat = |path: &str, max: bool| match col(path)?.statistics()? {
-                Statistics::Int64(s) => {
-                    let v = if max { s.max_opt() } else { s.min_opt() };
-                    v.map(|v| *v as u64)
-                }
-                _ => None,
-            };
-            let max_end = int_stat(paths::END_TIME, true);
-            if let (Some(min_start), Some(max_end)) = (int_stat(paths::START_TIME, false), max_end)
-            {
+            let (min_start, _) = int_stats(rgm, paths::START_TIME);
+            let (_, max_end) = int_stats(rgm, paths::END_TIME);
+            if let (Some(min_start), Some(max_end)) = (min_start, max_end) {
                 if !overlaps(min_start, max_end) {
                     continue;
                 }
