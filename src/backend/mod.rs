@@ -20,6 +20,7 @@ pub mod conformance;
 pub mod faulty;
 pub mod lease;
 mod local;
+pub(crate) mod scratch;
 
 pub use local::SyncLog;
 

@@ -28,7 +28,8 @@ impl Compactor {
         inputs: &[Arc<BlockMeta>],
     ) -> Result<(), CompactError> {
         let output_id = Uuid::new_v4();
-        let scratch = scratch::ScratchFile::new(&self.scratch_dir(), output_id);
+        let scratch =
+            scratch::ScratchFile::new(&self.scratch_dir(), super::SCRATCH_PREFIX, output_id);
         let r = self.compact_via(tenant, inputs, output_id, &scratch).await;
         // Unlinking a large file can take a while: not on the executor. (If this future is
         // dropped instead, the guard deletes the file where it is dropped.)

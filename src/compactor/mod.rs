@@ -21,7 +21,6 @@ mod job;
 #[cfg(test)]
 mod lease_tests;
 mod merge;
-mod scratch;
 mod select;
 mod spill;
 mod tenant_lease;
@@ -37,6 +36,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
+use crate::backend::scratch::{self, ScratchError};
 use crate::backend::{Backend, BackendError};
 use crate::block::{self, BlockConfig, BlockError, BlockMeta};
 use crate::blocklist::BlockList;
@@ -184,6 +184,18 @@ const FAILED_INPUT_BACKOFF_CYCLES: u32 = 10;
 
 use crate::block::unix_nanos_now as now_nanos;
 
+impl From<ScratchError> for CompactError {
+    fn from(e: ScratchError) -> Self {
+        Self::Scratch {
+            path: e.path,
+            source: e.source,
+        }
+    }
+}
+
+/// Names the compactor's scratch files, so it cleans up its own leftovers only.
+pub(super) const SCRATCH_PREFIX: &str = "vivace-compaction-";
+
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
@@ -270,7 +282,9 @@ impl Compactor {
         // The first cycle waits one period: start-up (WAL replay, first flushes) comes first.
         tick.tick().await;
         let dir = self.scratch_dir();
-        match tokio::task::spawn_blocking(move || scratch::remove_leftovers(&dir)).await {
+        match tokio::task::spawn_blocking(move || scratch::remove_leftovers(&dir, SCRATCH_PREFIX))
+            .await
+        {
             Ok(0) => {}
             Ok(n) => info!(files = n, "leftover compaction scratch files deleted"),
             Err(e) => warn!(error = %e, "cannot clean the compaction scratch dir"),

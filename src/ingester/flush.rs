@@ -9,9 +9,10 @@ use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
 use super::{Cut, Flushing, Ingester};
+use crate::backend::scratch::{self, ScratchError, ScratchFile};
 use crate::backend::BackendError;
 use crate::block::{
-    self, BlockConfig, BlockError, BlockMeta, EncodedBlock, SlicePlan, SlicedTrace, TagCollector,
+    self, BlockConfig, BlockError, BlockMeta, BlockParts, SlicePlan, SlicedTrace, TagCollector,
     TraceInput,
 };
 use crate::metrics::Stage;
@@ -32,6 +33,8 @@ enum FlushError {
     #[error("block encoding task failed: {0}")]
     Join(#[from] task::JoinError),
     #[error(transparent)]
+    Scratch(#[from] ScratchError),
+    #[error(transparent)]
     LeaseLost(#[from] crate::backend::lease::LeaseLost),
     #[error("every partition of the cut moved to another node while it was written")]
     Abandoned,
@@ -39,11 +42,32 @@ enum FlushError {
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+/// Names a cut's staged data.parquet in the log's directory (see [`ScratchFile`]).
+const SCRATCH_PREFIX: &str = "vivace-cut-";
+
+/// A cut block's data.parquet: staged in a file next to the WAL, or in memory when the log
+/// has no local directory (the Kafka ingest log).
+enum BlockData {
+    Memory(bytes::Bytes),
+    /// Deleted when dropped.
+    File(ScratchFile),
+}
+
 impl Ingester {
     /// Checks every `flush_check_period` whether a block is due and flushes it. Runs until
     /// the task is dropped; stopping it at any await point loses nothing, because WAL
     /// segments are only deleted after their data is committed.
     pub(crate) async fn run_flush_loop(self: Arc<Self>) {
+        if let Some(dir) = self.log.scratch_dir().map(std::path::Path::to_owned) {
+            // Blocks a killed process was staging: their traces are still in the WAL.
+            match task::spawn_blocking(move || scratch::remove_leftovers(&dir, SCRATCH_PREFIX))
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => info!(files = n, "leftover cut scratch files deleted"),
+                Err(e) => warn!(error = %e, "cannot clean the cut scratch files"),
+            }
+        }
         let mut tick = tokio::time::interval(self.cfg.flush_check_period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -226,43 +250,97 @@ impl Ingester {
         let cfg = self.block_cfg.clone();
         let t = tenant.clone();
         let metrics = self.metrics.clone();
+        // With a local directory the block's data.parquet streams to a file there and is
+        // uploaded from it: a cut then holds one row group of encoding, not the whole block.
+        let scratch = self
+            .log
+            .scratch_dir()
+            .map(|dir| ScratchFile::new(dir, SCRATCH_PREFIX, Uuid::new_v4()));
         // Parquet encoding is CPU-bound: keep it off the async executor.
         let encoded = task::spawn_blocking(move || {
             // Charged as it goes (every 1,024 traces), so a scrape during a long cut sees it.
             let mut cpu = metrics.stage_cpu.start(Stage::BlockEncode);
-            {
-                // Traces are decoded one at a time as the encoder pulls them, in ID order, so
-                // only the row group being built is held decoded.
-                let traces = taken.get(&t);
-                let ids = sliced_ids(traces, &cfg);
-                // The tag summary is collected from the same decoded traces, in one pass.
-                let mut tags = TagCollector::default();
-                let inputs = ids.into_iter().enumerate().filter_map(|(i, (slice, id))| {
-                    if i % 1024 == 1023 {
-                        cpu.charge();
-                    }
-                    let data = traces?.get(id)?;
-                    Some(
-                        data.decode()
-                            .map(|batches| {
-                                let batches = combine(batches);
-                                tags.add_trace(&batches);
-                                SlicedTrace {
-                                    slice,
-                                    trace: TraceInput { id: *id, batches },
-                                }
-                            })
-                            .map_err(|e| BlockError::Input(format!("trace {id}: {e}"))),
-                    )
-                });
-                let encoded = block::encode_block_sliced(&t, block_id, 0, inputs, &cfg)?;
-                Ok::<_, BlockError>((encoded, tags.finish()))
-            }
+            // Traces are decoded one at a time as the encoder pulls them, in ID order, so
+            // only the row group being built is held decoded.
+            let traces = taken.get(&t);
+            let ids = sliced_ids(traces, &cfg);
+            // The tag summary is collected from the same decoded traces, in one pass.
+            let mut tags = TagCollector::default();
+            let inputs = ids.into_iter().enumerate().filter_map(|(i, (slice, id))| {
+                if i % 1024 == 1023 {
+                    cpu.charge();
+                }
+                let data = traces?.get(id)?;
+                Some(
+                    data.decode()
+                        .map(|batches| {
+                            let batches = combine(batches);
+                            tags.add_trace(&batches);
+                            SlicedTrace {
+                                slice,
+                                trace: TraceInput { id: *id, batches },
+                            }
+                        })
+                        .map_err(|e| BlockError::Input(format!("trace {id}: {e}"))),
+                )
+            });
+            let (parts, data) = match scratch {
+                Some(file) => {
+                    // The guard moves in here, so a failed encode deletes its file.
+                    let mut sink = ScratchFile::create(file.path())?;
+                    let parts =
+                        block::encode_block_sliced_into(&t, block_id, 0, inputs, &cfg, &mut sink)?;
+                    std::io::Write::flush(&mut sink).map_err(|source| ScratchError {
+                        path: file.path().to_owned(),
+                        source,
+                    })?;
+                    (parts, BlockData::File(file))
+                }
+                None => {
+                    let b = block::encode_block_sliced(&t, block_id, 0, inputs, &cfg)?;
+                    let parts = BlockParts {
+                        meta: b.meta,
+                        blooms: b.blooms,
+                        index: b.index,
+                    };
+                    (parts, BlockData::Memory(b.data))
+                }
+            };
+            Ok::<_, FlushError>((parts, data, tags.finish()))
         })
         .await??;
-        let (mut encoded, tags) = encoded;
-        self.clamp_times(tenant, &mut encoded.meta);
+        let (mut parts, data, tags) = encoded;
+        self.clamp_times(tenant, &mut parts.meta);
         let tags = bytes::Bytes::from(tags.to_bytes());
+        let r = self
+            .upload_with_retry(tenant, boundary, &parts, &data, &tags)
+            .await;
+        // Unlinking the staged file is blocking I/O.
+        if let Err(e) = task::spawn_blocking(move || drop(data)).await {
+            warn!(tenant = %tenant, error = %e, "cut scratch file clean-up failed");
+        }
+        r?;
+        self.metrics.blocks_flushed.inc();
+        self.metrics.traces_flushed.add(parts.meta.total_objects);
+        info!(
+            tenant = %tenant,
+            block = %parts.meta.block_id,
+            traces = parts.meta.total_objects,
+            bytes = parts.meta.size,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "block flushed"
+        );
+        Ok(parts.meta)
+    }
+
+    async fn upload_with_retry(
+        &self,
+        tenant: &TenantId,
+        boundary: u64,
+        parts: &BlockParts,
+        data: &BlockData,
+        tags: &bytes::Bytes,
+    ) -> Result<(), FlushError> {
         let mut backoff = Duration::from_millis(200);
         loop {
             // Checked before every attempt: a node cut off from the bucket retries here
@@ -270,27 +348,16 @@ impl Ingester {
             if self.log.abandoned(boundary) {
                 return Err(FlushError::Abandoned);
             }
-            match self.upload(tenant, &encoded, &tags).await {
-                Ok(()) => break,
+            match self.upload(tenant, parts, data, tags).await {
+                Ok(()) => return Ok(()),
                 Err(e) => {
                     self.metrics.flush_failures.inc();
-                    warn!(tenant = %tenant, block = %encoded.meta.block_id, error = %e, "block upload failed, retrying");
+                    warn!(tenant = %tenant, block = %parts.meta.block_id, error = %e, "block upload failed, retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
         }
-        self.metrics.blocks_flushed.inc();
-        self.metrics.traces_flushed.add(encoded.meta.total_objects);
-        info!(
-            tenant = %tenant,
-            block = %encoded.meta.block_id,
-            traces = encoded.meta.total_objects,
-            bytes = encoded.meta.size,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "block flushed"
-        );
-        Ok(encoded.meta)
     }
 
     /// Clamps the block's times to when its spans can have been ingested (Tempo's
@@ -321,7 +388,8 @@ impl Ingester {
     async fn upload(
         &self,
         tenant: &TenantId,
-        b: &EncodedBlock,
+        b: &BlockParts,
+        data: &BlockData,
         tags: &bytes::Bytes,
     ) -> Result<(), FlushError> {
         let id = b.meta.block_id;
@@ -337,9 +405,11 @@ impl Ingester {
         // meta.json. A retry re-puts every object under the same block ID, so an interrupted
         // and retried flush still commits one block. The fault-injection tests stop a flush
         // between these stages.
-        self.backend
-            .put(&block::data_key(tenant, id), b.data.clone())
-            .await?;
+        let data_key = block::data_key(tenant, id);
+        match data {
+            BlockData::Memory(bytes) => self.backend.put(&data_key, bytes.clone()).await?,
+            BlockData::File(file) => self.backend.put_file(&data_key, file.path()).await?,
+        }
         futures::future::try_join_all(b.blooms.iter().enumerate().map(|(i, bloom)| {
             let key = block::bloom_key(tenant, id, i as u32);
             async move { self.backend.put(&key, bloom.clone()).await }
@@ -653,6 +723,19 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(metrics.live_bytes.get(), 0, "the cut emptied the head");
         assert_eq!(metrics.flushing_bytes.get(), size);
+        // The cut's working set counts too: its row groups, capped at an eighth of the budget.
+        assert_eq!(ing.held_bytes(), size + size * 3 / 2 / 8);
+        // The block is staged next to the WAL while its upload is retried.
+        let staged = || {
+            std::fs::read_dir(dir.path())
+                .unwrap()
+                .filter(|e| {
+                    let name = e.as_ref().unwrap().file_name();
+                    name.to_str().unwrap().starts_with(super::SCRATCH_PREFIX)
+                })
+                .count()
+        };
+        assert_eq!(staged(), 1);
         let (raw2, g2) = one(2);
         let err = ing.push(&tenant, &raw2, g2).await.unwrap_err();
         assert!(
@@ -661,6 +744,8 @@ mod tests {
         );
         assert_eq!(flushing.await.unwrap(), 1);
         assert_eq!(metrics.flushing_bytes.get(), 0);
+        assert_eq!(ing.held_bytes(), 0);
+        assert_eq!(staged(), 0, "the staged block is deleted once committed");
         let (raw2, g2) = one(2);
         ing.push(&tenant, &raw2, g2).await.unwrap();
     }

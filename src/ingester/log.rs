@@ -1,5 +1,7 @@
 //! The seam between the ingester and the log that makes its data durable.
 
+use std::path::Path;
+
 use async_trait::async_trait;
 use bytes::Bytes;
 
@@ -39,6 +41,11 @@ pub(crate) trait IngestLog: Send + Sync + 'static {
     fn abandoned(&self, _boundary: u64) -> bool {
         false
     }
+    /// A local directory where a cut may stage its block's data.parquet before the upload,
+    /// so the encoded block is not held in memory; `None` keeps it in memory.
+    fn scratch_dir(&self) -> Option<&Path> {
+        None
+    }
 }
 
 #[async_trait]
@@ -51,5 +58,10 @@ impl IngestLog for Wal {
     }
     async fn truncate_before(&self, segment: u64) -> Result<(), WalError> {
         self.delete_segments_before(segment).await.map(|_| ())
+    }
+    /// Next to the segments: the disk the operator gave the ingester (replay reads only
+    /// `*.wal` files).
+    fn scratch_dir(&self) -> Option<&Path> {
+        Some(self.dir())
     }
 }

@@ -96,6 +96,7 @@ enum Cmd {
 pub struct Wal {
     tx: mpsc::Sender<Cmd>,
     stats: ReplayStats,
+    dir: Arc<Path>,
     /// Holds the directory lock for as long as any handle lives.
     _lock: Arc<File>,
 }
@@ -172,10 +173,16 @@ impl Wal {
             Self {
                 tx,
                 stats,
+                dir: dir.into(),
                 _lock: Arc::new(lock),
             },
             replay,
         ))
+    }
+
+    /// The directory the segments live in.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// What `open` had to skip or cut to read the WAL back.

@@ -1,6 +1,6 @@
-//! The compaction's output file on local disk: the merge streams data.parquet into it and
-//! the upload reads it back one part at a time, so a compaction's memory does not grow with
-//! its output.
+//! A block's data.parquet staged on local disk: the encoder (a compaction's merge, an
+//! ingester's cut) streams into it and [`super::Backend::put_file`] reads it back one part
+//! at a time, so the memory of writing a block does not grow with the block.
 
 use std::fs::File;
 use std::io::BufWriter;
@@ -9,28 +9,33 @@ use std::path::{Path, PathBuf};
 use tracing::warn;
 use uuid::Uuid;
 
-use super::CompactError;
+/// The scratch file could not be created or written.
+#[derive(Debug, thiserror::Error)]
+#[error("scratch file {}: {source}", path.display())]
+pub(crate) struct ScratchError {
+    pub(crate) path: PathBuf,
+    pub(crate) source: std::io::Error,
+}
 
 /// Write buffer of the scratch file: few syscalls, little memory.
 const WRITE_BUFFER: usize = 1 << 20;
 
-/// Names the scratch file of one compaction attempt and deletes it when dropped: after the
-/// upload, on any error, and when the compaction is cancelled. Each attempt has its own
-/// output ID, so a retry never meets an earlier attempt's file.
+/// Names the scratch file of one attempt at writing a block and deletes it when dropped:
+/// after the upload, on any error, and when the work is cancelled. Each attempt has its own
+/// ID, so a retry never meets an earlier attempt's file.
 #[derive(Debug)]
 pub(crate) struct ScratchFile {
     path: PathBuf,
 }
 
 impl ScratchFile {
-    pub(crate) fn new(dir: &Path, output_id: Uuid) -> Self {
+    /// `prefix` names the writer (`vivace-compaction-`, `vivace-cut-`): each cleans up its
+    /// own leftovers.
+    pub(crate) fn new(dir: &Path, prefix: &str, id: Uuid) -> Self {
         // The process ID tells a dead process's leftovers (see `remove_leftovers`) from files
         // of other vivace processes sharing the directory.
         Self {
-            path: dir.join(format!(
-                "{PREFIX}{}-{output_id}.parquet",
-                std::process::id()
-            )),
+            path: dir.join(format!("{prefix}{}-{id}.parquet", std::process::id())),
         }
     }
 
@@ -39,8 +44,8 @@ impl ScratchFile {
     }
 
     /// Creates the file (and its directory), failing if it exists. Blocking.
-    pub(crate) fn create(path: &Path) -> Result<BufWriter<File>, CompactError> {
-        let err = |source| CompactError::Scratch {
+    pub(crate) fn create(path: &Path) -> Result<BufWriter<File>, ScratchError> {
+        let err = |source| ScratchError {
             path: path.to_owned(),
             source,
         };
@@ -56,12 +61,10 @@ impl ScratchFile {
     }
 }
 
-const PREFIX: &str = "vivace-compaction-";
-
-/// Deletes scratch files in `dir` left by processes that no longer run (a crash or a kill
-/// skips the guards); returns how many. Files of live processes, this one included, are
-/// kept. Needs `/proc` to tell; elsewhere nothing is deleted. Blocking.
-pub(crate) fn remove_leftovers(dir: &Path) -> usize {
+/// Deletes the scratch files named with `prefix` in `dir` left by processes that no longer
+/// run (a crash or a kill skips the guards); returns how many. Files of live processes, this
+/// one included, are kept. Needs `/proc` to tell; elsewhere nothing is deleted. Blocking.
+pub(crate) fn remove_leftovers(dir: &Path, prefix: &str) -> usize {
     if !Path::new("/proc/self").exists() {
         return 0;
     }
@@ -73,7 +76,7 @@ pub(crate) fn remove_leftovers(dir: &Path) -> usize {
         let name = e.file_name();
         let Some(pid) = name
             .to_str()
-            .and_then(|n| n.strip_prefix(PREFIX))
+            .and_then(|n| n.strip_prefix(prefix))
             .and_then(|rest| rest.split_once('-'))
             .and_then(|(pid, _)| pid.parse::<u32>().ok())
         else {
@@ -98,7 +101,7 @@ impl Drop for ScratchFile {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => {
-                warn!(path = %self.path.display(), error = %e, "cannot delete compaction scratch file")
+                warn!(path = %self.path.display(), error = %e, "cannot delete scratch file")
             }
         }
     }
@@ -110,11 +113,13 @@ mod tests {
 
     use super::*;
 
+    const PREFIX: &str = "vivace-test-";
+
     #[test]
     fn file_is_created_once_and_deleted_on_drop() {
         let dir = tempfile::tempdir().unwrap();
         let sub = dir.path().join("not-yet");
-        let s = ScratchFile::new(&sub, Uuid::new_v4());
+        let s = ScratchFile::new(&sub, PREFIX, Uuid::new_v4());
         let mut w = ScratchFile::create(s.path()).unwrap();
         w.write_all(b"PAR1").unwrap();
         w.flush().unwrap();
@@ -123,13 +128,13 @@ mod tests {
         // A second create of the same name is refused rather than truncating the first.
         assert!(matches!(
             ScratchFile::create(s.path()),
-            Err(CompactError::Scratch { .. })
+            Err(ScratchError { .. })
         ));
         let path = s.path().to_owned();
         drop(s);
         assert!(!path.exists());
         // Dropping a guard whose file was never created is fine.
-        drop(ScratchFile::new(&sub, Uuid::new_v4()));
+        drop(ScratchFile::new(&sub, PREFIX, Uuid::new_v4()));
         assert_eq!(std::fs::read_dir(&sub).unwrap().count(), 0);
     }
 
@@ -142,18 +147,21 @@ mod tests {
         child.wait().unwrap();
         let id = Uuid::new_v4();
         let dead_file = dir.path().join(format!("{PREFIX}{dead}-{id}.parquet"));
-        let own = ScratchFile::new(dir.path(), Uuid::new_v4());
+        let own = ScratchFile::new(dir.path(), PREFIX, Uuid::new_v4());
         let other = dir.path().join("unrelated.parquet");
-        for p in [&dead_file, own.path(), &other] {
+        // Another writer's leftovers are its own to clean.
+        let foreign = dir.path().join(format!("vivace-other-{dead}-{id}.parquet"));
+        for p in [&dead_file, own.path(), &other, &foreign] {
             std::fs::write(p, b"x").unwrap();
         }
-        let removed = remove_leftovers(dir.path());
+        let removed = remove_leftovers(dir.path(), PREFIX);
         if Path::new("/proc/self").exists() && !Path::new(&format!("/proc/{dead}")).exists() {
             assert_eq!(removed, 1);
             assert!(!dead_file.exists());
         }
         assert!(own.path().exists());
         assert!(other.exists());
-        assert_eq!(remove_leftovers(&dir.path().join("missing")), 0);
+        assert!(foreign.exists());
+        assert_eq!(remove_leftovers(&dir.path().join("missing"), PREFIX), 0);
     }
 }
