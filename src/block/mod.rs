@@ -103,10 +103,10 @@ pub struct BlockConfig {
     /// Rows (traces) per page of the trace_id column. A lookup decodes the trace IDs of
     /// one such page to find the row; the pages of the other columns are cut by size.
     pub trace_id_page_rows: usize,
-    /// Time slices at most per block (see [`SlicePlan`]): a newest-first search with a
-    /// limit reads the newest slice first and can stop there, and a lookup probes one
-    /// row group per slice. A block gets about one slice per `row_group_size_bytes` of
-    /// data, up to this many.
+    /// Time slices at most per block (see [`SlicePlan::newest_small`]): a newest-first
+    /// search with a limit reads the newest slice first and can stop there, and a lookup
+    /// probes one row group per slice. The newest slices hold one `row_group_size_bytes`
+    /// of data each and older ones double, up to this many.
     pub max_time_slices: usize,
 }
 

@@ -16,31 +16,56 @@ impl SlicePlan {
         Self::default()
     }
 
-    /// How many slices `bytes` of data get: one per `slice_bytes`, at least one, at most
-    /// `max`.
-    pub fn count(bytes: u64, slice_bytes: usize, max: usize) -> usize {
-        let per = (slice_bytes as u64).max(1);
-        usize::try_from(bytes.div_ceil(per))
-            .unwrap_or(usize::MAX)
-            .clamp(1, max.max(1))
+    /// Slices for `bytes` of data whose traces start as `samples` (start time, weight) say,
+    /// smallest at the newest end: the newest two hold `unit_bytes` of data each, every
+    /// older one twice the one after it, and the oldest the rest; at most `max` slices,
+    /// and one while the data is not larger than a unit. A newest-first search with a
+    /// limit stops after a unit or two of a block of any size, and a lookup probes about
+    /// log2(bytes / unit_bytes) row groups.
+    pub fn newest_small(
+        samples: &mut [(u64, u64)],
+        bytes: u64,
+        unit_bytes: usize,
+        max: usize,
+    ) -> Self {
+        let units = bytes as f64 / unit_bytes.max(1) as f64;
+        // Each slice's far end, counted in units from the newest end.
+        let mut from_newest = Vec::new();
+        let mut reach = 1.0f64;
+        while reach < units && from_newest.len() + 1 < max {
+            from_newest.push(reach / units);
+            reach *= 2.0;
+        }
+        let cuts: Vec<f64> = from_newest.iter().rev().map(|f| 1.0 - f).collect();
+        Self::at_fractions(samples, &cuts)
     }
 
-    /// Up to `slices` slices of about equal weight over `samples` (start time, weight):
-    /// the boundaries are weighted quantiles of the starts. Equal starts never straddle a
-    /// boundary, so there may be fewer slices than asked for.
-    pub fn from_samples(samples: &mut [(u64, u64)], slices: usize) -> Self {
-        if slices <= 1 || samples.len() <= 1 {
+    /// `slices` slices of about equal weight (tests, and a baseline to measure against).
+    pub fn even(samples: &mut [(u64, u64)], slices: usize) -> Self {
+        let cuts: Vec<f64> = (1..slices).map(|i| i as f64 / slices as f64).collect();
+        Self::at_fractions(samples, &cuts)
+    }
+
+    /// Boundaries at the weighted quantiles `cuts` (ascending fractions of the total
+    /// weight) of the starts in `samples`. Equal starts never straddle a boundary, so there
+    /// may be fewer slices than asked for.
+    fn at_fractions(samples: &mut [(u64, u64)], cuts: &[f64]) -> Self {
+        if cuts.is_empty() || samples.len() <= 1 {
             return Self::single();
         }
         samples.sort_unstable_by_key(|s| s.0);
         let total: u128 = samples.iter().map(|s| u128::from(s.1)).sum();
-        let mut bounds = Vec::with_capacity(slices - 1);
+        let targets: Vec<u128> = cuts
+            .iter()
+            .map(|c| (total as f64 * c.clamp(0.0, 1.0)).round() as u128)
+            .collect();
+        let mut bounds = Vec::with_capacity(cuts.len());
         let mut acc: u128 = 0;
-        let mut next = 1u128;
+        let mut next = 0;
         let first = samples[0].0;
         for &(start, weight) in samples.iter() {
-            // A boundary goes at the first start past each 1/slices of the weight.
-            while next < slices as u128 && acc * slices as u128 >= total * next {
+            // A boundary goes at the first start past each target weight.
+            while next < targets.len() && acc >= targets[next] {
                 // A boundary at the earliest start would leave slice 0 empty.
                 if start > first && bounds.last().is_none_or(|&b| b < start) {
                     bounds.push(start);
@@ -73,7 +98,7 @@ mod tests {
     #[test]
     fn equal_weights_split_evenly() {
         let mut samples: Vec<(u64, u64)> = (0..100).map(|i| (i * 10, 1)).collect();
-        let plan = SlicePlan::from_samples(&mut samples, 4);
+        let plan = SlicePlan::even(&mut samples, 4);
         assert_eq!(plan.len(), 4);
         let mut per = [0usize; 4];
         for i in 0..100u64 {
@@ -89,7 +114,7 @@ mod tests {
         // Half the weight in the last sample: it gets a slice of its own.
         let mut samples: Vec<(u64, u64)> = (0..10).map(|i| (i, 1)).collect();
         samples.push((100, 10));
-        let plan = SlicePlan::from_samples(&mut samples, 2);
+        let plan = SlicePlan::even(&mut samples, 2);
         assert_eq!(plan.len(), 2);
         assert_eq!(plan.slice_of(9), 0);
         assert_eq!(plan.slice_of(100), 1);
@@ -98,10 +123,32 @@ mod tests {
     #[test]
     fn equal_starts_stay_together_and_counts_are_bounded() {
         let mut samples = vec![(5u64, 1u64); 50];
-        assert_eq!(SlicePlan::from_samples(&mut samples, 8).len(), 1);
+        assert_eq!(SlicePlan::even(&mut samples, 8).len(), 1);
+        assert_eq!(SlicePlan::newest_small(&mut samples, 5000, 10, 16).len(), 1);
         assert_eq!(SlicePlan::single().slice_of(u64::MAX), 0);
-        assert_eq!(SlicePlan::count(0, 100, 16), 1);
-        assert_eq!(SlicePlan::count(250, 100, 16), 3);
-        assert_eq!(SlicePlan::count(u64::MAX, 1, 16), 16);
+    }
+
+    /// Slice sizes, newest first, of a plan over `n` equal-weight traces a unit apart.
+    fn sizes_newest_first(n: u64, unit: usize, max: usize) -> Vec<usize> {
+        let mut samples: Vec<(u64, u64)> = (0..n).map(|i| (i, 1)).collect();
+        let plan = SlicePlan::newest_small(&mut samples, n, unit, max);
+        let mut per = vec![0usize; plan.len()];
+        for i in 0..n {
+            per[plan.slice_of(i) as usize] += 1;
+        }
+        per.reverse();
+        per
+    }
+
+    #[test]
+    fn newest_slices_are_one_unit_and_each_older_one_doubles() {
+        assert_eq!(sizes_newest_first(100, 10, 16), [10, 10, 20, 40, 20]);
+        assert_eq!(sizes_newest_first(160, 10, 16), [10, 10, 20, 40, 80]);
+        // At most `max` slices: the oldest takes the rest.
+        assert_eq!(sizes_newest_first(1000, 10, 3), [10, 10, 980]);
+        // Not more than a unit of data: one slice.
+        assert_eq!(sizes_newest_first(10, 10, 16), [10]);
+        assert_eq!(sizes_newest_first(11, 10, 16), [10, 1]);
+        assert_eq!(sizes_newest_first(1000, 10, 1), [1000]);
     }
 }

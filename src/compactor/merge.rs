@@ -309,9 +309,9 @@ fn id_runs(md: &ParquetMetaData) -> Vec<Vec<usize>> {
     runs
 }
 
-/// Where the output's time slices go: weighted quantiles of the inputs' trace starts,
-/// taken from each row group's start-time statistics (its bytes spread evenly between its
-/// earliest and latest trace start), about one slice per `row_group_size_bytes` of input.
+/// Where the output's time slices go ([`SlicePlan::newest_small`]): weighted quantiles of
+/// the inputs' trace starts, taken from each row group's start-time statistics (its bytes
+/// spread evenly between its earliest and latest trace start).
 fn slice_plan(inputs: &[Arc<ParquetMetaData>], cfg: &BlockConfig) -> SlicePlan {
     const POINTS: u64 = 8;
     let mut samples = Vec::new();
@@ -328,8 +328,12 @@ fn slice_plan(inputs: &[Arc<ParquetMetaData>], cfg: &BlockConfig) -> SlicePlan {
             samples.push((at, weight / POINTS + 1));
         }
     }
-    let slices = SlicePlan::count(bytes, cfg.row_group_size_bytes, cfg.max_time_slices);
-    SlicePlan::from_samples(&mut samples, slices)
+    SlicePlan::newest_small(
+        &mut samples,
+        bytes,
+        cfg.row_group_size_bytes,
+        cfg.max_time_slices,
+    )
 }
 
 /// A trace's earliest span start (unix ns); `u64::MAX` with no spans.

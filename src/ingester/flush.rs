@@ -822,13 +822,17 @@ fn sliced_ids<'a>(
         return Vec::new();
     };
     let bytes: u64 = traces.values().map(|f| f.len() as u64).sum();
-    let slices = SlicePlan::count(bytes, cfg.row_group_size_bytes, cfg.max_time_slices);
-    let plan = if slices > 1 {
+    let plan = if bytes > cfg.row_group_size_bytes as u64 && cfg.max_time_slices > 1 {
         let mut samples: Vec<(u64, u64)> = traces
             .values()
             .map(|f| (f.start(), f.len() as u64))
             .collect();
-        SlicePlan::from_samples(&mut samples, slices)
+        SlicePlan::newest_small(
+            &mut samples,
+            bytes,
+            cfg.row_group_size_bytes,
+            cfg.max_time_slices,
+        )
     } else {
         SlicePlan::single()
     };
@@ -861,7 +865,7 @@ mod slice_tests {
         f
     }
 
-    /// A cut over many row groups of data goes in time slices: by start, ID order inside.
+    /// A cut over several row groups of data goes in time slices: by start, ID order inside.
     #[test]
     fn a_large_cut_is_ordered_by_time_slice_then_id() {
         let traces: HashMap<TraceId, Fragments> = (0..400u32)
@@ -878,8 +882,17 @@ mod slice_tests {
         };
         let ids = super::sliced_ids(Some(&traces), &cfg);
         assert_eq!(ids.len(), 400);
-        let slices: std::collections::BTreeSet<u32> = ids.iter().map(|(s, _)| *s).collect();
-        assert_eq!(slices.len(), 4);
+        // Four units of data: the newest two slices one unit each, the oldest the rest.
+        let mut per = std::collections::BTreeMap::<u32, usize>::new();
+        for (s, _) in &ids {
+            *per.entry(*s).or_default() += 1;
+        }
+        let per: Vec<usize> = per.into_values().collect();
+        assert_eq!(per.len(), 3, "{per:?}");
+        assert!(
+            per[0].abs_diff(200) <= 1 && per[2].abs_diff(100) <= 1,
+            "{per:?}"
+        );
         for w in ids.windows(2) {
             assert!(w[0] < w[1], "not (slice, id) ascending");
             // A later slice never holds an earlier start.
