@@ -700,7 +700,11 @@ mod tests {
             (prost::Message::encode_to_vec(&req), g)
         };
         let (raw1, g1) = one(1);
-        let size: u64 = g1.traces().iter().map(|t| t.data.len() as u64).sum();
+        let size: u64 = g1
+            .traces()
+            .iter()
+            .map(|t| super::super::held_bytes(&t.data))
+            .sum();
         let ing = Ingester::new(
             IngesterConfig {
                 // One trace fits, two do not.

@@ -54,6 +54,16 @@ struct Head {
     started: Option<Instant>,
 }
 
+/// Memory a trace holds in the ingester, which `max_live_bytes` bounds: its bytes as
+/// received, its chunk handles (and the shared header a chunk gets once cloned), and its
+/// entry in the trace map with the map's spare room: on small traces these are a good part
+/// of the memory, which the received bytes alone did not count.
+fn held_bytes(data: &Fragments) -> u64 {
+    const CHUNK: usize = 2 * std::mem::size_of::<Bytes>();
+    const ENTRY: usize = std::mem::size_of::<(TraceId, LiveTrace)>() * 3 / 2;
+    (data.len() + data.chunk_capacity() * CHUNK + ENTRY) as u64
+}
+
 impl Head {
     fn insert(&mut self, tenant: &TenantId, traces: Vec<TraceBatch>, now: Instant) {
         let map = match self.tenants.get_mut(tenant) {
@@ -61,13 +71,15 @@ impl Head {
             None => self.tenants.entry(tenant.clone()).or_default(),
         };
         for t in traces {
-            self.bytes += t.data.len() as u64;
             match map.get_mut(&t.id) {
                 Some(live) => {
+                    let before = held_bytes(&live.data);
                     live.data.extend(&t.data);
+                    self.bytes += held_bytes(&live.data) - before;
                     live.last_seen = now;
                 }
                 None => {
+                    self.bytes += held_bytes(&t.data);
                     self.traces += 1;
                     map.insert(
                         t.id,
@@ -280,7 +292,7 @@ impl Ingester {
     /// traces, the ones a cut is writing into blocks (they stay in memory until committed),
     /// and that cut's working set.
     fn check_room(&self, traces: &[TraceBatch]) -> Result<(), IngestError> {
-        let incoming: u64 = traces.iter().map(|t| t.data.len() as u64).sum();
+        let incoming: u64 = traces.iter().map(|t| held_bytes(&t.data)).sum();
         let held = self.held_bytes();
         if held + incoming > self.cfg.max_live_bytes {
             return Err(IngestError::LiveBytesExceeded {
@@ -523,7 +535,7 @@ impl Ingester {
                         .insert(id, live.data);
                 } else {
                     kept.push(live.data.clone());
-                    head.bytes += live.data.len() as u64;
+                    head.bytes += held_bytes(&live.data);
                     head.traces += 1;
                     head.tenants
                         .entry(tenant.clone())
@@ -550,10 +562,7 @@ impl Ingester {
                     .collect(),
             );
             *self.flushing.write() = taken.clone();
-            let bytes = taken
-                .values()
-                .flat_map(|m| m.values())
-                .map(|d| d.len() as u64);
+            let bytes = taken.values().flat_map(|m| m.values()).map(held_bytes);
             self.metrics.flushing_bytes.set(bytes.sum());
         }
         drop(head);
@@ -576,7 +585,7 @@ impl Ingester {
                 let gone = drop(tenant, id);
                 if gone {
                     dropped += 1;
-                    bytes += live.data.len() as u64;
+                    bytes += held_bytes(&live.data);
                     traces += 1;
                 }
                 !gone

@@ -135,7 +135,7 @@ pub struct Metrics {
     pub(crate) wal_bytes: Counter,
     pub(crate) live_traces: Gauge,
     pub(crate) live_bytes: Gauge,
-    /// Bytes of the traces a cut took, held until their blocks are committed.
+    /// Memory of the traces a cut took, held until their blocks are committed.
     pub(crate) flushing_bytes: Gauge,
     pub(crate) blocks_flushed: Counter,
     pub(crate) pressure_cuts: Counter,
@@ -334,13 +334,13 @@ impl Metrics {
         gauge(
             &mut s,
             "vivace_ingester_live_bytes",
-            "Bytes of traces held in memory.",
+            "Memory held by live traces: bytes as received plus chunk handles and map entries.",
             self.live_bytes.get(),
         );
         gauge(
             &mut s,
             "vivace_ingester_flushing_bytes",
-            "Bytes of traces being written into blocks; with live bytes, what max_live_bytes bounds.",
+            "Memory held by traces being written into blocks; with live bytes and the cut's working set, what max_live_bytes bounds.",
             self.flushing_bytes.get(),
         );
         counter(

@@ -129,7 +129,7 @@ impl Fragments {
             buf.extend_from_slice(resource_schema_url.as_bytes());
         }
         self.len += chunk.len();
-        self.chunks.push(Bytes::from(chunk));
+        self.push_chunk(Bytes::from(chunk));
     }
 
     /// Appends one resource/scope group made of received bytes: `rs_fields` and
@@ -165,7 +165,20 @@ impl Fragments {
             self.end = self.end.max(end.max(start));
         }
         self.len += chunk.len();
-        self.chunks.push(Bytes::from(chunk));
+        self.push_chunk(Bytes::from(chunk));
+    }
+
+    fn push_chunk(&mut self, chunk: Bytes) {
+        // Most small traces arrive whole: one handle, not the four a growing Vec starts at.
+        if self.chunks.capacity() == 0 {
+            self.chunks.reserve_exact(1);
+        }
+        self.chunks.push(chunk);
+    }
+
+    /// Chunk handles allocated: with [`Fragments::len`], what the trace holds in memory.
+    pub fn chunk_capacity(&self) -> usize {
+        self.chunks.capacity()
     }
 
     pub fn extend(&mut self, other: &Fragments) {
