@@ -105,9 +105,19 @@ pub struct BlockConfig {
     pub trace_id_page_rows: usize,
     /// Time slices at most per block (see [`SlicePlan::newest_small`]): a newest-first
     /// search with a limit reads the newest slice first and can stop there, and a lookup
-    /// probes one row group per slice. The newest slices hold one `row_group_size_bytes`
-    /// of data each and older ones double, up to this many.
+    /// probes one row group per slice. The newest slices hold
+    /// [`BlockConfig::newest_slice_bytes`] of data each and older ones double, up to this
+    /// many.
     pub max_time_slices: usize,
+}
+
+impl BlockConfig {
+    /// Data in each of a block's two newest time slices: a quarter of a row group, so a
+    /// limit-20 search over fresh blocks reads a quarter of a row group of each, at the
+    /// cost of two small row groups per block and two more slices for a lookup to probe.
+    pub fn newest_slice_bytes(&self) -> usize {
+        (self.row_group_size_bytes / 4).max(1)
+    }
 }
 
 impl Default for BlockConfig {

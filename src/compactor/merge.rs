@@ -331,7 +331,7 @@ fn slice_plan(inputs: &[Arc<ParquetMetaData>], cfg: &BlockConfig) -> SlicePlan {
     SlicePlan::newest_small(
         &mut samples,
         bytes,
-        cfg.row_group_size_bytes,
+        cfg.newest_slice_bytes(),
         cfg.max_time_slices,
     )
 }

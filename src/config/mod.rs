@@ -185,7 +185,9 @@ pub struct IngesterConfig {
     pub max_block_bytes: u64,
     #[serde(with = "duration")]
     pub flush_check_period: Duration,
-    /// Exports are refused (not dropped) once this many bytes of traces wait in memory.
+    /// Exports are refused (not dropped) once the traces in memory would hold more than
+    /// this: received bytes, their handles and map entries, the allocator's share, and the
+    /// working set of a cut being written.
     pub max_live_bytes: u64,
     /// Target uncompressed size of a Parquet row group.
     pub row_group_size_bytes: usize,

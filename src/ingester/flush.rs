@@ -703,7 +703,7 @@ mod tests {
         let size: u64 = g1
             .traces()
             .iter()
-            .map(|t| super::super::held_bytes(&t.data))
+            .map(|t| super::super::trace_bytes(&t.data))
             .sum();
         let ing = Ingester::new(
             IngesterConfig {
@@ -727,8 +727,12 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(metrics.live_bytes.get(), 0, "the cut emptied the head");
         assert_eq!(metrics.flushing_bytes.get(), size);
-        // The cut's working set counts too: its row groups, capped at an eighth of the budget.
-        assert_eq!(ing.held_bytes(), size + size * 3 / 2 / 8);
+        // The allocator's share and the cut's working set count too (its row groups, capped
+        // at an eighth of the budget).
+        assert_eq!(
+            ing.held_bytes(),
+            size + size / super::super::ALLOCATOR_SHARE + size * 3 / 2 / 8
+        );
         // The block is staged next to the WAL while its upload is retried.
         let staged = || {
             std::fs::read_dir(dir.path())
@@ -826,7 +830,7 @@ fn sliced_ids<'a>(
         return Vec::new();
     };
     let bytes: u64 = traces.values().map(|f| f.len() as u64).sum();
-    let plan = if bytes > cfg.row_group_size_bytes as u64 && cfg.max_time_slices > 1 {
+    let plan = if bytes > cfg.newest_slice_bytes() as u64 && cfg.max_time_slices > 1 {
         let mut samples: Vec<(u64, u64)> = traces
             .values()
             .map(|f| (f.start(), f.len() as u64))
@@ -834,7 +838,7 @@ fn sliced_ids<'a>(
         SlicePlan::newest_small(
             &mut samples,
             bytes,
-            cfg.row_group_size_bytes,
+            cfg.newest_slice_bytes(),
             cfg.max_time_slices,
         )
     } else {
@@ -881,7 +885,8 @@ mod slice_tests {
             .collect();
         let bytes: usize = traces.values().map(Fragments::len).sum();
         let cfg = BlockConfig {
-            row_group_size_bytes: bytes / 4 + 1,
+            // Newest slices of a quarter of the data.
+            row_group_size_bytes: 4 * (bytes / 4 + 1),
             ..BlockConfig::default()
         };
         let ids = super::sliced_ids(Some(&traces), &cfg);
