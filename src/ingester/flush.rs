@@ -13,9 +13,9 @@ use crate::backend::scratch::{self, ScratchError, ScratchFile};
 use crate::backend::BackendError;
 use crate::block::{
     self, BlockConfig, BlockError, BlockMeta, BlockParts, SlicePlan, SlicedTrace, TagCollector,
-    TraceInput,
+    TagSummary, TraceInput,
 };
-use crate::metrics::Stage;
+use crate::metrics::{Stage, StageTimer};
 use crate::model::{combine, Fragments, TenantId, TraceId};
 
 /// Called with the meta of every block the ingester commits, so queriers in this process
@@ -260,53 +260,28 @@ impl Ingester {
         let encoded = task::spawn_blocking(move || {
             // Charged as it goes (every 1,024 traces), so a scrape during a long cut sees it.
             let mut cpu = metrics.stage_cpu.start(Stage::BlockEncode);
-            // Traces are decoded one at a time as the encoder pulls them, in ID order, so
-            // only the row group being built is held decoded.
             let traces = taken.get(&t);
             let ids = sliced_ids(traces, &cfg);
-            // The tag summary is collected from the same decoded traces, in one pass.
+            if let Some(file) = scratch {
+                // The guard moves in here, so a failed encode deletes its file.
+                match encode_cut_to_file(&t, block_id, traces, &ids, &cfg, &mut cpu, &file) {
+                    Ok((parts, tags)) => return Ok((parts, BlockData::File(file), tags)),
+                    // A full or failing local disk must not stop cuts: they are what frees
+                    // the WAL's disk. The block is encoded again, in memory.
+                    Err(e) => {
+                        warn!(tenant = %t, error = %e, "cannot stage block on local disk, encoding it in memory")
+                    }
+                }
+            }
             let mut tags = TagCollector::default();
-            let inputs = ids.into_iter().enumerate().filter_map(|(i, (slice, id))| {
-                if i % 1024 == 1023 {
-                    cpu.charge();
-                }
-                let data = traces?.get(id)?;
-                Some(
-                    data.decode()
-                        .map(|batches| {
-                            let batches = combine(batches);
-                            tags.add_trace(&batches);
-                            SlicedTrace {
-                                slice,
-                                trace: TraceInput { id: *id, batches },
-                            }
-                        })
-                        .map_err(|e| BlockError::Input(format!("trace {id}: {e}"))),
-                )
-            });
-            let (parts, data) = match scratch {
-                Some(file) => {
-                    // The guard moves in here, so a failed encode deletes its file.
-                    let mut sink = ScratchFile::create(file.path())?;
-                    let parts =
-                        block::encode_block_sliced_into(&t, block_id, 0, inputs, &cfg, &mut sink)?;
-                    std::io::Write::flush(&mut sink).map_err(|source| ScratchError {
-                        path: file.path().to_owned(),
-                        source,
-                    })?;
-                    (parts, BlockData::File(file))
-                }
-                None => {
-                    let b = block::encode_block_sliced(&t, block_id, 0, inputs, &cfg)?;
-                    let parts = BlockParts {
-                        meta: b.meta,
-                        blooms: b.blooms,
-                        index: b.index,
-                    };
-                    (parts, BlockData::Memory(b.data))
-                }
+            let inputs = cut_inputs(traces, &ids, &mut tags, &mut cpu);
+            let b = block::encode_block_sliced(&t, block_id, 0, inputs, &cfg)?;
+            let parts = BlockParts {
+                meta: b.meta,
+                blooms: b.blooms,
+                index: b.index,
             };
-            Ok::<_, FlushError>((parts, data, tags.finish()))
+            Ok::<_, FlushError>((parts, BlockData::Memory(b.data), tags.finish()))
         })
         .await??;
         let (mut parts, data, tags) = encoded;
@@ -460,6 +435,8 @@ mod tests {
     struct RecordingLog {
         wal: Wal,
         events: crate::backend::SyncLog,
+        /// Where cuts stage their blocks (`None`: in memory).
+        scratch: Option<std::path::PathBuf>,
     }
 
     #[async_trait::async_trait]
@@ -473,6 +450,9 @@ mod tests {
         async fn truncate_before(&self, segment: u64) -> Result<(), wal::WalError> {
             self.events.lock().push(format!("truncate {segment}"));
             IngestLog::truncate_before(&self.wal, segment).await
+        }
+        fn scratch_dir(&self) -> Option<&std::path::Path> {
+            self.scratch.as_deref()
         }
     }
 
@@ -494,9 +474,11 @@ mod tests {
         })
         .unwrap()
         .recording_syncs(events.clone());
+        // data.parquet staged next to the WAL and uploaded from there.
         let log = RecordingLog {
             wal,
             events: events.clone(),
+            scratch: Some(wal_dir.path().to_owned()),
         };
         let ing = Ingester::new(
             IngesterConfig::default(),
@@ -684,6 +666,51 @@ mod tests {
         assert_eq!(wal_files(), 1, "old segment deleted after the commit");
     }
 
+    /// A local disk that cannot take the staged block (full, read-only) does not stop
+    /// cuts, which are what free the WAL's disk: the block is encoded in memory instead.
+    #[tokio::test]
+    async fn a_cut_that_cannot_stage_on_disk_encodes_in_memory() {
+        let wal_dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let (wal, _) = Wal::open(wal_dir.path(), metrics.clone()).unwrap();
+        // A directory under a regular file cannot be created.
+        let not_a_dir = wal_dir.path().join("file");
+        std::fs::write(&not_a_dir, b"x").unwrap();
+        let log = RecordingLog {
+            wal,
+            events: Default::default(),
+            scratch: Some(not_a_dir.join("scratch")),
+        };
+        let backend = Backend::memory();
+        let ing = Ingester::new(
+            IngesterConfig::default(),
+            Arc::new(log),
+            backend.clone(),
+            BlockConfig::default(),
+            metrics.clone(),
+            Arc::new(|_| {}),
+        );
+        let tenant = TenantId::single();
+        for t in 1..=3u8 {
+            ing.push_request(&tenant, &request(t, 4)).await.unwrap();
+        }
+        assert_eq!(ing.flush(true).await, 1);
+        assert_eq!(metrics.flush_failures.get(), 0);
+        let keys = backend.list(tenant.as_str()).await.unwrap();
+        let data = keys
+            .iter()
+            .find(|k| k.ends_with("/data.parquet"))
+            .expect("data.parquet uploaded");
+        let meta_key = data.replace("data.parquet", "meta.json");
+        let meta = BlockMeta::from_bytes(&backend.get(&meta_key).await.unwrap()).unwrap();
+        assert_eq!(meta.total_objects, 3);
+        assert_eq!(
+            backend.get(data).await.unwrap().len() as u64,
+            meta.size,
+            "the whole block was uploaded"
+        );
+    }
+
     /// Traces being written into a block still count against `max_live_bytes` until
     /// committed: memory stays near the budget that names it.
     #[tokio::test]
@@ -817,6 +844,56 @@ mod tests {
             .unwrap();
         assert_eq!(BlockMeta::from_bytes(&stored).unwrap(), meta);
     }
+}
+
+/// The cut's traces for the block encoder, in `ids` order, each decoded only when the
+/// encoder pulls it (so only the row group being built is held decoded); the tag summary
+/// is collected from the same decoded traces in the same pass.
+fn cut_inputs<'a, 'm>(
+    traces: Option<&'a HashMap<TraceId, Fragments>>,
+    ids: &'a [(u32, &'a TraceId)],
+    tags: &'a mut TagCollector,
+    cpu: &'a mut StageTimer<'m>,
+) -> impl Iterator<Item = Result<SlicedTrace, BlockError>> + use<'a, 'm> {
+    ids.iter().enumerate().filter_map(move |(i, &(slice, id))| {
+        if i % 1024 == 1023 {
+            cpu.charge();
+        }
+        let data = traces?.get(id)?;
+        Some(
+            data.decode()
+                .map(|batches| {
+                    let batches = combine(batches);
+                    tags.add_trace(&batches);
+                    SlicedTrace {
+                        slice,
+                        trace: TraceInput { id: *id, batches },
+                    }
+                })
+                .map_err(|e| BlockError::Input(format!("trace {id}: {e}"))),
+        )
+    })
+}
+
+/// Encodes a cut's block with its data.parquet streamed to `file`.
+fn encode_cut_to_file(
+    tenant: &TenantId,
+    block_id: Uuid,
+    traces: Option<&HashMap<TraceId, Fragments>>,
+    ids: &[(u32, &TraceId)],
+    cfg: &BlockConfig,
+    cpu: &mut StageTimer<'_>,
+    file: &ScratchFile,
+) -> Result<(BlockParts, TagSummary), FlushError> {
+    let mut sink = ScratchFile::create(file.path())?;
+    let mut tags = TagCollector::default();
+    let inputs = cut_inputs(traces, ids, &mut tags, cpu);
+    let parts = block::encode_block_sliced_into(tenant, block_id, 0, inputs, cfg, &mut sink)?;
+    std::io::Write::flush(&mut sink).map_err(|source| ScratchError {
+        path: file.path().to_owned(),
+        source,
+    })?;
+    Ok((parts, tags.finish()))
 }
 
 /// The IDs of a cut's traces in block order: by time slice of their earliest span (about

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::Mutex;
 
 mod stage;
-pub(crate) use stage::{thread_cpu_nanos, Stage, StageCpu};
+pub(crate) use stage::{thread_cpu_nanos, Stage, StageCpu, StageTimer};
 
 #[derive(Default, Debug)]
 pub(crate) struct Counter(AtomicU64);
