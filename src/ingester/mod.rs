@@ -5,6 +5,7 @@
 //! committed block or has been re-appended to a newer segment (traces still receiving spans
 //! are carried over at each cut).
 
+mod encode;
 mod flush;
 mod log;
 pub mod wal;

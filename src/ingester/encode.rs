@@ -1,0 +1,162 @@
+//! What a cut's block is made of: its traces in block order (time slices, then IDs), decoded
+//! one at a time as the encoder pulls them, and the encoding into a staged file.
+
+use std::collections::HashMap;
+
+use uuid::Uuid;
+
+use super::flush::FlushError;
+use crate::backend::scratch::{ScratchError, ScratchFile};
+use crate::block::{
+    self, BlockConfig, BlockError, BlockParts, SlicePlan, SlicedTrace, TagCollector, TagSummary,
+    TraceInput,
+};
+use crate::metrics::StageTimer;
+use crate::model::{combine, Fragments, TenantId, TraceId};
+
+/// The cut's traces for the block encoder, in `ids` order, each decoded only when the
+/// encoder pulls it (so only the row group being built is held decoded); the tag summary
+/// is collected from the same decoded traces in the same pass.
+pub(super) fn cut_inputs<'a, 'm>(
+    traces: Option<&'a HashMap<TraceId, Fragments>>,
+    ids: &'a [(u32, &'a TraceId)],
+    tags: &'a mut TagCollector,
+    cpu: &'a mut StageTimer<'m>,
+) -> impl Iterator<Item = Result<SlicedTrace, BlockError>> + use<'a, 'm> {
+    ids.iter().enumerate().filter_map(move |(i, &(slice, id))| {
+        if i % 1024 == 1023 {
+            cpu.charge();
+        }
+        let data = traces?.get(id)?;
+        Some(
+            data.decode()
+                .map(|batches| {
+                    let batches = combine(batches);
+                    tags.add_trace(&batches);
+                    SlicedTrace {
+                        slice,
+                        trace: TraceInput { id: *id, batches },
+                    }
+                })
+                .map_err(|e| BlockError::Input(format!("trace {id}: {e}"))),
+        )
+    })
+}
+
+/// Encodes a cut's block with its data.parquet streamed to `file`.
+pub(super) fn encode_cut_to_file(
+    tenant: &TenantId,
+    block_id: Uuid,
+    traces: Option<&HashMap<TraceId, Fragments>>,
+    ids: &[(u32, &TraceId)],
+    cfg: &BlockConfig,
+    cpu: &mut StageTimer<'_>,
+    file: &ScratchFile,
+) -> Result<(BlockParts, TagSummary), FlushError> {
+    let mut sink = ScratchFile::create(file.path())?;
+    let mut tags = TagCollector::default();
+    let inputs = cut_inputs(traces, ids, &mut tags, cpu);
+    let parts = block::encode_block_sliced_into(tenant, block_id, 0, inputs, cfg, &mut sink)?;
+    std::io::Write::flush(&mut sink).map_err(|source| ScratchError {
+        path: file.path().to_owned(),
+        source,
+    })?;
+    Ok((parts, tags.finish()))
+}
+
+/// The IDs of a cut's traces in block order: by time slice of their earliest span (about
+/// one slice per row group of data), by ID within a slice. The fragments' byte sizes weigh
+/// the slices, so no trace is decoded to plan them.
+pub(super) fn sliced_ids<'a>(
+    traces: Option<&'a HashMap<TraceId, Fragments>>,
+    cfg: &BlockConfig,
+) -> Vec<(u32, &'a TraceId)> {
+    let Some(traces) = traces else {
+        return Vec::new();
+    };
+    let bytes: u64 = traces.values().map(|f| f.len() as u64).sum();
+    let plan = if bytes > cfg.newest_slice_bytes() as u64 && cfg.max_time_slices > 1 {
+        let mut samples: Vec<(u64, u64)> = traces
+            .values()
+            .map(|f| (f.start(), f.len() as u64))
+            .collect();
+        SlicePlan::newest_small(
+            &mut samples,
+            bytes,
+            cfg.newest_slice_bytes(),
+            cfg.max_time_slices,
+        )
+    } else {
+        SlicePlan::single()
+    };
+    let mut ids: Vec<(u32, &TraceId)> = traces
+        .iter()
+        .map(|(id, f)| (plan.slice_of(f.start()), id))
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+#[cfg(test)]
+mod slice_tests {
+    use std::collections::HashMap;
+
+    use crate::block::BlockConfig;
+    use crate::model::{Fragments, Span, TraceId};
+
+    fn fragment(start: u64) -> Fragments {
+        let span = Span {
+            trace_id: vec![1; 16],
+            span_id: vec![2; 8],
+            start_time_unix_nano: start,
+            end_time_unix_nano: start + 10,
+            name: "x".repeat(200),
+            ..Span::default()
+        };
+        let mut f = Fragments::default();
+        f.push(None, "", None, "", &[&span]);
+        f
+    }
+
+    /// A cut over several row groups of data goes in time slices: by start, ID order inside.
+    #[test]
+    fn a_large_cut_is_ordered_by_time_slice_then_id() {
+        let traces: HashMap<TraceId, Fragments> = (0..400u32)
+            .map(|i| {
+                let mut id = [0u8; 16];
+                id[..4].copy_from_slice(&(i.wrapping_mul(2_654_435_761)).to_be_bytes());
+                (TraceId(id), fragment(1_000 + u64::from(i) * 1_000))
+            })
+            .collect();
+        let bytes: usize = traces.values().map(Fragments::len).sum();
+        let cfg = BlockConfig {
+            // Newest slices of a quarter of the data.
+            row_group_size_bytes: 4 * (bytes / 4 + 1),
+            ..BlockConfig::default()
+        };
+        let ids = super::sliced_ids(Some(&traces), &cfg);
+        assert_eq!(ids.len(), 400);
+        // Four units of data: the newest two slices one unit each, the oldest the rest.
+        let mut per = std::collections::BTreeMap::<u32, usize>::new();
+        for (s, _) in &ids {
+            *per.entry(*s).or_default() += 1;
+        }
+        let per: Vec<usize> = per.into_values().collect();
+        assert_eq!(per.len(), 3, "{per:?}");
+        assert!(
+            per[0].abs_diff(200) <= 1 && per[2].abs_diff(100) <= 1,
+            "{per:?}"
+        );
+        for w in ids.windows(2) {
+            assert!(w[0] < w[1], "not (slice, id) ascending");
+            // A later slice never holds an earlier start.
+            if w[0].0 < w[1].0 {
+                assert!(traces[w[0].1].start() < traces[w[1].1].start());
+            }
+        }
+        // Small cuts stay one slice, sorted by ID.
+        let one = super::sliced_ids(Some(&traces), &BlockConfig::default());
+        assert!(one.iter().all(|(s, _)| *s == 0));
+        assert!(one.windows(2).all(|w| w[0].1 < w[1].1));
+    }
+}
