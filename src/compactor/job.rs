@@ -14,6 +14,7 @@ use super::{
     merge, scratch, sources_key, CompactError, CompactedReason, CompactionStep, Compactor,
     TRACE_TOO_LARGE,
 };
+use crate::backend::scratch::ScratchError;
 use crate::block::{self, BlockMeta, BlockParts};
 use crate::model::TenantId;
 
@@ -72,8 +73,7 @@ impl Compactor {
             let r = merge::merge_blocks(
                 &backend, &handle, &t, &ins, output_id, level, max_bytes, &cfg, &mut sink, &path,
             )?;
-            std::io::Write::flush(&mut sink)
-                .map_err(|source| CompactError::Scratch { path, source })?;
+            std::io::Write::flush(&mut sink).map_err(|source| ScratchError { path, source })?;
             Ok::<_, CompactError>(r)
         })
         .await??;

@@ -69,11 +69,8 @@ pub(crate) enum CompactError {
     Task(#[from] tokio::task::JoinError),
     #[error("{0}")]
     Internal(String),
-    #[error("scratch file {}: {source}", path.display())]
-    Scratch {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Scratch(#[from] ScratchError),
     #[error("corrupt {key}: {source}")]
     Json {
         key: String,
@@ -183,15 +180,6 @@ pub(crate) struct Compactor {
 const FAILED_INPUT_BACKOFF_CYCLES: u32 = 10;
 
 use crate::block::unix_nanos_now as now_nanos;
-
-impl From<ScratchError> for CompactError {
-    fn from(e: ScratchError) -> Self {
-        Self::Scratch {
-            path: e.path,
-            source: e.source,
-        }
-    }
-}
 
 /// Names the compactor's scratch files, so it cleans up its own leftovers only.
 pub(super) const SCRATCH_PREFIX: &str = "vivace-compaction-";

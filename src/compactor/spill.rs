@@ -11,6 +11,7 @@ use prost::Message;
 use tracing::warn;
 
 use super::CompactError;
+use crate::backend::scratch::ScratchError;
 use crate::block::{BlockError, SlicedTrace, TraceInput};
 use crate::model::{TraceId, TracesData};
 
@@ -38,7 +39,7 @@ impl Spill {
                 .write(true)
                 .create_new(true)
                 .open(&path)
-                .map_err(|source| CompactError::Scratch {
+                .map_err(|source| ScratchError {
                     path: path.clone(),
                     source,
                 })?;
@@ -62,16 +63,19 @@ impl Spill {
             .write_all(t.id.as_bytes())
             .and_then(|()| w.write_all(&len.to_le_bytes()))
             .and_then(|()| w.write_all(&body));
-        r.map_err(|source| CompactError::Scratch {
-            path: self.paths[i].clone(),
-            source,
+        r.map_err(|source| {
+            ScratchError {
+                path: self.paths[i].clone(),
+                source,
+            }
+            .into()
         })
     }
 
     /// Flushes the files and reads them back slice by slice, in the order written.
     pub(crate) fn into_reader(mut self) -> Result<SpillReader, CompactError> {
         for (w, p) in self.writers.drain(..).zip(&self.paths) {
-            w.into_inner().map_err(|e| CompactError::Scratch {
+            w.into_inner().map_err(|e| ScratchError {
                 path: p.clone(),
                 source: e.into_error(),
             })?;

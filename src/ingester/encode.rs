@@ -2,6 +2,7 @@
 //! one at a time as the encoder pulls them, and the encoding into a staged file.
 
 use std::collections::HashMap;
+use std::io::Write;
 
 use uuid::Uuid;
 
@@ -17,7 +18,7 @@ use crate::model::{combine, Fragments, TenantId, TraceId};
 /// The cut's traces for the block encoder, in `ids` order, each decoded only when the
 /// encoder pulls it (so only the row group being built is held decoded); the tag summary
 /// is collected from the same decoded traces in the same pass.
-pub(super) fn cut_inputs<'a, 'm>(
+fn cut_inputs<'a, 'm>(
     traces: Option<&'a HashMap<TraceId, Fragments>>,
     ids: &'a [(u32, &'a TraceId)],
     tags: &'a mut TagCollector,
@@ -43,7 +44,24 @@ pub(super) fn cut_inputs<'a, 'm>(
     })
 }
 
-/// Encodes a cut's block with its data.parquet streamed to `file`.
+/// Encodes a cut's block with its data.parquet streamed to `sink` (a staged file, or a
+/// `Vec` when there is none).
+pub(super) fn encode_cut<W: Write + Send>(
+    tenant: &TenantId,
+    block_id: Uuid,
+    traces: Option<&HashMap<TraceId, Fragments>>,
+    ids: &[(u32, &TraceId)],
+    cfg: &BlockConfig,
+    cpu: &mut StageTimer<'_>,
+    sink: &mut W,
+) -> Result<(BlockParts, TagSummary), BlockError> {
+    let mut tags = TagCollector::default();
+    let inputs = cut_inputs(traces, ids, &mut tags, cpu);
+    let parts = block::encode_block_sliced_into(tenant, block_id, 0, inputs, cfg, sink)?;
+    Ok((parts, tags.finish()))
+}
+
+/// [`encode_cut`] into `file`, flushed.
 pub(super) fn encode_cut_to_file(
     tenant: &TenantId,
     block_id: Uuid,
@@ -54,14 +72,12 @@ pub(super) fn encode_cut_to_file(
     file: &ScratchFile,
 ) -> Result<(BlockParts, TagSummary), FlushError> {
     let mut sink = ScratchFile::create(file.path())?;
-    let mut tags = TagCollector::default();
-    let inputs = cut_inputs(traces, ids, &mut tags, cpu);
-    let parts = block::encode_block_sliced_into(tenant, block_id, 0, inputs, cfg, &mut sink)?;
-    std::io::Write::flush(&mut sink).map_err(|source| ScratchError {
+    let out = encode_cut(tenant, block_id, traces, ids, cfg, cpu, &mut sink)?;
+    sink.flush().map_err(|source| ScratchError {
         path: file.path().to_owned(),
         source,
     })?;
-    Ok((parts, tags.finish()))
+    Ok(out)
 }
 
 /// The IDs of a cut's traces in block order: by time slice of their earliest span (about

@@ -8,11 +8,11 @@ use tokio::task;
 use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
-use super::encode::{cut_inputs, encode_cut_to_file, sliced_ids};
+use super::encode::{encode_cut, encode_cut_to_file, sliced_ids};
 use super::{Cut, Flushing, Ingester};
 use crate::backend::scratch::{self, ScratchError, ScratchFile};
 use crate::backend::BackendError;
-use crate::block::{self, BlockError, BlockMeta, BlockParts, TagCollector};
+use crate::block::{self, BlockError, BlockMeta, BlockParts};
 use crate::metrics::Stage;
 use crate::model::TenantId;
 
@@ -271,15 +271,9 @@ impl Ingester {
                     }
                 }
             }
-            let mut tags = TagCollector::default();
-            let inputs = cut_inputs(traces, &ids, &mut tags, &mut cpu);
-            let b = block::encode_block_sliced(&t, block_id, 0, inputs, &cfg)?;
-            let parts = BlockParts {
-                meta: b.meta,
-                blooms: b.blooms,
-                index: b.index,
-            };
-            Ok::<_, FlushError>((parts, BlockData::Memory(b.data), tags.finish()))
+            let mut data = Vec::new();
+            let (parts, tags) = encode_cut(&t, block_id, traces, &ids, &cfg, &mut cpu, &mut data)?;
+            Ok::<_, FlushError>((parts, BlockData::Memory(data.into()), tags))
         })
         .await??;
         let (mut parts, data, tags) = encoded;

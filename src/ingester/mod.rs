@@ -35,8 +35,8 @@ use crate::model::{
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum IngestError {
-    #[error("ingester memory is full ({live_bytes} bytes held by traces waiting to be flushed, limit {limit}): retry later")]
-    LiveBytesExceeded { live_bytes: u64, limit: u64 },
+    #[error("ingester memory is full ({held} bytes held by traces waiting to be flushed, limit {limit}): retry later")]
+    LiveBytesExceeded { held: u64, limit: u64 },
     #[error("write-ahead log unavailable: {0}")]
     Wal(#[from] wal::WalError),
 }
@@ -304,7 +304,7 @@ impl Ingester {
         let held = self.held_bytes();
         if held + incoming > self.cfg.max_live_bytes {
             return Err(IngestError::LiveBytesExceeded {
-                live_bytes: held,
+                held,
                 limit: self.cfg.max_live_bytes,
             });
         }
