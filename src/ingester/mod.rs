@@ -8,6 +8,7 @@
 mod encode;
 mod flush;
 mod log;
+mod read;
 pub mod wal;
 
 use std::collections::HashMap;
@@ -23,14 +24,14 @@ use uuid::Uuid;
 
 pub(crate) use flush::BlockCommitted;
 pub(crate) use log::IngestLog;
+pub(crate) use read::LiveKey;
 
 use crate::backend::Backend;
 use crate::block::BlockConfig;
 use crate::config::IngesterConfig;
 use crate::metrics::{Metrics, Stage};
 use crate::model::{
-    group_by_trace, ExportTraceServiceRequest, Fragments, Grouped, ResourceSpans, TenantId,
-    TraceBatch, TraceId,
+    group_by_trace, ExportTraceServiceRequest, Fragments, Grouped, TenantId, TraceBatch, TraceId,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -401,62 +402,6 @@ impl Ingester {
     fn update_gauges(&self, head: &Head) {
         self.metrics.live_bytes.set(head.bytes);
         self.metrics.live_traces.set(head.traces);
-    }
-
-    /// Every fragment of a trace still held by the ingester (head and blocks being flushed).
-    pub(crate) fn find_trace(&self, tenant: &TenantId, id: &TraceId) -> Vec<ResourceSpans> {
-        let mut data = Fragments::default();
-        {
-            // Head first, then flushing, under the head lock: a cut moves traces between
-            // the two while holding it, so a reader always sees a trace in one of them.
-            let head = self.head.lock();
-            let flushing = self.flushing.read().clone();
-            if let Some(f) = flushing.get(tenant).and_then(|m| m.get(id)) {
-                data.extend(f);
-            }
-            if let Some(live) = head.tenants.get(tenant).and_then(|m| m.get(id)) {
-                data.extend(&live.data);
-            }
-        }
-        // Decoded outside the lock. This process encoded the bytes, so a failure is a bug:
-        // it is logged rather than failing the query.
-        data.decode().unwrap_or_else(|e| {
-            warn!(tenant = %tenant, trace = %id, error = %e, "cannot decode live trace");
-            Vec::new()
-        })
-    }
-
-    /// Every trace the ingester holds for a tenant, as shared encoded chunks: cheap to take,
-    /// and decoded by the caller outside any lock.
-    pub(crate) fn snapshot(&self, tenant: &TenantId) -> Vec<(TraceId, Fragments)> {
-        self.snapshot_with_block(tenant).0
-    }
-
-    /// [`Ingester::snapshot`], and the ID of the block its flushing traces are being written
-    /// to: a reader that lists blocks after taking the snapshot skips that one, so every
-    /// trace is seen exactly once (in memory or in a block) across a flush.
-    pub(crate) fn snapshot_with_block(
-        &self,
-        tenant: &TenantId,
-    ) -> (Vec<(TraceId, Fragments)>, Option<Uuid>) {
-        // Same lock order as find_trace: both views from one critical section.
-        let head = self.head.lock();
-        let flushing = self.flushing.read().clone();
-        let block = flushing
-            .contains_key(tenant)
-            .then(|| self.flushing_blocks.read().get(tenant).copied())
-            .flatten();
-        let mut out: HashMap<TraceId, Fragments> = flushing
-            .get(tenant)
-            .map(|m| m.iter().map(|(id, f)| (*id, f.clone())).collect())
-            .unwrap_or_default();
-        if let Some(traces) = head.tenants.get(tenant) {
-            for (id, live) in traces {
-                out.entry(*id).or_default().extend(&live.data);
-            }
-        }
-        drop(head);
-        (out.into_iter().collect(), block)
     }
 
     /// Encoded bytes of a live trace, for the per-trace size limit.

@@ -9,7 +9,7 @@ use prost::Message;
 use super::wal::Wal;
 use super::*;
 use crate::block::BlockMeta;
-use crate::model::{combine, group_by_trace, span_count, ScopeSpans, Span};
+use crate::model::{combine, group_by_trace, span_count, ResourceSpans, ScopeSpans, Span};
 
 /// A request holding spans `span_ids` of one trace.
 pub(super) fn request(trace: u8, span_ids: std::ops::Range<u8>) -> ExportTraceServiceRequest {
@@ -307,4 +307,61 @@ async fn a_snapshot_during_a_commit_names_the_block_being_committed() {
     // Once the flush is over, nothing is flushing and memory is empty.
     let (traces, block) = ingester.snapshot_with_block(&TenantId::single());
     assert!(traces.is_empty() && block.is_none());
+}
+
+/// A limited search takes every live trace's times first and the data of only the traces
+/// it evaluates: both views merge a trace found in the head and in `flushing`, and a trace
+/// written to a block in between is left out of the data (the reader finds it there).
+#[tokio::test]
+async fn live_keys_and_fragments_merge_head_and_flushing() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Arc::new(Metrics::default());
+    let (wal, _) = Wal::open(dir.path(), metrics.clone()).unwrap();
+    let me: Arc<std::sync::OnceLock<std::sync::Weak<Ingester>>> = Arc::default();
+    type Seen = Vec<(Vec<super::LiveKey>, Vec<(TraceId, Fragments)>)>;
+    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let (me2, seen2) = (me.clone(), seen.clone());
+    let tenant = TenantId::single();
+    let id = TraceId([4; 16]);
+    let on_commit: BlockCommitted = Arc::new(move |_| {
+        let ing = me2.get().and_then(|w| w.upgrade()).expect("ingester alive");
+        // Late spans of the flushing trace, starting earlier, arrive in the head.
+        let late = request(4, 1..2);
+        let traces = group_by_trace(&late.resource_spans).into_traces();
+        ing.head.lock().insert(&TenantId::single(), traces, Instant::now());
+        let keys = ing.live_keys(&TenantId::single(), |_, _| true);
+        let data = ing.live_fragments(&TenantId::single(), &[TraceId([4; 16])]);
+        seen2.lock().push((keys, data));
+    });
+    let ingester = Ingester::new(
+        IngesterConfig {
+            trace_idle_period: Duration::ZERO,
+            ..Default::default()
+        },
+        Arc::new(wal),
+        Backend::memory(),
+        BlockConfig::default(),
+        metrics,
+        on_commit,
+    );
+    me.set(Arc::downgrade(&ingester)).unwrap();
+    push(&ingester, request(4, 5..8)).await;
+    let base = 1_700_000_000_000_000_000u64;
+    let before = ingester.live_keys(&tenant, |_, _| true);
+    assert_eq!(before.len(), 1);
+    assert_eq!((before[0].start, before[0].end), (base + 5, base + 100_000_000));
+    assert!(ingester.live_keys(&tenant, |s, _| s > base + 5).is_empty(), "keep filters");
+    let pushed = ingester.live_fragments(&tenant, &[id])[0].1.len();
+    assert_eq!(ingester.flush(true).await, 1);
+    let seen = seen.lock().clone();
+    let (keys, data) = &seen[0];
+    assert_eq!(keys.len(), 1, "one key for a trace in both");
+    assert_eq!(keys[0].start, base + 1, "the head's earlier start");
+    assert_eq!(data.len(), 1);
+    assert_eq!(span_count(&data[0].1.decode().unwrap()), 4, "3 flushing + 1 late");
+    assert!(data[0].1.len() > pushed);
+    // The flushed part is in a block now; the late span is still live.
+    let after = ingester.live_fragments(&tenant, &[id, TraceId([9; 16])]);
+    assert_eq!(after.len(), 1);
+    assert_eq!(span_count(&after[0].1.decode().unwrap()), 1);
 }

@@ -1,17 +1,20 @@
 //! Search over the live traces (this node's, and those other nodes own): newest first, so
 //! a `limit` stops the work.
 //!
-//! Every live trace knows its earliest span start without being decoded
-//! ([`crate::model::Fragments::start`]), so the snapshot is pruned by the request's range
-//! and sorted newest first (trace ID as tie-break, the order the answer uses). Traces are
-//! then evaluated in rounds spread over the blocking pool; once `limit` hits are held, every
+//! Every live trace knows its time range without being decoded
+//! ([`crate::model::Fragments::start`]), so the search first takes only IDs and times
+//! ([`crate::ingester::LiveKey`]), pruned by the request's range, and orders them newest
+//! first (trace ID as tie-break, the order the answer uses). Traces are then fetched and
+//! evaluated in rounds spread over the blocking pool; once `limit` hits are held, every
 //! trace left starts no later than the last one evaluated and cannot enter the answer.
-//! Grafana's default search (limit 20 over the last minutes) then decodes a few hundred
-//! traces instead of every live one.
+//! Grafana's default search (limit 20 over the last minutes) then touches the data of a
+//! few hundred traces instead of every live one.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::block;
+use crate::ingester::LiveKey;
 use crate::model::{Fragments, TenantId, TraceId};
 use crate::querier::{Querier, QueryError};
 
@@ -31,47 +34,82 @@ impl Querier {
         columns: &block::SearchColumns,
         limit: usize,
     ) -> Result<Option<Partial>, QueryError> {
-        let mut live = match &self.ingester {
-            Some(ing) => ing.snapshot(tenant),
-            None if remote.is_empty() => return Ok(None),
+        if self.ingester.is_none() && remote.is_empty() {
+            return Ok(None);
+        }
+        // Unknown times (start > end) are kept and judged once decoded; a trace too short
+        // for the query's span-duration bound cannot match and is never fetched.
+        let keep = |start: u64, end: u64| {
+            (start > end || params.range.is_none_or(|r| r.overlaps_nanos(start, end)))
+                && columns.envelope_possible(start, end)
+        };
+        let mut keys = match &self.ingester {
+            Some(ing) => ing.live_keys(tenant, keep),
             None => Vec::new(),
         };
-        // Other nodes' live traces (their partitions); a trace both here and there (its
-        // partition just moved) is evaluated once, merged.
+        // Other nodes' live traces (their partitions), held whole; a trace both here and
+        // there (its partition just moved) is evaluated once, merged.
+        let mut remote: HashMap<TraceId, Fragments> =
+            remote.into_iter().fold(HashMap::new(), |mut m, (id, f)| {
+                m.entry(id).or_default().extend(&f);
+                m
+            });
+        remote.retain(|_, f| keep(f.start(), f.end()));
         if !remote.is_empty() {
-            let mut by_id: std::collections::HashMap<TraceId, Fragments> = live.drain(..).collect();
-            for (id, f) in remote {
-                by_id.entry(id).or_default().extend(&f);
+            let mut at: HashMap<TraceId, usize> =
+                keys.iter().enumerate().map(|(i, k)| (k.id, i)).collect();
+            for (id, f) in &remote {
+                match at.get(id) {
+                    Some(&i) => {
+                        keys[i].start = keys[i].start.min(f.start());
+                        keys[i].end = keys[i].end.max(f.end());
+                    }
+                    None => {
+                        at.insert(*id, keys.len());
+                        keys.push(LiveKey {
+                            id: *id,
+                            start: f.start(),
+                            end: f.end(),
+                        });
+                    }
+                }
             }
-            live = by_id.into_iter().collect();
         }
-        if let Some(r) = params.range {
-            // Unknown times (start > end) are kept and judged once decoded.
-            live.retain(|(_, f)| f.start() > f.end() || r.overlaps_nanos(f.start(), f.end()));
-        }
-        // A trace too short for the query's span-duration bound cannot match: not decoded.
-        live.retain(|(_, f)| columns.envelope_possible(f.start(), f.end()));
-        let live = Arc::new(newest_first(live));
         let workers = std::thread::available_parallelism()
             .map_or(2, |n| n.get())
             .clamp(1, 8);
         let mut out = Partial::default();
-        let mut done = 0;
+        let (mut done, mut ordered) = (0, 0);
         let mut round = if limit == 0 {
-            live.len()
+            keys.len()
         } else {
             FIRST_ROUND.max(limit * 2)
         };
-        while done < live.len() {
-            let end = (done + round).min(live.len());
-            let per = (end - done).div_ceil(workers).max(1);
+        while done < keys.len() {
+            let end = (done + round).min(keys.len());
+            if end > ordered {
+                // Ordered ahead by a few rounds: each selection passes over every key left.
+                let n = ((end - ordered) * 4).min(keys.len() - ordered);
+                next_newest(&mut keys[ordered..], n);
+                ordered += n;
+            }
+            let ids: Vec<TraceId> = keys[done..end].iter().map(|k| k.id).collect();
+            let mut batch = match &self.ingester {
+                Some(ing) => ing.live_fragments(tenant, &ids),
+                None => Vec::new(),
+            };
+            if !remote.is_empty() {
+                batch = with_remote(&ids, batch, &remote);
+            }
+            let batch = Arc::new(batch);
+            let per = batch.len().div_ceil(workers).max(1);
             let mut tasks = Vec::with_capacity(workers);
-            let mut from = done;
-            while from < end {
-                let to = (from + per).min(end);
-                let (live, params) = (live.clone(), params.clone());
+            let mut from = 0;
+            while from < batch.len() {
+                let to = (from + per).min(batch.len());
+                let (batch, params) = (batch.clone(), params.clone());
                 tasks.push(tokio::task::spawn_blocking(move || {
-                    evaluate_slice(&params, &live[from..to])
+                    evaluate_slice(&params, &batch[from..to])
                 }));
                 from = to;
             }
@@ -95,9 +133,38 @@ impl Querier {
 }
 
 /// Newest start first, then trace ID: the order of the search answer.
-fn newest_first(mut live: Vec<(TraceId, Fragments)>) -> Vec<(TraceId, Fragments)> {
-    live.sort_unstable_by(|a, b| b.1.start().cmp(&a.1.start()).then_with(|| a.0.cmp(&b.0)));
-    live
+fn newest_first(a: &LiveKey, b: &LiveKey) -> std::cmp::Ordering {
+    b.start.cmp(&a.start).then_with(|| a.id.cmp(&b.id))
+}
+
+/// Moves the `n` newest of `keys` to its front, in order; the rest stay unordered. A limited
+/// search orders only what it evaluates, not every live trace.
+fn next_newest(keys: &mut [LiveKey], n: usize) {
+    if n == 0 {
+        return;
+    }
+    if n < keys.len() {
+        keys.select_nth_unstable_by(n - 1, newest_first);
+    }
+    keys[..n].sort_unstable_by(newest_first);
+}
+
+/// This node's fragments of a round merged with other nodes' (in the round's order).
+fn with_remote(
+    ids: &[TraceId],
+    local: Vec<(TraceId, Fragments)>,
+    remote: &HashMap<TraceId, Fragments>,
+) -> Vec<(TraceId, Fragments)> {
+    let mut local: HashMap<TraceId, Fragments> = local.into_iter().collect();
+    ids.iter()
+        .filter_map(|id| {
+            let mut data = local.remove(id);
+            if let Some(r) = remote.get(id) {
+                data.get_or_insert_with(Fragments::default).extend(r);
+            }
+            data.map(|d| (*id, d))
+        })
+        .collect()
 }
 
 fn evaluate_slice(params: &SearchParams, live: &[(TraceId, Fragments)]) -> Partial {
@@ -118,33 +185,42 @@ mod tests {
 
     #[test]
     fn live_traces_are_ordered_newest_first_with_the_id_as_tie_break() {
-        use crate::model::{ResourceSpans, ScopeSpans, Span, TracesData};
-        use prost::Message;
-        let frag = |start: u64| {
-            let data = TracesData {
-                resource_spans: vec![ResourceSpans {
-                    scope_spans: vec![ScopeSpans {
-                        spans: vec![Span {
-                            trace_id: vec![1; 16],
-                            span_id: vec![1; 8],
-                            start_time_unix_nano: start,
-                            end_time_unix_nano: start + 10,
-                            ..Default::default()
-                        }],
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                }],
-            };
-            Fragments::from_encoded(data.encode_to_vec().into()).unwrap()
+        let key = |id: u8, start: u64| LiveKey {
+            id: TraceId([id; 16]),
+            start,
+            end: start + 10,
         };
-        let live = vec![
-            (TraceId([3; 16]), frag(100)),
-            (TraceId([1; 16]), frag(300)),
-            (TraceId([2; 16]), frag(100)),
-            (TraceId([4; 16]), frag(200)),
+        let all = vec![
+            key(3, 100),
+            key(1, 300),
+            key(2, 100),
+            key(4, 200),
+            key(5, 50),
         ];
-        let ids: Vec<u8> = newest_first(live).iter().map(|(id, _)| id.0[0]).collect();
+        // A whole ordering, and the first two of a partial one.
+        let mut keys = all.clone();
+        next_newest(&mut keys, 5);
+        let ids: Vec<u8> = keys.iter().map(|k| k.id.0[0]).collect();
+        assert_eq!(ids, vec![1, 4, 2, 3, 5]);
+        let mut keys = all;
+        next_newest(&mut keys, 2);
+        let ids: Vec<u8> = keys[..2].iter().map(|k| k.id.0[0]).collect();
+        assert_eq!(ids, vec![1, 4]);
+        next_newest(&mut keys[2..], 2);
+        let ids: Vec<u8> = keys[..4].iter().map(|k| k.id.0[0]).collect();
         assert_eq!(ids, vec![1, 4, 2, 3]);
+    }
+
+    #[test]
+    fn remote_fragments_join_local_ones_in_the_round_order() {
+        let frag = |b: u8| Fragments::from_encoded_unchecked(vec![b; 3].into());
+        let local = vec![(TraceId([2; 16]), frag(20))];
+        let remote: HashMap<TraceId, Fragments> =
+            [(TraceId([1; 16]), frag(10)), (TraceId([2; 16]), frag(21))].into();
+        let ids = [TraceId([1; 16]), TraceId([2; 16]), TraceId([3; 16])];
+        let got = with_remote(&ids, local, &remote);
+        let got: Vec<(u8, usize)> = got.iter().map(|(id, f)| (id.0[0], f.len())).collect();
+        // The third is held nowhere any more (written to a block): left out.
+        assert_eq!(got, vec![(1, 3), (2, 6)]);
     }
 }
