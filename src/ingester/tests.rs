@@ -328,7 +328,9 @@ async fn live_keys_and_fragments_merge_head_and_flushing() {
         // Late spans of the flushing trace, starting earlier, arrive in the head.
         let late = request(4, 1..2);
         let traces = group_by_trace(&late.resource_spans).into_traces();
-        ing.head.lock().insert(&TenantId::single(), traces, Instant::now());
+        ing.head
+            .lock()
+            .insert(&TenantId::single(), traces, Instant::now());
         let keys = ing.live_keys(&TenantId::single(), |_, _| true);
         let data = ing.live_fragments(&TenantId::single(), &[TraceId([4; 16])]);
         seen2.lock().push((keys, data));
@@ -349,8 +351,14 @@ async fn live_keys_and_fragments_merge_head_and_flushing() {
     let base = 1_700_000_000_000_000_000u64;
     let before = ingester.live_keys(&tenant, |_, _| true);
     assert_eq!(before.len(), 1);
-    assert_eq!((before[0].start, before[0].end), (base + 5, base + 100_000_000));
-    assert!(ingester.live_keys(&tenant, |s, _| s > base + 5).is_empty(), "keep filters");
+    assert_eq!(
+        (before[0].start, before[0].end),
+        (base + 5, base + 100_000_000)
+    );
+    assert!(
+        ingester.live_keys(&tenant, |s, _| s > base + 5).is_empty(),
+        "keep filters"
+    );
     let pushed = ingester.live_fragments(&tenant, &[id])[0].1.len();
     assert_eq!(ingester.flush(true).await, 1);
     let seen = seen.lock().clone();
@@ -358,7 +366,11 @@ async fn live_keys_and_fragments_merge_head_and_flushing() {
     assert_eq!(keys.len(), 1, "one key for a trace in both");
     assert_eq!(keys[0].start, base + 1, "the head's earlier start");
     assert_eq!(data.len(), 1);
-    assert_eq!(span_count(&data[0].1.decode().unwrap()), 4, "3 flushing + 1 late");
+    assert_eq!(
+        span_count(&data[0].1.decode().unwrap()),
+        4,
+        "3 flushing + 1 late"
+    );
     assert!(data[0].1.len() > pushed);
     // The flushed part is in a block now; the late span is still live.
     let after = ingester.live_fragments(&tenant, &[id, TraceId([9; 16])]);

@@ -188,6 +188,11 @@ impl Fragments {
         self.end = self.end.max(other.end);
     }
 
+    /// The encoded chunks, each whole `ResourceSpans` entries.
+    pub fn chunks(&self) -> &[Bytes] {
+        &self.chunks
+    }
+
     /// Encoded size in bytes.
     pub fn len(&self) -> usize {
         self.len

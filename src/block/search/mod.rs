@@ -8,11 +8,13 @@
 //! (it comes first on read), else the first generic attribute with that key; span order,
 //! roots (first span without a parent span ID) and nested sets are the stored ones.
 //!
-//! `projection` says which columns a query needs, `prune` which row groups can be skipped
+//! `projection` says which columns a query needs (and `literals` which strings a live
+//! trace must contain), `prune` which row groups can be skipped
 //! and how one is decoded, `columns` reads the decoded Arrow arrays, `view` is the engine's
 //! view of a trace over them.
 
 mod columns;
+mod literals;
 mod projection;
 mod prune;
 #[cfg(test)]

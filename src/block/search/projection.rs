@@ -34,6 +34,9 @@ pub struct SearchColumns {
     /// Generic attribute lists read only to look up these names: left undecoded in a row
     /// group whose key dictionary holds none of them (see [`dictionary_lacks`]).
     pub(super) generic: Vec<GenericAttrs>,
+    /// Strings a matching trace's encoded spans contain: live traces lacking one are
+    /// skipped undecoded.
+    pub(super) literals: super::literals::Literals,
 }
 
 #[derive(Debug, Clone)]
@@ -424,6 +427,12 @@ impl SearchColumns {
         start > end || pre_possible_within(&self.precheck, end - start)
     }
 
+    /// Whether a live trace whose encoded chunks are `chunks` may match, judged from the
+    /// strings it must contain (see [`super::literals`]). True when nothing is known.
+    pub fn literals_possible(&self, chunks: &[bytes::Bytes]) -> bool {
+        self.literals.possible(chunks)
+    }
+
     /// The columns needed to evaluate `query` and report its hits.
     pub fn for_query(query: &Query) -> Result<Self, BlockError> {
         let mut needs = Needs::default();
@@ -529,6 +538,7 @@ impl SearchColumns {
             leaves,
             late,
             required,
+            literals: super::literals::Literals::from_pre(&precheck),
             precheck,
             generic,
         })

@@ -31,7 +31,7 @@ impl Querier {
         tenant: &TenantId,
         remote: Vec<(TraceId, Fragments)>,
         params: Arc<SearchParams>,
-        columns: &block::SearchColumns,
+        columns: Arc<block::SearchColumns>,
         limit: usize,
     ) -> Result<Option<Partial>, QueryError> {
         if self.ingester.is_none() && remote.is_empty() {
@@ -107,9 +107,9 @@ impl Querier {
             let mut from = 0;
             while from < batch.len() {
                 let to = (from + per).min(batch.len());
-                let (batch, params) = (batch.clone(), params.clone());
+                let (batch, params, columns) = (batch.clone(), params.clone(), columns.clone());
                 tasks.push(tokio::task::spawn_blocking(move || {
-                    evaluate_slice(&params, &batch[from..to])
+                    evaluate_slice(&params, &columns, &batch[from..to])
                 }));
                 from = to;
             }
@@ -167,9 +167,18 @@ fn with_remote(
         .collect()
 }
 
-fn evaluate_slice(params: &SearchParams, live: &[(TraceId, Fragments)]) -> Partial {
+fn evaluate_slice(
+    params: &SearchParams,
+    columns: &block::SearchColumns,
+    live: &[(TraceId, Fragments)],
+) -> Partial {
     let mut out = Partial::default();
     for (id, data) in live {
+        // Lacking a string the query requires: cannot match, not decoded (nor counted as
+        // inspected, as a pruned row group is not).
+        if !columns.literals_possible(data.chunks()) {
+            continue;
+        }
         // Encoded by this process: a failure is a bug; skip rather than fail the search.
         if let Ok(batches) = data.decode() {
             out.metrics.inspected_bytes += data.len() as u64;

@@ -168,7 +168,7 @@ impl Querier {
                 tenant,
                 remote.part.traces,
                 params.clone(),
-                &columns,
+                columns.clone(),
                 req.limit,
             )
             .await?

@@ -196,3 +196,52 @@ fn row_groups_are_pruned_by_duration_and_status_statistics() {
     let p = params("{ status = error || duration > 1h }", None).unwrap();
     assert_eq!(columnar_path(&p, &bytes).0, otlp_path(&p, &bytes));
 }
+
+/// The live-trace prefilter is a necessary condition: on every engine case, a trace it
+/// skips (its encoded spans lack a string the query requires) has no hit when evaluated.
+#[test]
+fn live_traces_skipped_for_a_missing_string_never_match() {
+    use prost::Message;
+    let mut data = dataset();
+    data.extend(dedicated_edge_cases());
+    let queries: Vec<&str> = cases()
+        .into_iter()
+        .map(|(q, _)| q)
+        .chain(EXTRA_QUERIES)
+        .collect();
+    let (mut skipped, mut queries_skipping) = (0, 0);
+    for q in &queries {
+        let Some(params) = params(q, None) else {
+            continue;
+        };
+        let columns = block::SearchColumns::for_query(&params.query).unwrap();
+        let before = skipped;
+        for (i, (_, batches)) in data.iter().enumerate() {
+            // One chunk per resource, as live traces hold them.
+            let mut f = crate::model::Fragments::default();
+            for b in batches {
+                let one = crate::model::TracesData {
+                    resource_spans: vec![b.clone()],
+                };
+                f.extend(
+                    &crate::model::Fragments::from_encoded(one.encode_to_vec().into()).unwrap(),
+                );
+            }
+            if columns.literals_possible(f.chunks()) {
+                continue;
+            }
+            skipped += 1;
+            let mut p = Partial::default();
+            params.evaluate(TraceId([i as u8; 16]), batches, &mut p);
+            assert!(
+                p.hits.is_empty(),
+                "query {q} skipped trace {i}, which matches"
+            );
+        }
+        queries_skipping += usize::from(skipped > before);
+    }
+    assert!(
+        skipped > 500 && queries_skipping > 50,
+        "{skipped} skips over {queries_skipping} queries"
+    );
+}

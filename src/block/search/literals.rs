@@ -1,0 +1,193 @@
+//! Strings a live trace's encoded bytes must contain for it to match: a search over the
+//! ingester's memory skips, undecoded, every trace that lacks one.
+//!
+//! A string field is stored in protobuf as its raw UTF-8 bytes after a varint of its length,
+//! whatever the encoder, so when some span has `resource.service.name = "checkout"`, the
+//! bytes `checkout` occur in its trace's chunks right after a length byte of 8 (or 0, the
+//! last byte of a length written in more bytes than needed). Only string equalities are used: numbers, enums and IDs (hex in
+//! TraceQL, raw on the wire) have no single byte form to look for. Built from the same
+//! necessary condition ([`Pre`]) that prunes a block's row groups.
+
+use bytes::Bytes;
+use memchr::memmem::Finder;
+
+use super::projection::{span_local, Pre};
+use crate::traceql::{CompareOp, FieldExpr, Intrinsic, LogicOp, Static};
+
+#[derive(Debug, Clone, Default)]
+pub(super) enum Literals {
+    /// Nothing known: every trace may match.
+    #[default]
+    True,
+    /// The string as a whole field: found, and preceded by `len_last`, the last byte of
+    /// its length's varint.
+    Contains {
+        finder: Box<Finder<'static>>,
+        len_last: u8,
+    },
+    All(Vec<Literals>),
+    AnyOf(Vec<Literals>),
+}
+
+impl Literals {
+    pub(super) fn from_pre(pre: &Pre) -> Self {
+        match pre {
+            Pre::True | Pre::Any(None) => Literals::True,
+            Pre::Any(Some(e)) => Self::from_expr(e),
+            Pre::All(ps) => Self::all(ps.iter().map(Self::from_pre).collect()),
+            Pre::AnyOf(ps) => Self::any_of(ps.iter().map(Self::from_pre).collect()),
+        }
+    }
+
+    /// What a span satisfying `e` (span-local, see [`span_local`]) must hold as bytes.
+    fn from_expr(e: &FieldExpr) -> Self {
+        match e {
+            FieldExpr::Logic { op, lhs, rhs } => {
+                let both = vec![Self::from_expr(lhs), Self::from_expr(rhs)];
+                match op {
+                    LogicOp::And => Self::all(both),
+                    LogicOp::Or => Self::any_of(both),
+                }
+            }
+            FieldExpr::Compare {
+                op: CompareOp::Eq,
+                lhs,
+                rhs,
+            } => match (&**lhs, &**rhs) {
+                (field, FieldExpr::Static(Static::String(s)))
+                | (FieldExpr::Static(Static::String(s)), field)
+                    if raw_string(field) && !s.is_empty() =>
+                {
+                    Literals::Contains {
+                        finder: Box::new(Finder::new(s.as_bytes()).into_owned()),
+                        len_last: varint_last_byte(s.len() as u64),
+                    }
+                }
+                _ => Literals::True,
+            },
+            _ => Literals::True,
+        }
+    }
+
+    fn all(parts: Vec<Literals>) -> Self {
+        let parts: Vec<Literals> = parts
+            .into_iter()
+            .filter(|p| !matches!(p, Literals::True))
+            .collect();
+        match parts.len() {
+            0 => Literals::True,
+            _ => Literals::All(parts),
+        }
+    }
+
+    fn any_of(parts: Vec<Literals>) -> Self {
+        if parts.iter().any(|p| matches!(p, Literals::True)) {
+            return Literals::True;
+        }
+        Literals::AnyOf(parts)
+    }
+
+    /// Whether a trace whose encoded chunks are `chunks` may match. A string field never
+    /// straddles chunks: each holds whole `ResourceSpans`.
+    pub(super) fn possible(&self, chunks: &[Bytes]) -> bool {
+        match self {
+            Literals::True => true,
+            Literals::Contains { finder, len_last } => chunks.iter().any(|c| {
+                finder
+                    .find_iter(c)
+                    .any(|at| at > 0 && (c[at - 1] == *len_last || c[at - 1] == 0))
+            }),
+            Literals::All(ps) => ps.iter().all(|p| p.possible(chunks)),
+            Literals::AnyOf(ps) => ps.iter().any(|p| p.possible(chunks)),
+        }
+    }
+}
+
+/// The last byte of `v`'s shortest varint: its highest 7-bit group.
+fn varint_last_byte(mut v: u64) -> u8 {
+    while v >= 0x80 {
+        v >>= 7;
+    }
+    v as u8
+}
+
+/// Whether `field`'s string value is stored verbatim in the span's encoding: attributes
+/// (string values and strings in arrays), the span and event names, the status message and
+/// the instrumentation scope's name and version.
+fn raw_string(field: &FieldExpr) -> bool {
+    use Intrinsic as I;
+    match field {
+        FieldExpr::Attribute(a) => !a.parent && span_local(field),
+        FieldExpr::Intrinsic(i) => matches!(
+            i,
+            I::Name
+                | I::StatusMessage
+                | I::EventName
+                | I::InstrumentationName
+                | I::InstrumentationVersion
+        ),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::traceql::parse;
+
+    fn literals(q: &str) -> Literals {
+        let query = parse(q).unwrap();
+        Literals::from_pre(&super::super::projection::pre_pipeline(&query.pipeline))
+    }
+
+    #[test]
+    fn string_equalities_become_required_bytes() {
+        let trace = [
+            Bytes::from_static(b"\x0a\x08checkout\x12\x03GET\x0a\x0ffrontend-legacy"),
+            Bytes::from_static(b"\x0a\x05other"),
+        ];
+        let cases = [
+            (r#"{ resource.service.name = "checkout" }"#, true),
+            (r#"{ resource.service.name = "frontend" }"#, false),
+            (r#"{ resource.service.name = "frontend-legacy" }"#, true),
+            // Inside a longer string only: not a whole field.
+            (r#"{ resource.service.name = "legacy" }"#, false),
+            (r#"{ name = "GET" && span.x = "nope" }"#, false),
+            (r#"{ name = "GET" || span.x = "nope" }"#, true),
+            (r#"{ .a = "nope" } >> { .b = "other" }"#, false),
+            (r#"{ .a = "nope" } || { .b = "other" }"#, true),
+            // Not an equality on a stored string: no constraint.
+            (r#"{ span.x != "checkout-x" }"#, true),
+            (r#"{ span.x =~ "nope.*" }"#, true),
+            (r#"{ span.http.status_code = 200 }"#, true),
+            (r#"{ parent.name = "nope" }"#, true),
+            (r#"{ trace:rootService = "nope" }"#, true),
+            (r#"{ span:id = "0102030405060708" }"#, true),
+            (r#"{ status = error }"#, true),
+            (r#"{ !(span.x = "nope") }"#, true),
+            ("{ }", true),
+        ];
+        for (q, want) in cases {
+            assert_eq!(literals(q).possible(&trace), want, "{q}");
+        }
+    }
+
+    #[test]
+    fn a_length_in_any_valid_varint_form_is_accepted() {
+        let long = "x".repeat(300);
+        let q = format!(r#"{{ name = "{long}" }}"#);
+        // 300 = 0xac 0x02 at its shortest; 0xac 0x82 0x00 is the same length, padded.
+        for len in [&[0xac, 0x02][..], &[0xac, 0x82, 0x00][..]] {
+            let mut field = vec![0x2a];
+            field.extend_from_slice(len);
+            field.extend_from_slice(long.as_bytes());
+            assert!(literals(&q).possible(&[Bytes::from(field)]), "{len:?}");
+        }
+        let mut short = vec![0x2a, 0x05];
+        short.extend_from_slice(long.as_bytes());
+        assert!(!literals(&q).possible(&[Bytes::from(short)]));
+        assert_eq!(varint_last_byte(127), 127);
+        assert_eq!(varint_last_byte(128), 1);
+        assert_eq!(varint_last_byte(300), 2);
+    }
+}
