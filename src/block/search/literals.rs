@@ -12,7 +12,8 @@ use bytes::Bytes;
 use memchr::memmem::Finder;
 
 use super::projection::{span_local, Pre};
-use crate::traceql::{CompareOp, FieldExpr, Intrinsic, LogicOp, Static};
+use crate::model::wire;
+use crate::traceql::{CompareOp, FieldExpr, Intrinsic, LogicOp, Scope, Static};
 
 #[derive(Debug, Clone, Default)]
 pub(super) enum Literals {
@@ -24,6 +25,8 @@ pub(super) enum Literals {
     Contains {
         finder: Box<Finder<'static>>,
         len_last: u8,
+        /// A resource attribute: only the resources' bytes are searched.
+        resource: bool,
     },
     All(Vec<Literals>),
     AnyOf(Vec<Literals>),
@@ -61,6 +64,10 @@ impl Literals {
                     Literals::Contains {
                         finder: Box::new(Finder::new(s.as_bytes()).into_owned()),
                         len_last: varint_last_byte(s.len() as u64),
+                        resource: matches!(
+                            field,
+                            FieldExpr::Attribute(a) if a.scope == Scope::Resource
+                        ),
                     }
                 }
                 _ => Literals::True,
@@ -92,11 +99,21 @@ impl Literals {
     pub(super) fn possible(&self, chunks: &[Bytes]) -> bool {
         match self {
             Literals::True => true,
-            Literals::Contains { finder, len_last } => chunks.iter().any(|c| {
-                finder
-                    .find_iter(c)
-                    .any(|at| at > 0 && (c[at - 1] == *len_last || c[at - 1] == 0))
-            }),
+            Literals::Contains {
+                finder,
+                len_last,
+                resource,
+            } => {
+                let holds = |c: &[u8]| {
+                    finder
+                        .find_iter(c)
+                        .any(|at| at > 0 && (c[at - 1] == *len_last || c[at - 1] == 0))
+                };
+                chunks.iter().any(|c| match resource {
+                    true => wire::any_resource(c, holds).unwrap_or(true),
+                    false => holds(c),
+                })
+            }
             Literals::All(ps) => ps.iter().all(|p| p.possible(chunks)),
             Literals::AnyOf(ps) => ps.iter().any(|p| p.possible(chunks)),
         }
@@ -135,6 +152,40 @@ mod tests {
     use super::*;
     use crate::traceql::parse;
 
+    /// An encoded `TracesData`: a resource named `service` with one span `name` whose
+    /// attribute `x` is `value`.
+    fn chunk(service: &str, name: &str, value: &str) -> Bytes {
+        use crate::model::{
+            any_value, AnyValue, KeyValue, Resource, ResourceSpans, ScopeSpans, Span, TracesData,
+        };
+        use prost::Message;
+        let kv = |k: &str, v: &str| KeyValue {
+            key: k.into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(v.into())),
+            }),
+            ..Default::default()
+        };
+        let data = TracesData {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![kv("service.name", service)],
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    spans: vec![Span {
+                        name: name.into(),
+                        attributes: vec![kv("x", value)],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        data.encode_to_vec().into()
+    }
+
     fn literals(q: &str) -> Literals {
         let query = parse(q).unwrap();
         Literals::from_pre(&super::super::projection::pre_pipeline(&query.pipeline))
@@ -143,19 +194,23 @@ mod tests {
     #[test]
     fn string_equalities_become_required_bytes() {
         let trace = [
-            Bytes::from_static(b"\x0a\x08checkout\x12\x03GET\x0a\x0ffrontend-legacy"),
-            Bytes::from_static(b"\x0a\x05other"),
+            chunk("checkout", "GET", "frontend-legacy"),
+            chunk("other", "", ""),
         ];
         let cases = [
             (r#"{ resource.service.name = "checkout" }"#, true),
             (r#"{ resource.service.name = "frontend" }"#, false),
-            (r#"{ resource.service.name = "frontend-legacy" }"#, true),
+            (r#"{ span.x = "frontend-legacy" }"#, true),
             // Inside a longer string only: not a whole field.
-            (r#"{ resource.service.name = "legacy" }"#, false),
+            (r#"{ span.x = "legacy" }"#, false),
             (r#"{ name = "GET" && span.x = "nope" }"#, false),
             (r#"{ name = "GET" || span.x = "nope" }"#, true),
             (r#"{ .a = "nope" } >> { .b = "other" }"#, false),
             (r#"{ .a = "nope" } || { .b = "other" }"#, true),
+            // A resource string is looked for in resources only.
+            (r#"{ resource.service.name = "GET" }"#, false),
+            (r#"{ span.x = "checkout" }"#, true),
+            (r#"{ resource.x = "frontend-legacy" }"#, false),
             // Not an equality on a stored string: no constraint.
             (r#"{ span.x != "checkout-x" }"#, true),
             (r#"{ span.x =~ "nope.*" }"#, true),
