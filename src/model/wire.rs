@@ -253,6 +253,7 @@ fn varint_long(data: &mut &[u8]) -> Result<u64, WireError> {
     Err(WireError("varint longer than 10 bytes"))
 }
 
+#[inline]
 pub(crate) fn take<'a>(data: &mut &'a [u8], n: usize) -> Result<&'a [u8], WireError> {
     if n > data.len() {
         return Err(WireError("length past the end of the buffer"));

@@ -23,6 +23,7 @@ mod lexer;
 pub mod metrics;
 pub mod otlp;
 mod parser;
+pub mod wire;
 
 pub use ast::*;
 pub use engine::{evaluate, evaluate_view, EvalError, SpansetMatch, TraceView};
@@ -30,6 +31,7 @@ pub use error::ParseError;
 pub use eval::{eval, matches, SpanView, Value, ValueRef};
 pub use otlp::OtlpTrace;
 pub use parser::parse;
+pub use wire::WireTrace;
 
 #[cfg(test)]
 pub(crate) mod engine_tests;

@@ -13,6 +13,7 @@ use crate::querier::TimeRange;
 use crate::traceql::engine::{self, SpansetMatch};
 use crate::traceql::otlp::OtlpTrace;
 use crate::traceql::Query;
+use crate::traceql::WireTrace;
 
 use super::*;
 
@@ -73,6 +74,63 @@ impl SearchParams {
                 .map(|m| spanset(&trace, m, self.spss))
                 .collect(),
             service_stats: service_stats(batches),
+        });
+    }
+}
+
+impl SearchParams {
+    /// [`SearchParams::evaluate`] over a live trace's encoded chunks ([`WireTrace`]),
+    /// without decoding it into structs: the same hits.
+    pub(super) fn evaluate_wire(
+        &self,
+        query: &engine::Prepared<'_>,
+        id: TraceId,
+        trace: &WireTrace<'_>,
+        p: &mut Partial,
+    ) {
+        p.metrics.inspected_traces += 1;
+        p.metrics.inspected_spans += trace.spans() as u64;
+        let start = trace.start_unix_nano();
+        let duration = trace.duration_nanos();
+        if let Some(r) = self.range {
+            if !r.overlaps_nanos(start, start + duration) {
+                return;
+            }
+        }
+        if self.min_duration_nanos.is_some_and(|m| duration < m)
+            || self.max_duration_nanos.is_some_and(|m| duration > m)
+        {
+            return;
+        }
+        let matches = match query.evaluate(trace, self.spss) {
+            Ok(m) if !m.is_empty() => m,
+            _ => return,
+        };
+        let mut service_stats: BTreeMap<String, ServiceStats> = BTreeMap::new();
+        for (svc, spans, errors) in trace.services() {
+            let e = service_stats.entry((*svc).to_owned()).or_default();
+            e.span_count += spans;
+            e.error_count += errors;
+        }
+        p.hits.push(TraceHit {
+            id,
+            root_service_name: trace.root_service_name().map(str::to_owned),
+            root_span_name: trace.root_span_name().map(str::to_owned),
+            start_unix_nano: start,
+            end_unix_nano: start + duration,
+            spansets: matches
+                .into_iter()
+                .map(|m| {
+                    spanset_with(m, self.spss, |i| HitSpan {
+                        span_id: SpanIdBytes::new(trace.span_id(i)),
+                        name: trace.span_name(i).to_owned(),
+                        start_unix_nano: trace.span_start_unix_nano(i),
+                        duration_nanos: trace.span_duration_nanos(i),
+                        attributes: Vec::new(),
+                    })
+                })
+                .collect(),
+            service_stats,
         });
     }
 }

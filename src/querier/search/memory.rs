@@ -17,6 +17,7 @@ use crate::block;
 use crate::ingester::LiveKey;
 use crate::model::{Fragments, TenantId, TraceId};
 use crate::querier::{Querier, QueryError};
+use crate::traceql::{engine, WireTrace};
 
 use super::{Partial, SearchParams};
 
@@ -173,16 +174,23 @@ fn evaluate_slice(
     live: &[(TraceId, Fragments)],
 ) -> Partial {
     let mut out = Partial::default();
+    let query = engine::Prepared::new(&params.query);
     for (id, data) in live {
         // Lacking a string the query requires: cannot match, not decoded (nor counted as
         // inspected, as a pruned row group is not).
         if !columns.literals_possible(data.chunks()) {
             continue;
         }
-        // Encoded by this process: a failure is a bug; skip rather than fail the search.
-        if let Ok(batches) = data.decode() {
-            out.metrics.inspected_bytes += data.len() as u64;
-            params.evaluate(*id, &batches, &mut out);
+        out.metrics.inspected_bytes += data.len() as u64;
+        match WireTrace::new(data.chunks()) {
+            Some(trace) => params.evaluate_wire(&query, *id, &trace, &mut out),
+            // Bytes a decode would merge: decoded, as the structs are the reference.
+            // Encoded by this process: a failure is a bug; skip rather than fail the search.
+            None => {
+                if let Ok(batches) = data.decode() {
+                    params.evaluate(*id, &batches, &mut out);
+                }
+            }
         }
     }
     out

@@ -245,3 +245,58 @@ fn live_traces_skipped_for_a_missing_string_never_match() {
         "{skipped} skips over {queries_skipping} queries"
     );
 }
+
+/// A live trace evaluated from its encoded chunks gives the hits its decoded structs give,
+/// on every engine case: spansets, reported attributes, root, service stats.
+#[test]
+fn live_traces_read_from_their_bytes_match_the_decoded_path_on_every_engine_case() {
+    use prost::Message;
+    let mut data = dataset();
+    data.extend(dedicated_edge_cases());
+    let queries: Vec<&str> = cases()
+        .into_iter()
+        .map(|(q, _)| q)
+        .chain(EXTRA_QUERIES)
+        .collect();
+    // One chunk per resource, as live traces hold them.
+    let chunks: Vec<Vec<bytes::Bytes>> = data
+        .iter()
+        .map(|(_, batches)| {
+            batches
+                .iter()
+                .map(|b| {
+                    crate::model::TracesData {
+                        resource_spans: vec![b.clone()],
+                    }
+                    .encode_to_vec()
+                    .into()
+                })
+                .collect()
+        })
+        .collect();
+    let (mut compared, mut hits) = (0, 0);
+    for q in &queries {
+        for spss in [0, 2] {
+            let Some(mut params) = params(q, None) else {
+                continue;
+            };
+            params.spss = spss;
+            let prepared = crate::traceql::engine::Prepared::new(&params.query);
+            let (mut wire, mut decoded) = (Partial::default(), Partial::default());
+            for (i, ((_, batches), chunks)) in data.iter().zip(&chunks).enumerate() {
+                let id = TraceId([i as u8; 16]);
+                let trace = crate::traceql::WireTrace::new(chunks).expect("parses");
+                params.evaluate_wire(&prepared, id, &trace, &mut wire);
+                params.evaluate(id, batches, &mut decoded);
+            }
+            assert_eq!(wire.hits, decoded.hits, "query {q}, spss {spss}");
+            assert_eq!(wire.metrics, decoded.metrics, "query {q}");
+            compared += 1;
+            hits += decoded.hits.len();
+        }
+    }
+    assert!(
+        compared >= 160 && hits > 400,
+        "{compared} runs, {hits} hits"
+    );
+}
