@@ -25,6 +25,7 @@ use crate::block::{self, BlockMeta, ColumnarBlock, ColumnarTrace};
 use crate::model::{combine, Fragments, TenantId, TraceId};
 use crate::traceql::metrics::{MetricsError, MetricsEvaluator, MetricsOutput};
 use crate::traceql::otlp::OtlpTrace;
+use crate::traceql::WireTrace;
 
 /// Split traces one query looks up whole at most: each costs a lookup by ID.
 const MAX_SPLIT_TRACES: usize = 1_000;
@@ -91,7 +92,7 @@ impl Querier {
         };
         let split = Arc::new(split);
         let mut total = self
-            .metrics_memory(snapshot, &split, &template, &mut stats)
+            .metrics_memory(snapshot, &split, &template, columns.clone(), &mut stats)
             .await?;
         for id in split.iter() {
             let found = self.find_trace(tenant, id, Some(range)).await?;
@@ -212,6 +213,7 @@ impl Querier {
         snapshot: Vec<(TraceId, Fragments)>,
         split: &Arc<HashSet<TraceId>>,
         template: &Arc<MetricsEvaluator>,
+        columns: Arc<block::SearchColumns>,
         stats: &mut SearchMetrics,
     ) -> Result<MetricsEvaluator, QueryError> {
         let mut ev = template.empty_like();
@@ -219,17 +221,28 @@ impl Querier {
         let (ev, s) = Self::blocking(move || {
             let mut s = SearchMetrics::default();
             for (id, data) in snapshot {
-                if split.contains(&id) {
+                // Lacking a string the query's selection requires: no span of it counts.
+                if split.contains(&id) || !columns.literals_possible(data.chunks()) {
                     continue;
                 }
-                // Encoded by this process: a failure is a bug; skip rather than fail.
-                let Ok(batches) = data.decode() else { continue };
                 s.inspected_bytes += data.len() as u64;
-                let trace = OtlpTrace::new(&batches);
+                // Read in place (as search does); decoded only where a decode would merge
+                // repeated fields. Encoded by this process: a failure is a bug; skip.
+                let observed = match WireTrace::new(data.chunks()) {
+                    Some(trace) => {
+                        s.inspected_spans += trace.spans() as u64;
+                        ev.observe(&trace)
+                    }
+                    None => {
+                        let Ok(batches) = data.decode() else { continue };
+                        let trace = OtlpTrace::new(&batches);
+                        s.inspected_spans += trace.spans() as u64;
+                        ev.observe(&trace)
+                    }
+                };
                 s.inspected_traces += 1;
-                s.inspected_spans += trace.spans() as u64;
                 // Only a query the engine cannot run fails here; every trace would fail alike.
-                if ev.observe(&trace).is_err() {
+                if observed.is_err() {
                     break;
                 }
             }
