@@ -4,7 +4,9 @@
 //! A string field is stored in protobuf as its raw UTF-8 bytes after a varint of its length,
 //! whatever the encoder, so when some span has `resource.service.name = "checkout"`, the
 //! bytes `checkout` occur in its trace's chunks right after a length byte of 8 (or 0, the
-//! last byte of a length written in more bytes than needed). Only string equalities are used: numbers, enums and IDs (hex in
+//! last byte of a length written in more bytes than needed). Two kinds are used: the value
+//! of a string equality, and the key of any attribute compared with a literal or matched
+//! by a regex (a missing attribute makes either false). Numbers, enums and IDs (hex in
 //! TraceQL, raw on the wire) have no single byte form to look for. Built from the same
 //! necessary condition ([`Pre`]) that prunes a block's row groups.
 
@@ -52,27 +54,45 @@ impl Literals {
                     LogicOp::Or => Self::any_of(both),
                 }
             }
-            FieldExpr::Compare {
-                op: CompareOp::Eq,
-                lhs,
-                rhs,
-            } => match (&**lhs, &**rhs) {
-                (field, FieldExpr::Static(Static::String(s)))
-                | (FieldExpr::Static(Static::String(s)), field)
-                    if raw_string(field) && !s.is_empty() =>
+            FieldExpr::Compare { op, lhs, rhs } => match (&**lhs, &**rhs) {
+                (field, FieldExpr::Static(st)) | (FieldExpr::Static(st), field)
+                    if !matches!(st, Static::Nil) =>
                 {
-                    Literals::Contains {
-                        finder: Box::new(Finder::new(s.as_bytes()).into_owned()),
-                        len_last: varint_last_byte(s.len() as u64),
-                        resource: matches!(
-                            field,
-                            FieldExpr::Attribute(a) if a.scope == Scope::Resource
-                        ),
-                    }
+                    // Against a literal (not nil), a missing attribute is never true, not
+                    // even with `!=`: its key is a whole string in the span's bytes.
+                    let key = Self::key(field);
+                    let value = match st {
+                        Static::String(s) if *op == CompareOp::Eq && raw_string(field) => {
+                            Self::contains(s, is_resource(field))
+                        }
+                        _ => Literals::True,
+                    };
+                    Self::all(vec![key, value])
                 }
                 _ => Literals::True,
             },
+            // `=~` and `!~` alike are false on a missing attribute.
+            FieldExpr::Regex { lhs, .. } => Self::key(lhs),
             _ => Literals::True,
+        }
+    }
+
+    /// The key of an attribute read from the span itself (or its resource).
+    fn key(field: &FieldExpr) -> Self {
+        match field {
+            FieldExpr::Attribute(a) if !a.parent => Self::contains(&a.name, is_resource(field)),
+            _ => Literals::True,
+        }
+    }
+
+    fn contains(s: &str, resource: bool) -> Self {
+        if s.is_empty() {
+            return Literals::True;
+        }
+        Literals::Contains {
+            finder: Box::new(Finder::new(s.as_bytes()).into_owned()),
+            len_last: varint_last_byte(s.len() as u64),
+            resource,
         }
     }
 
@@ -118,6 +138,10 @@ impl Literals {
             Literals::AnyOf(ps) => ps.iter().any(|p| p.possible(chunks)),
         }
     }
+}
+
+fn is_resource(field: &FieldExpr) -> bool {
+    matches!(field, FieldExpr::Attribute(a) if a.scope == Scope::Resource)
 }
 
 /// The last byte of `v`'s shortest varint: its highest 7-bit group.
@@ -206,15 +230,24 @@ mod tests {
             (r#"{ name = "GET" && span.x = "nope" }"#, false),
             (r#"{ name = "GET" || span.x = "nope" }"#, true),
             (r#"{ .a = "nope" } >> { .b = "other" }"#, false),
-            (r#"{ .a = "nope" } || { .b = "other" }"#, true),
+            (r#"{ .a = "nope" } || { .b = "other" }"#, false),
+            (r#"{ .a = "nope" } || { .x = "other" }"#, true),
             // A resource string is looked for in resources only.
             (r#"{ resource.service.name = "GET" }"#, false),
             (r#"{ span.x = "checkout" }"#, true),
             (r#"{ resource.x = "frontend-legacy" }"#, false),
-            // Not an equality on a stored string: no constraint.
+            // Any comparison with a literal, and any regex, needs the attribute's key.
             (r#"{ span.x != "checkout-x" }"#, true),
+            (r#"{ span.y != "z" }"#, false),
             (r#"{ span.x =~ "nope.*" }"#, true),
-            (r#"{ span.http.status_code = 200 }"#, true),
+            (r#"{ span.y =~ ".*" }"#, false),
+            (r#"{ span.y !~ "z" }"#, false),
+            (r#"{ span.x = 200 }"#, true),
+            (r#"{ span.http.status_code = 200 }"#, false),
+            (r#"{ resource.x > 1 }"#, false),
+            // Nil asks for absence (or presence): no constraint.
+            (r#"{ span.y = nil }"#, true),
+            (r#"{ span.y != nil }"#, true),
             (r#"{ parent.name = "nope" }"#, true),
             (r#"{ trace:rootService = "nope" }"#, true),
             (r#"{ span:id = "0102030405060708" }"#, true),
