@@ -22,13 +22,72 @@ pub struct OtlpTrace<'a> {
 }
 
 /// Trace-level facts, copied into every span so a span answers `trace:` intrinsics alone.
-#[derive(Clone, Copy)]
-struct TraceInfo<'a> {
-    trace_id: &'a [u8],
-    start: u64,
-    duration: u64,
-    root_name: Option<&'a str>,
-    root_service: Option<&'a str>,
+/// Shared with [`super::wire::WireTrace`].
+#[derive(Clone, Copy, Default)]
+pub(super) struct TraceInfo<'a> {
+    pub(super) trace_id: &'a [u8],
+    pub(super) start: u64,
+    pub(super) duration: u64,
+    pub(super) root_name: Option<&'a str>,
+    pub(super) root_service: Option<&'a str>,
+}
+
+impl TraceInfo<'_> {
+    /// A structural or trace-level intrinsic of a span at `nested` with `children` children:
+    /// `Some(answer)`, or `None` for a span-level intrinsic (the span answers it).
+    pub(super) fn intrinsic(
+        &self,
+        intrinsic: Intrinsic,
+        nested: NestedSet,
+        children: usize,
+    ) -> Option<Option<Value>> {
+        Some(match intrinsic {
+            Intrinsic::ChildCount => Some(Value::Int(children as i64)),
+            Intrinsic::NestedSetLeft => Some(Value::Int(i64::from(nested.left))),
+            Intrinsic::NestedSetRight => Some(Value::Int(i64::from(nested.right))),
+            Intrinsic::NestedSetParent => Some(Value::Int(i64::from(nested.parent))),
+            Intrinsic::TraceDuration => Some(Value::Duration(nanos(self.duration))),
+            Intrinsic::TraceRootName => self.root_name.map(|n| Value::String(n.to_owned())),
+            Intrinsic::TraceRootService => self.root_service.map(|s| Value::String(s.to_owned())),
+            Intrinsic::TraceId => hex_id(self.trace_id),
+            _ => return None,
+        })
+    }
+}
+
+/// Each span's parent (by span ID), nested-set numbers and child count, from its
+/// `(span ID, parent span ID)`.
+pub(super) fn structure(
+    ids: &[(&[u8], &[u8])],
+) -> (Vec<Option<usize>>, Vec<NestedSet>, Vec<usize>) {
+    let parents = parent_indices(ids);
+    let nested = nested_sets(&parents);
+    let mut children = vec![0usize; ids.len()];
+    for p in parents.iter().flatten() {
+        children[*p] += 1;
+    }
+    (parents, nested, children)
+}
+
+/// TraceQL's status for an OTLP status code.
+pub(super) fn status_of(code: i32) -> Status {
+    match code {
+        1 => Status::Ok,
+        2 => Status::Error,
+        _ => Status::Unset,
+    }
+}
+
+/// TraceQL's kind for an OTLP span kind.
+pub(super) fn kind_of(kind: i32) -> SpanKind {
+    match kind {
+        1 => SpanKind::Internal,
+        2 => SpanKind::Server,
+        3 => SpanKind::Client,
+        4 => SpanKind::Producer,
+        5 => SpanKind::Consumer,
+        _ => SpanKind::Unspecified,
+    }
 }
 
 /// One span and what surrounds it in OTLP.
@@ -65,12 +124,7 @@ impl<'a> OtlpTrace<'a> {
             .iter()
             .map(|c| (c.span.span_id.as_slice(), c.span.parent_span_id.as_slice()))
             .collect();
-        let parents = parent_indices(&ids);
-        let nested = nested_sets(&parents);
-        let mut children = vec![0usize; cores.len()];
-        for p in parents.iter().flatten() {
-            children[*p] += 1;
-        }
+        let (parents, nested, children) = structure(&ids);
 
         let start = cores
             .iter()
@@ -204,7 +258,7 @@ fn to_value(value: &AnyValue) -> Option<Value> {
 
 /// One value per event or link that has one: a scalar when there is one, else an array
 /// (any-match semantics).
-fn gather(values: impl Iterator<Item = Value>) -> Option<Value> {
+pub(super) fn gather(values: impl Iterator<Item = Value>) -> Option<Value> {
     let mut all: Vec<Value> = values.collect();
     match all.len() {
         0 => None,
@@ -213,11 +267,11 @@ fn gather(values: impl Iterator<Item = Value>) -> Option<Value> {
     }
 }
 
-fn hex_id(id: &[u8]) -> Option<Value> {
+pub(super) fn hex_id(id: &[u8]) -> Option<Value> {
     (!id.is_empty()).then(|| Value::String(hex::encode(id)))
 }
 
-fn nanos(v: u64) -> i64 {
+pub(super) fn nanos(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
@@ -269,25 +323,16 @@ impl SpanView for SpanCore<'_> {
                     .saturating_sub(span.start_time_unix_nano),
             )),
             Intrinsic::Name => Value::String(span.name.clone()),
-            Intrinsic::Status => Value::Status(match span.status.as_ref().map(|s| s.code) {
-                Some(1) => Status::Ok,
-                Some(2) => Status::Error,
-                _ => Status::Unset,
-            }),
+            Intrinsic::Status => {
+                Value::Status(status_of(span.status.as_ref().map_or(0, |s| s.code)))
+            }
             Intrinsic::StatusMessage => Value::String(
                 span.status
                     .as_ref()
                     .map(|s| s.message.clone())
                     .unwrap_or_default(),
             ),
-            Intrinsic::Kind => Value::Kind(match span.kind {
-                1 => SpanKind::Internal,
-                2 => SpanKind::Server,
-                3 => SpanKind::Client,
-                4 => SpanKind::Producer,
-                5 => SpanKind::Consumer,
-                _ => SpanKind::Unspecified,
-            }),
+            Intrinsic::Kind => Value::Kind(kind_of(span.kind)),
             Intrinsic::SpanId => return hex_id(&span.span_id),
             Intrinsic::ParentId => return hex_id(&span.parent_span_id),
             Intrinsic::Parent => {
@@ -340,18 +385,9 @@ impl SpanView for FlatSpan<'_> {
     }
 
     fn intrinsic(&self, intrinsic: Intrinsic) -> Option<Value> {
-        let trace = &self.trace;
-        Some(match intrinsic {
-            Intrinsic::ChildCount => Value::Int(self.children as i64),
-            Intrinsic::NestedSetLeft => Value::Int(i64::from(self.nested.left)),
-            Intrinsic::NestedSetRight => Value::Int(i64::from(self.nested.right)),
-            Intrinsic::NestedSetParent => Value::Int(i64::from(self.nested.parent)),
-            Intrinsic::TraceDuration => Value::Duration(nanos(trace.duration)),
-            Intrinsic::TraceRootName => Value::String(trace.root_name?.to_owned()),
-            Intrinsic::TraceRootService => Value::String(trace.root_service?.to_owned()),
-            Intrinsic::TraceId => return hex_id(trace.trace_id),
-            other => return self.core.intrinsic(other),
-        })
+        self.trace
+            .intrinsic(intrinsic, self.nested, self.children)
+            .unwrap_or_else(|| self.core.intrinsic(intrinsic))
     }
 
     fn parent(&self) -> Option<&dyn SpanView> {

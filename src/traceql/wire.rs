@@ -10,11 +10,12 @@
 //! twice) makes [`WireTrace::new`] answer `None`, and the caller decodes instead.
 
 use crate::model::wire::{take, varint};
-use crate::model::{nested_sets, parent_indices, NestedSet};
+use crate::model::NestedSet;
 
-use super::ast::{Intrinsic, Scope, SpanKind, Status};
+use super::ast::{Intrinsic, Scope};
 use super::engine::TraceView;
 use super::eval::{SpanView, Value, ValueRef};
+use super::otlp::{gather, hex_id, kind_of, nanos, status_of, structure, TraceInfo};
 
 /// One field of a message body.
 #[derive(Clone, Copy)]
@@ -107,16 +108,6 @@ struct Core<'a> {
     status_message: &'a str,
 }
 
-/// Trace-level facts, copied into every span so a span answers `trace:` intrinsics alone.
-#[derive(Clone, Copy, Default)]
-struct TraceInfo<'a> {
-    trace_id: &'a [u8],
-    start: u64,
-    duration: u64,
-    root_name: Option<&'a str>,
-    root_service: Option<&'a str>,
-}
-
 struct WireSpan<'a> {
     core: Core<'a>,
     parent: Option<Core<'a>>,
@@ -150,12 +141,7 @@ impl<'a> WireTrace<'a> {
             }
         }
         let ids: Vec<(&[u8], &[u8])> = cores.iter().map(|c| (c.span_id, c.parent_id)).collect();
-        let parents = parent_indices(&ids);
-        let nested = nested_sets(&parents);
-        let mut children = vec![0usize; cores.len()];
-        for p in parents.iter().flatten() {
-            children[*p] += 1;
-        }
+        let (parents, nested, children) = structure(&ids);
         let start = cores.iter().map(|c| c.start).min().unwrap_or(0);
         let end = cores.iter().map(|c| c.end).max().unwrap_or(0);
         let root = cores.iter().find(|c| c.parent_id.is_empty());
@@ -406,24 +392,6 @@ fn key_value(kv: &[u8]) -> (Option<&[u8]>, Option<&[u8]>) {
     (key, value)
 }
 
-/// One value per event or link that has one: a scalar when there is one, else an array.
-fn gather(values: impl Iterator<Item = Value>) -> Option<Value> {
-    let mut all: Vec<Value> = values.collect();
-    match all.len() {
-        0 => None,
-        1 => all.pop(),
-        _ => Some(Value::Array(all)),
-    }
-}
-
-fn hex_id(id: &[u8]) -> Option<Value> {
-    (!id.is_empty()).then(|| Value::String(hex::encode(id)))
-}
-
-fn nanos(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
 /// A field of each event (span field 11) or link (13), by its number in that message.
 fn nested_field<'a>(
     span: &'a [u8],
@@ -516,20 +484,9 @@ impl SpanView for Core<'_> {
         Some(match intrinsic {
             Intrinsic::Duration => Value::Duration(nanos(self.end.saturating_sub(self.start))),
             Intrinsic::Name => Value::String(self.name.to_owned()),
-            Intrinsic::Status => Value::Status(match self.status {
-                1 => Status::Ok,
-                2 => Status::Error,
-                _ => Status::Unset,
-            }),
+            Intrinsic::Status => Value::Status(status_of(self.status)),
             Intrinsic::StatusMessage => Value::String(self.status_message.to_owned()),
-            Intrinsic::Kind => Value::Kind(match self.kind {
-                1 => SpanKind::Internal,
-                2 => SpanKind::Server,
-                3 => SpanKind::Client,
-                4 => SpanKind::Producer,
-                5 => SpanKind::Consumer,
-                _ => SpanKind::Unspecified,
-            }),
+            Intrinsic::Kind => Value::Kind(kind_of(self.kind)),
             Intrinsic::SpanId => return hex_id(self.span_id),
             Intrinsic::ParentId => return hex_id(self.parent_id),
             Intrinsic::Parent => return (!self.parent_id.is_empty()).then_some(Value::Bool(true)),
@@ -595,18 +552,9 @@ impl SpanView for WireSpan<'_> {
     }
 
     fn intrinsic(&self, intrinsic: Intrinsic) -> Option<Value> {
-        let trace = &self.trace;
-        Some(match intrinsic {
-            Intrinsic::ChildCount => Value::Int(self.children as i64),
-            Intrinsic::NestedSetLeft => Value::Int(i64::from(self.nested.left)),
-            Intrinsic::NestedSetRight => Value::Int(i64::from(self.nested.right)),
-            Intrinsic::NestedSetParent => Value::Int(i64::from(self.nested.parent)),
-            Intrinsic::TraceDuration => Value::Duration(nanos(trace.duration)),
-            Intrinsic::TraceRootName => Value::String(trace.root_name?.to_owned()),
-            Intrinsic::TraceRootService => Value::String(trace.root_service?.to_owned()),
-            Intrinsic::TraceId => return hex_id(trace.trace_id),
-            other => return self.core.intrinsic(other),
-        })
+        self.trace
+            .intrinsic(intrinsic, self.nested, self.children)
+            .unwrap_or_else(|| self.core.intrinsic(intrinsic))
     }
 
     fn parent(&self) -> Option<&dyn SpanView> {

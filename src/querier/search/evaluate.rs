@@ -40,20 +40,22 @@ impl From<&SearchRequest> for SearchParams {
 }
 
 impl SearchParams {
+    /// Whether a trace starting at `start` and lasting `duration` (ns) is within the
+    /// request's time range and duration bounds.
+    fn admits(&self, start: u64, duration: u64) -> bool {
+        self.range
+            .is_none_or(|r| r.overlaps_nanos(start, start + duration))
+            && self.min_duration_nanos.is_none_or(|m| duration >= m)
+            && self.max_duration_nanos.is_none_or(|m| duration <= m)
+    }
+
     pub(super) fn evaluate(&self, id: TraceId, batches: &[ResourceSpans], p: &mut Partial) {
         let trace = OtlpTrace::new(batches);
         p.metrics.inspected_traces += 1;
         p.metrics.inspected_spans += trace.spans() as u64;
         let start = trace.start_unix_nano();
         let duration = trace.duration_nanos();
-        if let Some(r) = self.range {
-            if !r.overlaps_nanos(start, start + duration) {
-                return;
-            }
-        }
-        if self.min_duration_nanos.is_some_and(|m| duration < m)
-            || self.max_duration_nanos.is_some_and(|m| duration > m)
-        {
+        if !self.admits(start, duration) {
             return;
         }
         let matches = match engine::Prepared::new(&self.query).evaluate(&trace, self.spss) {
@@ -92,14 +94,7 @@ impl SearchParams {
         p.metrics.inspected_spans += trace.spans() as u64;
         let start = trace.start_unix_nano();
         let duration = trace.duration_nanos();
-        if let Some(r) = self.range {
-            if !r.overlaps_nanos(start, start + duration) {
-                return;
-            }
-        }
-        if self.min_duration_nanos.is_some_and(|m| duration < m)
-            || self.max_duration_nanos.is_some_and(|m| duration > m)
-        {
+        if !self.admits(start, duration) {
             return;
         }
         let matches = match query.evaluate(trace, self.spss) {
