@@ -5,7 +5,7 @@
 //! ~70% of a search over the ingester's memory. Here only the span-level fields are parsed
 //! up front (IDs, name, kind, times, status: what ordering, nesting and most queries use);
 //! attributes, events and links are found by walking the span's bytes when the query asks,
-//! and strings are borrowed. The bytes passed the ingest checks ([`crate::model::wire`]),
+//! and strings are borrowed. The bytes passed the ingest checks (`model/wire.rs`),
 //! so walking them does not fail; what a prost decode would merge (a singular field given
 //! twice) makes [`WireTrace::new`] answer `None`, and the caller decodes instead.
 

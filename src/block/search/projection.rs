@@ -428,7 +428,7 @@ impl SearchColumns {
     }
 
     /// Whether a live trace whose encoded chunks are `chunks` may match, judged from the
-    /// strings it must contain (see [`super::literals`]). True when nothing is known.
+    /// strings it must contain (see `block/search/literals.rs`). True when nothing is known.
     pub fn literals_possible(&self, chunks: &[bytes::Bytes]) -> bool {
         self.literals.possible(chunks)
     }
