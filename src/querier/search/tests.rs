@@ -96,6 +96,37 @@ const EXTRA_QUERIES: [&str; 12] = [
     "{ } | by(resource.service.name) | count() > 1",
 ];
 
+/// Every engine case's trace and the edge cases of dedicated columns.
+fn all_traces() -> Vec<(String, Vec<ResourceSpans>)> {
+    let mut data = dataset();
+    data.extend(dedicated_edge_cases());
+    data
+}
+
+/// Every engine case's query and the extra ones.
+fn all_queries() -> Vec<&'static str> {
+    cases()
+        .into_iter()
+        .map(|(q, _)| q)
+        .chain(EXTRA_QUERIES)
+        .collect()
+}
+
+/// A trace's encoded chunks as a live trace holds them: one per resource.
+fn live_chunks(batches: &[ResourceSpans]) -> Vec<Bytes> {
+    use prost::Message;
+    batches
+        .iter()
+        .map(|b| {
+            crate::model::TracesData {
+                resource_spans: vec![b.clone()],
+            }
+            .encode_to_vec()
+            .into()
+        })
+        .collect()
+}
+
 fn encode(data: &[(String, Vec<ResourceSpans>)], cfg: &BlockConfig) -> Bytes {
     let traces: Vec<TraceInput> = data
         .iter()
@@ -117,18 +148,13 @@ fn encode(data: &[(String, Vec<ResourceSpans>)], cfg: &BlockConfig) -> Bytes {
 
 #[test]
 fn columnar_search_matches_the_otlp_path_on_every_engine_case() {
-    let mut data = dataset();
-    data.extend(dedicated_edge_cases());
+    let data = all_traces();
     let one_group = BlockConfig::default();
     let many_groups = BlockConfig {
         row_group_size_bytes: 1,
         ..BlockConfig::default()
     };
-    let queries: Vec<&str> = cases()
-        .into_iter()
-        .map(|(q, _)| q)
-        .chain(EXTRA_QUERIES)
-        .collect();
+    let queries = all_queries();
     for cfg in [one_group, many_groups] {
         let bytes = encode(&data, &cfg);
         let (mut compared, mut hits) = (0, 0);
@@ -201,14 +227,8 @@ fn row_groups_are_pruned_by_duration_and_status_statistics() {
 /// skips (its encoded spans lack a string the query requires) has no hit when evaluated.
 #[test]
 fn live_traces_skipped_for_a_missing_string_never_match() {
-    use prost::Message;
-    let mut data = dataset();
-    data.extend(dedicated_edge_cases());
-    let queries: Vec<&str> = cases()
-        .into_iter()
-        .map(|(q, _)| q)
-        .chain(EXTRA_QUERIES)
-        .collect();
+    let data = all_traces();
+    let queries = all_queries();
     let (mut skipped, mut queries_skipping) = (0, 0);
     for q in &queries {
         let Some(params) = params(q, None) else {
@@ -217,17 +237,7 @@ fn live_traces_skipped_for_a_missing_string_never_match() {
         let columns = block::SearchColumns::for_query(&params.query).unwrap();
         let before = skipped;
         for (i, (_, batches)) in data.iter().enumerate() {
-            // One chunk per resource, as live traces hold them.
-            let mut f = crate::model::Fragments::default();
-            for b in batches {
-                let one = crate::model::TracesData {
-                    resource_spans: vec![b.clone()],
-                };
-                f.extend(
-                    &crate::model::Fragments::from_encoded(one.encode_to_vec().into()).unwrap(),
-                );
-            }
-            if columns.literals_possible(f.chunks()) {
+            if columns.literals_possible(&live_chunks(batches)) {
                 continue;
             }
             skipped += 1;
@@ -250,30 +260,9 @@ fn live_traces_skipped_for_a_missing_string_never_match() {
 /// on every engine case: spansets, reported attributes, root, service stats.
 #[test]
 fn live_traces_read_from_their_bytes_match_the_decoded_path_on_every_engine_case() {
-    use prost::Message;
-    let mut data = dataset();
-    data.extend(dedicated_edge_cases());
-    let queries: Vec<&str> = cases()
-        .into_iter()
-        .map(|(q, _)| q)
-        .chain(EXTRA_QUERIES)
-        .collect();
-    // One chunk per resource, as live traces hold them.
-    let chunks: Vec<Vec<bytes::Bytes>> = data
-        .iter()
-        .map(|(_, batches)| {
-            batches
-                .iter()
-                .map(|b| {
-                    crate::model::TracesData {
-                        resource_spans: vec![b.clone()],
-                    }
-                    .encode_to_vec()
-                    .into()
-                })
-                .collect()
-        })
-        .collect();
+    let data = all_traces();
+    let queries = all_queries();
+    let chunks: Vec<Vec<Bytes>> = data.iter().map(|(_, b)| live_chunks(b)).collect();
     let (mut compared, mut hits) = (0, 0);
     for q in &queries {
         for spss in [0, 2] {
