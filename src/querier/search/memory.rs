@@ -44,18 +44,19 @@ impl Querier {
             (start > end || params.range.is_none_or(|r| r.overlaps_nanos(start, end)))
                 && columns.envelope_possible(start, end)
         };
+        // With other nodes' traces, a part here is judged once merged with its part there.
+        let judge_here = remote.is_empty();
         let mut keys = match &self.ingester {
-            Some(ing) => ing.live_keys(tenant, keep),
+            Some(ing) => ing.live_keys(tenant, |s, e| !judge_here || keep(s, e)),
             None => Vec::new(),
         };
         // Other nodes' live traces (their partitions), held whole; a trace both here and
         // there (its partition just moved) is evaluated once, merged.
-        let mut remote: HashMap<TraceId, Fragments> =
+        let remote: HashMap<TraceId, Fragments> =
             remote.into_iter().fold(HashMap::new(), |mut m, (id, f)| {
                 m.entry(id).or_default().extend(&f);
                 m
             });
-        remote.retain(|_, f| keep(f.start(), f.end()));
         if !remote.is_empty() {
             let mut at: HashMap<TraceId, usize> =
                 keys.iter().enumerate().map(|(i, k)| (k.id, i)).collect();
@@ -75,6 +76,7 @@ impl Querier {
                     }
                 }
             }
+            keys.retain(|k| keep(k.start, k.end));
         }
         let workers = std::thread::available_parallelism()
             .map_or(2, |n| n.get())
@@ -239,5 +241,99 @@ mod tests {
         let got: Vec<(u8, usize)> = got.iter().map(|(id, f)| (id.0[0], f.len())).collect();
         // The third is held nowhere any more (written to a block): left out.
         assert_eq!(got, vec![(1, 3), (2, 6)]);
+    }
+}
+
+#[cfg(test)]
+mod split_tests {
+    use super::*;
+    use crate::backend::Backend;
+    use crate::block::BlockConfig;
+    use crate::blocklist::BlockList;
+    use crate::config::IngesterConfig;
+    use crate::ingester::{wal::Wal, Ingester};
+    use crate::metrics::Metrics;
+    use crate::model::{ExportTraceServiceRequest, ResourceSpans, ScopeSpans, Span};
+    use crate::querier::TimeRange;
+    use prost::Message;
+
+    fn one_span(id: u8, start_s: u64) -> ExportTraceServiceRequest {
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans: vec![Span {
+                        trace_id: vec![7; 16],
+                        span_id: vec![id; 8],
+                        name: format!("span-{id}"),
+                        start_time_unix_nano: start_s * 1_000_000_000,
+                        end_time_unix_nano: start_s * 1_000_000_000 + 5,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    /// A trace split between this node and another (its partition just moved) is judged on
+    /// its merged time range: the part there, outside the searched range, joins the hit.
+    #[tokio::test]
+    async fn a_live_trace_split_across_nodes_is_judged_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let (wal, _) = Wal::open(dir.path(), metrics.clone()).unwrap();
+        let backend = Backend::memory();
+        let ingester = Ingester::new(
+            IngesterConfig::default(),
+            Arc::new(wal),
+            backend.clone(),
+            BlockConfig::default(),
+            metrics.clone(),
+            Arc::new(|_| {}),
+        );
+        let querier = Querier::new(
+            backend,
+            Some(ingester.clone()),
+            Arc::new(BlockList::default()),
+            metrics,
+            1,
+        );
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let tenant = TenantId::single();
+        // Here: a span a minute old; there: one an hour old.
+        ingester
+            .push_request(&tenant, &one_span(1, now - 60))
+            .await
+            .unwrap();
+        let there =
+            Fragments::from_encoded(one_span(2, now - 3600).encode_to_vec().into()).unwrap();
+        let mut params = super::super::tests_support::params("{ }", None).unwrap();
+        params.range = Some(TimeRange {
+            start_s: now - 120,
+            end_s: now,
+        });
+        let params = Arc::new(params);
+        let columns = Arc::new(block::SearchColumns::for_query(&params.query).unwrap());
+        let out = querier
+            .search_memory(
+                &tenant,
+                vec![(TraceId([7; 16]), there)],
+                params,
+                columns,
+                20,
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(out.hits.len(), 1);
+        assert_eq!(
+            out.hits[0].spansets[0].spans.len(),
+            2,
+            "both parts evaluated"
+        );
     }
 }
