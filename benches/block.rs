@@ -187,6 +187,23 @@ fn otlp(c: &mut Criterion) {
     g.bench_function("group_encoded", |b| {
         b.iter(|| vivace::model::group_encoded(black_box(&proto)).expect("valid"))
     });
+    // What the receivers do first with a gzip export (flate2's backend, as compiled in).
+    let gz = {
+        use std::io::Write;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(&proto).expect("gzip");
+        enc.finish().expect("gzip")
+    };
+    g.bench_function("gunzip", |b| {
+        b.iter(|| {
+            use std::io::Read;
+            let mut out = Vec::with_capacity(proto.len());
+            flate2::read::MultiGzDecoder::new(black_box(&gz[..]))
+                .read_to_end(&mut out)
+                .expect("gunzip");
+            out
+        })
+    });
     g.finish();
 }
 

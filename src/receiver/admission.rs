@@ -37,13 +37,46 @@ impl AdmissionError {
 /// Inflates a gzip body of one or more members (RFC 1952 allows several, concatenated;
 /// a single-member decoder silently stops after the first), at most `limit` bytes.
 pub(crate) fn gunzip(data: &[u8], limit: usize) -> Result<Bytes, GunzipError> {
-    let mut out = Vec::with_capacity(data.len().saturating_mul(4).min(limit));
+    let mut out = Vec::new();
+    gunzip_into(data, limit, &mut out)?;
+    Ok(Bytes::from(out))
+}
+
+/// [`gunzip`], appending to `out`; returns the bytes appended.
+pub(crate) fn gunzip_into(
+    data: &[u8],
+    limit: usize,
+    out: &mut Vec<u8>,
+) -> Result<usize, GunzipError> {
+    out.reserve(inflated_size_hint(data).min(limit));
+    let before = out.len();
     let mut dec = flate2::read::MultiGzDecoder::new(data).take(limit as u64 + 1);
-    dec.read_to_end(&mut out).map_err(GunzipError::Corrupt)?;
-    if out.len() > limit {
+    dec.read_to_end(out).map_err(GunzipError::Corrupt)?;
+    let n = out.len() - before;
+    if n > limit {
+        out.truncate(before);
         return Err(GunzipError::TooLarge { limit });
     }
-    Ok(Bytes::from(out))
+    Ok(n)
+}
+
+/// What a gzip body inflates to, to size the buffer once: the last member's trailer holds
+/// its size (mod 2^32), which for the usual single member is the whole. Bounded by
+/// deflate's largest ratio (~1032:1) so a forged trailer cannot reserve more than the
+/// body could really produce.
+fn inflated_size_hint(data: &[u8]) -> usize {
+    let trailer = data
+        .len()
+        .checked_sub(4)
+        .and_then(|at| data.get(at..))
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map_or(0, |b| u32::from_le_bytes(b) as usize);
+    let most = data.len().saturating_mul(1032);
+    if trailer > 0 {
+        trailer.min(most)
+    } else {
+        data.len().saturating_mul(4)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
