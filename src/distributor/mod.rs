@@ -130,6 +130,15 @@ impl Bucket {
     }
 }
 
+/// An export's protobuf bytes as the receiver has them.
+pub(crate) struct Received {
+    /// The `ExportTraceServiceRequest` encoding.
+    pub(crate) raw: Bytes,
+    /// `raw` gzip-compressed, as it arrived, if it did: the WAL keeps these bytes (a
+    /// fifth to a tenth of `raw` on typical exports) when the whole request is kept.
+    pub(crate) gzip: Option<Bytes>,
+}
+
 impl Distributor {
     pub(crate) fn new(
         ingester: Option<Arc<Ingester>>,
@@ -258,7 +267,8 @@ impl Distributor {
         req: ExportTraceServiceRequest,
     ) -> Result<PushOutcome, PushError> {
         let grouped = group_by_trace(&req.resource_spans);
-        self.push_grouped(tenant, raw, grouped, Some(req)).await
+        self.push_grouped(tenant, Received { raw, gzip: None }, grouped, Some(req))
+            .await
     }
 
     /// Where the receivers charge the CPU of their stages (inflate, group).
@@ -273,10 +283,11 @@ impl Distributor {
     pub(crate) async fn push_grouped(
         &self,
         tenant: &TenantId,
-        raw: Bytes,
+        received: Received,
         mut grouped: Grouped,
         req: Option<ExportTraceServiceRequest>,
     ) -> Result<PushOutcome, PushError> {
+        let Received { raw, gzip } = received;
         let limits = self.overrides.limits(tenant);
         let generator = self
             .generator
@@ -378,7 +389,10 @@ impl Distributor {
             offer(for_generator);
             return Ok(outcome);
         };
-        match ingester.push(tenant, &raw, grouped).await {
+        match ingester
+            .push_received(tenant, &raw, gzip.as_deref(), grouped)
+            .await
+        {
             Ok(()) => {
                 self.metrics.spans_received.add(outcome.accepted as u64);
                 self.metrics.bytes_received.add(raw.len() as u64);

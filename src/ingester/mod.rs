@@ -250,19 +250,35 @@ impl Ingester {
         })
     }
 
-    /// Makes a request durable, then visible. `request` is the OTLP encoding `grouped` was
-    /// grouped from: while nothing was removed from `grouped` it is the WAL record as
-    /// received (no re-encoding); otherwise the record holds only the traces kept, so a
-    /// replay cannot bring back spans the exporter was told were refused.
+    /// [`Ingester::push_received`] of a request that came uncompressed.
+    #[cfg(test)]
     pub(crate) async fn push(
         &self,
         tenant: &TenantId,
         request: &[u8],
         grouped: Grouped,
     ) -> Result<(), IngestError> {
+        self.push_received(tenant, request, None, grouped).await
+    }
+
+    /// Makes a request durable, then visible. `request` is the OTLP encoding `grouped` was
+    /// grouped from, and `gzip` what it inflated from if it came compressed. While nothing
+    /// was removed from `grouped` the WAL record is the request as received (the gzip
+    /// bytes if any, else `request`: no re-encoding); otherwise the record holds only the
+    /// traces kept, so a replay cannot bring back spans the exporter was told were refused.
+    pub(crate) async fn push_received(
+        &self,
+        tenant: &TenantId,
+        request: &[u8],
+        gzip: Option<&[u8]>,
+        grouped: Grouped,
+    ) -> Result<(), IngestError> {
         self.check_room(grouped.traces())?;
         let record = if grouped.is_whole() {
-            wal::encode_payload(tenant, request)
+            match gzip {
+                Some(gz) => wal::encode_payload_gzip(tenant, gz),
+                None => wal::encode_payload(tenant, request),
+            }
         } else {
             let mut kept = Fragments::default();
             for t in grouped.traces() {

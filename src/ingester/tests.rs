@@ -377,3 +377,90 @@ async fn live_keys_and_fragments_merge_head_and_flushing() {
     assert_eq!(after.len(), 1);
     assert_eq!(span_count(&after[0].1.decode().unwrap()), 1);
 }
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(data).unwrap();
+    enc.finish().unwrap()
+}
+
+/// A request that arrived gzip-compressed is logged as those bytes, and a restart reads
+/// every span of it back; the record is the compressed size, not the inflated one.
+#[tokio::test]
+async fn a_gzip_request_is_logged_compressed_and_replayed_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let tenant = TenantId::single();
+    let req = request(7, 0..60);
+    let raw = req.encode_to_vec();
+    let gz = gzip(&raw);
+    assert!(gz.len() * 3 < raw.len(), "{} of {}", gz.len(), raw.len());
+    {
+        let f_metrics = Arc::new(Metrics::default());
+        let (wal, _) = Wal::open(dir.path(), f_metrics.clone()).unwrap();
+        let ing = Ingester::new(
+            IngesterConfig::default(),
+            Arc::new(wal),
+            Backend::memory(),
+            BlockConfig::default(),
+            f_metrics.clone(),
+            Arc::new(|_| {}),
+        );
+        ing.push_received(
+            &tenant,
+            &raw,
+            Some(&gz),
+            group_by_trace(&req.resource_spans),
+        )
+        .await
+        .unwrap();
+        // Record header (8) + kind and tenant length (2) + tenant + the gzip bytes.
+        let want = 8 + 2 + tenant.as_str().len() + gz.len();
+        assert_eq!(f_metrics.wal_bytes.get() as usize, want);
+    }
+    let metrics = Arc::new(Metrics::default());
+    let (wal, replay) = Wal::open_lazy(dir.path(), metrics.clone()).unwrap();
+    let ing = Ingester::new(
+        IngesterConfig::default(),
+        Arc::new(wal),
+        Backend::memory(),
+        BlockConfig::default(),
+        metrics.clone(),
+        Arc::new(|_| {}),
+    );
+    ing.replay_wal(replay).await.unwrap();
+    let back = combine(ing.find_trace(&tenant, &TraceId([7; 16])));
+    assert_eq!(span_count(&back), 60);
+}
+
+/// When a limit removed part of a request, the record holds only what was kept, even if
+/// the request came compressed: a replay must not bring back refused spans.
+#[tokio::test]
+async fn a_partly_refused_gzip_request_logs_only_the_kept_traces() {
+    let f = fixture(Duration::from_secs(3600));
+    let tenant = TenantId::single();
+    let mut req = request(8, 0..5);
+    req.resource_spans.extend(request(9, 0..5).resource_spans);
+    let raw = req.encode_to_vec();
+    let gz = gzip(&raw);
+    let mut g = group_by_trace(&req.resource_spans);
+    g.retain(|t| t.id == TraceId([8; 16]));
+    assert!(!g.is_whole());
+    f.ingester
+        .push_received(&tenant, &raw, Some(&gz), g)
+        .await
+        .unwrap();
+    let (replayed, _) = wal::read_only(f._dir.path()).unwrap();
+    let mut ids = Vec::new();
+    for r in replayed {
+        let (_, otlp) = wal::decode_payload(&r.payload).unwrap();
+        let req = ExportTraceServiceRequest::decode(otlp).unwrap();
+        ids.extend(
+            group_by_trace(&req.resource_spans)
+                .traces()
+                .iter()
+                .map(|t| t.id),
+        );
+    }
+    assert_eq!(ids, vec![TraceId([8; 16])]);
+}

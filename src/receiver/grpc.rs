@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
 use prost::Message;
 use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
@@ -18,11 +18,13 @@ use tracing::debug;
 
 use tonic_types::{ErrorDetails, StatusExt};
 
-use super::admission::{gunzip, Admission, AdmissionError, DecodeError, GunzipError, Reservation};
+use super::admission::{
+    gunzip_into, Admission, AdmissionError, DecodeError, GunzipError, Reservation,
+};
 use super::estimate::estimate_protobuf;
 use super::{refusal, response_for, Refusal};
 use crate::api::auth::{grpc_status, TenantResolver};
-use crate::distributor::{Distributor, PushError};
+use crate::distributor::{Distributor, PushError, Received};
 use crate::metrics::Stage;
 use crate::model::{group_encoded, ExportTraceServiceResponse, TenantId};
 
@@ -89,11 +91,23 @@ where
 /// The gRPC message frame: a compressed flag and a big-endian length.
 const FRAME_HEADER: usize = 5;
 
+/// The gzip bytes of a request's one message, as received: the WAL keeps them instead of
+/// the inflated message, a fraction of the bytes to copy, checksum and fsync.
+#[derive(Debug, Clone)]
+struct GzipMessage(Bytes);
+
 /// Inflates every gzip-compressed message of a request body (gRPC frames) and returns the
-/// body with plain frames. Each message may inflate to `max` bytes.
-fn inflate_gzip_frames(mut body: Bytes, max: usize) -> Result<Bytes, Status> {
-    let mut out = BytesMut::new();
+/// body with plain frames, and the gzip message if the body was exactly one. Each message
+/// may inflate to `max` bytes.
+fn inflate_gzip_frames(
+    mut body: Bytes,
+    max: usize,
+) -> Result<(Bytes, Option<GzipMessage>), Status> {
+    let mut out = Vec::new();
+    let mut frames = 0;
+    let mut gzip = None;
     while !body.is_empty() {
+        frames += 1;
         if body.len() < FRAME_HEADER {
             return Err(Status::invalid_argument("truncated grpc message frame"));
         }
@@ -103,9 +117,16 @@ fn inflate_gzip_frames(mut body: Bytes, max: usize) -> Result<Bytes, Status> {
             return Err(Status::invalid_argument("truncated grpc message"));
         }
         let msg = body.split_to(len);
-        let msg = match compressed {
-            0 => msg,
-            1 => gunzip(&msg, max).map_err(|e| match e {
+        // The frame header first, its length filled in once the message is inflated
+        // straight after it: the inflated bytes are written once, not copied.
+        let at = out.len();
+        out.extend_from_slice(&[0; FRAME_HEADER]);
+        let n = match compressed {
+            0 => {
+                out.extend_from_slice(&msg);
+                msg.len()
+            }
+            1 => gunzip_into(&msg, max, &mut out).map_err(|e| match e {
                 GunzipError::TooLarge { limit } => Status::resource_exhausted(format!(
                     "message inflates past the {limit} byte limit"
                 )),
@@ -119,14 +140,12 @@ fn inflate_gzip_frames(mut body: Bytes, max: usize) -> Result<Bytes, Status> {
                 )))
             }
         };
-        let len = u32::try_from(msg.len())
+        let n = u32::try_from(n)
             .map_err(|_| Status::resource_exhausted("message larger than 4 GiB"))?;
-        out.reserve(FRAME_HEADER + msg.len());
-        out.put_u8(0);
-        out.put_u32(len);
-        out.extend_from_slice(&msg);
+        out[at + 1..at + FRAME_HEADER].copy_from_slice(&n.to_be_bytes());
+        gzip = (compressed == 1).then_some(GzipMessage(msg));
     }
-    Ok(out.freeze())
+    Ok((Bytes::from(out), gzip.filter(|_| frames == 1)))
 }
 
 impl NamedService for OtlpGrpcService {
@@ -184,7 +203,7 @@ where
                 .distributor
                 .stage_cpu()
                 .time(Stage::Inflate, || inflate_gzip_frames(body, max));
-            let body = match inflated {
+            let (body, gzip) = match inflated {
                 Ok(b) => b,
                 Err(status) => return Ok(status.into_http()),
             };
@@ -193,6 +212,9 @@ where
             }
             parts.headers.remove("grpc-encoding");
             parts.extensions.insert(Arc::new(reservation));
+            if let Some(gzip) = gzip {
+                parts.extensions.insert(gzip);
+            }
             Ok(this
                 .serve(http::Request::from_parts(parts, Full::new(body)))
                 .await)
@@ -210,9 +232,9 @@ impl OtlpGrpcService {
             let mut accept = EnabledCompressionEncodings::default();
             accept.enable(CompressionEncoding::Gzip);
             accept.enable(CompressionEncoding::Zstd);
-            let mut send = EnabledCompressionEncodings::default();
-            // Sent only when the client's grpc-accept-encoding allows it.
-            send.enable(CompressionEncoding::Gzip);
+            // Responses go uncompressed: an export's response is a few bytes, and gzip
+            // would set up a deflate state (~300 KiB, zeroed) for each of them.
+            let send = EnabledCompressionEncodings::default();
             let max = self.max_message_bytes;
             let mut grpc = Grpc::new(RawCodec)
                 .apply_compression_config(accept, send)
@@ -239,6 +261,10 @@ impl UnaryService<Bytes> for Export {
                 .map_err(|e| grpc_status(&e))?;
             // Held until the push is done: what the receiver inflated (gzip), if anything.
             let _inflated = request.extensions().get::<Arc<Reservation>>().cloned();
+            let gzip = request
+                .extensions()
+                .get::<GzipMessage>()
+                .map(|g| g.0.clone());
             let raw = request.into_inner();
             let group_cpu = svc.distributor.stage_cpu().start(Stage::Group);
             // The rate is taken before decoding: an export over it costs no decode.
@@ -266,7 +292,7 @@ impl UnaryService<Bytes> for Export {
             drop(group_cpu);
             match svc
                 .distributor
-                .push_grouped(&tenant, raw, grouped, None)
+                .push_grouped(&tenant, Received { raw, gzip }, grouped, None)
                 .await
             {
                 Ok(outcome) => Ok(Response::new(response_for(&outcome))),
@@ -342,5 +368,58 @@ impl Decoder for RawDecoder {
     type Error = Status;
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
         Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn gz(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn frame(compressed: u8, msg: &[u8]) -> Vec<u8> {
+        let mut f = vec![compressed];
+        f.extend((msg.len() as u32).to_be_bytes());
+        f.extend(msg);
+        f
+    }
+
+    #[test]
+    fn one_gzip_frame_is_inflated_in_place_and_kept_for_the_wal() {
+        let msg: Vec<u8> = (0..10_000u32).map(|i| (i % 7) as u8).collect();
+        let packed = gz(&msg);
+        let (body, kept) = inflate_gzip_frames(Bytes::from(frame(1, &packed)), 1 << 20).unwrap();
+        assert_eq!(&body[..], &frame(0, &msg)[..]);
+        assert_eq!(&kept.unwrap().0[..], &packed[..]);
+        // Two frames: each inflated, none kept (the WAL record is one request).
+        let mut two = frame(1, &packed);
+        two.extend(frame(0, b"plain"));
+        let (body, kept) = inflate_gzip_frames(Bytes::from(two), 1 << 20).unwrap();
+        let mut want = frame(0, &msg);
+        want.extend(frame(0, b"plain"));
+        assert_eq!(&body[..], &want[..]);
+        assert!(kept.is_none());
+        // Over the limit: refused, as before.
+        let err = inflate_gzip_frames(Bytes::from(frame(1, &packed)), 9_999).unwrap_err();
+        assert_eq!(err.code(), Code::ResourceExhausted);
+    }
+
+    #[test]
+    fn a_forged_size_trailer_does_not_change_what_is_inflated() {
+        let msg = vec![3u8; 50_000];
+        let mut packed = gz(&msg);
+        let n = packed.len();
+        // The trailer claims 4 GiB; the body is what it is.
+        packed[n - 4..].copy_from_slice(&u32::MAX.to_le_bytes());
+        let mut out = Vec::new();
+        // flate2 checks the size trailer, so the forged one is an error, not an allocation.
+        assert!(gunzip_into(&packed, 1 << 20, &mut out).is_err());
+        assert!(out.capacity() <= packed.len() * 1032);
     }
 }

@@ -18,7 +18,7 @@ use super::admission::{gunzip, Admission, AdmissionError, DecodeError, GunzipErr
 use super::estimate::estimate_protobuf;
 use super::{refusal, response_for, Refusal};
 use crate::api::auth::{AuthError, TenantResolver, CHALLENGES};
-use crate::distributor::{Distributor, PushError};
+use crate::distributor::{Distributor, PushError, Received};
 use crate::metrics::Stage;
 use crate::model::group_encoded;
 
@@ -166,6 +166,8 @@ async fn export(State(s): State<HttpReceiverState>, headers: HeaderMap, body: Bo
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
+    // The WAL keeps a protobuf export's gzip bytes as received (see `Received`).
+    let gzip = (encoding == "gzip" && format == Format::Protobuf).then(|| body.clone());
     let (body, held) = match encoding.as_str() {
         "" | "identity" => (body.clone(), body.len()),
         "gzip" => match s
@@ -231,7 +233,7 @@ async fn export(State(s): State<HttpReceiverState>, headers: HeaderMap, body: Bo
             };
             drop(group_cpu);
             s.distributor
-                .push_grouped(&tenant, body, grouped, None)
+                .push_grouped(&tenant, Received { raw: body, gzip }, grouped, None)
                 .await
         }
         Format::Json => {

@@ -41,7 +41,9 @@ use tracing::{info, warn};
 
 #[cfg(test)]
 pub(crate) use record::HEADER_LEN;
-pub(crate) use record::{decode_payload, encode_payload, encode_payload_parts};
+pub(crate) use record::{
+    decode_payload, encode_payload, encode_payload_gzip, encode_payload_parts,
+};
 #[cfg(test)]
 pub(crate) use replay::read_only;
 pub(crate) use replay::Replay;

@@ -2,6 +2,7 @@
 //! failed writes and segment deletion.
 
 use super::*;
+use crate::model::TenantId;
 
 fn metrics() -> Arc<Metrics> {
     Arc::new(Metrics::default())
@@ -229,4 +230,28 @@ async fn old_segments_are_deleted_on_request() {
     let (_wal, replayed) = Wal::open(dir.path(), metrics()).unwrap();
     assert_eq!(replayed.len(), 1);
     assert_eq!(&replayed[0].payload[..], b"b");
+}
+
+/// A gzip payload reads back as the request it compresses, whatever its member count.
+#[test]
+fn gzip_payloads_decode_to_the_request() {
+    use std::io::Write;
+    let tenant = TenantId::new("team-a").unwrap();
+    let otlp: Vec<u8> = (0..5_000u32)
+        .flat_map(|i| (i % 251).to_le_bytes())
+        .collect();
+    let member = |d: &[u8]| {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(d).unwrap();
+        e.finish().unwrap()
+    };
+    let mut two = member(&otlp[..7_000]);
+    two.extend(member(&otlp[7_000..]));
+    for gz in [member(&otlp), two] {
+        let (t, back) = decode_payload(&encode_payload_gzip(&tenant, &gz)).unwrap();
+        assert_eq!(t, tenant);
+        assert_eq!(&back[..], &otlp[..]);
+    }
+    let err = decode_payload(&encode_payload_gzip(&tenant, b"not gzip at all")).unwrap_err();
+    assert!(err.to_string().contains("cannot be inflated"), "{err}");
 }
