@@ -237,6 +237,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
             row_group_size_bytes: cfg.ingester.row_group_size_bytes,
             bloom_false_positive: cfg.storage.trace.block.bloom_filter_false_positive,
             bloom_shard_size_bytes: cfg.storage.trace.block.bloom_filter_shard_size_bytes,
+            compression: BlockConfig::CUT_COMPRESSION,
             ..BlockConfig::default()
         };
         if let Some(kafka) = &kafka {
