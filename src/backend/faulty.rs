@@ -274,8 +274,13 @@ impl Backend {
     /// This backend with `faults` injected into every call. For tests.
     pub fn with_faults(self, faults: Faults) -> Self {
         let inner = self.store.clone();
+        let local = self.local.clone().map(|l| super::local::LocalRoot {
+            link_files: false,
+            ..l
+        });
         Self {
             store: Arc::new(FaultyStore::new(inner, faults)),
+            local,
             description: format!("{} (FAULT INJECTION)", self.description),
             ..self
         }

@@ -91,6 +91,7 @@ impl Backend {
                     local: Some(local::LocalRoot {
                         root: cfg.local.path.clone(),
                         log: None,
+                        link_files: true,
                     }),
                 })
             }
@@ -199,7 +200,9 @@ impl Backend {
 
     /// [`Backend::put`] of a local file's contents, read one part at a time, so an object
     /// of any size costs `MULTIPART_CONCURRENCY` parts of memory. Small files go up in one
-    /// PUT; a read error aborts the multipart upload (nothing becomes visible).
+    /// PUT; a read error aborts the multipart upload (nothing becomes visible). The local
+    /// bucket hard-links the file instead when it can (the caller must not change it
+    /// afterwards; deleting it is fine).
     pub async fn put_file(&self, key: &str, file: &std::path::Path) -> Result<(), BackendError> {
         use tokio::io::AsyncReadExt;
         let io = |e: std::io::Error| {
@@ -208,6 +211,12 @@ impl Backend {
                 source: format!("{}: {e}", file.display()).into(),
             })
         };
+        if let Some(local) = &self.local {
+            if local.link_files && local.link_file(key, file).await? {
+                self.requests.put.inc();
+                return self.make_durable(key).await;
+            }
+        }
         let mut f = tokio::fs::File::open(file).await.map_err(io)?;
         let len = f.metadata().await.map_err(io)?.len();
         if len <= MULTIPART_THRESHOLD as u64 {
@@ -489,7 +498,9 @@ mod tests {
         let (ps, pb) = (dir.path().join("small"), dir.path().join("big"));
         std::fs::write(&ps, &small).unwrap();
         std::fs::write(&pb, &big).unwrap();
-        for b in [local, Backend::memory()] {
+        // Through the store (as with faults injected): the local bucket's copying path.
+        let copying = local.clone().with_faults(faulty::Faults::new());
+        for b in [local, copying, Backend::memory()] {
             // Small parts: a file just over the threshold is several parts, the last short.
             let shared = Arc::new(BackendRequests::default());
             let b = Backend {
@@ -497,11 +508,22 @@ mod tests {
                 ..b
             }
             .counting_into(shared.clone());
+            let linked = b.local.as_ref().is_some_and(|l| l.link_files);
             b.put_file("t/small", &ps).await.unwrap();
             assert_eq!(shared.put.get(), 1);
             b.put_file("t/big", &pb).await.unwrap();
-            // 17 MiB in 5 MiB parts: 4 parts, plus create and complete.
-            assert_eq!(shared.put.get(), 1 + 4 + 2);
+            if linked {
+                // The local bucket links the file: one put, and no second copy on disk.
+                use std::os::unix::fs::MetadataExt;
+                assert_eq!(shared.put.get(), 2);
+                assert_eq!(std::fs::metadata(&pb).unwrap().nlink(), 2);
+                // A retried put of the same key replaces the object.
+                b.put_file("t/big", &pb).await.unwrap();
+                assert_eq!(std::fs::metadata(&pb).unwrap().nlink(), 2);
+            } else {
+                // 17 MiB in 5 MiB parts: 4 parts, plus create and complete.
+                assert_eq!(shared.put.get(), 1 + 4 + 2);
+            }
             assert_eq!(b.get("t/small").await.unwrap(), Bytes::from(small.clone()));
             assert_eq!(b.get("t/big").await.unwrap(), Bytes::from(big.clone()));
             // A missing file is an error and writes nothing.
