@@ -395,17 +395,20 @@ async fn a_gzip_request_is_logged_compressed_and_replayed_whole() {
     let raw = req.encode_to_vec();
     let gz = gzip(&raw);
     assert!(gz.len() * 3 < raw.len(), "{} of {}", gz.len(), raw.len());
-    {
-        let f_metrics = Arc::new(Metrics::default());
-        let (wal, _) = Wal::open(dir.path(), f_metrics.clone()).unwrap();
-        let ing = Ingester::new(
+    let on = |wal: Wal, metrics: &Arc<Metrics>| {
+        Ingester::new(
             IngesterConfig::default(),
             Arc::new(wal),
             Backend::memory(),
             BlockConfig::default(),
-            f_metrics.clone(),
+            metrics.clone(),
             Arc::new(|_| {}),
-        );
+        )
+    };
+    {
+        let f_metrics = Arc::new(Metrics::default());
+        let (wal, _) = Wal::open(dir.path(), f_metrics.clone()).unwrap();
+        let ing = on(wal, &f_metrics);
         ing.push_received(
             &tenant,
             &raw,
@@ -420,14 +423,7 @@ async fn a_gzip_request_is_logged_compressed_and_replayed_whole() {
     }
     let metrics = Arc::new(Metrics::default());
     let (wal, replay) = Wal::open_lazy(dir.path(), metrics.clone()).unwrap();
-    let ing = Ingester::new(
-        IngesterConfig::default(),
-        Arc::new(wal),
-        Backend::memory(),
-        BlockConfig::default(),
-        metrics.clone(),
-        Arc::new(|_| {}),
-    );
+    let ing = on(wal, &metrics);
     ing.replay_wal(replay).await.unwrap();
     let back = combine(ing.find_trace(&tenant, &TraceId([7; 16])));
     assert_eq!(span_count(&back), 60);

@@ -373,15 +373,8 @@ impl Decoder for RawDecoder {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
-
     use super::*;
-
-    fn gz(data: &[u8]) -> Vec<u8> {
-        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        e.write_all(data).unwrap();
-        e.finish().unwrap()
-    }
+    use crate::receiver::admission::tests::gz;
 
     fn frame(compressed: u8, msg: &[u8]) -> Vec<u8> {
         let mut f = vec![compressed];
