@@ -212,7 +212,7 @@ impl Backend {
             })
         };
         if let Some(local) = &self.local {
-            if local.link_files && local.link_file(key, file).await? {
+            if local.link_file(key, file).await? {
                 self.requests.put.inc();
                 return self.make_durable(key).await;
             }

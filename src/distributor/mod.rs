@@ -135,7 +135,8 @@ pub(crate) struct Received {
     /// The `ExportTraceServiceRequest` encoding.
     pub(crate) raw: Bytes,
     /// `raw` gzip-compressed, as it arrived, if it did: the WAL keeps these bytes (a
-    /// fifth to a tenth of `raw` on typical exports) when the whole request is kept.
+    /// ninth of `raw` on the synthetic exports of BENCHMARKS.md) when the whole request
+    /// is kept.
     pub(crate) gzip: Option<Bytes>,
 }
 
