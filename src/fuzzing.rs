@@ -97,7 +97,13 @@ pub fn otlp_protobuf(data: &[u8]) {
                 assert_eq!(w.traces().len(), g.traces().len(), "traces");
                 for (a, b) in w.traces().iter().zip(g.traces()) {
                     assert_eq!(a.id, b.id);
-                    assert_eq!(a.data.decode().ok(), b.data.decode().ok(), "fragments");
+                    // Compared encoded: a NaN double attribute is never equal to itself.
+                    let encoded = |f: &crate::model::Fragments| {
+                        f.decode()
+                            .ok()
+                            .map(|rs| rs.iter().map(Message::encode_to_vec).collect::<Vec<_>>())
+                    };
+                    assert_eq!(encoded(&a.data), encoded(&b.data), "fragments");
                 }
             }
             distribute(&req);
@@ -416,5 +422,33 @@ mod tests {
         assert_eq!((g.accepted, g.rejected), (1, 1));
         trace_id(b"0123456789abcdefABCDEF0123456789");
         traceql(b"{ span.http.status_code >= 500 } | count() > 2");
+    }
+
+    /// A NaN double attribute (the fuzzer found one in 15 s) is not a mismatch between the
+    /// two groupings: NaN is never equal to itself, its encoding is.
+    #[test]
+    fn a_nan_attribute_groups_the_same_both_ways() {
+        use crate::model::{any_value, AnyValue, KeyValue};
+        let req = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![crate::model::ScopeSpans {
+                    spans: vec![crate::model::Span {
+                        trace_id: vec![1; 16],
+                        span_id: vec![2; 8],
+                        attributes: vec![KeyValue {
+                            key: "d".into(),
+                            value: Some(AnyValue {
+                                value: Some(any_value::Value::DoubleValue(f64::NAN)),
+                            }),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        otlp_protobuf(&req.encode_to_vec());
     }
 }
