@@ -14,7 +14,7 @@ use crate::backend::scratch::{self, ScratchError, ScratchFile};
 use crate::backend::BackendError;
 use crate::block::{self, BlockError, BlockMeta, BlockParts};
 use crate::metrics::Stage;
-use crate::model::TenantId;
+use crate::model::{TenantId, TraceId};
 
 /// Called with the meta of every block the ingester commits, so queriers in this process
 /// see it at once instead of at the next blocklist poll.
@@ -104,6 +104,7 @@ impl Ingester {
             taken,
             boundary,
             carry,
+            keep_from,
         } = cut;
 
         let Some(boundary) = boundary else {
@@ -180,7 +181,8 @@ impl Ingester {
                             spans: 0,
                         })
                         .collect();
-                    head.insert(tenant, traces, now);
+                    // Carried over right below, into `boundary` or later.
+                    head.insert(tenant, traces, now, boundary);
                 }
                 self.update_gauges(&head);
             }
@@ -194,11 +196,38 @@ impl Ingester {
             self.carry_over(failed_carry).await;
         }
         if truncate {
-            if let Err(e) = self.log.truncate_before(boundary).await {
-                warn!(error = %e, "cannot delete old wal segments");
-            }
+            self.truncate_log(&taken, &failed, boundary, keep_from)
+                .await;
         }
         blocks
+    }
+
+    /// Deletes the segments before `keep_from`. When the cut kept older segments (for
+    /// traces live in them), it first marks the traces it wrote, so a replay of those
+    /// segments skips them. Without the marker a replay writes them again: a duplicate
+    /// merged at read time, never a loss, so its failure only warns.
+    async fn truncate_log(
+        &self,
+        taken: &Flushing,
+        failed: &[TenantId],
+        boundary: u64,
+        keep_from: u64,
+    ) {
+        if keep_from < boundary {
+            let written: Vec<(TenantId, Vec<TraceId>)> = taken
+                .iter()
+                .filter(|(t, _)| !failed.contains(t))
+                .map(|(t, traces)| (t.clone(), traces.keys().copied().collect()))
+                .collect();
+            if !written.is_empty() {
+                if let Err(e) = self.log.mark_flushed(boundary, &written).await {
+                    warn!(error = %e, "cannot write the wal flush marker; a replay would write these traces again");
+                }
+            }
+        }
+        if let Err(e) = self.log.truncate_before(keep_from).await {
+            warn!(error = %e, "cannot delete old wal segments");
+        }
     }
 
     /// Whether block `id` is already committed (`Some(Some(meta))`) or compacted away

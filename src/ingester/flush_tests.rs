@@ -39,8 +39,19 @@ impl IngestLog for RecordingLog {
         self.events.lock().push(format!("truncate {segment}"));
         IngestLog::truncate_before(&self.wal, segment).await
     }
+    async fn mark_flushed(
+        &self,
+        boundary: u64,
+        traces: &[(TenantId, Vec<crate::model::TraceId>)],
+    ) -> Result<(), wal::WalError> {
+        self.events.lock().push(format!("mark {boundary}"));
+        self.wal.mark_flushed(boundary, traces).await
+    }
     fn scratch_dir(&self) -> Option<&std::path::Path> {
         self.scratch.as_deref()
+    }
+    fn opened_segment(&self) -> Option<u64> {
+        Some(self.wal.opened_segment())
     }
 }
 

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use uuid::Uuid;
 
 use super::wal::{Wal, WalError};
-use crate::model::TenantId;
+use crate::model::{TenantId, TraceId};
 
 /// Where the ingester makes data durable before acknowledging it. The local WAL implements
 /// it; a replicated log (NATS JetStream, Kafka) can implement it for scale-out.
@@ -22,6 +22,21 @@ pub(crate) trait IngestLog: Send + Sync + 'static {
     async fn rotate(&self, tenants: &[TenantId]) -> Result<u64, WalError>;
     /// Forgets every segment before `segment`: their data is in the backend or newer segments.
     async fn truncate_before(&self, segment: u64) -> Result<(), WalError>;
+    /// Records that `traces` are in blocks, so a replay of the kept segments before
+    /// `boundary` skips them instead of writing them twice. A log without markers replays
+    /// them (merged at read time): never a loss.
+    async fn mark_flushed(
+        &self,
+        _boundary: u64,
+        _traces: &[(TenantId, Vec<TraceId>)],
+    ) -> Result<(), WalError> {
+        Ok(())
+    }
+    /// The segment this process started appending to, if the log has segments of its
+    /// own: traces that arrived after it are not carried over at the first cut.
+    fn opened_segment(&self) -> Option<u64> {
+        None
+    }
     /// Whether live traces may be re-appended to a newer segment at a cut. A log that
     /// cannot (the Kafka ingest log: its records are the producers') gets every cut taking
     /// the whole head instead; late spans of a trace cut in two are merged at read time.
@@ -58,6 +73,16 @@ impl IngestLog for Wal {
     }
     async fn truncate_before(&self, segment: u64) -> Result<(), WalError> {
         self.delete_segments_before(segment).await.map(|_| ())
+    }
+    async fn mark_flushed(
+        &self,
+        boundary: u64,
+        traces: &[(TenantId, Vec<TraceId>)],
+    ) -> Result<(), WalError> {
+        Wal::mark_flushed(self, boundary, traces).await
+    }
+    fn opened_segment(&self) -> Option<u64> {
+        Some(Wal::opened_segment(self))
     }
     /// Next to the segments: the disk the operator gave the ingester (replay reads only
     /// `*.wal` files).

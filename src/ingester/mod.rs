@@ -2,11 +2,15 @@
 //! acknowledged, and cuts them into blocks in the backend.
 //!
 //! Durability rule: a WAL segment is deleted only when every record in it is either in a
-//! committed block or has been re-appended to a newer segment (traces still receiving spans
-//! are carried over at each cut).
+//! committed block or has been re-appended to a newer segment. A cut keeps the segments
+//! of traces still live and young (first seen less than two idle periods ago), and
+//! re-appends (carries over) only the older ones: most traces end within that window, so
+//! most are written to the WAL once, not again at every cut. A flush marker names the
+//! traces a cut wrote from a segment it kept, so a replay does not write them twice.
 
 mod encode;
 mod flush;
+mod head;
 mod log;
 mod read;
 pub mod wal;
@@ -17,12 +21,15 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
+#[cfg(test)]
 use prost::Message;
 use tokio::sync::RwLock as AsyncRwLock;
-use tracing::{info, warn};
+use tracing::info;
 use uuid::Uuid;
 
 pub(crate) use flush::BlockCommitted;
+pub(crate) use head::Carry;
+use head::{carry_records, replay_record, trace_bytes, Head, LiveTrace, CARRY_RECORD_BYTES};
 pub(crate) use log::IngestLog;
 pub(crate) use read::LiveKey;
 
@@ -30,9 +37,9 @@ use crate::backend::Backend;
 use crate::block::BlockConfig;
 use crate::config::IngesterConfig;
 use crate::metrics::{Metrics, Stage};
-use crate::model::{
-    group_by_trace, ExportTraceServiceRequest, Fragments, Grouped, TenantId, TraceBatch, TraceId,
-};
+#[cfg(test)]
+use crate::model::{group_by_trace, ExportTraceServiceRequest};
+use crate::model::{Fragments, Grouped, TenantId, TraceBatch, TraceId};
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum IngestError {
@@ -42,150 +49,11 @@ pub(crate) enum IngestError {
     Wal(#[from] wal::WalError),
 }
 
-struct LiveTrace {
-    data: Fragments,
-    first_seen: Instant,
-    last_seen: Instant,
-}
-
-#[derive(Default)]
-struct Head {
-    tenants: HashMap<TenantId, HashMap<TraceId, LiveTrace>>,
-    bytes: u64,
-    traces: u64,
-    started: Option<Instant>,
-}
-
-/// Memory a trace holds in the ingester, which `max_live_bytes` bounds: its bytes as
-/// received, its chunk handles (and the shared header a chunk gets once cloned), and its
-/// entry in the trace map with the map's spare room. On the OTel SDK recording (traces of
-/// 3–10 spans of ~150 B) the heap ran ~230 MiB (22%) above the received bytes alone at the
-/// peaks of sustained ingest; counted this way, it runs above them by the cut's working set.
-fn trace_bytes(data: &Fragments) -> u64 {
-    const CHUNK: usize = 2 * std::mem::size_of::<Bytes>();
-    const ENTRY: usize = std::mem::size_of::<(TraceId, LiveTrace)>() * 3 / 2;
-    (data.len() + data.chunk_capacity() * CHUNK + ENTRY) as u64
-}
-
-impl Head {
-    fn insert(&mut self, tenant: &TenantId, traces: Vec<TraceBatch>, now: Instant) {
-        let map = match self.tenants.get_mut(tenant) {
-            Some(m) => m,
-            None => self.tenants.entry(tenant.clone()).or_default(),
-        };
-        for t in traces {
-            match map.get_mut(&t.id) {
-                Some(live) => {
-                    let before = trace_bytes(&live.data);
-                    live.data.extend(&t.data);
-                    self.bytes += trace_bytes(&live.data) - before;
-                    live.last_seen = now;
-                }
-                None => {
-                    self.bytes += trace_bytes(&t.data);
-                    self.traces += 1;
-                    map.insert(
-                        t.id,
-                        LiveTrace {
-                            data: t.data,
-                            first_seen: now,
-                            last_seen: now,
-                        },
-                    );
-                }
-            }
-        }
-        self.started.get_or_insert(now);
-    }
-}
-
 /// Resident memory beyond the heap in use, as a fraction (1/N) of the traces held: pages
 /// the allocator has freed but not yet returned, and size-class rounding. At the peaks of
 /// sustained ingest, RSS ran 150–230 MiB (13–17%) above the live heap (mimalloc 3, heap
 /// counted by a wrapping allocator).
 const ALLOCATOR_SHARE: u64 = 6;
-
-/// Carried-over traces are re-appended in WAL records of about this size: one record per
-/// tenant could pass [`wal::MAX_RECORD`] and then never be written, stalling every flush.
-const CARRY_RECORD_BYTES: usize = 16 << 20;
-
-/// WAL records re-appending one tenant's `traces`, each about `max` bytes at most (a single
-/// trace larger than that gets a record of its own).
-fn carry_records<'a>(
-    tenant: &TenantId,
-    traces: impl IntoIterator<Item = &'a Fragments>,
-    max: usize,
-) -> Carry {
-    let mut out = Carry::default();
-    out.add(tenant, traces, max);
-    out
-}
-
-/// Traces to re-append to the WAL, grouped into records of about `max` bytes but encoded
-/// one record at a time as they are appended: a cut keeping hundreds of MiB in memory
-/// then holds one record's copy, not a copy of everything it keeps.
-#[derive(Default)]
-pub(crate) struct Carry {
-    records: Vec<(TenantId, Vec<Fragments>)>,
-}
-
-impl Carry {
-    fn add<'a>(
-        &mut self,
-        tenant: &TenantId,
-        traces: impl IntoIterator<Item = &'a Fragments>,
-        max: usize,
-    ) {
-        // Fragments concatenate into a valid ExportTraceServiceRequest.
-        let mut cur: Vec<Fragments> = Vec::new();
-        let mut len = 0;
-        for f in traces {
-            if len > 0 && len + f.len() > max {
-                self.records
-                    .push((tenant.clone(), std::mem::take(&mut cur)));
-                len = 0;
-            }
-            len += f.len();
-            cur.push(f.clone());
-        }
-        if len > 0 {
-            self.records.push((tenant.clone(), cur));
-        }
-    }
-
-    fn extend(&mut self, other: Carry) {
-        self.records.extend(other.records);
-    }
-
-    /// The WAL records, each encoded only when the iterator reaches it.
-    pub(crate) fn records(self) -> impl Iterator<Item = Bytes> {
-        self.records
-            .into_iter()
-            .map(|(tenant, traces)| wal::encode_payload_parts(&tenant, &traces))
-    }
-}
-
-/// Inserts one replayed WAL record into the head; returns (spans, unreadable records).
-fn replay_record(head: &mut Head, r: &wal::ReplayedRecord, now: Instant) -> (usize, usize) {
-    let (tenant, otlp) = match wal::decode_payload(&r.payload) {
-        Ok(x) => x,
-        Err(e) => {
-            warn!(segment = r.segment, error = %e, "skipping unreadable wal record");
-            return (0, 1);
-        }
-    };
-    let req = match ExportTraceServiceRequest::decode(otlp) {
-        Ok(r) => r,
-        Err(e) => {
-            warn!(segment = r.segment, error = %e, "skipping undecodable wal record");
-            return (0, 1);
-        }
-    };
-    let grouped = group_by_trace(&req.resource_spans);
-    let accepted = grouped.accepted;
-    head.insert(&tenant, grouped.into_traces(), now);
-    (accepted, 0)
-}
 
 /// Traces cut from the head and on their way into blocks; still served to queries.
 type Flushing = HashMap<TenantId, HashMap<TraceId, Fragments>>;
@@ -195,8 +63,12 @@ struct Cut {
     /// The first WAL segment that holds data still in memory; `None` when the cut took
     /// nothing and did not rotate.
     boundary: Option<u64>,
-    /// WAL records re-appending the traces kept in memory.
+    /// WAL records re-appending the traces kept in memory that were live at the previous
+    /// cut already.
     carry: Carry,
+    /// The oldest segment still holding data of a trace kept in memory and not carried
+    /// over: once the cut's blocks are committed, the segments before it can go.
+    keep_from: u64,
 }
 
 pub struct Ingester {
@@ -215,6 +87,9 @@ pub struct Ingester {
     block_cfg: BlockConfig,
     metrics: Arc<Metrics>,
     on_commit: BlockCommitted,
+    /// The segment the log started at in this process: replayed traces are older and are
+    /// carried over at the first cut. `None` carries every kept trace.
+    opened_segment: Option<u64>,
 }
 
 /// Whether the head should be cut now, and how much of it.
@@ -236,6 +111,7 @@ impl Ingester {
         metrics: Arc<Metrics>,
         on_commit: BlockCommitted,
     ) -> Arc<Self> {
+        let opened_segment = log.opened_segment();
         Arc::new(Self {
             cfg,
             log,
@@ -247,6 +123,7 @@ impl Ingester {
             block_cfg,
             metrics,
             on_commit,
+            opened_segment,
         })
     }
 
@@ -355,10 +232,10 @@ impl Ingester {
         traces: Vec<TraceBatch>,
     ) -> Result<(), IngestError> {
         let _shared = self.gate.read().await;
-        self.log.append(record).await?;
+        let segment = self.log.append(record).await?;
         self.metrics.stage_cpu.time(Stage::Head, || {
             let mut head = self.head.lock();
-            head.insert(tenant, traces, Instant::now());
+            head.insert(tenant, traces, Instant::now(), segment);
             self.update_gauges(&head);
         });
         Ok(())
@@ -388,7 +265,7 @@ impl Ingester {
                 let now = Instant::now();
                 {
                     let mut head = self.head.lock();
-                    let (s, b) = replay_record(&mut head, r, now);
+                    let (s, b) = replay_record(&mut head, r, replay.flushed(), now);
                     spans += s;
                     bad += b;
                     self.update_gauges(&head);
@@ -479,6 +356,7 @@ impl Ingester {
                 taken: Arc::new(HashMap::new()),
                 boundary: None,
                 carry: Carry::default(),
+                keep_from: 0,
             });
         }
         // Under the exclusive gate nothing enters the head: these are the tenants whose
@@ -492,20 +370,34 @@ impl Ingester {
             .map(|(t, _)| t.clone())
             .collect();
         let boundary = self.log.rotate(&tenants).await?;
+        // Most traces end within a few idle periods: a kept trace younger than two stays
+        // where it is (its segments are kept), to be written to the WAL once. An older one
+        // is carried over, so a long trace cannot pin old segments (and the disk); so is a
+        // replayed one, to let the segments read at start-up go.
+        let carry_before = self.opened_segment.unwrap_or(u64::MAX);
+        let carry_age = self.cfg.trace_idle_period.saturating_mul(2);
+        let mut keep_from = boundary;
         let mut head = self.head.lock();
         let old = std::mem::take(&mut *head);
         let mut taken: Flushing = HashMap::new();
         let mut carry = Carry::default();
         for (tenant, traces) in old.tenants {
             let mut kept = Vec::new();
-            for (id, live) in traces {
+            for (id, mut live) in traces {
                 if force || self.ready(&live, now) {
                     taken
                         .entry(tenant.clone())
                         .or_default()
                         .insert(id, live.data);
                 } else {
-                    kept.push(live.data.clone());
+                    if live.first_segment < carry_before
+                        || now.duration_since(live.first_seen) >= carry_age
+                    {
+                        kept.push(live.data.clone());
+                        // Re-appended after the rotation, so in `boundary` or later.
+                        live.first_segment = boundary;
+                    }
+                    keep_from = keep_from.min(live.first_segment);
                     head.bytes += trace_bytes(&live.data);
                     head.traces += 1;
                     head.tenants
@@ -541,6 +433,7 @@ impl Ingester {
             taken,
             boundary: Some(boundary),
             carry,
+            keep_from,
         })
     }
 

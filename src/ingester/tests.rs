@@ -330,7 +330,7 @@ async fn live_keys_and_fragments_merge_head_and_flushing() {
         let traces = group_by_trace(&late.resource_spans).into_traces();
         ing.head
             .lock()
-            .insert(&TenantId::single(), traces, Instant::now());
+            .insert(&TenantId::single(), traces, Instant::now(), 0);
         let keys = ing.live_keys(&TenantId::single(), |_, _| true);
         let data = ing.live_fragments(&TenantId::single(), &[TraceId([4; 16])]);
         seen2.lock().push((keys, data));
@@ -459,4 +459,115 @@ async fn a_partly_refused_gzip_request_logs_only_the_kept_traces() {
         );
     }
     assert_eq!(ids, vec![TraceId([8; 16])]);
+}
+
+/// A trace still live at a cut stays in its segment (the cut keeps it) and is written to
+/// the WAL once; only a trace live for two idle periods is carried over. The traces the cut wrote
+/// from the kept segment are named in a flush marker, so a restart replays the kept
+/// trace and not those: none lost, none written twice.
+#[tokio::test]
+async fn a_cut_keeps_the_segment_of_young_traces_instead_of_rewriting_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let crashed = tempfile::tempdir().unwrap();
+    // Long enough that a stalled test machine does not make a live trace idle.
+    let idle = Duration::from_secs(1);
+    let open = |dir: &std::path::Path, metrics: Arc<Metrics>| {
+        let (wal, replay) = Wal::open_lazy(dir, metrics.clone()).unwrap();
+        let committed = Arc::new(Mutex::new(Vec::<BlockMeta>::new()));
+        let c = committed.clone();
+        let ing = Ingester::new(
+            IngesterConfig {
+                trace_idle_period: idle,
+                ..Default::default()
+            },
+            Arc::new(wal),
+            Backend::memory(),
+            BlockConfig::default(),
+            metrics,
+            Arc::new(move |m| c.lock().push(m)),
+        );
+        (ing, replay, committed)
+    };
+    let in_memory = |ing: &Ingester, t: u8| {
+        span_count(&combine(
+            ing.find_trace(&TenantId::single(), &TraceId([t; 16])),
+        ))
+    };
+    let metrics = Arc::new(Metrics::default());
+    let (ing, _, committed) = open(dir.path(), metrics.clone());
+    let tenant = TenantId::single();
+    let wal_records = || metrics.wal_records.get();
+    let marker = |b: u64| dir.path().join(format!("{b:020}.flushed"));
+    // Segment 1: traces 1 and 2; trace 1 goes idle.
+    ing.push_request(&tenant, &request(1, 0..3)).await.unwrap();
+    tokio::time::sleep(idle + Duration::from_millis(200)).await;
+    ing.push_request(&tenant, &request(2, 0..4)).await.unwrap();
+    let before = wal_records();
+    assert_eq!(ing.flush(false).await, 1, "trace 1 written");
+    assert_eq!(wal_records(), before, "trace 2 was rewritten to the WAL");
+    assert!(wal::segment_path(dir.path(), 1).exists(), "segment 1 kept");
+    assert!(marker(2).exists());
+    assert_eq!(in_memory(&ing, 2), 4);
+    // The WAL as a crash would leave it now, for the restart below.
+    for e in std::fs::read_dir(dir.path()).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), crashed.path().join(e.file_name())).unwrap();
+    }
+    // Trace 3 arrives in segment 2; trace 2 goes idle and is written; trace 3 is not
+    // rewritten either, and segment 1 goes.
+    tokio::time::sleep(idle + Duration::from_millis(200)).await;
+    ing.push_request(&tenant, &request(3, 0..5)).await.unwrap();
+    let before = wal_records();
+    assert_eq!(ing.flush(false).await, 1);
+    assert_eq!(committed.lock()[1].total_objects, 1, "trace 2 written");
+    assert_eq!(wal_records(), before, "trace 3 was rewritten to the WAL");
+    assert!(
+        !wal::segment_path(dir.path(), 1).exists(),
+        "segment 1 deleted"
+    );
+    assert!(!marker(2).exists());
+    assert!(wal::segment_path(dir.path(), 2).exists(), "segment 2 kept");
+    // Trace 3 gets spans for over two idle periods and is still live at the next cut:
+    // carried over this time.
+    ing.push_request(&tenant, &request(3, 5..7)).await.unwrap();
+    ing.push_request(&tenant, &request(4, 0..1)).await.unwrap();
+    for i in 7..12 {
+        tokio::time::sleep(idle / 2).await;
+        ing.push_request(&tenant, &request(3, i..i + 1))
+            .await
+            .unwrap();
+    }
+    let before = wal_records();
+    assert_eq!(ing.flush(false).await, 1, "trace 4 written");
+    assert!(wal_records() > before, "trace 3 carried over");
+    assert!(
+        !wal::segment_path(dir.path(), 2).exists(),
+        "segment 2 deleted"
+    );
+    assert_eq!(in_memory(&ing, 3), 12);
+    drop(ing);
+    let metrics = Arc::new(Metrics::default());
+    let (ing, replay, _) = open(dir.path(), metrics.clone());
+    ing.replay_wal(replay).await.unwrap();
+    assert_eq!(in_memory(&ing, 3), 12);
+    assert_eq!(metrics.live_traces.get(), 1, "only trace 3 replayed");
+
+    // The crash after the first cut: segment 1 holds traces 1 (written, and marked so)
+    // and 2 (live); the replay brings back trace 2 only.
+    let metrics = Arc::new(Metrics::default());
+    let (ing, replay, _) = open(crashed.path(), metrics.clone());
+    ing.replay_wal(replay).await.unwrap();
+    assert_eq!(in_memory(&ing, 2), 4);
+    assert_eq!(
+        metrics.live_traces.get(),
+        1,
+        "trace 1 replayed though in a block"
+    );
+    // Without the marker it comes back (to be merged with the block's copy): never lost.
+    drop(ing);
+    std::fs::remove_file(crashed.path().join(format!("{:020}.flushed", 2))).unwrap();
+    let (ing, replay, _) = open(crashed.path(), Arc::new(Metrics::default()));
+    ing.replay_wal(replay).await.unwrap();
+    assert_eq!(in_memory(&ing, 1), 3);
+    assert_eq!(in_memory(&ing, 2), 4);
 }

@@ -25,6 +25,7 @@
 //! with "no space left" (after writing half its bytes, as a filling disk does) while the
 //! file `FAULT_MARKER.enospc` exists there.
 
+mod flushed;
 mod record;
 mod replay;
 
@@ -39,6 +40,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
+pub(crate) use flushed::Flushed;
 #[cfg(test)]
 pub(crate) use record::HEADER_LEN;
 pub(crate) use record::{
@@ -91,12 +93,19 @@ enum Cmd {
         seq: u64,
         done: oneshot::Sender<Result<usize, WalError>>,
     },
+    MarkFlushed {
+        boundary: u64,
+        body: Vec<u8>,
+        done: oneshot::Sender<Result<(), WalError>>,
+    },
 }
 
 /// Handle to the WAL; cheap to clone.
 #[derive(Clone)]
 pub struct Wal {
     tx: mpsc::Sender<Cmd>,
+    /// The segment started at open: everything this process appends is in it or later.
+    opened: u64,
     stats: ReplayStats,
     dir: Arc<Path>,
     /// Holds the directory lock for as long as any handle lives.
@@ -170,16 +179,22 @@ impl Wal {
             segments = segments.len(),
             "wal opened"
         );
-        let replay = Replay::new(dir.to_owned(), segments);
+        let replay = Replay::new(dir.to_owned(), segments, Flushed::read(dir)?);
         Ok((
             Self {
                 tx,
+                opened: next,
                 stats,
                 dir: dir.into(),
                 _lock: Arc::new(lock),
             },
             replay,
         ))
+    }
+
+    /// The segment started when the WAL was opened; older ones are replayed ones.
+    pub(crate) fn opened_segment(&self) -> u64 {
+        self.opened
     }
 
     /// The directory the segments live in.
@@ -214,8 +229,28 @@ impl Wal {
         rx.await.map_err(|_| WalError::Closed)?
     }
 
+    /// Records durably that `traces` are in blocks, for the segments before `boundary`
+    /// that are kept (see [`Flushed`]). Written on the writer thread.
+    pub(crate) async fn mark_flushed(
+        &self,
+        boundary: u64,
+        traces: &[(crate::model::TenantId, Vec<crate::model::TraceId>)],
+    ) -> Result<(), WalError> {
+        let body = flushed::encode(boundary, traces);
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::MarkFlushed {
+                boundary,
+                body,
+                done,
+            })
+            .map_err(|_| WalError::Closed)?;
+        rx.await.map_err(|_| WalError::Closed)?
+    }
+
     /// Deletes every segment numbered below `seq` (their data is safe in the backend or
-    /// carried over). Unlinks and the directory fsync run on the writer thread.
+    /// carried over), and the flush markers that spoke only of those. Unlinks and the
+    /// directory fsync run on the writer thread.
     pub(crate) async fn delete_segments_before(&self, seq: u64) -> Result<usize, WalError> {
         let (done, rx) = oneshot::channel();
         self.tx
@@ -311,6 +346,15 @@ impl Writer {
                     Cmd::DeleteBefore { seq, done } => {
                         self.commit(&mut waiting);
                         let _ = done.send(self.delete_before(seq));
+                        next = rx.try_recv().ok();
+                    }
+                    Cmd::MarkFlushed {
+                        boundary,
+                        body,
+                        done,
+                    } => {
+                        self.commit(&mut waiting);
+                        let _ = done.send(flushed::write(&self.dir, boundary, &body));
                         next = rx.try_recv().ok();
                     }
                 }
@@ -426,7 +470,9 @@ impl Writer {
                 n += 1;
             }
         }
-        if n > 0 {
+        // Markers go after the segments they speak of: one left behind alone is harmless.
+        let markers = flushed::delete_up_to(&self.dir, seq)?;
+        if n + markers > 0 {
             sync_dir(&self.dir)?;
         }
         Ok(n)

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use tracing::warn;
 
-use super::{io_err, record, segment_path, WalError};
+use super::{io_err, record, segment_path, Flushed, WalError};
 
 /// A record read back at start-up, with the segment it came from.
 pub struct ReplayedRecord {
@@ -31,15 +31,22 @@ pub(crate) struct Replay {
     dir: PathBuf,
     segments: std::vec::IntoIter<u64>,
     stats: ReplayStats,
+    flushed: Flushed,
 }
 
 impl Replay {
-    pub(super) fn new(dir: PathBuf, segments: Vec<u64>) -> Self {
+    pub(super) fn new(dir: PathBuf, segments: Vec<u64>, flushed: Flushed) -> Self {
         Self {
             dir,
             segments: segments.into_iter(),
             stats: ReplayStats::default(),
+            flushed,
         }
+    }
+
+    /// Traces the flush markers say are in blocks already: their records are skipped.
+    pub(crate) fn flushed(&self) -> &Flushed {
+        &self.flushed
     }
 
     /// The intact records of the next segment, or `None` once every segment was read.
