@@ -277,6 +277,18 @@ impl Distributor {
         &self.metrics.stage_cpu
     }
 
+    /// Whether `tenant`'s exports are decoded into structs (their spans feed the
+    /// metrics-generator): the receivers then bound that decode too.
+    pub(crate) fn decodes_for(&self, tenant: &TenantId) -> bool {
+        self.generator.is_some()
+            && !self
+                .overrides
+                .limits(tenant)
+                .metrics_generator
+                .processors
+                .is_empty()
+    }
+
     /// Pushes a request already grouped by trace, admitted by [`Distributor::admit`]. The
     /// receivers group protobuf exports from their bytes ([`crate::model::group_encoded`])
     /// and pass no `req`: it is decoded here only for a tenant whose spans feed the

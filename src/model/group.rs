@@ -52,6 +52,11 @@ impl Grouped {
         self.traces
     }
 
+    /// Encoded bytes of every trace's fragments.
+    pub fn bytes(&self) -> usize {
+        self.traces.iter().map(|t| t.data.len()).sum()
+    }
+
     /// Whether `traces` still holds every valid span of the request it was grouped from.
     pub fn is_whole(&self) -> bool {
         self.removed == 0
@@ -94,6 +99,29 @@ impl Grouped {
             format!("rejected {}", parts.join(" and "))
         }
     }
+}
+
+/// What [`group_by_trace`] would make of `resource_spans`, in bytes, without making it:
+/// each trace of a scope gets its own copy of the resource and the scope.
+pub fn grouped_len(resource_spans: &[ResourceSpans]) -> usize {
+    use prost::encoding::message::encoded_len;
+    let mut total = 0usize;
+    let mut ids: Vec<&[u8]> = Vec::new();
+    for rs in resource_spans {
+        let r = rs.resource.as_ref().map_or(0, |r| encoded_len(1, r)) + rs.schema_url.len();
+        for ss in &rs.scope_spans {
+            let s = ss.scope.as_ref().map_or(0, |s| encoded_len(1, s)) + ss.schema_url.len();
+            ids.clear();
+            ids.extend(ss.spans.iter().map(|s| s.trace_id.as_slice()));
+            ids.sort_unstable();
+            ids.dedup();
+            let spans: usize = ss.spans.iter().map(|s| encoded_len(2, s)).sum();
+            total = total
+                .saturating_add(ids.len().saturating_mul(r + s + 16))
+                .saturating_add(spans);
+        }
+    }
+    total
 }
 
 fn valid_span_id(id: &[u8]) -> bool {

@@ -13,10 +13,10 @@ pub(crate) mod wire;
 
 pub use combine::{combine, span_count, Combiner};
 pub use fragment::Fragments;
-pub use group::{group_by_trace, Grouped, TraceBatch};
+pub use group::{group_by_trace, grouped_len, Grouped, TraceBatch};
 pub use ids::{IdError, TenantId, TenantIdError, TraceId, SINGLE_TENANT};
 pub use nested_set::{nested_sets, parent_indices, NestedSet};
-pub use wire::{group_encoded, WireError};
+pub use wire::{group_encoded, group_encoded_within, GroupError, WireError};
 
 pub use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,

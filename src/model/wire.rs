@@ -298,9 +298,30 @@ fn valid_span_id(id: &[u8]) -> bool {
     id.len() == 8 && id.iter().any(|&b| b != 0)
 }
 
+/// Why a request was not grouped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GroupError {
+    #[error(transparent)]
+    Invalid(#[from] WireError),
+    /// The traces' fragments would pass the bound: each repeats its resource and scope, so
+    /// a request whose spans belong to many traces under one large resource multiplies it.
+    #[error("grouped by trace the request would take more than {limit} bytes")]
+    TooLarge { limit: usize },
+}
+
 /// Checks `req` and groups its spans by trace. Spans with a trace ID that is not 16 bytes
 /// or all zero, or a span ID that is not 8 bytes or all zero, are counted and left out.
 pub fn group_encoded(req: &Bytes) -> Result<Grouped, WireError> {
+    group_encoded_within(req, usize::MAX).map_err(|e| match e {
+        GroupError::Invalid(e) => e,
+        GroupError::TooLarge { .. } => unreachable!("no bound"),
+    })
+}
+
+/// [`group_encoded`], refusing once the fragments it makes would hold more than
+/// `max_bytes` (checked before each is allocated).
+pub fn group_encoded_within(req: &Bytes, max_bytes: usize) -> Result<Grouped, GroupError> {
+    let mut total = 0usize;
     let mut traces: Vec<TraceBatch> = Vec::new();
     let (mut accepted, mut bad_trace_id, mut bad_span_id) = (0, 0, 0);
     let mut index: std::collections::HashMap<TraceId, usize> = Default::default();
@@ -361,6 +382,18 @@ pub fn group_encoded(req: &Bytes) -> Result<Grouped, WireError> {
                     Some((_, v)) => v.push(span),
                     None => per_trace.push((t, vec![span])),
                 }
+            }
+            // Each trace's chunk repeats the resource and scope fields (plus a few bytes
+            // of keys and lengths).
+            let shared = rs_other.iter().map(|f| f.len()).sum::<usize>()
+                + ss_other.iter().map(|f| f.len()).sum::<usize>()
+                + 16;
+            for (_, spans) in &per_trace {
+                let own: usize = spans.iter().map(|s| s.whole.len()).sum();
+                total = total.saturating_add(shared + own);
+            }
+            if total > max_bytes {
+                return Err(GroupError::TooLarge { limit: max_bytes });
             }
             for (t, spans) in &per_trace {
                 let trace = &mut traces[*t];

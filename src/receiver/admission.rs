@@ -11,7 +11,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 pub(crate) use super::estimate::{estimate_json, estimate_protobuf, Estimate};
-use crate::model::ExportTraceServiceRequest;
+use crate::model::{
+    group_encoded_within, grouped_len, ExportTraceServiceRequest, GroupError, Grouped,
+};
 
 /// Why an export is refused before it is decoded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -20,6 +22,10 @@ pub(crate) enum AdmissionError {
     TooManySpans { spans: usize, limit: usize },
     #[error("request would take about {bytes} bytes decoded, more than the {limit} bytes allowed per request: send smaller batches")]
     DecodedTooLarge { bytes: usize, limit: usize },
+    /// Each trace's fragment repeats its resource and scope: many traces under a large
+    /// resource multiply it.
+    #[error("request grouped by trace would take more than the {limit} bytes allowed per request (its resource is repeated for each trace): send smaller batches")]
+    GroupedTooLarge { limit: usize },
     #[error("too many export bytes in flight ({limit} byte budget): retry later")]
     Busy { limit: usize },
     #[error("malformed protobuf: {0}")]
@@ -177,22 +183,34 @@ impl Admission {
         }
     }
 
-    /// Checks a protobuf request's estimate against the limits and reserves what grouping it
-    /// holds (the body and one copy of its spans) without decoding it: the receivers group
-    /// protobuf exports from their bytes ([`crate::model::group_encoded`]).
-    pub(crate) fn admit_protobuf(
+    /// Groups a protobuf request by trace from its bytes, within the per-request bounds,
+    /// and reserves what that holds: the body and its traces' fragments. `decoded`: the
+    /// request is also to be decoded into structs (for the metrics-generator), so the
+    /// size of that decode is estimated first, without decoding.
+    pub(crate) fn group_protobuf(
         &self,
         res: &mut Reservation,
-        body: &[u8],
+        body: &Bytes,
         held: usize,
-    ) -> Result<(), DecodeError> {
-        let est = estimate_protobuf(body)?;
-        self.limits.check(&est)?;
-        res.grow_to(held.saturating_add(body.len()))?;
-        Ok(())
+        decoded: bool,
+    ) -> Result<Grouped, DecodeError> {
+        if decoded {
+            self.limits.check(&estimate_protobuf(body)?)?;
+        }
+        let grouped =
+            group_encoded_within(body, self.limits.max_decoded_bytes).map_err(|e| match e {
+                GroupError::Invalid(e) => DecodeError::Invalid(e.to_string()),
+                GroupError::TooLarge { limit } => {
+                    DecodeError::Refused(AdmissionError::GroupedTooLarge { limit })
+                }
+            })?;
+        let spans = grouped.accepted + grouped.rejected;
+        self.limits.check(&Estimate { spans, bytes: 0 })?;
+        res.grow_to(held.saturating_add(grouped.bytes()))?;
+        Ok(grouped)
     }
 
-    /// Decodes a JSON request the same way; its spans are counted once decoded.
+    /// Decodes a JSON request within the per-request bounds; its spans are counted once decoded.
     pub(crate) fn decode_json(
         &self,
         res: &mut Reservation,
@@ -211,6 +229,11 @@ impl Admission {
             .map(|ss| ss.spans.len())
             .sum();
         self.limits.check(&Estimate { spans, bytes: 0 })?;
+        if grouped_len(&req.resource_spans) > self.limits.max_decoded_bytes {
+            return Err(DecodeError::Refused(AdmissionError::GroupedTooLarge {
+                limit: self.limits.max_decoded_bytes,
+            }));
+        }
         Ok(req)
     }
 }
@@ -262,7 +285,6 @@ impl RequestLimits {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::receiver::estimate::tests::empty_spans;
 
     use std::io::Write;
 
@@ -321,36 +343,72 @@ pub(crate) mod tests {
         assert!(matches!(e, AdmissionError::DecodedTooLarge { .. }));
     }
 
+    /// `traces` spans, each its own trace, under one resource of `resource_bytes`.
+    fn many_traces(traces: usize, resource_bytes: usize) -> ExportTraceServiceRequest {
+        use crate::model::{any_value, AnyValue, KeyValue, Resource, ResourceSpans, ScopeSpans, Span};
+        let big = KeyValue {
+            key: "big".into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue("x".repeat(resource_bytes))),
+            }),
+            ..Default::default()
+        };
+        let spans = (0..traces)
+            .map(|i| Span {
+                trace_id: (i as u128 + 1).to_be_bytes().to_vec(),
+                span_id: vec![1; 8],
+                ..Default::default()
+            })
+            .collect();
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![big],
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
     #[test]
-    fn admitting_waits_for_the_budget_and_never_fits_past_it() {
-        let wire = Bytes::from(empty_spans(100));
+    fn grouping_waits_for_the_budget_and_never_fits_past_it() {
+        use prost::Message;
+        let wire = Bytes::from(many_traces(100, 10).encode_to_vec());
         let limits = RequestLimits {
             max_spans: 1000,
             max_decoded_bytes: usize::MAX,
         };
+        let grouped = crate::model::group_encoded(&wire).unwrap().bytes();
+        assert!(grouped > wire.len(), "each trace repeats the resource");
         // Room for the body and its grouped copy, no more.
-        let admission = Admission::new(limits, 2 * wire.len());
-        // Another export holds half the budget: retry later (429).
+        let admission = Admission::new(limits, wire.len() + grouped);
+        // Another export holds part of the budget: retry later (429).
         let other = admission.budget.try_reserve(wire.len()).unwrap();
         let mut res = admission.budget.try_reserve(wire.len()).unwrap();
-        match admission.admit_protobuf(&mut res, &wire, wire.len()) {
+        match admission.group_protobuf(&mut res, &wire, wire.len(), false) {
             Err(DecodeError::Refused(e)) => assert!(e.retryable(), "{e}"),
-            other => panic!("{other:?}"),
+            other => panic!("{:?}", other.map(|g| g.bytes())),
         }
         drop(other);
-        admission
-            .admit_protobuf(&mut res, &wire, wire.len())
+        let g = admission
+            .group_protobuf(&mut res, &wire, wire.len(), false)
             .unwrap();
-        assert_eq!(admission.budget.in_use(), 2 * wire.len());
+        assert_eq!(g.accepted, 100);
+        assert_eq!(admission.budget.in_use(), wire.len() + grouped);
         drop(res);
         // Larger than the whole budget: too large (413), not retryable.
         let small = Admission::new(limits, 100);
         let mut res = small.budget.try_reserve(10).unwrap();
-        match small.admit_protobuf(&mut res, &wire, wire.len()) {
+        match small.group_protobuf(&mut res, &wire, wire.len(), false) {
             Err(DecodeError::Refused(e)) => assert!(!e.retryable(), "{e}"),
-            other => panic!("{other:?}"),
+            other => panic!("{:?}", other.map(|g| g.bytes())),
         }
-        // Over the span limit: refused before anything is reserved.
+        // Over the span limit.
         let few = Admission::new(
             RequestLimits {
                 max_spans: 10,
@@ -359,7 +417,68 @@ pub(crate) mod tests {
             1 << 20,
         );
         let mut res = few.budget.try_reserve(wire.len()).unwrap();
-        assert!(few.admit_protobuf(&mut res, &wire, wire.len()).is_err());
+        assert!(matches!(
+            few.group_protobuf(&mut res, &wire, wire.len(), false),
+            Err(DecodeError::Refused(AdmissionError::TooManySpans { .. }))
+        ));
+        // Decoded for the generator: the decode estimate applies too.
+        let tight = Admission::new(
+            RequestLimits {
+                max_spans: 1000,
+                // Room for the grouping (its bound counts a few bytes more per trace),
+                // not for 100 decoded spans (~300 bytes of struct each, twice).
+                max_decoded_bytes: 2 * grouped,
+            },
+            1 << 30,
+        );
+        let mut res = tight.budget.try_reserve(0).unwrap();
+        assert!(tight.group_protobuf(&mut res, &wire, 0, false).is_ok());
+        assert!(matches!(
+            tight.group_protobuf(&mut res, &wire, 0, true),
+            Err(DecodeError::Refused(AdmissionError::DecodedTooLarge { .. }))
+        ));
+    }
+
+    /// A 64 KiB resource over 2,000 one-span traces is a 150 KB export that would group
+    /// into ~130 MB: refused as too large before any fragment is made, in both encodings.
+    #[test]
+    fn a_large_resource_over_many_traces_is_refused_before_it_is_copied() {
+        use prost::Message;
+        let req = many_traces(2_000, 64 << 10);
+        let wire = Bytes::from(req.encode_to_vec());
+        assert!(wire.len() < 200_000);
+        let limits = RequestLimits {
+            max_spans: 100_000,
+            max_decoded_bytes: 16 << 20,
+        };
+        let admission = Admission::new(limits, 1 << 30);
+        let mut res = admission.budget.try_reserve(0).unwrap();
+        match admission.group_protobuf(&mut res, &wire, wire.len(), false) {
+            Err(DecodeError::Refused(e @ AdmissionError::GroupedTooLarge { .. })) => {
+                assert!(!e.retryable());
+                assert!(e.to_string().contains("repeated for each trace"), "{e}");
+            }
+            other => panic!("{:?}", other.map(|g| g.bytes())),
+        }
+        assert_eq!(admission.budget.in_use(), 0);
+        let json = serde_json::to_vec(&req).unwrap();
+        assert!(matches!(
+            admission.decode_json(&mut res, &json, json.len()),
+            Err(DecodeError::Refused(AdmissionError::GroupedTooLarge { .. }))
+        ));
+        // The same spans in one trace group into about their own size.
+        let mut one = req;
+        for s in &mut one.resource_spans[0].scope_spans[0].spans {
+            s.trace_id = vec![7; 16];
+        }
+        let wire = Bytes::from(one.encode_to_vec());
+        let g = admission
+            .group_protobuf(&mut res, &wire, wire.len(), false)
+            .unwrap();
+        assert!(g.bytes() < 2 * wire.len());
+        // The JSON path's count, from structs, agrees with the bytes grouping made.
+        let est = crate::model::grouped_len(&one.resource_spans);
+        assert!(est.abs_diff(g.bytes()) <= 16, "{est} vs {}", g.bytes());
     }
 
     #[test]

@@ -26,7 +26,7 @@ use super::{refusal, response_for, Refusal};
 use crate::api::auth::{grpc_status, TenantResolver};
 use crate::distributor::{Distributor, PushError, Received};
 use crate::metrics::Stage;
-use crate::model::{group_encoded, ExportTraceServiceResponse, TenantId};
+use crate::model::{ExportTraceServiceResponse, TenantId};
 
 /// Exporters should not come back sooner than this after a rate-limit refusal.
 const MIN_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
@@ -281,14 +281,16 @@ impl UnaryService<Bytes> for Export {
             let invalid = |e: &dyn std::fmt::Display| {
                 Status::invalid_argument(format!("cannot decode ExportTraceServiceRequest: {e}"))
             };
-            svc.admission
-                .admit_protobuf(&mut reservation, &raw, raw.len())
+            // Grouped from the received bytes: nothing is decoded into structs (unless the
+            // tenant's spans feed the metrics-generator).
+            let decoded = svc.distributor.decodes_for(&tenant);
+            let grouped = svc
+                .admission
+                .group_protobuf(&mut reservation, &raw, raw.len(), decoded)
                 .map_err(|e| match e {
                     DecodeError::Refused(e) => refused(&e),
                     DecodeError::Invalid(e) => invalid(&e),
                 })?;
-            // Grouped from the received bytes: nothing is decoded into structs.
-            let grouped = group_encoded(&raw).map_err(|e| invalid(&e))?;
             drop(group_cpu);
             match svc
                 .distributor

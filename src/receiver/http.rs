@@ -20,7 +20,6 @@ use super::{refusal, response_for, Refusal};
 use crate::api::auth::{AuthError, TenantResolver, CHALLENGES};
 use crate::distributor::{Distributor, PushError, Received};
 use crate::metrics::Stage;
-use crate::model::group_encoded;
 
 #[derive(Clone)]
 pub(crate) struct HttpReceiverState {
@@ -222,14 +221,12 @@ async fn export(State(s): State<HttpReceiverState>, headers: HeaderMap, body: Bo
     let pushed = match format {
         // Grouped from the received bytes: nothing is decoded into structs.
         Format::Protobuf => {
-            match s.admission.admit_protobuf(&mut reservation, &body, held) {
-                Ok(()) => {}
+            let decoded = s.distributor.decodes_for(&tenant);
+            let grouped = match s.admission.group_protobuf(&mut reservation, &body, held, decoded)
+            {
+                Ok(g) => g,
                 Err(DecodeError::Refused(e)) => return refused(format, &e),
                 Err(DecodeError::Invalid(e)) => return invalid("protobuf", &e),
-            }
-            let grouped = match group_encoded(&body) {
-                Ok(g) => g,
-                Err(e) => return invalid("protobuf", &e),
             };
             drop(group_cpu);
             s.distributor
