@@ -84,6 +84,19 @@ pub(super) fn write(dir: &Path, boundary: u64, body: &[u8]) -> Result<(), WalErr
 /// their boundary, and those are gone. Returns how many were deleted.
 pub(super) fn delete_up_to(dir: &Path, seq: u64) -> Result<usize, WalError> {
     let mut n = 0;
+    // A marker a crash left half-written never became one.
+    for entry in fs::read_dir(dir).map_err(|e| io_err(dir, e))? {
+        let entry = entry.map_err(|e| io_err(dir, e))?;
+        if entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.ends_with(".flushed.tmp"))
+        {
+            let p = entry.path();
+            fs::remove_file(&p).map_err(|e| io_err(&p, e))?;
+            n += 1;
+        }
+    }
     for b in list(dir)?.into_iter().filter(|&b| b <= seq) {
         let p = marker_path(dir, b);
         fs::remove_file(&p).map_err(|e| io_err(&p, e))?;
@@ -203,7 +216,9 @@ mod tests {
         assert!(!f.contains(6, &acme, &TraceId([1; 16])));
         assert!(!f.contains(6, &single, &TraceId([9; 16])));
         assert_eq!(delete_up_to(dir.path(), 6).unwrap(), 0);
-        assert_eq!(delete_up_to(dir.path(), 7).unwrap(), 1);
+        std::fs::write(marker_path(dir.path(), 9).with_extension("flushed.tmp"), b"torn").unwrap();
+        assert_eq!(delete_up_to(dir.path(), 7).unwrap(), 2, "marker 7 and the torn one");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
         assert!(Flushed::read(dir.path()).unwrap().is_empty());
     }
 
