@@ -7,7 +7,9 @@
 # (default 2s and 15s: blocks are cut inside the window); IDLE=60s BLOCK_DURATION=60s keeps
 # every trace in memory for the fresh-data searches (up to max_block_bytes, 256 MiB: about
 # 600k spans of the default traffic). MAX_LIVE and ROW_GROUP set max_live_bytes and
-# row_group_size_bytes (bytes) for memory experiments.
+# row_group_size_bytes (bytes) for memory experiments. WINDOW=60 makes the ingest window
+# sustained: the loadgen sends for 60 s, going over its `spans` requests again as needed
+# (fresh trace IDs and current times on each pass).
 set -euo pipefail
 SPANS=${1:-1000000}
 CONNS=${2:-16}
@@ -48,7 +50,7 @@ start=$(($(date +%s) - 120))
 cpu0=$(cpu)
 # LOADGEN_ARGS adds ingest flags, e.g. "--replay /tmp/sdk.otlp" (benches/otel_sdk_traffic.py).
 # shellcheck disable=SC2086
-"$LG" ingest --endpoint http://127.0.0.1:24317 --spans "$SPANS" --connections "$CONNS" --batch-spans 500 --manifest "$DIR/ids.txt" ${LOADGEN_ARGS:-} > "$DIR/ingest.json"
+"$LG" ingest --endpoint http://127.0.0.1:24317 --spans "$SPANS" --connections "$CONNS" --batch-spans 500 --manifest "$DIR/ids.txt" ${WINDOW:+--seconds "$WINDOW"} ${LOADGEN_ARGS:-} > "$DIR/ingest.json"
 cpu1=$(cpu)
 stages1=$(curl -s localhost:23200/metrics | awk -F'[="} ]+' '/^vivace_stage_cpu_seconds_total/ {printf "%s %s\n", $2, $3}')
 hwm_ingest=$(awk '/VmHWM/{print $2}' /proc/$VP/status)

