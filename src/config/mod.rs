@@ -98,7 +98,9 @@ pub struct DistributorConfig {
     /// wire-size limits alone do not bound memory. A request over either per-request bound
     /// is refused as too large (HTTP 413 / gRPC RESOURCE_EXHAUSTED without retry).
     pub max_spans_per_request: usize,
-    /// Estimated decoded size of one request (structs, strings and the received bytes).
+    /// Size of one request once taken apart: its spans grouped by trace (each trace's
+    /// copy of the resource and scope included), and, for a tenant whose spans feed the
+    /// metrics-generator, the estimated decoded structs, strings and received bytes.
     pub max_decoded_request_bytes: usize,
     /// Estimated bytes of all requests being decoded and pushed at once, across both
     /// receivers; past it exports are refused as retryable (HTTP 429 / RESOURCE_EXHAUSTED
