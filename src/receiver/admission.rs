@@ -345,7 +345,9 @@ pub(crate) mod tests {
 
     /// `traces` spans, each its own trace, under one resource of `resource_bytes`.
     fn many_traces(traces: usize, resource_bytes: usize) -> ExportTraceServiceRequest {
-        use crate::model::{any_value, AnyValue, KeyValue, Resource, ResourceSpans, ScopeSpans, Span};
+        use crate::model::{
+            any_value, AnyValue, KeyValue, Resource, ResourceSpans, ScopeSpans, Span,
+        };
         let big = KeyValue {
             key: "big".into(),
             value: Some(AnyValue {

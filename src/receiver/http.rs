@@ -222,7 +222,9 @@ async fn export(State(s): State<HttpReceiverState>, headers: HeaderMap, body: Bo
         // Grouped from the received bytes: nothing is decoded into structs.
         Format::Protobuf => {
             let decoded = s.distributor.decodes_for(&tenant);
-            let grouped = match s.admission.group_protobuf(&mut reservation, &body, held, decoded)
+            let grouped = match s
+                .admission
+                .group_protobuf(&mut reservation, &body, held, decoded)
             {
                 Ok(g) => g,
                 Err(DecodeError::Refused(e)) => return refused(format, &e),

@@ -216,8 +216,16 @@ mod tests {
         assert!(!f.contains(6, &acme, &TraceId([1; 16])));
         assert!(!f.contains(6, &single, &TraceId([9; 16])));
         assert_eq!(delete_up_to(dir.path(), 6).unwrap(), 0);
-        std::fs::write(marker_path(dir.path(), 9).with_extension("flushed.tmp"), b"torn").unwrap();
-        assert_eq!(delete_up_to(dir.path(), 7).unwrap(), 2, "marker 7 and the torn one");
+        std::fs::write(
+            marker_path(dir.path(), 9).with_extension("flushed.tmp"),
+            b"torn",
+        )
+        .unwrap();
+        assert_eq!(
+            delete_up_to(dir.path(), 7).unwrap(),
+            2,
+            "marker 7 and the torn one"
+        );
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
         assert!(Flushed::read(dir.path()).unwrap().is_empty());
     }
