@@ -98,17 +98,16 @@ fn build_requests(
     (requests, ids, total)
 }
 
-/// `req` for the `pass`-th time over the request set: fresh trace IDs (the pass in bytes
-/// 4..8, so replay's own passes in bytes 0..4 stay distinct) and times moved by `shift`.
-fn again(req: &ExportTraceServiceRequest, pass: u32, shift: u64) -> ExportTraceServiceRequest {
-    let mut r = req.clone();
-    for s in r
+/// Gives `req` fresh trace IDs for `pass` (XORed into the four ID bytes at `at`) and moves
+/// its times by `shift` ns.
+fn retag(req: &mut ExportTraceServiceRequest, at: usize, pass: u32, shift: u64) {
+    for s in req
         .resource_spans
         .iter_mut()
         .flat_map(|r| &mut r.scope_spans)
         .flat_map(|s| &mut s.spans)
     {
-        if let Some(b) = s.trace_id.get_mut(4..8) {
+        if let Some(b) = s.trace_id.get_mut(at..at + 4) {
             for (b, p) in b.iter_mut().zip(pass.to_be_bytes()) {
                 *b ^= p;
             }
@@ -119,6 +118,13 @@ fn again(req: &ExportTraceServiceRequest, pass: u32, shift: u64) -> ExportTraceS
             e.time_unix_nano += shift;
         }
     }
+}
+
+/// `req` for the `pass`-th time over the request set: the pass in ID bytes 4..8, so
+/// replay's own passes (bytes 0..4) stay distinct, and times moved by `shift`.
+fn again(req: &ExportTraceServiceRequest, pass: u32, shift: u64) -> ExportTraceServiceRequest {
+    let mut r = req.clone();
+    retag(&mut r, 4, pass, shift);
     r
 }
 
@@ -156,20 +162,13 @@ fn replay_requests(
                 break 'passes;
             }
             let mut r = r.clone();
+            retag(&mut r, 0, pass, shift);
             for s in r
                 .resource_spans
-                .iter_mut()
-                .flat_map(|r| &mut r.scope_spans)
-                .flat_map(|s| &mut s.spans)
+                .iter()
+                .flat_map(|r| &r.scope_spans)
+                .flat_map(|s| &s.spans)
             {
-                for (b, p) in s.trace_id.iter_mut().zip(pass.to_be_bytes()) {
-                    *b ^= p;
-                }
-                s.start_time_unix_nano += shift;
-                s.end_time_unix_nano += shift;
-                for e in &mut s.events {
-                    e.time_unix_nano += shift;
-                }
                 if seen.insert(s.trace_id.clone()) {
                     ids.push(hex::encode(&s.trace_id));
                 }

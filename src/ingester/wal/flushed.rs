@@ -31,19 +31,7 @@ pub(super) fn marker_path(dir: &Path, boundary: u64) -> PathBuf {
 
 /// Boundaries of the markers in `dir`, ascending.
 pub(super) fn list(dir: &Path) -> Result<Vec<u64>, WalError> {
-    let mut out = Vec::new();
-    for entry in fs::read_dir(dir).map_err(|e| io_err(dir, e))? {
-        let entry = entry.map_err(|e| io_err(dir, e))?;
-        let name = entry.file_name();
-        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(SUFFIX)) else {
-            continue;
-        };
-        if let Ok(b) = stem.parse::<u64>() {
-            out.push(b);
-        }
-    }
-    out.sort_unstable();
-    Ok(out)
+    super::list_numbered(dir, SUFFIX)
 }
 
 pub(super) fn encode(boundary: u64, traces: &[(TenantId, Vec<TraceId>)]) -> Vec<u8> {

@@ -265,15 +265,20 @@ pub(crate) fn segment_path(dir: &Path, seq: u64) -> PathBuf {
 }
 
 pub(super) fn list_segments(dir: &Path) -> Result<Vec<u64>, WalError> {
+    list_numbered(dir, ".wal")
+}
+
+/// The numbers of the files `<number><suffix>` in `dir`, ascending.
+pub(super) fn list_numbered(dir: &Path, suffix: &str) -> Result<Vec<u64>, WalError> {
     let mut out = Vec::new();
     for entry in fs::read_dir(dir).map_err(|e| io_err(dir, e))? {
         let entry = entry.map_err(|e| io_err(dir, e))?;
         let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if let Some(stem) = name.strip_suffix(".wal") {
-            if let Ok(seq) = stem.parse::<u64>() {
-                out.push(seq);
-            }
+        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(suffix)) else {
+            continue;
+        };
+        if let Ok(seq) = stem.parse::<u64>() {
+            out.push(seq);
         }
     }
     out.sort_unstable();
