@@ -159,7 +159,11 @@ impl Wal {
         let lock = lock_dir(dir)?;
         let segments = list_segments(dir)?;
         let stats = ReplayStats::default();
-        let next = segments.last().map_or(1, |s| s + 1);
+        // A flush marker speaks of the segments before its boundary: new segments start at
+        // or past every boundary, so no marker can apply to them (even if segments were
+        // deleted by hand and the markers left).
+        let past_markers = flushed::list(dir)?.last().copied().unwrap_or(0);
+        let next = segments.last().map_or(1, |s| s + 1).max(past_markers);
         let mut writer = Writer::create(dir.to_owned(), next, metrics)?;
         if dir.join(FAULT_MARKER).exists() {
             let switch = dir.join(format!("{FAULT_MARKER}.enospc"));

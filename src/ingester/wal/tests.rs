@@ -255,3 +255,17 @@ fn gzip_payloads_decode_to_the_request() {
     let err = decode_payload(&encode_payload_gzip(&tenant, b"not gzip at all")).unwrap_err();
     assert!(err.to_string().contains("cannot be inflated"), "{err}");
 }
+
+/// With only a flush marker left (its segments deleted by hand), the WAL starts its new
+/// segment at the marker's boundary, so the marker cannot drop traces written after.
+#[tokio::test]
+async fn new_segments_start_past_every_flush_marker() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = crate::model::TraceId([5; 16]);
+    let body = flushed::encode(7, &[(TenantId::single(), vec![trace])]);
+    flushed::write(dir.path(), 7, &body).unwrap();
+    let (wal, replay) = Wal::open_lazy(dir.path(), metrics()).unwrap();
+    assert_eq!(wal.opened_segment(), 7);
+    assert!(!replay.flushed().contains(7, &TenantId::single(), &trace));
+    assert!(replay.flushed().contains(6, &TenantId::single(), &trace));
+}
