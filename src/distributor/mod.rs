@@ -280,13 +280,14 @@ impl Distributor {
     /// Whether `tenant`'s exports are decoded into structs (their spans feed the
     /// metrics-generator): the receivers then bound that decode too.
     pub(crate) fn decodes_for(&self, tenant: &TenantId) -> bool {
-        self.generator.is_some()
-            && !self
-                .overrides
-                .limits(tenant)
-                .metrics_generator
-                .processors
-                .is_empty()
+        self.generator_for(&self.overrides.limits(tenant)).is_some()
+    }
+
+    /// The generator a tenant with these limits feeds, if it has processors.
+    fn generator_for(&self, limits: &Limits) -> Option<&Arc<Generator>> {
+        self.generator
+            .as_ref()
+            .filter(|_| !limits.metrics_generator.processors.is_empty())
     }
 
     /// Pushes a request already grouped by trace, admitted by [`Distributor::admit`]. The
@@ -302,10 +303,7 @@ impl Distributor {
     ) -> Result<PushOutcome, PushError> {
         let Received { raw, gzip } = received;
         let limits = self.overrides.limits(tenant);
-        let generator = self
-            .generator
-            .as_ref()
-            .filter(|_| !limits.metrics_generator.processors.is_empty());
+        let generator = self.generator_for(&limits);
         // Grouping checked the bytes as prost does, so this decode does not fail.
         let for_generator = match generator {
             Some(_) => req.or_else(|| ExportTraceServiceRequest::decode(raw.clone()).ok()),
