@@ -25,6 +25,7 @@ mod slices;
 pub mod synth;
 mod tags;
 pub mod tenant_index;
+pub(crate) mod wire_rows;
 mod writer;
 
 #[cfg(test)]
@@ -53,7 +54,7 @@ pub use tags::{tags_key, TagCollector, TagSummary, TagValues, MAX_VALUES_PER_TAG
 pub use tenant_index::{CompactedBlockMeta, TenantIndex};
 pub use writer::{
     encode_block, encode_block_sliced, encode_block_sliced_into, encode_block_sorted,
-    encode_block_sorted_into, BlockParts, SlicedTrace,
+    encode_block_sorted_into, BlockParts, SlicedTrace, TraceRows,
 };
 
 pub const META_FILE: &str = "meta.json";
@@ -299,6 +300,29 @@ pub(crate) fn dedicated_positions<const N: usize>(
     for (i, kv) in attrs.iter().enumerate() {
         for (slot, (key, _, ty)) in out.iter_mut().zip(spec) {
             if slot.is_none() && kv.key == *key && ty.matches(kv) {
+                *slot = Some(i);
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// [`dedicated_positions`] over attributes read off the wire.
+pub(crate) fn wire_positions<const N: usize>(
+    attrs: &[wire_rows::Attr<'_>],
+    spec: &[Dedicated; N],
+) -> [Option<usize>; N] {
+    use wire_rows::Value;
+    let mut out = [None; N];
+    for (i, a) in attrs.iter().enumerate() {
+        for (slot, (key, _, ty)) in out.iter_mut().zip(spec) {
+            let typed = matches!(
+                (ty, a.value),
+                (DedicatedType::String, Some(Value::Str(_)))
+                    | (DedicatedType::Int, Some(Value::Int(_)))
+            );
+            if slot.is_none() && a.key == *key && typed {
                 *slot = Some(i);
                 break;
             }

@@ -8,9 +8,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use ahash::RandomState;
 use serde::{Deserialize, Serialize};
 
+use prost::Message;
+
+use super::wire_rows::{Attr, Value, WireRows};
 use super::BlockError;
 use crate::model::{
-    any_value, kind_name, status_name, AnyValue, KeyValue, ResourceSpans, TenantId,
+    any_value, kind_code_name, kind_name, status_code_name, status_name, AnyValue, KeyValue,
+    ResourceSpans, TenantId,
 };
 
 pub const TAGS_FILE: &str = "tags.json";
@@ -72,10 +76,27 @@ struct Collected {
 /// insert attempt: about a sixth of ingest CPU, by perf, before this).
 #[derive(Default)]
 pub struct TagCollector {
-    scopes: HashMap<&'static str, HashMap<String, Collected, RandomState>, RandomState>,
+    /// A handful of scopes: found by a short scan, not a hash.
+    scopes: Vec<(&'static str, Names)>,
     /// Ints and floats are formatted here before the lookup.
     buf: String,
+    /// Resources whose attributes were collected, by their encoded bytes: a block holds
+    /// the same few resources in trace after trace (wire path only).
+    resources: HashSet<Vec<u8>, RandomState>,
+    /// Status and kind keywords seen (a handful of values): noted per span with a short
+    /// scan, added to the summary at the end.
+    keywords: Vec<(&'static str, &'static str)>,
 }
+
+/// One scope's names: a name seen before costs one hash lookup.
+#[derive(Default)]
+struct Names {
+    index: HashMap<String, usize, RandomState>,
+    collected: Vec<Collected>,
+}
+
+/// Resources remembered by [`TagCollector`]; past it, every trace's are collected again.
+const MAX_SEEN_RESOURCES: usize = 4096;
 
 impl TagCollector {
     /// Adds one trace's tags.
@@ -103,11 +124,11 @@ impl TagCollector {
                         self.add_attrs("link", &l.attributes);
                     }
                     self.add_intrinsic("name", STRING, &s.name);
-                    self.add_intrinsic("status", KEYWORD, status_name(s));
+                    self.note_keyword("status", status_name(s));
                     if let Some(msg) = s.status.as_ref().map(|st| &st.message) {
                         self.add_intrinsic("statusMessage", STRING, msg);
                     }
-                    self.add_intrinsic("kind", KEYWORD, kind_name(s));
+                    self.note_keyword("kind", kind_name(s));
                     if s.parent_span_id.is_empty() {
                         self.add_intrinsic("rootName", STRING, &s.name);
                         if let Some(v) = resource_attrs
@@ -123,14 +144,137 @@ impl TagCollector {
         }
     }
 
+    /// [`TagCollector::add_trace`] for a trace read off the wire.
+    pub(crate) fn add_wire(&mut self, rows: &WireRows<'_>) {
+        for rs in &rows.resources {
+            let resource_attrs = rs
+                .resource
+                .as_ref()
+                .map_or(&[][..], |r| rows.attrs(&r.attrs));
+            if self.resources.contains(rs.bytes) {
+                // Its attributes are in already.
+            } else {
+                if self.resources.len() < MAX_SEEN_RESOURCES {
+                    self.resources.insert(rs.bytes.to_vec());
+                }
+                self.add_wire_attrs("resource", resource_attrs);
+            }
+            for ss in &rs.scopes {
+                if let Some(scope) = &ss.scope {
+                    self.add_wire_attrs("instrumentation", rows.attrs(&scope.attrs));
+                    self.add_intrinsic("instrumentation:name", STRING, scope.name);
+                    self.add_intrinsic("instrumentation:version", STRING, scope.version);
+                }
+                for &i in &ss.spans {
+                    let s = &rows.spans[i];
+                    self.add_wire_attrs("span", rows.attrs(&s.attrs));
+                    for e in &rows.events[s.events.clone()] {
+                        self.add_wire_attrs("event", rows.attrs(&e.attrs));
+                        self.add_intrinsic("event:name", STRING, e.name);
+                    }
+                    for l in &rows.links[s.links.clone()] {
+                        self.add_wire_attrs("link", rows.attrs(&l.attrs));
+                    }
+                    self.add_intrinsic("name", STRING, s.name);
+                    let code = s.status.map_or(0, |(code, _)| code);
+                    self.note_keyword("status", status_code_name(code));
+                    if let Some((_, msg)) = s.status {
+                        self.add_intrinsic("statusMessage", STRING, msg);
+                    }
+                    self.note_keyword("kind", kind_code_name(s.kind));
+                    if s.parent_span_id.is_empty() {
+                        self.add_intrinsic("rootName", STRING, s.name);
+                        if let Some(v) = resource_attrs
+                            .iter()
+                            .find(|a| a.key == "service.name")
+                            .and_then(|a| a.value)
+                        {
+                            self.add_wire_value("intrinsic", "rootServiceName", v);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn add_wire_attrs(&mut self, scope: &'static str, attrs: &[Attr<'_>]) {
+        for a in attrs {
+            let Some(value) = a.value else {
+                self.entry(scope, a.key);
+                continue;
+            };
+            if self.add_wire_value(scope, a.key, value) {
+                continue;
+            }
+            self.entry(scope, a.key);
+            // Rare: the elements go the decoded way.
+            if let Value::Array(body) = value {
+                if let Ok(AnyValue {
+                    value: Some(any_value::Value::ArrayValue(array)),
+                }) = AnyValue::decode(body)
+                {
+                    for v in &array.values {
+                        self.add_typed(scope, a.key, v);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Adds a scalar value with its type; false for anything else (nothing added).
+    fn add_wire_value(&mut self, scope: &'static str, name: &str, v: Value<'_>) -> bool {
+        use std::fmt::Write;
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        let kind = match v {
+            Value::Str(s) => {
+                self.add(scope, name, STRING, s);
+                self.buf = buf;
+                return true;
+            }
+            Value::Int(i) => {
+                let _ = write!(buf, "{i}");
+                INT
+            }
+            Value::Double(d) => {
+                let _ = write!(buf, "{d}");
+                FLOAT
+            }
+            Value::Bool(b) => {
+                buf.push_str(if b { "true" } else { "false" });
+                BOOL
+            }
+            _ => {
+                self.buf = buf;
+                return false;
+            }
+        };
+        self.add(scope, name, kind, &buf);
+        self.buf = buf;
+        true
+    }
+
+    fn note_keyword(&mut self, name: &'static str, value: &'static str) {
+        if !self.keywords.contains(&(name, value)) {
+            self.keywords.push((name, value));
+        }
+    }
+
     /// The summary, names and values sorted.
-    pub fn finish(self) -> TagSummary {
+    pub fn finish(mut self) -> TagSummary {
+        for (name, value) in std::mem::take(&mut self.keywords) {
+            self.add_intrinsic(name, KEYWORD, value);
+        }
         let scopes = self
             .scopes
             .into_iter()
             .map(|(scope, names)| {
+                let mut collected: Vec<Option<Collected>> =
+                    names.collected.into_iter().map(Some).collect();
                 let names = names
+                    .index
                     .into_iter()
+                    .filter_map(|(name, i)| Some((name, collected.get_mut(i)?.take()?)))
                     .map(|(name, c)| {
                         let values = c
                             .values
@@ -174,35 +318,14 @@ impl TagCollector {
     /// Adds a scalar value with its type; false for anything else (nothing added).
     fn add_typed(&mut self, scope: &'static str, name: &str, v: &AnyValue) -> bool {
         use any_value::Value as V;
-        use std::fmt::Write;
-        let mut buf = std::mem::take(&mut self.buf);
-        buf.clear();
-        let kind = match v.value.as_ref() {
-            Some(V::StringValue(s)) => {
-                self.add(scope, name, STRING, s);
-                self.buf = buf;
-                return true;
-            }
-            Some(V::IntValue(i)) => {
-                let _ = write!(buf, "{i}");
-                INT
-            }
-            Some(V::DoubleValue(d)) => {
-                let _ = write!(buf, "{d}");
-                FLOAT
-            }
-            Some(V::BoolValue(b)) => {
-                buf.push_str(if *b { "true" } else { "false" });
-                BOOL
-            }
-            _ => {
-                self.buf = buf;
-                return false;
-            }
+        let v = match v.value.as_ref() {
+            Some(V::StringValue(s)) => Value::Str(s),
+            Some(V::IntValue(i)) => Value::Int(*i),
+            Some(V::DoubleValue(d)) => Value::Double(*d),
+            Some(V::BoolValue(b)) => Value::Bool(*b),
+            _ => return false,
         };
-        self.add(scope, name, kind, &buf);
-        self.buf = buf;
-        true
+        self.add_wire_value(scope, name, v)
     }
 
     fn add_intrinsic(&mut self, name: &str, kind: usize, value: &str) {
@@ -212,12 +335,25 @@ impl TagCollector {
     }
 
     fn entry(&mut self, scope: &'static str, name: &str) -> &mut Collected {
-        let names = self.scopes.entry(scope).or_default();
+        let at = match self.scopes.iter().position(|(s, _)| *s == scope) {
+            Some(at) => at,
+            None => {
+                self.scopes.push((scope, Names::default()));
+                self.scopes.len() - 1
+            }
+        };
+        let names = &mut self.scopes[at].1;
         // Look up before allocating the key: most calls hit existing entries.
-        if !names.contains_key(name) {
-            names.insert(name.to_owned(), Collected::default());
-        }
-        names.get_mut(name).expect("inserted above")
+        let i = match names.index.get(name) {
+            Some(&i) => i,
+            None => {
+                names.collected.push(Collected::default());
+                let i = names.collected.len() - 1;
+                names.index.insert(name.to_owned(), i);
+                i
+            }
+        };
+        &mut names.collected[i]
     }
 
     fn add(&mut self, scope: &'static str, name: &str, kind: usize, value: &str) {

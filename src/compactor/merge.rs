@@ -386,7 +386,7 @@ pub(crate) fn merge_blocks<W: std::io::Write + Send>(
             spill.push(slice, t)?;
         }
         let traces = spill.into_reader()?;
-        block::encode_block_sliced_into(tenant, output_id, level, traces, cfg, sink)
+        block::encode_block_sliced_into(tenant, output_id, level, traces, cfg, None, sink)
     };
     if let Some(e) = failed {
         return Err(e);

@@ -138,13 +138,13 @@ impl SpillReader {
             r.read_exact(&mut body).map_err(|e| spill_error(path, &e))?;
             let data = TracesData::decode(body.as_slice())
                 .map_err(|e| BlockError::Input(format!("spill file {}: {e}", path.display())))?;
-            return Ok(Some(SlicedTrace {
-                slice: self.slice as u32,
-                trace: TraceInput {
+            return Ok(Some(SlicedTrace::decoded(
+                self.slice as u32,
+                TraceInput {
                     id: TraceId(id),
                     batches: data.resource_spans,
                 },
-            }));
+            )));
         }
     }
 }

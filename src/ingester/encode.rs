@@ -1,5 +1,6 @@
-//! What a cut's block is made of: its traces in block order (time slices, then IDs), decoded
-//! one at a time as the encoder pulls them, and the encoding into a staged file.
+//! What a cut's block is made of: its traces in block order (time slices, then IDs), read
+//! into columns from their encoded fragments one at a time as the encoder pulls them, and
+//! the encoding into a staged file.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -10,18 +11,17 @@ use super::flush::FlushError;
 use crate::backend::scratch::{ScratchError, ScratchFile};
 use crate::block::{
     self, BlockConfig, BlockError, BlockParts, SlicePlan, SlicedTrace, TagCollector, TagSummary,
-    TraceInput,
+    TraceRows,
 };
 use crate::metrics::StageTimer;
-use crate::model::{combine, Fragments, TenantId, TraceId};
+use crate::model::{Fragments, TenantId, TraceId};
 
-/// The cut's traces for the block encoder, in `ids` order, each decoded only when the
-/// encoder pulls it (so only the row group being built is held decoded); the tag summary
-/// is collected from the same decoded traces in the same pass.
+/// The cut's traces for the block encoder, in `ids` order, as their encoded fragments: the
+/// encoder reads each into columns (and the tag summary) as it pulls it, so only the row
+/// group being built is held as columns.
 fn cut_inputs<'a, 'm>(
     traces: Option<&'a HashMap<TraceId, Fragments>>,
     ids: &'a [(u32, &'a TraceId)],
-    tags: &'a mut TagCollector,
     cpu: &'a mut StageTimer<'m>,
 ) -> impl Iterator<Item = Result<SlicedTrace, BlockError>> + use<'a, 'm> {
     ids.iter().enumerate().filter_map(move |(i, &(slice, id))| {
@@ -29,18 +29,11 @@ fn cut_inputs<'a, 'm>(
             cpu.charge();
         }
         let data = traces?.get(id)?;
-        Some(
-            data.decode()
-                .map(|batches| {
-                    let batches = combine(batches);
-                    tags.add_trace(&batches);
-                    SlicedTrace {
-                        slice,
-                        trace: TraceInput { id: *id, batches },
-                    }
-                })
-                .map_err(|e| BlockError::Input(format!("trace {id}: {e}"))),
-        )
+        Some(Ok(SlicedTrace {
+            slice,
+            id: *id,
+            rows: TraceRows::Encoded(data.clone()),
+        }))
     })
 }
 
@@ -56,8 +49,9 @@ pub(super) fn encode_cut<W: Write + Send>(
     sink: &mut W,
 ) -> Result<(BlockParts, TagSummary), BlockError> {
     let mut tags = TagCollector::default();
-    let inputs = cut_inputs(traces, ids, &mut tags, cpu);
-    let parts = block::encode_block_sliced_into(tenant, block_id, 0, inputs, cfg, sink)?;
+    let inputs = cut_inputs(traces, ids, cpu);
+    let parts =
+        block::encode_block_sliced_into(tenant, block_id, 0, inputs, cfg, Some(&mut tags), sink)?;
     Ok((parts, tags.finish()))
 }
 

@@ -9,6 +9,7 @@ mod fragment;
 mod group;
 mod ids;
 mod nested_set;
+pub(crate) mod walk;
 pub(crate) mod wire;
 
 pub use combine::{combine, span_count, Combiner};
@@ -31,7 +32,11 @@ pub use opentelemetry_proto::tonic::trace::v1::{
 
 /// A span's status as TraceQL and Tempo name it (`ok`, `error`, `unset`).
 pub fn status_name(s: &Span) -> &'static str {
-    let code = s.status.as_ref().map_or(0, |st| st.code);
+    status_code_name(s.status.as_ref().map_or(0, |st| st.code))
+}
+
+/// [`status_name`] of a status code.
+pub fn status_code_name(code: i32) -> &'static str {
     match status::StatusCode::try_from(code) {
         Ok(status::StatusCode::Ok) => "ok",
         Ok(status::StatusCode::Error) => "error",
@@ -41,7 +46,12 @@ pub fn status_name(s: &Span) -> &'static str {
 
 /// A span's kind as TraceQL and Tempo name it (`server`, `client`, ...).
 pub fn kind_name(s: &Span) -> &'static str {
-    match span::SpanKind::try_from(s.kind) {
+    kind_code_name(s.kind)
+}
+
+/// [`kind_name`] of a kind's number.
+pub fn kind_code_name(kind: i32) -> &'static str {
+    match span::SpanKind::try_from(kind) {
         Ok(span::SpanKind::Internal) => "internal",
         Ok(span::SpanKind::Server) => "server",
         Ok(span::SpanKind::Client) => "client",

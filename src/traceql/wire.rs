@@ -9,74 +9,13 @@
 //! so walking them does not fail; what a prost decode would merge (a singular field given
 //! twice) makes [`WireTrace::new`] answer `None`, and the caller decodes instead.
 
-use crate::model::wire::{take, varint};
+use crate::model::walk::{Field, Fields};
 use crate::model::NestedSet;
 
 use super::ast::{Intrinsic, Scope};
 use super::engine::TraceView;
 use super::eval::{SpanView, Value, ValueRef};
 use super::otlp::{gather, hex_id, kind_of, nanos, status_of, structure, TraceInfo};
-
-/// One field of a message body.
-#[derive(Clone, Copy)]
-enum Field<'a> {
-    Varint(u64),
-    Fixed64(u64),
-    Fixed32,
-    Len(&'a [u8]),
-}
-
-/// The fields of one message body, in order; `None` for bytes that do not parse (and for
-/// groups, which OTLP traces never hold).
-struct Fields<'a>(&'a [u8]);
-
-impl<'a> Iterator for Fields<'a> {
-    type Item = Option<(u64, Field<'a>)>;
-
-    #[inline]
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.0.is_empty() {
-            return None;
-        }
-        Some(self.read())
-    }
-}
-
-impl<'a> Fields<'a> {
-    #[inline]
-    fn read(&mut self) -> Option<(u64, Field<'a>)> {
-        let data = &mut self.0;
-        let key = varint(data).ok()?;
-        let field = match key & 7 {
-            0 => Field::Varint(varint(data).ok()?),
-            1 => Field::Fixed64(u64::from_le_bytes(take(data, 8).ok()?.try_into().ok()?)),
-            5 => {
-                take(data, 4).ok()?;
-                Field::Fixed32
-            }
-            2 => {
-                let len = usize::try_from(varint(data).ok()?).ok()?;
-                Field::Len(take(data, len).ok()?)
-            }
-            _ => {
-                // Stop here: the rest cannot be read.
-                *data = &[];
-                return None;
-            }
-        };
-        Some((key >> 3, field))
-    }
-
-    /// The payloads of the length-delimited field `number`, in order (a repeated message).
-    fn each(body: &'a [u8], number: u64) -> impl Iterator<Item = &'a [u8]> {
-        Fields(body)
-            .map_while(|f| f)
-            .filter_map(move |(n, f)| match f {
-                Field::Len(b) if n == number => Some(b),
-                _ => None,
-            })
-    }
-}
 
 /// `service.name` of a `Resource` body when it is a string.
 fn service_name(resource: &[u8]) -> Option<&str> {
@@ -296,7 +235,7 @@ fn parse_span<'a>(body: &'a [u8], resource: &'a [u8], scope: &'a [u8]) -> Option
             (9 | 11 | 13, Field::Len(_)) => {}
             (10 | 12 | 14, Field::Varint(_)) => {}
             (15, Field::Len(b)) => (c.status, c.status_message) = status(b)?,
-            (16, Field::Fixed32) => {}
+            (16, Field::Fixed32(_)) => {}
             (1..=16, _) => return None,
             _ => {}
         }

@@ -13,6 +13,7 @@ use prost::Message;
 
 use super::legacy;
 use crate::block::schema::{list_element, value_type};
+use crate::block::wire_rows::Attr;
 use crate::block::{BlockError, Dedicated, DedicatedType};
 use crate::model::{any_value, KeyValue};
 
@@ -103,7 +104,6 @@ impl AttrBuilder {
 
     pub(super) fn push_kv(&mut self, kv: &KeyValue) {
         use any_value::Value;
-        self.key.append_value(&kv.key);
         let (mut s, mut i, mut d, mut b, mut by): (_, _, _, _, Option<Vec<u8>>) =
             (None, None, None, None, None);
         let mut bytes_ref: Option<&[u8]> = None;
@@ -145,6 +145,61 @@ impl AttrBuilder {
                 }
             },
         };
+        let bytes = bytes_ref.or(by.as_deref());
+        self.push_cell(&kv.key, ty, s, i, d, b, bytes);
+    }
+
+    /// [`AttrBuilder::push_kv`] for an attribute read off the wire.
+    pub(super) fn push_wire(&mut self, a: &Attr<'_>) {
+        use crate::block::wire_rows::Value;
+        let (mut s, mut i, mut d, mut b, mut by) = (None, None, None, None, None);
+        let ty = match a.value {
+            None => value_type::NONE,
+            Some(Value::Empty) => value_type::EMPTY,
+            Some(Value::Str(v)) => {
+                s = Some(v);
+                value_type::STRING
+            }
+            Some(Value::Bool(v)) => {
+                b = Some(v);
+                value_type::BOOL
+            }
+            Some(Value::Int(v)) => {
+                i = Some(v);
+                value_type::INT
+            }
+            Some(Value::Double(v)) => {
+                d = Some(v);
+                value_type::DOUBLE
+            }
+            Some(Value::Bytes(v)) => {
+                by = Some(v);
+                value_type::BYTES
+            }
+            Some(Value::Array(v)) => {
+                by = Some(v);
+                value_type::ARRAY
+            }
+            Some(Value::Kvlist(v)) => {
+                by = Some(v);
+                value_type::KVLIST
+            }
+        };
+        self.push_cell(a.key, ty, s, i, d, b, by);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn push_cell(
+        &mut self,
+        key: &str,
+        ty: i32,
+        s: Option<&str>,
+        i: Option<i64>,
+        d: Option<f64>,
+        b: Option<bool>,
+        bytes: Option<&[u8]>,
+    ) {
+        self.key.append_value(key);
         // STRING..=BYTES are implied by which value column is set (see value_type::implied).
         let implied = matches!(
             ty,
@@ -159,11 +214,23 @@ impl AttrBuilder {
         self.int.append_option(i);
         self.dbl.append_option(d);
         self.bool.append_option(b);
-        match (bytes_ref, by.as_deref()) {
-            (Some(v), _) | (None, Some(v)) => self.bytes.append_value(v),
-            (None, None) => self.bytes.append_null(),
-        }
+        self.bytes.append_option(bytes);
         self.len += 1;
+    }
+
+    /// [`AttrBuilder::push_list`] for attributes read off the wire.
+    pub(super) fn push_wire_list(
+        &mut self,
+        attrs: &[Attr<'_>],
+        skip: &[Option<usize>],
+    ) -> Result<(), BlockError> {
+        for (i, a) in attrs.iter().enumerate() {
+            if !skip.contains(&Some(i)) {
+                self.push_wire(a);
+            }
+        }
+        self.offsets.push(to_i32(self.len)?);
+        Ok(())
     }
 
     /// Appends one list: `attrs` minus the indexes in `skip`.
@@ -233,6 +300,20 @@ impl DedBuilder {
             match (col, v) {
                 (DedCol::Str(b), Some(Value::StringValue(s))) => b.append_value(s),
                 (DedCol::Int(b), Some(Value::IntValue(i))) => b.append_value(*i),
+                (DedCol::Str(b), _) => b.append_null(),
+                (DedCol::Int(b), _) => b.append_null(),
+            }
+        }
+    }
+
+    /// [`DedBuilder::push`] for attributes read off the wire.
+    pub(super) fn push_wire(&mut self, attrs: &[Attr<'_>], pos: &[Option<usize>]) {
+        use crate::block::wire_rows::Value;
+        for (col, p) in self.cols.iter_mut().zip(pos) {
+            let v = p.and_then(|i| attrs.get(i)).and_then(|a| a.value);
+            match (col, v) {
+                (DedCol::Str(b), Some(Value::Str(s))) => b.append_value(s),
+                (DedCol::Int(b), Some(Value::Int(i))) => b.append_value(i),
                 (DedCol::Str(b), _) => b.append_null(),
                 (DedCol::Int(b), _) => b.append_null(),
             }

@@ -14,6 +14,8 @@ mod properties;
 mod row_group;
 #[cfg(test)]
 mod sink_tests;
+#[cfg(test)]
+mod wire_tests;
 
 use properties::{page_rows, writer_properties};
 use row_group::RowGroupBuilder;
@@ -27,11 +29,13 @@ use parquet::arrow::ArrowWriter;
 use parquet::file::metadata::ParquetMetaData;
 
 use super::schema::{arrow_schema, parquet_schema};
+use super::tags::TagCollector;
+use super::wire_rows::WireRows;
 use super::{
     bloom, BlockConfig, BlockError, BlockMeta, Dedicated, DedicatedColumn, EncodedBlock,
     RowGroupIndex, TraceInput, DEDICATED_RESOURCE, DEDICATED_SPAN, FORMAT,
 };
-use crate::model::{combine, TenantId, TraceId};
+use crate::model::{combine, Fragments, ResourceSpans, TenantId, TraceId};
 
 /// Tests write blocks the way older writers did (required `parent_span_id` and attribute
 /// `type`, absolute span starts) to check that readers still handle them.
@@ -115,7 +119,7 @@ where
 {
     traces
         .into_iter()
-        .map(|t| t.map(|trace| SlicedTrace { slice: 0, trace }))
+        .map(|t| t.map(|trace| SlicedTrace::decoded(0, trace)))
 }
 
 /// [`encode_block_sorted`] for traces tagged with time slices (see
@@ -131,8 +135,15 @@ where
     I: IntoIterator<Item = Result<SlicedTrace, BlockError>>,
 {
     let mut data = Vec::new();
-    let parts =
-        encode_block_sliced_into(tenant, block_id, compaction_level, traces, cfg, &mut data)?;
+    let parts = encode_block_sliced_into(
+        tenant,
+        block_id,
+        compaction_level,
+        traces,
+        cfg,
+        None,
+        &mut data,
+    )?;
     Ok(EncodedBlock {
         meta: parts.meta,
         data: Bytes::from(data),
@@ -173,14 +184,68 @@ where
         compaction_level,
         one_slice(traces),
         cfg,
+        None,
         sink,
     )
+}
+
+/// A trace's spans as the writer takes them.
+pub enum TraceRows {
+    /// Decoded, fragments already combined.
+    Decoded(Vec<ResourceSpans>),
+    /// A live trace's encoded fragments: read straight into columns and combined on the
+    /// way (see `block::wire_rows`), or decoded and combined when they hold something that
+    /// reader leaves to prost.
+    Encoded(Fragments),
 }
 
 /// One trace for [`encode_block_sliced_into`], tagged with the time slice it belongs to.
 pub struct SlicedTrace {
     pub slice: u32,
-    pub trace: TraceInput,
+    pub id: TraceId,
+    pub rows: TraceRows,
+}
+
+impl SlicedTrace {
+    pub fn decoded(slice: u32, trace: TraceInput) -> Self {
+        Self {
+            slice,
+            id: trace.id,
+            rows: TraceRows::Decoded(trace.batches),
+        }
+    }
+}
+
+/// Adds one trace's rows to `rg`, and its tags to `tags` when given.
+fn push_rows(
+    rg: &mut RowGroupBuilder,
+    id: TraceId,
+    rows: &TraceRows,
+    tags: Option<&mut TagCollector>,
+) -> Result<row_group::TraceSummary, BlockError> {
+    let decoded = |batches: &[ResourceSpans], rg: &mut RowGroupBuilder, tags| {
+        if let Some(tags) = tags {
+            TagCollector::add_trace(tags, batches);
+        }
+        rg.push_trace(id, batches)
+    };
+    match rows {
+        TraceRows::Decoded(batches) => decoded(batches, rg, tags),
+        TraceRows::Encoded(f) => match WireRows::parse(f.chunks()) {
+            Some(wire) => {
+                if let Some(tags) = tags {
+                    tags.add_wire(&wire);
+                }
+                rg.push_rows(id, &wire)
+            }
+            None => {
+                let batches = f
+                    .decode()
+                    .map_err(|e| BlockError::Input(format!("trace {id}: {e}")))?;
+                decoded(&combine(batches), rg, tags)
+            }
+        },
+    }
 }
 
 /// [`encode_block_sorted_into`] for a block laid out in time slices: traces come slice by
@@ -188,13 +253,15 @@ pub struct SlicedTrace {
 /// and a slice never shares a row group with another. Newest-first search then reads the
 /// row groups of the newest slice and stops; a lookup checks one row group per slice (the
 /// index lists each row group's smallest and largest ID). A trace must appear in one slice
-/// only; callers combine fragments before slicing.
+/// only; callers combine fragments before slicing. `tags`, when given, gets every trace's
+/// tags from the same read that makes its rows.
 pub fn encode_block_sliced_into<I, W>(
     tenant: &TenantId,
     block_id: uuid::Uuid,
     compaction_level: u32,
     traces: I,
     cfg: &BlockConfig,
+    mut tags: Option<&mut TagCollector>,
     sink: &mut W,
 ) -> Result<BlockParts, BlockError>
 where
@@ -235,7 +302,7 @@ where
     let (mut start, mut end, mut total_spans) = (u64::MAX, 0u64, 0u64);
     let mut slice = None;
     for t in traces {
-        let SlicedTrace { slice: s, trace: t } = t?;
+        let SlicedTrace { slice: s, id, rows } = t?;
         if slice != Some(s) {
             if rg_rows > 0 {
                 flush(&mut rg, rg_rows, rg_spans)?;
@@ -246,16 +313,16 @@ where
             }
             slice = Some(s);
         } else if let Some(prev) = ids.last() {
-            if *prev >= t.id {
+            if *prev >= id {
                 return Err(BlockError::NotSorted {
                     prev: *prev,
-                    next: t.id,
+                    next: id,
                 });
             }
         }
-        ids.push(t.id);
-        let s = rg.push_trace(&t)?;
-        drop(t);
+        ids.push(id);
+        let s = push_rows(&mut rg, id, &rows, tags.as_deref_mut())?;
+        drop(rows);
         rg_rows += 1;
         if s.spans > 0 {
             start = start.min(s.start);

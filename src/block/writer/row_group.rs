@@ -11,12 +11,12 @@ use arrow_buffer::Buffer;
 use arrow_schema::SchemaRef;
 use prost::Message;
 
+mod wire;
+
 use super::columns::*;
 use super::legacy;
 use crate::block::schema::{child, list_element, struct_fields};
-use crate::block::{
-    dedicated_positions, BlockError, TraceInput, DEDICATED_RESOURCE, DEDICATED_SPAN,
-};
+use crate::block::{dedicated_positions, BlockError, DEDICATED_RESOURCE, DEDICATED_SPAN};
 use crate::model::{
     any_value, nested_sets, parent_indices, status, NestedSet, Resource, ResourceSpans, TraceId,
 };
@@ -48,6 +48,25 @@ pub(crate) fn derivable_parents(spans: &[(&[u8], &[u8])], nested: &[NestedSet]) 
                     .is_some_and(|(id, _)| id == parent)
         })
         .collect()
+}
+
+/// What the trace level needs of one span.
+struct SpanFacts<'a> {
+    service: &'a str,
+    id: &'a [u8],
+    parent: &'a [u8],
+    start: u64,
+    end: u64,
+    name: &'a str,
+    error: bool,
+}
+
+/// What [`RowGroupBuilder::push_trace_level`] worked out for the span rows.
+struct Layout {
+    summary: TraceSummary,
+    nested: Vec<NestedSet>,
+    derived: Vec<bool>,
+    span_base: u64,
 }
 
 pub(super) struct TraceSummary {
@@ -201,34 +220,94 @@ impl RowGroupBuilder {
         }
     }
 
-    pub(super) fn push_trace(&mut self, t: &TraceInput) -> Result<TraceSummary, BlockError> {
-        self.est_bytes += t.batches.iter().map(Message::encoded_len).sum::<usize>();
+    pub(super) fn push_trace(
+        &mut self,
+        id: TraceId,
+        batches: &[ResourceSpans],
+    ) -> Result<TraceSummary, BlockError> {
+        self.est_bytes += batches.iter().map(Message::encoded_len).sum::<usize>();
+        let facts = batches.iter().flat_map(|rs| {
+            let service = service_name(rs);
+            rs.scope_spans
+                .iter()
+                .flat_map(|ss| &ss.spans)
+                .map(move |span| SpanFacts {
+                    service,
+                    id: &span.span_id,
+                    parent: &span.parent_span_id,
+                    start: span.start_time_unix_nano,
+                    end: span.end_time_unix_nano,
+                    name: &span.name,
+                    error: span
+                        .status
+                        .as_ref()
+                        .is_some_and(|s| s.code == status::StatusCode::Error as i32),
+                })
+        });
+        let Layout {
+            summary,
+            nested,
+            derived,
+            span_base,
+        } = self.push_trace_level(id, facts)?;
 
-        // Trace-level summary and nested sets over the spans of all batches.
+        let mut span_idx = 0usize;
+        for rs in batches {
+            self.push_resource(rs.resource.as_ref())?;
+            self.rs_schema_url.append_value(&rs.schema_url);
+            for ss in &rs.scope_spans {
+                match &ss.scope {
+                    Some(s) => {
+                        self.scope_valid.push(true);
+                        self.scope_name.append_value(&s.name);
+                        self.scope_version.append_value(&s.version);
+                        self.scope_attrs.push_list(&s.attributes, &[])?;
+                        self.scope_dropped.push(s.dropped_attributes_count);
+                    }
+                    None => self.push_no_scope()?,
+                }
+                self.ss_schema_url.append_value(&ss.schema_url);
+                for span in &ss.spans {
+                    let ns = nested.get(span_idx).copied().unwrap_or(NestedSet {
+                        left: 0,
+                        right: 0,
+                        parent: -1,
+                    });
+                    let parent_derived = derived.get(span_idx).copied().unwrap_or(false);
+                    span_idx += 1;
+                    self.push_span(id, span_base, span, ns, parent_derived)?;
+                }
+                self.span_offsets.push(to_i32(self.span_start.len())?);
+            }
+            self.ss_offsets.push(to_i32(self.scope_valid.len())?);
+        }
+        self.rs_offsets.push(to_i32(self.res_valid.len())?);
+        Ok(summary)
+    }
+
+    /// The trace-level columns (ID, times, root, service stats) from every span of the
+    /// trace in storage order, and what the span rows need: nested sets, which parent IDs
+    /// can be left out, the base of relative span starts.
+    fn push_trace_level<'a>(
+        &mut self,
+        id: TraceId,
+        facts: impl Iterator<Item = SpanFacts<'a>>,
+    ) -> Result<Layout, BlockError> {
         let mut pairs: Vec<(&[u8], &[u8])> = Vec::new();
         let (mut start, mut end) = (u64::MAX, 0u64);
         let mut root: Option<(&str, &str)> = None;
         let mut stats: BTreeMap<&str, (u32, u32)> = BTreeMap::new();
-        for rs in &t.batches {
-            let service = service_name(rs);
-            for ss in &rs.scope_spans {
-                for span in &ss.spans {
-                    pairs.push((&span.span_id, &span.parent_span_id));
-                    start = start.min(span.start_time_unix_nano);
-                    end = end.max(span.end_time_unix_nano);
-                    if root.is_none() && span.parent_span_id.is_empty() {
-                        root = Some((service, &span.name));
-                    }
-                    let e = stats.entry(service).or_default();
-                    e.0 = e.0.saturating_add(1);
-                    if span
-                        .status
-                        .as_ref()
-                        .is_some_and(|s| s.code == status::StatusCode::Error as i32)
-                    {
-                        e.1 = e.1.saturating_add(1);
-                    }
-                }
+        for f in facts {
+            pairs.push((f.id, f.parent));
+            start = start.min(f.start);
+            end = end.max(f.end);
+            if root.is_none() && f.parent.is_empty() {
+                root = Some((f.service, f.name));
+            }
+            let e = stats.entry(f.service).or_default();
+            e.0 = e.0.saturating_add(1);
+            if f.error {
+                e.1 = e.1.saturating_add(1);
             }
         }
         let nested = nested_sets(&parent_indices(&pairs));
@@ -243,7 +322,7 @@ impl RowGroupBuilder {
         }
         end = end.max(start);
 
-        self.trace_id.extend_from_slice(t.id.as_bytes());
+        self.trace_id.extend_from_slice(id.as_bytes());
         self.start.push(start);
         self.end.push(end);
         self.duration.push(end - start);
@@ -256,45 +335,21 @@ impl RowGroupBuilder {
             self.stats_errors.push(*errors);
         }
         self.stats_offsets.push(to_i32(self.stats_spans.len())?);
+        Ok(Layout {
+            summary: TraceSummary { start, end, spans },
+            nested,
+            derived,
+            span_base,
+        })
+    }
 
-        let mut span_idx = 0usize;
-        for rs in &t.batches {
-            self.push_resource(rs.resource.as_ref())?;
-            self.rs_schema_url.append_value(&rs.schema_url);
-            for ss in &rs.scope_spans {
-                match &ss.scope {
-                    Some(s) => {
-                        self.scope_valid.push(true);
-                        self.scope_name.append_value(&s.name);
-                        self.scope_version.append_value(&s.version);
-                        self.scope_attrs.push_list(&s.attributes, &[])?;
-                        self.scope_dropped.push(s.dropped_attributes_count);
-                    }
-                    None => {
-                        self.scope_valid.push(false);
-                        self.scope_name.append_value("");
-                        self.scope_version.append_value("");
-                        self.scope_attrs.push_list(&[], &[])?;
-                        self.scope_dropped.push(0);
-                    }
-                }
-                self.ss_schema_url.append_value(&ss.schema_url);
-                for span in &ss.spans {
-                    let ns = nested.get(span_idx).copied().unwrap_or(NestedSet {
-                        left: 0,
-                        right: 0,
-                        parent: -1,
-                    });
-                    let parent_derived = derived.get(span_idx).copied().unwrap_or(false);
-                    span_idx += 1;
-                    self.push_span(t.id, span_base, span, ns, parent_derived)?;
-                }
-                self.span_offsets.push(to_i32(self.span_start.len())?);
-            }
-            self.ss_offsets.push(to_i32(self.scope_valid.len())?);
-        }
-        self.rs_offsets.push(to_i32(self.res_valid.len())?);
-        Ok(TraceSummary { start, end, spans })
+    fn push_no_scope(&mut self) -> Result<(), BlockError> {
+        self.scope_valid.push(false);
+        self.scope_name.append_value("");
+        self.scope_version.append_value("");
+        self.scope_attrs.push_list(&[], &[])?;
+        self.scope_dropped.push(0);
+        Ok(())
     }
 
     pub(super) fn push_resource(&mut self, r: Option<&Resource>) -> Result<(), BlockError> {

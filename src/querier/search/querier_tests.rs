@@ -113,7 +113,7 @@ async fn a_sliced_block_is_searched_newest_slice_first() {
     let id = uuid::Uuid::from_u128(7);
     let inputs = traces
         .into_iter()
-        .map(|(slice, trace)| Ok(block::SlicedTrace { slice, trace }));
+        .map(|(slice, trace)| Ok(block::SlicedTrace::decoded(slice, trace)));
     let b = block::encode_block_sliced(&tenant, id, 1, inputs, &BlockConfig::default()).unwrap();
     assert_eq!(b.meta.total_records, 4);
     let index = block::RowGroupIndex::from_bytes(&b.index).unwrap();

@@ -1,0 +1,63 @@
+//! Walking a protobuf message body field by field, borrowing the payloads: for readers of
+//! encoded OTLP that already passed the ingest checks (`wire.rs`) and so only need to find
+//! fields, not to judge them.
+
+use super::wire::{take, varint};
+
+/// One field of a message body.
+#[derive(Clone, Copy)]
+pub(crate) enum Field<'a> {
+    Varint(u64),
+    Fixed64(u64),
+    Fixed32(u32),
+    Len(&'a [u8]),
+}
+
+/// The fields of one message body, in order; `None` for bytes that do not parse (and for
+/// groups, which OTLP traces never hold).
+pub(crate) struct Fields<'a>(pub(crate) &'a [u8]);
+
+impl<'a> Iterator for Fields<'a> {
+    type Item = Option<(u64, Field<'a>)>;
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.0.is_empty() {
+            return None;
+        }
+        Some(self.read())
+    }
+}
+
+impl<'a> Fields<'a> {
+    #[inline]
+    fn read(&mut self) -> Option<(u64, Field<'a>)> {
+        let data = &mut self.0;
+        let key = varint(data).ok()?;
+        let field = match key & 7 {
+            0 => Field::Varint(varint(data).ok()?),
+            1 => Field::Fixed64(u64::from_le_bytes(take(data, 8).ok()?.try_into().ok()?)),
+            5 => Field::Fixed32(u32::from_le_bytes(take(data, 4).ok()?.try_into().ok()?)),
+            2 => {
+                let len = usize::try_from(varint(data).ok()?).ok()?;
+                Field::Len(take(data, len).ok()?)
+            }
+            _ => {
+                // Stop here: the rest cannot be read.
+                *data = &[];
+                return None;
+            }
+        };
+        Some((key >> 3, field))
+    }
+
+    /// The payloads of the length-delimited field `number`, in order (a repeated message).
+    pub(crate) fn each(body: &'a [u8], number: u64) -> impl Iterator<Item = &'a [u8]> {
+        Fields(body)
+            .map_while(|f| f)
+            .filter_map(move |(n, f)| match f {
+                Field::Len(b) if n == number => Some(b),
+                _ => None,
+            })
+    }
+}
