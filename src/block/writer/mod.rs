@@ -10,6 +10,7 @@
 //! row group's record batch.
 
 mod columns;
+mod file;
 mod properties;
 mod row_group;
 #[cfg(test)]
@@ -22,10 +23,8 @@ use row_group::RowGroupBuilder;
 
 use std::io::Write;
 
-use arrow_schema::SchemaRef;
 use bytes::Bytes;
-use parquet::arrow::arrow_writer::ArrowWriterOptions;
-use parquet::arrow::ArrowWriter;
+use file::BlockFile;
 use parquet::file::metadata::ParquetMetaData;
 
 use super::schema::{arrow_schema, parquet_schema};
@@ -280,18 +279,12 @@ where
     let mut flush = |rg: &mut RowGroupBuilder, rows: usize, spans: u64| {
         if writer.is_none() {
             let rows = page_rows(cfg, spans as f64 / rows.max(1) as f64);
-            let options = ArrowWriterOptions::new()
-                .with_properties(writer_properties(cfg, &descr, rows)?)
-                .with_skip_arrow_metadata(true)
-                .with_parquet_schema((*descr).clone());
+            let props = writer_properties(cfg, &descr, rows)?;
             let tail = sink.take().expect("the writer is made once");
-            writer = Some(ArrowWriter::try_new_with_options(
-                tail,
-                schema.clone(),
-                options,
-            )?);
+            writer = Some(BlockFile::new(tail, &descr, schema.clone(), props)?);
         }
-        flush_row_group(writer.as_mut().expect("made above"), rg, &schema)
+        let batch = std::mem::replace(rg, RowGroupBuilder::new()).finish(&schema)?;
+        writer.as_mut().expect("made above").write_row_group(&batch)
     };
 
     let mut rg = RowGroupBuilder::new();
@@ -432,18 +425,6 @@ impl<W: Write> Write for TailWriter<'_, W> {
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
     }
-}
-
-fn flush_row_group<W: Write + Send>(
-    writer: &mut ArrowWriter<W>,
-    rg: &mut RowGroupBuilder,
-    schema: &SchemaRef,
-) -> Result<(), BlockError> {
-    let batch = std::mem::replace(rg, RowGroupBuilder::new()).finish(schema)?;
-    writer.write(&batch)?;
-    drop(batch);
-    writer.flush()?;
-    Ok(())
 }
 
 /// Bytes of the column and offset indexes, which the writer puts right before the footer:
