@@ -47,7 +47,8 @@ pub(super) fn writer_properties(
         .set_data_page_row_count_limit(page_rows)
         .set_column_data_page_row_count_limit(trace_id, cfg.trace_id_page_rows)
         // Page limits are only checked between write batches (a batch is extended to a
-        // record boundary in nested columns), so this bounds the rows of a trace_id page.
+        // record boundary in nested columns), so this bounds the rows of a trace_id page;
+        // `file.rs` writes the nested columns in larger batches.
         .set_write_batch_size(cfg.trace_id_page_rows)
         // Row groups are cut by this module, by size.
         .set_max_row_group_row_count(None)
