@@ -6,8 +6,9 @@
 //! from `schema/block.parquet.txt`.
 //!
 //! `properties` chooses encodings and compression per column, `columns` holds the Arrow
-//! builders for attribute lists and dedicated columns, `row_group` turns traces into one
-//! row group's record batch.
+//! builders for attribute lists and dedicated columns, `row_group` turns traces (decoded,
+//! or read off a live trace's encoded chunks by `block::wire_rows`) into one row group's
+//! record batch, and `file` writes the row groups into the Parquet file.
 
 mod columns;
 mod file;
