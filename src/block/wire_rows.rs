@@ -17,6 +17,7 @@ use ahash::RandomState;
 use prost::encoding::encoded_len_varint;
 use prost::Message;
 
+use crate::model::combine::span_key;
 use crate::model::walk::{Field, Fields};
 use crate::model::AnyValue;
 
@@ -462,12 +463,4 @@ fn status(body: &[u8]) -> Option<(i32, &str)> {
 
 fn utf8(b: &[u8]) -> Option<&str> {
     std::str::from_utf8(b).ok()
-}
-
-/// The combiner's key for a span ID (see `model::combine`).
-fn span_key(id: &[u8]) -> [u8; 8] {
-    let mut k = [0u8; 8];
-    let n = id.len().min(8);
-    k[8 - n..].copy_from_slice(&id[..n]);
-    k
 }

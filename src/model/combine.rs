@@ -99,7 +99,8 @@ impl Combiner {
     }
 }
 
-fn span_key(id: &[u8]) -> [u8; 8] {
+/// The key a span is deduplicated by (with its kind): its ID, zero-padded on the left.
+pub(crate) fn span_key(id: &[u8]) -> [u8; 8] {
     let mut k = [0u8; 8];
     let n = id.len().min(8);
     k[8 - n..].copy_from_slice(&id[..n]);

@@ -4,7 +4,7 @@
 //! writer, so nothing is converted twice; this module adds the identifiers and the one
 //! place that merges fragments of a trace.
 
-mod combine;
+pub(crate) mod combine;
 mod fragment;
 mod group;
 mod ids;
