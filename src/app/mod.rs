@@ -269,6 +269,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
                 .with_caught_up(caught_up.clone())
                 .start(Some(owners))
                 .await?;
+            ing.watch_memory();
             Some(ing)
         } else {
             let (wal, replay) =
@@ -282,6 +283,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
                 on_commit,
             );
             ing.replay_wal(replay).await?;
+            ing.watch_memory();
             Some(ing)
         }
     } else {

@@ -221,14 +221,28 @@ impl Distributor {
     }
 
     /// Takes a protobuf request's size from the tenant's rate before it is decoded, so an
-    /// export over the rate costs no decode; `spans` counts what a refusal refuses (only
-    /// called then). Follow with [`Distributor::push_admitted`].
+    /// export over the rate, or one the ingester has no room for, costs no decode; `spans`
+    /// counts what a refusal refuses (only called then). Follow with
+    /// [`Distributor::push_admitted`].
     pub(crate) fn admit(
         &self,
         tenant: &TenantId,
         size: u64,
         spans: impl FnOnce() -> usize,
     ) -> Result<(), PushError> {
+        // A request holds at least its encoded size once grouped: if that does not fit, the
+        // check after grouping would refuse it too. Checked first, so a refused export
+        // takes nothing from the rate.
+        if let (Some(ingester), None) = (&self.ingester, &self.log) {
+            if let Err(e) = ingester.has_room(size) {
+                self.metrics.spans_refused.add(
+                    tenant.as_str(),
+                    "live_bytes_exceeded",
+                    spans() as u64,
+                );
+                return Err(e.into());
+            }
+        }
         let limits = self.overrides.limits(tenant);
         self.check_rate(tenant, &limits, size).inspect_err(|_| {
             self.metrics
@@ -525,6 +539,56 @@ mod rate_tests {
         }
         healthy.set(0);
         assert_eq!(healthy.get(), 1, "this distributor always counts itself");
+    }
+
+    /// An ingester without room refuses an export by its encoded size before it is decoded,
+    /// and the refusal takes nothing from the tenant's rate.
+    #[test]
+    fn a_full_ingester_refuses_before_decode_without_taking_the_rate() {
+        use crate::backend::Backend;
+        use crate::block::BlockConfig;
+        use crate::config::IngesterConfig;
+        use crate::ingester::wal::Wal;
+
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let (wal, _) = Wal::open(dir.path(), metrics.clone()).unwrap();
+        let ingester = Ingester::new(
+            IngesterConfig {
+                max_live_bytes: 150,
+                ..IngesterConfig::default()
+            },
+            Arc::new(wal),
+            Backend::memory(),
+            BlockConfig::default(),
+            metrics.clone(),
+            Arc::new(|_| {}),
+        );
+        let mut cfg = OverridesConfig::default();
+        cfg.defaults.ingestion.rate_limit_bytes = 1000;
+        cfg.defaults.ingestion.burst_size_bytes = 1000;
+        let d = Distributor::new(
+            Some(ingester),
+            metrics.clone(),
+            Overrides::new(&cfg).unwrap(),
+        );
+        let tenant = TenantId::new("t").unwrap();
+        for _ in 0..20 {
+            match d.admit(&tenant, 200, || 7) {
+                Err(PushError::Ingest(IngestError::LiveBytesExceeded { limit, .. })) => {
+                    assert_eq!(limit, 150)
+                }
+                other => panic!("expected a memory refusal, got {other:?}"),
+            }
+        }
+        // Still a full bucket, and what fits is admitted.
+        assert_eq!(admitted(&d, &tenant), 1000);
+        let text = metrics.render();
+        assert!(
+            text.lines()
+                .any(|l| l.contains("live_bytes_exceeded") && l.ends_with(" 140")),
+            "20 refusals of 7 spans counted"
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod encode;
 mod flush;
 mod head;
 mod log;
+mod memory;
 mod read;
 pub mod wal;
 
@@ -43,7 +44,7 @@ use crate::model::{Fragments, Grouped, TenantId, TraceBatch, TraceId};
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum IngestError {
-    #[error("ingester memory is full ({held} bytes held by traces waiting to be flushed, limit {limit}): retry later")]
+    #[error("ingester memory is full ({held} bytes held by traces waiting to be flushed and the memory around them, limit {limit}): retry later")]
     LiveBytesExceeded { held: u64, limit: u64 },
     #[error("write-ahead log unavailable: {0}")]
     Wal(#[from] wal::WalError),
@@ -90,6 +91,8 @@ pub struct Ingester {
     /// The segment the log started at in this process: replayed traces are older and are
     /// carried over at the first cut. `None` carries every kept trace.
     opened_segment: Option<u64>,
+    /// The process's RSS, once [`Ingester::watch_memory`] samples it.
+    resident: memory::Resident,
 }
 
 /// Whether the head should be cut now, and how much of it.
@@ -124,7 +127,15 @@ impl Ingester {
             metrics,
             on_commit,
             opened_segment,
+            resident: memory::Resident::default(),
         })
+    }
+
+    /// Bounds the ingester by the process's sampled RSS as well as by its own count of
+    /// what it holds (see [`memory`]). The server calls it; unit tests, sharing one
+    /// process, keep to the count.
+    pub(crate) fn watch_memory(self: &Arc<Self>) {
+        memory::watch(self, |ing: &Ingester| &ing.resident);
     }
 
     /// [`Ingester::push_received`] of a request that came uncompressed.
@@ -194,7 +205,13 @@ impl Ingester {
     /// traces, the ones a cut is writing into blocks (they stay in memory until committed),
     /// the allocator's share, and that cut's working set.
     fn check_room(&self, traces: &[TraceBatch]) -> Result<(), IngestError> {
-        let incoming: u64 = traces.iter().map(|t| trace_bytes(&t.data)).sum();
+        self.has_room(traces.iter().map(|t| trace_bytes(&t.data)).sum())
+    }
+
+    /// Whether `incoming` more bytes fit under `max_live_bytes`. Exports are checked with
+    /// their encoded size before they are decoded (a full ingester costs no decode), and
+    /// with what their traces hold once grouped.
+    pub(crate) fn has_room(&self, incoming: u64) -> Result<(), IngestError> {
         let held = self.held_bytes();
         if held + incoming > self.cfg.max_live_bytes {
             return Err(IngestError::LiveBytesExceeded {
@@ -205,14 +222,16 @@ impl Ingester {
         Ok(())
     }
 
-    /// Memory the ingester holds by its own count: live and flushing traces
+    /// Memory the ingester holds: by its own count, live and flushing traces
     /// ([`trace_bytes`]), the allocator's share on top of them, and
-    /// [`Ingester::cut_reserve`] while a cut is being written.
+    /// [`Ingester::cut_reserve`] while a cut is being written; then what the process's RSS
+    /// holds beyond that count ([`memory::uncounted`]), when sampled.
     fn held_bytes(&self) -> u64 {
         let flushing = self.metrics.flushing_bytes.get();
         let traces = self.metrics.live_bytes.get() + flushing;
         let reserve = if flushing > 0 { self.cut_reserve() } else { 0 };
-        traces + traces / ALLOCATOR_SHARE + reserve
+        let counted = traces + traces / ALLOCATOR_SHARE + reserve;
+        counted + memory::uncounted(self.resident.get(), counted)
     }
 
     /// What writing a cut holds besides its traces: the row group being built (decoded
@@ -323,8 +342,12 @@ impl Ingester {
             // Near the memory bound, idle traces may be too few to make room: write every
             // live trace so exports are refused only briefly (late spans of a trace split
             // this way are merged at read time and by the compactor).
+            // So is an ingester refusing exports for memory with no cut under way: what
+            // it holds beyond the traces' count (see `memory`) can reach the bound first.
             Some(_)
-                if head.bytes.saturating_mul(4) >= self.cfg.max_live_bytes.saturating_mul(3) =>
+                if head.bytes.saturating_mul(4) >= self.cfg.max_live_bytes.saturating_mul(3)
+                    || (self.metrics.flushing_bytes.get() == 0
+                        && self.held_bytes() >= self.cfg.max_live_bytes) =>
             {
                 CutDue::Pressure
             }

@@ -165,6 +165,58 @@ async fn memory_pressure_cuts_every_live_trace() {
     assert_eq!(ing.metrics.live_bytes.get(), 0);
 }
 
+/// Memory the count misses, seen in the sampled RSS, refuses exports the count alone would
+/// take, and a cut with nothing flushing then writes every live trace to make room; RSS
+/// held by something other than traces never refuses an ingester that holds none.
+#[tokio::test]
+async fn resident_memory_beyond_the_count_refuses_and_cuts() {
+    let f = fixture(Duration::from_secs(3600));
+    let tenant = TenantId::single();
+    let req = request(6, 1..40);
+    let raw = req.encode_to_vec();
+    let g = group_by_trace(&req.resource_spans);
+    let bytes: u64 = g.traces().iter().map(|t| trace_bytes(&t.data)).sum();
+    let counted = bytes + bytes / ALLOCATOR_SHARE;
+    let ing = Ingester::new(
+        IngesterConfig {
+            trace_idle_period: Duration::from_secs(3600),
+            // By the count the trace fits with room to spare, under the pressure mark.
+            max_live_bytes: bytes * 7 / 5,
+            ..Default::default()
+        },
+        f.ingester.log.clone(),
+        Backend::memory(),
+        BlockConfig::default(),
+        Arc::new(Metrics::default()),
+        Arc::new(|_| {}),
+    );
+    // RSS far past the budget while nothing is held: ingest goes on.
+    ing.resident.set(bytes * 100);
+    ing.has_room(bytes).unwrap();
+    ing.push(&tenant, &raw, g).await.unwrap();
+    // Not sampled, or RSS within the count: the count alone decides.
+    for rss in [0, counted] {
+        ing.resident.set(rss);
+        assert_eq!(ing.held_bytes(), counted);
+        ing.has_room(bytes * 7 / 5 - counted).unwrap();
+        assert_eq!(ing.cut_due(Instant::now()), CutDue::No);
+    }
+    // RSS beyond the count is counted too, up to half the count.
+    ing.resident.set(counted + 10);
+    assert_eq!(ing.held_bytes(), counted + 10);
+    ing.resident.set(counted * 10);
+    assert_eq!(ing.held_bytes(), counted + counted / 2);
+    assert!(matches!(
+        ing.has_room(1),
+        Err(IngestError::LiveBytesExceeded { .. })
+    ));
+    // Nothing is flushing, so the ingester cuts every live trace (none is idle).
+    assert_eq!(ing.cut_due(Instant::now()), CutDue::Pressure);
+    assert_eq!(ing.flush(true).await, 1);
+    assert_eq!(ing.metrics.live_bytes.get(), 0);
+    ing.has_room(bytes).unwrap();
+}
+
 /// Carried-over traces are split into bounded WAL records (one record per tenant could
 /// pass the record limit), and every span is in exactly one of them.
 #[test]
