@@ -2,7 +2,6 @@
 //! into columns from their encoded fragments one at a time as the encoder pulls them, and
 //! the encoding into a staged file.
 
-use std::collections::HashMap;
 use std::io::Write;
 
 use uuid::Uuid;
@@ -14,13 +13,13 @@ use crate::block::{
     TraceRows,
 };
 use crate::metrics::StageTimer;
-use crate::model::{Fragments, TenantId, TraceId};
+use crate::model::{Fragments, TenantId, TraceId, TraceMap};
 
 /// The cut's traces for the block encoder, in `ids` order, as their encoded fragments: the
 /// encoder reads each into columns (and the tag summary) as it pulls it, so only the row
 /// group being built is held as columns.
 fn cut_inputs<'a, 'm>(
-    traces: Option<&'a HashMap<TraceId, Fragments>>,
+    traces: Option<&'a TraceMap<Fragments>>,
     ids: &'a [(u32, &'a TraceId)],
     cpu: &'a mut StageTimer<'m>,
 ) -> impl Iterator<Item = Result<SlicedTrace, BlockError>> + use<'a, 'm> {
@@ -42,7 +41,7 @@ fn cut_inputs<'a, 'm>(
 pub(super) fn encode_cut<W: Write + Send>(
     tenant: &TenantId,
     block_id: Uuid,
-    traces: Option<&HashMap<TraceId, Fragments>>,
+    traces: Option<&TraceMap<Fragments>>,
     ids: &[(u32, &TraceId)],
     cfg: &BlockConfig,
     cpu: &mut StageTimer<'_>,
@@ -59,7 +58,7 @@ pub(super) fn encode_cut<W: Write + Send>(
 pub(super) fn encode_cut_to_file(
     tenant: &TenantId,
     block_id: Uuid,
-    traces: Option<&HashMap<TraceId, Fragments>>,
+    traces: Option<&TraceMap<Fragments>>,
     ids: &[(u32, &TraceId)],
     cfg: &BlockConfig,
     cpu: &mut StageTimer<'_>,
@@ -78,7 +77,7 @@ pub(super) fn encode_cut_to_file(
 /// one slice per row group of data), by ID within a slice. The fragments' byte sizes weigh
 /// the slices, so no trace is decoded to plan them.
 pub(super) fn sliced_ids<'a>(
-    traces: Option<&'a HashMap<TraceId, Fragments>>,
+    traces: Option<&'a TraceMap<Fragments>>,
     cfg: &BlockConfig,
 ) -> Vec<(u32, &'a TraceId)> {
     let Some(traces) = traces else {
@@ -109,10 +108,8 @@ pub(super) fn sliced_ids<'a>(
 
 #[cfg(test)]
 mod slice_tests {
-    use std::collections::HashMap;
-
     use crate::block::BlockConfig;
-    use crate::model::{Fragments, Span, TraceId};
+    use crate::model::{Fragments, Span, TraceId, TraceMap};
 
     fn fragment(start: u64) -> Fragments {
         let span = Span {
@@ -131,7 +128,7 @@ mod slice_tests {
     /// A cut over several row groups of data goes in time slices: by start, ID order inside.
     #[test]
     fn a_large_cut_is_ordered_by_time_slice_then_id() {
-        let traces: HashMap<TraceId, Fragments> = (0..400u32)
+        let traces: TraceMap<Fragments> = (0..400u32)
             .map(|i| {
                 let mut id = [0u8; 16];
                 id[..4].copy_from_slice(&(i.wrapping_mul(2_654_435_761)).to_be_bytes());

@@ -1,6 +1,7 @@
 //! The head: live traces by tenant, each with the oldest WAL segment holding its data, and
 //! the records that carry traces over to a newer segment at a cut.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -10,7 +11,7 @@ use tracing::warn;
 
 use super::wal;
 use crate::model::{
-    group_by_trace, ExportTraceServiceRequest, Fragments, TenantId, TraceBatch, TraceId,
+    group_by_trace, ExportTraceServiceRequest, Fragments, TenantId, TraceBatch, TraceId, TraceMap,
 };
 
 pub(super) struct LiveTrace {
@@ -24,7 +25,7 @@ pub(super) struct LiveTrace {
 
 #[derive(Default)]
 pub(super) struct Head {
-    pub(super) tenants: HashMap<TenantId, HashMap<TraceId, LiveTrace>>,
+    pub(super) tenants: HashMap<TenantId, TraceMap<LiveTrace>>,
     pub(super) bytes: u64,
     pub(super) traces: u64,
     pub(super) started: Option<Instant>,
@@ -55,26 +56,24 @@ impl Head {
             None => self.tenants.entry(tenant.clone()).or_default(),
         };
         for t in traces {
-            match map.get_mut(&t.id) {
-                Some(live) => {
+            match map.entry(t.id) {
+                Entry::Occupied(mut e) => {
+                    let live = e.get_mut();
                     let before = trace_bytes(&live.data);
                     live.data.extend(&t.data);
                     self.bytes += trace_bytes(&live.data) - before;
                     live.last_seen = now;
                     live.first_segment = live.first_segment.min(segment);
                 }
-                None => {
+                Entry::Vacant(e) => {
                     self.bytes += trace_bytes(&t.data);
                     self.traces += 1;
-                    map.insert(
-                        t.id,
-                        LiveTrace {
-                            data: t.data,
-                            first_seen: now,
-                            last_seen: now,
-                            first_segment: segment,
-                        },
-                    );
+                    e.insert(LiveTrace {
+                        data: t.data,
+                        first_seen: now,
+                        last_seen: now,
+                        first_segment: segment,
+                    });
                 }
             }
         }

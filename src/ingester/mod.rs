@@ -40,7 +40,7 @@ use crate::config::IngesterConfig;
 use crate::metrics::{Metrics, Stage};
 #[cfg(test)]
 use crate::model::{group_by_trace, ExportTraceServiceRequest};
-use crate::model::{Fragments, Grouped, TenantId, TraceBatch, TraceId};
+use crate::model::{Fragments, Grouped, TenantId, TraceBatch, TraceId, TraceMap};
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum IngestError {
@@ -57,7 +57,7 @@ pub(crate) enum IngestError {
 const ALLOCATOR_SHARE: u64 = 6;
 
 /// Traces cut from the head and on their way into blocks; still served to queries.
-type Flushing = HashMap<TenantId, HashMap<TraceId, Fragments>>;
+type Flushing = HashMap<TenantId, TraceMap<Fragments>>;
 
 struct Cut {
     taken: Arc<Flushing>,
@@ -406,12 +406,11 @@ impl Ingester {
         let mut carry = Carry::default();
         for (tenant, traces) in old.tenants {
             let mut kept = Vec::new();
+            let mut ready = TraceMap::default();
+            let mut live_map = TraceMap::default();
             for (id, mut live) in traces {
                 if force || self.ready(&live, now) {
-                    taken
-                        .entry(tenant.clone())
-                        .or_default()
-                        .insert(id, live.data);
+                    ready.insert(id, live.data);
                 } else {
                     if live.first_segment < carry_before
                         || now.duration_since(live.first_seen) >= carry_age
@@ -423,13 +422,17 @@ impl Ingester {
                     keep_from = keep_from.min(live.first_segment);
                     head.bytes += trace_bytes(&live.data);
                     head.traces += 1;
-                    head.tenants
-                        .entry(tenant.clone())
-                        .or_default()
-                        .insert(id, live);
+                    live_map.insert(id, live);
                 }
             }
             carry.extend(carry_records(&tenant, &kept, CARRY_RECORD_BYTES));
+            // One map entry per tenant, not a hash of its name per trace.
+            if !live_map.is_empty() {
+                head.tenants.insert(tenant.clone(), live_map);
+            }
+            if !ready.is_empty() {
+                taken.insert(tenant, ready);
+            }
         }
         if head.traces > 0 {
             head.started = Some(now);

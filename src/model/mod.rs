@@ -15,6 +15,7 @@ pub(crate) mod wire;
 pub use combine::{combine, span_count, Combiner};
 pub use fragment::Fragments;
 pub use group::{group_by_trace, grouped_len, Grouped, TraceBatch};
+pub(crate) use ids::TraceMap;
 pub use ids::{IdError, TenantId, TenantIdError, TraceId, SINGLE_TENANT};
 pub use nested_set::{nested_sets, parent_indices, NestedSet};
 pub use wire::{group_encoded, group_encoded_within, GroupError, WireError};
