@@ -291,7 +291,7 @@ impl Ingester {
             let ids = sliced_ids(traces, &cfg);
             if let Some(file) = scratch {
                 // The guard moves in here, so a failed encode deletes its file.
-                match encode_cut_to_file(&t, block_id, traces, &ids, &cfg, &mut cpu, &file) {
+                match encode_cut_to_file(&t, block_id, &ids, &cfg, &mut cpu, &file) {
                     Ok((parts, tags)) => return Ok((parts, BlockData::File(file), tags)),
                     // A full or failing local disk must not stop cuts: they are what frees
                     // the WAL's disk. The block is encoded again, in memory.
@@ -301,7 +301,7 @@ impl Ingester {
                 }
             }
             let mut data = Vec::new();
-            let (parts, tags) = encode_cut(&t, block_id, traces, &ids, &cfg, &mut cpu, &mut data)?;
+            let (parts, tags) = encode_cut(&t, block_id, &ids, &cfg, &mut cpu, &mut data)?;
             Ok::<_, FlushError>((parts, BlockData::Memory(data.into()), tags))
         })
         .await??;
