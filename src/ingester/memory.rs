@@ -16,6 +16,11 @@ use tracing::warn;
 /// samples, and a read costs a few microseconds.
 const SAMPLE_EVERY: Duration = Duration::from_millis(50);
 
+/// The bound uses the highest sample of about the last second: while a cut is written RSS
+/// swings by ~100 MiB within 100 ms (row groups built and freed), and a sample taken in a
+/// trough would let in traces that the next crest takes past the budget.
+const PEAK_OF: usize = 20;
+
 /// The last RSS sample, in bytes; 0 while not watched (then only the count bounds).
 #[derive(Default)]
 pub(super) struct Resident(AtomicU64);
@@ -31,12 +36,15 @@ impl Resident {
     }
 }
 
-/// Memory the count did not see: what RSS holds beyond `counted`, at most half of
-/// `counted`. Capped so that memory held by something else (a query, a compaction in the
-/// same process, pages the allocator keeps) refuses ingest only while traces are held,
-/// never forever.
+/// Memory the count did not see: what RSS holds beyond `counted`, at most `counted`
+/// again. Capped so that memory held by something else (a query, a compaction in the same
+/// process, pages the allocator keeps) refuses ingest only while traces are held, never
+/// forever. Half the count was too little: right after a cut's traces are freed, RSS
+/// stays up (the allocator returns pages after a delay, and the freed chunks belong to the
+/// receiving threads) while the next cut starts, and the process ran 80 MiB past the
+/// budget there.
 pub(super) fn uncounted(resident: u64, counted: u64) -> u64 {
-    resident.saturating_sub(counted).min(counted / 2)
+    resident.saturating_sub(counted).min(counted)
 }
 
 /// Samples RSS into `resident` on a thread of its own (a procfs read is a syscall, kept
@@ -53,15 +61,42 @@ pub(super) fn watch<T: Send + Sync + 'static>(
     let owner: Weak<T> = Arc::downgrade(owner);
     let spawned = std::thread::Builder::new()
         .name("vivace-rss".into())
-        .spawn(move || loop {
-            std::thread::sleep(SAMPLE_EVERY);
-            let Some(owner) = owner.upgrade() else { return };
-            if let Some(rss) = read_rss() {
-                resident(&owner).0.store(rss, Ordering::Relaxed);
+        .spawn(move || {
+            let mut recent = Recent::new(first);
+            loop {
+                std::thread::sleep(SAMPLE_EVERY);
+                let Some(owner) = owner.upgrade() else { return };
+                if let Some(rss) = read_rss() {
+                    resident(&owner)
+                        .0
+                        .store(recent.push(rss), Ordering::Relaxed);
+                }
             }
         });
     if let Err(e) = spawned {
         warn!(error = %e, "cannot start the resident memory sampler");
+    }
+}
+
+/// The last [`PEAK_OF`] samples, for their maximum.
+struct Recent {
+    samples: [u64; PEAK_OF],
+    next: usize,
+}
+
+impl Recent {
+    fn new(first: u64) -> Self {
+        Self {
+            samples: [first; PEAK_OF],
+            next: 0,
+        }
+    }
+
+    /// Adds a sample; returns the highest of the recent ones.
+    fn push(&mut self, rss: u64) -> u64 {
+        self.samples[self.next] = rss;
+        self.next = (self.next + 1) % PEAK_OF;
+        self.samples.iter().copied().max().unwrap_or(rss)
     }
 }
 
@@ -89,8 +124,19 @@ mod tests {
         assert_eq!(uncounted(0, 100), 0, "not watched");
         assert_eq!(uncounted(90, 100), 0);
         assert_eq!(uncounted(130, 100), 30);
-        assert_eq!(uncounted(1_000, 100), 50, "capped at half the count");
+        assert_eq!(uncounted(1_000, 100), 100, "capped at the count");
         assert_eq!(uncounted(1_000, 0), 0, "nothing held: never refuses");
+    }
+
+    #[test]
+    fn the_bound_sees_the_highest_recent_sample() {
+        let mut r = Recent::new(100);
+        assert_eq!(r.push(50), 100, "the first sample is still recent");
+        assert_eq!(r.push(300), 300);
+        for _ in 0..PEAK_OF - 1 {
+            assert_eq!(r.push(10), 300, "a trough does not hide the crest");
+        }
+        assert_eq!(r.push(20), 20, "the crest aged out");
     }
 
     #[cfg(target_os = "linux")]

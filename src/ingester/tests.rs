@@ -201,11 +201,11 @@ async fn resident_memory_beyond_the_count_refuses_and_cuts() {
         ing.has_room(bytes * 7 / 5 - counted).unwrap();
         assert_eq!(ing.cut_due(Instant::now()), CutDue::No);
     }
-    // RSS beyond the count is counted too, up to half the count.
+    // RSS beyond the count is counted too, up to the count again.
     ing.resident.set(counted + 10);
     assert_eq!(ing.held_bytes(), counted + 10);
     ing.resident.set(counted * 10);
-    assert_eq!(ing.held_bytes(), counted + counted / 2);
+    assert_eq!(ing.held_bytes(), counted * 2);
     assert!(matches!(
         ing.has_room(1),
         Err(IngestError::LiveBytesExceeded { .. })
