@@ -109,6 +109,18 @@ async fn active_traces_are_carried_over_and_old_segments_deleted() {
     assert_eq!(spans_in_memory(&f, 1), 0);
 }
 
+/// An ingester with its own settings on the fixture's WAL, writing to a memory bucket.
+fn on_fixture_log(f: &Fixture, cfg: IngesterConfig) -> Arc<Ingester> {
+    Ingester::new(
+        cfg,
+        f.ingester.log.clone(),
+        Backend::memory(),
+        BlockConfig::default(),
+        Arc::new(Metrics::default()),
+        Arc::new(|_| {}),
+    )
+}
+
 #[tokio::test]
 async fn refuses_instead_of_dropping_when_memory_is_full() {
     let f = fixture(Duration::ZERO);
@@ -116,16 +128,12 @@ async fn refuses_instead_of_dropping_when_memory_is_full() {
     let big = request(3, 1..50);
     let raw = big.encode_to_vec();
     let g = group_by_trace(&big.resource_spans);
-    let ing = Ingester::new(
+    let ing = on_fixture_log(
+        &f,
         IngesterConfig {
             max_live_bytes: 10,
             ..Default::default()
         },
-        f.ingester.log.clone(),
-        Backend::memory(),
-        BlockConfig::default(),
-        Arc::new(Metrics::default()),
-        Arc::new(|_| {}),
     );
     let err = ing.push(&tenant, &raw, g).await.unwrap_err();
     assert!(
@@ -143,18 +151,14 @@ async fn memory_pressure_cuts_every_live_trace() {
     let raw = req.encode_to_vec();
     let g = group_by_trace(&req.resource_spans);
     let bytes: u64 = g.traces().iter().map(|t| t.data.len() as u64).sum();
-    let ing = Ingester::new(
+    let ing = on_fixture_log(
+        &f,
         IngesterConfig {
             trace_idle_period: Duration::from_secs(3600),
             // The trace fills 80% of the budget: past the 75% mark.
             max_live_bytes: bytes * 5 / 4,
             ..Default::default()
         },
-        f.ingester.log.clone(),
-        Backend::memory(),
-        BlockConfig::default(),
-        Arc::new(Metrics::default()),
-        Arc::new(|_| {}),
     );
     assert_eq!(ing.cut_due(Instant::now()), CutDue::No);
     ing.push(&tenant, &raw, g).await.unwrap();
@@ -177,18 +181,14 @@ async fn resident_memory_beyond_the_count_refuses_and_cuts() {
     let g = group_by_trace(&req.resource_spans);
     let bytes: u64 = g.traces().iter().map(|t| trace_bytes(&t.data)).sum();
     let counted = bytes + bytes / ALLOCATOR_SHARE;
-    let ing = Ingester::new(
+    let ing = on_fixture_log(
+        &f,
         IngesterConfig {
             trace_idle_period: Duration::from_secs(3600),
             // By the count the trace fits with room to spare, under the pressure mark.
             max_live_bytes: bytes * 7 / 5,
             ..Default::default()
         },
-        f.ingester.log.clone(),
-        Backend::memory(),
-        BlockConfig::default(),
-        Arc::new(Metrics::default()),
-        Arc::new(|_| {}),
     );
     // RSS far past the budget while nothing is held: ingest goes on.
     ing.resident.set(bytes * 100);
