@@ -21,7 +21,8 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(50);
 /// trough would let in traces that the next crest takes past the budget.
 const PEAK_OF: usize = 20;
 
-/// The last RSS sample, in bytes; 0 while not watched (then only the count bounds).
+/// The highest RSS sample of about the last second, in bytes; 0 while not watched (then
+/// only the count bounds).
 #[derive(Default)]
 pub(super) struct Resident(AtomicU64);
 
@@ -48,28 +49,26 @@ pub(super) fn uncounted(resident: u64, counted: u64) -> u64 {
 }
 
 /// Samples RSS into `resident` on a thread of its own (a procfs read is a syscall, kept
-/// off the async executor) until `owner` is dropped. Does nothing where RSS cannot be read.
-pub(super) fn watch<T: Send + Sync + 'static>(
-    owner: &Arc<T>,
-    resident: impl Fn(&T) -> &Resident + Send + 'static,
-) {
+/// off the async executor) until `resident` is dropped. Does nothing where RSS cannot be
+/// read.
+pub(super) fn watch(resident: &Arc<Resident>) {
     let Some(first) = read_rss() else {
         warn!("cannot read the process's resident memory: max_live_bytes bounds the ingester's own count only");
         return;
     };
-    resident(owner).0.store(first, Ordering::Relaxed);
-    let owner: Weak<T> = Arc::downgrade(owner);
+    resident.0.store(first, Ordering::Relaxed);
+    let resident: Weak<Resident> = Arc::downgrade(resident);
     let spawned = std::thread::Builder::new()
         .name("vivace-rss".into())
         .spawn(move || {
             let mut recent = Recent::new(first);
             loop {
                 std::thread::sleep(SAMPLE_EVERY);
-                let Some(owner) = owner.upgrade() else { return };
+                let Some(resident) = resident.upgrade() else {
+                    return;
+                };
                 if let Some(rss) = read_rss() {
-                    resident(&owner)
-                        .0
-                        .store(recent.push(rss), Ordering::Relaxed);
+                    resident.0.store(recent.push(rss), Ordering::Relaxed);
                 }
             }
         });
@@ -120,7 +119,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn uncounted_is_what_rss_holds_beyond_the_count_capped_at_half() {
+    fn uncounted_is_what_rss_holds_beyond_the_count_capped_at_the_count() {
         assert_eq!(uncounted(0, 100), 0, "not watched");
         assert_eq!(uncounted(90, 100), 0);
         assert_eq!(uncounted(130, 100), 30);
@@ -157,15 +156,14 @@ mod tests {
     }
 
     #[test]
-    fn watcher_samples_until_its_owner_is_dropped() {
-        struct Owner(Resident);
-        let owner = Arc::new(Owner(Resident::default()));
-        watch(&owner, |o: &Owner| &o.0);
+    fn watcher_samples_until_its_gauge_is_dropped() {
+        let resident = Arc::new(Resident::default());
+        watch(&resident);
         if cfg!(target_os = "linux") {
-            assert!(owner.0.get() > 0, "sampled at once");
+            assert!(resident.get() > 0, "sampled at once");
         }
-        let weak = Arc::downgrade(&owner);
-        drop(owner);
+        let weak = Arc::downgrade(&resident);
+        drop(resident);
         assert!(
             weak.upgrade().is_none(),
             "the sampler holds no strong reference"

@@ -92,7 +92,7 @@ pub struct Ingester {
     /// carried over at the first cut. `None` carries every kept trace.
     opened_segment: Option<u64>,
     /// The process's RSS, once [`Ingester::watch_memory`] samples it.
-    resident: memory::Resident,
+    resident: Arc<memory::Resident>,
 }
 
 /// Whether the head should be cut now, and how much of it.
@@ -127,15 +127,15 @@ impl Ingester {
             metrics,
             on_commit,
             opened_segment,
-            resident: memory::Resident::default(),
+            resident: Arc::default(),
         })
     }
 
     /// Bounds the ingester by the process's sampled RSS as well as by its own count of
     /// what it holds (see [`memory`]). The server calls it; unit tests, sharing one
     /// process, keep to the count.
-    pub(crate) fn watch_memory(self: &Arc<Self>) {
-        memory::watch(self, |ing: &Ingester| &ing.resident);
+    pub(crate) fn watch_memory(&self) {
+        memory::watch(&self.resident);
     }
 
     /// [`Ingester::push_received`] of a request that came uncompressed.
