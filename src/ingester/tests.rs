@@ -109,6 +109,57 @@ async fn active_traces_are_carried_over_and_old_segments_deleted() {
     assert_eq!(spans_in_memory(&f, 1), 0);
 }
 
+/// A cut takes the ready traces out of the head's maps in place: a map keeps its table for
+/// the traces that arrive next, the kept traces and the head's counts stay right, and a
+/// tenant with nothing live since the last cut gives its table back.
+#[tokio::test]
+async fn a_cut_keeps_each_tenant_table_in_place() {
+    let f = fixture(Duration::from_millis(150));
+    let ing = &f.ingester;
+    let (a, b) = (TenantId::new("a").unwrap(), TenantId::new("b").unwrap());
+    for t in 1..=40 {
+        ing.push_request(&a, &request(t, 1..3)).await.unwrap();
+    }
+    ing.push_request(&b, &request(100, 1..3)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ing.push_request(&a, &request(41, 1..4)).await.unwrap();
+    let capacity = ing.head.lock().tenants[&a].capacity();
+
+    // Traces 1–40 of `a` and `b`'s one are idle: a block each; trace 41 stays.
+    assert_eq!(ing.flush(false).await, 2);
+    {
+        let head = ing.head.lock();
+        let kept = &head.tenants[&a];
+        assert_eq!(kept.capacity(), capacity, "the table is kept");
+        assert_eq!(
+            kept.keys().copied().collect::<Vec<_>>(),
+            [TraceId([41; 16])]
+        );
+        assert_eq!(
+            (head.traces, head.bytes),
+            (1, trace_bytes(&kept[&TraceId([41; 16])].data))
+        );
+        assert!(
+            head.tenants[&b].is_empty(),
+            "emptied this cut, kept until the next"
+        );
+        assert!(head.started.is_some());
+    }
+    assert_eq!(ing.metrics.live_traces.get(), 1);
+
+    // `b` had nothing live since the last cut: its map goes; `a`'s stays, empty.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(ing.flush(false).await, 1);
+    let head = ing.head.lock();
+    assert!(!head.tenants.contains_key(&b));
+    assert!(head.tenants[&a].is_empty());
+    assert_eq!((head.traces, head.bytes, head.started), (0, 0, None));
+    drop(head);
+    let committed = f.committed.lock();
+    let objects: Vec<u64> = committed.iter().map(|m| m.total_objects).collect();
+    assert_eq!(objects.iter().sum::<u64>(), 42, "{objects:?}");
+}
+
 /// An ingester with its own settings on the fixture's WAL, writing to a memory bucket.
 fn on_fixture_log(f: &Fixture, cfg: IngesterConfig) -> Arc<Ingester> {
     Ingester::new(
