@@ -189,8 +189,9 @@ pub struct IngesterConfig {
     pub flush_check_period: Duration,
     /// Exports are refused (not dropped) once the traces in memory would hold more than
     /// this: received bytes, their handles and map entries, the allocator's share, and the
-    /// working set of a cut being written; and what the process's RSS holds beyond that
-    /// count (up to as much again), so peak RSS stays near this figure.
+    /// working set of a cut being written; and what the process's RSS, with room left for
+    /// the next cut's working set, holds beyond that count (up to as much again), so peak
+    /// RSS stays under this figure.
     pub max_live_bytes: u64,
     /// Target uncompressed size of a Parquet row group.
     pub row_group_size_bytes: usize,

@@ -245,16 +245,27 @@ async fn resident_memory_beyond_the_count_refuses_and_cuts() {
     ing.resident.set(bytes * 100);
     ing.has_room(bytes).unwrap();
     ing.push(&tenant, &raw, g).await.unwrap();
-    // Not sampled, or RSS within the count: the count alone decides.
-    for rss in [0, counted] {
+    let reserve = ing.cut_reserve();
+    assert!(reserve > 0 && reserve < counted);
+    // Not sampled, or RSS with a cut's working set on top within the count: the count
+    // alone decides.
+    for rss in [0, counted - reserve] {
         ing.resident.set(rss);
         assert_eq!(ing.held_bytes(), counted);
         ing.has_room(bytes * 7 / 5 - counted).unwrap();
         assert_eq!(ing.cut_due(Instant::now()), CutDue::No);
     }
-    // RSS beyond the count is counted too, up to the count again.
-    ing.resident.set(counted + 10);
+    // RSS with that room on top, beyond the count, is counted too, up to the count again.
+    ing.resident.set(counted - reserve + 10);
     assert_eq!(ing.held_bytes(), counted + 10);
+    // RSS at the count leaves no room for the next cut: what fits the count alone is
+    // refused.
+    ing.resident.set(counted);
+    assert_eq!(ing.held_bytes(), counted + reserve);
+    assert!(matches!(
+        ing.has_room(bytes * 7 / 5 - counted),
+        Err(IngestError::LiveBytesExceeded { .. })
+    ));
     ing.resident.set(counted * 10);
     assert_eq!(ing.held_bytes(), counted * 2);
     assert!(matches!(
