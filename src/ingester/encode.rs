@@ -167,8 +167,8 @@ mod slice_tests {
             .collect();
         let bytes: usize = traces.values().map(Fragments::len).sum();
         let cfg = BlockConfig {
-            // Newest slices of a quarter of the data.
-            row_group_size_bytes: 4 * (bytes / 4 + 1),
+            // Newest slices (a sixteenth of a row group) of a quarter of the data.
+            row_group_size_bytes: 16 * (bytes / 4 + 1),
             ..BlockConfig::default()
         };
         let ids = super::sliced_ids(Some(&traces), &cfg);
