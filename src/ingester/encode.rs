@@ -7,6 +7,7 @@ use std::io::Write;
 use uuid::Uuid;
 
 use super::flush::FlushError;
+use super::head::LiveTrace;
 use crate::backend::scratch::{ScratchError, ScratchFile};
 use crate::block::{
     self, BlockConfig, BlockError, BlockParts, SlicePlan, SlicedTrace, TagCollector, TagSummary,
@@ -107,17 +108,17 @@ pub(super) fn encode_cut_to_file(
 /// one slice per row group of data), by ID within a slice. The fragments' byte sizes weigh
 /// the slices, so no trace is decoded to plan them.
 pub(super) fn sliced_ids<'a>(
-    traces: Option<&'a TraceMap<Fragments>>,
+    traces: Option<&'a TraceMap<LiveTrace>>,
     cfg: &BlockConfig,
 ) -> CutOrder<'a> {
     let Some(traces) = traces else {
         return Vec::new();
     };
-    let bytes: u64 = traces.values().map(|f| f.len() as u64).sum();
+    let bytes: u64 = traces.values().map(|l| l.data.len() as u64).sum();
     let plan = if bytes > cfg.newest_slice_bytes() as u64 && cfg.max_time_slices > 1 {
         let mut samples: Vec<(u64, u64)> = traces
             .values()
-            .map(|f| (f.start(), f.len() as u64))
+            .map(|l| (l.data.start(), l.data.len() as u64))
             .collect();
         SlicePlan::newest_small(
             &mut samples,
@@ -130,7 +131,7 @@ pub(super) fn sliced_ids<'a>(
     };
     let mut ids: CutOrder<'a> = traces
         .iter()
-        .map(|(id, f)| (plan.slice_of(f.start()), *id, f))
+        .map(|(id, l)| (plan.slice_of(l.data.start()), *id, &l.data))
         .collect();
     ids.sort_unstable_by_key(|&(slice, id, _)| (slice, id));
     ids
@@ -138,6 +139,7 @@ pub(super) fn sliced_ids<'a>(
 
 #[cfg(test)]
 mod slice_tests {
+    use super::LiveTrace;
     use crate::block::BlockConfig;
     use crate::model::{Fragments, Span, TraceId, TraceMap};
 
@@ -158,14 +160,22 @@ mod slice_tests {
     /// A cut over several row groups of data goes in time slices: by start, ID order inside.
     #[test]
     fn a_large_cut_is_ordered_by_time_slice_then_id() {
-        let traces: TraceMap<Fragments> = (0..400u32)
+        let now = std::time::Instant::now();
+        let traces: TraceMap<LiveTrace> = (0..400u32)
             .map(|i| {
                 let mut id = [0u8; 16];
                 id[..4].copy_from_slice(&(i.wrapping_mul(2_654_435_761)).to_be_bytes());
-                (TraceId(id), fragment(1_000 + u64::from(i) * 1_000))
+                let data = fragment(1_000 + u64::from(i) * 1_000);
+                let live = LiveTrace {
+                    data,
+                    first_seen: now,
+                    last_seen: now,
+                    first_segment: 0,
+                };
+                (TraceId(id), live)
             })
             .collect();
-        let bytes: usize = traces.values().map(Fragments::len).sum();
+        let bytes: usize = traces.values().map(|l| l.data.len()).sum();
         let cfg = BlockConfig {
             // Newest slices (a sixteenth of a row group) of a quarter of the data.
             row_group_size_bytes: 16 * (bytes / 4 + 1),
@@ -178,7 +188,7 @@ mod slice_tests {
         for (s, id, f) in &ids {
             *per.entry(*s).or_default() += 1;
             assert!(
-                std::ptr::eq(*f, &traces[id]),
+                std::ptr::eq(*f, &traces[id].data),
                 "each ID with its own fragments"
             );
         }

@@ -170,14 +170,14 @@ impl Ingester {
                 for tenant in &failed {
                     failed_carry.extend(super::carry_records(
                         tenant,
-                        taken[tenant].values(),
+                        taken[tenant].values().map(|l| &l.data),
                         super::CARRY_RECORD_BYTES,
                     ));
                     let traces = taken[tenant]
                         .iter()
-                        .map(|(id, data)| super::TraceBatch {
+                        .map(|(id, live)| super::TraceBatch {
                             id: *id,
-                            data: data.clone(),
+                            data: live.data.clone(),
                             spans: 0,
                         })
                         .collect();

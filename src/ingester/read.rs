@@ -34,7 +34,7 @@ impl Ingester {
             let head = self.head.lock();
             let flushing = self.flushing.read().clone();
             if let Some(f) = flushing.get(tenant).and_then(|m| m.get(id)) {
-                data.extend(f);
+                data.extend(&f.data);
             }
             if let Some(live) = head.tenants.get(tenant).and_then(|m| m.get(id)) {
                 data.extend(&live.data);
@@ -70,7 +70,7 @@ impl Ingester {
             .flatten();
         let mut out: HashMap<TraceId, Fragments> = flushing
             .get(tenant)
-            .map(|m| m.iter().map(|(id, f)| (*id, f.clone())).collect())
+            .map(|m| m.iter().map(|(id, f)| (*id, f.data.clone())).collect())
             .unwrap_or_default();
         if let Some(traces) = head.tenants.get(tenant) {
             for (id, live) in traces {
@@ -103,6 +103,7 @@ impl Ingester {
         };
         if let Some(flush) = flush {
             for (id, f) in flush {
+                let f = &f.data;
                 match live.and_then(|m| m.get(id)) {
                     Some(l) => push(
                         *id,
@@ -137,7 +138,7 @@ impl Ingester {
         let flush = flushing.get(tenant);
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
-            let f = flush.and_then(|m| m.get(id));
+            let f = flush.and_then(|m| m.get(id)).map(|f| &f.data);
             let l = live.and_then(|m| m.get(id));
             let data = match (f, l) {
                 (None, None) => continue,

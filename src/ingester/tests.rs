@@ -111,7 +111,8 @@ async fn active_traces_are_carried_over_and_old_segments_deleted() {
 
 /// A cut takes the ready traces out of the head's maps in place: a map keeps its table for
 /// the traces that arrive next, the kept traces and the head's counts stay right, and a
-/// tenant with nothing live since the last cut gives its table back.
+/// tenant with nothing live since the last cut gives its table back. A cut of everything
+/// moves the table itself.
 #[tokio::test]
 async fn a_cut_keeps_each_tenant_table_in_place() {
     let f = fixture(Duration::from_millis(150));
@@ -150,14 +151,22 @@ async fn a_cut_keeps_each_tenant_table_in_place() {
     // `b` had nothing live since the last cut: its map goes; `a`'s stays, empty.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(ing.flush(false).await, 1);
-    let head = ing.head.lock();
-    assert!(!head.tenants.contains_key(&b));
-    assert!(head.tenants[&a].is_empty());
-    assert_eq!((head.traces, head.bytes, head.started), (0, 0, None));
-    drop(head);
+    {
+        let head = ing.head.lock();
+        assert!(!head.tenants.contains_key(&b));
+        assert!(head.tenants[&a].is_empty());
+        assert!(head.tenants[&a].capacity() >= capacity);
+        assert_eq!((head.traces, head.bytes, head.started), (0, 0, None));
+    }
+
+    // A cut of everything moves the table itself into the flush, building none.
+    ing.push_request(&a, &request(42, 1..3)).await.unwrap();
+    assert_eq!(ing.flush(true).await, 1);
+    assert_eq!(ing.head.lock().tenants[&a].capacity(), 0);
+    assert!(ing.find_trace(&a, &TraceId([42; 16])).is_empty());
     let committed = f.committed.lock();
     let objects: Vec<u64> = committed.iter().map(|m| m.total_objects).collect();
-    assert_eq!(objects.iter().sum::<u64>(), 42, "{objects:?}");
+    assert_eq!(objects.iter().sum::<u64>(), 43, "{objects:?}");
 }
 
 /// An ingester with its own settings on the fixture's WAL, writing to a memory bucket.
