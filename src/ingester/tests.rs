@@ -115,23 +115,30 @@ async fn active_traces_are_carried_over_and_old_segments_deleted() {
 /// moves the table itself.
 #[tokio::test]
 async fn a_cut_keeps_each_tenant_table_in_place() {
-    let f = fixture(Duration::from_millis(150));
+    let f = fixture(Duration::from_secs(1));
     let ing = &f.ingester;
     let (a, b) = (TenantId::new("a").unwrap(), TenantId::new("b").unwrap());
     for t in 1..=40 {
         ing.push_request(&a, &request(t, 1..3)).await.unwrap();
     }
     ing.push_request(&b, &request(100, 1..3)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
     ing.push_request(&a, &request(41, 1..4)).await.unwrap();
     let capacity = ing.head.lock().tenants[&a].capacity();
+    assert!(capacity >= 41 + 8, "{capacity}");
 
     // Traces 1–40 of `a` and `b`'s one are idle: a block each; trace 41 stays.
     assert_eq!(ing.flush(false).await, 2);
-    {
+    let kept_capacity = {
         let head = ing.head.lock();
         let kept = &head.tenants[&a];
-        assert_eq!(kept.capacity(), capacity, "the table is kept");
+        // An entry taken out leaves room or a tombstone, so the room left falls by at
+        // most one per trace taken; a map built anew for one trace would have room for 3.
+        let after = kept.capacity();
+        assert!(
+            after >= capacity - 40,
+            "the table is kept: {after} of {capacity}"
+        );
         assert_eq!(
             kept.keys().copied().collect::<Vec<_>>(),
             [TraceId([41; 16])]
@@ -145,17 +152,18 @@ async fn a_cut_keeps_each_tenant_table_in_place() {
             "emptied this cut, kept until the next"
         );
         assert!(head.started.is_some());
-    }
+        after
+    };
     assert_eq!(ing.metrics.live_traces.get(), 1);
 
     // `b` had nothing live since the last cut: its map goes; `a`'s stays, empty.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
     assert_eq!(ing.flush(false).await, 1);
     {
         let head = ing.head.lock();
         assert!(!head.tenants.contains_key(&b));
         assert!(head.tenants[&a].is_empty());
-        assert!(head.tenants[&a].capacity() >= capacity);
+        assert!(head.tenants[&a].capacity() >= kept_capacity - 1);
         assert_eq!((head.traces, head.bytes, head.started), (0, 0, None));
     }
 
