@@ -430,6 +430,7 @@ impl Ingester {
                 continue;
             }
             let mut kept = Vec::new();
+            // Counted first so the taken map is allocated once, not grown by rehashing.
             let ready_count = traces.values().filter(|l| self.ready(l, now)).count();
             let mut ready = TraceMap::with_capacity_and_hasher(ready_count, Default::default());
             let taking = traces.extract_if(|_, live| {
