@@ -565,7 +565,7 @@ impl SearchColumns {
                     .iter()
                     .find(|c| c.column_path().string() == path)
             };
-            let (min_start, _) = int_stats(rgm, paths::START_TIME);
+            let (min_start, max_start) = int_stats(rgm, paths::START_TIME);
             let (_, max_end) = int_stats(rgm, paths::END_TIME);
             if let (Some(min_start), Some(max_end)) = (min_start, max_end) {
                 if !overlaps(min_start, max_end) {
@@ -604,7 +604,7 @@ impl SearchColumns {
             out.push(RowGroupRead {
                 rg,
                 rows,
-                max_end: max_end.unwrap_or(u64::MAX),
+                max_start: max_start.unwrap_or(u64::MAX),
                 ranges: chunks(&self.leaves)?,
                 late_ranges: chunks(&self.late)?,
             });

@@ -159,10 +159,12 @@ pub(super) fn expr_possible(
 pub struct RowGroupRead {
     pub rg: usize,
     pub rows: usize,
-    /// The latest span end in the row group (footer statistics); `u64::MAX` when unknown.
-    /// Newest-first search reads row groups in this order and skips those that end before
-    /// the traces it already holds start.
-    pub max_end: u64,
+    /// The latest trace start in the row group (footer statistics); `u64::MAX` when
+    /// unknown. Newest-first search reads row groups in this order and skips those whose
+    /// traces all start before the ones it already holds: the answer is ordered by start,
+    /// so a trace's end says nothing of its place (a long trace in an older slice ends
+    /// after the newer slice starts).
+    pub max_start: u64,
     /// Sorted, disjoint byte ranges of data.parquet: the column chunks filtering reads.
     pub ranges: Vec<Range<u64>>,
     /// The column chunks only hits need ([`Phase::Report`]).

@@ -5,6 +5,7 @@
 //! newest first with the trace ID as tie-break, so the same data always gives the same
 //! answer.
 
+mod blocks;
 mod evaluate;
 mod memory;
 mod merge;
@@ -22,9 +23,6 @@ use merge::*;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-
-use futures::stream::{FuturesUnordered, StreamExt};
-use tracing::warn;
 
 use crate::backend::BackendError;
 use crate::block::{self, BlockMeta};
@@ -145,10 +143,10 @@ struct Partial {
 }
 
 impl Querier {
-    /// Memory newest first through the OTLP view (`memory.rs`); blocks through the columnar path
-    /// ([`block::SearchColumns`]): newest blocks first, only the column chunks the query
-    /// needs, one row group at a time, stopping early once `limit` hits are held and the
-    /// remaining blocks all end before the oldest of them starts.
+    /// Memory newest first through the OTLP view (`memory.rs`); blocks through the columnar
+    /// path ([`block::SearchColumns`]), only the column chunks the query needs, their row
+    /// groups newest first across every block (`blocks.rs`), stopping once `limit` hits are
+    /// held and every row group left starts before the oldest of them.
     pub async fn search(
         &self,
         tenant: &TenantId,
@@ -188,48 +186,11 @@ impl Querier {
         for p in &partials {
             hold(&mut held, p);
         }
-        let mut completed = 0u64;
-        let mut failed: Vec<QueryError> = Vec::new();
-        let mut pending = blocks.into_iter().peekable();
-        let mut running = FuturesUnordered::new();
-        loop {
-            while running.len() < self.concurrent_blocks {
-                let Some(next) = pending.peek() else { break };
-                if kth_newest(&held, req.limit).is_some_and(|oldest| next.end_time < oldest) {
-                    // Blocks are sorted by end time: none of the rest can do better.
-                    pending = Vec::new().into_iter().peekable();
-                    break;
-                }
-                let meta = pending.next().expect("peeked");
-                let seed = newest(&held, req.limit);
-                running.push(self.search_block(
-                    tenant,
-                    meta,
-                    params.clone(),
-                    columns.clone(),
-                    Held {
-                        limit: req.limit,
-                        starts: seed,
-                    },
-                ));
-            }
-            let Some(r) = running.next().await else { break };
-            match r {
-                Ok(found) => {
-                    completed += 1;
-                    if let Some(p) = found {
-                        hold(&mut held, &p);
-                        partials.push(p);
-                    }
-                }
-                // An unreadable block makes the search partial, as in Tempo: the other
-                // blocks' hits are returned and completedJobs stays below totalJobs.
-                Err(e) => {
-                    warn!(tenant = %tenant, error = %e, "search skipped a block it could not read");
-                    failed.push(e);
-                }
-            }
-        }
+        let found = self
+            .search_blocks(tenant, blocks, params, columns, req.limit, held)
+            .await;
+        partials.extend(found.partials);
+        let (completed, mut failed) = (found.completed, found.failed);
         // Nothing in the bucket could be read: an error, not an empty answer.
         if !failed.is_empty() && completed == 0 {
             return Err(failed.swap_remove(0));
@@ -247,73 +208,6 @@ impl Querier {
             )));
         }
         Ok(out)
-    }
-
-    /// One block through the columnar path, row groups newest first (by their latest span
-    /// end), skipping the rest once `held` has `limit` traces that start after they end: a
-    /// block laid out in time slices is then read one slice deep. None when the block
-    /// vanished (compaction).
-    async fn search_block(
-        &self,
-        tenant: &TenantId,
-        meta: Arc<BlockMeta>,
-        params: Arc<SearchParams>,
-        columns: Arc<block::SearchColumns>,
-        mut held: Held,
-    ) -> Result<Option<Partial>, QueryError> {
-        let bid = meta.block_id;
-        let ble = |source| QueryError::Block { block: bid, source };
-        let data_key = block::data_key(tenant, bid);
-        let Some(footer) = self.footer(&data_key, &meta).await? else {
-            return Ok(None);
-        };
-        let range = params.range;
-        let mut reads = columns
-            .plan(&footer, |s, e| range.is_none_or(|r| r.overlaps_nanos(s, e)))
-            .map_err(ble)?;
-        reads.sort_by(|a, b| b.max_end.cmp(&a.max_end).then(a.rg.cmp(&b.rg)));
-        // Row groups of one block are evaluated side by side: a search right after a cut
-        // often has one large block, which would otherwise keep one core busy.
-        let workers = std::thread::available_parallelism()
-            .map_or(2, |n| n.get())
-            .clamp(1, 8);
-        let (key, meta) = (&data_key, &meta);
-        let mut pending = reads.into_iter().peekable();
-        let mut running = FuturesUnordered::new();
-        let mut out = Partial::default();
-        // With a limit the newest row group goes alone, and the width doubles as row groups
-        // finish: in a block of time slices the newest slice is often enough.
-        let mut width = if held.limit > 0 { 1 } else { workers };
-        loop {
-            while running.len() < width {
-                let Some(next) = pending.peek() else { break };
-                if kth_newest(&held.starts, held.limit).is_some_and(|oldest| next.max_end < oldest)
-                {
-                    // Sorted by end: every row group left ends before the held traces start.
-                    pending = Vec::new().into_iter().peekable();
-                    break;
-                }
-                let read = pending.next().expect("peeked");
-                let (footer, params, columns) = (footer.clone(), params.clone(), columns.clone());
-                running.push(async move {
-                    self.search_row_group(key, meta, footer, params, columns, read)
-                        .await
-                });
-            }
-            let Some(r) = running.next().await else { break };
-            let Some(part) = r? else {
-                return Ok(None);
-            };
-            width = (width * 2).min(workers);
-            if held.limit > 0 {
-                hold(&mut held.starts, &part);
-            }
-            out.metrics.inspected_traces += part.metrics.inspected_traces;
-            out.metrics.inspected_spans += part.metrics.inspected_spans;
-            out.metrics.inspected_bytes += part.metrics.inspected_bytes;
-            out.hits.extend(part.hits);
-        }
-        Ok(Some(out))
     }
 
     /// One row group: filter columns first, hit columns only when it has hits. None when
@@ -375,14 +269,6 @@ impl Querier {
     }
 }
 
-/// What a block's search starts from for its early stop: the newest traces found so far
-/// (at most `limit`, earliest start per trace). A subset of all held traces only makes the
-/// stop later, never wrong.
-struct Held {
-    limit: usize,
-    starts: HashMap<TraceId, u64>,
-}
-
 /// The start of the `limit`-th newest held trace, once `limit` are held (0: no limit).
 fn kth_newest(held: &HashMap<TraceId, u64>, limit: usize) -> Option<u64> {
     if limit == 0 || held.len() < limit {
@@ -391,19 +277,6 @@ fn kth_newest(held: &HashMap<TraceId, u64>, limit: usize) -> Option<u64> {
     let mut starts: Vec<u64> = held.values().copied().collect();
     let (_, kth, _) = starts.select_nth_unstable_by(limit - 1, |a, b| b.cmp(a));
     Some(*kth)
-}
-
-/// The `limit` newest of `held` (none without a limit).
-fn newest(held: &HashMap<TraceId, u64>, limit: usize) -> HashMap<TraceId, u64> {
-    if limit == 0 {
-        return HashMap::new();
-    }
-    let mut all: Vec<(u64, TraceId)> = held.iter().map(|(id, s)| (*s, *id)).collect();
-    if all.len() > limit {
-        all.select_nth_unstable_by(limit - 1, |a, b| b.cmp(a));
-        all.truncate(limit);
-    }
-    all.into_iter().map(|(s, id)| (id, s)).collect()
 }
 
 /// Records the hits of `p` for the early stop: the earliest start per trace.

@@ -33,6 +33,12 @@ async fn querier(blocks: u8) -> (Querier, TenantId) {
 
 /// The engine data set shifted by `k` hours, trace IDs tagged with `k`.
 fn shifted(k: u8) -> Vec<TraceInput> {
+    shifted_by(k, u64::from(k) * HOUR)
+}
+
+/// The engine data set shifted by `shift` ns, trace IDs tagged with `tag`. Every trace of
+/// the set starts at the same time and the longest lasts 3 s.
+fn shifted_by(tag: u8, shift: u64) -> Vec<TraceInput> {
     dataset()
         .into_iter()
         .map(|(_, mut batches)| {
@@ -40,10 +46,10 @@ fn shifted(k: u8) -> Vec<TraceInput> {
             for rs in &mut batches {
                 for ss in &mut rs.scope_spans {
                     for s in &mut ss.spans {
-                        s.trace_id[15] = k;
+                        s.trace_id[15] = tag;
                         id.copy_from_slice(&s.trace_id);
-                        s.start_time_unix_nano += u64::from(k) * HOUR;
-                        s.end_time_unix_nano += u64::from(k) * HOUR;
+                        s.start_time_unix_nano += shift;
+                        s.end_time_unix_nano += shift;
                     }
                 }
             }
@@ -53,6 +59,36 @@ fn shifted(k: u8) -> Vec<TraceInput> {
             }
         })
         .collect()
+}
+
+/// Writes one block of `traces` in the given time slices (with its index and blooms) and
+/// lists it.
+async fn put_sliced(
+    backend: &Backend,
+    list: &BlockList,
+    tenant: &TenantId,
+    id: uuid::Uuid,
+    mut traces: Vec<(u32, TraceInput)>,
+) -> block::EncodedBlock {
+    traces.sort_by_key(|(slice, t)| (*slice, t.id));
+    let inputs = traces
+        .into_iter()
+        .map(|(slice, trace)| Ok(block::SlicedTrace::decoded(slice, trace)));
+    let b = block::encode_block_sliced(tenant, id, 1, inputs, &BlockConfig::default()).unwrap();
+    for (key, bytes) in [
+        (block::data_key(tenant, id), b.data.clone()),
+        (block::index_key(tenant, id), b.index.clone()),
+    ] {
+        backend.put(&key, bytes).await.unwrap();
+    }
+    for (i, bl) in b.blooms.iter().enumerate() {
+        backend
+            .put(&block::bloom_key(tenant, id, i as u32), bl.clone())
+            .await
+            .unwrap();
+    }
+    list.add(tenant.clone(), b.meta.clone());
+    b
 }
 
 fn request(query: &str, limit: usize) -> SearchRequest {
@@ -105,32 +141,15 @@ async fn a_sliced_block_is_searched_newest_slice_first() {
     let backend = Backend::memory();
     let list = Arc::new(BlockList::default());
     let tenant = TenantId::new("t").unwrap();
-    let mut traces: Vec<(u32, TraceInput)> = (0..4u8)
+    let traces: Vec<(u32, TraceInput)> = (0..4u8)
         .flat_map(|k| shifted(k).into_iter().map(move |t| (u32::from(k), t)))
         .collect();
-    traces.sort_by_key(|(slice, t)| (*slice, t.id));
     let total = traces.len();
     let id = uuid::Uuid::from_u128(7);
-    let inputs = traces
-        .into_iter()
-        .map(|(slice, trace)| Ok(block::SlicedTrace::decoded(slice, trace)));
-    let b = block::encode_block_sliced(&tenant, id, 1, inputs, &BlockConfig::default()).unwrap();
+    let b = put_sliced(&backend, &list, &tenant, id, traces).await;
     assert_eq!(b.meta.total_records, 4);
     let index = block::RowGroupIndex::from_bytes(&b.index).unwrap();
     assert!(index.is_sliced());
-    for (key, bytes) in [
-        (block::data_key(&tenant, id), b.data.clone()),
-        (block::index_key(&tenant, id), b.index.clone()),
-    ] {
-        backend.put(&key, bytes).await.unwrap();
-    }
-    for (i, bl) in b.blooms.iter().enumerate() {
-        backend
-            .put(&block::bloom_key(&tenant, id, i as u32), bl.clone())
-            .await
-            .unwrap();
-    }
-    list.add(tenant.clone(), b.meta.clone());
     let q = Querier::new(backend, None, list, Arc::new(Metrics::default()), 1);
 
     let all = q.search(&tenant, &request("{}", 1000)).await.unwrap();
@@ -157,4 +176,57 @@ async fn a_sliced_block_is_searched_newest_slice_first() {
     absent[15] = 9;
     let none = q.find_trace(&tenant, &TraceId(absent), None).await.unwrap();
     assert!(none.batches.is_empty());
+}
+
+/// Three blocks cut from the same seconds, each in four slices a second apart (block `b`
+/// 100 ms after block `b - 1`), with traces up to 3 s long, so every older slice ends after
+/// the newer ones start. A limited search reads the newest slices and nothing else: row
+/// groups go newest first across blocks, and one is skipped once the held traces start
+/// after every trace in it, however late it ends.
+#[tokio::test]
+async fn overlapping_blocks_are_searched_as_one_queue_of_slices() {
+    const SECOND: u64 = 1_000_000_000;
+    let backend = Backend::memory();
+    let list = Arc::new(BlockList::default());
+    let tenant = TenantId::new("t").unwrap();
+    let mut total = 0;
+    for b in 0..3u8 {
+        let traces: Vec<(u32, TraceInput)> = (0..4u8)
+            .flat_map(|k| {
+                let shift = u64::from(k) * SECOND + u64::from(b) * SECOND / 10;
+                shifted_by(b * 4 + k, shift)
+                    .into_iter()
+                    .map(move |t| (u32::from(k), t))
+            })
+            .collect();
+        total += traces.len();
+        put_sliced(
+            &backend,
+            &list,
+            &tenant,
+            uuid::Uuid::from_u128(u128::from(b) + 1),
+            traces,
+        )
+        .await;
+    }
+    // Blocks searched side by side, as a querier does by default.
+    let q = Querier::new(backend, None, list, Arc::new(Metrics::default()), 16);
+    let all = q.search(&tenant, &request("{}", 1000)).await.unwrap();
+    assert_eq!(all.traces.len(), total);
+    let few = q.search(&tenant, &request("{}", 20)).await.unwrap();
+    assert_eq!(few.traces, all.traces[..20].to_vec());
+    // The newest slices of blocks 2 and 1 (tags 11 and 7) hold the answer.
+    assert!(few
+        .traces
+        .iter()
+        .all(|t| [11, 7].contains(&t.id.as_bytes()[15])));
+    // Read in rounds of one row group, then two: the newest slice of each block, and no
+    // older slice (each of those ends after the answer starts).
+    let per_slice = (total / 12) as u64;
+    assert_eq!(few.metrics.inspected_traces, 3 * per_slice);
+    assert_eq!(few.metrics.total_jobs, 4);
+    // Ten are all in the newest slice of the newest block: the first round is the last.
+    let ten = q.search(&tenant, &request("{}", 10)).await.unwrap();
+    assert_eq!(ten.traces, all.traces[..10].to_vec());
+    assert_eq!(ten.metrics.inspected_traces, per_slice);
 }
