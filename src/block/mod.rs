@@ -120,13 +120,13 @@ impl BlockConfig {
     /// block at the default level.
     pub const CUT_COMPRESSION: BlockCompression = BlockCompression::Zstd(1);
 
-    /// Data in each of a block's two newest time slices: a sixteenth of a row group
-    /// (2 MiB by default), so a limit-20 search over fresh blocks reads a few thousand
-    /// spans of each, at the cost of two small row groups per block and a few more slices
-    /// for a lookup to probe. A quarter read 2.3–3× the spans, and a fresh limit-20 search
-    /// took 12–25 ms against 9–12 ms with a sixteenth (Tempo's live store: 9–12 ms).
+    /// Data in each of a block's two newest time slices: a sixty-fourth of a row group
+    /// (512 KiB by default, about 85 synthetic traces), so a limit-20 search over blocks cut
+    /// from the same seconds reads about one such slice per block. A sixteenth read 4–5×
+    /// the spans (a quarter 2.3–3× more again); the cost is two more levels of slices for a
+    /// lookup to probe.
     pub fn newest_slice_bytes(&self) -> usize {
-        (self.row_group_size_bytes / 16).max(1)
+        (self.row_group_size_bytes / 64).max(1)
     }
 }
 

@@ -176,10 +176,12 @@ mod slice_tests {
             })
             .collect();
         let bytes: usize = traces.values().map(|l| l.data.len()).sum();
+        let d = BlockConfig::default();
         let cfg = BlockConfig {
-            // Newest slices (a sixteenth of a row group) of a quarter of the data.
-            row_group_size_bytes: 16 * (bytes / 4 + 1),
-            ..BlockConfig::default()
+            // Newest slices of a quarter of the data.
+            row_group_size_bytes: (bytes / 4 + 1)
+                * (d.row_group_size_bytes / d.newest_slice_bytes()),
+            ..d
         };
         let ids = super::sliced_ids(Some(&traces), &cfg);
         assert_eq!(ids.len(), 400);
