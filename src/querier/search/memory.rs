@@ -4,11 +4,11 @@
 //! Every live trace knows its time range without being decoded
 //! ([`crate::model::Fragments::start`]), so the search first takes only IDs and times
 //! ([`crate::ingester::LiveKey`]), pruned by the request's range, and orders them newest
-//! first (trace ID as tie-break, the order the answer uses). Traces are then fetched and
-//! evaluated in rounds spread over the blocking pool; once `limit` hits are held, every
-//! trace left starts no later than the last one evaluated and cannot enter the answer.
-//! Grafana's default search (limit 20 over the last minutes) then touches the data of a
-//! few hundred traces instead of every live one.
+//! first (trace ID as tie-break, the order the answer uses), a few chunks ahead of what it
+//! evaluates. Each chunk waits in the search's queue beside the blocks' row groups
+//! (`queue.rs`), ranked by its newest trace; once `limit` hits are held and every trace
+//! left starts earlier, no chunk more is read. Grafana's default search (limit 20 over the
+//! last minutes) then touches the data of a few hundred traces instead of every live one.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,22 +21,81 @@ use crate::traceql::{engine, WireTrace};
 
 use super::{Partial, SearchParams};
 
-/// The first round's size in traces (at least); each later round doubles it, so a selective
-/// query reaches the whole set in a few rounds while a broad one stops after the first.
-/// Small under test, so a test with tens of traces sees several rounds.
-const FIRST_ROUND: usize = if cfg!(test) { 16 } else { 64 };
+/// The first chunk's size in traces (at least); each later chunk doubles it while `limit`
+/// hits are not yet held, so a selective query reaches the whole set in a few chunks while
+/// a broad one stops after the first. Small under test, so a test with tens of traces sees
+/// several chunks.
+const FIRST_CHUNK: usize = if cfg!(test) { 16 } else { 64 };
+
+/// The live traces of a search, handed out newest first in chunks. Each chunk waits in the
+/// search's queue beside the blocks' row groups, ranked by the start of its newest trace:
+/// memory is read only as far back as the blocks are.
+pub(super) struct LiveCursor {
+    keys: Vec<LiveKey>,
+    /// Other nodes' live traces (their partitions), held whole.
+    remote: HashMap<TraceId, Fragments>,
+    /// Keys handed out, and keys ordered (newest first) so far.
+    done: usize,
+    ordered: usize,
+    chunk: usize,
+}
+
+/// One chunk of live traces to evaluate, newest first.
+pub(super) type LiveChunk = Vec<(TraceId, Fragments)>;
+
+impl LiveCursor {
+    /// The start of the newest trace not yet handed out, ordering a few chunks ahead.
+    pub(super) fn peek(&mut self) -> Option<u64> {
+        if self.done >= self.keys.len() {
+            return None;
+        }
+        let end = (self.done + self.chunk).min(self.keys.len());
+        if end > self.ordered {
+            // Ordered ahead by a few chunks: each selection passes over every key left.
+            let n = ((end - self.ordered) * 4).min(self.keys.len() - self.ordered);
+            next_newest(&mut self.keys[self.ordered..], n);
+            self.ordered += n;
+        }
+        Some(self.keys[self.done].start)
+    }
+
+    /// The next chunk, its fragments taken from the ingester (a handle on each trace's
+    /// bytes, under its lock) and merged with other nodes'.
+    pub(super) fn next(&mut self, querier: &Querier, tenant: &TenantId) -> Option<LiveChunk> {
+        self.peek()?;
+        let end = (self.done + self.chunk).min(self.keys.len());
+        let ids: Vec<TraceId> = self.keys[self.done..end].iter().map(|k| k.id).collect();
+        self.done = end;
+        let mut data = match &querier.ingester {
+            Some(ing) => ing.live_fragments(tenant, &ids),
+            None => Vec::new(),
+        };
+        if !self.remote.is_empty() {
+            data = with_remote(&ids, data, &self.remote);
+        }
+        Some(data)
+    }
+
+    /// The next chunk grows: the held hits are still short of the limit.
+    pub(super) fn widen(&mut self) {
+        self.chunk = self.chunk.saturating_mul(2);
+    }
+}
 
 impl Querier {
-    pub(super) async fn search_memory(
+    /// The live traces (this node's, and `remote`, other nodes') a search may match: pruned
+    /// by the request's range and the query's span-duration bounds without decoding. None
+    /// when there is no memory to search.
+    pub(super) fn live_cursor(
         &self,
         tenant: &TenantId,
         remote: Vec<(TraceId, Fragments)>,
-        params: Arc<SearchParams>,
-        columns: Arc<block::SearchColumns>,
+        params: &SearchParams,
+        columns: &block::SearchColumns,
         limit: usize,
-    ) -> Result<Option<Partial>, QueryError> {
+    ) -> Option<LiveCursor> {
         if self.ingester.is_none() && remote.is_empty() {
-            return Ok(None);
+            return None;
         }
         // Unknown times (start > end) are kept and judged once decoded; a trace too short
         // for the query's span-duration bound cannot match and is never fetched.
@@ -50,8 +109,7 @@ impl Querier {
             Some(ing) => ing.live_keys(tenant, |s, e| !judge_here || keep(s, e)),
             None => Vec::new(),
         };
-        // Other nodes' live traces (their partitions), held whole; a trace both here and
-        // there (its partition just moved) is evaluated once, merged.
+        // A trace both here and there (its partition just moved) is evaluated once, merged.
         let remote: HashMap<TraceId, Fragments> =
             remote.into_iter().fold(HashMap::new(), |mut m, (id, f)| {
                 m.entry(id).or_default().extend(&f);
@@ -78,60 +136,52 @@ impl Querier {
             }
             keys.retain(|k| keep(k.start, k.end));
         }
+        let chunk = if limit == 0 {
+            keys.len().max(1)
+        } else {
+            FIRST_CHUNK.max(limit * 2)
+        };
+        Some(LiveCursor {
+            keys,
+            remote,
+            done: 0,
+            ordered: 0,
+            chunk,
+        })
+    }
+
+    /// Evaluates a chunk of live traces, spread over the blocking pool; hits stay in the
+    /// chunk's order (newest first).
+    pub(super) async fn evaluate_live(
+        chunk: LiveChunk,
+        params: Arc<SearchParams>,
+        columns: Arc<block::SearchColumns>,
+    ) -> Result<Partial, QueryError> {
         let workers = std::thread::available_parallelism()
             .map_or(2, |n| n.get())
             .clamp(1, 8);
-        let mut out = Partial::default();
-        let (mut done, mut ordered) = (0, 0);
-        let mut round = if limit == 0 {
-            keys.len()
-        } else {
-            FIRST_ROUND.max(limit * 2)
-        };
-        while done < keys.len() {
-            let end = (done + round).min(keys.len());
-            if end > ordered {
-                // Ordered ahead by a few rounds: each selection passes over every key left.
-                let n = ((end - ordered) * 4).min(keys.len() - ordered);
-                next_newest(&mut keys[ordered..], n);
-                ordered += n;
-            }
-            let ids: Vec<TraceId> = keys[done..end].iter().map(|k| k.id).collect();
-            let mut batch = match &self.ingester {
-                Some(ing) => ing.live_fragments(tenant, &ids),
-                None => Vec::new(),
-            };
-            if !remote.is_empty() {
-                batch = with_remote(&ids, batch, &remote);
-            }
-            let batch = Arc::new(batch);
-            let per = batch.len().div_ceil(workers).max(1);
-            let mut tasks = Vec::with_capacity(workers);
-            let mut from = 0;
-            while from < batch.len() {
-                let to = (from + per).min(batch.len());
-                let (batch, params, columns) = (batch.clone(), params.clone(), columns.clone());
-                tasks.push(tokio::task::spawn_blocking(move || {
-                    evaluate_slice(&params, &columns, &batch[from..to])
-                }));
-                from = to;
-            }
-            // Slices are joined in order, so the hits stay newest first.
-            for t in tasks {
-                let part = t.await.map_err(|e| QueryError::Task(e.to_string()))?;
-                out.metrics.inspected_traces += part.metrics.inspected_traces;
-                out.metrics.inspected_spans += part.metrics.inspected_spans;
-                out.metrics.inspected_bytes += part.metrics.inspected_bytes;
-                out.hits.extend(part.hits);
-            }
-            done = end;
-            if limit > 0 && out.hits.len() >= limit {
-                out.hits.truncate(limit);
-                break;
-            }
-            round *= 2;
+        let batch = Arc::new(chunk);
+        let per = batch.len().div_ceil(workers).max(1);
+        let mut tasks = Vec::with_capacity(workers);
+        let mut from = 0;
+        while from < batch.len() {
+            let to = (from + per).min(batch.len());
+            let (batch, params, columns) = (batch.clone(), params.clone(), columns.clone());
+            tasks.push(tokio::task::spawn_blocking(move || {
+                evaluate_slice(&params, &columns, &batch[from..to])
+            }));
+            from = to;
         }
-        Ok(Some(out))
+        let mut out = Partial::default();
+        // Slices are joined in order, so the hits stay newest first.
+        for t in tasks {
+            let part = t.await.map_err(|e| QueryError::Task(e.to_string()))?;
+            out.metrics.inspected_traces += part.metrics.inspected_traces;
+            out.metrics.inspected_spans += part.metrics.inspected_spans;
+            out.metrics.inspected_bytes += part.metrics.inspected_bytes;
+            out.hits.extend(part.hits);
+        }
+        Ok(out)
     }
 }
 
@@ -318,20 +368,21 @@ mod split_tests {
         });
         let params = Arc::new(params);
         let columns = Arc::new(block::SearchColumns::for_query(&params.query).unwrap());
-        let out = querier
-            .search_memory(
-                &tenant,
-                vec![(TraceId([7; 16]), there)],
-                params,
-                columns,
-                20,
-            )
+        let live = querier.live_cursor(
+            &tenant,
+            vec![(TraceId([7; 16]), there)],
+            &params,
+            &columns,
+            20,
+        );
+        let found = querier
+            .search_sources(&tenant, live, Vec::new(), params, columns, 20)
             .await
-            .unwrap()
             .unwrap();
-        assert_eq!(out.hits.len(), 1);
+        let out = super::super::merge::merge(found.partials, 20);
+        assert_eq!(out.traces.len(), 1);
         assert_eq!(
-            out.hits[0].spansets[0].spans.len(),
+            out.traces[0].spansets[0].spans.len(),
             2,
             "both parts evaluated"
         );

@@ -5,12 +5,12 @@
 //! newest first with the trace ID as tie-break, so the same data always gives the same
 //! answer.
 
-mod blocks;
 mod evaluate;
 mod memory;
 mod merge;
 #[cfg(test)]
 mod querier_tests;
+mod queue;
 #[cfg(test)]
 mod speed;
 #[cfg(test)]
@@ -153,7 +153,6 @@ impl Querier {
         req: &SearchRequest,
     ) -> Result<SearchResults, QueryError> {
         let params = Arc::new(SearchParams::from(req));
-        let mut partials = Vec::new();
         let remote = self.remote_live(tenant, None).await;
         let remote_partial = remote.partial();
         let (asked, unreachable) = (remote.asked as u64, remote.unreachable.len() as u64);
@@ -161,18 +160,7 @@ impl Querier {
             block::SearchColumns::for_query(&req.query)
                 .map_err(|e| QueryError::Task(format!("planning search columns: {e}")))?,
         );
-        if let Some(p) = self
-            .search_memory(
-                tenant,
-                remote.part.traces,
-                params.clone(),
-                columns.clone(),
-                req.limit,
-            )
-            .await?
-        {
-            partials.push(p);
-        }
+        let live = self.live_cursor(tenant, remote.part.traces, &params, &columns, req.limit);
         let mut blocks = self.blocks_in_range(tenant, req.range);
         blocks.sort_by(|a, b| {
             b.end_time
@@ -181,16 +169,10 @@ impl Querier {
                 .then(a.block_id.cmp(&b.block_id))
         });
         let total = blocks.len() as u64;
-        // Newest start per held trace, for the early stop.
-        let mut held: HashMap<TraceId, u64> = HashMap::new();
-        for p in &partials {
-            hold(&mut held, p);
-        }
         let found = self
-            .search_blocks(tenant, blocks, params, columns, req.limit, held)
-            .await;
-        partials.extend(found.partials);
-        let (completed, mut failed) = (found.completed, found.failed);
+            .search_sources(tenant, live, blocks, params, columns, req.limit)
+            .await?;
+        let (partials, completed, mut failed) = (found.partials, found.completed, found.failed);
         // Nothing in the bucket could be read: an error, not an empty answer.
         if !failed.is_empty() && completed == 0 {
             return Err(failed.swap_remove(0));

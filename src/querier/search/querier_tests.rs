@@ -230,3 +230,53 @@ async fn overlapping_blocks_are_searched_as_one_queue_of_slices() {
     assert_eq!(ten.traces, all.traces[..10].to_vec());
     assert_eq!(ten.metrics.inspected_traces, per_slice);
 }
+
+/// Live traces an hour older than a block wait their turn in the same queue: a limited
+/// search answered by the block reads none of them, an unlimited one reads them all.
+#[tokio::test]
+async fn live_traces_older_than_a_block_are_not_read() {
+    use crate::config::IngesterConfig;
+    use crate::ingester::{wal::Wal, Ingester};
+    use crate::model::ExportTraceServiceRequest;
+
+    const T0: u64 = 1_700_000_000_000_000_000;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Arc::new(Metrics::default());
+    let (wal, _) = Wal::open(dir.path(), metrics.clone()).unwrap();
+    let backend = Backend::memory();
+    let list = Arc::new(BlockList::default());
+    let tenant = TenantId::single();
+    let ingester = Ingester::new(
+        IngesterConfig::default(),
+        Arc::new(wal),
+        backend.clone(),
+        BlockConfig::default(),
+        metrics.clone(),
+        Arc::new(|_| {}),
+    );
+    let block_traces = shifted_by(1, now - 60 * 1_000_000_000 - T0);
+    let per_source = block_traces.len();
+    let in_block = block_traces.into_iter().map(|t| (0, t)).collect();
+    put_sliced(&backend, &list, &tenant, uuid::Uuid::from_u128(1), in_block).await;
+    for t in shifted_by(0, now - 3600 * 1_000_000_000 - T0) {
+        let req = ExportTraceServiceRequest {
+            resource_spans: t.batches,
+        };
+        ingester.push_request(&tenant, &req).await.unwrap();
+    }
+    let q = Querier::new(backend, Some(ingester), list, metrics, 16);
+    let all = q.search(&tenant, &request("{}", 1000)).await.unwrap();
+    assert_eq!(all.traces.len(), 2 * per_source);
+    assert_eq!(all.metrics.inspected_traces, 2 * per_source as u64);
+    let few = q.search(&tenant, &request("{}", 5)).await.unwrap();
+    assert_eq!(few.traces, all.traces[..5].to_vec());
+    assert!(few.traces.iter().all(|t| t.id.as_bytes()[15] == 1));
+    assert_eq!(
+        few.metrics.inspected_traces, per_source as u64,
+        "the block only"
+    );
+}

@@ -1,13 +1,16 @@
-//! The blocks of a search as one queue of row groups, newest first across every block.
+//! The sources of a search as one queue, newest first: the row groups of every block and
+//! the live traces in chunks.
 //!
-//! Blocks of the last minutes overlap in time (each cut holds traces of the whole window),
-//! so the newest traces sit in the newest slice of every block. Searched block by block,
-//! each block would hunt for `limit` hits of its own; here the row groups of all opened
-//! blocks wait in one queue ordered by their latest trace start, the hits of every source
-//! hold one set, and the search stops once `limit` held traces start after every trace
-//! left: for Grafana's limit 20 about one newest slice per block. Blocks are opened
-//! (footer read, row groups planned) newest end first, only while one could hold a trace
-//! newer than the queue's head, so a long range with many blocks reads few footers.
+//! Blocks of the last minutes overlap in time with each other and with memory (each cut
+//! holds traces of the whole window), so the newest traces are spread over the newest
+//! slice of every block and the newest live traces. Searched source by source, each would
+//! hunt for `limit` hits of its own; here every row group of the opened blocks and the next
+//! chunk of live traces wait in one queue ordered by their latest trace start, the hits of
+//! all of them hold one set, and the search stops once `limit` held traces start after
+//! everything left: for Grafana's limit 20 about one newest slice per block and a chunk of
+//! memory. Blocks are opened (footer read, row groups planned) newest end first, only while
+//! one could hold a trace newer than the queue's head, so a long range with many blocks
+//! reads few footers.
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -22,10 +25,11 @@ use crate::block::{self, BlockMeta};
 use crate::model::{TenantId, TraceId};
 use crate::querier::{Querier, QueryError};
 
+use super::memory::LiveCursor;
 use super::{hold, kth_newest, Partial, SearchParams};
 
-/// What searching the blocks produced.
-pub(super) struct BlocksOutcome {
+/// What searching the sources produced.
+pub(super) struct Searched {
     pub(super) partials: Vec<Partial>,
     /// Blocks searched without an error (a block skipped by the early stop is not).
     pub(super) completed: u64,
@@ -33,20 +37,41 @@ pub(super) struct BlocksOutcome {
     pub(super) failed: Vec<QueryError>,
 }
 
-/// A row group waiting to be read, ordered by its latest trace start (newest first), then
-/// by block (newer end first) and row group.
+/// A source waiting to be read, ordered by `rank`, the latest start of a trace in it
+/// (newest first), then live traces before row groups, then by block (newer end first)
+/// and row group.
 struct Queued {
-    block: usize,
-    read: block::RowGroupRead,
+    rank: u64,
+    work: Work,
+}
+
+enum Work {
+    /// The cursor's next chunk of live traces.
+    Live,
+    RowGroup {
+        block: usize,
+        read: block::RowGroupRead,
+    },
 }
 
 impl Queued {
-    fn key(&self) -> (u64, std::cmp::Reverse<usize>, std::cmp::Reverse<usize>) {
-        (
-            self.read.max_start,
-            std::cmp::Reverse(self.block),
-            std::cmp::Reverse(self.read.rg),
-        )
+    fn key(
+        &self,
+    ) -> (
+        u64,
+        bool,
+        std::cmp::Reverse<usize>,
+        std::cmp::Reverse<usize>,
+    ) {
+        match &self.work {
+            Work::Live => (self.rank, true, std::cmp::Reverse(0), std::cmp::Reverse(0)),
+            Work::RowGroup { block, read } => (
+                self.rank,
+                false,
+                std::cmp::Reverse(*block),
+                std::cmp::Reverse(read.rg),
+            ),
+        }
     }
 }
 
@@ -80,20 +105,23 @@ enum Step {
     Opened(usize, Result<Planned, QueryError>),
     /// One row group evaluated; None when the block vanished (compacted) meanwhile.
     Read(usize, Result<Option<Partial>, QueryError>),
+    /// One chunk of live traces evaluated.
+    Live(Result<Partial, QueryError>),
 }
 
 impl Querier {
-    /// Searches `blocks` (sorted newest end first) with `held` the hits found so far
-    /// (memory's), earliest start per trace.
-    pub(super) async fn search_blocks(
+    /// Searches the live traces of `live` and `blocks` (sorted newest end first).
+    pub(super) async fn search_sources(
         &self,
         tenant: &TenantId,
+        mut live: Option<LiveCursor>,
         blocks: Vec<Arc<BlockMeta>>,
         params: Arc<SearchParams>,
         columns: Arc<block::SearchColumns>,
         limit: usize,
-        mut held: HashMap<TraceId, u64>,
-    ) -> BlocksOutcome {
+    ) -> Result<Searched, QueryError> {
+        // Newest start per held trace (the earliest of its parts), for the early stop.
+        let mut held: HashMap<TraceId, u64> = HashMap::new();
         let workers = std::thread::available_parallelism()
             .map_or(2, |n| n.get())
             .clamp(1, 8);
@@ -116,7 +144,13 @@ impl Querier {
             HashMap::new();
         let mut running = 0usize;
         let mut steps: FuturesUnordered<BoxFuture<'_, Step>> = FuturesUnordered::new();
-        let mut out = BlocksOutcome {
+        if let Some(newest) = live.as_mut().and_then(LiveCursor::peek) {
+            queue.push(Queued {
+                rank: newest,
+                work: Work::Live,
+            });
+        }
+        let mut out = Searched {
             partials: Vec::new(),
             completed: 0,
             failed: Vec::new(),
@@ -128,8 +162,8 @@ impl Querier {
                 // Sorted by end: none of the blocks left holds a trace that starts late enough.
                 next_block = blocks.len();
             }
-            if kth.is_some_and(|k| queue.peek().is_some_and(|q| q.read.max_start < k)) {
-                // Ordered by latest start: every row group left starts before the held traces.
+            if kth.is_some_and(|k| queue.peek().is_some_and(|q| q.rank < k)) {
+                // Ordered by latest start: every source left starts before the held traces.
                 queue.clear();
             }
             // Open blocks: all of them for a full search; with a limit, the next one only
@@ -140,9 +174,7 @@ impl Querier {
                 let wanted = limit == 0
                     || queue
                         .peek()
-                        .map_or(opening.is_empty() && running == 0, |q| {
-                            end >= q.read.max_start
-                        });
+                        .map_or(opening.is_empty() && running == 0, |q| end >= q.rank);
                 if !wanted {
                     break;
                 }
@@ -170,8 +202,8 @@ impl Querier {
                 opening.push(i);
                 next_block += 1;
             }
-            // Read row groups newest first; with a limit, not before every block that may
-            // hold newer ones has been opened.
+            // Read sources newest first; with a limit, not before every block that may hold
+            // newer traces has been opened.
             let frontier = opening
                 .iter()
                 .map(|&i| blocks[i].end_time)
@@ -179,10 +211,36 @@ impl Querier {
                 .max();
             while running < width {
                 let Some(top) = queue.peek() else { break };
-                if limit > 0 && frontier.is_some_and(|f| top.read.max_start < f) {
+                if limit > 0 && frontier.is_some_and(|f| top.rank < f) {
                     break;
                 }
-                let Queued { block: i, read } = queue.pop().expect("peeked");
+                let Queued { work, .. } = queue.pop().expect("peeked");
+                let (i, read) = match work {
+                    Work::RowGroup { block, read } => (block, read),
+                    Work::Live => {
+                        let Some(cursor) = live.as_mut() else {
+                            continue;
+                        };
+                        let Some(chunk) = cursor.next(self, tenant) else {
+                            continue;
+                        };
+                        // The chunk after it waits its turn in the queue.
+                        if let Some(newest) = cursor.peek() {
+                            queue.push(Queued {
+                                rank: newest,
+                                work: Work::Live,
+                            });
+                        }
+                        let (params, columns) = (params.clone(), columns.clone());
+                        steps.push(
+                            Self::evaluate_live(chunk, params, columns)
+                                .map(Step::Live)
+                                .boxed(),
+                        );
+                        running += 1;
+                        continue;
+                    }
+                };
                 if broken.contains(&i) {
                     continue;
                 }
@@ -211,7 +269,10 @@ impl Querier {
                     match r {
                         Ok(Some((footer, reads))) => {
                             footers.insert(i, footer);
-                            queue.extend(reads.into_iter().map(|read| Queued { block: i, read }));
+                            queue.extend(reads.into_iter().map(|read| Queued {
+                                rank: read.max_start,
+                                work: Work::RowGroup { block: i, read },
+                            }));
                             out.completed += 1;
                         }
                         // Compacted away since the listing: its traces are in a newer block.
@@ -222,6 +283,22 @@ impl Querier {
                             out.failed.push(e);
                         }
                     }
+                }
+                Step::Live(r) => {
+                    running -= 1;
+                    let part = r?;
+                    if limit > 0 {
+                        hold(&mut held, &part);
+                        if held.len() < limit {
+                            if let Some(cursor) = live.as_mut() {
+                                cursor.widen();
+                            }
+                            if running == 0 {
+                                width = (width * 2).min(cap);
+                            }
+                        }
+                    }
+                    out.partials.push(part);
                 }
                 Step::Read(i, r) => {
                     running -= 1;
@@ -253,6 +330,6 @@ impl Querier {
                 }
             }
         }
-        out
+        Ok(out)
     }
 }
