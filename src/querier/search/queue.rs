@@ -125,13 +125,12 @@ impl Querier {
         let workers = std::thread::available_parallelism()
             .map_or(2, |n| n.get())
             .clamp(1, 8);
-        // A core's worth of row groups per block, up to `concurrent_blocks` blocks: a full
-        // scan over a remote bucket waits on I/O more than on the cores, but every row group
-        // in flight holds its column chunks, and with more than that in flight on two cores
-        // a full scan took 15% longer.
+        // A core's worth of row groups per block, up to `concurrent_blocks` blocks, as when
+        // blocks were searched one by one: a full scan over a remote bucket waits on I/O
+        // more than on the cores, but every row group in flight holds its column chunks.
         let cap = self.concurrent_blocks.min(blocks.len()).max(1) * workers;
-        // With a limit the newest row groups go first, a core's worth; the width doubles
-        // with each round that ends short of `limit` hits (a selective query reads on).
+        // With a limit the newest source goes alone, and the width doubles with each round
+        // that ends short of `limit` hits (a selective query reads on).
         let mut width = if limit > 0 { 1 } else { cap };
         let keys: Vec<String> = blocks
             .iter()
