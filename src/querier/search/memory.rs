@@ -298,10 +298,7 @@ mod tests {
 mod split_tests {
     use super::*;
     use crate::backend::Backend;
-    use crate::block::BlockConfig;
     use crate::blocklist::BlockList;
-    use crate::config::IngesterConfig;
-    use crate::ingester::{wal::Wal, Ingester};
     use crate::metrics::Metrics;
     use crate::model::{ExportTraceServiceRequest, ResourceSpans, ScopeSpans, Span};
     use crate::querier::TimeRange;
@@ -330,18 +327,9 @@ mod split_tests {
     /// its merged time range: the part there, outside the searched range, joins the hit.
     #[tokio::test]
     async fn a_live_trace_split_across_nodes_is_judged_whole() {
-        let dir = tempfile::tempdir().unwrap();
         let metrics = Arc::new(Metrics::default());
-        let (wal, _) = Wal::open(dir.path(), metrics.clone()).unwrap();
         let backend = Backend::memory();
-        let ingester = Ingester::new(
-            IngesterConfig::default(),
-            Arc::new(wal),
-            backend.clone(),
-            BlockConfig::default(),
-            metrics.clone(),
-            Arc::new(|_| {}),
-        );
+        let (_dir, ingester) = super::super::tests_support::live_ingester(&backend, &metrics);
         let querier = Querier::new(
             backend,
             Some(ingester.clone()),

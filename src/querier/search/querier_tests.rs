@@ -235,8 +235,6 @@ async fn overlapping_blocks_are_searched_as_one_queue_of_slices() {
 /// search answered by the block reads none of them, an unlimited one reads them all.
 #[tokio::test]
 async fn live_traces_older_than_a_block_are_not_read() {
-    use crate::config::IngesterConfig;
-    use crate::ingester::{wal::Wal, Ingester};
     use crate::model::ExportTraceServiceRequest;
 
     const T0: u64 = 1_700_000_000_000_000_000;
@@ -244,20 +242,11 @@ async fn live_traces_older_than_a_block_are_not_read() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos() as u64;
-    let dir = tempfile::tempdir().unwrap();
     let metrics = Arc::new(Metrics::default());
-    let (wal, _) = Wal::open(dir.path(), metrics.clone()).unwrap();
     let backend = Backend::memory();
     let list = Arc::new(BlockList::default());
     let tenant = TenantId::single();
-    let ingester = Ingester::new(
-        IngesterConfig::default(),
-        Arc::new(wal),
-        backend.clone(),
-        BlockConfig::default(),
-        metrics.clone(),
-        Arc::new(|_| {}),
-    );
+    let (_dir, ingester) = super::tests_support::live_ingester(&backend, &metrics);
     let block_traces = shifted_by(1, now - 60 * 1_000_000_000 - T0);
     let per_source = block_traces.len();
     let in_block = block_traces.into_iter().map(|t| (0, t)).collect();

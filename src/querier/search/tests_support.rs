@@ -89,3 +89,22 @@ pub(super) fn params(query: &str, range: Option<TimeRange>) -> Option<SearchPara
         max_duration_nanos: None,
     })
 }
+
+/// An ingester on `backend` over a WAL in a temporary directory (kept alive by the returned
+/// guard), for searches over memory and blocks together.
+pub(super) fn live_ingester(
+    backend: &crate::backend::Backend,
+    metrics: &Arc<crate::metrics::Metrics>,
+) -> (tempfile::TempDir, Arc<crate::ingester::Ingester>) {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = crate::ingester::wal::Wal::open(dir.path(), metrics.clone()).unwrap();
+    let ingester = crate::ingester::Ingester::new(
+        crate::config::IngesterConfig::default(),
+        Arc::new(wal),
+        backend.clone(),
+        block::BlockConfig::default(),
+        metrics.clone(),
+        Arc::new(|_| {}),
+    );
+    (dir, ingester)
+}
