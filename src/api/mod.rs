@@ -308,9 +308,13 @@ pub(crate) fn search_request(
     search::build_request(&search::SearchParams::from_query(q, limit))
 }
 
-/// Search results as /api/search's JSON.
+/// Search results as /api/search's JSON, indented for a terminal (keys sorted).
 pub(crate) fn search_response_json(r: &crate::querier::search::SearchResults) -> String {
-    serde_json::to_string_pretty(&search::ResponseJson(r, &[])).unwrap_or_default()
+    let mut out = Vec::new();
+    search::write_response(&mut out, r, &[]);
+    serde_json::from_slice::<serde_json::Value>(&out)
+        .and_then(|v| serde_json::to_string_pretty(&v))
+        .unwrap_or_default()
 }
 
 fn protobuf(msg: impl Message) -> Response {
