@@ -123,6 +123,64 @@ pub(crate) fn arrow_schema_for(file: &SchemaDescriptor) -> Result<SchemaRef, Blo
     Ok(legacy_schemas()?.1)
 }
 
+/// [`arrow_schema_for`] with the span `name` column read dictionary-encoded, as search reads
+/// it: span names repeat, and materialising every name into one string buffer (a copy per
+/// span) was the largest single cost of decoding the hit columns.
+pub(crate) fn search_schema_for(file: &SchemaDescriptor) -> Result<SchemaRef, BlockError> {
+    static SCHEMAS: [OnceLock<Result<SchemaRef, String>>; 2] = [OnceLock::new(), OnceLock::new()];
+    let base = arrow_schema_for(file)?;
+    let legacy = usize::from(!Arc::ptr_eq(&base, &arrow_schema()?));
+    SCHEMAS[legacy]
+        .get_or_init(|| {
+            let path = ["resource_spans", "scope_spans", "spans", "name"];
+            let fields: Result<Vec<FieldRef>, String> = base
+                .fields()
+                .iter()
+                .map(|f| dictionary_leaf(f, &path))
+                .collect();
+            Ok(Arc::new(arrow_schema::Schema::new_with_metadata(
+                fields?,
+                base.metadata().clone(),
+            )))
+        })
+        .clone()
+        .map_err(BlockError::Schema)
+}
+
+/// `field` with the string leaf at `path` (struct field names; lists are stepped through)
+/// turned into `Dictionary(Int32, Utf8)`; other fields as they are.
+fn dictionary_leaf(field: &FieldRef, path: &[&str]) -> Result<FieldRef, String> {
+    use arrow_schema::{DataType, Field};
+    let Some((first, rest)) = path.split_first() else {
+        return Ok(field.clone());
+    };
+    if field.name() != first {
+        return Ok(field.clone());
+    }
+    let data_type = match (field.data_type(), rest.is_empty()) {
+        (DataType::Utf8, true) => {
+            DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
+        }
+        (DataType::List(item), false) => match item.data_type() {
+            DataType::Struct(children) => {
+                let children: Result<Vec<FieldRef>, String> =
+                    children.iter().map(|c| dictionary_leaf(c, rest)).collect();
+                DataType::List(Arc::new(
+                    Field::new(
+                        item.name(),
+                        DataType::Struct(children?.into()),
+                        item.is_nullable(),
+                    )
+                    .with_metadata(item.metadata().clone()),
+                ))
+            }
+            other => return Err(format!("{first} holds {other}, not structs")),
+        },
+        (other, _) => return Err(format!("{first} is {other}, not a list or a string")),
+    };
+    Ok(Arc::new(field.as_ref().clone().with_data_type(data_type)))
+}
+
 /// The Parquet and Arrow schemas of older blocks.
 pub(crate) fn legacy_schemas() -> Result<(Arc<SchemaDescriptor>, SchemaRef), BlockError> {
     static SCHEMA: OnceLock<Result<(Arc<SchemaDescriptor>, SchemaRef), String>> = OnceLock::new();

@@ -10,7 +10,7 @@ use parquet::file::metadata::{
     ColumnChunkMetaData, FooterTail, PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader,
 };
 
-use crate::block::schema::arrow_schema_for;
+use crate::block::schema::{arrow_schema_for, search_schema_for};
 use crate::block::{BlockError, BlockMeta};
 
 use super::*;
@@ -188,6 +188,16 @@ pub fn row_group_byte_range(md: &ParquetMetaData, rg: usize) -> Result<Range<u64
 /// blocks (required span `parent_span_id`) when the file has it.
 pub(crate) fn reader_options(md: &ParquetMetaData) -> Result<ArrowReaderOptions, BlockError> {
     Ok(ArrowReaderOptions::new().with_schema(arrow_schema_for(md.file_metadata().schema_descr())?))
+}
+
+/// [`reader_options`] for search decodes: see [`search_schema_for`].
+pub(crate) fn search_reader_options(
+    md: &ParquetMetaData,
+) -> Result<ArrowReaderOptions, BlockError> {
+    Ok(
+        ArrowReaderOptions::new()
+            .with_schema(search_schema_for(md.file_metadata().schema_descr())?),
+    )
 }
 
 /// The chunk statistics of an Int64 column of one row group, by leaf path: (min, max) as

@@ -3,9 +3,10 @@
 
 use std::ops::Range;
 
+use arrow_array::types::Int32Type;
 use arrow_array::{
-    Array, BinaryArray, FixedSizeBinaryArray, Int32Array, Int64Array, ListArray, StringArray,
-    StructArray, UInt32Array, UInt64Array,
+    Array, BinaryArray, DictionaryArray, FixedSizeBinaryArray, Int32Array, Int64Array, ListArray,
+    StringArray, StructArray, UInt32Array, UInt64Array,
 };
 use prost::Message;
 
@@ -158,12 +159,55 @@ pub(super) struct Stats<'a> {
     pub(super) errors: &'a UInt32Array,
 }
 
+/// A required string column, read plainly or dictionary-encoded (see
+/// [`search_schema_for`](crate::block::schema::search_schema_for)).
+#[derive(Clone, Copy)]
+pub(super) enum StrCol<'a> {
+    Plain(&'a StringArray),
+    Dict {
+        keys: &'a [i32],
+        values: &'a StringArray,
+    },
+}
+
+impl<'a> StrCol<'a> {
+    fn new(a: &'a dyn Array) -> Result<Self, BlockError> {
+        if let Some(plain) = a.as_any().downcast_ref::<StringArray>() {
+            return Ok(Self::Plain(plain));
+        }
+        let dict = a
+            .as_any()
+            .downcast_ref::<DictionaryArray<Int32Type>>()
+            .ok_or_else(|| corrupt("string column has the wrong type"))?;
+        let values = dict
+            .values()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| corrupt("dictionary of a string column holds no strings"))?;
+        let keys = dict.keys().values();
+        // Checked once so lookups can index freely (the column is required: no null slots).
+        if keys.iter().any(|&k| k < 0 || k as usize >= values.len()) {
+            return Err(corrupt("dictionary key out of range"));
+        }
+        Ok(Self::Dict { keys, values })
+    }
+
+    pub(super) fn value(&self, i: usize) -> &'a str {
+        match *self {
+            Self::Plain(a) => a.value(i),
+            Self::Dict { keys, values } => values.value(keys[i] as usize),
+        }
+    }
+}
+
 /// Typed views of the projected columns of one decoded row group.
 pub struct ColumnarBlock<'a> {
     pub(super) rows: usize,
     pub(super) trace_id: Option<&'a FixedSizeBinaryArray>,
     pub(super) start: &'a UInt64Array,
     pub(super) end: &'a UInt64Array,
+    /// Trace-level `root_service_name` and `root_span_name`.
+    pub(super) root_names: Option<(&'a StringArray, &'a StringArray)>,
     pub(super) stats: Option<Stats<'a>>,
     pub(super) rs_offsets: &'a [i32],
     pub(super) res: Option<&'a StructArray>,
@@ -179,7 +223,7 @@ pub struct ColumnarBlock<'a> {
     pub(super) span_id: Option<&'a BinaryArray>,
     pub(super) parent_span_id: Option<&'a BinaryArray>,
     pub(super) span_trace_id: Option<&'a BinaryArray>,
-    pub(super) name: Option<&'a StringArray>,
+    pub(super) name: Option<StrCol<'a>>,
     pub(super) kind: Option<&'a Int32Array>,
     pub(super) span_start: &'a UInt64Array,
     pub(super) duration: Option<&'a UInt64Array>,
@@ -199,6 +243,13 @@ impl<'a> ColumnarBlock<'a> {
         if trace_id.is_some_and(|t| t.value_length() != 16) {
             return Err(corrupt("trace_id is not 16 bytes"));
         }
+        let root_names = match (
+            opt(root, "root_service_name")?,
+            opt(root, "root_span_name")?,
+        ) {
+            (Some(service), Some(name)) => Some((service, name)),
+            _ => None,
+        };
         let stats = match opt_list(root, "service_stats")? {
             Some((offsets, st)) => Some(Stats {
                 offsets,
@@ -241,6 +292,7 @@ impl<'a> ColumnarBlock<'a> {
             trace_id,
             start: get(root, "start_time_unix_nano")?,
             end: get(root, "end_time_unix_nano")?,
+            root_names,
             stats,
             rs_offsets,
             res_service: match res {
@@ -274,7 +326,10 @@ impl<'a> ColumnarBlock<'a> {
             span_id: opt(sp, "span_id")?,
             parent_span_id: opt(sp, "parent_span_id")?,
             span_trace_id: opt(sp, "trace_id")?,
-            name: opt(sp, "name")?,
+            name: match sp.column_by_name("name") {
+                Some(a) => Some(StrCol::new(a.as_ref())?),
+                None => None,
+            },
             kind: opt(sp, "kind")?,
             span_start: get(sp, "start_time_unix_nano")?,
             duration: opt(sp, "duration_nano")?,
@@ -297,6 +352,8 @@ impl<'a> ColumnarBlock<'a> {
             || b.stats
                 .as_ref()
                 .is_some_and(|s| s.offsets.len() != rows + 1)
+            || b.root_names
+                .is_some_and(|(s, n)| s.len() != rows || n.len() != rows)
             || b.rs_offsets.len() != rows + 1
         {
             return Err(corrupt("trace columns disagree on the row count"));
@@ -318,6 +375,15 @@ impl<'a> ColumnarBlock<'a> {
         let mut id = [0u8; 16];
         id.copy_from_slice(self.trace_id?.value(row));
         Some(id)
+    }
+
+    /// The root span's service and name as stored at the trace level (empty when the trace
+    /// has no root, or the root has none): `None` without the hit columns
+    /// ([`Phase::Report`](super::Phase::Report)).
+    pub fn root_names(&self, row: usize) -> Option<(Option<&'a str>, Option<&'a str>)> {
+        let (service, name) = self.root_names?;
+        let some = |s: &'a str| (!s.is_empty()).then_some(s);
+        Some((some(service.value(row)), some(name.value(row))))
     }
 
     /// The earliest span start (stored).

@@ -447,14 +447,17 @@ impl SearchColumns {
             paths::END_TIME.into(),
             span("start_time_unix_nano"),
         ];
+        // The root's service and name come from the trace-level columns the writer fills
+        // from the same root: finding the root span instead decoded two more columns of
+        // every span and resource of the row group.
         let report: Vec<String> = vec![
             paths::TRACE_ID.into(),
+            paths::ROOT_SERVICE_NAME.into(),
+            paths::ROOT_SPAN_NAME.into(),
             "service_stats.".into(),
             span("span_id"),
-            span("parent_span_id"),
             span("name"),
             span("duration_nano"),
-            service.clone(),
         ];
         // Three int columns per span that only tree questions read.
         if needs.tree {

@@ -14,7 +14,7 @@ use parquet::file::statistics::Statistics;
 use super::columns::*;
 use super::projection::*;
 use crate::block::reader::{
-    absolute_span_starts, guarded, reader_options, span_starts_relative, SparseChunk,
+    absolute_span_starts, guarded, search_reader_options, span_starts_relative, SparseChunk,
 };
 use crate::block::schema::paths;
 use crate::block::BlockError;
@@ -224,7 +224,7 @@ pub fn decode_row_group(
                 }
             }
         }
-        let meta = ArrowReaderMetadata::try_new(md.clone(), reader_options(&md)?)?;
+        let meta = ArrowReaderMetadata::try_new(md.clone(), search_reader_options(&md)?)?;
         let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(chunk, meta);
         let mask = ProjectionMask::leaves(
             builder.parquet_schema(),

@@ -1,6 +1,8 @@
 //! Columnar search against the OTLP path: the same answers on the same blocks.
 
-use super::columns::list;
+use arrow_array::Array;
+
+use super::columns::{list, StrCol};
 use super::*;
 use crate::block::{encode_block, synth::realistic_traces, BlockConfig};
 use crate::model::TenantId;
@@ -74,4 +76,48 @@ fn generic_attributes_are_decoded_only_when_their_dictionary_may_hold_the_name()
     assert!(decodes_span_attrs(
         "{ span.http.route = \"/x\" || span.db.system = \"x\" }"
     ));
+}
+
+/// Search decodes span names dictionary-encoded: no copy of every name per decode.
+#[test]
+fn span_names_are_decoded_as_a_dictionary() {
+    let tenant = TenantId::new("t").unwrap();
+    let data = encode_block(
+        &tenant,
+        uuid::Uuid::nil(),
+        0,
+        realistic_traces(50, 3),
+        &BlockConfig::default(),
+    )
+    .unwrap()
+    .data;
+    let md = super::super::decode_footer(data.clone(), data.len() as u64).unwrap();
+    let columns =
+        SearchColumns::for_query(&crate::traceql::parse("{ name = \"x\" }").unwrap()).unwrap();
+    let read = &columns.plan(&md, |_, _| true).unwrap()[0];
+    let fetched = read
+        .ranges
+        .iter()
+        .map(|r| data.slice(r.start as usize..r.end as usize))
+        .collect();
+    let root = decode_row_group(
+        md,
+        &columns,
+        read,
+        Phase::Filter,
+        fetched,
+        data.len() as u64,
+    )
+    .unwrap();
+    let block = ColumnarBlock::new(&root).unwrap();
+    let Some(StrCol::Dict { keys, values }) = block.name else {
+        panic!("span names not read as a dictionary");
+    };
+    assert!(
+        keys.len() > 100 && values.len() < keys.len() / 4,
+        "{} keys, {} values",
+        keys.len(),
+        values.len()
+    );
+    assert!(!block.name.unwrap().value(0).is_empty());
 }

@@ -126,9 +126,11 @@ impl<'a> ColumnarTrace<'a> {
                 for g in range(c.span_offsets, s) {
                     let core = Core { c, g, r, s };
                     first = first.or(Some(core));
-                    if c.parent_span_id
-                        .is_some_and(|p| p.is_valid(g) && p.value(g).is_empty())
-                    {
+                    // Without the column no span is a root: the first span is all there is.
+                    let Some(parents) = c.parent_span_id else {
+                        break 'find;
+                    };
+                    if parents.is_valid(g) && parents.value(g).is_empty() {
                         root = Some(core);
                         break 'find;
                     }

@@ -209,7 +209,7 @@ impl SearchParams {
         let mut trace = ColumnarTrace::new(&data);
         let mut hits = Vec::with_capacity(pending.matches.len());
         for (row, matches) in pending.matches {
-            // Root and span positions only: the spans were evaluated in the filter phase.
+            // Span positions only: the spans were evaluated in the filter phase.
             trace.locate(row)?;
             let id = data
                 .trace_id(row)
@@ -221,10 +221,13 @@ impl SearchParams {
                 e.error_count += errors;
             }
             let start = data.start_unix_nano(row);
+            let (root_service, root_name) = data
+                .root_names(row)
+                .unwrap_or_else(|| (trace.root_service_name(), trace.root_span_name()));
             hits.push(TraceHit {
                 id: TraceId(id),
-                root_service_name: trace.root_service_name().map(str::to_owned),
-                root_span_name: trace.root_span_name().map(str::to_owned),
+                root_service_name: root_service.map(str::to_owned),
+                root_span_name: root_name.map(str::to_owned),
                 start_unix_nano: start,
                 end_unix_nano: data.end_unix_nano(row),
                 spansets: matches

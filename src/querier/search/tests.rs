@@ -78,10 +78,29 @@ fn dedicated_edge_cases() -> Vec<(String, Vec<ResourceSpans>)> {
             ..Default::default()
         },
     ];
-    vec![("t40".into(), batches)]
+    // Every parent missing: no root, so no root names in either path.
+    let orphans = ResourceSpans {
+        resource: Some(Resource {
+            attributes: vec![kv("service.name", V::StringValue("orphans".into()))],
+            ..Default::default()
+        }),
+        scope_spans: vec![ScopeSpans {
+            spans: [4, 5]
+                .into_iter()
+                .map(|id| Span {
+                    trace_id: vec![41; 16],
+                    ..span(id, 9, "orphan", vec![])
+                })
+                .collect(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    vec![("t40".into(), batches), ("t41".into(), vec![orphans])]
 }
 
-const EXTRA_QUERIES: [&str; 12] = [
+const EXTRA_QUERIES: [&str; 13] = [
+    "{ resource.service.name = \"orphans\" }",
     "{ span.http.status_code = \"200\" }",
     "{ span.http.status_code = 503 }",
     "{ span.http.method = 3 }",
@@ -154,8 +173,14 @@ fn columnar_search_matches_the_otlp_path_on_every_engine_case() {
         row_group_size_bytes: 1,
         ..BlockConfig::default()
     };
+    // Plain string pages: search reads span names as a dictionary, which parquet then
+    // builds from the values.
+    let plain_strings = BlockConfig {
+        string_dictionary: false,
+        ..BlockConfig::default()
+    };
     let queries = all_queries();
-    for cfg in [one_group, many_groups] {
+    for cfg in [one_group, many_groups, plain_strings] {
         let bytes = encode(&data, &cfg);
         let (mut compared, mut hits) = (0, 0);
         for q in &queries {
