@@ -417,19 +417,30 @@ async fn search(kv: HashMap<String, String>) {
         let mut cpu = Vec::new();
         let mut found = 0;
         let mut inspected = 0u64;
+        let mut refused = None;
         for _ in 0..repeat {
             let c0 = server_cpu_s(pid);
             let t = Instant::now();
-            let resp: serde_json::Value = client
+            let reply = client
                 .get(format!("{api}/api/search"))
                 .query(&[("q", q), ("limit", &limit.to_string()), ("spss", "3")])
                 .query(&range)
                 .send()
                 .await
-                .expect("search request")
-                .json()
-                .await
-                .expect("search json");
+                .expect("search request");
+            let status = reply.status();
+            let body = reply.bytes().await.expect("search body");
+            // A server may refuse a search (Tempo answers a large unlimited one with an
+            // error): say so and go on to the next query, so later figures are still taken.
+            let parsed = status
+                .is_success()
+                .then(|| serde_json::from_slice::<serde_json::Value>(&body).ok())
+                .flatten();
+            let Some(resp) = parsed else {
+                let text = String::from_utf8_lossy(&body[..body.len().min(160)]).into_owned();
+                refused = Some(format!("{status}: {text}"));
+                break;
+            };
             lat.push(t.elapsed().as_secs_f64() * 1000.0);
             cpu.push(server_cpu_s(pid) - c0);
             found = resp["traces"].as_array().map_or(0, |a| a.len());
@@ -437,6 +448,14 @@ async fn search(kv: HashMap<String, String>) {
                 .as_str()
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(0);
+        }
+        if let Some(error) = refused {
+            println!(
+                "{{\"mode\":\"search\",\"query\":{},\"error\":{}}}",
+                serde_json::Value::from(q),
+                serde_json::Value::from(error.trim()),
+            );
+            continue;
         }
         lat.sort_by(f64::total_cmp);
         cpu.sort_by(f64::total_cmp);
