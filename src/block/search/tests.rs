@@ -12,8 +12,8 @@ fn decodes_span_attrs(query: &str) -> bool {
     decodes_span_column(query, "attrs")
 }
 
-/// Whether the filter decode of the first row group holds the span column `name`.
-fn decodes_span_column(query: &str, name: &str) -> bool {
+/// The filter decode of the first row group of a block of realistic traces, for `query`.
+fn first_filter_decode(query: &str) -> arrow_array::StructArray {
     let tenant = TenantId::new("t").unwrap();
     let traces = realistic_traces(50, 3);
     let data = encode_block(
@@ -33,7 +33,7 @@ fn decodes_span_column(query: &str, name: &str) -> bool {
         .iter()
         .map(|r| data.slice(r.start as usize..r.end as usize))
         .collect();
-    let root = decode_row_group(
+    decode_row_group(
         md,
         &columns,
         read,
@@ -41,7 +41,12 @@ fn decodes_span_column(query: &str, name: &str) -> bool {
         fetched,
         data.len() as u64,
     )
-    .unwrap();
+    .unwrap()
+}
+
+/// Whether the filter decode of the first row group holds the span column `name`.
+fn decodes_span_column(query: &str, name: &str) -> bool {
+    let root = first_filter_decode(query);
     let (_, rs) = list(&root, "resource_spans").unwrap();
     let (_, ss) = list(rs, "scope_spans").unwrap();
     let (_, sp) = list(ss, "spans").unwrap();
@@ -81,34 +86,7 @@ fn generic_attributes_are_decoded_only_when_their_dictionary_may_hold_the_name()
 /// Search decodes span names dictionary-encoded: no copy of every name per decode.
 #[test]
 fn span_names_are_decoded_as_a_dictionary() {
-    let tenant = TenantId::new("t").unwrap();
-    let data = encode_block(
-        &tenant,
-        uuid::Uuid::nil(),
-        0,
-        realistic_traces(50, 3),
-        &BlockConfig::default(),
-    )
-    .unwrap()
-    .data;
-    let md = super::super::decode_footer(data.clone(), data.len() as u64).unwrap();
-    let columns =
-        SearchColumns::for_query(&crate::traceql::parse("{ name = \"x\" }").unwrap()).unwrap();
-    let read = &columns.plan(&md, |_, _| true).unwrap()[0];
-    let fetched = read
-        .ranges
-        .iter()
-        .map(|r| data.slice(r.start as usize..r.end as usize))
-        .collect();
-    let root = decode_row_group(
-        md,
-        &columns,
-        read,
-        Phase::Filter,
-        fetched,
-        data.len() as u64,
-    )
-    .unwrap();
+    let root = first_filter_decode("{ name = \"x\" }");
     let block = ColumnarBlock::new(&root).unwrap();
     let Some(StrCol::Dict { keys, values }) = block.name else {
         panic!("span names not read as a dictionary");
