@@ -129,6 +129,7 @@ pub(crate) fn arrow_schema_for(file: &SchemaDescriptor) -> Result<SchemaRef, Blo
 pub(crate) fn search_schema_for(file: &SchemaDescriptor) -> Result<SchemaRef, BlockError> {
     static SCHEMAS: [OnceLock<Result<SchemaRef, String>>; 2] = [OnceLock::new(), OnceLock::new()];
     let base = arrow_schema_for(file)?;
+    // One derived schema each for current blocks (0) and older ones (1).
     let legacy = usize::from(!Arc::ptr_eq(&base, &arrow_schema()?));
     SCHEMAS[legacy]
         .get_or_init(|| {

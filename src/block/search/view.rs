@@ -99,7 +99,7 @@ impl<'a> ColumnarTrace<'a> {
         }
     }
 
-    /// Makes the hit accessors ([`ColumnarTrace::span_id`], ..., root names) show trace
+    /// Makes the hit accessors ([`ColumnarTrace::span_id`] and the like) show trace
     /// `row` without building the engine's view of its spans: reporting needs no more.
     pub fn locate(&mut self, row: usize) -> Result<(), BlockError> {
         self.spans.clear();
@@ -274,15 +274,6 @@ impl<'a> ColumnarTrace<'a> {
             s: 0,
         };
         core.duration().unwrap_or(0)
-    }
-
-    /// `service.name` of the root span's resource (the first span without a parent ID).
-    pub fn root_service_name(&self) -> Option<&'a str> {
-        self.info.root.and_then(|r| r.service_name())
-    }
-
-    pub fn root_span_name(&self) -> Option<&'a str> {
-        self.info.root.and_then(|r| Some(r.c.name?.value(r.g)))
     }
 }
 

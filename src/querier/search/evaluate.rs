@@ -223,7 +223,7 @@ impl SearchParams {
             let start = data.start_unix_nano(row);
             let (root_service, root_name) = data
                 .root_names(row)
-                .unwrap_or_else(|| (trace.root_service_name(), trace.root_span_name()));
+                .ok_or_else(|| block::BlockError::Corrupt("root names not decoded".into()))?;
             hits.push(TraceHit {
                 id: TraceId(id),
                 root_service_name: root_service.map(str::to_owned),
