@@ -21,12 +21,9 @@ use super::ROOT_NOT_RECEIVED;
 /// reads (parallel to `r.traces`; empty for one tenant).
 pub(in crate::api) fn write_response(out: &mut Vec<u8>, r: &SearchResults, owners: &[TenantId]) {
     out.extend_from_slice(b"{\"traces\":[");
-    for (i, t) in r.traces.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
+    comma_separated(out, r.traces.iter().enumerate(), |out, (i, t)| {
         trace(out, t, owners.get(i));
-    }
+    });
     out.extend_from_slice(b"],\"metrics\":");
     metrics(out, &r.metrics);
     out.push(b'}');
@@ -89,21 +86,13 @@ fn trace(out: &mut Vec<u8>, t: &TraceHit, tenant: Option<&TenantId>) {
         spanset(out, first);
     }
     out.extend_from_slice(b",\"spanSets\":[");
-    for (i, set) in t.spansets.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        spanset(out, set);
-    }
+    comma_separated(out, &t.spansets, spanset);
     out.extend_from_slice(b"],\"serviceStats\":{");
-    for (i, (svc, st)) in t.service_stats.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
+    comma_separated(out, &t.service_stats, |out, (svc, st)| {
         string(out, svc);
         out.push(b':');
         stats(out, st);
-    }
+    });
     out.push(b'}');
     // vivace's addition for cross-tenant reads; Tempo has no field for it.
     if let Some(tenant) = tenant {
@@ -115,12 +104,7 @@ fn trace(out: &mut Vec<u8>, t: &TraceHit, tenant: Option<&TenantId>) {
 
 fn spanset(out: &mut Vec<u8>, set: &HitSpanset) {
     out.extend_from_slice(b"{\"spans\":[");
-    for (i, sp) in set.spans.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        span(out, sp);
-    }
+    comma_separated(out, &set.spans, span);
     out.extend_from_slice(b"],\"matched\":");
     uint(out, set.matched as u64);
     if !set.attributes.is_empty() {
@@ -164,16 +148,13 @@ fn stats(out: &mut Vec<u8>, st: &ServiceStats) {
 
 fn attributes(out: &mut Vec<u8>, attrs: &[(String, Value)]) {
     out.push(b'[');
-    for (i, (k, v)) in attrs.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
+    comma_separated(out, attrs, |out, (k, v)| {
         out.extend_from_slice(b"{\"key\":");
         string(out, k);
         out.extend_from_slice(b",\"value\":");
         value(out, v);
         out.push(b'}');
-    }
+    });
     out.push(b']');
 }
 
@@ -204,6 +185,20 @@ fn value(out: &mut Vec<u8>, v: &Value) {
             // A `Value` tree always serialises; an empty value keeps the JSON whole.
             Err(_) => out.extend_from_slice(b"{}"),
         },
+    }
+}
+
+/// Writes each item with `write`, commas between.
+fn comma_separated<T>(
+    out: &mut Vec<u8>,
+    items: impl IntoIterator<Item = T>,
+    mut write: impl FnMut(&mut Vec<u8>, T),
+) {
+    for (i, item) in items.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write(out, item);
     }
 }
 
