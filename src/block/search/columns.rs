@@ -227,7 +227,8 @@ pub struct ColumnarBlock<'a> {
     pub(super) kind: Option<&'a Int32Array>,
     pub(super) span_start: &'a UInt64Array,
     pub(super) duration: Option<&'a UInt64Array>,
-    pub(super) status: Option<(&'a StructArray, &'a Int32Array, &'a StringArray)>,
+    /// The status struct, its code and (when the query reads it) its message.
+    pub(super) status: Option<(&'a StructArray, &'a Int32Array, Option<&'a StringArray>)>,
     pub(super) span_attrs: Option<Attrs<'a>>,
     pub(super) span_ded: Vec<(&'static str, DedCol<'a>)>,
     /// Nested sets (left, right, parent), when the query reads the tree.
@@ -265,7 +266,7 @@ impl<'a> ColumnarBlock<'a> {
         let scope: Option<&StructArray> = opt(ss, "scope")?;
         let (span_offsets, sp) = list(ss, "spans")?;
         let status = match opt::<StructArray>(sp, "status")? {
-            Some(s) => Some((s, get(s, "code")?, get(s, "message")?)),
+            Some(s) => Some((s, get(s, "code")?, opt(s, "message")?)),
             None => None,
         };
         let events = match opt_list(sp, "events")? {

@@ -133,6 +133,8 @@ pub(super) struct Needs {
     pub(super) res_ded: Vec<&'static str>,
     pub(super) scope_fields: bool,
     pub(super) status: bool,
+    /// `status.message`, a string per span: read only when asked for.
+    pub(super) status_message: bool,
     pub(super) kind: bool,
     pub(super) span_trace_id: bool,
     pub(super) events: bool,
@@ -186,7 +188,11 @@ impl Needs {
     pub(super) fn intrinsic(&mut self, i: Intrinsic) {
         use Intrinsic as I;
         match i {
-            I::Status | I::StatusMessage => self.status = true,
+            I::Status => self.status = true,
+            I::StatusMessage => {
+                self.status = true;
+                self.status_message = true;
+            }
             I::Kind => self.kind = true,
             I::TraceId => self.span_trace_id = true,
             I::EventName | I::EventTimeSinceStart => self.events = true,
@@ -501,7 +507,10 @@ impl SearchColumns {
             wanted.push(format!("{}version", paths::SCOPE));
         }
         if needs.status {
-            wanted.push(span("status."));
+            wanted.push(span("status.code"));
+        }
+        if needs.status_message {
+            wanted.push(span("status.message"));
         }
         if needs.kind {
             wanted.push(span("kind"));

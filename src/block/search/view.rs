@@ -398,6 +398,7 @@ impl SpanView for Core<'_> {
             }),
             Intrinsic::StatusMessage => {
                 let (st, _, msg) = c.status?;
+                let msg = msg?;
                 Value::String(if st.is_valid(g) {
                     msg.value(g).to_owned()
                 } else {
