@@ -210,6 +210,47 @@ fn trace_level_columns() {
     assert_eq!(row, want.len());
 }
 
+/// Chunk statistics are written where search prunes by them (times, durations, status,
+/// trace IDs, dedicated resource strings) and left out of other byte-array columns.
+#[test]
+fn statistics_only_where_pruning_reads_them() {
+    let block = encode_block(
+        &tenant(),
+        uuid::Uuid::nil(),
+        0,
+        realistic_traces(20, 3),
+        &BlockConfig::default(),
+    )
+    .expect("encode");
+    let md = footer_of(&block);
+    let rg = md.row_group(0);
+    let stats = |path: String| {
+        rg.columns()
+            .iter()
+            .find(|c| c.column_path().string() == path)
+            .unwrap_or_else(|| panic!("no column {path}"))
+            .statistics()
+            .is_some()
+    };
+    for path in [
+        paths::TRACE_ID.to_owned(),
+        paths::START_TIME.to_owned(),
+        format!("{}service_name", paths::RESOURCE),
+        format!("{}duration_nano", paths::SPAN),
+        format!("{}status.code", paths::SPAN),
+    ] {
+        assert!(stats(path.clone()), "{path} has no statistics");
+    }
+    for path in [
+        format!("{}name", paths::SPAN),
+        format!("{}{}str", paths::SPAN, paths::ATTRS),
+        format!("{}{}key", paths::RESOURCE, paths::ATTRS),
+        paths::ROOT_SERVICE_NAME.to_owned(),
+    ] {
+        assert!(!stats(path.clone()), "{path} has statistics");
+    }
+}
+
 #[test]
 fn written_schema_matches_schema_file() {
     let block = encode_block(

@@ -88,6 +88,12 @@ pub(super) fn writer_properties(
                 b = b.set_column_encoding(col.path().clone(), e);
             }
         }
+        // Byte-array statistics cost a comparison per value, and only those of the
+        // dedicated resource columns are read (a row group whose services cannot hold
+        // `resource.service.name = "x"` is skipped).
+        if col.physical_type() == PhysicalType::BYTE_ARRAY && !prunes_by_statistics(&path) {
+            b = b.set_column_statistics_enabled(col.path().clone(), EnabledStatistics::None);
+        }
         // Random IDs and delta-packed times do not compress, and every compressed column
         // a lookup reads costs a codec set-up (measurable next to decoding a few pages).
         if is_incompressible(&path) {
@@ -95,6 +101,17 @@ pub(super) fn writer_properties(
         }
     }
     Ok(b.build())
+}
+
+/// Byte-array columns whose chunk statistics search reads: the dedicated resource
+/// columns.
+pub(super) fn prunes_by_statistics(path: &str) -> bool {
+    path.strip_prefix(crate::block::paths::RESOURCE)
+        .is_some_and(|leaf| {
+            crate::block::DEDICATED_RESOURCE
+                .iter()
+                .any(|(_, col, _)| *col == leaf)
+        })
 }
 
 /// Columns whose values (IDs, timestamps, durations) rarely repeat: a dictionary would
