@@ -99,3 +99,29 @@ fn span_names_are_decoded_as_a_dictionary() {
     );
     assert!(!block.name.unwrap().value(0).is_empty());
 }
+
+/// The status message, a string per span, is decoded only for queries that read it.
+#[test]
+fn status_messages_are_decoded_only_for_status_message_questions() {
+    for (query, message) in [
+        ("{ status = error }", false),
+        ("{ } | by(status) | count() > 1", false),
+        ("{ statusMessage = \"x\" }", true),
+        ("{ status = error } | select(statusMessage)", true),
+    ] {
+        let root = first_filter_decode(query);
+        let (_, rs) = list(&root, "resource_spans").unwrap();
+        let (_, ss) = list(rs, "scope_spans").unwrap();
+        let (_, sp) = list(ss, "spans").unwrap();
+        let status = sp
+            .column_by_name("status")
+            .and_then(|s| s.as_any().downcast_ref::<arrow_array::StructArray>())
+            .unwrap_or_else(|| panic!("{query}: no status decoded"));
+        assert!(status.column_by_name("code").is_some(), "{query}");
+        assert_eq!(
+            status.column_by_name("message").is_some(),
+            message,
+            "{query}"
+        );
+    }
+}
