@@ -44,13 +44,18 @@ fn first_filter_decode(query: &str) -> arrow_array::StructArray {
     .unwrap()
 }
 
-/// Whether the filter decode of the first row group holds the span column `name`.
-fn decodes_span_column(query: &str, name: &str) -> bool {
+/// The span column `name` of the filter decode of the first row group, if decoded.
+fn decoded_span_column(query: &str, name: &str) -> Option<arrow_array::ArrayRef> {
     let root = first_filter_decode(query);
     let (_, rs) = list(&root, "resource_spans").unwrap();
     let (_, ss) = list(rs, "scope_spans").unwrap();
     let (_, sp) = list(ss, "spans").unwrap();
-    sp.column_by_name(name).is_some()
+    sp.column_by_name(name).cloned()
+}
+
+/// Whether the filter decode of the first row group holds the span column `name`.
+fn decodes_span_column(query: &str, name: &str) -> bool {
+    decoded_span_column(query, name).is_some()
 }
 
 #[test]
@@ -109,14 +114,12 @@ fn status_messages_are_decoded_only_for_status_message_questions() {
         ("{ statusMessage = \"x\" }", true),
         ("{ status = error } | select(statusMessage)", true),
     ] {
-        let root = first_filter_decode(query);
-        let (_, rs) = list(&root, "resource_spans").unwrap();
-        let (_, ss) = list(rs, "scope_spans").unwrap();
-        let (_, sp) = list(ss, "spans").unwrap();
-        let status = sp
-            .column_by_name("status")
-            .and_then(|s| s.as_any().downcast_ref::<arrow_array::StructArray>())
+        let status = decoded_span_column(query, "status")
             .unwrap_or_else(|| panic!("{query}: no status decoded"));
+        let status = status
+            .as_any()
+            .downcast_ref::<arrow_array::StructArray>()
+            .expect("status is a struct");
         assert!(status.column_by_name("code").is_some(), "{query}");
         assert_eq!(
             status.column_by_name("message").is_some(),
