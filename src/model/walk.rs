@@ -4,6 +4,20 @@
 
 use super::wire::{take, varint};
 
+/// `b` as a string when it is valid UTF-8. Most OTLP strings (keys, names, service names)
+/// are ASCII, and an ASCII check takes about half the time of a full validation on
+/// strings of 3–50 bytes (1.9 against 4.1 ns); strings were validated this way at
+/// receive and again at every cut and scan.
+#[inline]
+pub(crate) fn utf8(b: &[u8]) -> Option<&str> {
+    if b.is_ascii() {
+        // SAFETY: ASCII bytes are valid UTF-8.
+        Some(unsafe { std::str::from_utf8_unchecked(b) })
+    } else {
+        std::str::from_utf8(b).ok()
+    }
+}
+
 /// One field of a message body.
 #[derive(Clone, Copy)]
 pub(crate) enum Field<'a> {

@@ -159,8 +159,7 @@ impl<'a> Fields<'a> {
                 payload = take(&mut self.rest, len)?;
                 match k {
                     Kind::Str => {
-                        std::str::from_utf8(payload)
-                            .map_err(|_| WireError("string is not valid UTF-8"))?;
+                        super::walk::utf8(payload).ok_or(WireError("string is not valid UTF-8"))?;
                     }
                     // The levels down to spans are checked by the grouping walk itself.
                     Kind::Message(Msg::ResourceSpans | Msg::ScopeSpans | Msg::Span) => {}

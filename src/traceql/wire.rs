@@ -9,7 +9,7 @@
 //! so walking them does not fail; what a prost decode would merge (a singular field given
 //! twice) makes [`WireTrace::new`] answer `None`, and the caller decodes instead.
 
-use crate::model::walk::{Field, Fields};
+use crate::model::walk::{utf8, Field, Fields};
 use crate::model::NestedSet;
 
 use super::ast::{Intrinsic, Scope};
@@ -23,10 +23,6 @@ fn service_name(resource: &[u8]) -> Option<&str> {
         Any::Str(s) => Some(s),
         _ => None,
     }
-}
-
-fn utf8(b: &[u8]) -> Option<&str> {
-    std::str::from_utf8(b).ok()
 }
 
 /// One span's parsed fields and the bytes around it.

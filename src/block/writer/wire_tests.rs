@@ -152,3 +152,47 @@ fn what_the_wire_reader_leaves_to_prost_is_decoded() {
     let err = encode(&input, |_| TraceRows::Encoded(f.clone())).unwrap_err();
     assert!(matches!(err, BlockError::Input(_)), "{err}");
 }
+
+/// Traces of many resources, each of many scopes, sent twice over (as late copies): past
+/// the count where resources and scopes are found by a map instead of a scan, they still
+/// fold as the decoded path folds them.
+#[test]
+fn many_resources_and_scopes_fold_as_decoded() {
+    let mut traces = realistic_traces(40, 17);
+    traces.sort_by_key(|t| t.id);
+    traces.dedup_by_key(|t| t.id);
+    for t in &mut traces {
+        let first = t.batches[0].clone();
+        let mut many = Vec::new();
+        for r in 0..20 {
+            let mut rs = first.clone();
+            if let Some(res) = rs.resource.as_mut() {
+                res.dropped_attributes_count = r % 12;
+            }
+            let ss = rs.scope_spans[0].clone();
+            rs.scope_spans = (0..15)
+                .map(|s| {
+                    let mut ss = ss.clone();
+                    ss.schema_url = format!("s{}", s % 11);
+                    for span in &mut ss.spans {
+                        span.span_id = [r as u8, s as u8, 0, 0, 0, 0, 0, 1].to_vec();
+                    }
+                    ss
+                })
+                .collect();
+            many.push(rs);
+        }
+        t.batches = many;
+    }
+    let traces: Vec<(u32, TraceInput)> = traces.into_iter().map(|t| (0, t)).collect();
+    let mut probe = Fragments::default();
+    for rs in &traces[0].1.batches {
+        probe.extend(&Fragments::from_encoded(chunk(std::slice::from_ref(rs))).unwrap());
+    }
+    let rows = WireRows::parse(probe.chunks()).expect("read off the wire");
+    // 20 resources of 12 distinct bodies, each with 11 distinct scopes.
+    assert_eq!(rows.resources.len(), 12);
+    assert!(rows.resources.iter().all(|r| r.scopes.len() == 11));
+    let (read, all) = same_both_ways(&traces);
+    assert_eq!(read, all);
+}
