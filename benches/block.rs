@@ -33,21 +33,23 @@ fn encode(c: &mut Criterion) {
             BatchSize::LargeInput,
         )
     });
-    // The ingester's cut level (fast, blocks are compacted later) against the compactor's.
-    for level in [1, 3] {
+    // Cut codecs (fast; blocks are compacted later at the default level).
+    use vivace::block::BlockCompression;
+    for (name, compression) in [
+        ("zstd1", BlockCompression::Zstd(1)),
+        ("zstd3", BlockCompression::Zstd(3)),
+        ("snappy", BlockCompression::Snappy),
+    ] {
         let cfg = BlockConfig {
-            compression: vivace::block::BlockCompression::Zstd(level),
+            compression,
             ..BlockConfig::default()
         };
         let size = encode_block(&tenant, uuid::Uuid::nil(), 0, traces.clone(), &cfg)
             .expect("encode")
             .data
             .len();
-        eprintln!(
-            "zstd({level}): {:.1} bytes/span",
-            size as f64 / spans as f64
-        );
-        g.bench_function(format!("encode_zstd{level}"), |b| {
+        eprintln!("{name}: {:.1} bytes/span", size as f64 / spans as f64);
+        g.bench_function(format!("encode_{name}"), |b| {
             b.iter_batched(
                 || traces.clone(),
                 |t| encode_block(&tenant, uuid::Uuid::nil(), 0, t, &cfg).expect("encode"),

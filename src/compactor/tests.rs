@@ -59,9 +59,18 @@ fn no_trace_limit() -> Limits {
 
 /// Uploads a block the way the flusher does (meta.json last).
 async fn upload(backend: &Backend, traces: Vec<TraceInput>, level: u32) -> BlockMeta {
+    upload_with(backend, traces, level, &block_cfg()).await
+}
+
+async fn upload_with(
+    backend: &Backend,
+    traces: Vec<TraceInput>,
+    level: u32,
+    cfg: &BlockConfig,
+) -> BlockMeta {
     let t = tenant();
     let id = Uuid::new_v4();
-    let b = block::encode_block(&t, id, level, traces, &block_cfg()).unwrap();
+    let b = block::encode_block(&t, id, level, traces, cfg).unwrap();
     backend.put(&block::data_key(&t, id), b.data).await.unwrap();
     backend
         .put(&block::index_key(&t, id), b.index)
@@ -255,6 +264,53 @@ async fn four_overlapping_blocks_become_one_deduplicated_block() {
     // Nothing more to do.
     let again = c.cycle_tenant(&tenant()).await.unwrap();
     assert_eq!(again.compactions, 0);
+}
+
+/// The codecs of the compressed column chunks of a stored block (trace IDs and times are
+/// left uncompressed by design).
+async fn codecs(backend: &Backend, meta: &BlockMeta) -> HashSet<String> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let data = backend
+        .get(&block::data_key(&tenant(), meta.block_id))
+        .await
+        .unwrap();
+    let reader = SerializedFileReader::new(data).unwrap();
+    let md = reader.metadata();
+    md.row_groups()
+        .iter()
+        .flat_map(|rg| rg.columns())
+        .map(|c| format!("{:?}", c.compression()))
+        .filter(|c| c != "UNCOMPRESSED")
+        .collect()
+}
+
+/// Blocks cut with the fast codec are rewritten at the configured level: the bytes a
+/// cut saves on encoding are not kept in the bucket.
+#[tokio::test]
+async fn cut_blocks_are_rewritten_with_the_default_codec() {
+    let backend = Backend::memory();
+    let traces = synth::realistic_traces(200, 8);
+    let cut_cfg = BlockConfig {
+        compression: BlockConfig::CUT_COMPRESSION,
+        ..block_cfg()
+    };
+    let mut inputs = Vec::new();
+    for half in traces.chunks(100) {
+        inputs.push(upload_with(&backend, half.to_vec(), 0, &cut_cfg).await);
+    }
+    assert_eq!(
+        codecs(&backend, &inputs[0]).await,
+        HashSet::from(["SNAPPY".to_string()])
+    );
+    let c = compactor(&backend, compaction_cfg(), no_trace_limit());
+    let r = c.cycle_tenant(&tenant()).await.unwrap();
+    assert_eq!((r.compactions, r.blocks_compacted), (1, 2));
+    let out = c.blocklist.blocks(&tenant());
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].total_objects, 200);
+    let codecs = codecs(&backend, &out[0]).await;
+    assert_eq!(codecs.len(), 1, "{codecs:?}");
+    assert!(codecs.iter().all(|c| c.starts_with("ZSTD")), "{codecs:?}");
 }
 
 /// A block in time slices is merged again: each slice is its own sorted run, and traces
