@@ -75,3 +75,27 @@ impl<'a> Fields<'a> {
             })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::utf8;
+
+    /// The ASCII shortcut answers as a full validation does, on both sides of it.
+    #[test]
+    fn utf8_agrees_with_a_full_validation() {
+        let cases: [&[u8]; 7] = [
+            b"",
+            b"service.name",
+            "caf\u{e9} \u{65e5}\u{672c}".as_bytes(),
+            b"\xff\xfe",
+            b"ok\xc3",
+            b"\xed\xa0\x80",
+            b"ascii then \xf0\x9f\x98\x80",
+        ];
+        for b in cases {
+            assert_eq!(utf8(b), std::str::from_utf8(b).ok(), "{b:?}");
+        }
+        assert_eq!(utf8(b"\x7f"), Some("\x7f"));
+        assert_eq!(utf8(b"\x80"), None);
+    }
+}
