@@ -148,14 +148,15 @@ const SEEN_KEPT: usize = 1 << 14;
 #[derive(Default)]
 struct Combine<'a> {
     resources: Keys<(&'a [u8], &'a str)>,
-    scopes: Keys<(usize, &'a [u8], &'a str)>,
+    /// Per resource, by index; grown only for a resource past [`LINEAR`] scopes.
+    scopes: Vec<Keys<(&'a [u8], &'a str)>>,
     seen: Seen,
 }
 
 /// The index of the entry whose key is `key` among `len` entries: by `key_of` while they
-/// are few, else through `map` (filled from every entry the first time it is needed).
-fn find<K: std::hash::Hash + Eq>(
-    map: &mut Keys<K>,
+/// are few, else through the map `map` gives (filled from every entry not in it yet).
+fn find<'m, K: std::hash::Hash + Eq + 'm>(
+    map: impl FnOnce() -> &'m mut Keys<K>,
     len: usize,
     key: &K,
     key_of: impl Fn(usize) -> K,
@@ -163,6 +164,7 @@ fn find<K: std::hash::Hash + Eq>(
     if len <= LINEAR {
         return (0..len).find(|&i| key_of(i) == *key);
     }
+    let map = map();
     if map.len() < len {
         // Entries only ever grow, and each is added here once.
         for i in map.len()..len {
@@ -235,9 +237,12 @@ impl<'a> WireRows<'a> {
         }
         let url = url.unwrap_or("");
         let key = (resource.unwrap_or(&[]), url);
-        let found = find(&mut c.resources, self.resources.len(), &key, |i| {
-            (self.resources[i].bytes, self.resources[i].schema_url)
-        });
+        let found = find(
+            || &mut c.resources,
+            self.resources.len(),
+            &key,
+            |i| (self.resources[i].bytes, self.resources[i].schema_url),
+        );
         let ri = match found {
             Some(i) => i,
             None => {
@@ -284,25 +289,20 @@ impl<'a> WireRows<'a> {
             return Some(());
         }
         let url = url.unwrap_or("");
-        let key = (ri, scope.unwrap_or(&[]), url);
+        let key = (scope.unwrap_or(&[]), url);
         let scopes = &self.resources[ri].scopes;
-        // The map, once used, holds the scopes of every resource (keyed by it too).
-        let found = if scopes.len() <= LINEAR {
-            scopes
-                .iter()
-                .position(|ss| (ss.bytes, ss.schema_url) == (key.1, key.2))
-        } else {
-            if !c
-                .scopes
-                .contains_key(&(ri, scopes[0].bytes, scopes[0].schema_url))
-            {
-                // First time this resource passes the linear bound: its scopes so far.
-                for (i, ss) in scopes.iter().enumerate() {
-                    c.scopes.insert((ri, ss.bytes, ss.schema_url), i);
+        let maps = &mut c.scopes;
+        let found = find(
+            move || {
+                if maps.len() <= ri {
+                    maps.resize_with(ri + 1, Keys::default);
                 }
-            }
-            c.scopes.get(&key).copied()
-        };
+                &mut maps[ri]
+            },
+            scopes.len(),
+            &key,
+            |i| (scopes[i].bytes, scopes[i].schema_url),
+        );
         match found {
             Some(si) => self.resources[ri].scopes[si].spans.extend(kept),
             None => {
@@ -316,11 +316,8 @@ impl<'a> WireRows<'a> {
                     schema_url: url,
                     spans: kept,
                     scope_len: scope.map_or(0, <[u8]>::len),
-                    bytes: key.1,
+                    bytes: key.0,
                 });
-                if scopes.len() > LINEAR + 1 {
-                    c.scopes.insert(key, scopes.len() - 1);
-                }
             }
         }
         Some(())
