@@ -28,8 +28,8 @@ pub(super) enum FlushError {
     Upload(#[from] BackendError),
     #[error("cannot decode a live trace: {0}")]
     Decode(#[from] prost::DecodeError),
-    #[error("block encoding task failed: {0}")]
-    Join(#[from] task::JoinError),
+    #[error(transparent)]
+    Encoder(#[from] super::encoder::EncoderError),
     #[error(transparent)]
     Scratch(#[from] ScratchError),
     #[error(transparent)]
@@ -286,8 +286,9 @@ impl Ingester {
             .log
             .scratch_dir()
             .map(|dir| ScratchFile::new(dir, SCRATCH_PREFIX, Uuid::new_v4()));
-        // Parquet encoding is CPU-bound: keep it off the async executor.
-        let encoded = task::spawn_blocking(move || {
+        // Parquet encoding is CPU-bound: keep it off the async executor, on the thread
+        // whose freed pages the next cut reuses.
+        let encoded = self.encoder.run(move || {
             // Charged as it goes (every 1,024 traces), so a scrape during a long cut sees it.
             let mut cpu = metrics.stage_cpu.start(Stage::BlockEncode);
             let traces = taken.get(&t);

@@ -9,6 +9,7 @@
 //! traces a cut wrote from a segment it kept, so a replay does not write them twice.
 
 mod encode;
+mod encoder;
 mod flush;
 mod head;
 mod log;
@@ -94,6 +95,7 @@ pub struct Ingester {
     opened_segment: Option<u64>,
     /// The process's RSS, once [`Ingester::watch_memory`] samples it.
     resident: Arc<memory::Resident>,
+    encoder: encoder::Encoder,
 }
 
 /// Whether the head should be cut now, and how much of it.
@@ -129,6 +131,7 @@ impl Ingester {
             on_commit,
             opened_segment,
             resident: Arc::default(),
+            encoder: encoder::Encoder::new(),
         })
     }
 
