@@ -38,6 +38,7 @@ use super::ast::{
 };
 use super::eval::{eval, static_value, SpanView, Value};
 use super::otlp::OtlpTrace;
+use super::tree::Tree;
 
 /// What the engine needs of a trace. Spans are numbered `0..span_count()`.
 pub trait TraceView {
@@ -196,14 +197,6 @@ struct Engine<'t> {
     tree: std::cell::OnceCell<Tree>,
 }
 
-/// The span tree from the nested-set numbers.
-struct Tree {
-    /// Parent index.
-    parent: Vec<Option<usize>>,
-    /// Span indices in nested-set `left` order: every parent before its children.
-    preorder: Vec<usize>,
-}
-
 impl<'t> Engine<'t> {
     /// The engine and the span indices sorted by start time, then index.
     fn new(trace: &'t dyn TraceView) -> (Self, Vec<usize>) {
@@ -236,26 +229,10 @@ impl<'t> Engine<'t> {
     fn tree(&self) -> &Tree {
         self.tree.get_or_init(|| {
             let trace = self.trace;
-            let n = trace.span_count();
-            let sets: Vec<NestedSet> = (0..n).map(|i| trace.nested_set(i)).collect();
-            let mut keyed: Vec<(i32, usize)> = sets.iter().map(|s| s.left).zip(0..n).collect();
-            keyed.sort_unstable();
-            let preorder: Vec<usize> = keyed.iter().map(|&(_, i)| i).collect();
-            // The span whose `left` is the parent number; of several, the last in span
-            // order (as a map built in span order would keep). Lefts <= 0 are no span's.
-            let parent = sets
-                .iter()
-                .enumerate()
-                .map(|(i, s)| {
-                    if s.parent <= 0 {
-                        return None;
-                    }
-                    let end = keyed.partition_point(|&(l, _)| l <= s.parent);
-                    let &(l, p) = keyed.get(end.checked_sub(1)?)?;
-                    (l == s.parent && p != i).then_some(p)
-                })
+            let sets: Vec<NestedSet> = (0..trace.span_count())
+                .map(|i| trace.nested_set(i))
                 .collect();
-            Tree { parent, preorder }
+            Tree::new(&sets)
         })
     }
 
@@ -368,29 +345,31 @@ impl<'t> Engine<'t> {
             }
             m
         };
-        let (in_l, in_r) = (mask(lhs), mask(rhs));
-        // right_hit: a right span related to some left span; left_hit (union forms only): a
-        // left span related to some right span.
-        let (right_hit, left_hit): (Vec<bool>, Vec<bool>) = match op {
-            O::Child | O::NotChild | O::UnionChild => (
-                (0..n).map(|i| self.parent_in(i, &in_l)).collect(),
-                self.has_child_in(&in_r),
-            ),
-            O::Parent | O::NotParent | O::UnionParent => (
-                self.has_child_in(&in_l),
-                (0..n).map(|i| self.parent_in(i, &in_r)).collect(),
-            ),
-            O::Descendant | O::NotDescendant | O::UnionDescendant => {
-                (self.has_ancestor_in(&in_l), self.has_descendant_in(&in_r))
+        // Per span: whether it stands in `op` to some span of `of` as a right-hand span does
+        // to the left (`of` the left side), or, `reversed`, as a left-hand span to the right
+        // (`of` the right side; union forms only).
+        let related = |of: &[usize], reversed: bool| -> Vec<bool> {
+            let set = mask(of);
+            match (op, reversed) {
+                (O::Child | O::NotChild | O::UnionChild, false)
+                | (O::Parent | O::NotParent | O::UnionParent, true) => {
+                    (0..n).map(|i| self.parent_in(i, &set)).collect()
+                }
+                (O::Child | O::NotChild | O::UnionChild, true)
+                | (O::Parent | O::NotParent | O::UnionParent, false) => self.has_child_in(&set),
+                (O::Descendant | O::NotDescendant | O::UnionDescendant, false)
+                | (O::Ancestor | O::NotAncestor | O::UnionAncestor, true) => {
+                    self.has_ancestor_in(&set)
+                }
+                (O::Descendant | O::NotDescendant | O::UnionDescendant, true)
+                | (O::Ancestor | O::NotAncestor | O::UnionAncestor, false) => {
+                    self.has_descendant_in(&set)
+                }
+                (O::Sibling | O::NotSibling | O::UnionSibling, _) => self.has_sibling_in(&set),
+                (O::And | O::Or, _) => unreachable!("logical operators are handled by the caller"),
             }
-            O::Ancestor | O::NotAncestor | O::UnionAncestor => {
-                (self.has_descendant_in(&in_l), self.has_ancestor_in(&in_r))
-            }
-            O::Sibling | O::NotSibling | O::UnionSibling => {
-                (self.has_sibling_in(&in_l), self.has_sibling_in(&in_r))
-            }
-            O::And | O::Or => unreachable!("logical operators are handled by the caller"),
         };
+        let right_hit = related(lhs, false);
         let negated = matches!(
             op,
             O::NotChild | O::NotParent | O::NotDescendant | O::NotAncestor | O::NotSibling
@@ -409,6 +388,7 @@ impl<'t> Engine<'t> {
             .filter(|&i| right_hit[i] != negated)
             .collect();
         if union {
+            let left_hit = related(rhs, true);
             spans.extend(lhs.iter().copied().filter(|&i| left_hit[i]));
             self.sort(&mut spans);
         }

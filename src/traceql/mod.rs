@@ -23,6 +23,7 @@ mod lexer;
 pub mod metrics;
 pub mod otlp;
 mod parser;
+mod tree;
 pub mod wire;
 
 pub use ast::*;
