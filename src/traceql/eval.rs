@@ -71,7 +71,16 @@ impl SpansetFilter {
 
 /// True when the filter expression yields boolean true for this span.
 pub fn matches(filter: &FieldExpr, span: &dyn SpanView) -> bool {
-    eval(filter, span) == Some(Value::Bool(true))
+    // Conditions and their conjunctions answer a bool directly: no value is built, compared
+    // and dropped for every span a filter reads.
+    match filter {
+        FieldExpr::Compare { op, lhs, rhs } => eval_compare(*op, lhs, rhs, span),
+        FieldExpr::Logic { op, lhs, rhs } => match op {
+            LogicOp::And => matches(lhs, span) && matches(rhs, span),
+            LogicOp::Or => matches(lhs, span) || matches(rhs, span),
+        },
+        other => eval(other, span) == Some(Value::Bool(true)),
+    }
 }
 
 /// The value of an expression; `None` stands for a missing attribute or `nil`.
@@ -210,11 +219,14 @@ fn eval_compare(op: CompareOp, lhs: &FieldExpr, rhs: &FieldExpr, span: &dyn Span
                         // A string never compares with another type, not even with `!=`.
                         _ => false,
                     },
-                    Some(ValueRef::Owned(a)) => match static_value(st) {
-                        Some(b) if literal_left => compare(op, &b, &a),
-                        Some(b) => compare(op, &a, &b),
-                        None => false,
-                    },
+                    Some(ValueRef::Owned(a)) => compare_static(op, &a, st, literal_left),
+                };
+            }
+            if let FieldExpr::Intrinsic(i) = other {
+                let literal_left = matches!(lhs, FieldExpr::Static(_));
+                return match span.intrinsic(*i) {
+                    Some(a) => compare_static(op, &a, st, literal_left),
+                    None => false,
                 };
             }
         }
@@ -223,6 +235,24 @@ fn eval_compare(op: CompareOp, lhs: &FieldExpr, rhs: &FieldExpr, span: &dyn Span
     match (eval(lhs, span), eval(rhs, span)) {
         (Some(l), Some(r)) => compare(op, &l, &r),
         _ => false,
+    }
+}
+
+/// `value op literal`, or `literal op value` when `literal_left`; a string literal is
+/// compared in place, not copied into a [`Value`].
+fn compare_static(op: CompareOp, value: &Value, literal: &Static, literal_left: bool) -> bool {
+    if let (Value::String(a), Static::String(b)) = (value, literal) {
+        let ordering = if literal_left {
+            b.as_str().cmp(a)
+        } else {
+            a.as_str().cmp(b)
+        };
+        return ordering_holds(op, ordering);
+    }
+    match static_value(literal) {
+        Some(b) if literal_left => compare(op, &b, value),
+        Some(b) => compare(op, value, &b),
+        None => false,
     }
 }
 
@@ -341,4 +371,60 @@ fn arith(op: ArithOp, lhs: Value, rhs: Value) -> Option<Value> {
         ArithOp::Mod => l % r,
         ArithOp::Pow => l.powf(r),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::traceql::engine::TraceView;
+    use crate::traceql::engine_tests::{cases, dataset};
+    use crate::traceql::{parse, OtlpTrace, SpansetExpr, Stage};
+
+    fn collect(e: &SpansetExpr, out: &mut Vec<FieldExpr>) {
+        match e {
+            SpansetExpr::Filter(f) => out.extend(f.expr.clone()),
+            SpansetExpr::Binary { lhs, rhs, .. } => {
+                collect(lhs, out);
+                collect(rhs, out);
+            }
+            SpansetExpr::Pipeline(p) => {
+                for stage in &p.stages {
+                    if let Stage::Spanset(e) = stage {
+                        collect(e, out);
+                    }
+                }
+            }
+        }
+    }
+
+    /// `matches` answers conditions without building values; it must agree with `eval`
+    /// on every filter of the engine cases and every span of their traces.
+    #[test]
+    fn matches_agrees_with_eval_on_every_case_filter() {
+        let data = dataset();
+        let mut filters = Vec::new();
+        for (query, _) in cases() {
+            let Ok(parsed) = parse(query) else { continue };
+            for stage in &parsed.pipeline.stages {
+                if let Stage::Spanset(e) = stage {
+                    collect(e, &mut filters);
+                }
+            }
+        }
+        assert!(filters.len() > 100, "{} filters", filters.len());
+        let (mut checked, mut matched) = (0, 0);
+        for (_, batches) in &data {
+            let trace = OtlpTrace::new(batches);
+            for i in 0..trace.span_count() {
+                let span = trace.span_view(i);
+                for f in &filters {
+                    let want = eval(f, span) == Some(Value::Bool(true));
+                    assert_eq!(matches(f, span), want, "{f:?} on span {i}");
+                    checked += 1;
+                    matched += usize::from(want);
+                }
+            }
+        }
+        assert!(matched > 0 && matched < checked, "{matched} of {checked}");
+    }
 }
