@@ -16,6 +16,7 @@ mod bloom;
 mod index;
 mod levels;
 mod meta;
+mod pages;
 mod project;
 mod reader;
 mod schema;

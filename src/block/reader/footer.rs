@@ -4,8 +4,8 @@
 use std::ops::Range;
 use std::sync::Arc;
 
+use arrow_schema::SchemaRef;
 use bytes::Bytes;
-use parquet::arrow::arrow_reader::ArrowReaderOptions;
 use parquet::file::metadata::{
     ColumnChunkMetaData, FooterTail, PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader,
 };
@@ -184,20 +184,15 @@ pub fn row_group_byte_range(md: &ParquetMetaData, rg: usize) -> Result<Range<u64
     range.ok_or_else(|| BlockError::Corrupt(format!("row group {rg} has no columns")))
 }
 
-/// Options for reading a file with footer `md`: the block schema, or the schema of older
-/// blocks (required span `parent_span_id`) when the file has it.
-pub(crate) fn reader_options(md: &ParquetMetaData) -> Result<ArrowReaderOptions, BlockError> {
-    Ok(ArrowReaderOptions::new().with_schema(arrow_schema_for(md.file_metadata().schema_descr())?))
+/// The Arrow types to read a file with footer `md` into: the block schema, or the schema
+/// of older blocks (required span `parent_span_id`) when the file has it.
+pub(crate) fn read_schema(md: &ParquetMetaData) -> Result<SchemaRef, BlockError> {
+    arrow_schema_for(md.file_metadata().schema_descr())
 }
 
-/// [`reader_options`] for search decodes: see [`search_schema_for`].
-pub(crate) fn search_reader_options(
-    md: &ParquetMetaData,
-) -> Result<ArrowReaderOptions, BlockError> {
-    Ok(
-        ArrowReaderOptions::new()
-            .with_schema(search_schema_for(md.file_metadata().schema_descr())?),
-    )
+/// [`read_schema`] for search decodes: see [`search_schema_for`].
+pub(crate) fn search_read_schema(md: &ParquetMetaData) -> Result<SchemaRef, BlockError> {
+    search_schema_for(md.file_metadata().schema_descr())
 }
 
 /// The chunk statistics of an Int64 column of one row group, by leaf path: (min, max) as

@@ -6,10 +6,7 @@ use std::sync::Arc;
 
 use arrow_array::{Array, FixedSizeBinaryArray};
 use bytes::Bytes;
-use parquet::arrow::arrow_reader::{
-    ArrowReaderMetadata, ParquetRecordBatchReaderBuilder, RowSelection, RowSelector,
-};
-use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::{RowSelection, RowSelector};
 use parquet::file::metadata::ParquetMetaData;
 use parquet::file::page_index::column_index::ColumnIndexMetaData;
 use parquet::file::page_index::offset_index::PageLocation;
@@ -290,13 +287,11 @@ fn lookup(
     leaves: Leaves,
 ) -> Result<Option<Vec<ResourceSpans>>, BlockError> {
     guarded(|| {
-        let meta = ArrowReaderMetadata::try_new(md.clone(), reader_options(&md)?)?;
-        let Some(pos) = find_row(&meta, rg, &chunk, rows, id)? else {
+        let Some(pos) = find_row(&md, rg, &chunk, rows, id)? else {
             return Ok(None);
         };
         let selection = RowSelection::from(vec![RowSelector::skip(pos), RowSelector::select(1)]);
-        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(chunk.clone(), meta);
-        let descr = reader.parquet_schema();
+        let descr = md.file_metadata().schema_descr();
         let leaves: Vec<usize> = (0..descr.num_columns())
             .filter(|&i| {
                 leaves == Leaves::All || needed_for_traces(&descr.column(i).path().string())
@@ -304,9 +299,9 @@ fn lookup(
             .collect();
         // Skipping to the row must not spin on a corrupt page (see `levels`).
         crate::block::levels::check_rep_levels(&md, rg, &chunk, leaves.iter().copied(), pos)?;
-        let mask = ProjectionMask::leaves(descr, leaves);
-        let reader = reader
-            .with_projection(mask)
+        let reader = CheckedRead::new(chunk.clone(), md.clone())
+            .with_schema(read_schema(&md)?)
+            .with_leaves(leaves)
             .with_row_groups(vec![rg])
             .with_row_selection(selection)
             .with_batch_size(1)
@@ -326,20 +321,19 @@ fn lookup(
 /// The row of `rows` in row group `rg` whose trace ID is `id`, decoding the trace_id
 /// column only.
 fn find_row(
-    meta: &ArrowReaderMetadata,
+    md: &Arc<ParquetMetaData>,
     rg: usize,
     chunk: &SparseChunk,
     rows: Range<usize>,
     id: &TraceId,
 ) -> Result<Option<usize>, BlockError> {
-    let ids = ParquetRecordBatchReaderBuilder::new_with_metadata(chunk.clone(), meta.clone());
-    let mask = ProjectionMask::leaves(ids.parquet_schema(), [0]);
     let selection = RowSelection::from(vec![
         RowSelector::skip(rows.start),
         RowSelector::select(rows.len()),
     ]);
-    let ids = ids
-        .with_projection(mask)
+    let ids = CheckedRead::new(chunk.clone(), md.clone())
+        .with_schema(read_schema(md)?)
+        .with_leaves([0])
         .with_row_groups(vec![rg])
         .with_row_selection(selection)
         .with_batch_size(rows.len())
@@ -379,8 +373,5 @@ pub fn probe_id_in_pages(
             plan.rows
         )));
     }
-    guarded(|| {
-        let meta = ArrowReaderMetadata::try_new(md.clone(), reader_options(&md)?)?;
-        Ok(find_row(&meta, rg, &chunk, plan.rows.clone(), id)?.is_some())
-    })
+    guarded(|| Ok(find_row(&md, rg, &chunk, plan.rows.clone(), id)?.is_some()))
 }

@@ -15,10 +15,9 @@ pub use otlp::*;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ParquetRecordBatchReaderBuilder};
-use parquet::arrow::ProjectionMask;
 use parquet::file::metadata::ParquetMetaData;
 
+use super::pages::CheckedRead;
 use super::{BlockError, TraceInput};
 
 /// The traces of one row group, decoded `batch_rows` rows at a time: what the compactor
@@ -62,16 +61,14 @@ pub(crate) fn open_row_group(
 ) -> Result<parquet::arrow::arrow_reader::ParquetRecordBatchReader, BlockError> {
     let chunk = SparseChunk::new(rg_start, rg_bytes, file_len);
     guarded(|| {
-        let meta = ArrowReaderMetadata::try_new(md.clone(), reader_options(md)?)?;
-        let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(chunk, meta);
-        let descr = builder.parquet_schema();
+        let descr = md.file_metadata().schema_descr();
         let leaves = (0..descr.num_columns()).filter(|&i| keep(&descr.column(i).path().string()));
-        let mask = ProjectionMask::leaves(descr, leaves);
-        Ok(builder
-            .with_projection(mask)
+        CheckedRead::new(chunk, md.clone())
+            .with_schema(read_schema(md)?)
+            .with_leaves(leaves)
             .with_row_groups(vec![rg])
             .with_batch_size(batch_rows.max(1))
-            .build()?)
+            .build()
     })
 }
 

@@ -9,7 +9,6 @@ use arrow_array::{
     RecordBatch, StringArray, StructArray, UInt32Array, UInt64Array,
 };
 use bytes::Bytes;
-use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ParquetRecordBatchReaderBuilder};
 use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 use prost::Message;
 
@@ -124,10 +123,10 @@ pub fn read_all_traces(data: Bytes) -> Result<Vec<TraceInput>, BlockError> {
         let md = ParquetMetaDataReader::new().parse_and_finish(&data)?;
         let footer = footer_len_of(&data)?;
         validate(&md, file_len.saturating_sub(footer))?;
-        let options = reader_options(&md)?;
+        let schema = read_schema(&md)?;
         let md = Arc::new(md);
-        let meta = ArrowReaderMetadata::try_new(md.clone(), options)?;
-        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(data, meta)
+        let reader = CheckedRead::new(data, md.clone())
+            .with_schema(schema)
             .with_batch_size(1024)
             .build()?;
         let mut out = Vec::new();

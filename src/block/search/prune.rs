@@ -6,15 +6,14 @@ use std::sync::Arc;
 
 use arrow_array::{Array, ListArray, StructArray};
 use bytes::Bytes;
-use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ParquetRecordBatchReaderBuilder};
-use parquet::arrow::ProjectionMask;
 use parquet::file::metadata::ParquetMetaData;
 use parquet::file::statistics::Statistics;
 
 use super::columns::*;
 use super::projection::*;
+use crate::block::pages::CheckedRead;
 use crate::block::reader::{
-    absolute_span_starts, guarded, search_reader_options, span_starts_relative, SparseChunk,
+    absolute_span_starts, guarded, search_read_schema, span_starts_relative, SparseChunk,
 };
 use crate::block::schema::paths;
 use crate::block::BlockError;
@@ -224,14 +223,9 @@ pub fn decode_row_group(
                 }
             }
         }
-        let meta = ArrowReaderMetadata::try_new(md.clone(), search_reader_options(&md)?)?;
-        let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(chunk, meta);
-        let mask = ProjectionMask::leaves(
-            builder.parquet_schema(),
-            leaves.iter().copied().filter(|l| !skip.contains(l)),
-        );
-        let reader = builder
-            .with_projection(mask)
+        let reader = CheckedRead::new(chunk, md.clone())
+            .with_schema(search_read_schema(&md)?)
+            .with_leaves(leaves.iter().copied().filter(|l| !skip.contains(l)))
             .with_row_groups(vec![read.rg])
             .with_batch_size(read.rows.max(1))
             .build()?;
