@@ -9,7 +9,6 @@ use std::sync::Arc;
 use parquet::basic::Encoding;
 use parquet::column::page::{Page, PageReader};
 use parquet::file::metadata::ParquetMetaData;
-use parquet::file::serialized_reader::SerializedPageReader;
 
 use super::reader::SparseChunk;
 use super::BlockError;
@@ -53,7 +52,7 @@ pub(crate) fn check_rep_levels(
             .page_index()
             .and_then(|pi| pi.offset_index(rg, leaf))
             .map(|o| o.page_locations().clone());
-        let mut pages = SerializedPageReader::new(chunk.clone(), col, rows, locations.clone())?;
+        let mut pages = super::pages::column_pages(chunk.clone(), col, rows, locations.clone())?;
         let mut index = 0usize;
         while let Some(meta) = pages.peek_next_page()? {
             if meta.is_dict {

@@ -6,18 +6,23 @@
 //! hostile block could make one read allocate gigabytes, or abort the process. Readers are
 //! built here instead of with `ParquetRecordBatchReaderBuilder`: the same page readers,
 //! wrapped in [`CheckedPages`], which refuses a count its page cannot hold. The check reads
-//! a few header bytes of the page parquet has already decompressed, so it costs nothing
-//! measurable.
+//! a few header bytes of the page, so it costs nothing measurable.
+//!
+//! zstd pages are decompressed here too, with one context per thread, rather than by a
+//! codec parquet would set up for every column chunk (see [`column_pages`]).
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use arrow_schema::SchemaRef;
+use bytes::Bytes;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, RowGroups, RowSelection};
 use parquet::arrow::{parquet_to_arrow_field_levels, ProjectionMask};
-use parquet::basic::{Encoding, Type as PhysicalType};
+use parquet::basic::{Compression, Encoding, Type as PhysicalType};
 use parquet::column::page::{Page, PageIterator, PageMetadata, PageReader};
 use parquet::errors::{ParquetError, Result as ParquetResult};
-use parquet::file::metadata::{ParquetMetaData, RowGroupMetaData};
+use parquet::file::metadata::{ColumnChunkMetaData, ParquetMetaData, RowGroupMetaData};
+use parquet::file::page_index::offset_index::PageLocation;
 use parquet::file::reader::ChunkReader;
 use parquet::file::serialized_reader::SerializedPageReader;
 use parquet::schema::types::ColumnDescPtr;
@@ -163,12 +168,42 @@ impl<R: ChunkReader + 'static> CheckedPageIterator<R> {
             .page_index()
             .and_then(|pi| pi.page_locations(rg, self.column).cloned());
         let rows = usize::try_from(rgm.num_rows()).unwrap_or(0);
-        let inner = SerializedPageReader::new(self.chunk.clone(), col, rows, locations)?;
-        Ok(Box::new(CheckedPages {
-            inner,
-            column: col.column_descr_ptr(),
-        }))
+        Ok(Box::new(column_pages(
+            self.chunk.clone(),
+            col,
+            rows,
+            locations,
+        )?))
     }
+}
+
+/// The pages of column chunk `col` (a row group of `rows` rows), checked. zstd pages are
+/// decompressed here, with one context per thread: parquet would create a zstd compressor
+/// and a decompressor for every column chunk it reads, and each set-up asks the CPU for
+/// BMI2 with `cpuid`, which traps to the hypervisor on a VM (5% of a structural search's
+/// CPU over zstd blocks).
+pub(crate) fn column_pages<R: ChunkReader + 'static>(
+    chunk: Arc<R>,
+    col: &ColumnChunkMetaData,
+    rows: usize,
+    locations: Option<Vec<PageLocation>>,
+) -> ParquetResult<CheckedPages<SerializedPageReader<R>>> {
+    let zstd = matches!(col.compression(), Compression::ZSTD(_));
+    let inner = if zstd {
+        let stored = col
+            .clone()
+            .into_builder()
+            .set_compression(Compression::UNCOMPRESSED)
+            .build()?;
+        SerializedPageReader::new(chunk, &stored, rows, locations)?
+    } else {
+        SerializedPageReader::new(chunk, col, rows, locations)?
+    };
+    Ok(CheckedPages {
+        inner,
+        column: col.column_descr_ptr(),
+        zstd,
+    })
 }
 
 impl<R: ChunkReader + 'static> Iterator for CheckedPageIterator<R> {
@@ -186,15 +221,25 @@ impl<R: ChunkReader + 'static> PageIterator for CheckedPageIterator<R> {}
 pub(crate) struct CheckedPages<P> {
     inner: P,
     column: ColumnDescPtr,
+    /// The chunk is zstd-compressed and `inner` reads its pages as stored.
+    zstd: bool,
+}
+
+impl<P> CheckedPages<P> {
+    fn pass(&self, page: Option<Page>) -> ParquetResult<Option<Page>> {
+        let Some(page) = page else {
+            return Ok(None);
+        };
+        let page = if self.zstd { unzstd(page)? } else { page };
+        check_page(&page, &self.column)?;
+        Ok(Some(page))
+    }
 }
 
 impl<P: PageReader> PageReader for CheckedPages<P> {
     fn get_next_page(&mut self) -> ParquetResult<Option<Page>> {
         let page = self.inner.get_next_page()?;
-        if let Some(p) = &page {
-            check_page(p, &self.column)?;
-        }
-        Ok(page)
+        self.pass(page)
     }
 
     fn peek_next_page(&mut self) -> ParquetResult<Option<PageMetadata>> {
@@ -211,10 +256,7 @@ impl<P: PageReader> PageReader for CheckedPages<P> {
 
     fn take_deferred_dictionary(&mut self) -> ParquetResult<Option<Page>> {
         let page = self.inner.take_deferred_dictionary()?;
-        if let Some(p) = &page {
-            check_page(p, &self.column)?;
-        }
-        Ok(page)
+        self.pass(page)
     }
 
     fn at_record_boundary(&mut self) -> ParquetResult<bool> {
@@ -228,6 +270,103 @@ impl<P: PageReader> Iterator for CheckedPages<P> {
     fn next(&mut self) -> Option<Self::Item> {
         self.get_next_page().transpose()
     }
+}
+
+/// The most bytes one page may decompress to. A page holds whole traces (a trace's values
+/// of one column at least), far smaller than this under any per-trace limit.
+const MAX_PAGE_BYTES: usize = 1 << 27;
+
+thread_local! {
+    static ZSTD: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+/// `page` with its zstd-compressed part decompressed, as parquet's own codec would.
+fn unzstd(page: Page) -> ParquetResult<Page> {
+    Ok(match page {
+        Page::DataPage {
+            buf,
+            num_values,
+            encoding,
+            def_level_encoding,
+            rep_level_encoding,
+            statistics,
+        } => Page::DataPage {
+            buf: unzstd_bytes(&[], &buf)?,
+            num_values,
+            encoding,
+            def_level_encoding,
+            rep_level_encoding,
+            statistics,
+        },
+        Page::DataPageV2 {
+            buf,
+            num_values,
+            encoding,
+            num_nulls,
+            num_rows,
+            def_levels_byte_len,
+            rep_levels_byte_len,
+            is_compressed,
+            statistics,
+        } => {
+            let buf = if is_compressed {
+                // The levels of a v2 page are stored uncompressed before the values.
+                let levels = def_levels_byte_len as usize + rep_levels_byte_len as usize;
+                let (levels, values) = buf
+                    .split_at_checked(levels)
+                    .ok_or_else(|| ParquetError::General("v2 page levels overrun it".into()))?;
+                unzstd_bytes(levels, values)?
+            } else {
+                buf
+            };
+            Page::DataPageV2 {
+                buf,
+                num_values,
+                encoding,
+                num_nulls,
+                num_rows,
+                def_levels_byte_len,
+                rep_levels_byte_len,
+                is_compressed,
+                statistics,
+            }
+        }
+        Page::DictionaryPage {
+            buf,
+            num_values,
+            encoding,
+            is_sorted,
+        } => Page::DictionaryPage {
+            buf: unzstd_bytes(&[], &buf)?,
+            num_values,
+            encoding,
+            is_sorted,
+        },
+    })
+}
+
+/// `prefix` followed by `data` decompressed. Empty data stays empty: a page of only nulls
+/// may store no values at all.
+fn unzstd_bytes(prefix: &[u8], data: &[u8]) -> ParquetResult<Bytes> {
+    if data.is_empty() {
+        return Ok(Bytes::copy_from_slice(prefix));
+    }
+    let values = ZSTD.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        let ctx = match &mut *cell {
+            Some(ctx) => ctx,
+            empty => empty.insert(zstd::bulk::Decompressor::new()?),
+        };
+        ctx.decompress(data, MAX_PAGE_BYTES)
+    });
+    let values = values.map_err(|e| ParquetError::General(format!("zstd page: {e}")))?;
+    if prefix.is_empty() {
+        return Ok(Bytes::from(values));
+    }
+    let mut out = Vec::with_capacity(prefix.len() + values.len());
+    out.extend_from_slice(prefix);
+    out.extend_from_slice(&values);
+    Ok(Bytes::from(out))
 }
 
 fn corrupt(column: &ColumnDescPtr, what: impl std::fmt::Display) -> ParquetError {

@@ -8,7 +8,7 @@ use arrow::compute::concat_batches;
 use arrow_schema::{DataType, Field, Schema};
 use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
-use parquet::basic::{Encoding, Type as PhysicalType};
+use parquet::basic::{Compression, Encoding, Type as PhysicalType, ZstdLevel};
 use parquet::column::page::Page;
 use parquet::file::metadata::{PageIndexPolicy, ParquetMetaDataReader};
 use parquet::file::properties::{WriterProperties, WriterVersion};
@@ -176,7 +176,8 @@ fn stream_end_walks_blocks_and_stops_at_the_last_needed_miniblock() {
 }
 
 /// Pages parquet itself writes pass the check and decode as written: every delta byte-array
-/// layout, v1 and v2 pages, nested and null values, many pages per chunk.
+/// layout, v1 and v2 pages, nested and null values, many pages per chunk, and each codec
+/// (zstd pages are decompressed by `block::pages`, the others by parquet).
 #[test]
 fn pages_parquet_writes_decode_through_the_check() {
     let words: Vec<Option<String>> = (0..3000)
@@ -216,7 +217,22 @@ fn pages_parquet_writes_decode_through_the_check() {
         true,
     )]));
     let nested = RecordBatch::try_new(nested_schema.clone(), vec![nested_words]).unwrap();
-    for version in [WriterVersion::PARQUET_1_0, WriterVersion::PARQUET_2_0] {
+    // A column of only nulls: its v2 pages store no values at all.
+    let nulls_schema = Arc::new(Schema::new(vec![Field::new("none", DataType::Utf8, true)]));
+    let nulls = RecordBatch::try_new(
+        nulls_schema,
+        vec![Arc::new(StringArray::from(vec![None::<&str>; 500]))],
+    )
+    .unwrap();
+    let codecs = [
+        Compression::UNCOMPRESSED,
+        Compression::SNAPPY,
+        Compression::ZSTD(ZstdLevel::try_new(3).unwrap()),
+    ];
+    for (version, codec) in [WriterVersion::PARQUET_1_0, WriterVersion::PARQUET_2_0]
+        .into_iter()
+        .flat_map(|v| codecs.map(|c| (v, c)))
+    {
         for (batch, encodings) in [
             (
                 &batch,
@@ -229,10 +245,14 @@ fn pages_parquet_writes_decode_through_the_check() {
                 &nested,
                 vec![("words.list.item", Encoding::DELTA_BYTE_ARRAY)],
             ),
+            (&nulls, vec![("none", Encoding::DELTA_LENGTH_BYTE_ARRAY)]),
+            // Dictionary pages, compressed like the data pages.
+            (&batch, vec![]),
         ] {
             let mut props = WriterProperties::builder()
                 .set_writer_version(version)
-                .set_dictionary_enabled(false)
+                .set_compression(codec)
+                .set_dictionary_enabled(encodings.is_empty())
                 .set_data_page_row_count_limit(100)
                 .set_write_batch_size(50);
             for (path, e) in &encodings {
@@ -259,7 +279,7 @@ fn pages_parquet_writes_decode_through_the_check() {
                 .collect::<Result<_, _>>()
                 .unwrap();
             let read = concat_batches(&batch.schema(), &read).unwrap();
-            assert_eq!(&read, batch, "{version:?} {encodings:?}");
+            assert_eq!(&read, batch, "{version:?} {codec:?} {encodings:?}");
         }
     }
 }

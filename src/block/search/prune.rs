@@ -11,7 +11,7 @@ use parquet::file::statistics::Statistics;
 
 use super::columns::*;
 use super::projection::*;
-use crate::block::pages::CheckedRead;
+use crate::block::pages::{column_pages, CheckedRead};
 use crate::block::reader::{
     absolute_span_starts, guarded, search_read_schema, span_starts_relative, SparseChunk,
 };
@@ -257,7 +257,6 @@ pub(super) fn dictionary_lacks(
 ) -> Result<bool, BlockError> {
     use parquet::basic::{Encoding, PageType};
     use parquet::column::page::{Page, PageReader};
-    use parquet::file::serialized_reader::SerializedPageReader;
     let rgm = md.row_group(rg);
     let col = rgm.column(leaf);
     if col.dictionary_page_offset().is_none() {
@@ -276,7 +275,7 @@ pub(super) fn dictionary_lacks(
         return Ok(false);
     }
     let rows = usize::try_from(rgm.num_rows()).unwrap_or(0);
-    let mut pages = SerializedPageReader::new(Arc::new(chunk.clone()), col, rows, None)?;
+    let mut pages = column_pages(Arc::new(chunk.clone()), col, rows, None)?;
     let Some(Page::DictionaryPage {
         buf,
         num_values,
