@@ -1,119 +1,51 @@
-//! A guard run before the Parquet reader skips rows: every data page of a repeated column
-//! must hold as many repetition levels as its header counts values. parquet's
-//! `skip_records` loops forever on a page whose levels end early (its read path checks
-//! this, its skip path does not), so a corrupt block would pin a blocking thread; checked
-//! here first, it fails fast with an error instead.
-
-use std::sync::Arc;
+//! A check of every data page of a repeated column, made as the page passes to the
+//! decoders (`block::pages`): it must hold as many repetition levels as its header counts
+//! values. parquet's `skip_records` loops forever on a page whose levels end early (its
+//! read path checks this, its skip path does not), so a corrupt block would pin a blocking
+//! thread; checked here, it fails fast with an error instead. Counting levels reads only
+//! run headers.
 
 use parquet::basic::Encoding;
-use parquet::column::page::{Page, PageReader};
-use parquet::file::metadata::ParquetMetaData;
+use parquet::column::page::Page;
+use parquet::schema::types::ColumnDescriptor;
 
-use super::reader::SparseChunk;
-use super::BlockError;
-
-/// Checks the pages of row group `rg`'s leaf columns `leaves` that skipping to row `row`
-/// decodes. With an offset index the reader skips whole pages by their row counts and
-/// decodes levels only in the page holding `row`, so only that page is checked; without
-/// one it decodes every page on the way, so all pages `chunk` holds are.
-pub(crate) fn check_rep_levels(
-    md: &ParquetMetaData,
-    rg: usize,
-    chunk: &SparseChunk,
-    leaves: impl IntoIterator<Item = usize>,
-    row: usize,
-) -> Result<(), BlockError> {
-    let Some(rgm) = md.row_groups().get(rg) else {
-        return Err(BlockError::RowGroupOutOfRange {
-            rg,
-            count: md.num_row_groups(),
-        });
+/// Whether `page`, of `column`, holds as many repetition levels as it counts values;
+/// the error says what is short.
+pub(super) fn check_rep_levels(page: &Page, column: &ColumnDescriptor) -> Result<(), String> {
+    let max_rep = column.max_rep_level();
+    if max_rep <= 0 {
+        // Without repetition levels every level is a row: skipping always progresses.
+        return Ok(());
+    }
+    let bit_width = 16 - (max_rep as u16).leading_zeros() as usize;
+    let (levels, values) = match page {
+        Page::DataPage {
+            buf,
+            num_values,
+            rep_level_encoding,
+            ..
+        } => (
+            v1_rep_levels(buf, *rep_level_encoding, bit_width, *num_values as usize)?,
+            *num_values as usize,
+        ),
+        Page::DataPageV2 {
+            buf,
+            num_values,
+            rep_levels_byte_len,
+            ..
+        } => {
+            let data = buf
+                .get(..*rep_levels_byte_len as usize)
+                .ok_or("repetition levels past the page end")?;
+            (
+                count_hybrid(data, bit_width, *num_values as usize),
+                *num_values as usize,
+            )
+        }
+        Page::DictionaryPage { .. } => return Ok(()),
     };
-    let rows = usize::try_from(rgm.num_rows()).unwrap_or(0);
-    let chunk = Arc::new(chunk.clone());
-    for leaf in leaves {
-        let Some(col) = rgm.columns().get(leaf) else {
-            continue;
-        };
-        let max_rep = col.column_descr().max_rep_level();
-        if max_rep <= 0 {
-            // Without repetition levels every level is a row: skipping always progresses.
-            continue;
-        }
-        let bit_width = 16 - (max_rep as u16).leading_zeros() as usize;
-        let corrupt = |page: usize, what: String| {
-            BlockError::Corrupt(format!(
-                "row group {rg} column {} page {page}: {what}",
-                col.column_descr().path()
-            ))
-        };
-        let locations = md
-            .page_index()
-            .and_then(|pi| pi.offset_index(rg, leaf))
-            .map(|o| o.page_locations().clone());
-        let mut pages = super::pages::column_pages(chunk.clone(), col, rows, locations.clone())?;
-        let mut index = 0usize;
-        while let Some(meta) = pages.peek_next_page()? {
-            if meta.is_dict {
-                pages.skip_next_page()?;
-                continue;
-            }
-            let wanted = locations.as_ref().is_none_or(|locs| {
-                locs.get(index).is_some_and(|l| {
-                    let first = usize::try_from(l.first_row_index).unwrap_or(usize::MAX);
-                    let next = locs.get(index + 1).map_or(usize::MAX, |n| {
-                        usize::try_from(n.first_row_index).unwrap_or(usize::MAX)
-                    });
-                    let start = u64::try_from(l.offset).unwrap_or(u64::MAX);
-                    let len = u64::try_from(l.compressed_page_size).unwrap_or(u64::MAX);
-                    (first..next).contains(&row) && chunk.holds(start..start.saturating_add(len))
-                })
-            });
-            if !wanted {
-                pages.skip_next_page()?;
-                index += 1;
-                continue;
-            }
-            let Some(page) = pages.get_next_page()? else {
-                break;
-            };
-            let (levels, values) = match &page {
-                Page::DataPage {
-                    buf,
-                    num_values,
-                    rep_level_encoding,
-                    ..
-                } => (
-                    v1_rep_levels(buf, *rep_level_encoding, bit_width, *num_values as usize)
-                        .map_err(|e| corrupt(index, e))?,
-                    *num_values as usize,
-                ),
-                Page::DataPageV2 {
-                    buf,
-                    num_values,
-                    rep_levels_byte_len,
-                    ..
-                } => {
-                    let len = *rep_levels_byte_len as usize;
-                    let data = buf.get(..len).ok_or_else(|| {
-                        corrupt(index, "repetition levels past the page end".into())
-                    })?;
-                    (
-                        count_hybrid(data, bit_width, *num_values as usize),
-                        *num_values as usize,
-                    )
-                }
-                Page::DictionaryPage { .. } => continue,
-            };
-            if levels < values {
-                return Err(corrupt(
-                    index,
-                    format!("{levels} repetition levels for {values} values"),
-                ));
-            }
-            index += 1;
-        }
+    if levels < values {
+        return Err(format!("{levels} repetition levels for {values} values"));
     }
     Ok(())
 }

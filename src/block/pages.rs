@@ -232,6 +232,8 @@ impl<P> CheckedPages<P> {
         };
         let page = if self.zstd { unzstd(page)? } else { page };
         check_page(&page, &self.column)?;
+        super::levels::check_rep_levels(&page, &self.column)
+            .map_err(|e| corrupt(&self.column, e))?;
         Ok(Some(page))
     }
 }

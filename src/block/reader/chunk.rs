@@ -71,12 +71,6 @@ impl SparseChunk {
         Self::from_parts(parts, file_len)
     }
 
-    /// Whether the fetched ranges cover `range` of the file.
-    pub(crate) fn holds(&self, range: Range<u64>) -> bool {
-        usize::try_from(range.end.saturating_sub(range.start))
-            .is_ok_and(|len| self.slice(range.start, Some(len)).is_ok())
-    }
-
     fn slice(&self, start: u64, length: Option<usize>) -> Result<Bytes, ParquetError> {
         let out_of_range = |len: Option<usize>| {
             ParquetError::General(format!(

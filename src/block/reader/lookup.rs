@@ -297,8 +297,6 @@ fn lookup(
                 leaves == Leaves::All || needed_for_traces(&descr.column(i).path().string())
             })
             .collect();
-        // Skipping to the row must not spin on a corrupt page (see `levels`).
-        crate::block::levels::check_rep_levels(&md, rg, &chunk, leaves.iter().copied(), pos)?;
         let reader = CheckedRead::new(chunk.clone(), md.clone())
             .with_schema(read_schema(&md)?)
             .with_leaves(leaves)
