@@ -1,6 +1,6 @@
 //! A check of every data page of a repeated column, made as the page passes to the
-//! decoders (`block::pages`): it must hold as many repetition levels as its header counts
-//! values. parquet's `skip_records` loops forever on a page whose levels end early (its
+//! decoders of a reader that skips rows (`block::pages`): it must hold as many repetition
+//! levels as its header counts values. parquet's `skip_records` loops forever on a page whose levels end early (its
 //! read path checks this, its skip path does not), so a corrupt block would pin a blocking
 //! thread; checked here, it fails fast with an error instead. Counting levels reads only
 //! run headers.

@@ -275,7 +275,7 @@ pub(super) fn dictionary_lacks(
         return Ok(false);
     }
     let rows = usize::try_from(rgm.num_rows()).unwrap_or(0);
-    let mut pages = column_pages(Arc::new(chunk.clone()), col, rows, None)?;
+    let mut pages = column_pages(Arc::new(chunk.clone()), col, rows, None, false)?;
     let Some(Page::DictionaryPage {
         buf,
         num_values,
