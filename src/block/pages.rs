@@ -297,68 +297,28 @@ thread_local! {
 }
 
 /// `page` with its zstd-compressed part decompressed, as parquet's own codec would.
-fn unzstd(page: Page) -> ParquetResult<Page> {
-    Ok(match page {
-        Page::DataPage {
-            buf,
-            num_values,
-            encoding,
-            def_level_encoding,
-            rep_level_encoding,
-            statistics,
-        } => Page::DataPage {
-            buf: unzstd_bytes(&[], &buf)?,
-            num_values,
-            encoding,
-            def_level_encoding,
-            rep_level_encoding,
-            statistics,
-        },
+fn unzstd(mut page: Page) -> ParquetResult<Page> {
+    match &mut page {
+        Page::DataPage { buf, .. } | Page::DictionaryPage { buf, .. } => {
+            *buf = unzstd_bytes(&[], buf)?;
+        }
         Page::DataPageV2 {
             buf,
-            num_values,
-            encoding,
-            num_nulls,
-            num_rows,
             def_levels_byte_len,
             rep_levels_byte_len,
-            is_compressed,
-            statistics,
+            is_compressed: true,
+            ..
         } => {
-            let buf = if is_compressed {
-                // The levels of a v2 page are stored uncompressed before the values.
-                let levels = def_levels_byte_len as usize + rep_levels_byte_len as usize;
-                let (levels, values) = buf
-                    .split_at_checked(levels)
-                    .ok_or_else(|| ParquetError::General("v2 page levels overrun it".into()))?;
-                unzstd_bytes(levels, values)?
-            } else {
-                buf
-            };
-            Page::DataPageV2 {
-                buf,
-                num_values,
-                encoding,
-                num_nulls,
-                num_rows,
-                def_levels_byte_len,
-                rep_levels_byte_len,
-                is_compressed,
-                statistics,
-            }
+            // The levels of a v2 page are stored uncompressed before the values.
+            let levels = *def_levels_byte_len as usize + *rep_levels_byte_len as usize;
+            let (levels, values) = buf
+                .split_at_checked(levels)
+                .ok_or_else(|| ParquetError::General("v2 page levels overrun it".into()))?;
+            *buf = unzstd_bytes(levels, values)?;
         }
-        Page::DictionaryPage {
-            buf,
-            num_values,
-            encoding,
-            is_sorted,
-        } => Page::DictionaryPage {
-            buf: unzstd_bytes(&[], &buf)?,
-            num_values,
-            encoding,
-            is_sorted,
-        },
-    })
+        Page::DataPageV2 { .. } => {}
+    }
+    Ok(page)
 }
 
 /// `prefix` followed by `data` decompressed. Empty data stays empty: a page of only nulls
