@@ -17,7 +17,7 @@ pub(super) fn check_rep_levels(page: &Page, column: &ColumnDescriptor) -> Result
         // Without repetition levels every level is a row: skipping always progresses.
         return Ok(());
     }
-    let bit_width = 16 - (max_rep as u16).leading_zeros() as usize;
+    let bit_width = bit_width(max_rep);
     let (levels, values) = match page {
         Page::DataPage {
             buf,
@@ -60,19 +60,37 @@ fn v1_rep_levels(
 ) -> Result<usize, String> {
     match encoding {
         Encoding::RLE => {
-            let len = buf
-                .get(..4)
-                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
-                .ok_or("repetition level length past the page end")?;
-            let data = buf
-                .get(4..4usize.saturating_add(len))
+            let len = v1_levels_len(buf, encoding, bit_width, want)
                 .ok_or("repetition levels past the page end")?;
-            Ok(count_hybrid(data, bit_width, want))
+            Ok(count_hybrid(&buf[4..len], bit_width, want))
         }
         #[allow(deprecated)]
         Encoding::BIT_PACKED => Ok(buf.len().saturating_mul(8) / bit_width.max(1)),
         other => Err(format!("repetition levels in unsupported encoding {other}")),
     }
+}
+
+/// Bits per level for levels up to `max`.
+pub(super) fn bit_width(max: i16) -> usize {
+    16 - (max as u16).leading_zeros() as usize
+}
+
+/// The bytes the `n` levels at the start of a v1 data page take: RLE levels are prefixed
+/// by their length, bit-packed ones take `ceil(n * bit_width / 8)`. `None` when they
+/// overrun `buf` or the encoding is not one levels use.
+#[allow(deprecated)] // BIT_PACKED levels: old writers still produce them
+pub(super) fn v1_levels_len(
+    buf: &[u8],
+    encoding: Encoding,
+    bit_width: usize,
+    n: usize,
+) -> Option<usize> {
+    let len = match encoding {
+        Encoding::RLE => 4 + u32::from_le_bytes(buf.get(..4)?.try_into().ok()?) as usize,
+        Encoding::BIT_PACKED => n.checked_mul(bit_width)?.div_ceil(8),
+        _ => return None,
+    };
+    (len <= buf.len()).then_some(len)
 }
 
 /// How many values the RLE/bit-packed hybrid runs in `data` hold, counting up to `want`.
@@ -103,7 +121,8 @@ fn count_hybrid(mut data: &[u8], bit_width: usize, want: usize) -> usize {
     n
 }
 
-fn varint(data: &[u8]) -> Option<(u64, &[u8])> {
+/// An unsigned LEB128 varint at the start of `data`, and what follows it.
+pub(super) fn varint(data: &[u8]) -> Option<(u64, &[u8])> {
     let mut v = 0u64;
     for (i, &b) in data.iter().enumerate().take(10) {
         v |= u64::from(b & 0x7f) << (7 * i);

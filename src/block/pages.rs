@@ -27,7 +27,7 @@ use parquet::file::reader::ChunkReader;
 use parquet::file::serialized_reader::SerializedPageReader;
 use parquet::schema::types::ColumnDescPtr;
 
-use super::BlockError;
+use super::{levels, BlockError};
 
 /// The most values a delta-encoded byte-array page may hold: its decoder allocates 4 bytes
 /// per value up front (128 MiB here). A page holds whole traces, and a trace of 32M spans is
@@ -245,8 +245,7 @@ impl<P> CheckedPages<P> {
         let page = if self.zstd { unzstd(page)? } else { page };
         check_page(&page, &self.column)?;
         if self.skips {
-            super::levels::check_rep_levels(&page, &self.column)
-                .map_err(|e| corrupt(&self.column, e))?;
+            levels::check_rep_levels(&page, &self.column).map_err(|e| corrupt(&self.column, e))?;
         }
         Ok(Some(page))
     }
@@ -393,7 +392,7 @@ pub(crate) fn check_page(page: &Page, column: &ColumnDescPtr) -> ParquetResult<(
                 (column.max_def_level(), def_level_encoding),
             ] {
                 if max > 0 {
-                    at += v1_levels_len(&buf[at..], *enc, max, n)
+                    at += levels::v1_levels_len(&buf[at..], *enc, levels::bit_width(max), n)
                         .ok_or_else(|| corrupt(column, "data page levels overrun the page"))?;
                 }
             }
@@ -424,24 +423,6 @@ fn is_delta_bytes(e: Encoding) -> bool {
         e,
         Encoding::DELTA_LENGTH_BYTE_ARRAY | Encoding::DELTA_BYTE_ARRAY
     )
-}
-
-/// The bytes a v1 data page's levels take: RLE levels are prefixed by their length,
-/// bit-packed ones take `ceil(n * width / 8)`.
-#[allow(deprecated)] // BIT_PACKED levels: old writers still produce them
-fn v1_levels_len(buf: &[u8], encoding: Encoding, max: i16, n: usize) -> Option<usize> {
-    match encoding {
-        Encoding::RLE => {
-            let len = u32::from_le_bytes(buf.get(..4)?.try_into().ok()?) as usize;
-            (4 + len <= buf.len()).then_some(4 + len)
-        }
-        Encoding::BIT_PACKED => {
-            let width = 16 - (max as u16).leading_zeros() as usize;
-            let len = n.checked_mul(width)?.div_ceil(8);
-            (len <= buf.len()).then_some(len)
-        }
-        _ => None,
-    }
 }
 
 /// A DELTA_LENGTH_BYTE_ARRAY page opens with its lengths, a DELTA_BYTE_ARRAY page with its
@@ -545,16 +526,9 @@ impl DeltaHeader {
 
 /// An unsigned LEB128 varint at `*at`, advancing past it.
 fn uleb(buf: &[u8], at: &mut usize) -> Option<u64> {
-    let mut v = 0u64;
-    for shift in (0..64).step_by(7) {
-        let b = *buf.get(*at)?;
-        *at += 1;
-        v |= u64::from(b & 0x7f) << shift;
-        if b & 0x80 == 0 {
-            return Some(v);
-        }
-    }
-    None
+    let (v, rest) = levels::varint(buf.get(*at..)?)?;
+    *at = buf.len() - rest.len();
+    Some(v)
 }
 
 #[cfg(test)]

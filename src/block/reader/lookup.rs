@@ -5,6 +5,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use arrow_array::{Array, FixedSizeBinaryArray};
+use arrow_schema::SchemaRef;
 use bytes::Bytes;
 use parquet::arrow::arrow_reader::{RowSelection, RowSelector};
 use parquet::file::metadata::ParquetMetaData;
@@ -287,7 +288,8 @@ fn lookup(
     leaves: Leaves,
 ) -> Result<Option<Vec<ResourceSpans>>, BlockError> {
     guarded(|| {
-        let Some(pos) = find_row(&md, rg, &chunk, rows, id)? else {
+        let schema = read_schema(&md)?;
+        let Some(pos) = find_row(&md, &schema, rg, &chunk, rows, id)? else {
             return Ok(None);
         };
         let selection = RowSelection::from(vec![RowSelector::skip(pos), RowSelector::select(1)]);
@@ -298,7 +300,7 @@ fn lookup(
             })
             .collect();
         let reader = CheckedRead::new(chunk.clone(), md.clone())
-            .with_schema(read_schema(&md)?)
+            .with_schema(schema)
             .with_leaves(leaves)
             .with_row_groups(vec![rg])
             .with_row_selection(selection)
@@ -320,6 +322,7 @@ fn lookup(
 /// column only.
 fn find_row(
     md: &Arc<ParquetMetaData>,
+    schema: &SchemaRef,
     rg: usize,
     chunk: &SparseChunk,
     rows: Range<usize>,
@@ -330,7 +333,7 @@ fn find_row(
         RowSelector::select(rows.len()),
     ]);
     let ids = CheckedRead::new(chunk.clone(), md.clone())
-        .with_schema(read_schema(md)?)
+        .with_schema(schema.clone())
         .with_leaves([0])
         .with_row_groups(vec![rg])
         .with_row_selection(selection)
@@ -371,5 +374,8 @@ pub fn probe_id_in_pages(
             plan.rows
         )));
     }
-    guarded(|| Ok(find_row(&md, rg, &chunk, plan.rows.clone(), id)?.is_some()))
+    guarded(|| {
+        let schema = read_schema(&md)?;
+        Ok(find_row(&md, &schema, rg, &chunk, plan.rows.clone(), id)?.is_some())
+    })
 }
