@@ -10,10 +10,12 @@
 //!
 //! `projection` says which columns a query needs (and `literals` which strings a live
 //! trace must contain), `prune` which row groups can be skipped
-//! and how one is decoded, `columns` reads the decoded Arrow arrays, `view` is the engine's
+//! and how one is decoded, `direct` answers status and duration conditions from their
+//! columns, `columns` reads the decoded Arrow arrays, `view` is the engine's
 //! view of a trace over them.
 
 mod columns;
+mod direct;
 mod literals;
 mod projection;
 mod prune;

@@ -128,3 +128,58 @@ fn status_messages_are_decoded_only_for_status_message_questions() {
         );
     }
 }
+
+/// A direct condition answers every span as the engine's generic evaluation does, and
+/// conditions it cannot answer from one column are left to the engine.
+#[test]
+fn direct_conditions_agree_with_the_engine_span_by_span() {
+    use super::direct::Direct;
+    use super::view::Core;
+    use crate::traceql::{FieldExpr, SpansetExpr};
+    let filter = |query: &str| -> FieldExpr {
+        let q = crate::traceql::parse(query).unwrap();
+        match &q.pipeline.stages[0] {
+            crate::traceql::Stage::Spanset(SpansetExpr::Filter(f)) => f.expr.clone().unwrap(),
+            other => panic!("{query}: {other:?}"),
+        }
+    };
+    let root = first_filter_decode("{ status = error && duration > 1ms }");
+    let c = ColumnarBlock::new(&root).unwrap();
+    let mut held = 0;
+    for query in [
+        "{ status = error }",
+        "{ status != error }",
+        "{ status = ok }",
+        "{ status = unset }",
+        "{ error = status }",
+        "{ duration > 1ms }",
+        "{ duration <= 5ms }",
+        "{ 2ms < duration }",
+        "{ duration = 0ms }",
+        "{ status = error || duration >= 3ms }",
+        "{ status != unset && duration < 10ms }",
+    ] {
+        let e = filter(query);
+        let d = Direct::new(&e, &c).unwrap_or_else(|| panic!("{query}: not direct"));
+        for row in 0..c.len() {
+            for r in super::columns::range(c.rs_offsets, row) {
+                for s in super::columns::range(c.ss_offsets, r) {
+                    for g in super::columns::range(c.span_offsets, s) {
+                        let engine = crate::traceql::matches(&e, &Core { c: &c, g, r, s });
+                        assert_eq!(d.holds(g), engine, "{query}: span {g}");
+                        held += usize::from(engine);
+                    }
+                }
+            }
+        }
+    }
+    assert!(held > 0, "some span meets some condition");
+    for query in [
+        "{ duration > 1 }",
+        "{ span.http.route = \"/x\" }",
+        "{ status = error && name = \"x\" }",
+        "{ kind = server }",
+    ] {
+        assert!(Direct::new(&filter(query), &c).is_none(), "{query}");
+    }
+}

@@ -7,6 +7,7 @@ use std::rc::Rc;
 use arrow_array::Array;
 
 use super::columns::*;
+use super::direct::Direct;
 use super::projection::*;
 use crate::block::schema::paths;
 use crate::block::{BlockError, DEDICATED_RESOURCE};
@@ -170,14 +171,20 @@ impl<'a> ColumnarTrace<'a> {
             Pre::True => true,
             Pre::All(ps) => ps.iter().all(|p| self.pre(p, row)),
             Pre::AnyOf(ps) => ps.iter().any(|p| self.pre(p, row)),
-            Pre::Any(expr) => range(c.rs_offsets, row).any(|r| {
-                range(c.ss_offsets, r).any(|s| {
-                    range(c.span_offsets, s).any(|g| match expr {
-                        None => true,
-                        Some(e) => crate::traceql::matches(e, &Core { c, g, r, s }),
+            Pre::Any(expr) => {
+                // A status or duration condition reads its column by span index.
+                if let Some(d) = expr.as_ref().and_then(|e| Direct::new(e, c)) {
+                    return c.spans_of(row).any(|g| d.holds(g));
+                }
+                range(c.rs_offsets, row).any(|r| {
+                    range(c.ss_offsets, r).any(|s| {
+                        range(c.span_offsets, s).any(|g| match expr {
+                            None => true,
+                            Some(e) => crate::traceql::matches(e, &Core { c, g, r, s }),
+                        })
                     })
                 })
-            }),
+            }
         }
     }
 
