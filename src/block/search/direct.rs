@@ -6,6 +6,7 @@
 use arrow_array::{Array, Int32Array, StructArray, UInt64Array};
 
 use super::columns::ColumnarBlock;
+use super::prune::intrinsic_compare;
 use super::view::nanos;
 use crate::traceql::{CompareOp, FieldExpr, Intrinsic, LogicOp, Static, Status};
 
@@ -43,11 +44,7 @@ impl<'a> Direct<'a> {
                 })
             }
             FieldExpr::Compare { op, lhs, rhs } => {
-                let (op, intrinsic, literal) = match (&**lhs, &**rhs) {
-                    (FieldExpr::Intrinsic(i), FieldExpr::Static(v)) => (*op, *i, v),
-                    (FieldExpr::Static(v), FieldExpr::Intrinsic(i)) => (mirror(*op), *i, v),
-                    _ => return None,
-                };
+                let (op, intrinsic, literal) = intrinsic_compare(*op, lhs, rhs)?;
                 match (intrinsic, literal) {
                     (Intrinsic::Status, Static::Status(class)) => {
                         let (status, code, _) = c.status?;
@@ -116,16 +113,5 @@ impl<'a> Direct<'a> {
             Self::And(l, r) => l.holds(g) && r.holds(g),
             Self::Or(l, r) => l.holds(g) || r.holds(g),
         }
-    }
-}
-
-/// The operator that gives the same answer with its operands swapped.
-fn mirror(op: CompareOp) -> CompareOp {
-    match op {
-        CompareOp::Lt => CompareOp::Gt,
-        CompareOp::Lte => CompareOp::Gte,
-        CompareOp::Gt => CompareOp::Lt,
-        CompareOp::Gte => CompareOp::Lte,
-        other => other,
     }
 }

@@ -32,7 +32,7 @@ pub(super) fn pre_possible(pre: &Pre, rgm: &parquet::file::metadata::RowGroupMet
 
 /// A comparison of an intrinsic with a constant, intrinsic on the left: `500ms < duration`
 /// is `duration > 500ms`. `None` for anything else.
-fn intrinsic_compare<'a>(
+pub(super) fn intrinsic_compare<'a>(
     op: crate::traceql::CompareOp,
     lhs: &'a FieldExpr,
     rhs: &'a FieldExpr,

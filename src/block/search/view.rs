@@ -56,6 +56,32 @@ pub struct ColumnarTrace<'a> {
     pub(super) first_g: usize,
     /// Spans in the row.
     pub(super) n: usize,
+    /// The query's precheck, prepared at its first use.
+    precheck: std::cell::OnceCell<Check<'a>>,
+}
+
+/// [`Pre`] prepared for one decoded row group: status and duration conditions read their
+/// column by span index ([`Direct`]), the rest go through the engine span by span.
+enum Check<'a> {
+    True,
+    Direct(Direct<'a>),
+    Spans(Option<crate::traceql::FieldExpr>),
+    All(Vec<Check<'a>>),
+    AnyOf(Vec<Check<'a>>),
+}
+
+impl<'a> Check<'a> {
+    fn new(pre: &Pre, c: &ColumnarBlock<'a>) -> Self {
+        match pre {
+            Pre::True => Self::True,
+            Pre::All(ps) => Self::All(ps.iter().map(|p| Self::new(p, c)).collect()),
+            Pre::AnyOf(ps) => Self::AnyOf(ps.iter().map(|p| Self::new(p, c)).collect()),
+            Pre::Any(expr) => match expr.as_ref().and_then(|e| Direct::new(e, c)) {
+                Some(d) => Self::Direct(d),
+                None => Self::Spans(expr.clone()),
+            },
+        }
+    }
 }
 
 const NONE: u32 = u32::MAX;
@@ -97,6 +123,7 @@ impl<'a> ColumnarTrace<'a> {
             shared: Rc::new(Cell::new(info)),
             first_g: 0,
             n: 0,
+            precheck: std::cell::OnceCell::new(),
         }
     }
 
@@ -161,30 +188,29 @@ impl<'a> ColumnarTrace<'a> {
 
     /// Does some span of the row meet the query's span-level precondition (see `Pre`)?
     /// Evaluates the first stage's filters span by span, without building the trace.
+    /// `columns` must be the same for every row of this view: the check is prepared once.
     pub fn spans_may_match(&self, columns: &SearchColumns, row: usize) -> bool {
-        self.pre(&columns.precheck, row)
+        let check = self
+            .precheck
+            .get_or_init(|| Check::new(&columns.precheck, self.c));
+        self.pre(check, row)
     }
 
-    pub(super) fn pre(&self, pre: &Pre, row: usize) -> bool {
+    fn pre(&self, check: &Check<'a>, row: usize) -> bool {
         let c = self.c;
-        match pre {
-            Pre::True => true,
-            Pre::All(ps) => ps.iter().all(|p| self.pre(p, row)),
-            Pre::AnyOf(ps) => ps.iter().any(|p| self.pre(p, row)),
-            Pre::Any(expr) => {
-                // A status or duration condition reads its column by span index.
-                if let Some(d) = expr.as_ref().and_then(|e| Direct::new(e, c)) {
-                    return c.spans_of(row).any(|g| d.holds(g));
-                }
-                range(c.rs_offsets, row).any(|r| {
-                    range(c.ss_offsets, r).any(|s| {
-                        range(c.span_offsets, s).any(|g| match expr {
-                            None => true,
-                            Some(e) => crate::traceql::matches(e, &Core { c, g, r, s }),
-                        })
+        match check {
+            Check::True => true,
+            Check::All(ps) => ps.iter().all(|p| self.pre(p, row)),
+            Check::AnyOf(ps) => ps.iter().any(|p| self.pre(p, row)),
+            Check::Direct(d) => c.spans_of(row).any(|g| d.holds(g)),
+            Check::Spans(expr) => range(c.rs_offsets, row).any(|r| {
+                range(c.ss_offsets, r).any(|s| {
+                    range(c.span_offsets, s).any(|g| match expr {
+                        None => true,
+                        Some(e) => crate::traceql::matches(e, &Core { c, g, r, s }),
                     })
                 })
-            }
+            }),
         }
     }
 
