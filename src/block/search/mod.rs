@@ -10,12 +10,13 @@
 //!
 //! `projection` says which columns a query needs (and `literals` which strings a live
 //! trace must contain), `prune` which row groups can be skipped
-//! and how one is decoded, `direct` answers status and duration conditions from their
-//! columns, `columns` reads the decoded Arrow arrays, `view` is the engine's
-//! view of a trace over them.
+//! and how one is decoded, `hits` reads the span columns only hits report for the hit rows
+//! alone, `direct` answers status and duration conditions from their columns, `columns`
+//! reads the decoded Arrow arrays, `view` is the engine's view of a trace over them.
 
 mod columns;
 mod direct;
+mod hits;
 mod literals;
 mod projection;
 mod prune;
@@ -24,6 +25,7 @@ mod tests;
 mod view;
 
 pub use columns::ColumnarBlock;
+pub use hits::{read_hit_spans, reads_hits_apart, HitRow, HitSpans};
 pub use projection::SearchColumns;
 pub use prune::{decode_row_group, merge_columns, Phase, RowGroupRead};
 pub use view::ColumnarTrace;

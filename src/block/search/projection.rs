@@ -1,13 +1,8 @@
 //! Projection: the columns (and generic attribute keys) a TraceQL query needs, and the
 //! per-trace prefilter a row group's spans can answer without building the trace.
 
-use std::ops::Range;
-
-use parquet::file::metadata::ParquetMetaData;
-use parquet::file::statistics::Statistics;
-
+use super::hits::SpanLeaf;
 use super::prune::*;
-use crate::block::reader::{chunk_range, coalesce, int_stats};
 use crate::block::schema::{parquet_schema, paths};
 use crate::block::{BlockError, Dedicated, DedicatedType, DEDICATED_RESOURCE, DEDICATED_SPAN};
 use crate::traceql::{
@@ -23,9 +18,12 @@ use crate::traceql::{
 pub struct SearchColumns {
     /// Parquet leaf column indices, ascending: what filtering reads.
     pub(super) leaves: Vec<usize>,
-    /// Leaf columns only hits need (IDs, names, durations, service stats): read for a row
-    /// group only when it has hits. Disjoint from `leaves`.
+    /// Trace-level leaf columns only hits need (IDs, root names, service stats): decoded
+    /// for a row group only when it has hits. Disjoint from `leaves`.
     pub(super) late: Vec<usize>,
+    /// Span leaves only hits need (span ID, name, duration), read for the hit rows alone
+    /// (see [`super::hits`]). Disjoint from `leaves` and `late`.
+    pub(super) late_spans: Vec<(usize, SpanLeaf)>,
     /// `(dedicated resource column path, value)`: a matching trace has a resource whose
     /// column holds the value (the query's first stage requires `resource.x = "value"`).
     pub(super) required: Vec<(String, String)>,
@@ -461,9 +459,11 @@ impl SearchColumns {
             paths::ROOT_SERVICE_NAME.into(),
             paths::ROOT_SPAN_NAME.into(),
             "service_stats.".into(),
-            span("span_id"),
-            span("name"),
-            span("duration_nano"),
+        ];
+        let report_spans = [
+            (span("span_id"), SpanLeaf::SpanId),
+            (span("name"), SpanLeaf::Name),
+            (span("duration_nano"), SpanLeaf::Duration),
         ];
         // Three int columns per span that only tree questions read.
         if needs.tree {
@@ -542,6 +542,13 @@ impl SearchColumns {
         }
         let mut late = leaf_indices(&report)?;
         late.retain(|i| leaves.binary_search(i).is_err());
+        let mut late_spans = Vec::new();
+        for (path, kind) in report_spans {
+            let leaf = leaf_indices(std::slice::from_ref(&path))?[0];
+            if leaves.binary_search(&leaf).is_err() {
+                late_spans.push((leaf, kind));
+            }
+        }
         // A metrics query's pipeline selects spans exactly as a search's does.
         let mut required = Vec::new();
         required_in_pipeline(&query.pipeline, &mut required);
@@ -549,6 +556,7 @@ impl SearchColumns {
         Ok(Self {
             leaves,
             late,
+            late_spans,
             required,
             literals: super::literals::Literals::from_pre(&precheck),
             precheck,
@@ -556,71 +564,11 @@ impl SearchColumns {
         })
     }
 
-    /// The row groups of a block that may hold matching traces and the byte ranges of
-    /// their projected column chunks. `overlaps(min start, max end)` says whether traces
-    /// within those bounds can fall in the requested time range (chunk statistics of the
-    /// trace start and end columns); row groups whose dedicated-column statistics exclude a
-    /// required value are skipped too. No I/O.
-    pub fn plan(
-        &self,
-        md: &ParquetMetaData,
-        overlaps: impl Fn(u64, u64) -> bool,
-    ) -> Result<Vec<RowGroupRead>, BlockError> {
-        let mut out = Vec::new();
-        for (rg, rgm) in md.row_groups().iter().enumerate() {
-            let rows = usize::try_from(rgm.num_rows()).unwrap_or(0);
-            if rows == 0 {
-                continue;
-            }
-            let col = |path: &str| {
-                rgm.columns()
-                    .iter()
-                    .find(|c| c.column_path().string() == path)
-            };
-            let (min_start, max_start) = int_stats(rgm, paths::START_TIME);
-            let (_, max_end) = int_stats(rgm, paths::END_TIME);
-            if let (Some(min_start), Some(max_end)) = (min_start, max_end) {
-                if !overlaps(min_start, max_end) {
-                    continue;
-                }
-            }
-            let excluded = self.required.iter().any(|(path, value)| {
-                let Some(Statistics::ByteArray(s)) = col(path).and_then(|c| c.statistics()) else {
-                    return false;
-                };
-                if s.null_count_opt() == Some(rgm.num_rows() as u64)
-                    && s.min_opt().is_none()
-                    && s.max_opt().is_none()
-                {
-                    // Only nulls: no resource has the value.
-                    return true;
-                }
-                match (s.min_opt(), s.max_opt()) {
-                    (Some(min), Some(max)) => {
-                        let v = value.as_bytes();
-                        v < min.data() || v > max.data()
-                    }
-                    _ => false,
-                }
-            });
-            if excluded || !pre_possible(&self.precheck, rgm) {
-                continue;
-            }
-            let chunks = |leaves: &[usize]| -> Result<Vec<Range<u64>>, BlockError> {
-                let ranges = leaves
-                    .iter()
-                    .map(|&ci| chunk_range(rgm.column(ci), rg))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok(coalesce(ranges, 0))
-            };
-            out.push(RowGroupRead {
-                rg,
-                rows,
-                max_start: max_start.unwrap_or(u64::MAX),
-                ranges: chunks(&self.leaves)?,
-                late_ranges: chunks(&self.late)?,
-            });
-        }
-        Ok(out)
+    /// Every leaf a row group with hits reads besides `leaves`, ascending.
+    pub(super) fn late_leaves(&self) -> Vec<usize> {
+        let mut all = self.late.clone();
+        all.extend(self.late_spans.iter().map(|&(leaf, _)| leaf));
+        all.sort_unstable();
+        all
     }
 }

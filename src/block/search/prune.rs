@@ -1,5 +1,5 @@
-//! Row-group pruning from footer statistics and dictionaries, and decoding one row group's
-//! projected column chunks.
+//! Row-group pruning from footer statistics and dictionaries (`SearchColumns::plan`), and
+//! decoding one row group's projected column chunks.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -13,7 +13,8 @@ use super::columns::*;
 use super::projection::*;
 use crate::block::pages::{column_pages, CheckedRead};
 use crate::block::reader::{
-    absolute_span_starts, guarded, search_read_schema, span_starts_relative, SparseChunk,
+    absolute_span_starts, chunk_range, coalesce, guarded, int_stats, search_read_schema,
+    span_starts_relative, SparseChunk,
 };
 use crate::block::schema::paths;
 use crate::block::BlockError;
@@ -183,8 +184,78 @@ impl RowGroupRead {
     pub fn ranges(&self, phase: Phase) -> &[Range<u64>] {
         match phase {
             Phase::Filter => &self.ranges,
-            Phase::Report => &self.late_ranges,
+            Phase::Report | Phase::ReportTraces => &self.late_ranges,
         }
+    }
+}
+
+impl SearchColumns {
+    /// The row groups of a block that may hold matching traces and the byte ranges of
+    /// their projected column chunks. `overlaps(min start, max end)` says whether traces
+    /// within those bounds can fall in the requested time range (chunk statistics of the
+    /// trace start and end columns); row groups whose dedicated-column statistics exclude a
+    /// required value are skipped too. No I/O.
+    pub fn plan(
+        &self,
+        md: &ParquetMetaData,
+        overlaps: impl Fn(u64, u64) -> bool,
+    ) -> Result<Vec<RowGroupRead>, BlockError> {
+        let mut out = Vec::new();
+        for (rg, rgm) in md.row_groups().iter().enumerate() {
+            let rows = usize::try_from(rgm.num_rows()).unwrap_or(0);
+            if rows == 0 {
+                continue;
+            }
+            let col = |path: &str| {
+                rgm.columns()
+                    .iter()
+                    .find(|c| c.column_path().string() == path)
+            };
+            let (min_start, max_start) = int_stats(rgm, paths::START_TIME);
+            let (_, max_end) = int_stats(rgm, paths::END_TIME);
+            if let (Some(min_start), Some(max_end)) = (min_start, max_end) {
+                if !overlaps(min_start, max_end) {
+                    continue;
+                }
+            }
+            let excluded = self.required.iter().any(|(path, value)| {
+                let Some(Statistics::ByteArray(s)) = col(path).and_then(|c| c.statistics()) else {
+                    return false;
+                };
+                if s.null_count_opt() == Some(rgm.num_rows() as u64)
+                    && s.min_opt().is_none()
+                    && s.max_opt().is_none()
+                {
+                    // Only nulls: no resource has the value.
+                    return true;
+                }
+                match (s.min_opt(), s.max_opt()) {
+                    (Some(min), Some(max)) => {
+                        let v = value.as_bytes();
+                        v < min.data() || v > max.data()
+                    }
+                    _ => false,
+                }
+            });
+            if excluded || !pre_possible(&self.precheck, rgm) {
+                continue;
+            }
+            let chunks = |leaves: &[usize]| -> Result<Vec<Range<u64>>, BlockError> {
+                let ranges = leaves
+                    .iter()
+                    .map(|&ci| chunk_range(rgm.column(ci), rg))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(coalesce(ranges, 0))
+            };
+            out.push(RowGroupRead {
+                rg,
+                rows,
+                max_start: max_start.unwrap_or(u64::MAX),
+                ranges: chunks(&self.leaves)?,
+                late_ranges: chunks(&self.late_leaves())?,
+            });
+        }
+        Ok(out)
     }
 }
 
@@ -192,7 +263,11 @@ impl RowGroupRead {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
     Filter,
+    /// Every column only hits need, for every row.
     Report,
+    /// The trace-level columns only hits need: their span columns are read for the hit
+    /// rows alone ([`super::read_hit_spans`]).
+    ReportTraces,
 }
 
 /// Decodes the columns of one phase of one row group; `fetched[i]` holds
@@ -208,9 +283,14 @@ pub fn decode_row_group(
 ) -> Result<StructArray, BlockError> {
     let ranges = read.ranges(phase);
     let leaves = match phase {
-        Phase::Filter => &columns.leaves,
-        Phase::Report => &columns.late,
+        Phase::Filter => columns.leaves.clone(),
+        Phase::Report => columns.late_leaves(),
+        Phase::ReportTraces => columns.late.clone(),
     };
+    if leaves.is_empty() {
+        // Every hit column is a span leaf read by `hits`, or a filter column.
+        return Ok(StructArray::new_empty_fields(read.rows, None));
+    }
     let chunk = SparseChunk::from_fetched(ranges, fetched, file_len)?;
     guarded(|| {
         // Generic attribute lists that cannot hold a name the query looks up are not

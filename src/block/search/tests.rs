@@ -183,3 +183,80 @@ fn direct_conditions_agree_with_the_engine_span_by_span() {
         assert!(Direct::new(&filter(query), &c).is_none(), "{query}");
     }
 }
+
+#[test]
+fn hit_spans_equal_the_stored_spans_of_the_rows_asked_for() {
+    let tenant = TenantId::new("t").unwrap();
+    // Pages of a few rows, so reading hits skips whole pages and records inside pages.
+    let cfg = BlockConfig {
+        data_page_size_bytes: 256,
+        data_page_rows: 2,
+        data_page_spans: 0,
+        row_group_size_bytes: 64 << 10,
+        ..BlockConfig::default()
+    };
+    let data = encode_block(
+        &tenant,
+        uuid::Uuid::nil(),
+        0,
+        realistic_traces(120, 7),
+        &cfg,
+    )
+    .unwrap()
+    .data;
+    let stored = crate::block::read_all_traces(data.clone()).unwrap();
+    let md = super::super::decode_footer(data.clone(), data.len() as u64).unwrap();
+    let columns = SearchColumns::for_query(&crate::traceql::parse("{ }").unwrap()).unwrap();
+    assert_eq!(columns.late_spans.len(), 3, "{:?}", columns.late_spans);
+    let reads = columns.plan(&md, |_, _| true).unwrap();
+    assert!(reads.len() > 1, "several row groups: {}", reads.len());
+    let mut first_row = 0;
+    let mut checked = 0;
+    for read in &reads {
+        let mut rows: Vec<usize> = (0..read.rows).step_by(3).collect();
+        if rows.last() != Some(&(read.rows - 1)) {
+            rows.push(read.rows - 1);
+        }
+        let fetched = read
+            .late_ranges
+            .iter()
+            .map(|r| data.slice(r.start as usize..r.end as usize))
+            .collect();
+        let hits = read_hit_spans(&md, &columns, read, fetched, data.len() as u64, &rows).unwrap();
+        for &row in &rows {
+            let hit = hits.row(row).unwrap();
+            let spans: Vec<_> = stored[first_row + row]
+                .batches
+                .iter()
+                .flat_map(|rs| &rs.scope_spans)
+                .flat_map(|ss| &ss.spans)
+                .collect();
+            assert_eq!(hit.len(), spans.len(), "row {row} of row group {}", read.rg);
+            for (i, s) in spans.iter().enumerate() {
+                assert_eq!(hit.span_id(i), Some(&s.span_id[..]));
+                assert_eq!(hit.name(i), Some(s.name.as_str()));
+                assert_eq!(
+                    hit.duration_nano(i),
+                    Some(s.end_time_unix_nano - s.start_time_unix_nano)
+                );
+                checked += 1;
+            }
+        }
+        if !rows.contains(&1) {
+            assert!(hits.row(1).is_none(), "row 1 was not asked for");
+        }
+        first_row += read.rows;
+    }
+    assert_eq!(first_row, stored.len());
+    assert!(checked > 100, "{checked} spans checked");
+}
+
+#[test]
+fn hit_span_leaves_the_filter_reads_are_not_read_again() {
+    let columns = SearchColumns::for_query(
+        &crate::traceql::parse("{ name = \"x\" && duration > 1s }").unwrap(),
+    )
+    .unwrap();
+    let kinds: Vec<_> = columns.late_spans.iter().map(|(_, k)| *k).collect();
+    assert_eq!(kinds, [hits::SpanLeaf::SpanId]);
+}

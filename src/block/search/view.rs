@@ -298,6 +298,18 @@ impl<'a> ColumnarTrace<'a> {
         self.c.span_start.value(self.g(i))
     }
 
+    /// Spans of the trace shown by [`ColumnarTrace::locate`] or [`ColumnarTrace::load`].
+    pub fn located_spans(&self) -> usize {
+        self.n
+    }
+
+    /// [`ColumnarTrace::span_duration_nanos`] for a stored duration read apart from the
+    /// view's columns (see [`super::read_hit_spans`]).
+    pub fn span_duration_from(&self, i: usize, stored: u64) -> u64 {
+        let start = self.span_start_unix_nano(i);
+        start.wrapping_add(stored).saturating_sub(start)
+    }
+
     /// End minus start, as an OTLP span read back from the block gives it.
     pub fn span_duration_nanos(&self, i: usize) -> u64 {
         let core = Core {

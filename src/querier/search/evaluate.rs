@@ -201,8 +201,15 @@ impl SearchParams {
         fetched: Vec<bytes::Bytes>,
         file_len: u64,
     ) -> Result<Vec<TraceHit>, block::BlockError> {
-        let late =
-            block::decode_row_group(md, columns, read, block::Phase::Report, fetched, file_len)?;
+        let (spans, phase) = if block::reads_hits_apart(pending.matches.len(), read.rows) {
+            let rows: Vec<usize> = pending.matches.iter().map(|(row, _)| *row).collect();
+            let spans =
+                block::read_hit_spans(&md, columns, read, fetched.clone(), file_len, &rows)?;
+            (spans, block::Phase::ReportTraces)
+        } else {
+            (block::HitSpans::default(), block::Phase::Report)
+        };
+        let late = block::decode_row_group(md, columns, read, phase, fetched, file_len)?;
         let all = block::merge_columns(&pending.filtered, &late)?;
         drop(late);
         let data = ColumnarBlock::new(&all)?;
@@ -211,6 +218,12 @@ impl SearchParams {
         for (row, matches) in pending.matches {
             // Span positions only: the spans were evaluated in the filter phase.
             trace.locate(row)?;
+            let hit = spans.row(row);
+            if hit.is_some_and(|h| h.len() != trace.located_spans()) {
+                return Err(block::BlockError::Corrupt(
+                    "hit columns disagree with the filter columns on a row's spans".into(),
+                ));
+            }
             let id = data
                 .trace_id(row)
                 .ok_or_else(|| block::BlockError::Corrupt("trace_id not decoded".into()))?;
@@ -234,10 +247,19 @@ impl SearchParams {
                     .into_iter()
                     .map(|m| {
                         spanset_with(m, self.spss, |i| HitSpan {
-                            span_id: SpanIdBytes::new(trace.span_id(i)),
-                            name: trace.span_name(i).to_owned(),
+                            span_id: SpanIdBytes::new(
+                                hit.and_then(|h| h.span_id(i))
+                                    .unwrap_or_else(|| trace.span_id(i)),
+                            ),
+                            name: hit
+                                .and_then(|h| h.name(i))
+                                .unwrap_or_else(|| trace.span_name(i))
+                                .to_owned(),
                             start_unix_nano: trace.span_start_unix_nano(i),
-                            duration_nanos: trace.span_duration_nanos(i),
+                            duration_nanos: match hit.and_then(|h| h.duration_nano(i)) {
+                                Some(d) => trace.span_duration_from(i, d),
+                                None => trace.span_duration_nanos(i),
+                            },
                             attributes: Vec::new(),
                         })
                     })

@@ -183,6 +183,9 @@ fn columnar_search_matches_the_otlp_path_on_every_engine_case() {
     for cfg in [one_group, many_groups, plain_strings] {
         let bytes = encode(&data, &cfg);
         let (mut compared, mut hits) = (0, 0);
+        // Queries whose hits' span columns are read apart in a one-row-group block, and
+        // queries whose are decoded for every row (`block::reads_hits_apart`).
+        let (mut apart, mut every_row) = (0, 0);
         for q in &queries {
             let Some(params) = params(q, None) else {
                 continue;
@@ -192,11 +195,18 @@ fn columnar_search_matches_the_otlp_path_on_every_engine_case() {
             assert_eq!(actual, expected, "query {q}");
             compared += 1;
             hits += expected.len();
+            if !expected.is_empty() {
+                match block::reads_hits_apart(expected.len(), data.len()) {
+                    true => apart += 1,
+                    false => every_row += 1,
+                }
+            }
         }
         assert!(
             compared >= 80 && hits > 200,
             "{compared} queries, {hits} hits"
         );
+        assert!(apart > 10 && every_row > 3, "{apart} / {every_row}");
     }
 }
 
