@@ -2,13 +2,15 @@
 //! or `duration > 500ms` read an `i32` or a `u64` per span, where the engine's generic
 //! evaluation builds a span view, a `Value` and a comparison for each. Anything else is
 //! left to the engine (`Direct::new` says `None`), so the answers are the engine's own.
+//! [`SpanFilter`] does the same for the engine's own span filters, and also answers a
+//! dedicated resource string compared with a literal from the span's resource.
 
-use arrow_array::{Array, Int32Array, StructArray, UInt64Array};
+use arrow_array::{Array, Int32Array, StringArray, StructArray, UInt64Array};
 
-use super::columns::ColumnarBlock;
+use super::columns::{ColumnarBlock, DedCol};
 use super::prune::intrinsic_compare;
 use super::view::nanos;
-use crate::traceql::{CompareOp, FieldExpr, Intrinsic, LogicOp, Static, Status};
+use crate::traceql::{CompareOp, FieldExpr, Intrinsic, LogicOp, Scope, Static, Status};
 
 /// A condition over the spans of one decoded row group, by row-group-wide span index.
 pub(super) enum Direct<'a> {
@@ -112,6 +114,78 @@ impl<'a> Direct<'a> {
             }
             Self::And(l, r) => l.holds(g) && r.holds(g),
             Self::Or(l, r) => l.holds(g) || r.holds(g),
+        }
+    }
+}
+
+/// One of the engine's span filters over a loaded trace (see
+/// `TraceView::retain_matching`), answered from the columns.
+pub(super) enum SpanFilter<'a> {
+    /// Every span answered by its index.
+    Direct(Direct<'a>),
+    /// `resource.<key> = "literal"` (or `!=`) where `key` has a dedicated string column:
+    /// answered from the span's resource where the column holds a value. Elsewhere the
+    /// engine says (it reads the generic attributes).
+    Resource {
+        res: Option<&'a StructArray>,
+        col: &'a StringArray,
+        literal: String,
+        eq: bool,
+    },
+}
+
+impl<'a> SpanFilter<'a> {
+    /// `None` when the engine must evaluate `e` span by span.
+    pub(super) fn new(e: &FieldExpr, c: &ColumnarBlock<'a>) -> Option<Self> {
+        if let Some(d) = Direct::new(e, c) {
+            return Some(Self::Direct(d));
+        }
+        let FieldExpr::Compare { op, lhs, rhs } = e else {
+            return None;
+        };
+        let (attr, literal) = match (&**lhs, &**rhs) {
+            (FieldExpr::Attribute(a), FieldExpr::Static(Static::String(s)))
+            | (FieldExpr::Static(Static::String(s)), FieldExpr::Attribute(a)) => (a, s),
+            _ => return None,
+        };
+        let eq = match op {
+            CompareOp::Eq => true,
+            CompareOp::Neq => false,
+            _ => return None,
+        };
+        if attr.scope != Scope::Resource || attr.parent {
+            return None;
+        }
+        let col = c.res_ded.iter().find_map(|(key, col)| match col {
+            DedCol::Str(a) if *key == attr.name => Some(*a),
+            _ => None,
+        })?;
+        Some(Self::Resource {
+            res: c.res,
+            col,
+            literal: literal.clone(),
+            eq,
+        })
+    }
+
+    /// Whether span `g`, of resource `r`, meets the filter; `None` when the engine must
+    /// say. Both must index the columns (they come from checked offsets).
+    pub(super) fn holds(&self, g: usize, r: usize) -> Option<bool> {
+        match self {
+            Self::Direct(d) => Some(d.holds(g)),
+            Self::Resource {
+                res,
+                col,
+                literal,
+                eq,
+            } => {
+                // A span without a resource has no resource attribute: false either way.
+                if !res.is_some_and(|a| a.is_valid(r)) {
+                    return Some(false);
+                }
+                col.is_valid(r)
+                    .then(|| (col.value(r) == literal.as_str()) == *eq)
+            }
         }
     }
 }

@@ -185,6 +185,59 @@ fn direct_conditions_agree_with_the_engine_span_by_span() {
 }
 
 #[test]
+fn span_filters_agree_with_the_engine_span_by_span() {
+    use super::direct::SpanFilter;
+    use super::view::Core;
+    use crate::traceql::{FieldExpr, SpansetExpr};
+    let filter = |query: &str| -> FieldExpr {
+        let q = crate::traceql::parse(query).unwrap();
+        match &q.pipeline.stages[0] {
+            crate::traceql::Stage::Spanset(SpansetExpr::Filter(f)) => f.expr.clone().unwrap(),
+            other => panic!("{query}: {other:?}"),
+        }
+    };
+    let root = first_filter_decode("{ resource.service.name = \"frontend\" && status = error }");
+    let c = ColumnarBlock::new(&root).unwrap();
+    let (mut held, mut answered) = (0, 0);
+    for query in [
+        "{ resource.service.name = \"frontend\" }",
+        "{ resource.service.name != \"frontend\" }",
+        "{ \"checkout\" = resource.service.name }",
+        "{ resource.service.name = \"nope\" }",
+        "{ status = error }",
+    ] {
+        let e = filter(query);
+        let f = SpanFilter::new(&e, &c).unwrap_or_else(|| panic!("{query}: not answered"));
+        for row in 0..c.len() {
+            for r in super::columns::range(c.rs_offsets, row) {
+                for s in super::columns::range(c.ss_offsets, r) {
+                    for g in super::columns::range(c.span_offsets, s) {
+                        let span = Core { c: &c, g, r, s };
+                        let engine = crate::traceql::matches(&e, &span);
+                        if let Some(answer) = f.holds(g, r) {
+                            assert_eq!(answer, engine, "{query}: span {g}");
+                            answered += 1;
+                        }
+                        held += usize::from(engine);
+                    }
+                }
+            }
+        }
+    }
+    assert!(held > 0 && answered > 0, "{held} held, {answered} answered");
+    for query in [
+        "{ resource.service.name > \"a\" }",
+        "{ .service.name = \"frontend\" }",
+        "{ span.service.name = \"frontend\" }",
+        "{ parent.resource.service.name = \"frontend\" }",
+        "{ resource.service.name = 3 }",
+        "{ resource.service.name = \"a\" && status = error }",
+    ] {
+        assert!(SpanFilter::new(&filter(query), &c).is_none(), "{query}");
+    }
+}
+
+#[test]
 fn hit_spans_equal_the_stored_spans_of_the_rows_asked_for() {
     let tenant = TenantId::new("t").unwrap();
     // Pages of a few rows, so reading hits skips whole pages and records inside pages.

@@ -7,7 +7,7 @@ use std::rc::Rc;
 use arrow_array::Array;
 
 use super::columns::*;
-use super::direct::Direct;
+use super::direct::{Direct, SpanFilter};
 use super::projection::*;
 use crate::block::schema::paths;
 use crate::block::{BlockError, DEDICATED_RESOURCE};
@@ -58,6 +58,9 @@ pub struct ColumnarTrace<'a> {
     pub(super) n: usize,
     /// The query's precheck, prepared at its first use.
     precheck: std::cell::OnceCell<Check<'a>>,
+    /// The engine's span filters asked about so far, with their answer from the columns
+    /// when there is one: prepared once for the row group, not per trace.
+    filters: std::cell::RefCell<Vec<(crate::traceql::FieldExpr, Option<SpanFilter<'a>>)>>,
 }
 
 /// [`Pre`] prepared for one decoded row group: status and duration conditions read their
@@ -124,6 +127,7 @@ impl<'a> ColumnarTrace<'a> {
             first_g: 0,
             n: 0,
             precheck: std::cell::OnceCell::new(),
+            filters: std::cell::RefCell::new(Vec::new()),
         }
     }
 
@@ -573,6 +577,27 @@ impl SpanView for ColSpan<'_> {
 impl TraceView for ColumnarTrace<'_> {
     fn span_count(&self) -> usize {
         self.spans.len()
+    }
+
+    fn retain_matching(&self, expr: &crate::traceql::FieldExpr, spans: &mut Vec<usize>) -> bool {
+        let mut filters = self.filters.borrow_mut();
+        let at = match filters.iter().position(|(e, _)| e == expr) {
+            Some(at) => at,
+            None => {
+                filters.push((expr.clone(), SpanFilter::new(expr, self.c)));
+                filters.len() - 1
+            }
+        };
+        let Some(filter) = &filters[at].1 else {
+            return false;
+        };
+        spans.retain(|&i| {
+            let span = &self.spans[i];
+            filter
+                .holds(span.core.g, span.core.r)
+                .unwrap_or_else(|| crate::traceql::matches(expr, span))
+        });
+        true
     }
 
     fn span_view(&self, i: usize) -> &dyn SpanView {
