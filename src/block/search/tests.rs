@@ -131,18 +131,34 @@ fn status_messages_are_decoded_only_for_status_message_questions() {
 
 /// A direct condition answers every span as the engine's generic evaluation does, and
 /// conditions it cannot answer from one column are left to the engine.
+/// The filter expression of `query`'s first stage, a single `{ ... }`.
+fn filter(query: &str) -> crate::traceql::FieldExpr {
+    let q = crate::traceql::parse(query).unwrap();
+    match &q.pipeline.stages[0] {
+        crate::traceql::Stage::Spanset(crate::traceql::SpansetExpr::Filter(f)) => {
+            f.expr.clone().unwrap()
+        }
+        other => panic!("{query}: {other:?}"),
+    }
+}
+
+/// Every span of a decoded row group, as the engine's view of one span.
+fn every_span<'a>(c: &'a ColumnarBlock<'a>) -> Vec<super::view::Core<'a>> {
+    use super::columns::range;
+    let mut spans = Vec::new();
+    for row in 0..c.len() {
+        for r in range(c.rs_offsets, row) {
+            for s in range(c.ss_offsets, r) {
+                spans.extend(range(c.span_offsets, s).map(|g| super::view::Core { c, g, r, s }));
+            }
+        }
+    }
+    spans
+}
+
 #[test]
 fn direct_conditions_agree_with_the_engine_span_by_span() {
     use super::direct::Direct;
-    use super::view::Core;
-    use crate::traceql::{FieldExpr, SpansetExpr};
-    let filter = |query: &str| -> FieldExpr {
-        let q = crate::traceql::parse(query).unwrap();
-        match &q.pipeline.stages[0] {
-            crate::traceql::Stage::Spanset(SpansetExpr::Filter(f)) => f.expr.clone().unwrap(),
-            other => panic!("{query}: {other:?}"),
-        }
-    };
     let root = first_filter_decode("{ status = error && duration > 1ms }");
     let c = ColumnarBlock::new(&root).unwrap();
     let mut held = 0;
@@ -161,16 +177,10 @@ fn direct_conditions_agree_with_the_engine_span_by_span() {
     ] {
         let e = filter(query);
         let d = Direct::new(&e, &c).unwrap_or_else(|| panic!("{query}: not direct"));
-        for row in 0..c.len() {
-            for r in super::columns::range(c.rs_offsets, row) {
-                for s in super::columns::range(c.ss_offsets, r) {
-                    for g in super::columns::range(c.span_offsets, s) {
-                        let engine = crate::traceql::matches(&e, &Core { c: &c, g, r, s });
-                        assert_eq!(d.holds(g), engine, "{query}: span {g}");
-                        held += usize::from(engine);
-                    }
-                }
-            }
+        for span in every_span(&c) {
+            let engine = crate::traceql::matches(&e, &span);
+            assert_eq!(d.holds(span.g), engine, "{query}: span {}", span.g);
+            held += usize::from(engine);
         }
     }
     assert!(held > 0, "some span meets some condition");
@@ -187,15 +197,6 @@ fn direct_conditions_agree_with_the_engine_span_by_span() {
 #[test]
 fn span_filters_agree_with_the_engine_span_by_span() {
     use super::direct::SpanFilter;
-    use super::view::Core;
-    use crate::traceql::{FieldExpr, SpansetExpr};
-    let filter = |query: &str| -> FieldExpr {
-        let q = crate::traceql::parse(query).unwrap();
-        match &q.pipeline.stages[0] {
-            crate::traceql::Stage::Spanset(SpansetExpr::Filter(f)) => f.expr.clone().unwrap(),
-            other => panic!("{query}: {other:?}"),
-        }
-    };
     let root = first_filter_decode("{ resource.service.name = \"frontend\" && status = error }");
     let c = ColumnarBlock::new(&root).unwrap();
     let (mut held, mut answered) = (0, 0);
@@ -208,20 +209,13 @@ fn span_filters_agree_with_the_engine_span_by_span() {
     ] {
         let e = filter(query);
         let f = SpanFilter::new(&e, &c).unwrap_or_else(|| panic!("{query}: not answered"));
-        for row in 0..c.len() {
-            for r in super::columns::range(c.rs_offsets, row) {
-                for s in super::columns::range(c.ss_offsets, r) {
-                    for g in super::columns::range(c.span_offsets, s) {
-                        let span = Core { c: &c, g, r, s };
-                        let engine = crate::traceql::matches(&e, &span);
-                        if let Some(answer) = f.holds(g, r) {
-                            assert_eq!(answer, engine, "{query}: span {g}");
-                            answered += 1;
-                        }
-                        held += usize::from(engine);
-                    }
-                }
+        for span in every_span(&c) {
+            let engine = crate::traceql::matches(&e, &span);
+            if let Some(answer) = f.holds(span.g, span.r) {
+                assert_eq!(answer, engine, "{query}: span {}", span.g);
+                answered += 1;
             }
+            held += usize::from(engine);
         }
     }
     assert!(held > 0 && answered > 0, "{held} held, {answered} answered");
