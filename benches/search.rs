@@ -25,10 +25,10 @@ use vivace::querier::search::SearchRequest;
 use vivace::querier::Querier;
 use vivace::traceql::metrics::{default_step, Buckets};
 
-/// The server's allocator: decoding grows buffers page by page, and glibc's realloc copies
-/// where mimalloc's often grows in place, so figures taken on glibc misplace the costs.
+/// The server's allocator: decoding grows buffers page by page, and how realloc answers
+/// that decides what the copies cost, so figures taken on another allocator misplace them.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: vivace::alloc::Allocator = vivace::alloc::Allocator;
 
 const QUERIES: [(&str, f64); 6] = [
     // (query, Tempo 3.0.3 spans per CPU-second on the same set, 0 when not published)

@@ -8,6 +8,7 @@
 
 #![deny(rustdoc::broken_intra_doc_links)]
 
+pub mod alloc;
 pub mod api;
 pub mod app;
 pub mod backend;

@@ -7,9 +7,9 @@ use vivace::cli::{normalize_args, Cli, Command};
 
 /// A profile of sustained ingest spent about a third of the CPU in glibc's malloc and free
 /// (free-list churn: `unlink_chunk`, `malloc_consolidate`); mimalloc's per-thread free
-/// lists do not churn.
+/// lists do not churn. [`vivace::alloc::Allocator`] adds geometric growth for decodes.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: vivace::alloc::Allocator = vivace::alloc::Allocator;
 
 /// Opts the process out of transparent huge pages. mimalloc asks for them on its arenas,
 /// and a 2 MiB page stays resident while any byte of it is live: under sustained ingest

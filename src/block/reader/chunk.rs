@@ -117,9 +117,11 @@ impl ChunkReader for SparseChunk {
 }
 
 /// Runs decoding with a last-resort guard: the parquet decoders are not hardened against
-/// every malformed page, and a corrupt object must not take the process down.
+/// every malformed page, and a corrupt object must not take the process down. Buffers
+/// grow geometrically meanwhile ([`crate::alloc::growing`]): parquet grows them a page at
+/// a time, and every decode of a block goes through here.
 pub(crate) fn guarded<T>(f: impl FnOnce() -> Result<T, BlockError>) -> Result<T, BlockError> {
-    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
+    catch_unwind(AssertUnwindSafe(|| crate::alloc::growing(f))).unwrap_or_else(|_| {
         Err(BlockError::Corrupt(
             "decoder panicked on malformed data".into(),
         ))
