@@ -47,8 +47,8 @@ pub use reader::{
 };
 pub use schema::{arrow_schema, parquet_schema, paths, projection, value_type, SCHEMA_TEXT};
 pub use search::{
-    decode_row_group, merge_columns, read_hit_spans, reads_hits_apart, ColumnarBlock,
-    ColumnarTrace, HitRow, HitSpans, Phase, RowGroupRead, SearchColumns,
+    decode_row_group, merge_columns, read_hit_columns, reads_hits_apart, ColumnarBlock,
+    ColumnarTrace, HitColumns, HitRow, Phase, RowGroupRead, SearchColumns,
 };
 pub use slices::SlicePlan;
 pub use tags::{tags_key, TagCollector, TagSummary, TagValues, MAX_VALUES_PER_TAG, TAGS_FILE};

@@ -1,19 +1,23 @@
-//! The span columns only hits report (span ID, name, duration), read for the hit rows of a
-//! row group alone, when they are few ([`reads_hits_apart`]).
+//! The columns only hits report (span ID, name and duration; trace ID, root names and
+//! service stats), read for the hit rows of a row group alone, when they are few
+//! ([`reads_hits_apart`]).
 //!
-//! Decoding them through Arrow for every row of a row group with hits was a quarter of
-//! the CPU of a selective search (`{ resource.service.name = "frontend" } >> { status =
-//! error }`: one trace in ten matches): every span's value, three list levels rebuilt,
-//! and a buffer copied as it grew page by page. A search reports at most `spss` spans of
-//! a few traces per row group, so each leaf is read here with parquet's column reader,
-//! skipping the records between hits (whole pages by the offset index, the rest by their
-//! levels) and reading the hit rows' values into one buffer.
+//! Decoding them through Arrow for every row of a row group with hits was a third of the
+//! CPU of a selective search (`{ resource.service.name = "frontend" } >> { status =
+//! error }`: one trace in ten matches): every span's value, list levels rebuilt, and a
+//! buffer copied as it grew page by page. A search reports at most `spss` spans of a few
+//! traces per row group, so each leaf is read here with parquet's column reader, skipping
+//! the records between hits (whole pages by the offset index, the rest by their levels)
+//! and reading the hit rows' values into one buffer.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use parquet::column::reader::{get_column_reader, get_typed_column_reader, ColumnReaderImpl};
-use parquet::data_type::{ByteArray, ByteArrayType, DataType, Int64Type};
+use parquet::data_type::{
+    ByteArray, ByteArrayType, DataType, FixedLenByteArray, FixedLenByteArrayType, Int32Type,
+    Int64Type,
+};
 use parquet::errors::ParquetError;
 use parquet::file::metadata::ParquetMetaData;
 
@@ -23,9 +27,8 @@ use crate::block::pages::column_pages;
 use crate::block::reader::{guarded, SparseChunk};
 use crate::block::BlockError;
 
-/// Whether the span values of `hits` rows of a row group of `rows` are read apart
-/// ([`read_hit_spans`]) rather than decoded with the other hit columns for every row
-/// ([`super::Phase::Report`]). Apart, each value costs more (a call per row, a
+/// Whether the hit values of `hits` rows of a row group of `rows` are read apart
+/// ([`read_hit_columns`]) rather than decoded for every row ([`super::Phase::Report`]). Apart, each value costs more (a call per row, a
 /// reference-counted slice per string), and every page with a hit is still decompressed:
 /// on 1M synthetic spans the structural search above (one row in eleven a hit) took 13%
 /// less CPU apart, but searches hitting every row took up to 25% more.
@@ -33,55 +36,94 @@ pub fn reads_hits_apart(hits: usize, rows: usize) -> bool {
     hits.saturating_mul(5) <= rows
 }
 
-/// A span leaf reported for hits.
+/// A leaf only hits report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(in crate::block) enum SpanLeaf {
+pub(in crate::block) enum HitLeaf {
+    /// One value per span.
     SpanId,
     Name,
     Duration,
+    /// One value per trace.
+    TraceId,
+    RootService,
+    RootName,
+    /// One value per service of the trace's `service_stats`.
+    StatsService,
+    StatsSpans,
+    StatsErrors,
 }
 
-/// The reported span values of some rows of a row group: for the `k`-th row asked for,
-/// one value per span, in the rows' span order (resource, scope, span).
+/// How many values a leaf holds per row, which the leaves of a group must agree on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Group {
+    Spans,
+    Trace,
+    Stats,
+}
+
+impl HitLeaf {
+    fn group(self) -> Group {
+        match self {
+            Self::SpanId | Self::Name | Self::Duration => Group::Spans,
+            Self::TraceId | Self::RootService | Self::RootName => Group::Trace,
+            Self::StatsService | Self::StatsSpans | Self::StatsErrors => Group::Stats,
+        }
+    }
+}
+
+/// The reported values of some rows of a row group: for the `k`-th row asked for, per
+/// leaf one value per span (in the rows' span order: resource, scope, span), one per
+/// trace, or one per service.
 #[derive(Debug, Default)]
-pub struct HitSpans {
+pub struct HitColumns {
     /// The rows, ascending.
     rows: Vec<usize>,
-    /// `starts[k]..starts[k + 1]` are the spans of `rows[k]`.
-    starts: Vec<usize>,
+    /// `spans[k]..spans[k + 1]` are the span values of `rows[k]`.
+    spans: Vec<usize>,
+    /// `stats[k]..stats[k + 1]` are the service stats of `rows[k]`.
+    stats: Vec<usize>,
     span_id: Option<Vec<ByteArray>>,
     name: Option<Vec<ByteArray>>,
     duration: Option<Vec<i64>>,
+    trace_id: Option<Vec<FixedLenByteArray>>,
+    root_service: Option<Vec<ByteArray>>,
+    root_name: Option<Vec<ByteArray>>,
+    stats_service: Option<Vec<ByteArray>>,
+    stats_spans: Option<Vec<i32>>,
+    stats_errors: Option<Vec<i32>>,
 }
 
-/// The spans of one row in [`HitSpans`].
+/// The values of one row in [`HitColumns`]. Each accessor is `None` when the leaf was not
+/// read apart: the filter columns hold it (or every row's hit columns were decoded).
 #[derive(Clone, Copy)]
 pub struct HitRow<'a> {
-    spans: &'a HitSpans,
+    cols: &'a HitColumns,
+    k: usize,
     first: usize,
     len: usize,
 }
 
-impl HitSpans {
-    /// Spans of `row`, when it was read (never when nothing was read apart).
+impl HitColumns {
+    /// Values of `row`, when it was read (never when nothing was read apart).
     pub fn row(&self, row: usize) -> Option<HitRow<'_>> {
         let k = self.rows.binary_search(&row).ok()?;
+        let (first, len) = match self.spans.get(k..k + 2) {
+            Some(s) => (s[0], s[1] - s[0]),
+            None => (0, 0),
+        };
         Some(HitRow {
-            spans: self,
-            first: self.starts[k],
-            len: self.starts[k + 1] - self.starts[k],
+            cols: self,
+            k,
+            first,
+            len,
         })
     }
 }
 
 impl<'a> HitRow<'a> {
-    /// Spans in the row.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
+    /// Spans in the row, when its span values were read apart.
+    pub fn spans(&self) -> Option<usize> {
+        (!self.cols.spans.is_empty()).then_some(self.len)
     }
 
     fn at(&self, i: usize) -> usize {
@@ -89,44 +131,78 @@ impl<'a> HitRow<'a> {
         self.first + i
     }
 
-    /// `None` when the filter columns hold the leaf instead.
     pub fn span_id(&self, i: usize) -> Option<&'a [u8]> {
-        Some(self.spans.span_id.as_ref()?[self.at(i)].data())
+        Some(self.cols.span_id.as_ref()?[self.at(i)].data())
     }
 
-    /// `None` when the filter columns hold the leaf instead (checked UTF-8 when read).
+    /// Checked UTF-8 when read.
     pub fn name(&self, i: usize) -> Option<&'a str> {
-        let bytes = self.spans.name.as_ref()?[self.at(i)].data();
-        std::str::from_utf8(bytes).ok()
+        utf8(&self.cols.name.as_ref()?[self.at(i)])
     }
 
-    /// The stored duration: `None` when the filter columns hold the leaf instead.
+    /// The stored duration.
     pub fn duration_nano(&self, i: usize) -> Option<u64> {
-        Some(self.spans.duration.as_ref()?[self.at(i)] as u64)
+        Some(self.cols.duration.as_ref()?[self.at(i)] as u64)
+    }
+
+    pub fn trace_id(&self) -> Option<[u8; 16]> {
+        self.cols.trace_id.as_ref()?[self.k].data().try_into().ok()
+    }
+
+    /// The root span's service and name as stored at the trace level, each `None` when
+    /// empty (as [`super::ColumnarBlock::root_names`]).
+    pub fn root_names(&self) -> Option<(Option<&'a str>, Option<&'a str>)> {
+        let some = |v: &'a ByteArray| utf8(v).filter(|s| !s.is_empty());
+        Some((
+            some(&self.cols.root_service.as_ref()?[self.k]),
+            some(&self.cols.root_name.as_ref()?[self.k]),
+        ))
+    }
+
+    /// `(service, spans, errors)` of each service of the trace.
+    pub fn service_stats(&self) -> Option<impl Iterator<Item = (&'a str, u32, u32)> + 'a> {
+        let c = self.cols;
+        let (service, spans, errors) = (
+            c.stats_service.as_ref()?,
+            c.stats_spans.as_ref()?,
+            c.stats_errors.as_ref()?,
+        );
+        let range = c.stats[self.k]..c.stats[self.k + 1];
+        Some(range.map(move |j| {
+            (
+                utf8(&service[j]).unwrap_or_default(),
+                spans[j] as u32,
+                errors[j] as u32,
+            )
+        }))
     }
 }
 
-/// Reads the span leaves `columns` reports but does not filter by, for `rows` (ascending,
+/// A string value already checked as UTF-8 when read.
+fn utf8(v: &ByteArray) -> Option<&str> {
+    std::str::from_utf8(v.data()).ok()
+}
+
+/// Reads the leaves `columns` reports but does not filter by, for `rows` (ascending,
 /// distinct) of the row group `read`; `fetched` holds `read.late_ranges`.
-pub fn read_hit_spans(
+pub fn read_hit_columns(
     md: &Arc<ParquetMetaData>,
     columns: &SearchColumns,
     read: &RowGroupRead,
     fetched: Vec<Bytes>,
     file_len: u64,
     rows: &[usize],
-) -> Result<HitSpans, BlockError> {
+) -> Result<HitColumns, BlockError> {
     if rows.windows(2).any(|w| w[0] >= w[1]) || rows.last().is_some_and(|&r| r >= read.rows) {
         return Err(BlockError::Corrupt("hit rows out of order or range".into()));
     }
-    if columns.late_spans.is_empty() || rows.is_empty() {
-        // Nothing read apart: the filter columns hold every reported span leaf.
-        return Ok(HitSpans::default());
-    }
-    let mut out = HitSpans {
+    let mut out = HitColumns {
         rows: rows.to_vec(),
-        ..HitSpans::default()
+        ..HitColumns::default()
     };
+    if columns.late.is_empty() || rows.is_empty() {
+        return Ok(out);
+    }
     let chunk = Arc::new(SparseChunk::from_fetched(
         read.ranges(super::Phase::Report),
         fetched,
@@ -134,8 +210,8 @@ pub fn read_hit_spans(
     )?);
     guarded(|| {
         let rgm = md.row_group(read.rg);
-        let mut starts: Option<Vec<usize>> = None;
-        for &(leaf, kind) in &columns.late_spans {
+        let mut trace: Option<Vec<usize>> = None;
+        for &(leaf, kind) in &columns.late {
             let col = rgm.column(leaf);
             let locations = md
                 .page_index()
@@ -144,39 +220,68 @@ pub fn read_hit_spans(
             let reader = get_column_reader(col.column_descr_ptr(), Box::new(pages));
             let mut counts = Vec::with_capacity(rows.len() + 1);
             match kind {
-                SpanLeaf::SpanId | SpanLeaf::Name => {
-                    let mut values = Vec::new();
-                    read_rows::<ByteArrayType>(typed(reader)?, rows, &mut values, &mut counts)?;
-                    if kind == SpanLeaf::Name
-                        && values
-                            .iter()
-                            .any(|v| std::str::from_utf8(v.data()).is_err())
-                    {
-                        return Err(BlockError::Corrupt("span name is not UTF-8".into()));
+                HitLeaf::TraceId => {
+                    let mut values = Vec::with_capacity(rows.len());
+                    read_rows::<FixedLenByteArrayType>(
+                        typed(reader)?,
+                        rows,
+                        &mut values,
+                        &mut counts,
+                    )?;
+                    if values.iter().any(|v| v.data().len() != 16) {
+                        return Err(BlockError::Corrupt("trace_id is not 16 bytes".into()));
                     }
-                    match kind {
-                        SpanLeaf::SpanId => out.span_id = Some(values),
-                        _ => out.name = Some(values),
-                    }
+                    out.trace_id = Some(values);
                 }
-                SpanLeaf::Duration => {
+                HitLeaf::Duration => {
                     let mut values = Vec::new();
                     read_rows::<Int64Type>(typed(reader)?, rows, &mut values, &mut counts)?;
                     out.duration = Some(values);
                 }
-            }
-            // Every reported leaf is required in every span: all hold one value per span.
-            match &starts {
-                None => starts = Some(counts),
-                Some(s) if *s == counts => {}
-                Some(_) => {
-                    return Err(BlockError::Corrupt(
-                        "span columns disagree on a row's spans".into(),
-                    ))
+                HitLeaf::StatsSpans | HitLeaf::StatsErrors => {
+                    let mut values = Vec::new();
+                    read_rows::<Int32Type>(typed(reader)?, rows, &mut values, &mut counts)?;
+                    match kind {
+                        HitLeaf::StatsSpans => out.stats_spans = Some(values),
+                        _ => out.stats_errors = Some(values),
+                    }
+                }
+                _ => {
+                    let mut values = Vec::new();
+                    read_rows::<ByteArrayType>(typed(reader)?, rows, &mut values, &mut counts)?;
+                    if kind != HitLeaf::SpanId && values.iter().any(|v| utf8(v).is_none()) {
+                        return Err(BlockError::Corrupt(format!("{kind:?} is not UTF-8")));
+                    }
+                    let slot = match kind {
+                        HitLeaf::SpanId => &mut out.span_id,
+                        HitLeaf::Name => &mut out.name,
+                        HitLeaf::RootService => &mut out.root_service,
+                        HitLeaf::RootName => &mut out.root_name,
+                        _ => &mut out.stats_service,
+                    };
+                    *slot = Some(values);
                 }
             }
+            // Every leaf read is required in its group: the leaves of a group hold one
+            // value per span, per trace, or per service alike.
+            let starts = match kind.group() {
+                Group::Spans => &mut out.spans,
+                Group::Stats => &mut out.stats,
+                Group::Trace => trace.get_or_insert_with(Vec::new),
+            };
+            if starts.is_empty() {
+                *starts = counts;
+            } else if *starts != counts {
+                return Err(BlockError::Corrupt(format!(
+                    "{kind:?} disagrees with its group on a row's values"
+                )));
+            }
         }
-        out.starts = starts.unwrap_or_default();
+        if trace.is_some_and(|t| t.iter().enumerate().any(|(k, &at)| at != k)) {
+            return Err(BlockError::Corrupt(
+                "a trace-level leaf is not one value per row".into(),
+            ));
+        }
         Ok(out)
     })
 }

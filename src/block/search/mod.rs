@@ -25,7 +25,7 @@ mod tests;
 mod view;
 
 pub use columns::ColumnarBlock;
-pub use hits::{read_hit_spans, reads_hits_apart, HitRow, HitSpans};
+pub use hits::{read_hit_columns, reads_hits_apart, HitColumns, HitRow};
 pub use projection::SearchColumns;
 pub use prune::{decode_row_group, merge_columns, Phase, RowGroupRead};
 pub use view::ColumnarTrace;

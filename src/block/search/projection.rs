@@ -1,7 +1,7 @@
 //! Projection: the columns (and generic attribute keys) a TraceQL query needs, and the
 //! per-trace prefilter a row group's spans can answer without building the trace.
 
-use super::hits::SpanLeaf;
+use super::hits::HitLeaf;
 use super::prune::*;
 use crate::block::schema::{parquet_schema, paths};
 use crate::block::{BlockError, Dedicated, DedicatedType, DEDICATED_RESOURCE, DEDICATED_SPAN};
@@ -18,12 +18,10 @@ use crate::traceql::{
 pub struct SearchColumns {
     /// Parquet leaf column indices, ascending: what filtering reads.
     pub(super) leaves: Vec<usize>,
-    /// Trace-level leaf columns only hits need (IDs, root names, service stats): decoded
-    /// for a row group only when it has hits. Disjoint from `leaves`.
-    pub(super) late: Vec<usize>,
-    /// Span leaves only hits need (span ID, name, duration), read for the hit rows alone
-    /// (see [`super::hits`]). Disjoint from `leaves` and `late`.
-    pub(super) late_spans: Vec<(usize, SpanLeaf)>,
+    /// Leaf columns only hits need (trace ID, root names, service stats; span ID, name,
+    /// duration), ascending: read for a row group only when it has hits, for the hit rows
+    /// alone when they are few (see [`super::hits`]). Disjoint from `leaves`.
+    pub(super) late: Vec<(usize, HitLeaf)>,
     /// `(dedicated resource column path, value)`: a matching trace has a resource whose
     /// column holds the value (the query's first stage requires `resource.x = "value"`).
     pub(super) required: Vec<(String, String)>,
@@ -454,16 +452,17 @@ impl SearchColumns {
         // The root's service and name come from the trace-level columns the writer fills
         // from the same root: finding the root span instead decoded two more columns of
         // every span and resource of the row group.
-        let report: Vec<String> = vec![
-            paths::TRACE_ID.into(),
-            paths::ROOT_SERVICE_NAME.into(),
-            paths::ROOT_SPAN_NAME.into(),
-            "service_stats.".into(),
-        ];
-        let report_spans = [
-            (span("span_id"), SpanLeaf::SpanId),
-            (span("name"), SpanLeaf::Name),
-            (span("duration_nano"), SpanLeaf::Duration),
+        let stats = |leaf: &str| format!("service_stats.list.element.{leaf}");
+        let report = [
+            (paths::TRACE_ID.to_owned(), HitLeaf::TraceId),
+            (paths::ROOT_SERVICE_NAME.to_owned(), HitLeaf::RootService),
+            (paths::ROOT_SPAN_NAME.to_owned(), HitLeaf::RootName),
+            (stats("service"), HitLeaf::StatsService),
+            (stats("span_count"), HitLeaf::StatsSpans),
+            (stats("error_count"), HitLeaf::StatsErrors),
+            (span("span_id"), HitLeaf::SpanId),
+            (span("name"), HitLeaf::Name),
+            (span("duration_nano"), HitLeaf::Duration),
         ];
         // Three int columns per span that only tree questions read.
         if needs.tree {
@@ -540,15 +539,14 @@ impl SearchColumns {
                 });
             }
         }
-        let mut late = leaf_indices(&report)?;
-        late.retain(|i| leaves.binary_search(i).is_err());
-        let mut late_spans = Vec::new();
-        for (path, kind) in report_spans {
+        let mut late = Vec::new();
+        for (path, kind) in report {
             let leaf = leaf_indices(std::slice::from_ref(&path))?[0];
             if leaves.binary_search(&leaf).is_err() {
-                late_spans.push((leaf, kind));
+                late.push((leaf, kind));
             }
         }
+        late.sort_unstable_by_key(|&(leaf, _)| leaf);
         // A metrics query's pipeline selects spans exactly as a search's does.
         let mut required = Vec::new();
         required_in_pipeline(&query.pipeline, &mut required);
@@ -556,7 +554,6 @@ impl SearchColumns {
         Ok(Self {
             leaves,
             late,
-            late_spans,
             required,
             literals: super::literals::Literals::from_pre(&precheck),
             precheck,
@@ -566,9 +563,6 @@ impl SearchColumns {
 
     /// Every leaf a row group with hits reads besides `leaves`, ascending.
     pub(super) fn late_leaves(&self) -> Vec<usize> {
-        let mut all = self.late.clone();
-        all.extend(self.late_spans.iter().map(|&(leaf, _)| leaf));
-        all.sort_unstable();
-        all
+        self.late.iter().map(|&(leaf, _)| leaf).collect()
     }
 }

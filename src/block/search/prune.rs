@@ -184,7 +184,7 @@ impl RowGroupRead {
     pub fn ranges(&self, phase: Phase) -> &[Range<u64>] {
         match phase {
             Phase::Filter => &self.ranges,
-            Phase::Report | Phase::ReportTraces => &self.late_ranges,
+            Phase::Report => &self.late_ranges,
         }
     }
 }
@@ -263,11 +263,9 @@ impl SearchColumns {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
     Filter,
-    /// Every column only hits need, for every row.
+    /// Every column only hits need, for every row (unless read for the hit rows alone,
+    /// [`super::read_hit_columns`]).
     Report,
-    /// The trace-level columns only hits need: their span columns are read for the hit
-    /// rows alone ([`super::read_hit_spans`]).
-    ReportTraces,
 }
 
 /// Decodes the columns of one phase of one row group; `fetched[i]` holds
@@ -285,10 +283,9 @@ pub fn decode_row_group(
     let leaves = match phase {
         Phase::Filter => columns.leaves.clone(),
         Phase::Report => columns.late_leaves(),
-        Phase::ReportTraces => columns.late.clone(),
     };
     if leaves.is_empty() {
-        // Every hit column is a span leaf read by `hits`, or a filter column.
+        // Every hit column is a filter column.
         return Ok(StructArray::new_empty_fields(read.rows, None));
     }
     let chunk = SparseChunk::from_fetched(ranges, fetched, file_len)?;

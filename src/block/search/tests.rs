@@ -232,7 +232,7 @@ fn span_filters_agree_with_the_engine_span_by_span() {
 }
 
 #[test]
-fn hit_spans_equal_the_stored_spans_of_the_rows_asked_for() {
+fn hit_columns_equal_the_stored_traces_of_the_rows_asked_for() {
     let tenant = TenantId::new("t").unwrap();
     // Pages of a few rows, so reading hits skips whole pages and records inside pages.
     let cfg = BlockConfig {
@@ -254,7 +254,7 @@ fn hit_spans_equal_the_stored_spans_of_the_rows_asked_for() {
     let stored = crate::block::read_all_traces(data.clone()).unwrap();
     let md = super::super::decode_footer(data.clone(), data.len() as u64).unwrap();
     let columns = SearchColumns::for_query(&crate::traceql::parse("{ }").unwrap()).unwrap();
-    assert_eq!(columns.late_spans.len(), 3, "{:?}", columns.late_spans);
+    assert_eq!(columns.late.len(), 9, "{:?}", columns.late);
     let reads = columns.plan(&md, |_, _| true).unwrap();
     assert!(reads.len() > 1, "several row groups: {}", reads.len());
     let mut first_row = 0;
@@ -269,16 +269,58 @@ fn hit_spans_equal_the_stored_spans_of_the_rows_asked_for() {
             .iter()
             .map(|r| data.slice(r.start as usize..r.end as usize))
             .collect();
-        let hits = read_hit_spans(&md, &columns, read, fetched, data.len() as u64, &rows).unwrap();
+        let hits =
+            read_hit_columns(&md, &columns, read, fetched, data.len() as u64, &rows).unwrap();
+        // The trace-level values as the bulk decode gives them.
+        let fetch = |ranges: &[std::ops::Range<u64>]| -> Vec<bytes::Bytes> {
+            ranges
+                .iter()
+                .map(|r| data.slice(r.start as usize..r.end as usize))
+                .collect()
+        };
+        let len = data.len() as u64;
+        let filtered = decode_row_group(
+            md.clone(),
+            &columns,
+            read,
+            Phase::Filter,
+            fetch(&read.ranges),
+            len,
+        );
+        let late = decode_row_group(
+            md.clone(),
+            &columns,
+            read,
+            Phase::Report,
+            fetch(&read.late_ranges),
+            len,
+        );
+        let all = merge_columns(&filtered.unwrap(), &late.unwrap()).unwrap();
+        let bulk = ColumnarBlock::new(&all).unwrap();
         for &row in &rows {
             let hit = hits.row(row).unwrap();
-            let spans: Vec<_> = stored[first_row + row]
+            let trace = &stored[first_row + row];
+            assert_eq!(hit.trace_id(), Some(trace.id.0), "row {row}");
+            assert_eq!(hit.root_names(), bulk.root_names(row), "row {row}");
+            let stats: Vec<_> = hit.service_stats().unwrap().collect();
+            assert_eq!(
+                stats,
+                bulk.service_stats(row).collect::<Vec<_>>(),
+                "row {row}"
+            );
+            assert!(!stats.is_empty(), "row {row} has services");
+            let spans: Vec<_> = trace
                 .batches
                 .iter()
                 .flat_map(|rs| &rs.scope_spans)
                 .flat_map(|ss| &ss.spans)
                 .collect();
-            assert_eq!(hit.len(), spans.len(), "row {row} of row group {}", read.rg);
+            assert_eq!(
+                hit.spans(),
+                Some(spans.len()),
+                "row {row} of row group {}",
+                read.rg
+            );
             for (i, s) in spans.iter().enumerate() {
                 assert_eq!(hit.span_id(i), Some(&s.span_id[..]));
                 assert_eq!(hit.name(i), Some(s.name.as_str()));
@@ -299,11 +341,22 @@ fn hit_spans_equal_the_stored_spans_of_the_rows_asked_for() {
 }
 
 #[test]
-fn hit_span_leaves_the_filter_reads_are_not_read_again() {
+fn hit_leaves_the_filter_reads_are_not_read_again() {
     let columns = SearchColumns::for_query(
-        &crate::traceql::parse("{ name = \"x\" && duration > 1s }").unwrap(),
+        &crate::traceql::parse("{ name = \"x\" && duration > 1s && trace:id = \"ab\" }").unwrap(),
     )
     .unwrap();
-    let kinds: Vec<_> = columns.late_spans.iter().map(|(_, k)| *k).collect();
-    assert_eq!(kinds, [hits::SpanLeaf::SpanId]);
+    let kinds: Vec<_> = columns.late.iter().map(|(_, k)| *k).collect();
+    use hits::HitLeaf::*;
+    assert_eq!(
+        kinds,
+        [
+            RootService,
+            RootName,
+            StatsService,
+            StatsSpans,
+            StatsErrors,
+            SpanId
+        ]
+    );
 }

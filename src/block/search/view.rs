@@ -308,7 +308,7 @@ impl<'a> ColumnarTrace<'a> {
     }
 
     /// [`ColumnarTrace::span_duration_nanos`] for a stored duration read apart from the
-    /// view's columns (see [`super::read_hit_spans`]).
+    /// view's columns (see [`super::read_hit_columns`]).
     pub fn span_duration_from(&self, i: usize, stored: u64) -> u64 {
         let start = self.span_start_unix_nano(i);
         start.wrapping_add(stored).saturating_sub(start)

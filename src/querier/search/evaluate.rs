@@ -201,42 +201,59 @@ impl SearchParams {
         fetched: Vec<bytes::Bytes>,
         file_len: u64,
     ) -> Result<Vec<TraceHit>, block::BlockError> {
-        let (spans, phase) = if block::reads_hits_apart(pending.matches.len(), read.rows) {
+        // Read apart, every hit column comes from the hit rows alone, and the filter
+        // columns locate the spans; else every hit column is decoded for every row.
+        let (apart, all) = if block::reads_hits_apart(pending.matches.len(), read.rows) {
             let rows: Vec<usize> = pending.matches.iter().map(|(row, _)| *row).collect();
-            let spans =
-                block::read_hit_spans(&md, columns, read, fetched.clone(), file_len, &rows)?;
-            (spans, block::Phase::ReportTraces)
+            let apart = block::read_hit_columns(&md, columns, read, fetched, file_len, &rows)?;
+            (apart, pending.filtered)
         } else {
-            (block::HitSpans::default(), block::Phase::Report)
+            let late = block::decode_row_group(
+                md,
+                columns,
+                read,
+                block::Phase::Report,
+                fetched,
+                file_len,
+            )?;
+            let all = block::merge_columns(&pending.filtered, &late)?;
+            (block::HitColumns::default(), all)
         };
-        let late = block::decode_row_group(md, columns, read, phase, fetched, file_len)?;
-        let all = block::merge_columns(&pending.filtered, &late)?;
-        drop(late);
         let data = ColumnarBlock::new(&all)?;
         let mut trace = ColumnarTrace::new(&data);
         let mut hits = Vec::with_capacity(pending.matches.len());
+        let corrupt = |what: &str| block::BlockError::Corrupt(format!("{what} not decoded"));
         for (row, matches) in pending.matches {
             // Span positions only: the spans were evaluated in the filter phase.
             trace.locate(row)?;
-            let hit = spans.row(row);
-            if hit.is_some_and(|h| h.len() != trace.located_spans()) {
+            let hit = apart.row(row);
+            if hit
+                .and_then(|h| h.spans())
+                .is_some_and(|n| n != trace.located_spans())
+            {
                 return Err(block::BlockError::Corrupt(
                     "hit columns disagree with the filter columns on a row's spans".into(),
                 ));
             }
-            let id = data
-                .trace_id(row)
-                .ok_or_else(|| block::BlockError::Corrupt("trace_id not decoded".into()))?;
+            let id = hit
+                .and_then(|h| h.trace_id())
+                .or_else(|| data.trace_id(row))
+                .ok_or_else(|| corrupt("trace_id"))?;
             let mut service_stats: BTreeMap<String, ServiceStats> = BTreeMap::new();
-            for (svc, spans, errors) in data.service_stats(row) {
+            let mut add = |(svc, spans, errors): (&str, u32, u32)| {
                 let e = service_stats.entry(svc.to_owned()).or_default();
                 e.span_count += spans;
                 e.error_count += errors;
+            };
+            match hit.and_then(|h| h.service_stats()) {
+                Some(stats) => stats.for_each(&mut add),
+                None => data.service_stats(row).for_each(&mut add),
             }
             let start = data.start_unix_nano(row);
-            let (root_service, root_name) = data
-                .root_names(row)
-                .ok_or_else(|| block::BlockError::Corrupt("root names not decoded".into()))?;
+            let (root_service, root_name) = hit
+                .and_then(|h| h.root_names())
+                .or_else(|| data.root_names(row))
+                .ok_or_else(|| corrupt("root names"))?;
             hits.push(TraceHit {
                 id: TraceId(id),
                 root_service_name: root_service.map(str::to_owned),
