@@ -142,13 +142,15 @@ impl<'q> Prepared<'q> {
         if query.is_metrics() {
             return Err(EvalError::MetricsQuery);
         }
-        let (engine, all) = Engine::new(trace);
-        let input = if all.is_empty() {
+        let engine = Engine::new(trace);
+        let n = trace.span_count();
+        let input = if n == 0 {
             Vec::new()
         } else {
             vec![Spanset {
-                spans: all,
+                spans: (0..n).collect(),
                 attributes: Vec::new(),
+                ordered: false,
             }]
         };
         let output = engine.pipeline(&query.pipeline, input)?;
@@ -156,6 +158,7 @@ impl<'q> Prepared<'q> {
             .into_iter()
             .filter(|ss| !ss.spans.is_empty())
             .map(|ss| {
+                let ss = engine.ordered(ss);
                 let keep = if spss == 0 { ss.spans.len() } else { spss };
                 let span_attributes = ss
                     .spans
@@ -175,16 +178,23 @@ impl<'q> Prepared<'q> {
 
 #[derive(Debug, Clone)]
 struct Spanset {
-    /// Sorted by start time (then index), no duplicates.
+    /// No duplicates; sorted by start time (then index) when `ordered`.
     spans: Vec<usize>,
     attributes: Vec<(String, Value)>,
+    /// False while the spans are in stored order: a trace's spans, then what span filters
+    /// and structural operators keep of them (neither depends on the order). A stage that
+    /// does, and the output, sort them first ([`Engine::ordered`]), so a selective query
+    /// sorts the few spans it keeps rather than every span of every trace.
+    ordered: bool,
 }
 
 impl Spanset {
+    /// `spans` in the order of `self`'s (a subset of them, in the same order).
     fn with_spans(&self, spans: Vec<usize>) -> Spanset {
         Spanset {
             spans,
             attributes: self.attributes.clone(),
+            ordered: self.ordered,
         }
     }
 }
@@ -200,39 +210,16 @@ type Result<T> = std::result::Result<T, EvalError>;
 
 struct Engine<'t> {
     trace: &'t dyn TraceView,
-    /// Position of each span in start-time order.
-    rank: Vec<u32>,
     /// Built on first use: only structural operators need the tree.
     tree: std::cell::OnceCell<Tree>,
 }
 
 impl<'t> Engine<'t> {
-    /// The engine and the span indices sorted by start time, then index.
-    fn new(trace: &'t dyn TraceView) -> (Self, Vec<usize>) {
-        let n = trace.span_count();
-        // Keys read once: a comparator calling through the trait object costs n log n
-        // virtual calls. (start, index) pairs are distinct, so an unstable sort gives the
-        // same order as a stable one.
-        let mut keyed: Vec<(u64, usize)> = (0..n).map(|i| (trace.start_unix_nano(i), i)).collect();
-        // Stored spans are often in start order already.
-        if !keyed.is_sorted() {
-            keyed.sort_unstable();
-        }
-        let mut rank = vec![0u32; n];
-        let order: Vec<usize> = keyed
-            .iter()
-            .enumerate()
-            .map(|(pos, &(_, i))| {
-                rank[i] = pos as u32;
-                i
-            })
-            .collect();
-        let engine = Engine {
+    fn new(trace: &'t dyn TraceView) -> Self {
+        Engine {
             trace,
-            rank,
             tree: std::cell::OnceCell::new(),
-        };
-        (engine, order)
+        }
     }
 
     fn tree(&self) -> &Tree {
@@ -245,9 +232,31 @@ impl<'t> Engine<'t> {
         })
     }
 
+    /// Sorts `spans` by start time, then index, and drops duplicates.
     fn sort(&self, spans: &mut Vec<usize>) {
-        spans.sort_unstable_by_key(|&i| self.rank[i]);
+        // Keys read once: a comparator calling through the trait object costs n log n
+        // virtual calls. (start, index) pairs of distinct spans are distinct, so an
+        // unstable sort gives the same order as a stable one.
+        let mut keyed: Vec<(u64, usize)> = spans
+            .iter()
+            .map(|&i| (self.trace.start_unix_nano(i), i))
+            .collect();
+        // Stored spans are often in start order already.
+        if !keyed.is_sorted() {
+            keyed.sort_unstable();
+        }
+        spans.clear();
+        spans.extend(keyed.iter().map(|&(_, i)| i));
         spans.dedup();
+    }
+
+    /// `ss` with its spans in start order.
+    fn ordered(&self, mut ss: Spanset) -> Spanset {
+        if !ss.ordered {
+            self.sort(&mut ss.spans);
+            ss.ordered = true;
+        }
+        ss
     }
 
     fn pipeline(&self, pipeline: &Pipeline, mut input: Vec<Spanset>) -> Result<Vec<Spanset>> {
@@ -265,7 +274,9 @@ impl<'t> Engine<'t> {
             Stage::Spanset(expr) => self.spanset_expr(expr, input),
             Stage::ScalarFilter(filter) => {
                 let mut output = Vec::new();
-                for mut ss in input {
+                for ss in input {
+                    // Aggregates read the spans in start order (a float sum depends on it).
+                    let mut ss = self.ordered(ss);
                     if self.scalar_filter(filter, &mut ss)? {
                         output.push(ss);
                     }
@@ -274,7 +285,7 @@ impl<'t> Engine<'t> {
             }
             Stage::GroupBy(field) => Ok(input
                 .into_iter()
-                .flat_map(|ss| self.group_by(field, ss))
+                .flat_map(|ss| self.group_by(field, self.ordered(ss)))
                 .collect()),
             // The selected fields are reported with the spans at the end.
             Stage::Select(_) => Ok(input),
@@ -287,6 +298,7 @@ impl<'t> Engine<'t> {
                 Ok(vec![Spanset {
                     spans,
                     attributes: Vec::new(),
+                    ordered: true,
                 }])
             }
         }
@@ -312,7 +324,7 @@ impl<'t> Engine<'t> {
                 for ss in input {
                     let left = self.spanset_expr(lhs, vec![ss.clone()])?;
                     let right = self.spanset_expr(rhs, vec![ss.clone()])?;
-                    let spans = match op {
+                    let (spans, ordered) = match op {
                         SpansetOp::And if left.is_empty() || right.is_empty() => continue,
                         SpansetOp::And | SpansetOp::Or => {
                             let mut spans: Vec<usize> = left
@@ -321,7 +333,7 @@ impl<'t> Engine<'t> {
                                 .flat_map(|s| s.spans)
                                 .collect();
                             self.sort(&mut spans);
-                            spans
+                            (spans, true)
                         }
                         op => {
                             if left.len() > 1 || right.len() > 1 {
@@ -331,11 +343,14 @@ impl<'t> Engine<'t> {
                                 continue;
                             };
                             let left = left.first().map(|s| s.spans.as_slice()).unwrap_or(&[]);
-                            self.structural(*op, left, &right.spans)
+                            self.structural(*op, left, right)
                         }
                     };
                     if !spans.is_empty() {
-                        output.push(ss.with_spans(spans));
+                        output.push(Spanset {
+                            ordered,
+                            ..ss.with_spans(spans)
+                        });
                     }
                 }
                 Ok(output)
@@ -343,8 +358,10 @@ impl<'t> Engine<'t> {
         }
     }
 
-    /// The spans `lhs op rhs` returns, sorted.
-    fn structural(&self, op: SpansetOp, lhs: &[usize], rhs: &[usize]) -> Vec<usize> {
+    /// The spans `lhs op rhs` returns, and whether they are in start order: `rhs`'s
+    /// order for the plain forms (a subset of its spans), sorted for the union forms.
+    fn structural(&self, op: SpansetOp, lhs: &[usize], right: &Spanset) -> (Vec<usize>, bool) {
+        let rhs = &right.spans;
         use SpansetOp as O;
         let n = self.trace.span_count();
         let mask = |spans: &[usize]| {
@@ -400,8 +417,9 @@ impl<'t> Engine<'t> {
             let left_hit = related(rhs, true);
             spans.extend(lhs.iter().copied().filter(|&i| left_hit[i]));
             self.sort(&mut spans);
+            return (spans, true);
         }
-        spans
+        (spans, right.ordered)
     }
 
     fn parent_in(&self, i: usize, set: &[bool]) -> bool {
@@ -468,6 +486,7 @@ impl<'t> Engine<'t> {
                 groups.push(Spanset {
                     spans: Vec::new(),
                     attributes,
+                    ordered: ss.ordered,
                 });
                 groups.len() - 1
             });

@@ -711,6 +711,26 @@ fn spans_come_back_in_start_order() {
         .batches;
     let result = run("{ }", &t);
     assert_eq!(result[0].spans, vec![1, 2, 0]);
+    // Filters keep stored order until the output, or a stage that reads the order, sorts.
+    for query in [
+        "{ name != \"x\" }",
+        "{ duration > 0 }",
+        "{ } | count() > 2",
+        "{ name = \"late\" } || { } | count() = 3",
+        "{ } | select(name)",
+    ] {
+        let result = run(query, &t);
+        assert_eq!(result.len(), 1, "{query}");
+        assert_eq!(result[0].spans, vec![1, 2, 0], "{query}");
+    }
+    let pair = run("{ name = \"late\" } || { name = \"early\" }", &t);
+    assert_eq!(pair[0].spans, vec![1, 0]);
+    // Groups come in the order of their first span by start time.
+    let groups: Vec<_> = run("{ } | by(name)", &t)
+        .into_iter()
+        .map(|m| m.spans)
+        .collect();
+    assert_eq!(groups, vec![vec![1], vec![2], vec![0]]);
 }
 
 #[test]
