@@ -354,10 +354,10 @@ async fn traces_being_flushed_count_against_the_live_budget() {
     assert_eq!(metrics.live_bytes.get(), 0, "the cut emptied the head");
     assert_eq!(metrics.flushing_bytes.get(), size);
     // The allocator's share and the cut's working set count too (its row groups, capped
-    // at an eighth of the budget).
+    // at 5/32 of the budget).
     assert_eq!(
         ing.held_bytes(),
-        size + size / super::super::ALLOCATOR_SHARE + size * 3 / 2 / 8
+        size + size / super::super::ALLOCATOR_SHARE + size * 3 / 2 * 5 / 32
     );
     // The block is staged next to the WAL while its upload is retried.
     let staged = || {

@@ -250,13 +250,12 @@ impl Ingester {
 
     /// What writing a cut holds besides its traces: the row group being built (decoded
     /// traces, Arrow arrays, Parquet pages). The encoding thread's live allocations, sampled
-    /// every 1,024 traces, peaked at 30–160 MiB with 32 MiB row groups, up to 60 MiB of it
-    /// the encoded block, which now streams to a scratch file: four row groups, but never
-    /// more than an eighth of the budget. (Three left SDK-data peaks 1,015–1,030 MiB
-    /// against a 1 GiB budget.)
+    /// every 1,024 traces, peaked at 30–160 MiB with 32 MiB row groups: five row groups,
+    /// but never more than 5/32 of the budget. (Three row groups left SDK-data peaks at
+    /// 1,015–1,030 MiB against a 1 GiB budget; four, at 964–1,025.)
     fn cut_reserve(&self) -> u64 {
-        let row_groups = 4 * self.block_cfg.row_group_size_bytes as u64;
-        row_groups.min(self.cfg.max_live_bytes / 8)
+        let row_groups = 5 * self.block_cfg.row_group_size_bytes as u64;
+        row_groups.min(self.cfg.max_live_bytes * 5 / 32)
     }
 
     async fn append(
