@@ -28,8 +28,9 @@ use crate::block::reader::{guarded, SparseChunk};
 use crate::block::BlockError;
 
 /// Whether the hit values of `hits` rows of a row group of `rows` are read apart
-/// ([`read_hit_columns`]) rather than decoded for every row ([`super::Phase::Report`]). Apart, each value costs more (a call per row, a
-/// reference-counted slice per string), and every page with a hit is still decompressed:
+/// ([`read_hit_columns`]) rather than decoded for every row ([`super::Phase::Report`]).
+/// Apart, each value costs more (a call per row, a reference-counted slice per string),
+/// and every page with a hit is still decompressed:
 /// on 1M synthetic spans the structural search above (one row in eleven a hit) took 13%
 /// less CPU apart, but searches hitting every row took up to 25% more.
 pub fn reads_hits_apart(hits: usize, rows: usize) -> bool {
