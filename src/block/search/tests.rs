@@ -264,14 +264,6 @@ fn hit_columns_equal_the_stored_traces_of_the_rows_asked_for() {
         if rows.last() != Some(&(read.rows - 1)) {
             rows.push(read.rows - 1);
         }
-        let fetched = read
-            .late_ranges
-            .iter()
-            .map(|r| data.slice(r.start as usize..r.end as usize))
-            .collect();
-        let hits =
-            read_hit_columns(&md, &columns, read, fetched, data.len() as u64, &rows).unwrap();
-        // The trace-level values as the bulk decode gives them.
         let fetch = |ranges: &[std::ops::Range<u64>]| -> Vec<bytes::Bytes> {
             ranges
                 .iter()
@@ -279,6 +271,9 @@ fn hit_columns_equal_the_stored_traces_of_the_rows_asked_for() {
                 .collect()
         };
         let len = data.len() as u64;
+        let hits =
+            read_hit_columns(&md, &columns, read, fetch(&read.late_ranges), len, &rows).unwrap();
+        // The trace-level values as the bulk decode gives them.
         let filtered = decode_row_group(
             md.clone(),
             &columns,
